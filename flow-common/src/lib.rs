@@ -1,0 +1,354 @@
+//! Types that cross the boundary between flow-agent's eBPF programs and its
+//! userspace agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and has explicit padding so that the
+//! kernel side (compiled for `bpfel-unknown-none`) and the userspace side agree on
+//! every byte. The layout tests at the bottom of this file pin sizes and offsets.
+//!
+//! # How the datapath counts
+//!
+//! The TC programs aggregate packets per [`FlowKey`] into one of two per-CPU hash
+//! maps, chosen by the *epoch* in [`DatapathControl`]: even epochs write
+//! [`FLOWS_EVEN`], odd epochs [`FLOWS_ODD`]. To drain, userspace bumps the epoch,
+//! waits for an RCU grace period (after which no program can still be writing the
+//! old map), then reads and deletes every entry of the now quiescent map. No packet
+//! can be counted into an entry after it was read, so summing a flow's records
+//! gives its exact totals.
+//!
+//! Every per-CPU slot carries the epoch it was written in ([`FlowStats::epoch`]).
+//! Kernels before 5.10 do not zero the other CPUs' slots when a per-CPU hash element
+//! is reused, so a re-created flow could otherwise inherit a previous life's counts:
+//! the programs reset a slot whose epoch is not the current one before adding to it,
+//! and userspace ignores slots from another epoch.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Name of the per-CPU hash map written during even epochs.
+pub const FLOWS_EVEN: &str = "FLOWS_EVEN";
+/// Name of the per-CPU hash map written during odd epochs.
+pub const FLOWS_ODD: &str = "FLOWS_ODD";
+/// Name of the single-entry array holding [`DatapathControl`].
+pub const CONTROL: &str = "CONTROL";
+/// Name of the per-CPU array of datapath counters, indexed by [`Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+/// Name of the hash map of interfaces whose ingress program counts packets.
+pub const COUNTED_INTERFACES: &str = "COUNTED_INTERFACES";
+/// Name of the ring buffer that carries [`FlowEvent`]s when a flow map is full.
+pub const SPILL: &str = "SPILL";
+/// Name of the LRU map that remembers the ports of fragmented datagrams.
+pub const FRAGMENTS: &str = "FRAGMENTS";
+/// Name of the read-only global that enables debug logging from the programs.
+pub const DEBUG_LOG: &str = "DEBUG_LOG";
+/// Name of the ingress classifier in the eBPF object.
+pub const PROGRAM_INGRESS: &str = "flow_ingress";
+/// Name of the egress classifier in the eBPF object.
+pub const PROGRAM_EGRESS: &str = "flow_egress";
+
+/// Default capacity of each flow map (entries).
+pub const DEFAULT_FLOW_MAP_ENTRIES: u32 = 65_536;
+/// Capacity of the fragment map (entries).
+pub const FRAGMENT_MAP_ENTRIES: u32 = 4_096;
+/// Default size of the spill ring buffer in bytes (a power of two, multiple of the page size).
+pub const DEFAULT_SPILL_BYTES: u32 = 256 * 1024;
+
+/// IANA protocol numbers the datapath parses.
+pub mod protocol {
+    /// Internet Control Message Protocol.
+    pub const ICMP: u8 = 1;
+    /// Transmission Control Protocol.
+    pub const TCP: u8 = 6;
+    /// User Datagram Protocol.
+    pub const UDP: u8 = 17;
+    /// ICMP for IPv6.
+    pub const ICMPV6: u8 = 58;
+    /// Stream Control Transmission Protocol.
+    pub const SCTP: u8 = 132;
+}
+
+/// TCP header flag bits as they appear in [`FlowStats::tcp_flags`] (low byte), plus
+/// two synthetic bits the datapath derives to tell the initiator of a connection.
+pub mod tcp_flag {
+    /// No more data from sender.
+    pub const FIN: u16 = 0x01;
+    /// Synchronize sequence numbers.
+    pub const SYN: u16 = 0x02;
+    /// Reset the connection.
+    pub const RST: u16 = 0x04;
+    /// Push function.
+    pub const PSH: u16 = 0x08;
+    /// Acknowledgment field significant.
+    pub const ACK: u16 = 0x10;
+    /// Urgent pointer field significant.
+    pub const URG: u16 = 0x20;
+    /// ECN-Echo.
+    pub const ECE: u16 = 0x40;
+    /// Congestion window reduced.
+    pub const CWR: u16 = 0x80;
+    /// Synthetic: a segment with SYN and without ACK was seen, so this direction
+    /// opened the connection.
+    pub const SYN_ONLY: u16 = 0x100;
+    /// Synthetic: a segment with both SYN and ACK was seen, so this direction
+    /// accepted the connection.
+    pub const SYN_ACK: u16 = 0x200;
+}
+
+/// Which hook of an interface saw a packet.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// TC ingress: the packet was received by the interface. On the host side of
+    /// a pod's veth this is traffic sent *by* the pod.
+    Ingress = 0,
+    /// TC egress: the packet was sent through the interface. On the host side of a
+    /// pod's veth this is traffic delivered *to* the pod.
+    Egress = 1,
+}
+
+impl Direction {
+    /// Decodes the byte stored in [`FlowStats::first_direction`].
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Ingress),
+            1 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// Identifies a unidirectional flow.
+///
+/// Addresses are 16 bytes in network order; IPv4 addresses are stored IPv4-mapped
+/// (`::ffff:a.b.c.d`) so both families share one key type. Ports are in host byte
+/// order and zero for protocols without ports. For ICMP and ICMPv6 the type and
+/// code take the place of the ports.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Source address, network byte order.
+    pub src_addr: [u8; 16],
+    /// Destination address, network byte order.
+    pub dst_addr: [u8; 16],
+    /// Source port (TCP, UDP, SCTP), host byte order.
+    pub src_port: u16,
+    /// Destination port (TCP, UDP, SCTP), host byte order.
+    pub dst_port: u16,
+    /// IANA protocol number of the transport header.
+    pub protocol: u8,
+    /// ICMP or ICMPv6 type; zero otherwise.
+    pub icmp_type: u8,
+    /// ICMP or ICMPv6 code; zero otherwise.
+    pub icmp_code: u8,
+    /// Always zero: part of the hashed key, so it must be deterministic.
+    pub _pad: u8,
+}
+
+/// What one CPU counted for one flow during one epoch.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets on the wire: a GSO/GRO super-packet counts as its segments.
+    pub packets: u64,
+    /// Bytes of the IP datagrams (IPv4 total length, or 40 + IPv6 payload length),
+    /// like IPFIX octetDeltaCount: link-layer headers are not counted.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first packet.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen_ns: u64,
+    /// Epoch this slot was written in; a slot from another epoch is stale.
+    pub epoch: u32,
+    /// Interface index of the first packet.
+    pub first_ifindex: u32,
+    /// Union of the TCP flags seen, see [`tcp_flag`].
+    pub tcp_flags: u16,
+    /// [`Direction`] of the first packet.
+    pub first_direction: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+
+/// A flow update that could not go into the flow map (it was full), sent through
+/// the [`SPILL`] ring buffer instead so that it still reaches userspace.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// The flow.
+    pub key: FlowKey,
+    /// What was counted: one packet (or one GSO super-packet's segments).
+    pub stats: FlowStats,
+}
+
+/// Control block written by userspace, read by the programs on every packet.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathControl {
+    /// Current epoch: even epochs count into [`FLOWS_EVEN`], odd ones into [`FLOWS_ODD`].
+    pub epoch: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// Key of the [`FRAGMENTS`] map: identifies the fragments of one datagram.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    /// Source address, as in [`FlowKey`].
+    pub src_addr: [u8; 16],
+    /// Destination address, as in [`FlowKey`].
+    pub dst_addr: [u8; 16],
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    /// Transport protocol.
+    pub protocol: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of the [`FRAGMENTS`] map: the transport fields of the first fragment.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FragmentPorts {
+    /// Source port of the datagram.
+    pub src_port: u16,
+    /// Destination port of the datagram.
+    pub dst_port: u16,
+    /// ICMP type of the datagram.
+    pub icmp_type: u8,
+    /// ICMP code of the datagram.
+    pub icmp_code: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Indexes into the [`COUNTERS`] per-CPU array. Each counts packets.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// A new flow could not be inserted because the flow map was full (`E2BIG`).
+    MapFull = 0,
+    /// A new flow could not be inserted for another reason.
+    UpdateFailed = 1,
+    /// Packets that went through the spill ring buffer because of one of the two above.
+    Spilled = 2,
+    /// Packets that could be recorded neither in the map nor in the ring buffer:
+    /// the only way a packet goes uncounted.
+    Lost = 3,
+    /// Frames that carry neither IPv4 nor IPv6 (ARP, LLDP, ...): not flows.
+    NotIp = 4,
+    /// IP packets whose headers are truncated or inconsistent (bad IHL, bad
+    /// length, short transport header): not counted as flows.
+    Malformed = 5,
+    /// Packets seen on egress that were already counted on the ingress of a
+    /// watched interface (a pod-to-pod packet on one node).
+    Deduplicated = 6,
+    /// Non-first fragments whose first fragment was not seen: counted without ports.
+    FragmentWithoutPorts = 7,
+}
+
+impl Counter {
+    /// Number of counters: the size of the [`COUNTERS`] array.
+    pub const COUNT: u32 = 8;
+    /// Every counter, in index order.
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::MapFull,
+        Self::UpdateFailed,
+        Self::Spilled,
+        Self::Lost,
+        Self::NotIp,
+        Self::Malformed,
+        Self::Deduplicated,
+        Self::FragmentWithoutPorts,
+    ];
+
+    /// A stable snake_case name, used in logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::MapFull => "map_full",
+            Self::UpdateFailed => "update_failed",
+            Self::Spilled => "spilled",
+            Self::Lost => "lost",
+            Self::NotIp => "not_ip",
+            Self::Malformed => "malformed",
+            Self::Deduplicated => "deduplicated",
+            Self::FragmentWithoutPorts => "fragment_without_ports",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, has no implicit padding
+    // (checked by the layout tests) and is valid for any bit pattern.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::DatapathControl {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentPorts {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn flow_key_layout_has_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(offset_of!(FlowKey, src_addr), 0);
+        assert_eq!(offset_of!(FlowKey, dst_addr), 16);
+        assert_eq!(offset_of!(FlowKey, src_port), 32);
+        assert_eq!(offset_of!(FlowKey, dst_port), 34);
+        assert_eq!(offset_of!(FlowKey, protocol), 36);
+        assert_eq!(offset_of!(FlowKey, icmp_type), 37);
+        assert_eq!(offset_of!(FlowKey, icmp_code), 38);
+        assert_eq!(offset_of!(FlowKey, _pad), 39);
+    }
+
+    #[test]
+    fn flow_stats_layout_is_a_multiple_of_eight() {
+        // Per-CPU map values are copied in 8-byte rounded slots; keep them exact.
+        assert_eq!(size_of::<FlowStats>(), 48);
+        assert_eq!(offset_of!(FlowStats, packets), 0);
+        assert_eq!(offset_of!(FlowStats, bytes), 8);
+        assert_eq!(offset_of!(FlowStats, first_seen_ns), 16);
+        assert_eq!(offset_of!(FlowStats, last_seen_ns), 24);
+        assert_eq!(offset_of!(FlowStats, epoch), 32);
+        assert_eq!(offset_of!(FlowStats, first_ifindex), 36);
+        assert_eq!(offset_of!(FlowStats, tcp_flags), 40);
+        assert_eq!(offset_of!(FlowStats, first_direction), 42);
+        assert_eq!(offset_of!(FlowStats, _pad), 43);
+    }
+
+    #[test]
+    fn event_control_and_fragment_layouts() {
+        assert_eq!(size_of::<FlowEvent>(), 88);
+        assert_eq!(offset_of!(FlowEvent, stats), 40);
+        assert_eq!(size_of::<DatapathControl>(), 8);
+        assert_eq!(size_of::<FragmentKey>(), 40);
+        assert_eq!(offset_of!(FragmentKey, id), 32);
+        assert_eq!(offset_of!(FragmentKey, protocol), 36);
+        assert_eq!(size_of::<FragmentPorts>(), 8);
+    }
+
+    #[test]
+    fn counters_are_indexed_in_order() {
+        for (index, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index);
+        }
+    }
+
+    #[test]
+    fn direction_round_trips_through_its_byte() {
+        assert_eq!(
+            Direction::from_u8(Direction::Ingress as u8),
+            Some(Direction::Ingress)
+        );
+        assert_eq!(
+            Direction::from_u8(Direction::Egress as u8),
+            Some(Direction::Egress)
+        );
+        assert_eq!(Direction::from_u8(2), None);
+    }
+}
