@@ -1,0 +1,261 @@
+//! flow-agent's TC classifiers.
+//!
+//! `flow_ingress` and `flow_egress` parse each packet (Ethernet, 802.1Q/802.1ad,
+//! IPv4 with options and fragments, IPv6 with extension headers, TCP, UDP, SCTP,
+//! ICMP, ICMPv6) and add it to its flow in the current epoch's per-CPU flow map.
+//! They never drop, redirect or modify a packet: both always return
+//! `TC_ACT_UNSPEC` (`TCX_NEXT` on TCX), which hands the packet to the next program
+//! or to the stack unchanged.
+//!
+//! Minimum kernel: 5.8 (ring buffer, bounded loops, `bpf_skb_load_bytes` on
+//! clsact). TCX attachment needs 6.6; userspace falls back to clsact before that.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use flow_common::{
+    Counter, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_SPILL_BYTES, DatapathControl, Direction,
+    FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts,
+};
+
+use crate::parse::{Packet, ParseError};
+
+const E2BIG: i32 = 7;
+const EEXIST: i32 = 17;
+
+/// Set to 1 by the loader (`--ebpf-debug`) to log from the programs. It lives in
+/// `.rodata`, so with the default of 0 the verifier prunes every logging branch
+/// and the hot path carries no logging cost at all.
+#[unsafe(no_mangle)]
+static DEBUG_LOG: u8 = 0;
+
+#[map]
+static FLOWS_EVEN: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+static FLOWS_ODD: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+static CONTROL: Array<DatapathControl> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Interfaces whose ingress program counts packets (value unused). An egress packet
+/// that entered the node through one of them was already counted there.
+#[map]
+static COUNTED_INTERFACES: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+
+#[map]
+static SPILL: RingBuf = RingBuf::with_byte_size(DEFAULT_SPILL_BYTES, 0);
+
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
+    LruHashMap::with_max_entries(FRAGMENT_MAP_ENTRIES, 0);
+
+#[classifier]
+pub fn flow_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn flow_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Egress);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn debug_enabled() -> bool {
+    // SAFETY: a plain read of a global; volatile so the compiler does not fold the
+    // default value in, leaving the decision to the loader and the verifier.
+    unsafe { core::ptr::read_volatile(&DEBUG_LOG) != 0 }
+}
+
+#[inline(always)]
+fn bump(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; TC programs do not preempt each other on one CPU.
+        unsafe { *value += 1 }
+    }
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, direction: Direction) {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the whole program run.
+    let (ifindex, ingress_ifindex, gso_segs) =
+        unsafe { ((*skb).ifindex, (*skb).ingress_ifindex, (*skb).gso_segs) };
+
+    if direction == Direction::Egress
+        && ingress_ifindex != 0
+        // SAFETY: the value is never dereferenced.
+        && unsafe { COUNTED_INTERFACES.get(&ingress_ifindex) }.is_some()
+    {
+        bump(Counter::Deduplicated);
+        return;
+    }
+
+    let mut packet = Packet::default();
+    match parse::parse(ctx, &FRAGMENTS, gso_segs > 1, &mut packet) {
+        Ok(()) => {}
+        Err(ParseError::NotIp) => {
+            bump(Counter::NotIp);
+            return;
+        }
+        Err(ParseError::Malformed(reason)) => {
+            bump(Counter::Malformed);
+            if debug_enabled() {
+                debug!(
+                    ctx,
+                    "malformed packet on ifindex {}: {}",
+                    ifindex,
+                    reason.as_str()
+                );
+            }
+            return;
+        }
+    };
+    if packet.fragment_without_ports {
+        bump(Counter::FragmentWithoutPorts);
+    }
+
+    let Packet {
+        key,
+        ip_len,
+        headers_len,
+        tcp_flags,
+        fragment_without_ports: _,
+    } = packet;
+    // A GSO/GRO super-packet stands for `gso_segs` packets on the wire, each of
+    // which repeats the IP and transport headers.
+    let (packets, bytes) = if gso_segs > 1 {
+        let extra = u64::from(gso_segs - 1) * u64::from(headers_len);
+        (u64::from(gso_segs), u64::from(ip_len) + extra)
+    } else {
+        (1, u64::from(ip_len))
+    };
+    record(
+        ctx,
+        &key,
+        Update {
+            packets,
+            bytes,
+            tcp_flags,
+            ifindex,
+            direction,
+        },
+    );
+}
+
+#[derive(Clone, Copy)]
+struct Update {
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u16,
+    ifindex: u32,
+    direction: Direction,
+}
+
+#[inline(always)]
+fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let epoch = match CONTROL.get(0) {
+        Some(DatapathControl { epoch, .. }) => *epoch,
+        None => 0,
+    };
+    let flows = if epoch & 1 == 0 {
+        &FLOWS_EVEN
+    } else {
+        &FLOWS_ODD
+    };
+
+    if let Some(slot) = flows.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a live element, valid until the program exits.
+        add(unsafe { &mut *slot }, epoch, now, &update);
+        return;
+    }
+
+    let mut fresh = FlowStats::default();
+    add(&mut fresh, epoch, now, &update);
+    let counter = match flows.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
+        Ok(()) => return,
+        Err(error) if error == -EEXIST => {
+            // Another CPU created the flow between our lookup and insert.
+            if let Some(slot) = flows.get_ptr_mut(key) {
+                // SAFETY: as above.
+                add(unsafe { &mut *slot }, epoch, now, &update);
+                return;
+            }
+            Counter::UpdateFailed
+        }
+        Err(error) if error == -E2BIG => Counter::MapFull,
+        Err(_) => Counter::UpdateFailed,
+    };
+    bump(counter);
+    if debug_enabled() {
+        debug!(ctx, "flow map update failed ({}), spilling", counter as u32);
+    }
+    match SPILL.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            let event = entry.as_mut_ptr();
+            // SAFETY: the reserved entry is sized and aligned for a FlowEvent; the
+            // fields are written in place to keep the 88-byte event off the stack.
+            unsafe {
+                (&raw mut (*event).key).write(*key);
+                (&raw mut (*event).stats).write(fresh);
+            }
+            entry.submit(0);
+            bump(Counter::Spilled);
+        }
+        None => bump(Counter::Lost),
+    }
+}
+
+#[inline(always)]
+fn add(slot: &mut FlowStats, epoch: u32, now: u64, update: &Update) {
+    let Update {
+        packets,
+        bytes,
+        tcp_flags,
+        ifindex,
+        direction,
+    } = *update;
+    // A slot from another epoch belongs to a previous life of this element (per-CPU
+    // slots are not zeroed on reuse before Linux 5.10): start it afresh.
+    if slot.epoch != epoch || slot.packets == 0 {
+        *slot = FlowStats {
+            first_seen_ns: now,
+            epoch,
+            first_ifindex: ifindex,
+            first_direction: direction as u8,
+            ..FlowStats::default()
+        };
+    }
+    slot.packets += packets;
+    slot.bytes += bytes;
+    slot.last_seen_ns = now;
+    slot.tcp_flags |= tcp_flags;
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
