@@ -1,0 +1,413 @@
+//! `flow-agent run`: attach, follow interfaces, drain on every flush interval,
+//! emit records, and on shutdown detach and drain one last time.
+
+use std::{collections::HashMap, future::Future, io, time::Instant};
+
+use flow_common::Counter;
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::RunConfig,
+    datapath::{Datapath, DatapathCounters, DatapathError},
+    drain::{DrainedFlows, FlowSample},
+    flows::FlowTracker,
+    interfaces::{InterfaceError, Link, LinkEvent, LinkMonitor, list_links},
+    output::RecordSink,
+    record::{FlowRecord, MonotonicClock, Protocol, Timestamp, endpoints, tcp_flag_names},
+};
+
+/// Errors that stop the agent.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// Loading, attaching or draining failed.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// Listing or following interfaces failed.
+    #[error(transparent)]
+    Interfaces(#[from] InterfaceError),
+    /// No interface matched at start.
+    #[error(
+        "no interface matches {patterns} (interfaces here: {available}); pass --wait-for-interfaces to start anyway and attach when one appears"
+    )]
+    NoInterface {
+        /// The patterns, quoted.
+        patterns: String,
+        /// Interfaces present.
+        available: String,
+    },
+    /// Every selected interface failed to attach.
+    #[error("could not attach to any selected interface; first failure on {interface}")]
+    NothingAttached {
+        /// The first interface that failed.
+        interface: String,
+        /// Why.
+        #[source]
+        source: DatapathError,
+    },
+    /// Writing records failed.
+    #[error("writing flow records failed")]
+    Output(#[source] io::Error),
+}
+
+/// Totals of one agent run, returned on shutdown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Records emitted.
+    pub records: u64,
+    /// Packets in those records.
+    pub packets: u64,
+    /// Bytes in those records.
+    pub bytes: u64,
+    /// Datapath counters at exit.
+    pub counters: DatapathCounters,
+}
+
+struct Agent<'a, S> {
+    config: &'a RunConfig,
+    datapath: Datapath,
+    tracker: FlowTracker,
+    sink: S,
+    /// Names of attached interfaces, and of removed ones until the next drain
+    /// has reported their last packets.
+    names: HashMap<u32, String>,
+    removed: Vec<u32>,
+    counters: DatapathCounters,
+    summary: RunSummary,
+}
+
+/// Runs the agent until `shutdown` resolves, then detaches and drains once more,
+/// so every packet counted in the kernel reaches a record.
+pub async fn run<S: RecordSink>(
+    config: &RunConfig,
+    sink: S,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, AgentError> {
+    // Subscribe before listing, so no link that appears in between is missed.
+    let mut monitor = LinkMonitor::open()?;
+    let links = list_links()?;
+    let selected: Vec<Link> = links
+        .iter()
+        .filter(|link| config.interfaces.matches(&link.name))
+        .cloned()
+        .collect();
+    if selected.is_empty() && !config.wait_for_interfaces {
+        let mut available: Vec<&str> = links.iter().map(|link| link.name.as_str()).collect();
+        available.sort_unstable();
+        return Err(AgentError::NoInterface {
+            patterns: config
+                .interfaces
+                .patterns()
+                .iter()
+                .map(|pattern| format!("{pattern:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            available: available.join(", "),
+        });
+    }
+
+    let datapath = Datapath::load(&config.datapath)?;
+    let mut agent = Agent {
+        config,
+        datapath,
+        tracker: FlowTracker::new(config.tracker),
+        sink,
+        names: HashMap::new(),
+        removed: Vec::new(),
+        counters: DatapathCounters::default(),
+        summary: RunSummary::default(),
+    };
+    let failures = agent.attach(&selected);
+    if agent.names.is_empty()
+        && let Some((interface, source)) = failures.into_iter().next()
+    {
+        return Err(AgentError::NothingAttached { interface, source });
+    }
+    info!(
+        interfaces = agent.names.len(),
+        mode = ?agent.datapath.effective_attach_mode(),
+        flush_interval = %humantime::format_duration(config.flush_interval),
+        map_size = config.datapath.map_entries,
+        node = config.node_name,
+        "flow-agent started"
+    );
+
+    let result = agent.event_loop(&mut monitor, shutdown).await;
+    let final_result = agent.shutdown();
+    result.and(final_result)
+}
+
+impl<S: RecordSink> Agent<'_, S> {
+    async fn event_loop(
+        &mut self,
+        monitor: &mut LinkMonitor,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let mut ticker = tokio::time::interval(self.config.flush_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                _ = ticker.tick() => self.flush()?,
+                events = monitor.next() => self.on_link_events(events?)?,
+            }
+        }
+    }
+
+    /// Attaches to links not yet attached; returns the failures.
+    fn attach(&mut self, links: &[Link]) -> Vec<(String, DatapathError)> {
+        let mut wanted = Vec::new();
+        for link in links {
+            if self.names.contains_key(&link.index) && !self.removed.contains(&link.index) {
+                continue;
+            }
+            if !link.has_ethernet_header() {
+                warn!(
+                    interface = link.name,
+                    link_type = link.link_type,
+                    "skipping interface without an Ethernet header"
+                );
+                continue;
+            }
+            wanted.push((link.index, link.name.clone()));
+        }
+        let failures = self.datapath.attach_all(&wanted);
+        for (index, name) in wanted {
+            if failures.iter().all(|(failed, _)| *failed != name) {
+                info!(interface = name, index, "attached");
+                self.removed.retain(|removed| *removed != index);
+                self.names.insert(index, name);
+            }
+        }
+        for (name, error) in &failures {
+            warn!(interface = name, error = %error_chain(error), "attach failed");
+        }
+        failures
+    }
+
+    fn on_link_events(&mut self, events: Vec<LinkEvent>) -> Result<(), AgentError> {
+        for event in events {
+            match event {
+                LinkEvent::New(link) => self.on_new_link(link),
+                LinkEvent::Removed(Link { index, name, .. }) => self.on_removed_link(index, &name),
+                LinkEvent::Resync => {
+                    warn!("link notifications overran; re-listing interfaces");
+                    let links = list_links()?;
+                    let present: Vec<u32> = links.iter().map(|link| link.index).collect();
+                    let gone: Vec<(u32, String)> = self
+                        .datapath
+                        .attached()
+                        .filter(|(index, _)| !present.contains(index))
+                        .map(|(index, name)| (index, name.to_owned()))
+                        .collect();
+                    for (index, name) in gone {
+                        self.on_removed_link(index, &name);
+                    }
+                    for link in links {
+                        self.on_new_link(link);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_new_link(&mut self, link: Link) {
+        let attached_name = self
+            .datapath
+            .attached()
+            .find(|(index, _)| *index == link.index)
+            .map(|(_, name)| name.to_owned());
+        let selected = self.config.interfaces.matches(&link.name);
+        match attached_name {
+            Some(name) if name == link.name => {}
+            Some(name) if !selected => {
+                info!(
+                    interface = name,
+                    new_name = link.name,
+                    "renamed out of selection; detaching"
+                );
+                self.on_removed_link(link.index, &name);
+            }
+            Some(_) => {
+                self.names.insert(link.index, link.name);
+            }
+            None if selected => {
+                let _failures = self.attach(std::slice::from_ref(&link));
+            }
+            None => {}
+        }
+    }
+
+    fn on_removed_link(&mut self, index: u32, name: &str) {
+        if !self.names.contains_key(&index) || self.removed.contains(&index) {
+            return;
+        }
+        self.datapath.detach(index);
+        // Keep the name until the next drain has reported the last packets.
+        self.removed.push(index);
+        info!(interface = name, index, "detached (interface removed)");
+    }
+
+    fn flush(&mut self) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let drained = tokio::task::block_in_place(|| self.datapath.drain())?;
+        self.emit(drained, started)?;
+        self.check_counters()?;
+        let evicted = self.tracker.evict_idle(MonotonicClock::monotonic_now_ns());
+        if evicted > 0 {
+            debug!(
+                evicted,
+                tracked = self.tracker.len(),
+                "idle connections forgotten"
+            );
+        }
+        for index in self.removed.drain(..) {
+            self.names.remove(&index);
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, drained: DrainedFlows, started: Instant) -> Result<(), AgentError> {
+        if drained.stale_slots() > 0 {
+            warn!(
+                slots = drained.stale_slots(),
+                "ignored per-CPU slots left over from an earlier epoch"
+            );
+        }
+        let clock = MonotonicClock::now();
+        let samples = drained.into_samples();
+        let replies = self.tracker.classify(&samples);
+        let records: Vec<FlowRecord> = samples
+            .iter()
+            .zip(replies)
+            .map(|(sample, is_reply)| self.record(sample, is_reply, &clock))
+            .collect();
+        for record in &records {
+            self.summary.records += 1;
+            self.summary.packets += record.packets;
+            self.summary.bytes += record.bytes;
+        }
+        self.sink.emit(&records).map_err(AgentError::Output)?;
+        debug!(
+            flows = records.len(),
+            epoch = self.datapath.epoch(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "drained"
+        );
+        Ok(())
+    }
+
+    fn record(&self, sample: &FlowSample, is_reply: bool, clock: &MonotonicClock) -> FlowRecord {
+        let FlowSample {
+            key,
+            packets,
+            bytes,
+            first_seen_ns,
+            last_seen_ns,
+            tcp_flags,
+            first_ifindex,
+            first_direction,
+        } = *sample;
+        let (source, destination, icmp) = endpoints(&key);
+        FlowRecord {
+            time: Timestamp(clock.to_system_time(last_seen_ns)),
+            first_seen: Timestamp(clock.to_system_time(first_seen_ns)),
+            source,
+            destination,
+            protocol: Protocol(key.protocol),
+            icmp,
+            packets,
+            bytes,
+            tcp_flags: tcp_flag_names(tcp_flags),
+            is_reply,
+            interface: self
+                .names
+                .get(&first_ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{first_ifindex}")),
+            hook: first_direction.into(),
+            node: self.config.node_name.clone(),
+        }
+    }
+
+    /// Warns when packets could not go into the flow map, and how many were lost.
+    fn check_counters(&mut self) -> Result<(), AgentError> {
+        let counters = self.datapath.counters()?;
+        let increases = counters.increase_since(&self.counters);
+        let pressure = |counter| {
+            increases
+                .iter()
+                .find(|(c, _)| *c == counter)
+                .map_or(0, |(_, delta)| *delta)
+        };
+        let (map_full, failed, spilled, lost) = (
+            pressure(Counter::MapFull),
+            pressure(Counter::UpdateFailed),
+            pressure(Counter::Spilled),
+            pressure(Counter::Lost),
+        );
+        if lost > 0 {
+            error!(
+                map_full,
+                update_failed = failed,
+                spilled,
+                lost,
+                "flow map full and spill ring full: packets went uncounted; raise --map-size or --spill-size"
+            );
+        } else if map_full + failed > 0 {
+            warn!(
+                map_full,
+                update_failed = failed,
+                spilled,
+                "flow map full: packets went through the spill ring; consider a larger --map-size"
+            );
+        }
+        self.counters = counters;
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<RunSummary, AgentError> {
+        self.datapath.detach_all();
+        let started = Instant::now();
+        let drained = self.datapath.drain_final()?;
+        self.emit(drained, started)?;
+        self.check_counters()?;
+        let counters = self.counters;
+        info!(
+            records = self.summary.records,
+            packets = self.summary.packets,
+            bytes = self.summary.bytes,
+            map_full = counters.get(Counter::MapFull),
+            update_failed = counters.get(Counter::UpdateFailed),
+            spilled = counters.get(Counter::Spilled),
+            lost = counters.get(Counter::Lost),
+            not_ip = counters.get(Counter::NotIp),
+            malformed = counters.get(Counter::Malformed),
+            deduplicated = counters.get(Counter::Deduplicated),
+            fragment_without_ports = counters.get(Counter::FragmentWithoutPorts),
+            "flow-agent stopped; every counted packet was reported"
+        );
+        self.summary.counters = counters;
+        Ok(self.summary.clone())
+    }
+}
+
+/// An error and its sources on one line: `outer: inner: root`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        // Transparent wrappers repeat their source's message.
+        if !text.ends_with(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text.replace('\n', " ")
+}

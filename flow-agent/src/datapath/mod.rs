@@ -1,0 +1,810 @@
+//! Loads the eBPF programs, attaches them to interfaces and drains their maps.
+//!
+//! # Draining without losing a packet
+//!
+//! The programs count into the flow map of the current epoch (see
+//! [`flow_common`]). [`Datapath::drain`] switches the epoch, waits one RCU grace
+//! period so that no program can still be adding to the previous epoch's map,
+//! then moves every entry out of that map (read keys and values, delete). Because
+//! nothing writes the drained map any more, reading and deleting cannot race with
+//! a packet: each packet is in exactly one drain.
+//!
+//! # Counting a packet once
+//!
+//! Each interface gets an ingress and an egress classifier. A packet between two
+//! watched pods on one node enters the node through the sender's host-side veth
+//! (ingress, counted) and leaves through the receiver's (egress). The egress
+//! program skips packets whose `ingress_ifindex` is in `COUNTED_INTERFACES`, the
+//! set of interfaces whose ingress program is attached, so that packet is counted
+//! once. The set is updated after an ingress program is attached and before it is
+//! detached, so a change can at worst count a packet twice, never lose it.
+
+mod sys;
+
+use std::{collections::BTreeMap, io, os::fd::AsFd as _};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle},
+    },
+    util::KernelVersion,
+};
+use flow_common::{
+    CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl, Direction,
+    FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
+};
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::drain::{DrainedFlows, FlowSample};
+
+/// The compiled flow-agent eBPF object (TC classifiers and maps).
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flow-agent-ebpf"));
+
+/// Test and benchmark classifiers: `drop_all` (drops every packet, like a CNI
+/// program that redirects) and `pass_through` (does nothing).
+pub static TESTKIT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flow-agent-testkit"));
+
+/// How programs are attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX on Linux 6.6 and later, clsact (netlink) before.
+    #[default]
+    Auto,
+    /// TCX links (Linux 6.6+), placed at the head of the chain.
+    Tcx,
+    /// A cls_bpf filter on the clsact qdisc (any kernel with BPF).
+    Tc,
+}
+
+/// Settings for [`Datapath::load`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Capacity of each of the two flow maps, in flows.
+    pub map_entries: u32,
+    /// Size of the spill ring buffer in bytes (power of two, multiple of the page size).
+    pub spill_bytes: u32,
+    /// How programs are attached.
+    pub attach_mode: AttachMode,
+    /// Log from the eBPF programs (aya-log). Costs a branch per packet when on.
+    pub ebpf_debug: bool,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            map_entries: flow_common::DEFAULT_FLOW_MAP_ENTRIES,
+            spill_bytes: flow_common::DEFAULT_SPILL_BYTES,
+            attach_mode: AttachMode::Auto,
+            ebpf_debug: false,
+        }
+    }
+}
+
+/// Errors from loading, attaching and draining the eBPF programs.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    /// The process lacks the privileges to use BPF.
+    #[error(
+        "not permitted to use BPF ({source}): run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+    )]
+    NotPermitted {
+        /// The refused call.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel has no BPF support.
+    #[error(
+        "this kernel does not support BPF ({source}): flow-agent needs Linux 5.8+ built with CONFIG_BPF_SYSCALL"
+    )]
+    NoKernelSupport {
+        /// The failed call.
+        #[source]
+        source: io::Error,
+    },
+    /// Loading the eBPF object failed.
+    #[error("failed to load the eBPF programs")]
+    Load(#[source] Box<EbpfError>),
+    /// A program could not be loaded into the kernel.
+    #[error("the kernel rejected program {program}")]
+    LoadProgram {
+        /// Program name.
+        program: &'static str,
+        /// The error, with the verifier log.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A map the programs need is missing from the object.
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A program is missing from the object.
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// A map operation failed.
+    #[error("{operation} on map {map} failed")]
+    Map {
+        /// What was being done.
+        operation: &'static str,
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// Attaching a program failed.
+    #[error("failed to attach {program} to {interface} ({mode})")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Interface name.
+        interface: String,
+        /// `tcx` or `tc`.
+        mode: &'static str,
+        /// The error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// TCX was requested on a kernel without it.
+    #[error("TCX needs Linux 6.6 or later (this kernel is {0}); use --attach-mode tc")]
+    TcxUnsupported(String),
+    /// Waiting for running programs failed.
+    #[error("waiting for running BPF programs failed")]
+    Barrier(#[source] io::Error),
+    /// Draining a flow map failed.
+    #[error("draining map {map} failed")]
+    Drain {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DatapathError {
+    /// Classifies an error from a BPF syscall: privilege and missing-kernel-support
+    /// errors get their own variants so the user is told what to do.
+    fn from_syscall(error: io::Error) -> Option<Self> {
+        match error.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => Some(Self::NotPermitted { source: error }),
+            Some(libc::ENOSYS) => Some(Self::NoKernelSupport { source: error }),
+            _ => None,
+        }
+    }
+}
+
+/// Finds the first `io::Error` in an error's source chain.
+fn root_io_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io_error) = error.downcast_ref::<io::Error>() {
+            return Some(io_error);
+        }
+        current = error.source();
+    }
+    None
+}
+
+fn classify(error: DatapathError) -> DatapathError {
+    let errno = root_io_error(&error).and_then(io::Error::raw_os_error);
+    match errno {
+        Some(errno @ (libc::EPERM | libc::EACCES | libc::ENOSYS)) => {
+            DatapathError::from_syscall(io::Error::from_raw_os_error(errno)).unwrap_or(error)
+        }
+        _ => error,
+    }
+}
+
+/// Datapath counters, summed over CPUs. See [`Counter`] for their meaning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathCounters(pub [u64; Counter::COUNT as usize]);
+
+impl DatapathCounters {
+    /// The value of one counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        let Self(values) = self;
+        values[counter as usize]
+    }
+
+    /// Counters that grew since `earlier`, with the increase.
+    pub fn increase_since(&self, earlier: &Self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .filter_map(|&counter| {
+                let delta = self.get(counter).saturating_sub(earlier.get(counter));
+                (delta > 0).then_some((counter, delta))
+            })
+            .collect()
+    }
+}
+
+struct Attachment {
+    name: String,
+    ingress: SchedClassifierLinkId,
+    egress: Option<SchedClassifierLinkId>,
+}
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    flows_even: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    flows_odd: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    control: Array<MapData, DatapathControl>,
+    counters: PerCpuArray<MapData, u64>,
+    counted_interfaces: BpfHashMap<MapData, u32, u8>,
+    spill: RingBuf<MapData>,
+    barrier: sys::RcuBarrier,
+    epoch: u32,
+    attach_mode: AttachMode,
+    attachments: BTreeMap<u32, Attachment>,
+    batch_supported: bool,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("epoch", &self.epoch)
+            .field("attach_mode", &self.attach_mode)
+            .field("interfaces", &self.attachments.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+    ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
+}
+
+fn typed<T>(map: aya::maps::Map, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| DatapathError::Map {
+        operation: "open",
+        map: name,
+        source: Box::new(source),
+    })
+}
+
+/// Raises RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps against it.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        debug!(error = %io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Checks that BPF is available and permitted by creating (and dropping) a map,
+/// so the user gets a precise error before anything else happens.
+fn probe_bpf() -> Result<(), DatapathError> {
+    match Array::<MapData, u32>::create(1, 0) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let io_error = root_io_error(&error)
+                .and_then(io::Error::raw_os_error)
+                .map(io::Error::from_raw_os_error);
+            Err(io_error
+                .and_then(DatapathError::from_syscall)
+                .unwrap_or(DatapathError::Map {
+                    operation: "create a probe",
+                    map: "probe",
+                    source: Box::new(error),
+                }))
+        }
+    }
+}
+
+impl Datapath {
+    /// Loads and verifies the programs and opens their maps; attaches nothing.
+    pub fn load(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        let DatapathConfig {
+            map_entries,
+            spill_bytes,
+            attach_mode,
+            ebpf_debug,
+        } = *config;
+        raise_memlock_limit();
+        probe_bpf()?;
+        if attach_mode == AttachMode::Tcx && !tcx_supported() {
+            return Err(DatapathError::TcxUnsupported(kernel_version_string()));
+        }
+
+        let debug_flag = u8::from(ebpf_debug);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS_EVEN, map_entries)
+            .map_max_entries(FLOWS_ODD, map_entries)
+            .map_max_entries(SPILL, spill_bytes)
+            .override_global(DEBUG_LOG, &debug_flag, true)
+            .load(EBPF_OBJECT)
+            .map_err(|error| classify(DatapathError::Load(Box::new(error))))?;
+
+        if ebpf_debug {
+            start_ebpf_logger(&mut ebpf);
+        }
+        for program in [PROGRAM_INGRESS, PROGRAM_EGRESS] {
+            classifier(&mut ebpf, program)?
+                .load()
+                .map_err(|source| classify(DatapathError::LoadProgram {
+                        program,
+                        source: Box::new(source),
+                    }))?;
+        }
+
+        let flows_even = typed(take_map(&mut ebpf, FLOWS_EVEN)?, FLOWS_EVEN)?;
+        let flows_odd = typed(take_map(&mut ebpf, FLOWS_ODD)?, FLOWS_ODD)?;
+        let control: Array<MapData, DatapathControl> =
+            typed(take_map(&mut ebpf, CONTROL)?, CONTROL)?;
+        let counters = typed(take_map(&mut ebpf, COUNTERS)?, COUNTERS)?;
+        let counted_interfaces =
+            typed(take_map(&mut ebpf, COUNTED_INTERFACES)?, COUNTED_INTERFACES)?;
+        let spill = typed(take_map(&mut ebpf, SPILL)?, SPILL)?;
+        let DatapathControl { epoch, .. } =
+            control.get(&0, 0).map_err(|source| DatapathError::Map {
+                operation: "read",
+                map: CONTROL,
+                source: Box::new(source),
+            })?;
+        let barrier = sys::RcuBarrier::new().map_err(DatapathError::Barrier)?;
+        Ok(Self {
+            ebpf,
+            flows_even,
+            flows_odd,
+            control,
+            counters,
+            counted_interfaces,
+            spill,
+            barrier,
+            epoch,
+            attach_mode,
+            attachments: BTreeMap::new(),
+            batch_supported: true,
+        })
+    }
+
+    /// The classifier for one direction, for tests and benchmarks that run it
+    /// with `BPF_PROG_TEST_RUN`.
+    pub fn classifier_mut(
+        &mut self,
+        direction: Direction,
+    ) -> Result<&mut SchedClassifier, DatapathError> {
+        let name = match direction {
+            Direction::Ingress => PROGRAM_INGRESS,
+            Direction::Egress => PROGRAM_EGRESS,
+        };
+        classifier(&mut self.ebpf, name)
+    }
+
+    /// The effective attach mode on this kernel.
+    pub fn effective_attach_mode(&self) -> AttachMode {
+        match self.attach_mode {
+            AttachMode::Auto if tcx_supported() => AttachMode::Tcx,
+            AttachMode::Auto => AttachMode::Tc,
+            mode => mode,
+        }
+    }
+
+    /// Interfaces (index and name) with programs attached.
+    pub fn attached(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.attachments
+            .iter()
+            .map(|(index, Attachment { name, .. })| (*index, name.as_str()))
+    }
+
+    /// Attaches both programs to each interface. All ingress programs go first,
+    /// then the interfaces join the counted set, then the egress programs: no
+    /// packet between two of these interfaces is counted twice or missed.
+    ///
+    /// Returns the interfaces that failed, with why; the others stay attached.
+    pub fn attach_all(&mut self, interfaces: &[(u32, String)]) -> Vec<(String, DatapathError)> {
+        let mut failures = Vec::new();
+        let mut ready = Vec::new();
+        for (index, name) in interfaces {
+            if self.attachments.contains_key(index) {
+                continue;
+            }
+            match self.attach_one(name, TcAttachType::Ingress) {
+                Ok(ingress) => {
+                    self.attachments.insert(
+                        *index,
+                        Attachment {
+                            name: name.clone(),
+                            ingress,
+                            egress: None,
+                        },
+                    );
+                    ready.push((*index, name.clone()));
+                }
+                Err(error) => failures.push((name.clone(), error)),
+            }
+        }
+        for (index, name) in ready {
+            let result = self
+                .counted_interfaces
+                .insert(index, 1, 0)
+                .map_err(|source| DatapathError::Map {
+                    operation: "insert",
+                    map: COUNTED_INTERFACES,
+                    source: Box::new(source),
+                })
+                .and_then(|()| self.attach_one(&name, TcAttachType::Egress));
+            match result {
+                Ok(egress) => {
+                    if let Some(attachment) = self.attachments.get_mut(&index) {
+                        attachment.egress = Some(egress);
+                    }
+                }
+                Err(error) => {
+                    self.detach(index);
+                    failures.push((name, error));
+                }
+            }
+        }
+        failures
+    }
+
+    fn attach_one(
+        &mut self,
+        interface: &str,
+        attach_type: TcAttachType,
+    ) -> Result<SchedClassifierLinkId, DatapathError> {
+        let program = match attach_type {
+            TcAttachType::Egress => PROGRAM_EGRESS,
+            _ => PROGRAM_INGRESS,
+        };
+        let mode = self.effective_attach_mode();
+        let classifier = classifier(&mut self.ebpf, program)?;
+        let error = |mode, source| DatapathError::Attach {
+            program,
+            interface: interface.to_owned(),
+            mode,
+            source: Box::new(source),
+        };
+        if mode == AttachMode::Tcx {
+            // Head of the chain: a CNI program that redirects or drops (Cilium)
+            // must not hide packets from us.
+            return classifier
+                .attach_with_options(
+                    interface,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .map_err(|source| error("tcx", source));
+        }
+        // Add clsact if missing; an existing qdisc (EEXIST) is left untouched and
+        // is never deleted, since other programs may hang off it.
+        if let Err(qdisc_error) = tc::qdisc_add_clsact(interface) {
+            debug!(interface, error = %qdisc_error, "clsact not added (usually: it already exists)");
+        }
+        // Priority 1 runs before any filter a CNI adds at a higher number; our
+        // own handle keeps a CNI that replaces "prio 1 handle 1" from replacing us.
+        let preferred = NlOptions {
+            priority: 1,
+            handle: TcHandle::new(0, 0xfa),
+            classid: None,
+        };
+        match classifier.attach_with_options(
+            interface,
+            attach_type,
+            TcAttachOptions::Netlink(preferred),
+        ) {
+            Ok(link) => Ok(link),
+            Err(first_error) => {
+                // Priority 1 is taken by a filter of another kind: let the kernel
+                // pick a priority ahead of the existing filters.
+                debug!(interface, error = %first_error, "priority 1 unavailable, using automatic priority");
+                classifier
+                    .attach_with_options(
+                        interface,
+                        attach_type,
+                        TcAttachOptions::Netlink(NlOptions::default()),
+                    )
+                    .map_err(|source| error("tc", source))
+            }
+        }
+    }
+
+    /// Detaches both programs from an interface (which may already be gone).
+    pub fn detach(&mut self, index: u32) {
+        let Some(Attachment {
+            name,
+            ingress,
+            egress,
+        }) = self.attachments.remove(&index)
+        else {
+            return;
+        };
+        if let Some(egress) = egress
+            && let Ok(program) = classifier(&mut self.ebpf, PROGRAM_EGRESS)
+            && let Err(error) = program.detach(egress)
+        {
+            debug!(interface = name, %error, "egress detach failed (interface probably gone)");
+        }
+        if let Err(error) = self.counted_interfaces.remove(&index) {
+            debug!(interface = name, %error, "interface was not in the counted set");
+        }
+        if let Ok(program) = classifier(&mut self.ebpf, PROGRAM_INGRESS)
+            && let Err(error) = program.detach(ingress)
+        {
+            debug!(interface = name, %error, "ingress detach failed (interface probably gone)");
+        }
+    }
+
+    /// Detaches from every interface: egress programs first, then the counted
+    /// set, then ingress programs, the reverse of [`Datapath::attach_all`].
+    pub fn detach_all(&mut self) {
+        let indexes: Vec<u32> = self.attachments.keys().copied().collect();
+        for index in &indexes {
+            if let Some(attachment) = self.attachments.get_mut(index)
+                && let Some(egress) = attachment.egress.take()
+                && let Ok(program) = classifier(&mut self.ebpf, PROGRAM_EGRESS)
+                && let Err(error) = program.detach(egress)
+            {
+                debug!(%error, "egress detach failed (interface probably gone)");
+            }
+        }
+        for index in indexes {
+            self.detach(index);
+        }
+    }
+
+    /// Datapath counters summed over CPUs.
+    pub fn counters(&self) -> Result<DatapathCounters, DatapathError> {
+        let mut totals = [0u64; Counter::COUNT as usize];
+        for counter in Counter::ALL {
+            let values =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| DatapathError::Map {
+                        operation: "read",
+                        map: COUNTERS,
+                        source: Box::new(source),
+                    })?;
+            totals[counter as usize] = values.iter().sum();
+        }
+        Ok(DatapathCounters(totals))
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Moves every flow counted since the previous drain out of the kernel.
+    ///
+    /// Switches the epoch, waits for programs still using the old one, then
+    /// empties the old epoch's map and the spill ring buffer.
+    pub fn drain(&mut self) -> Result<DrainedFlows, DatapathError> {
+        let drained_epoch = self.epoch;
+        self.advance_epoch()?;
+        let mut flows = DrainedFlows::default();
+        self.drain_map(drained_epoch, &mut flows)?;
+        self.drain_spill(&mut flows);
+        Ok(flows)
+    }
+
+    /// Drains both flow maps and the spill ring buffer. Call after
+    /// [`Datapath::detach_all`] so that nothing is counted afterwards.
+    pub fn drain_final(&mut self) -> Result<DrainedFlows, DatapathError> {
+        let mut flows = self.drain()?;
+        let current = self.epoch;
+        self.barrier.wait().map_err(DatapathError::Barrier)?;
+        self.drain_map(current, &mut flows)?;
+        self.drain_spill(&mut flows);
+        Ok(flows)
+    }
+
+    fn advance_epoch(&mut self) -> Result<(), DatapathError> {
+        let next = self.epoch.wrapping_add(1);
+        self.control
+            .set(
+                0,
+                DatapathControl {
+                    epoch: next,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(|source| DatapathError::Map {
+                operation: "write",
+                map: CONTROL,
+                source: Box::new(source),
+            })?;
+        self.epoch = next;
+        self.barrier.wait().map_err(DatapathError::Barrier)
+    }
+
+    fn drain_map(&mut self, epoch: u32, flows: &mut DrainedFlows) -> Result<(), DatapathError> {
+        let name = if epoch & 1 == 0 {
+            FLOWS_EVEN
+        } else {
+            FLOWS_ODD
+        };
+        if self.batch_supported {
+            match self.drain_map_batched(epoch, flows) {
+                Ok(()) => return Ok(()),
+                Err(error)
+                    if matches!(
+                        error.raw_os_error(),
+                        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+                    ) =>
+                {
+                    // 524 is ENOTSUPP: the kernel predates batch operations (5.6).
+                    debug!(%error, "batched drain unsupported, draining key by key");
+                    self.batch_supported = false;
+                }
+                Err(source) => return Err(DatapathError::Drain { map: name, source }),
+            }
+        }
+        self.drain_map_by_key(epoch, flows)
+    }
+
+    fn flows_map(
+        &mut self,
+        epoch: u32,
+    ) -> (
+        &'static str,
+        &mut PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    ) {
+        if epoch & 1 == 0 {
+            (FLOWS_EVEN, &mut self.flows_even)
+        } else {
+            (FLOWS_ODD, &mut self.flows_odd)
+        }
+    }
+
+    fn drain_map_batched(&mut self, epoch: u32, flows: &mut DrainedFlows) -> io::Result<()> {
+        const BATCH: u32 = 4096;
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
+        let stride = size_of::<FlowStats>().next_multiple_of(8);
+        let mut keys = vec![0u8; BATCH as usize * size_of::<FlowKey>()];
+        let mut values = vec![0u8; BATCH as usize * stride * cpus];
+        let (_, map) = self.flows_map(epoch);
+        let fd = aya::maps::IterableMap::map(&*map).fd().as_fd();
+        let mut token = None;
+        let mut slots = Vec::with_capacity(cpus);
+        loop {
+            let sys::Batch { count, done } =
+                sys::lookup_and_delete_batch(fd, &mut token, &mut keys, &mut values, BATCH)?;
+            for entry in 0..count {
+                let key_bytes = &keys[entry * size_of::<FlowKey>()..][..size_of::<FlowKey>()];
+                // SAFETY: FlowKey is plain old data of exactly this size.
+                let key: FlowKey = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
+                slots.clear();
+                for cpu in 0..cpus {
+                    let offset = (entry * cpus + cpu) * stride;
+                    // SAFETY: as above, for FlowStats.
+                    let slot: FlowStats =
+                        unsafe { std::ptr::read_unaligned(values[offset..].as_ptr().cast()) };
+                    slots.push(slot);
+                }
+                flows.add_slots(key, &slots, epoch);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    fn drain_map_by_key(
+        &mut self,
+        epoch: u32,
+        flows: &mut DrainedFlows,
+    ) -> Result<(), DatapathError> {
+        let (name, map) = self.flows_map(epoch);
+        let keys = map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                operation: "list keys of",
+                map: name,
+                source: Box::new(source),
+            })?;
+        for key in keys {
+            match map.get(&key, 0) {
+                Ok(values) => flows.add_slots(key, &values, epoch),
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        operation: "read",
+                        map: name,
+                        source: Box::new(source),
+                    });
+                }
+            }
+            if let Err(source) = map.remove(&key)
+                && !matches!(source, MapError::KeyNotFound)
+            {
+                return Err(DatapathError::Map {
+                    operation: "delete from",
+                    map: name,
+                    source: Box::new(source),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_spill(&mut self, flows: &mut DrainedFlows) {
+        while let Some(item) = self.spill.next() {
+            if item.len() < size_of::<FlowEvent>() {
+                warn!(len = item.len(), "short spill record ignored");
+                continue;
+            }
+            // SAFETY: the record holds a FlowEvent written by the programs.
+            let FlowEvent { key, stats } =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+            flows.add_sample(FlowSample::from_stats(key, &stats));
+        }
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(program)
+        .ok_or(DatapathError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| DatapathError::LoadProgram {
+            program,
+            source: Box::new(source),
+        })
+}
+
+/// TCX links need Linux 6.6.
+fn tcx_supported() -> bool {
+    KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
+}
+
+fn kernel_version_string() -> String {
+    match KernelVersion::current() {
+        Ok(version) => format!("{version:?}"),
+        Err(error) => format!("unknown: {error}"),
+    }
+}
+
+fn start_ebpf_logger(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                warn!("eBPF debug logging needs a tokio runtime; logs will not be read");
+                return;
+            };
+            handle.spawn(async move {
+                // SAFETY: the logger owns its ring buffer fd for as long as it
+                // lives, and the AsyncFd owns the logger.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        logger,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                let mut logger = match registered {
+                    Ok(logger) => logger,
+                    Err(error) => {
+                        let (_, error) = error.into_parts();
+                        warn!(%error, "cannot poll the eBPF log buffer");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok(mut guard) = logger.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(error) => warn!(%error, "eBPF debug logging unavailable"),
+    }
+}

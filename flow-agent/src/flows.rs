@@ -1,0 +1,369 @@
+//! Connection tracking in userspace: which end opened each connection, so every
+//! record can say whether it is the request or the reply direction.
+//!
+//! Evidence, strongest first: a TCP segment with SYN and without ACK comes from
+//! the initiator, SYN+ACK from the responder; an ICMP echo (or timestamp,
+//! information, address-mask) request from the initiator and its reply from the
+//! responder. Without such evidence (UDP, SCTP, a TCP connection already open when
+//! the agent started), whichever direction was seen first is the request. Weak
+//! decisions are corrected when strong evidence arrives later.
+
+use flow_common::{FlowKey, protocol, tcp_flag};
+use hashbrown::HashMap;
+
+use crate::drain::FlowSample;
+
+/// An (address, port) pair; for ICMP the port is zero.
+type Endpoint = ([u8; 16], u16);
+
+/// Both directions of a connection map to the same key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ConnectionKey {
+    low: Endpoint,
+    high: Endpoint,
+    protocol: u8,
+    /// For ICMP: the request type of the exchange (echo replies map to echo
+    /// requests), and the code. Zero for other protocols.
+    icmp_exchange: u8,
+    icmp_code: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Request,
+    Reply,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Connection {
+    initiator: Endpoint,
+    /// Decided by SYN or ICMP type rather than first sight.
+    certain: bool,
+    /// FIN or RST seen: forget the connection soon after it goes quiet.
+    closing: bool,
+    last_seen_ns: u64,
+}
+
+/// How long connections are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// A connection without traffic for this long is forgotten.
+    pub idle_timeout_ns: u64,
+    /// A TCP connection that saw FIN or RST is forgotten after this much quiet.
+    pub closed_timeout_ns: u64,
+}
+
+/// Remembers the initiator of each live connection.
+#[derive(Debug)]
+pub struct FlowTracker {
+    connections: HashMap<ConnectionKey, Connection>,
+    config: TrackerConfig,
+}
+
+/// ICMP request types and their replies (RFC 792, RFC 4443).
+const ICMP_EXCHANGES: [(u8, u8); 4] = [(8, 0), (13, 14), (15, 16), (17, 18)];
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+fn icmp_role(protocol: u8, icmp_type: u8) -> Option<(Role, u8)> {
+    match protocol {
+        protocol::ICMP => ICMP_EXCHANGES.iter().find_map(|&(request, reply)| {
+            if icmp_type == request {
+                Some((Role::Request, request))
+            } else if icmp_type == reply {
+                Some((Role::Reply, request))
+            } else {
+                None
+            }
+        }),
+        protocol::ICMPV6 => match icmp_type {
+            ICMPV6_ECHO_REQUEST => Some((Role::Request, ICMPV6_ECHO_REQUEST)),
+            ICMPV6_ECHO_REPLY => Some((Role::Reply, ICMPV6_ECHO_REQUEST)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn connection_key(key: &FlowKey) -> ConnectionKey {
+    let FlowKey {
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+        protocol,
+        icmp_type,
+        icmp_code,
+        _pad,
+    } = *key;
+    let source = (src_addr, src_port);
+    let destination = (dst_addr, dst_port);
+    let (low, high) = if source <= destination {
+        (source, destination)
+    } else {
+        (destination, source)
+    };
+    let icmp_exchange = match icmp_role(protocol, icmp_type) {
+        Some((_, request)) => request,
+        None => icmp_type,
+    };
+    ConnectionKey {
+        low,
+        high,
+        protocol,
+        icmp_exchange,
+        icmp_code,
+    }
+}
+
+/// What a sample proves about its own direction.
+fn evidence(sample: &FlowSample) -> Option<Role> {
+    let FlowKey {
+        protocol,
+        icmp_type,
+        ..
+    } = sample.key;
+    match protocol {
+        protocol::TCP if sample.tcp_flags & tcp_flag::SYN_ONLY != 0 => Some(Role::Request),
+        protocol::TCP if sample.tcp_flags & tcp_flag::SYN_ACK != 0 => Some(Role::Reply),
+        protocol::ICMP | protocol::ICMPV6 => icmp_role(protocol, icmp_type).map(|(role, _)| role),
+        _ => None,
+    }
+}
+
+impl FlowTracker {
+    /// An empty tracker.
+    pub fn new(config: TrackerConfig) -> Self {
+        Self {
+            connections: HashMap::new(),
+            config,
+        }
+    }
+
+    /// Connections remembered.
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// No connection is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+
+    /// Decides, for each sample of one drain (ordered by first packet), whether
+    /// it is the reply direction. Returns one flag per sample, in order.
+    pub fn classify(&mut self, samples: &[FlowSample]) -> Vec<bool> {
+        // First pass: learn initiators, so that strong evidence anywhere in the
+        // drain decides every record of the connection.
+        for sample in samples {
+            let source = (sample.key.src_addr, sample.key.src_port);
+            let destination = (sample.key.dst_addr, sample.key.dst_port);
+            let evidence = evidence(sample);
+            let closing = sample.key.protocol == protocol::TCP
+                && sample.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0;
+            let proven_initiator = match evidence {
+                Some(Role::Request) => Some(source),
+                Some(Role::Reply) => Some(destination),
+                None => None,
+            };
+            self.connections
+                .entry(connection_key(&sample.key))
+                .and_modify(|connection| {
+                    if let Some(initiator) = proven_initiator {
+                        // A new SYN on a known tuple is a new connection (port
+                        // reuse); otherwise strong evidence corrects first sight.
+                        if !connection.certain || evidence == Some(Role::Request) {
+                            connection.initiator = initiator;
+                            connection.certain = true;
+                        }
+                        if evidence == Some(Role::Request) {
+                            connection.closing = false;
+                        }
+                    }
+                    connection.closing |= closing;
+                    connection.last_seen_ns = connection.last_seen_ns.max(sample.last_seen_ns);
+                })
+                .or_insert(Connection {
+                    initiator: proven_initiator.unwrap_or(source),
+                    certain: proven_initiator.is_some(),
+                    closing,
+                    last_seen_ns: sample.last_seen_ns,
+                });
+        }
+        samples
+            .iter()
+            .map(|sample| {
+                let source = (sample.key.src_addr, sample.key.src_port);
+                self.connections
+                    .get(&connection_key(&sample.key))
+                    .is_some_and(|connection| connection.initiator != source)
+            })
+            .collect()
+    }
+
+    /// Forgets connections that have been quiet for too long; returns how many.
+    pub fn evict_idle(&mut self, now_ns: u64) -> usize {
+        let TrackerConfig {
+            idle_timeout_ns,
+            closed_timeout_ns,
+        } = self.config;
+        let before = self.connections.len();
+        self.connections.retain(|_, connection| {
+            let timeout = if connection.closing {
+                closed_timeout_ns
+            } else {
+                idle_timeout_ns
+            };
+            now_ns.saturating_sub(connection.last_seen_ns) < timeout
+        });
+        before - self.connections.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flow_common::Direction;
+
+    use super::*;
+
+    const CONFIG: TrackerConfig = TrackerConfig {
+        idle_timeout_ns: 1_000,
+        closed_timeout_ns: 100,
+    };
+
+    fn addr(last: u8) -> [u8; 16] {
+        let mut address = [0u8; 16];
+        address[15] = last;
+        address
+    }
+
+    fn sample(
+        src: u8,
+        src_port: u16,
+        dst: u8,
+        dst_port: u16,
+        protocol: u8,
+        first: u64,
+    ) -> FlowSample {
+        FlowSample {
+            key: FlowKey {
+                src_addr: addr(src),
+                dst_addr: addr(dst),
+                src_port,
+                dst_port,
+                protocol,
+                ..FlowKey::default()
+            },
+            packets: 1,
+            bytes: 60,
+            first_seen_ns: first,
+            last_seen_ns: first,
+            tcp_flags: 0,
+            first_ifindex: 1,
+            first_direction: Direction::Ingress,
+        }
+    }
+
+    fn tcp(src: u8, src_port: u16, dst: u8, dst_port: u16, first: u64, flags: u16) -> FlowSample {
+        FlowSample {
+            tcp_flags: flags,
+            ..sample(src, src_port, dst, dst_port, protocol::TCP, first)
+        }
+    }
+
+    fn icmp(src: u8, dst: u8, icmp_type: u8, first: u64) -> FlowSample {
+        let mut sample = sample(src, 0, dst, 0, protocol::ICMP, first);
+        sample.key.icmp_type = icmp_type;
+        sample
+    }
+
+    #[test]
+    fn udp_initiator_is_the_first_direction_seen() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        let flags = tracker.classify(&[
+            sample(1, 5000, 2, 53, protocol::UDP, 10),
+            sample(2, 53, 1, 5000, protocol::UDP, 20),
+        ]);
+        assert_eq!(flags, [false, true]);
+        // Later drains keep the decision even if only the reply has traffic.
+        assert_eq!(
+            tracker.classify(&[sample(2, 53, 1, 5000, protocol::UDP, 30)]),
+            [true]
+        );
+    }
+
+    #[test]
+    fn tcp_syn_decides_even_when_the_reply_was_seen_first() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        // The SYN-ACK direction carries an earlier first_seen (clock skew between
+        // CPUs), yet the SYN proves who opened the connection.
+        let flags = tracker.classify(&[
+            tcp(
+                2,
+                80,
+                1,
+                40000,
+                5,
+                tcp_flag::SYN | tcp_flag::ACK | tcp_flag::SYN_ACK,
+            ),
+            tcp(
+                1,
+                40000,
+                2,
+                80,
+                6,
+                tcp_flag::SYN | tcp_flag::SYN_ONLY | tcp_flag::ACK,
+            ),
+        ]);
+        assert_eq!(flags, [true, false]);
+    }
+
+    #[test]
+    fn tcp_mid_stream_falls_back_to_first_sight_and_syn_corrects_it() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        assert_eq!(
+            tracker.classify(&[tcp(2, 80, 1, 40000, 5, tcp_flag::ACK)]),
+            [false]
+        );
+        // A new connection on the same tuple, opened by 1: port reuse.
+        assert_eq!(
+            tracker.classify(&[tcp(1, 40000, 2, 80, 50, tcp_flag::SYN | tcp_flag::SYN_ONLY)]),
+            [false]
+        );
+        assert_eq!(
+            tracker.classify(&[tcp(2, 80, 1, 40000, 60, tcp_flag::ACK)]),
+            [true]
+        );
+    }
+
+    #[test]
+    fn icmp_echo_reply_is_a_reply_whatever_the_order() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        let flags = tracker.classify(&[icmp(2, 1, 0, 5), icmp(1, 2, 8, 6)]);
+        assert_eq!(flags, [true, false]);
+        // Destination unreachable has no exchange: first sight.
+        assert_eq!(tracker.classify(&[icmp(3, 1, 3, 9)]), [false]);
+    }
+
+    #[test]
+    fn idle_and_closed_connections_are_evicted() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        tracker.classify(&[
+            sample(1, 5000, 2, 53, protocol::UDP, 10),
+            tcp(1, 40000, 2, 80, 10, tcp_flag::SYN_ONLY | tcp_flag::SYN),
+            tcp(
+                1,
+                40001,
+                2,
+                80,
+                10,
+                tcp_flag::SYN_ONLY | tcp_flag::SYN | tcp_flag::FIN,
+            ),
+        ]);
+        assert_eq!(tracker.len(), 3);
+        assert_eq!(tracker.evict_idle(200), 1);
+        assert_eq!(tracker.len(), 2);
+        assert_eq!(tracker.evict_idle(2_000), 2);
+        assert!(tracker.is_empty());
+    }
+}

@@ -1,0 +1,23 @@
+//! flow-agent: an eBPF flow observer for Kubernetes nodes.
+//!
+//! Data flows one way through the modules:
+//!
+//! 1. [`datapath`] loads the TC classifiers, attaches them to interfaces and
+//!    drains their per-CPU flow maps without racing the kernel;
+//! 2. [`interfaces`] selects interfaces by glob and follows them over rtnetlink;
+//! 3. [`drain`] sums per-CPU slots and spill events into one sample per flow;
+//! 4. [`flows`] tracks connections to tell requests from replies;
+//! 5. [`record`] is the flow record and its JSON form;
+//! 6. [`output`] writes records to local sinks;
+//! 7. [`agent`] ties them together for `flow-agent run`.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod drain;
+pub mod flows;
+pub mod interfaces;
+pub mod output;
+pub mod record;

@@ -1,0 +1,103 @@
+//! The `flow-agent` binary: parses flags, sets up logging, and turns every error
+//! into one line on stderr.
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use flow_agent::{
+    agent::{self, error_chain},
+    cli::{Cli, Command, LogFormat, RunArgs},
+    config::{FileConfig, OutputFormat, RunConfig},
+    output::{Discard, JsonLines},
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's message spans several lines; keep the first and point at --help.
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("flow-agent: {first} (see flow-agent --help)");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = init_logging(&cli) {
+        eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Run(args) => run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&cli.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let config = RunConfig::resolve(args.flags(), file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        match config.output {
+            OutputFormat::Json => {
+                agent::run(&config, JsonLines::new(std::io::stdout().lock()), shutdown).await?;
+            }
+            OutputFormat::None => {
+                agent::run(&config, Discard, shutdown).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+        }
+    })
+}
