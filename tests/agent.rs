@@ -1,1 +1,835 @@
+//! The `flow-agent` binary on real traffic: network namespaces as a node and its
+//! pods, veth pairs between them, the agent attached to the host side inside the
+//! node namespace, and exact packet and byte totals checked against what was
+//! sent (and, for TCP, against the kernel's own counters).
+//!
+//! Needs root; skipped with a message otherwise.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics to report failure"
+)]
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use common::netns::{
+    Agent, Node, disable_segmentation_offload, ip_counters, run, totals, transmitted,
+};
+use flow_agent::record::Hook;
+
+const FLUSH: &str = "200ms";
+
+/// A UDP server in the pod that answers each datagram with its first 10 bytes.
+fn udp_echo_server(
+    node: &Node,
+    pod: usize,
+    address: IpAddr,
+    port: u16,
+) -> std::thread::JoinHandle<usize> {
+    let socket_address = SocketAddr::new(address, port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = node.pods[pod].netns.spawn(move || {
+        let socket = UdpSocket::bind(socket_address).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buffer = [0u8; 2048];
+        let mut received = 0;
+        while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+            received += 1;
+            socket.send_to(&buffer[..10], peer).unwrap();
+        }
+        received
+    });
+    ready_rx.recv().unwrap();
+    handle
+}
+
+/// Sends `count` datagrams of `size` bytes from a pod and waits for each answer.
+fn udp_client(
+    node: &Node,
+    pod: usize,
+    to: SocketAddr,
+    count: usize,
+    size: usize,
+    gap: Duration,
+) -> u16 {
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    node.pods[pod].netns.run(move || {
+        let socket = UdpSocket::bind(bind).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        for _ in 0..count {
+            socket.send_to(&vec![7u8; size], to).unwrap();
+            socket.recv_from(&mut buffer).unwrap();
+            std::thread::sleep(gap);
+        }
+        socket.local_addr().unwrap().port()
+    })
+}
+
+#[test]
+fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
+    require_root!();
+    let node = Node::new(2);
+    let agent = Agent::start(
+        &node.netns,
+        &["-i", &node.glob(), "--flush-interval", FLUSH],
+    );
+    let (b4, b6) = (IpAddr::V4(node.pods[1].ipv4), IpAddr::V6(node.pods[1].ipv6));
+    let server4 = udp_echo_server(&node, 1, b4, 9000);
+    let server6 = udp_echo_server(&node, 1, b6, 9001);
+    // 30 datagrams over ~600 ms: the flow spans several flush intervals.
+    let port4 = udp_client(
+        &node,
+        0,
+        SocketAddr::new(b4, 9000),
+        30,
+        100,
+        Duration::from_millis(20),
+    );
+    let port6 = udp_client(&node, 0, SocketAddr::new(b6, 9001), 20, 100, Duration::ZERO);
+    assert_eq!(server4.join().unwrap(), 30);
+    assert_eq!(server6.join().unwrap(), 20);
+    let output = agent.stop();
+    assert!(output.success);
+
+    let flows = totals(&output.records);
+    let a4 = node.pods[0].ipv4.to_string();
+    let a6 = node.pods[0].ipv6.to_string();
+    let (request, replies) = &flows[&(a4.clone(), port4, b4.to_string(), 9000, "UDP".into())];
+    // Counted once although each packet crossed two watched interfaces.
+    assert_eq!((request.packets, request.bytes), (30, 30 * 128));
+    assert!(
+        request.records >= 2,
+        "a long-lived flow reports every interval: {request:?}"
+    );
+    assert!(replies.iter().all(|is_reply| !is_reply));
+    let (reply, replies) = &flows[&(b4.to_string(), 9000, a4, port4, "UDP".into())];
+    assert_eq!((reply.packets, reply.bytes), (30, 30 * 38));
+    assert!(replies.iter().all(|is_reply| *is_reply));
+
+    let (request, replies) = &flows[&(a6.clone(), port6, b6.to_string(), 9001, "UDP".into())];
+    assert_eq!((request.packets, request.bytes), (20, 20 * 148));
+    assert!(replies.iter().all(|is_reply| !is_reply));
+    let (reply, replies) = &flows[&(b6.to_string(), 9001, a6, port6, "UDP".into())];
+    assert_eq!((reply.packets, reply.bytes), (20, 20 * 58));
+    assert!(replies.iter().all(|is_reply| *is_reply));
+
+    // The request was first seen entering the node from pod A, the reply from pod B.
+    for record in &output.records {
+        if record.protocol.to_string() == "UDP" {
+            let sender = if record.is_reply { 1 } else { 0 };
+            assert_eq!(record.interface, node.pods[sender].host_interface);
+            assert_eq!(record.hook, Hook::Ingress);
+            assert_eq!(record.node, "test-node");
+        }
+    }
+}
+
+/// Resolves every neighbour on the path between pods 0 and 1 (ARP or ND, both
+/// ways) with one UDP exchange, so a measured TCP connection does not lose its
+/// first SYN-ACK in a neighbour queue: TCP counts a segment as sent even when
+/// it never leaves the pod.
+fn resolve_neighbours(node: &Node, server: IpAddr) {
+    let echo = udp_echo_server(node, 1, server, 9999);
+    udp_client(node, 0, SocketAddr::new(server, 9999), 1, 1, Duration::ZERO);
+    echo.join().unwrap();
+}
+
+#[test]
+fn udp_flood_across_many_drains_loses_no_packet() {
+    require_root!();
+    let node = Node::new(2);
+    // A drain every 50 ms while pod A sends as fast as it can: every drain
+    // switches maps under load, and the totals must still be exact.
+    let agent = Agent::start(
+        &node.netns,
+        &["-i", &node.glob(), "--flush-interval", "50ms"],
+    );
+    let b4 = IpAddr::V4(node.pods[1].ipv4);
+    resolve_neighbours(&node, b4);
+    let (port, sent_packets, sent_bytes) = node.pods[0].netns.run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let (packets_before, bytes_before) = transmitted("eth0");
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            for _ in 0..1000 {
+                socket.send_to(&[3u8; 64], (b4, 9)).unwrap();
+            }
+        }
+        let (packets_after, bytes_after) = transmitted("eth0");
+        let packets = packets_after - packets_before;
+        // /proc/net/dev counts the Ethernet header; the agent counts IP datagrams.
+        let bytes = bytes_after - bytes_before - 14 * packets;
+        (socket.local_addr().unwrap().port(), packets, bytes)
+    });
+    let output = agent.stop();
+    let flows = totals(&output.records);
+    let (flood, _) = &flows[&(
+        node.pods[0].ipv4.to_string(),
+        port,
+        b4.to_string(),
+        9,
+        "UDP".into(),
+    )];
+    // Everything pod A's eth0 handed to the host side is exactly what was counted.
+    assert_eq!((flood.packets, flood.bytes), (sent_packets, sent_bytes));
+    assert_eq!(flood.bytes, flood.packets * 92);
+    assert!(
+        flood.records >= 10,
+        "the flood spanned many drains: {flood:?}"
+    );
+    assert_eq!(summary_value(&output.stderr, "lost"), 0);
+    eprintln!(
+        "flood: {} packets in {} records",
+        flood.packets, flood.records
+    );
+}
+
+/// Runs one TCP exchange: the client sends `up` bytes, the server answers with
+/// `down` bytes, both close. Returns the client's port.
+fn tcp_exchange(node: &Node, server: IpAddr, up: usize, down: usize) -> u16 {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server_thread = node.pods[1].netns.spawn(move || {
+        let listener = TcpListener::bind(SocketAddr::new(server, 8080)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = vec![0u8; up];
+        stream.read_exact(&mut received).unwrap();
+        stream.write_all(&vec![1u8; down]).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+    });
+    ready_rx.recv().unwrap();
+    let port = node.pods[0].netns.run(move || {
+        let mut stream = TcpStream::connect(SocketAddr::new(server, 8080)).unwrap();
+        stream.write_all(&vec![2u8; up]).unwrap();
+        let mut answer = vec![0u8; down];
+        stream.read_exact(&mut answer).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        stream.local_addr().unwrap().port()
+    });
+    server_thread.join().unwrap();
+    // Let the last ACKs cross before anyone reads counters.
+    std::thread::sleep(Duration::from_millis(300));
+    port
+}
+
+#[test]
+fn tcp_packets_and_bytes_match_the_receivers_ip_counters() {
+    require_root!();
+    let node = Node::new(2);
+    for pod in &node.pods {
+        pod.netns.run(|| disable_segmentation_offload("eth0"));
+    }
+    let agent = Agent::start(
+        &node.netns,
+        &["-i", &node.glob(), "--flush-interval", FLUSH],
+    );
+    let server = IpAddr::V4(node.pods[1].ipv4);
+    resolve_neighbours(&node, server);
+    let before = [
+        node.pods[0].netns.run(ip_counters),
+        node.pods[1].netns.run(ip_counters),
+    ];
+    let port = tcp_exchange(&node, server, 1_000_000, 100_000);
+    let after = [
+        node.pods[0].netns.run(ip_counters),
+        node.pods[1].netns.run(ip_counters),
+    ];
+    let output = agent.stop();
+
+    let flows = totals(&output.records);
+    let a = node.pods[0].ipv4.to_string();
+    let (request, replies) = &flows[&(a.clone(), port, server.to_string(), 8080, "TCP".into())];
+    let (reply, reply_flags) = &flows[&(server.to_string(), 8080, a, port, "TCP".into())];
+    // What pod B's stack received is exactly what the agent saw from A to B.
+    assert_eq!(
+        request.packets,
+        after[1].in_receives - before[1].in_receives
+    );
+    assert_eq!(request.bytes, after[1].in_octets - before[1].in_octets);
+    assert_eq!(reply.packets, after[0].in_receives - before[0].in_receives);
+    assert_eq!(reply.bytes, after[0].in_octets - before[0].in_octets);
+    assert!(request.bytes > 1_000_000 && reply.bytes > 100_000);
+    assert!(
+        replies.iter().all(|is_reply| !is_reply),
+        "the SYN's sender is the initiator"
+    );
+    assert!(reply_flags.iter().all(|is_reply| *is_reply));
+    let flags: Vec<&String> = output
+        .records
+        .iter()
+        .filter(|r| r.destination.port == 8080)
+        .flat_map(|r| &r.tcp_flags)
+        .collect();
+    assert!(flags.iter().any(|f| *f == "SYN") && flags.iter().any(|f| *f == "FIN"));
+}
+
+#[test]
+fn tcp_with_segmentation_offload_counts_wire_segments() {
+    require_root!();
+    let node = Node::new(2);
+    let agent = Agent::start(
+        &node.netns,
+        &["-i", &node.glob(), "--flush-interval", FLUSH],
+    );
+    let server = IpAddr::V6(node.pods[1].ipv6);
+    resolve_neighbours(&node, server);
+    let before = [
+        node.pods[0].netns.run(ip_counters),
+        node.pods[1].netns.run(ip_counters),
+    ];
+    let port = tcp_exchange(&node, server, 4_000_000, 10_000);
+    let after = [
+        node.pods[0].netns.run(ip_counters),
+        node.pods[1].netns.run(ip_counters),
+    ];
+    let output = agent.stop();
+
+    let flows = totals(&output.records);
+    let a = node.pods[0].ipv6.to_string();
+    let (request, _) = &flows[&(a.clone(), port, server.to_string(), 8080, "TCP".into())];
+    let (reply, _) = &flows[&(server.to_string(), 8080, a, port, "TCP".into())];
+    // GSO super-packets count as the segments TCP sent.
+    assert_eq!(
+        request.packets,
+        after[0].tcp_segments_sent - before[0].tcp_segments_sent
+    );
+    assert_eq!(
+        reply.packets,
+        after[1].tcp_segments_sent - before[1].tcp_segments_sent
+    );
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends `count` echo requests with 56 bytes of data over a raw socket, waiting
+/// for each reply.
+fn ping(node: &Node, pod: usize, to: IpAddr, count: u16) {
+    node.pods[pod].netns.run(move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let (domain, protocol, echo, reply, reply_offset) = match to {
+            // Raw IPv4 sockets receive the IP header; IPv6 ones do not.
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8, 20),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8, 0),
+        };
+        let socket = Socket::new(domain, Type::RAW, Some(protocol)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        for sequence in 0..count {
+            let mut message = vec![echo, 0, 0, 0, 0x12, 0x34];
+            message.extend_from_slice(&sequence.to_be_bytes());
+            message.extend_from_slice(&[0xab; 56]);
+            if to.is_ipv4() {
+                // The kernel fills in the ICMPv6 checksum, not the ICMP one.
+                let sum = checksum(&message);
+                message[2..4].copy_from_slice(&sum.to_be_bytes());
+            }
+            socket
+                .send_to(&message, &SocketAddr::new(to, 0).into())
+                .unwrap();
+            let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+            loop {
+                let received = socket.recv(&mut buffer).expect("echo reply");
+                // SAFETY: recv initialised the first `received` bytes.
+                let bytes: Vec<u8> = buffer[..received]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                let sequence_at = reply_offset + 6;
+                if bytes.get(reply_offset) == Some(&reply)
+                    && bytes.get(sequence_at..sequence_at + 2) == Some(&sequence.to_be_bytes())
+                {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn icmp_echo_over_ipv4_and_ipv6_marks_the_reply() {
+    require_root!();
+    let node = Node::new(2);
+    let agent = Agent::start(
+        &node.netns,
+        &["-i", &node.glob(), "--flush-interval", FLUSH],
+    );
+    ping(&node, 0, IpAddr::V4(node.pods[1].ipv4), 3);
+    ping(&node, 0, IpAddr::V6(node.pods[1].ipv6), 4);
+    let output = agent.stop();
+
+    let icmp = |source: &str, icmp_type: u8| {
+        let records: Vec<_> = output
+            .records
+            .iter()
+            .filter(|r| {
+                r.source.ip.to_string() == source
+                    && r.icmp.is_some_and(|i| i.icmp_type == icmp_type)
+            })
+            .collect();
+        let packets: u64 = records.iter().map(|r| r.packets).sum();
+        let bytes: u64 = records.iter().map(|r| r.bytes).sum();
+        let replies: Vec<bool> = records.iter().map(|r| r.is_reply).collect();
+        (packets, bytes, replies)
+    };
+    let (a4, b4) = (node.pods[0].ipv4.to_string(), node.pods[1].ipv4.to_string());
+    let (a6, b6) = (node.pods[0].ipv6.to_string(), node.pods[1].ipv6.to_string());
+    let (packets, bytes, replies) = icmp(&a4, 8);
+    assert_eq!((packets, bytes), (3, 3 * 84));
+    assert!(replies.iter().all(|r| !r));
+    let (packets, bytes, replies) = icmp(&b4, 0);
+    assert_eq!((packets, bytes), (3, 3 * 84));
+    assert!(replies.iter().all(|r| *r));
+    let (packets, bytes, replies) = icmp(&a6, 128);
+    assert_eq!((packets, bytes), (4, 4 * 104));
+    assert!(replies.iter().all(|r| !r));
+    let (packets, bytes, replies) = icmp(&b6, 129);
+    assert_eq!((packets, bytes), (4, 4 * 104));
+    assert!(replies.iter().all(|r| *r));
+}
+
+#[test]
+fn interfaces_added_after_start_are_attached_and_removed_ones_detached() {
+    require_root!();
+    let mut node = Node::new(0);
+    let agent = Agent::start(
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--wait-for-interfaces",
+            "--flush-interval",
+            FLUSH,
+        ],
+    );
+    node.add_pod();
+    node.add_pod();
+    let (first, second) = (
+        node.pods[0].host_interface.clone(),
+        node.pods[1].host_interface.clone(),
+    );
+    agent.wait_for_log(
+        &format!("attached interface=\"{first}\""),
+        Duration::from_secs(5),
+    );
+    agent.wait_for_log(
+        &format!("attached interface=\"{second}\""),
+        Duration::from_secs(5),
+    );
+    let b4 = IpAddr::V4(node.pods[1].ipv4);
+    let server = udp_echo_server(&node, 1, b4, 9000);
+    let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 5, 100, Duration::ZERO);
+    server.join().unwrap();
+
+    // Deleting the pod's namespace destroys its veth.
+    let removed = node.pods.remove(0);
+    drop(removed);
+    agent.wait_for_log(
+        &format!("detached (interface removed) interface=\"{first}\""),
+        Duration::from_secs(5),
+    );
+    let output = agent.stop();
+    let flows = totals(&output.records);
+    let (request, _) = &flows[&("10.1.0.2".into(), port, b4.to_string(), 9000, "UDP".into())];
+    assert_eq!((request.packets, request.bytes), (5, 5 * 128));
+}
+
+#[test]
+fn sigterm_reports_every_packet_counted_before_exit() {
+    require_root!();
+    let node = Node::new(2);
+    // No flush happens while the agent runs: everything comes from the final drain.
+    let agent = Agent::start(&node.netns, &["-i", &node.glob(), "--flush-interval", "1h"]);
+    let b4 = IpAddr::V4(node.pods[1].ipv4);
+    let server = udp_echo_server(&node, 1, b4, 9000);
+    let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 7, 300, Duration::ZERO);
+    server.join().unwrap();
+    assert!(agent.records().is_empty());
+    let output = agent.stop();
+    assert!(output.success);
+    let flows = totals(&output.records);
+    let (request, _) = &flows[&(
+        node.pods[0].ipv4.to_string(),
+        port,
+        b4.to_string(),
+        9000,
+        "UDP".into(),
+    )];
+    assert_eq!((request.packets, request.bytes), (7, 7 * 328));
+    assert!(
+        output
+            .stderr
+            .iter()
+            .any(|line| line.contains("every counted packet was reported"))
+    );
+}
+
+/// Reads `name=value` from the agent's shutdown summary line.
+fn summary_value(stderr: &[String], name: &str) -> u64 {
+    let line = stderr
+        .iter()
+        .find(|line| line.contains("flow-agent stopped"))
+        .expect("shutdown summary");
+    let field = format!("{name}=");
+    let start = line
+        .find(&field)
+        .unwrap_or_else(|| panic!("{name} missing in {line}"))
+        + field.len();
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn full_flow_map_is_reported_and_flows_still_arrive_through_the_spill_ring() {
+    require_root!();
+    let node = Node::new(2);
+    let agent = Agent::start(
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--flush-interval",
+            "1h",
+            "--map-size",
+            "1",
+        ],
+    );
+    let b4 = IpAddr::V4(node.pods[1].ipv4);
+    let server = udp_echo_server(&node, 1, b4, 9000);
+    let mut ports = Vec::new();
+    for _ in 0..10 {
+        ports.push(udp_client(
+            &node,
+            0,
+            SocketAddr::new(b4, 9000),
+            1,
+            100,
+            Duration::ZERO,
+        ));
+    }
+    server.join().unwrap();
+    let output = agent.stop();
+    let flows = totals(&output.records);
+    for port in ports {
+        let (request, _) = &flows[&(
+            node.pods[0].ipv4.to_string(),
+            port,
+            b4.to_string(),
+            9000,
+            "UDP".into(),
+        )];
+        assert_eq!((request.packets, request.bytes), (1, 128));
+    }
+    // One flow fitted the map; every packet of every other flow found it full and
+    // went through the spill ring, and no packet was lost.
+    let map_full = summary_value(&output.stderr, "map_full");
+    assert_eq!(summary_value(&output.stderr, "spilled"), map_full);
+    assert_eq!(summary_value(&output.stderr, "lost"), 0);
+    let total: u64 = output.records.iter().map(|r| r.packets).sum();
+    assert!(
+        map_full >= 19,
+        "20 UDP packets in 20 flows, one map slot: {map_full}"
+    );
+    assert!(
+        flows
+            .values()
+            .any(|(flow, _)| flow.packets == total - map_full),
+        "exactly one flow's packets stayed in the map"
+    );
+    assert!(
+        output
+            .stderr
+            .iter()
+            .any(|line| line.contains("flow map full")),
+        "map pressure must be logged"
+    );
+}
+
+#[test]
+fn tcx_attaches_ahead_of_a_program_that_drops_everything() {
+    require_root!();
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+    let node = Node::new(2);
+    let interface = node.pods[0].host_interface.clone();
+    // Play a CNI: a TCX program on pod A's ingress that drops every packet.
+    let (attached_tx, attached_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (query_tx, query_rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<Vec<String>>>();
+    let cni_interface = interface.clone();
+    let cni = node.netns.spawn(move || {
+        let mut ebpf = aya::Ebpf::load(flow_agent::datapath::TESTKIT_OBJECT).unwrap();
+        let program: &mut SchedClassifier =
+            ebpf.program_mut("drop_all").unwrap().try_into().unwrap();
+        program.load().unwrap();
+        program
+            .attach_with_options(
+                &cni_interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .unwrap();
+        attached_tx.send(()).unwrap();
+        let names = || -> Vec<String> {
+            let (_, programs) =
+                SchedClassifier::query_tcx(&cni_interface, TcAttachType::Ingress).unwrap();
+            programs
+                .iter()
+                .map(|info| info.name_as_str().unwrap_or("?").to_owned())
+                .collect()
+        };
+        loop {
+            match query_rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(reply) => reply.send(names()).unwrap(),
+                Err(_) if release_rx.try_recv().is_ok() => return names(),
+                Err(_) => {}
+            }
+        }
+    });
+    attached_rx.recv().unwrap();
+    // The CNI stand-in also drops pod A's ARP requests.
+    node.pin_gateway_neighbour(0);
+    let query = || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        query_tx.send(tx).unwrap();
+        rx.recv().unwrap()
+    };
+
+    let agent = Agent::start(
+        &node.netns,
+        &["-i", &node.glob(), "--flush-interval", FLUSH],
+    );
+    assert_eq!(
+        query(),
+        ["flow_ingress", "drop_all"],
+        "flow-agent must run first"
+    );
+    let b4 = node.pods[1].ipv4;
+    let port = node.pods[0].netns.run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..5 {
+            socket.send_to(&[0u8; 100], (b4, 9000)).unwrap();
+        }
+        socket.local_addr().unwrap().port()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let output = agent.stop();
+    // Detaching removed only flow-agent's program.
+    assert_eq!(query(), ["drop_all"]);
+    release_tx.send(()).unwrap();
+    cni.join().unwrap();
+
+    let flows = totals(&output.records);
+    let (request, _) = &flows[&(
+        node.pods[0].ipv4.to_string(),
+        port,
+        b4.to_string(),
+        9000,
+        "UDP".into(),
+    )];
+    assert_eq!((request.packets, request.bytes), (5, 5 * 128));
+}
+
+#[test]
+fn legacy_tc_mode_counts_and_leaves_existing_qdisc_and_filters_alone() {
+    require_root!();
+    let node = Node::new(2);
+    let interface = node.pods[0].host_interface.clone();
+    let tc = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", &node.netns.name, "tc"];
+        full.extend_from_slice(args);
+        run("ip", &full);
+    };
+    tc(&["qdisc", "add", "dev", &interface, "clsact"]);
+    // Someone else's classifier, installed before the agent starts: a cls_bpf
+    // filter at priority 100 that outlives the process that installed it.
+    let other_interface = interface.clone();
+    node.netns.run(move || {
+        use aya::programs::{
+            SchedClassifier, TcAttachType,
+            tc::{NlOptions, TcAttachOptions, TcHandle},
+        };
+        let mut ebpf = aya::Ebpf::load(flow_agent::datapath::TESTKIT_OBJECT).unwrap();
+        let program: &mut SchedClassifier = ebpf
+            .program_mut("pass_through")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        program.load().unwrap();
+        let options = NlOptions {
+            priority: 100,
+            handle: TcHandle::new(0, 7),
+            classid: None,
+        };
+        let link = program
+            .attach_with_options(
+                &other_interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(options),
+            )
+            .unwrap();
+        // Leave the filter installed when this thread's handles go away.
+        std::mem::forget(program.take_link(link).unwrap());
+    });
+
+    let agent = Agent::start(
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--flush-interval",
+            FLUSH,
+            "--attach-mode",
+            "tc",
+        ],
+    );
+    let b4 = IpAddr::V4(node.pods[1].ipv4);
+    let server = udp_echo_server(&node, 1, b4, 9000);
+    let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 6, 100, Duration::ZERO);
+    server.join().unwrap();
+    let output = agent.stop();
+    let flows = totals(&output.records);
+    let (request, _) = &flows[&(
+        node.pods[0].ipv4.to_string(),
+        port,
+        b4.to_string(),
+        9000,
+        "UDP".into(),
+    )];
+    assert_eq!((request.packets, request.bytes), (6, 6 * 128));
+
+    let show = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", &node.netns.name, "tc"];
+        full.extend_from_slice(args);
+        let output = std::process::Command::new("ip")
+            .args(&full)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let filters = show(&["filter", "show", "dev", &interface, "ingress"]);
+    assert!(
+        filters.contains("pass_through"),
+        "the existing filter stays: {filters}"
+    );
+    assert!(
+        !filters.contains("flow_"),
+        "our filters are gone: {filters}"
+    );
+    assert!(show(&["qdisc", "show", "dev", &interface]).contains("clsact"));
+}
+
+/// Runs the binary and returns (exit code, stderr lines).
+fn run_agent(netns: &str, args: &[&str]) -> (i32, Vec<String>) {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_flow-agent")])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        stderr.lines().map(str::to_owned).collect(),
+    )
+}
+
+#[test]
+fn bad_input_fails_with_one_line_that_says_what_to_do() {
+    require_root!();
+    let node = Node::new(1);
+    let ns = node.netns.name.clone();
+
+    let (code, stderr) = run_agent(&ns, &["run", "-i", "nosuch*"]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].contains("no interface matches \"nosuch*\""),
+        "{stderr:?}"
+    );
+    assert!(stderr[0].contains("--wait-for-interfaces"), "{stderr:?}");
+
+    let (code, stderr) = run_agent(&ns, &["run", "-i", "x", "--flush-interval", "soon"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(stderr[0].contains("--flush-interval"), "{stderr:?}");
+
+    let (code, stderr) = run_agent(&ns, &["run", "--bogus"]);
+    assert_eq!((code, stderr.len()), (2, 1), "{stderr:?}");
+    assert!(stderr[0].contains("--bogus"));
+
+    let (code, stderr) = run_agent(&ns, &["run"]);
+    assert_eq!((code, stderr.len()), (1, 1), "{stderr:?}");
+    assert!(stderr[0].contains("--interface"), "{stderr:?}");
+
+    let (code, stderr) = run_agent(&ns, &["run", "-i", "lo", "--map-size", "0"]);
+    assert_eq!((code, stderr.len()), (1, 1), "{stderr:?}");
+    assert!(stderr[0].contains("map-size"), "{stderr:?}");
+
+    let config = std::env::temp_dir().join(format!("{ns}.yaml"));
+    std::fs::write(&config, "interfaces: [lo]\nflush-intervall: 5s\n").unwrap();
+    let (code, stderr) = run_agent(&ns, &["run", "--config", config.to_str().unwrap()]);
+    std::fs::remove_file(&config).unwrap();
+    assert_eq!((code, stderr.len()), (1, 1), "{stderr:?}");
+    assert!(
+        stderr[0].contains("flush-intervall") && stderr[0].contains(".yaml"),
+        "{stderr:?}"
+    );
+
+    // Without privileges: drop to nobody with no capabilities.
+    let output = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_flow-agent"))
+        .args(["run", "-i", "lo"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("not permitted to use BPF") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
+}

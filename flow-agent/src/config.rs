@@ -78,7 +78,8 @@ pub struct FileConfig {
     pub map_size: Option<u32>,
     /// Spill ring buffer size in bytes.
     pub spill_size: Option<u32>,
-    /// Forget a connection's direction after this much quiet, e.g. `2m`.
+    /// Forget a connection's direction after this much quiet, e.g. `2m`
+    /// (default: 2m, or two flush intervals if longer).
     pub flow_idle_timeout: Option<String>,
     /// `auto`, `tcx` or `tc`.
     pub attach_mode: Option<AttachMode>,
@@ -249,8 +250,10 @@ impl RunConfig {
         }
         let idle_timeout = match flow_idle_timeout {
             Some(timeout) => timeout,
+            // Without an explicit value, remember connections for at least two
+            // flush intervals so long intervals keep their direction.
             None => duration("flow-idle-timeout", file_flow_idle_timeout.as_deref())?
-                .unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT),
+                .unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT.max(2 * flush_interval)),
         };
         if idle_timeout < flush_interval {
             return Err(ConfigError::Invalid {

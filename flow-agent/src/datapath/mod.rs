@@ -331,12 +331,12 @@ impl Datapath {
             start_ebpf_logger(&mut ebpf);
         }
         for program in [PROGRAM_INGRESS, PROGRAM_EGRESS] {
-            classifier(&mut ebpf, program)?
-                .load()
-                .map_err(|source| classify(DatapathError::LoadProgram {
-                        program,
-                        source: Box::new(source),
-                    }))?;
+            classifier(&mut ebpf, program)?.load().map_err(|source| {
+                classify(DatapathError::LoadProgram {
+                    program,
+                    source: Box::new(source),
+                })
+            })?;
         }
 
         let flows_even = typed(take_map(&mut ebpf, FLOWS_EVEN)?, FLOWS_EVEN)?;
