@@ -19,10 +19,9 @@ use std::{
     time::Duration,
 };
 
-use common::netns::{
-    Agent, Node, disable_segmentation_offload, ip_counters, run, totals, transmitted,
-};
+use common::netns::{Agent, totals};
 use flow_agent::record::Hook;
+use flow_lab::{Node, disable_segmentation_offload, ip_counters, transmitted};
 
 const FLUSH: &str = "200ms";
 
@@ -32,7 +31,7 @@ fn udp_echo_server(
     pod: usize,
     address: IpAddr,
     port: u16,
-) -> std::thread::JoinHandle<usize> {
+) -> std::thread::JoinHandle<flow_lab::Result<usize>> {
     let socket_address = SocketAddr::new(address, port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = node.pods[pod].netns.spawn(move || {
@@ -67,25 +66,28 @@ fn udp_client(
     } else {
         "[::]:0".parse().unwrap()
     };
-    node.pods[pod].netns.run(move || {
-        let socket = UdpSocket::bind(bind).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut buffer = [0u8; 64];
-        for _ in 0..count {
-            socket.send_to(&vec![7u8; size], to).unwrap();
-            socket.recv_from(&mut buffer).unwrap();
-            std::thread::sleep(gap);
-        }
-        socket.local_addr().unwrap().port()
-    })
+    node.pods[pod]
+        .netns
+        .run(move || {
+            let socket = UdpSocket::bind(bind).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buffer = [0u8; 64];
+            for _ in 0..count {
+                socket.send_to(&vec![7u8; size], to).unwrap();
+                socket.recv_from(&mut buffer).unwrap();
+                std::thread::sleep(gap);
+            }
+            socket.local_addr().unwrap().port()
+        })
+        .unwrap()
 }
 
 #[test]
 fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     let agent = Agent::start(
         &node.netns,
         &["-i", &node.glob(), "--flush-interval", FLUSH],
@@ -103,8 +105,8 @@ fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
         Duration::from_millis(20),
     );
     let port6 = udp_client(&node, 0, SocketAddr::new(b6, 9001), 20, 100, Duration::ZERO);
-    assert_eq!(server4.join().unwrap(), 30);
-    assert_eq!(server6.join().unwrap(), 20);
+    assert_eq!(server4.join().unwrap().unwrap(), 30);
+    assert_eq!(server6.join().unwrap().unwrap(), 20);
     let output = agent.stop();
     assert!(output.success);
 
@@ -148,13 +150,13 @@ fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
 fn resolve_neighbours(node: &Node, server: IpAddr) {
     let echo = udp_echo_server(node, 1, server, 9999);
     udp_client(node, 0, SocketAddr::new(server, 9999), 1, 1, Duration::ZERO);
-    echo.join().unwrap();
+    echo.join().unwrap().unwrap();
 }
 
 #[test]
 fn udp_flood_across_many_drains_loses_no_packet() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     // A drain every 50 ms while pod A sends as fast as it can: every drain
     // switches maps under load, and the totals must still be exact.
     let agent = Agent::start(
@@ -163,21 +165,24 @@ fn udp_flood_across_many_drains_loses_no_packet() {
     );
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     resolve_neighbours(&node, b4);
-    let (port, sent_packets, sent_bytes) = node.pods[0].netns.run(move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let (packets_before, bytes_before) = transmitted("eth0");
-        let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_secs(2) {
-            for _ in 0..1000 {
-                socket.send_to(&[3u8; 64], (b4, 9)).unwrap();
+    let (port, sent_packets, sent_bytes) = node.pods[0]
+        .netns
+        .run(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let (packets_before, bytes_before) = transmitted("eth0").unwrap();
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                for _ in 0..1000 {
+                    socket.send_to(&[3u8; 64], (b4, 9)).unwrap();
+                }
             }
-        }
-        let (packets_after, bytes_after) = transmitted("eth0");
-        let packets = packets_after - packets_before;
-        // /proc/net/dev counts the Ethernet header; the agent counts IP datagrams.
-        let bytes = bytes_after - bytes_before - 14 * packets;
-        (socket.local_addr().unwrap().port(), packets, bytes)
-    });
+            let (packets_after, bytes_after) = transmitted("eth0").unwrap();
+            let packets = packets_after - packets_before;
+            // /proc/net/dev counts the Ethernet header; the agent counts IP datagrams.
+            let bytes = bytes_after - bytes_before - 14 * packets;
+            (socket.local_addr().unwrap().port(), packets, bytes)
+        })
+        .unwrap();
     let output = agent.stop();
     let flows = totals(&output.records);
     let (flood, _) = &flows[&(
@@ -217,17 +222,20 @@ fn tcp_exchange(node: &Node, server: IpAddr, up: usize, down: usize) -> u16 {
         stream.read_to_end(&mut rest).unwrap();
     });
     ready_rx.recv().unwrap();
-    let port = node.pods[0].netns.run(move || {
-        let mut stream = TcpStream::connect(SocketAddr::new(server, 8080)).unwrap();
-        stream.write_all(&vec![2u8; up]).unwrap();
-        let mut answer = vec![0u8; down];
-        stream.read_exact(&mut answer).unwrap();
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).unwrap();
-        stream.local_addr().unwrap().port()
-    });
-    server_thread.join().unwrap();
+    let port = node.pods[0]
+        .netns
+        .run(move || {
+            let mut stream = TcpStream::connect(SocketAddr::new(server, 8080)).unwrap();
+            stream.write_all(&vec![2u8; up]).unwrap();
+            let mut answer = vec![0u8; down];
+            stream.read_exact(&mut answer).unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).unwrap();
+            stream.local_addr().unwrap().port()
+        })
+        .unwrap();
+    server_thread.join().unwrap().unwrap();
     // Let the last ACKs cross before anyone reads counters.
     std::thread::sleep(Duration::from_millis(300));
     port
@@ -236,9 +244,12 @@ fn tcp_exchange(node: &Node, server: IpAddr, up: usize, down: usize) -> u16 {
 #[test]
 fn tcp_packets_and_bytes_match_the_receivers_ip_counters() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     for pod in &node.pods {
-        pod.netns.run(|| disable_segmentation_offload("eth0"));
+        pod.netns
+            .run(|| disable_segmentation_offload("eth0"))
+            .unwrap()
+            .unwrap();
     }
     let agent = Agent::start(
         &node.netns,
@@ -247,13 +258,13 @@ fn tcp_packets_and_bytes_match_the_receivers_ip_counters() {
     let server = IpAddr::V4(node.pods[1].ipv4);
     resolve_neighbours(&node, server);
     let before = [
-        node.pods[0].netns.run(ip_counters),
-        node.pods[1].netns.run(ip_counters),
+        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
+        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
     ];
     let port = tcp_exchange(&node, server, 1_000_000, 100_000);
     let after = [
-        node.pods[0].netns.run(ip_counters),
-        node.pods[1].netns.run(ip_counters),
+        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
+        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
     ];
     let output = agent.stop();
 
@@ -287,7 +298,7 @@ fn tcp_packets_and_bytes_match_the_receivers_ip_counters() {
 #[test]
 fn tcp_with_segmentation_offload_counts_wire_segments() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     let agent = Agent::start(
         &node.netns,
         &["-i", &node.glob(), "--flush-interval", FLUSH],
@@ -295,13 +306,13 @@ fn tcp_with_segmentation_offload_counts_wire_segments() {
     let server = IpAddr::V6(node.pods[1].ipv6);
     resolve_neighbours(&node, server);
     let before = [
-        node.pods[0].netns.run(ip_counters),
-        node.pods[1].netns.run(ip_counters),
+        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
+        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
     ];
     let port = tcp_exchange(&node, server, 4_000_000, 10_000);
     let after = [
-        node.pods[0].netns.run(ip_counters),
-        node.pods[1].netns.run(ip_counters),
+        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
+        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
     ];
     let output = agent.stop();
 
@@ -335,52 +346,55 @@ fn checksum(data: &[u8]) -> u16 {
 /// Sends `count` echo requests with 56 bytes of data over a raw socket, waiting
 /// for each reply.
 fn ping(node: &Node, pod: usize, to: IpAddr, count: u16) {
-    node.pods[pod].netns.run(move || {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let (domain, protocol, echo, reply, reply_offset) = match to {
-            // Raw IPv4 sockets receive the IP header; IPv6 ones do not.
-            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8, 20),
-            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8, 0),
-        };
-        let socket = Socket::new(domain, Type::RAW, Some(protocol)).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
-        for sequence in 0..count {
-            let mut message = vec![echo, 0, 0, 0, 0x12, 0x34];
-            message.extend_from_slice(&sequence.to_be_bytes());
-            message.extend_from_slice(&[0xab; 56]);
-            if to.is_ipv4() {
-                // The kernel fills in the ICMPv6 checksum, not the ICMP one.
-                let sum = checksum(&message);
-                message[2..4].copy_from_slice(&sum.to_be_bytes());
-            }
+    node.pods[pod]
+        .netns
+        .run(move || {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let (domain, protocol, echo, reply, reply_offset) = match to {
+                // Raw IPv4 sockets receive the IP header; IPv6 ones do not.
+                IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8, 20),
+                IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8, 0),
+            };
+            let socket = Socket::new(domain, Type::RAW, Some(protocol)).unwrap();
             socket
-                .send_to(&message, &SocketAddr::new(to, 0).into())
+                .set_read_timeout(Some(Duration::from_secs(3)))
                 .unwrap();
-            let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-            loop {
-                let received = socket.recv(&mut buffer).expect("echo reply");
-                // SAFETY: recv initialised the first `received` bytes.
-                let bytes: Vec<u8> = buffer[..received]
-                    .iter()
-                    .map(|b| unsafe { b.assume_init() })
-                    .collect();
-                let sequence_at = reply_offset + 6;
-                if bytes.get(reply_offset) == Some(&reply)
-                    && bytes.get(sequence_at..sequence_at + 2) == Some(&sequence.to_be_bytes())
-                {
-                    break;
+            for sequence in 0..count {
+                let mut message = vec![echo, 0, 0, 0, 0x12, 0x34];
+                message.extend_from_slice(&sequence.to_be_bytes());
+                message.extend_from_slice(&[0xab; 56]);
+                if to.is_ipv4() {
+                    // The kernel fills in the ICMPv6 checksum, not the ICMP one.
+                    let sum = checksum(&message);
+                    message[2..4].copy_from_slice(&sum.to_be_bytes());
+                }
+                socket
+                    .send_to(&message, &SocketAddr::new(to, 0).into())
+                    .unwrap();
+                let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+                loop {
+                    let received = socket.recv(&mut buffer).expect("echo reply");
+                    // SAFETY: recv initialised the first `received` bytes.
+                    let bytes: Vec<u8> = buffer[..received]
+                        .iter()
+                        .map(|b| unsafe { b.assume_init() })
+                        .collect();
+                    let sequence_at = reply_offset + 6;
+                    if bytes.get(reply_offset) == Some(&reply)
+                        && bytes.get(sequence_at..sequence_at + 2) == Some(&sequence.to_be_bytes())
+                    {
+                        break;
+                    }
                 }
             }
-        }
-    });
+        })
+        .unwrap();
 }
 
 #[test]
 fn icmp_echo_over_ipv4_and_ipv6_marks_the_reply() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     let agent = Agent::start(
         &node.netns,
         &["-i", &node.glob(), "--flush-interval", FLUSH],
@@ -422,7 +436,7 @@ fn icmp_echo_over_ipv4_and_ipv6_marks_the_reply() {
 #[test]
 fn interfaces_added_after_start_are_attached_and_removed_ones_detached() {
     require_root!();
-    let mut node = Node::new(0);
+    let mut node = Node::new(0).unwrap();
     let agent = Agent::start(
         &node.netns,
         &[
@@ -433,8 +447,8 @@ fn interfaces_added_after_start_are_attached_and_removed_ones_detached() {
             FLUSH,
         ],
     );
-    node.add_pod();
-    node.add_pod();
+    node.add_pod().unwrap();
+    node.add_pod().unwrap();
     let (first, second) = (
         node.pods[0].host_interface.clone(),
         node.pods[1].host_interface.clone(),
@@ -450,7 +464,7 @@ fn interfaces_added_after_start_are_attached_and_removed_ones_detached() {
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     let server = udp_echo_server(&node, 1, b4, 9000);
     let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 5, 100, Duration::ZERO);
-    server.join().unwrap();
+    server.join().unwrap().unwrap();
 
     // Deleting the pod's namespace destroys its veth.
     let removed = node.pods.remove(0);
@@ -468,13 +482,13 @@ fn interfaces_added_after_start_are_attached_and_removed_ones_detached() {
 #[test]
 fn sigterm_reports_every_packet_counted_before_exit() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     // No flush happens while the agent runs: everything comes from the final drain.
     let agent = Agent::start(&node.netns, &["-i", &node.glob(), "--flush-interval", "1h"]);
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     let server = udp_echo_server(&node, 1, b4, 9000);
     let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 7, 300, Duration::ZERO);
-    server.join().unwrap();
+    server.join().unwrap().unwrap();
     assert!(agent.records().is_empty());
     let output = agent.stop();
     assert!(output.success);
@@ -517,7 +531,7 @@ fn summary_value(stderr: &[String], name: &str) -> u64 {
 #[test]
 fn full_flow_map_is_reported_and_flows_still_arrive_through_the_spill_ring() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     let agent = Agent::start(
         &node.netns,
         &[
@@ -542,7 +556,7 @@ fn full_flow_map_is_reported_and_flows_still_arrive_through_the_spill_ring() {
             Duration::ZERO,
         ));
     }
-    server.join().unwrap();
+    server.join().unwrap().unwrap();
     let output = agent.stop();
     let flows = totals(&output.records);
     for port in ports {
@@ -584,7 +598,7 @@ fn full_flow_map_is_reported_and_flows_still_arrive_through_the_spill_ring() {
 fn tcx_attaches_ahead_of_a_program_that_drops_everything() {
     require_root!();
     use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     let interface = node.pods[0].host_interface.clone();
     // Play a CNI: a TCX program on pod A's ingress that drops every packet.
     let (attached_tx, attached_rx) = std::sync::mpsc::channel();
@@ -622,7 +636,7 @@ fn tcx_attaches_ahead_of_a_program_that_drops_everything() {
     });
     attached_rx.recv().unwrap();
     // The CNI stand-in also drops pod A's ARP requests.
-    node.pin_gateway_neighbour(0);
+    node.pin_gateway_neighbour(0).unwrap();
     let query = || {
         let (tx, rx) = std::sync::mpsc::channel();
         query_tx.send(tx).unwrap();
@@ -639,19 +653,22 @@ fn tcx_attaches_ahead_of_a_program_that_drops_everything() {
         "flow-agent must run first"
     );
     let b4 = node.pods[1].ipv4;
-    let port = node.pods[0].netns.run(move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        for _ in 0..5 {
-            socket.send_to(&[0u8; 100], (b4, 9000)).unwrap();
-        }
-        socket.local_addr().unwrap().port()
-    });
+    let port = node.pods[0]
+        .netns
+        .run(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..5 {
+                socket.send_to(&[0u8; 100], (b4, 9000)).unwrap();
+            }
+            socket.local_addr().unwrap().port()
+        })
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let output = agent.stop();
     // Detaching removed only flow-agent's program.
     assert_eq!(query(), ["drop_all"]);
     release_tx.send(()).unwrap();
-    cni.join().unwrap();
+    cni.join().unwrap().unwrap();
 
     let flows = totals(&output.records);
     let (request, _) = &flows[&(
@@ -667,44 +684,46 @@ fn tcx_attaches_ahead_of_a_program_that_drops_everything() {
 #[test]
 fn legacy_tc_mode_counts_and_leaves_existing_qdisc_and_filters_alone() {
     require_root!();
-    let node = Node::new(2);
+    let node = Node::new(2).unwrap();
     let interface = node.pods[0].host_interface.clone();
     let tc = |args: &[&str]| {
         let mut full = vec!["netns", "exec", &node.netns.name, "tc"];
         full.extend_from_slice(args);
-        run("ip", &full);
+        flow_lab::run("ip", &full).unwrap();
     };
     tc(&["qdisc", "add", "dev", &interface, "clsact"]);
     // Someone else's classifier, installed before the agent starts: a cls_bpf
     // filter at priority 100 that outlives the process that installed it.
     let other_interface = interface.clone();
-    node.netns.run(move || {
-        use aya::programs::{
-            SchedClassifier, TcAttachType,
-            tc::{NlOptions, TcAttachOptions, TcHandle},
-        };
-        let mut ebpf = aya::Ebpf::load(flow_agent::datapath::TESTKIT_OBJECT).unwrap();
-        let program: &mut SchedClassifier = ebpf
-            .program_mut("pass_through")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        program.load().unwrap();
-        let options = NlOptions {
-            priority: 100,
-            handle: TcHandle::new(0, 7),
-            classid: None,
-        };
-        let link = program
-            .attach_with_options(
-                &other_interface,
-                TcAttachType::Ingress,
-                TcAttachOptions::Netlink(options),
-            )
-            .unwrap();
-        // Leave the filter installed when this thread's handles go away.
-        std::mem::forget(program.take_link(link).unwrap());
-    });
+    node.netns
+        .run(move || {
+            use aya::programs::{
+                SchedClassifier, TcAttachType,
+                tc::{NlOptions, TcAttachOptions, TcHandle},
+            };
+            let mut ebpf = aya::Ebpf::load(flow_agent::datapath::TESTKIT_OBJECT).unwrap();
+            let program: &mut SchedClassifier = ebpf
+                .program_mut("pass_through")
+                .unwrap()
+                .try_into()
+                .unwrap();
+            program.load().unwrap();
+            let options = NlOptions {
+                priority: 100,
+                handle: TcHandle::new(0, 7),
+                classid: None,
+            };
+            let link = program
+                .attach_with_options(
+                    &other_interface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(options),
+                )
+                .unwrap();
+            // Leave the filter installed when this thread's handles go away.
+            std::mem::forget(program.take_link(link).unwrap());
+        })
+        .unwrap();
 
     let agent = Agent::start(
         &node.netns,
@@ -720,7 +739,7 @@ fn legacy_tc_mode_counts_and_leaves_existing_qdisc_and_filters_alone() {
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     let server = udp_echo_server(&node, 1, b4, 9000);
     let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 6, 100, Duration::ZERO);
-    server.join().unwrap();
+    server.join().unwrap().unwrap();
     let output = agent.stop();
     let flows = totals(&output.records);
     let (request, _) = &flows[&(
@@ -770,7 +789,7 @@ fn run_agent(netns: &str, args: &[&str]) -> (i32, Vec<String>) {
 #[test]
 fn bad_input_fails_with_one_line_that_says_what_to_do() {
     require_root!();
-    let node = Node::new(1);
+    let node = Node::new(1).unwrap();
     let ns = node.netns.name.clone();
 
     let (code, stderr) = run_agent(&ns, &["run", "-i", "nosuch*"]);

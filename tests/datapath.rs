@@ -350,13 +350,13 @@ fn gso_super_packet_counts_its_segments() {
 #[test]
 fn egress_packet_already_counted_on_ingress_is_not_counted_again() {
     require_root!();
-    let node = common::netns::Node::new(1);
+    let node = flow_lab::Node::new(1).unwrap();
     let interface = node.pods[0].host_interface.clone();
-    let index = node.ifindex(&interface);
+    let index = node.ifindex(&interface).unwrap();
     // Attach inside the node namespace: that puts the interface in the counted set.
     let path = format!("/run/netns/{}", node.netns.name);
     std::thread::spawn(move || {
-        common::netns::enter(&path);
+        flow_lab::enter(&path).unwrap();
         let mut harness = Harness::new();
         let failures = harness.datapath.attach_all(&[(index, interface.clone())]);
         assert!(failures.is_empty(), "{failures:?}");
