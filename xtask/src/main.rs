@@ -1,1 +1,96 @@
-fn main() {}
+//! Developer tasks for flow-agent. `cargo xtask --help` lists them.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "flow-agent developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (nightly rust-src, LLVM, bpf-linker,
+    /// iproute2); does nothing for what is present.
+    Setup,
+    /// Set up, then run formatting and lint checks and every test (the kernel
+    /// tests need root and skip with a message without it).
+    Test,
+    /// Formatting and clippy checks only.
+    Lint,
+    /// Set up, build, then run flow-agent on a lab node with four pods and print
+    /// a live flow table.
+    Demo {
+        /// How long to run (seconds).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    setup::status(
+        &std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        args,
+        &[],
+    )
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "flow-agent-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn main() -> Result<()> {
+    let Cli { command } = Cli::parse();
+    std::env::set_current_dir(workspace_root()).context("cannot enter the workspace")?;
+    match command {
+        Task::Setup => setup::setup(),
+        Task::Lint => lint(),
+        Task::Test => {
+            setup::setup()?;
+            lint()?;
+            cargo(&[
+                "test",
+                "--workspace",
+                "--exclude",
+                "flow-agent-ebpf",
+                "--no-fail-fast",
+            ])
+        }
+        Task::Demo { seconds } => {
+            setup::setup()?;
+            cargo(&["build", "--package", "flow-agent", "--bin", "flow-agent"])?;
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("the demo creates network namespaces and loads BPF programs: run it as root");
+            }
+            let binary = workspace_root().join("target/debug/flow-agent");
+            if !Command::new(&binary).arg("--version").status()?.success() {
+                bail!("{} does not run", binary.display());
+            }
+            demo::demo(&binary, Duration::from_secs(seconds))
+        }
+    }
+}

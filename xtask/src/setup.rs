@@ -1,0 +1,198 @@
+//! `cargo xtask setup`: installs what building and testing need, and does
+//! nothing for what is already there.
+//!
+//! - the nightly toolchain with `rust-src` (the eBPF crate builds `core` itself);
+//! - LLVM development packages of the same major version as nightly's LLVM;
+//! - bpf-linker built against that LLVM;
+//! - iproute2 (`ip`, `tc`) and util-linux (`setpriv`) for the kernel tests.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// bpf-linker release known to work with aya 0.14 and LLVM 21 to 23.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+pub(crate) fn status(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    eprintln!("+ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Installs Debian packages, as root or through sudo.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let (program, prefix): (&str, &[&str]) = if is_root() {
+        ("apt-get", &[])
+    } else if have("sudo") {
+        ("sudo", &["apt-get"])
+    } else {
+        bail!(
+            "need root to install {}: run `apt-get install -y {}` as root",
+            packages.join(" "),
+            packages.join(" ")
+        );
+    };
+    let mut update = prefix.to_vec();
+    update.extend_from_slice(&["update", "-qq"]);
+    status(program, &update, &[])?;
+    let mut install = prefix.to_vec();
+    install.extend_from_slice(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.extend_from_slice(packages);
+    status(program, &install, &[("DEBIAN_FRONTEND", "noninteractive")])
+}
+
+fn ensure_nightly() -> Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"])?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        status(
+            "rustup",
+            &[
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ],
+            &[],
+        )?;
+    }
+    let components = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
+    if !components.lines().any(|line| line.starts_with("rust-src")) {
+        status(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+/// The LLVM major version nightly rustc is built with: bpf-linker must match.
+fn nightly_llvm_major() -> Result<u32> {
+    let version = output("rustup", &["run", "nightly", "rustc", "-vV"])?;
+    version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|llvm| llvm.split('.').next())
+        .and_then(|major| major.parse().ok())
+        .context("cannot find the LLVM version in `rustc +nightly -vV`")
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// Whether cargo's install record says bpf-linker was built for `llvm-{major}`.
+fn bpf_linker_matches(major: u32) -> bool {
+    let record = cargo_home().join(".crates2.json");
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return false;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let feature = format!("llvm-{major}");
+    json["installs"].as_object().is_some_and(|installs| {
+        installs.iter().any(|(name, install)| {
+            name.starts_with(&format!("bpf-linker {BPF_LINKER_VERSION} "))
+                && install["features"]
+                    .as_array()
+                    .is_some_and(|features| features.iter().any(|f| f == &feature))
+        })
+    })
+}
+
+fn ensure_bpf_linker(major: u32) -> Result<()> {
+    if have("bpf-linker") && bpf_linker_matches(major) {
+        return Ok(());
+    }
+    let prefix = format!("/usr/lib/llvm-{major}");
+    if !PathBuf::from(&prefix).join("bin/llvm-config").exists() {
+        apt_install(&[
+            &format!("llvm-{major}-dev"),
+            &format!("libpolly-{major}-dev"),
+            "libzstd-dev",
+            "zlib1g-dev",
+        ])?;
+    }
+    status(
+        "cargo",
+        &[
+            "install",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ],
+        &[("LLVM_PREFIX", &prefix)],
+    )
+}
+
+fn ensure_test_tools() -> Result<()> {
+    let mut missing = Vec::new();
+    if !have("ip") || !have("tc") {
+        missing.push("iproute2");
+    }
+    if !have("setpriv") {
+        missing.push("util-linux");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    Ok(())
+}
+
+/// Installs whatever is missing; prints nothing when all is present.
+pub(crate) fn setup() -> Result<()> {
+    ensure_nightly().context("nightly toolchain")?;
+    let major = nightly_llvm_major()?;
+    ensure_bpf_linker(major).context("bpf-linker")?;
+    ensure_test_tools().context("test tools")?;
+    Ok(())
+}
