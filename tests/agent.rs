@@ -772,6 +772,131 @@ fn legacy_tc_mode_counts_and_leaves_existing_qdisc_and_filters_alone() {
     assert!(show(&["qdisc", "show", "dev", &interface]).contains("clsact"));
 }
 
+#[test]
+fn filters_left_by_a_killed_agent_are_replaced_in_tc_mode() {
+    require_root!();
+    let node = Node::new(1).unwrap();
+    let interface = node.pods[0].host_interface.clone();
+    let filters = || {
+        flow_lab::run_in(
+            &node.netns.name,
+            "tc",
+            &["filter", "show", "dev", &interface, "ingress"],
+        )
+        .unwrap()
+    };
+    let args = [
+        "-i",
+        &node.glob(),
+        "--flush-interval",
+        FLUSH,
+        "--attach-mode",
+        "tc",
+    ];
+    Agent::start(&node.netns, &args).kill();
+    // Netlink filters outlive their process, unlike TCX links.
+    assert_eq!(
+        filters()
+            .lines()
+            .filter(|line| line.contains("flow_ingress"))
+            .count(),
+        1,
+        "{}",
+        filters()
+    );
+
+    let agent = Agent::start(&node.netns, &args);
+    agent.wait_for_log(
+        "removed a filter left by an earlier agent",
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        filters()
+            .lines()
+            .filter(|line| line.contains("flow_ingress"))
+            .count(),
+        1,
+        "{}",
+        filters()
+    );
+    agent.stop();
+    assert!(!filters().contains("flow_"), "{}", filters());
+}
+
+/// Sends one raw Ethernet frame out of a pod's eth0 (AF_PACKET): no stack
+/// between us and the wire, so the frame can be malformed.
+fn send_raw_frame(node: &Node, pod: usize, payload: Vec<u8>) {
+    node.pods[pod]
+        .netns
+        .run(move || {
+            // SAFETY: plain socket calls on valid, owned buffers.
+            unsafe {
+                let protocol = (libc::ETH_P_ALL as u16).to_be();
+                let socket = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol));
+                assert!(socket >= 0, "{}", std::io::Error::last_os_error());
+                let name = std::ffi::CString::new("eth0").unwrap();
+                let mut address: libc::sockaddr_ll = std::mem::zeroed();
+                address.sll_family = libc::AF_PACKET as u16;
+                address.sll_protocol = protocol;
+                address.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                address.sll_halen = 6;
+                address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+                let mut frame = vec![0xff; 6];
+                frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+                frame.extend_from_slice(&payload);
+                let sent = libc::sendto(
+                    socket,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    std::ptr::from_ref(&address).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    sent,
+                    frame.len() as isize,
+                    "{}",
+                    std::io::Error::last_os_error()
+                );
+                libc::close(socket);
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn malformed_packets_are_counted_and_logged_with_ebpf_debug() {
+    require_root!();
+    let node = Node::new(1).unwrap();
+    let agent = Agent::start(
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--flush-interval",
+            FLUSH,
+            "--ebpf-debug",
+        ],
+    );
+    // An IPv4 header announcing TCP, followed by only 4 bytes of it.
+    let mut packet = vec![
+        0x45, 0, 0, 24, 0, 0, 0, 0, 64, 6, 0, 0, 10, 1, 0, 2, 10, 9, 9, 9,
+    ];
+    packet.extend_from_slice(&[0x12, 0x34, 0x00, 0x50]);
+    for _ in 0..3 {
+        send_raw_frame(&node, 0, packet.clone());
+    }
+    agent.wait_for_log("transport header truncated", Duration::from_secs(5));
+    let output = agent.stop();
+    assert_eq!(summary_value(&output.stderr, "malformed"), 3);
+    assert!(
+        output
+            .records
+            .iter()
+            .all(|record| record.destination.ip.to_string() != "10.9.9.9")
+    );
+}
+
 /// Runs the binary and returns (exit code, stderr lines).
 fn run_agent(netns: &str, args: &[&str]) -> (i32, Vec<String>) {
     let output = std::process::Command::new("ip")

@@ -411,3 +411,25 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text.replace('\n', " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_is_one_line_without_repeats() {
+        let inner = io::Error::new(io::ErrorKind::NotFound, "no such device");
+        let error = AgentError::Output(inner);
+        assert_eq!(
+            error_chain(&error),
+            "writing flow records failed: no such device"
+        );
+        let transparent = AgentError::Datapath(DatapathError::Barrier(io::Error::other(
+            "line one\nline two",
+        )));
+        assert_eq!(
+            error_chain(&transparent),
+            "waiting for running BPF programs failed: line one line two"
+        );
+    }
+}

@@ -51,8 +51,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&cli.log_level)
+    let mut filter = EnvFilter::try_new(&cli.log_level)
         .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
+    let Command::Run(args) = &cli.command;
+    if args.ebpf_debug {
+        // The programs log at debug level under their crate's name.
+        filter = filter.add_directive("flow_agent_ebpf=debug".parse()?);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

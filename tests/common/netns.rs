@@ -47,6 +47,13 @@ impl Agent {
         parse(&self.0.stdout())
     }
 
+    /// Kills the agent with SIGKILL: no detach, no final drain.
+    pub fn kill(self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.pid() as i32, libc::SIGKILL) };
+        let _ = self.0.stop();
+    }
+
     /// Sends SIGTERM, waits for exit, returns everything it printed.
     pub fn stop(self) -> AgentOutput {
         let output = self.0.stop().unwrap();

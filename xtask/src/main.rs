@@ -1,5 +1,6 @@
 //! Developer tasks for flow-agent. `cargo xtask --help` lists them.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -32,6 +33,9 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Set up, then run the datapath benchmarks and compare TCP throughput with
+    /// and without flow-agent (root; installs iperf3).
+    Bench,
 }
 
 fn workspace_root() -> PathBuf {
@@ -80,17 +84,35 @@ fn main() -> Result<()> {
             ])
         }
         Task::Demo { seconds } => {
-            setup::setup()?;
-            cargo(&["build", "--package", "flow-agent", "--bin", "flow-agent"])?;
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                bail!("the demo creates network namespaces and loads BPF programs: run it as root");
-            }
-            let binary = workspace_root().join("target/debug/flow-agent");
-            if !Command::new(&binary).arg("--version").status()?.success() {
-                bail!("{} does not run", binary.display());
-            }
+            let binary = prepare_agent("debug")?;
             demo::demo(&binary, Duration::from_secs(seconds))
         }
+        Task::Bench => {
+            setup::ensure_program("iperf3", "iperf3")?;
+            let binary = prepare_agent("release")?;
+            bench::bench(&binary)
+        }
     }
+}
+
+/// Sets up, builds the agent binary in `profile`, and checks we are root.
+fn prepare_agent(profile: &str) -> Result<PathBuf> {
+    setup::setup()?;
+    let mut args = vec!["build", "--package", "flow-agent", "--bin", "flow-agent"];
+    if profile == "release" {
+        args.push("--release");
+    }
+    cargo(&args)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this creates network namespaces and loads BPF programs: run it as root");
+    }
+    let binary = workspace_root()
+        .join("target")
+        .join(profile)
+        .join("flow-agent");
+    if !Command::new(&binary).arg("--version").status()?.success() {
+        bail!("{} does not run", binary.display());
+    }
+    Ok(binary)
 }

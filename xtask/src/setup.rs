@@ -196,3 +196,11 @@ pub(crate) fn setup() -> Result<()> {
     ensure_test_tools().context("test tools")?;
     Ok(())
 }
+
+/// Installs a Debian package providing `program` if it is missing.
+pub(crate) fn ensure_program(program: &str, package: &str) -> Result<()> {
+    if !have(program) {
+        apt_install(&[package])?;
+    }
+    Ok(())
+}

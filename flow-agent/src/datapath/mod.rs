@@ -37,7 +37,7 @@ use flow_common::{
     FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::drain::{DrainedFlows, FlowSample};
 
@@ -244,6 +244,9 @@ pub struct Datapath {
     attach_mode: AttachMode,
     attachments: BTreeMap<u32, Attachment>,
     batch_supported: bool,
+    /// Buffers for batched draining, kept across drains.
+    batch_keys: Vec<u8>,
+    batch_values: Vec<u8>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -367,6 +370,8 @@ impl Datapath {
             attach_mode,
             attachments: BTreeMap::new(),
             batch_supported: true,
+            batch_keys: Vec::new(),
+            batch_values: Vec::new(),
         })
     }
 
@@ -483,6 +488,17 @@ impl Datapath {
         // is never deleted, since other programs may hang off it.
         if let Err(qdisc_error) = tc::qdisc_add_clsact(interface) {
             debug!(interface, error = %qdisc_error, "clsact not added (usually: it already exists)");
+        }
+        // A filter of ours left by an agent that was killed (netlink filters,
+        // unlike TCX links, outlive their process) would keep running: remove
+        // filters whose program carries our name, and nothing else.
+        match tc::qdisc_detach_program(interface, attach_type, program) {
+            Ok(()) => info!(
+                interface,
+                program, "removed a filter left by an earlier agent"
+            ),
+            Err(tc::TcError::IoError(error)) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => debug!(interface, %error, "could not look for earlier filters"),
         }
         // Priority 1 runs before any filter a CNI adds at a higher number; our
         // own handle keeps a CNI that replaces "prio 1 handle 1" from replacing us.
@@ -662,36 +678,51 @@ impl Datapath {
     }
 
     fn drain_map_batched(&mut self, epoch: u32, flows: &mut DrainedFlows) -> io::Result<()> {
-        const BATCH: u32 = 4096;
+        const BATCH: usize = 4096;
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
+        // Per-CPU values come as one slot per possible CPU, each rounded up to 8 bytes.
         let stride = size_of::<FlowStats>().next_multiple_of(8);
-        let mut keys = vec![0u8; BATCH as usize * size_of::<FlowKey>()];
-        let mut values = vec![0u8; BATCH as usize * stride * cpus];
+        let key_size = size_of::<FlowKey>();
+        let mut keys = std::mem::take(&mut self.batch_keys);
+        let mut values = std::mem::take(&mut self.batch_values);
+        keys.resize(BATCH * key_size, 0);
+        values.resize(BATCH * stride * cpus, 0);
         let (_, map) = self.flows_map(epoch);
         let fd = aya::maps::IterableMap::map(&*map).fd().as_fd();
         let mut token = None;
         let mut slots = Vec::with_capacity(cpus);
-        loop {
-            let sys::Batch { count, done } =
-                sys::lookup_and_delete_batch(fd, &mut token, &mut keys, &mut values, BATCH)?;
-            for entry in 0..count {
-                let key_bytes = &keys[entry * size_of::<FlowKey>()..][..size_of::<FlowKey>()];
-                // SAFETY: FlowKey is plain old data of exactly this size.
-                let key: FlowKey = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
+        let result = loop {
+            let sys::Batch { count, done } = match sys::lookup_and_delete_batch(
+                fd,
+                &mut token,
+                &mut keys,
+                &mut values,
+                BATCH as u32,
+            ) {
+                Ok(batch) => batch,
+                Err(error) => break Err(error),
+            };
+            for entry in 0..count.min(BATCH) {
+                // SAFETY: the kernel wrote `count` keys of FlowKey's exact size.
+                let key: FlowKey =
+                    unsafe { std::ptr::read_unaligned(keys[entry * key_size..].as_ptr().cast()) };
                 slots.clear();
                 for cpu in 0..cpus {
                     let offset = (entry * cpus + cpu) * stride;
-                    // SAFETY: as above, for FlowStats.
-                    let slot: FlowStats =
-                        unsafe { std::ptr::read_unaligned(values[offset..].as_ptr().cast()) };
-                    slots.push(slot);
+                    // SAFETY: as above, one FlowStats per CPU slot.
+                    slots.push(unsafe {
+                        std::ptr::read_unaligned(values[offset..].as_ptr().cast())
+                    });
                 }
                 flows.add_slots(key, &slots, epoch);
             }
             if done {
-                return Ok(());
+                break Ok(());
             }
-        }
+        };
+        self.batch_keys = keys;
+        self.batch_values = values;
+        result
     }
 
     fn drain_map_by_key(
@@ -806,5 +837,46 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
             });
         }
         Err(error) => warn!(%error, "eBPF debug logging unavailable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privilege_and_missing_bpf_errors_say_what_to_do() {
+        let error = DatapathError::from_syscall(io::Error::from_raw_os_error(libc::EPERM)).unwrap();
+        let message = error.to_string();
+        assert!(
+            message.contains("run as root") && message.contains("CAP_BPF"),
+            "{message}"
+        );
+        let error =
+            DatapathError::from_syscall(io::Error::from_raw_os_error(libc::ENOSYS)).unwrap();
+        assert!(error.to_string().contains("CONFIG_BPF_SYSCALL"), "{error}");
+        assert!(DatapathError::from_syscall(io::Error::from_raw_os_error(libc::EINVAL)).is_none());
+    }
+
+    #[test]
+    fn errors_deep_in_a_chain_are_classified_by_their_errno() {
+        let wrapped = DatapathError::Barrier(io::Error::from_raw_os_error(libc::EACCES));
+        assert!(matches!(
+            classify(wrapped),
+            DatapathError::NotPermitted { .. }
+        ));
+        let other = DatapathError::Barrier(io::Error::from_raw_os_error(libc::EBADF));
+        assert!(matches!(classify(other), DatapathError::Barrier(_)));
+    }
+
+    #[test]
+    fn counter_increases_are_reported_per_counter() {
+        let mut earlier = [0u64; Counter::COUNT as usize];
+        earlier[Counter::MapFull as usize] = 5;
+        let mut now = earlier;
+        now[Counter::MapFull as usize] = 8;
+        now[Counter::Lost as usize] = 1;
+        let increases = DatapathCounters(now).increase_since(&DatapathCounters(earlier));
+        assert_eq!(increases, [(Counter::MapFull, 3), (Counter::Lost, 1)]);
     }
 }

@@ -1,0 +1,185 @@
+//! Datapath benchmarks (run as root: `cargo bench -p flow-agent --bench datapath`,
+//! or `cargo xtask bench` for these plus TCP throughput).
+//!
+//! - per-packet cost of the classifier through `BPF_PROG_TEST_RUN`, next to an
+//!   empty classifier (the floor), for a packet of an existing flow and for a
+//!   packet that creates a flow;
+//! - how long one drain of 100k flows takes, and the memory it needs (kernel
+//!   map memory from fdinfo, process resident memory).
+//!
+//! Figures are printed, never asserted.
+#![expect(clippy::unwrap_used, reason = "a benchmark aborts on failure")]
+
+use std::time::{Duration, Instant};
+
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use flow_agent::datapath::{Datapath, DatapathConfig, TESTKIT_OBJECT};
+use flow_common::Direction;
+
+fn udp_frame(src_port: u16) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
+    let payload = 64u16;
+    let total = 20 + 8 + payload;
+    frame.extend_from_slice(&[0x45, 0]);
+    frame.extend_from_slice(&total.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 10, 1, 0, 2, 10, 2, 0, 2]);
+    frame.extend_from_slice(&src_port.to_be_bytes());
+    frame.extend_from_slice(&53u16.to_be_bytes());
+    frame.extend_from_slice(&(8 + payload).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.resize(frame.len() + usize::from(payload), 0);
+    frame
+}
+
+/// Average ns per run as the kernel measures it (program only, no syscall).
+fn run(program: &SchedClassifier, frame: &[u8], repeat: u32) -> Duration {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    result.duration
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn per_packet_cost() {
+    const REPEAT: u32 = 1_000_000;
+    const SINGLE_RUNS: u16 = 50_000;
+    let mut testkit = Ebpf::load(TESTKIT_OBJECT).unwrap();
+    let floor: &mut SchedClassifier = testkit
+        .program_mut("pass_through")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    floor.load().unwrap();
+    let frame = udp_frame(1);
+
+    let mut datapath = Datapath::load(&DatapathConfig {
+        map_entries: 131_072,
+        ..DatapathConfig::default()
+    })
+    .unwrap();
+    let classifier = datapath.classifier_mut(Direction::Ingress).unwrap();
+
+    let floor_ns = run(floor, &frame, REPEAT).as_nanos();
+    let existing_ns = run(classifier, &frame, REPEAT).as_nanos();
+    // One run per packet, each a new flow; and the same for an existing flow, so
+    // both carry the same per-run timer overhead.
+    let new_flow: Vec<f64> = (2..2 + SINGLE_RUNS)
+        .map(|port| run(classifier, &udp_frame(port), 1).as_nanos() as f64)
+        .collect();
+    let same_flow: Vec<f64> = (0..SINGLE_RUNS)
+        .map(|_| run(classifier, &frame, 1).as_nanos() as f64)
+        .collect();
+    let floor_single: Vec<f64> = (0..SINGLE_RUNS)
+        .map(|_| run(floor, &frame, 1).as_nanos() as f64)
+        .collect();
+    println!("per-packet cost (BPF_PROG_TEST_RUN, 110-byte IPv4/UDP frame):");
+    println!("  empty classifier, repeat {REPEAT}:        {floor_ns} ns");
+    println!("  flow-agent, existing flow, repeat {REPEAT}: {existing_ns} ns");
+    println!(
+        "  single runs (median of {SINGLE_RUNS}): empty {:.0} ns, existing flow {:.0} ns, new flow {:.0} ns",
+        median(floor_single),
+        median(same_flow),
+        median(new_flow)
+    );
+}
+
+fn kernel_map_bytes() -> u64 {
+    // Sum "memlock:" over this process's BPF map file descriptors.
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !info.contains("map_type:") {
+            continue;
+        }
+        if let Some(line) = info.lines().find(|line| line.starts_with("memlock:")) {
+            total += line[8..].trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+fn drain_100k() {
+    const FLOWS: u32 = 100_000;
+    let before_kib = resident_kib();
+    let before_map = kernel_map_bytes();
+    let mut datapath = Datapath::load(&DatapathConfig {
+        map_entries: 131_072,
+        ..DatapathConfig::default()
+    })
+    .unwrap();
+    let loaded_kib = resident_kib();
+    let loaded_map = kernel_map_bytes();
+    let mut durations = Vec::new();
+    for round in 0..3 {
+        let classifier = datapath.classifier_mut(Direction::Ingress).unwrap();
+        for flow in 0..FLOWS {
+            let mut frame = udp_frame((flow % 60_000) as u16 + 1);
+            // Vary the destination address too, to get past 65535 distinct ports.
+            frame[33] = (flow / 60_000) as u8 + 2;
+            run(classifier, &frame, 1);
+        }
+        let full_map = kernel_map_bytes();
+        let started = Instant::now();
+        let drained = datapath.drain().unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(drained.len(), FLOWS as usize, "every flow drained");
+        let samples = drained.into_samples();
+        durations.push(elapsed);
+        if round == 0 {
+            println!("drain of {FLOWS} flows:");
+            println!(
+                "  kernel map memory: {:.1} MiB empty, {:.1} MiB with {FLOWS} flows (both epochs' maps, {} CPUs)",
+                (loaded_map - before_map) as f64 / (1 << 20) as f64,
+                (full_map - before_map) as f64 / (1 << 20) as f64,
+                aya::util::nr_cpus().unwrap()
+            );
+            println!(
+                "  resident memory: {} KiB before load, {} KiB loaded, {} KiB holding {} drained samples",
+                before_kib,
+                loaded_kib,
+                resident_kib(),
+                samples.len()
+            );
+        }
+    }
+    println!(
+        "  drain time (switch epoch, RCU wait, batched lookup-and-delete, merge): {}",
+        durations
+            .iter()
+            .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping datapath benchmarks: needs root");
+        return;
+    }
+    per_packet_cost();
+    drain_100k();
+}
