@@ -17,6 +17,11 @@ use crate::{
     record::{FlowRecord, MonotonicClock, Protocol, Timestamp, endpoints, tcp_flag_names},
 };
 
+/// How often the active flow map's fill is checked: a map that is half full is
+/// drained at once instead of at the next flush, so bursts of new flows do not
+/// spill.
+const PRESSURE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Errors that stop the agent.
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -146,12 +151,21 @@ impl<S: RecordSink> Agent<'_, S> {
         let mut ticker = tokio::time::interval(self.config.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        let mut pressure = tokio::time::interval(PRESSURE_CHECK_INTERVAL);
+        pressure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
                 _ = ticker.tick() => self.flush()?,
+                _ = pressure.tick() => {
+                    if self.datapath.needs_early_drain()? {
+                        debug!(map_size = self.datapath.map_entries(), "flow map half full: draining early");
+                        self.flush()?;
+                        ticker.reset();
+                    }
+                }
                 events = monitor.next() => self.on_link_events(events?)?,
             }
         }
@@ -378,6 +392,7 @@ impl<S: RecordSink> Agent<'_, S> {
         self.check_counters()?;
         let counters = self.counters;
         info!(
+            inserted = counters.get(Counter::Inserted),
             records = self.summary.records,
             packets = self.summary.packets,
             bytes = self.summary.bytes,

@@ -74,7 +74,7 @@ pub struct FileConfig {
     pub wait_for_interfaces: Option<bool>,
     /// How often to drain the kernel maps, e.g. `5s`.
     pub flush_interval: Option<String>,
-    /// Capacity of each flow map.
+    /// Capacity of each flow map (default: what fits 64 MiB on this node).
     pub map_size: Option<u32>,
     /// Spill ring buffer size in bytes.
     pub spill_size: Option<u32>,
@@ -264,7 +264,7 @@ impl RunConfig {
         }
         let map_entries = map_size
             .or(file_map_size)
-            .unwrap_or(flow_common::DEFAULT_FLOW_MAP_ENTRIES);
+            .unwrap_or_else(crate::datapath::auto_map_entries);
         if map_entries == 0 || map_entries > MAX_MAP_SIZE {
             return Err(ConfigError::Invalid {
                 key: "map-size",

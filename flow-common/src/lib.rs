@@ -7,8 +7,9 @@
 //!
 //! # How the datapath counts
 //!
-//! The TC programs aggregate packets per [`FlowKey`] into one of two per-CPU hash
-//! maps, chosen by the *epoch* in [`DatapathControl`]: even epochs write
+//! The TC programs aggregate packets per [`FlowKey`] into one of two
+//! preallocated per-CPU hash maps (no allocation on the packet path), chosen by
+//! the *epoch* in [`DatapathControl`]: even epochs write
 //! [`FLOWS_EVEN`], odd epochs [`FLOWS_ODD`]. To drain, userspace bumps the epoch,
 //! waits for an RCU grace period (after which no program can still be writing the
 //! old map), then reads and deletes every entry of the now quiescent map. No packet
@@ -16,8 +17,8 @@
 //! gives its exact totals.
 //!
 //! Every per-CPU slot carries the epoch it was written in ([`FlowStats::epoch`]).
-//! Kernels before 5.10 do not zero the other CPUs' slots when a per-CPU hash element
-//! is reused, so a re-created flow could otherwise inherit a previous life's counts:
+//! Kernels before 5.10 do not zero the other CPUs' slots when a preallocated
+//! per-CPU hash element is reused, so a re-created flow could otherwise inherit a previous life's counts:
 //! the programs reset a slot whose epoch is not the current one before adding to it,
 //! and userspace ignores slots from another epoch.
 #![no_std]
@@ -44,7 +45,8 @@ pub const PROGRAM_INGRESS: &str = "flow_ingress";
 /// Name of the egress classifier in the eBPF object.
 pub const PROGRAM_EGRESS: &str = "flow_egress";
 
-/// Default capacity of each flow map (entries).
+/// Capacity of each flow map as compiled; the loader sizes the maps (see
+/// flow-agent's `datapath::auto_map_entries`).
 pub const DEFAULT_FLOW_MAP_ENTRIES: u32 = 65_536;
 /// Capacity of the fragment map (entries).
 pub const FRAGMENT_MAP_ENTRIES: u32 = 4_096;
@@ -243,11 +245,14 @@ pub enum Counter {
     Deduplicated = 6,
     /// Non-first fragments whose first fragment was not seen: counted without ports.
     FragmentWithoutPorts = 7,
+    /// Flows created in a flow map (one per flow and epoch). Userspace watches
+    /// it to drain early when the active map fills up.
+    Inserted = 8,
 }
 
 impl Counter {
     /// Number of counters: the size of the [`COUNTERS`] array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::MapFull,
@@ -258,6 +263,7 @@ impl Counter {
         Self::Malformed,
         Self::Deduplicated,
         Self::FragmentWithoutPorts,
+        Self::Inserted,
     ];
 
     /// A stable snake_case name, used in logs and metrics.
@@ -271,6 +277,7 @@ impl Counter {
             Self::Malformed => "malformed",
             Self::Deduplicated => "deduplicated",
             Self::FragmentWithoutPorts => "fragment_without_ports",
+            Self::Inserted => "inserted",
         }
     }
 }

@@ -76,10 +76,30 @@ pub struct DatapathConfig {
     pub ebpf_debug: bool,
 }
 
+/// Memory the two flow maps may take by default, in bytes.
+pub const DEFAULT_FLOW_MAP_BUDGET: u64 = 64 << 20;
+
+/// Kernel memory of one preallocated flow map entry: the element with its key
+/// (measured: about 120 bytes) plus one [`FlowStats`] per possible CPU.
+pub fn bytes_per_map_entry(cpus: u64) -> u64 {
+    120 + size_of::<FlowStats>() as u64 * cpus
+}
+
+/// Default capacity of each flow map: what fits [`DEFAULT_FLOW_MAP_BUDGET`] for
+/// both maps on this machine's possible CPUs, between 4096 and 65536 entries.
+/// Per-CPU maps cost memory per CPU, so big nodes get fewer entries; the agent
+/// drains early when the active map is half full, and a full map spills to the
+/// ring buffer.
+pub fn auto_map_entries() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(64, |cpus| cpus as u64);
+    let entries = DEFAULT_FLOW_MAP_BUDGET / 2 / bytes_per_map_entry(cpus);
+    entries.clamp(4096, 65_536) as u32
+}
+
 impl Default for DatapathConfig {
     fn default() -> Self {
         Self {
-            map_entries: flow_common::DEFAULT_FLOW_MAP_ENTRIES,
+            map_entries: auto_map_entries(),
             spill_bytes: flow_common::DEFAULT_SPILL_BYTES,
             attach_mode: AttachMode::Auto,
             ebpf_debug: false,
@@ -244,6 +264,9 @@ pub struct Datapath {
     attach_mode: AttachMode,
     attachments: BTreeMap<u32, Attachment>,
     batch_supported: bool,
+    map_entries: u32,
+    /// `Counter::Inserted` when the active map was last emptied.
+    inserted_at_flip: u64,
     /// Buffers for batched draining, kept across drains.
     batch_keys: Vec<u8>,
     batch_values: Vec<u8>,
@@ -370,6 +393,8 @@ impl Datapath {
             attach_mode,
             attachments: BTreeMap::new(),
             batch_supported: true,
+            map_entries,
+            inserted_at_flip: 0,
             batch_keys: Vec::new(),
             batch_values: Vec::new(),
         })
@@ -589,6 +614,30 @@ impl Datapath {
         Ok(DatapathCounters(totals))
     }
 
+    fn inserted(&self) -> Result<u64, DatapathError> {
+        let values = self
+            .counters
+            .get(&(Counter::Inserted as u32), 0)
+            .map_err(|source| DatapathError::Map {
+                operation: "read",
+                map: COUNTERS,
+                source: Box::new(source),
+            })?;
+        Ok(values.iter().sum())
+    }
+
+    /// Capacity of each flow map.
+    pub fn map_entries(&self) -> u32 {
+        self.map_entries
+    }
+
+    /// Whether the active flow map is at least half full: time to drain early
+    /// rather than let new flows spill. One map read; cheap to poll.
+    pub fn needs_early_drain(&self) -> Result<bool, DatapathError> {
+        let filled = self.inserted()?.saturating_sub(self.inserted_at_flip);
+        Ok(filled >= u64::from(self.map_entries / 2))
+    }
+
     /// The current epoch.
     pub fn epoch(&self) -> u32 {
         self.epoch
@@ -601,6 +650,7 @@ impl Datapath {
     pub fn drain(&mut self) -> Result<DrainedFlows, DatapathError> {
         let drained_epoch = self.epoch;
         self.advance_epoch()?;
+        self.inserted_at_flip = self.inserted()?;
         let mut flows = DrainedFlows::default();
         self.drain_map(drained_epoch, &mut flows)?;
         self.drain_spill(&mut flows);
