@@ -27,6 +27,18 @@ struct Harness {
     datapath: Datapath,
 }
 
+/// Both parsers: direct reads of the linear area (what nearly every packet
+/// takes), and `bpf_skb_load_bytes` (packets whose headers lie in paged data).
+fn both_readers() -> [DatapathConfig; 2] {
+    [
+        DatapathConfig::default(),
+        DatapathConfig {
+            paged_reads_only: true,
+            ..DatapathConfig::default()
+        },
+    ]
+}
+
 impl Harness {
     fn new() -> Self {
         Self::with(DatapathConfig::default())
@@ -119,236 +131,256 @@ fn key6(protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
 #[test]
 fn udp_datagram_bytes_count_ip_length() {
     require_root!();
-    let mut harness = Harness::new();
-    let frame = Ipv4::new(A4, B4, UDP).frame(&udp(5000, 53, &[7; 100]));
-    for _ in 0..3 {
-        harness.ingress(&frame);
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        let frame = Ipv4::new(A4, B4, UDP).frame(&udp(5000, 53, &[7; 100]));
+        for _ in 0..3 {
+            harness.ingress(&frame);
+        }
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key4(UDP, 5000, 53));
+        assert_eq!(flow.packets, 3);
+        // 20 (IPv4) + 8 (UDP) + 100, the IP datagram; the Ethernet header is not counted.
+        assert_eq!(flow.bytes, 3 * 128);
+        assert_eq!(flow.first_direction, Direction::Ingress);
+        assert_eq!(flow.first_ifindex, 1, "BPF_PROG_TEST_RUN runs on loopback");
+        assert!(flow.first_seen_ns <= flow.last_seen_ns);
+        harness.assert_counters(&[(Counter::Inserted, 1)]);
     }
-    let flow = harness.only_flow();
-    assert_eq!(flow.key, key4(UDP, 5000, 53));
-    assert_eq!(flow.packets, 3);
-    // 20 (IPv4) + 8 (UDP) + 100, the IP datagram; the Ethernet header is not counted.
-    assert_eq!(flow.bytes, 3 * 128);
-    assert_eq!(flow.first_direction, Direction::Ingress);
-    assert_eq!(flow.first_ifindex, 1, "BPF_PROG_TEST_RUN runs on loopback");
-    assert!(flow.first_seen_ns <= flow.last_seen_ns);
-    harness.assert_counters(&[(Counter::Inserted, 1)]);
 }
 
 #[test]
 fn tcp_ports_flags_and_initiator_bits() {
     require_root!();
-    let mut harness = Harness::new();
-    harness.ingress(&Ipv4::new(A4, B4, TCP).frame(&tcp(40000, 80, SYN, 20, &[])));
-    harness.ingress(&Ipv4::new(A4, B4, TCP).frame(&tcp(40000, 80, ACK | PSH, 12, &[1; 10])));
-    let flow = harness.only_flow();
-    assert_eq!(flow.key, key4(TCP, 40000, 80));
-    assert_eq!(flow.packets, 2);
-    assert_eq!(flow.bytes, (20 + 40) + (20 + 32 + 10));
-    assert_eq!(
-        flow.tcp_flags,
-        tcp_flag::SYN | tcp_flag::ACK | tcp_flag::PSH | tcp_flag::SYN_ONLY
-    );
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        harness.ingress(&Ipv4::new(A4, B4, TCP).frame(&tcp(40000, 80, SYN, 20, &[])));
+        harness.ingress(&Ipv4::new(A4, B4, TCP).frame(&tcp(40000, 80, ACK | PSH, 12, &[1; 10])));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key4(TCP, 40000, 80));
+        assert_eq!(flow.packets, 2);
+        assert_eq!(flow.bytes, (20 + 40) + (20 + 32 + 10));
+        assert_eq!(
+            flow.tcp_flags,
+            tcp_flag::SYN | tcp_flag::ACK | tcp_flag::PSH | tcp_flag::SYN_ONLY
+        );
 
-    harness.ingress(&Ipv4::new(B4, A4, TCP).frame(&tcp(80, 40000, SYN | ACK, 20, &[])));
-    let flow = harness.only_flow();
-    assert_eq!(
-        flow.tcp_flags,
-        tcp_flag::SYN | tcp_flag::ACK | tcp_flag::SYN_ACK
-    );
+        harness.ingress(&Ipv4::new(B4, A4, TCP).frame(&tcp(80, 40000, SYN | ACK, 20, &[])));
+        let flow = harness.only_flow();
+        assert_eq!(
+            flow.tcp_flags,
+            tcp_flag::SYN | tcp_flag::ACK | tcp_flag::SYN_ACK
+        );
+    }
 }
 
 #[test]
 fn sctp_and_icmp_keys() {
     require_root!();
-    let mut harness = Harness::new();
-    harness.ingress(&Ipv4::new(A4, B4, SCTP).frame(&sctp(3868, 3868, &[0; 16])));
-    harness.ingress(&Ipv4::new(A4, B4, ICMP).frame(&icmp(8, 0, &[0; 56])));
-    let samples = harness.drain();
-    assert_eq!(samples.len(), 2);
-    let sctp_flow = samples.iter().find(|s| s.key.protocol == SCTP).unwrap();
-    assert_eq!(sctp_flow.key, key4(SCTP, 3868, 3868));
-    assert_eq!(sctp_flow.bytes, 20 + 12 + 16);
-    let icmp_flow = samples.iter().find(|s| s.key.protocol == ICMP).unwrap();
-    assert_eq!(
-        icmp_flow.key,
-        FlowKey {
-            icmp_type: 8,
-            icmp_code: 0,
-            ..key4(ICMP, 0, 0)
-        }
-    );
-    assert_eq!(icmp_flow.bytes, 84, "a default ping: 20 + 8 + 56");
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        harness.ingress(&Ipv4::new(A4, B4, SCTP).frame(&sctp(3868, 3868, &[0; 16])));
+        harness.ingress(&Ipv4::new(A4, B4, ICMP).frame(&icmp(8, 0, &[0; 56])));
+        let samples = harness.drain();
+        assert_eq!(samples.len(), 2);
+        let sctp_flow = samples.iter().find(|s| s.key.protocol == SCTP).unwrap();
+        assert_eq!(sctp_flow.key, key4(SCTP, 3868, 3868));
+        assert_eq!(sctp_flow.bytes, 20 + 12 + 16);
+        let icmp_flow = samples.iter().find(|s| s.key.protocol == ICMP).unwrap();
+        assert_eq!(
+            icmp_flow.key,
+            FlowKey {
+                icmp_type: 8,
+                icmp_code: 0,
+                ..key4(ICMP, 0, 0)
+            }
+        );
+        assert_eq!(icmp_flow.bytes, 84, "a default ping: 20 + 8 + 56");
+    }
 }
 
 #[test]
 fn ipv6_tcp_udp_and_icmpv6() {
     require_root!();
-    let mut harness = Harness::new();
-    harness.ingress(&Ipv6::new(A6, B6, TCP).frame(&tcp(40000, 443, SYN, 20, &[])));
-    harness.ingress(&Ipv6::new(A6, B6, UDP).frame(&udp(5000, 53, &[0; 100])));
-    harness.ingress(&Ipv6::new(A6, B6, ICMPV6).frame(&icmp(128, 0, &[0; 56])));
-    let samples = harness.drain();
-    assert_eq!(samples.len(), 3);
-    let find = |protocol| *samples.iter().find(|s| s.key.protocol == protocol).unwrap();
-    assert_eq!(find(TCP).key, key6(TCP, 40000, 443));
-    assert_eq!(find(TCP).bytes, 40 + 40);
-    assert_eq!(find(UDP).key, key6(UDP, 5000, 53));
-    assert_eq!(find(UDP).bytes, 40 + 8 + 100);
-    assert_eq!(
-        find(ICMPV6).key,
-        FlowKey {
-            icmp_type: 128,
-            ..key6(ICMPV6, 0, 0)
-        }
-    );
-    assert_eq!(find(ICMPV6).bytes, 104);
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        harness.ingress(&Ipv6::new(A6, B6, TCP).frame(&tcp(40000, 443, SYN, 20, &[])));
+        harness.ingress(&Ipv6::new(A6, B6, UDP).frame(&udp(5000, 53, &[0; 100])));
+        harness.ingress(&Ipv6::new(A6, B6, ICMPV6).frame(&icmp(128, 0, &[0; 56])));
+        let samples = harness.drain();
+        assert_eq!(samples.len(), 3);
+        let find = |protocol| *samples.iter().find(|s| s.key.protocol == protocol).unwrap();
+        assert_eq!(find(TCP).key, key6(TCP, 40000, 443));
+        assert_eq!(find(TCP).bytes, 40 + 40);
+        assert_eq!(find(UDP).key, key6(UDP, 5000, 53));
+        assert_eq!(find(UDP).bytes, 40 + 8 + 100);
+        assert_eq!(
+            find(ICMPV6).key,
+            FlowKey {
+                icmp_type: 128,
+                ..key6(ICMPV6, 0, 0)
+            }
+        );
+        assert_eq!(find(ICMPV6).bytes, 104);
+    }
 }
 
 #[test]
 fn vlan_and_qinq_tags_are_skipped() {
     require_root!();
-    let mut harness = Harness::new();
-    let ip = Ipv4::new(A4, B4, UDP).build(&udp(5000, 53, &[0; 10]));
-    harness.ingress(&ethernet_vlan(&[(ETH_P_8021Q, 100)], ETH_P_IP, &ip));
-    harness.ingress(&ethernet_vlan(
-        &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 100)],
-        ETH_P_IP,
-        &ip,
-    ));
-    let ip6 = Ipv6::new(A6, B6, UDP).build(&udp(5000, 53, &[0; 10]));
-    harness.ingress(&ethernet_vlan(&[(ETH_P_8021Q, 7)], ETH_P_IPV6, &ip6));
-    let samples = harness.drain();
-    assert_eq!(samples.len(), 2);
-    let v4 = samples
-        .iter()
-        .find(|s| s.key == key4(UDP, 5000, 53))
-        .unwrap();
-    assert_eq!((v4.packets, v4.bytes), (2, 2 * 38));
-    let v6 = samples
-        .iter()
-        .find(|s| s.key == key6(UDP, 5000, 53))
-        .unwrap();
-    assert_eq!((v6.packets, v6.bytes), (1, 58));
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        let ip = Ipv4::new(A4, B4, UDP).build(&udp(5000, 53, &[0; 10]));
+        harness.ingress(&ethernet_vlan(&[(ETH_P_8021Q, 100)], ETH_P_IP, &ip));
+        harness.ingress(&ethernet_vlan(
+            &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 100)],
+            ETH_P_IP,
+            &ip,
+        ));
+        let ip6 = Ipv6::new(A6, B6, UDP).build(&udp(5000, 53, &[0; 10]));
+        harness.ingress(&ethernet_vlan(&[(ETH_P_8021Q, 7)], ETH_P_IPV6, &ip6));
+        let samples = harness.drain();
+        assert_eq!(samples.len(), 2);
+        let v4 = samples
+            .iter()
+            .find(|s| s.key == key4(UDP, 5000, 53))
+            .unwrap();
+        assert_eq!((v4.packets, v4.bytes), (2, 2 * 38));
+        let v6 = samples
+            .iter()
+            .find(|s| s.key == key6(UDP, 5000, 53))
+            .unwrap();
+        assert_eq!((v6.packets, v6.bytes), (1, 58));
+    }
 }
 
 #[test]
 fn ipv4_options_move_the_transport_header() {
     require_root!();
-    let mut harness = Harness::new();
-    let mut ip = Ipv4::new(A4, B4, TCP);
-    // Record route (7) padded to 8 bytes: IHL 7.
-    ip.options = vec![7, 7, 4, 0, 0, 0, 0, 1];
-    harness.ingress(&ip.frame(&tcp(40000, 80, SYN, 0, &[])));
-    let flow = harness.only_flow();
-    assert_eq!(flow.key, key4(TCP, 40000, 80));
-    assert_eq!(flow.bytes, 28 + 20);
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        let mut ip = Ipv4::new(A4, B4, TCP);
+        // Record route (7) padded to 8 bytes: IHL 7.
+        ip.options = vec![7, 7, 4, 0, 0, 0, 0, 1];
+        harness.ingress(&ip.frame(&tcp(40000, 80, SYN, 0, &[])));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key4(TCP, 40000, 80));
+        assert_eq!(flow.bytes, 28 + 20);
+    }
 }
 
 #[test]
 fn ipv6_extension_headers_are_walked() {
     require_root!();
-    let mut harness = Harness::new();
-    let mut ip = Ipv6::new(A6, B6, UDP);
-    ip.extensions = vec![
-        Extension::HopByHop(0),
-        Extension::Routing(1),
-        Extension::DestinationOptions(2),
-        Extension::Authentication(4),
-    ];
-    harness.ingress(&ip.frame(&udp(5000, 53, &[0; 4])));
-    let flow = harness.only_flow();
-    assert_eq!(flow.key, key6(UDP, 5000, 53));
-    assert_eq!(flow.bytes, 40 + 8 + 16 + 24 + 24 + 8 + 4);
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        let mut ip = Ipv6::new(A6, B6, UDP);
+        ip.extensions = vec![
+            Extension::HopByHop(0),
+            Extension::Routing(1),
+            Extension::DestinationOptions(2),
+            Extension::Authentication(4),
+        ];
+        harness.ingress(&ip.frame(&udp(5000, 53, &[0; 4])));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key6(UDP, 5000, 53));
+        assert_eq!(flow.bytes, 40 + 8 + 16 + 24 + 24 + 8 + 4);
 
-    // Nine extension headers exceed the bounded walk: not counted, never dropped.
-    let mut ip = Ipv6::new(A6, B6, UDP);
-    ip.extensions = vec![Extension::DestinationOptions(0); 9];
-    harness.ingress(&ip.frame(&udp(5000, 53, &[0; 4])));
-    assert!(harness.drain().is_empty());
-    harness.assert_counters(&[(Counter::Malformed, 1)]);
+        // Nine extension headers exceed the bounded walk: not counted, never dropped.
+        let mut ip = Ipv6::new(A6, B6, UDP);
+        ip.extensions = vec![Extension::DestinationOptions(0); 9];
+        harness.ingress(&ip.frame(&udp(5000, 53, &[0; 4])));
+        assert!(harness.drain().is_empty());
+        harness.assert_counters(&[(Counter::Malformed, 1)]);
+    }
 }
 
 #[test]
 fn ipv4_fragments_inherit_the_first_fragments_ports() {
     require_root!();
-    let mut harness = Harness::new();
-    let datagram = udp(5000, 53, &[9; 100]);
-    let mut first = Ipv4::new(A4, B4, UDP);
-    first.id = 77;
-    first.more_fragments = true;
-    harness.ingress(&first.frame(&datagram[..64]));
-    let mut second = first.clone();
-    second.fragment_offset = 8;
-    second.more_fragments = false;
-    harness.ingress(&second.frame(&datagram[64..]));
-    let flow = harness.only_flow();
-    assert_eq!(flow.key, key4(UDP, 5000, 53));
-    assert_eq!(flow.packets, 2);
-    assert_eq!(flow.bytes, (20 + 64) + (20 + 44));
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        let datagram = udp(5000, 53, &[9; 100]);
+        let mut first = Ipv4::new(A4, B4, UDP);
+        first.id = 77;
+        first.more_fragments = true;
+        harness.ingress(&first.frame(&datagram[..64]));
+        let mut second = first.clone();
+        second.fragment_offset = 8;
+        second.more_fragments = false;
+        harness.ingress(&second.frame(&datagram[64..]));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key4(UDP, 5000, 53));
+        assert_eq!(flow.packets, 2);
+        assert_eq!(flow.bytes, (20 + 64) + (20 + 44));
 
-    // A later fragment whose first fragment was never seen: counted without ports.
-    let mut orphan = Ipv4::new(A4, B4, UDP);
-    orphan.id = 78;
-    orphan.fragment_offset = 100;
-    harness.ingress(&orphan.frame(&[0; 40]));
-    let flow = harness.only_flow();
-    assert_eq!(flow.key, key4(UDP, 0, 0));
-    assert_eq!(flow.bytes, 60);
-    harness.assert_counters(&[(Counter::FragmentWithoutPorts, 1)]);
+        // A later fragment whose first fragment was never seen: counted without ports.
+        let mut orphan = Ipv4::new(A4, B4, UDP);
+        orphan.id = 78;
+        orphan.fragment_offset = 100;
+        harness.ingress(&orphan.frame(&[0; 40]));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key4(UDP, 0, 0));
+        assert_eq!(flow.bytes, 60);
+        harness.assert_counters(&[(Counter::FragmentWithoutPorts, 1)]);
+    }
 }
 
 #[test]
 fn ipv6_fragments_inherit_the_first_fragments_ports() {
     require_root!();
-    let mut harness = Harness::new();
-    let datagram = udp(5000, 53, &[9; 100]);
-    let mut first = Ipv6::new(A6, B6, UDP);
-    first.extensions = vec![Extension::Fragment {
-        offset: 0,
-        more: true,
-        id: 0xdead_beef,
-    }];
-    harness.ingress(&first.frame(&datagram[..64]));
-    let mut second = Ipv6::new(A6, B6, UDP);
-    second.extensions = vec![Extension::Fragment {
-        offset: 8,
-        more: false,
-        id: 0xdead_beef,
-    }];
-    harness.ingress(&second.frame(&datagram[64..]));
-    // An atomic fragment (offset 0, no more fragments) is a whole datagram.
-    let mut atomic = Ipv6::new(A6, B6, UDP);
-    atomic.extensions = vec![Extension::Fragment {
-        offset: 0,
-        more: false,
-        id: 1,
-    }];
-    harness.ingress(&atomic.frame(&udp(5000, 53, &[0; 2])));
-    let flow = harness.only_flow();
-    assert_eq!(flow.key, key6(UDP, 5000, 53));
-    assert_eq!(flow.packets, 3);
-    assert_eq!(flow.bytes, (40 + 8 + 64) + (40 + 8 + 44) + (40 + 8 + 10));
-    harness.assert_counters(&[]);
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        let datagram = udp(5000, 53, &[9; 100]);
+        let mut first = Ipv6::new(A6, B6, UDP);
+        first.extensions = vec![Extension::Fragment {
+            offset: 0,
+            more: true,
+            id: 0xdead_beef,
+        }];
+        harness.ingress(&first.frame(&datagram[..64]));
+        let mut second = Ipv6::new(A6, B6, UDP);
+        second.extensions = vec![Extension::Fragment {
+            offset: 8,
+            more: false,
+            id: 0xdead_beef,
+        }];
+        harness.ingress(&second.frame(&datagram[64..]));
+        // An atomic fragment (offset 0, no more fragments) is a whole datagram.
+        let mut atomic = Ipv6::new(A6, B6, UDP);
+        atomic.extensions = vec![Extension::Fragment {
+            offset: 0,
+            more: false,
+            id: 1,
+        }];
+        harness.ingress(&atomic.frame(&udp(5000, 53, &[0; 2])));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key6(UDP, 5000, 53));
+        assert_eq!(flow.packets, 3);
+        assert_eq!(flow.bytes, (40 + 8 + 64) + (40 + 8 + 44) + (40 + 8 + 10));
+        harness.assert_counters(&[]);
+    }
 }
 
 #[test]
 fn gso_super_packet_counts_its_segments() {
     require_root!();
-    let mut harness = Harness::new();
-    // A TCP super-packet of 3 * 800 bytes with timestamps (12-byte options): on
-    // the wire, three segments each with a 20-byte IP and a 32-byte TCP header.
-    // (BPF_PROG_TEST_RUN takes at most a page of data.)
-    let frame = Ipv4::new(A4, B4, TCP).frame(&tcp(40000, 80, ACK, 12, &[0; 3 * 800]));
-    let context = SkbContext {
-        gso_segs: 3,
-        gso_size: 800,
-        ..SkbContext::default()
-    };
-    harness.run(Direction::Ingress, &frame, Some(context));
-    let flow = harness.only_flow();
-    assert_eq!(flow.packets, 3);
-    assert_eq!(flow.bytes, 3 * (20 + 32 + 800));
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        // A TCP super-packet of 3 * 800 bytes with timestamps (12-byte options): on
+        // the wire, three segments each with a 20-byte IP and a 32-byte TCP header.
+        // (BPF_PROG_TEST_RUN takes at most a page of data.)
+        let frame = Ipv4::new(A4, B4, TCP).frame(&tcp(40000, 80, ACK, 12, &[0; 3 * 800]));
+        let context = SkbContext {
+            gso_segs: 3,
+            gso_size: 800,
+            ..SkbContext::default()
+        };
+        harness.run(Direction::Ingress, &frame, Some(context));
+        let flow = harness.only_flow();
+        assert_eq!(flow.packets, 3);
+        assert_eq!(flow.bytes, 3 * (20 + 32 + 800));
+    }
 }
 
 #[test]
@@ -391,11 +423,13 @@ fn egress_packet_already_counted_on_ingress_is_not_counted_again() {
 #[test]
 fn non_ip_frames_are_counted_as_such_and_passed() {
     require_root!();
-    let mut harness = Harness::new();
-    harness.ingress(&ethernet(ETH_P_ARP, &[0; 28]));
-    harness.ingress(&ethernet_vlan(&[(ETH_P_8021Q, 5)], ETH_P_ARP, &[0; 28]));
-    assert!(harness.drain().is_empty());
-    harness.assert_counters(&[(Counter::NotIp, 2)]);
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        harness.ingress(&ethernet(ETH_P_ARP, &[0; 28]));
+        harness.ingress(&ethernet_vlan(&[(ETH_P_8021Q, 5)], ETH_P_ARP, &[0; 28]));
+        assert!(harness.drain().is_empty());
+        harness.assert_counters(&[(Counter::NotIp, 2)]);
+    }
 }
 
 /// Every prefix of a valid packet from `shortest` bytes on is malformed, passes
@@ -405,7 +439,13 @@ fn non_ip_frames_are_counted_as_such_and_passed() {
 /// its IP header, so those frames start at 34 (54) bytes; frames wrapped in a
 /// VLAN tag are not inspected and cover every truncation of the IP header.
 fn assert_every_truncation_is_malformed(frame: &[u8], shortest: usize) {
-    let mut harness = Harness::new();
+    for config in both_readers() {
+        assert_truncations(config, frame, shortest);
+    }
+}
+
+fn assert_truncations(config: DatapathConfig, frame: &[u8], shortest: usize) {
+    let mut harness = Harness::with(config);
     let lengths = shortest..frame.len();
     let count = lengths.len() as u64;
     for length in lengths {
@@ -491,11 +531,14 @@ fn inconsistent_headers_are_malformed() {
     ip6.payload_length = Some(16);
     cases.push(("extension header beyond the datagram", ip6.frame(&payload)));
 
-    for (name, frame) in cases {
-        let mut harness = Harness::new();
-        harness.ingress(&frame);
-        assert!(harness.drain().is_empty(), "{name}: must not create a flow");
-        assert_eq!(harness.counter(Counter::Malformed), 1, "{name}");
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        for (name, frame) in &cases {
+            let before = harness.counter(Counter::Malformed);
+            harness.ingress(frame);
+            assert!(harness.drain().is_empty(), "{name}: must not create a flow");
+            assert_eq!(harness.counter(Counter::Malformed), before + 1, "{name}");
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use flow_common::{
     FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts,
 };
 
-use crate::parse::{Packet, ParseError};
+use crate::parse::{Linear, Packet, Paged, ParseError};
 
 const E2BIG: i32 = 7;
 const EEXIST: i32 = 17;
@@ -37,6 +37,12 @@ const EEXIST: i32 = 17;
 /// and the hot path carries no logging cost at all.
 #[unsafe(no_mangle)]
 static DEBUG_LOG: u8 = 0;
+
+/// Set to 1 by tests to parse every packet through `bpf_skb_load_bytes`, the
+/// path otherwise taken only by packets whose headers lie in paged data (which
+/// BPF_PROG_TEST_RUN cannot build). Read-only: pruned by the verifier when 0.
+#[unsafe(no_mangle)]
+static PAGED_READS_ONLY: u8 = 0;
 
 /// Preallocated (flags 0): creating a flow pops an element from a free list. With
 /// BPF_F_NO_PREALLOC every new flow would allocate per-CPU memory on the packet
@@ -111,7 +117,23 @@ fn observe(ctx: &TcContext, direction: Direction) {
     }
 
     let mut packet = Packet::default();
-    match parse::parse(ctx, &FRAGMENTS, gso_segs > 1, &mut packet) {
+    let packet_len = ctx.len() as usize;
+    let linear = Linear::new(ctx);
+    let is_gso = gso_segs > 1;
+    // SAFETY: a plain read of a read-only global, volatile so the loader decides.
+    let paged_only = unsafe { core::ptr::read_volatile(&PAGED_READS_ONLY) } != 0;
+    let mut result = Err(ParseError::NotIp);
+    let mut read_paged = paged_only;
+    if !paged_only {
+        result = parse::parse_linear(&linear, packet_len, &FRAGMENTS, is_gso, &mut packet);
+        // A header may lie in paged data rather than be missing.
+        read_paged = matches!(result, Err(ParseError::Malformed(_))) && linear.len() < packet_len;
+    }
+    if read_paged {
+        packet = Packet::default();
+        result = parse::parse_paged(&Paged(ctx), packet_len, &FRAGMENTS, is_gso, &mut packet);
+    }
+    match result {
         Ok(()) => {}
         Err(ParseError::NotIp) => {
             bump(Counter::NotIp);

@@ -1,9 +1,10 @@
 //! Packet parsing: from an Ethernet frame to a [`FlowKey`].
 //!
-//! Every read goes through `bpf_skb_load_bytes`, which checks the offset against
-//! the packet length at run time and also reaches into paged (non-linear) data, so
-//! GSO super-packets whose headers are split across fragments parse the same way.
-//! Nothing here writes to the packet.
+//! The parser is generic over a [`Reader`]: [`Linear`] reads the linear area
+//! directly (bounds-checked, the fast path), [`Paged`] goes through
+//! `bpf_skb_load_bytes`, which also reaches paged data. The programs parse with
+//! `Linear` first and fall back to `Paged` only when a header lies beyond the
+//! linear area. Every read is checked; nothing here writes to the packet.
 
 use aya_ebpf::{maps::LruHashMap, programs::TcContext};
 use flow_common::{FlowKey, FragmentKey, FragmentPorts, protocol, tcp_flag};
@@ -88,10 +89,62 @@ impl From<Malformed> for ParseError {
     }
 }
 
+/// Where packet bytes are read from.
+pub(crate) trait Reader {
+    /// Reads a `T` at `offset` from the start of the frame, or `None` when the
+    /// bytes are not available to this reader.
+    fn read<T>(&self, offset: usize) -> Option<T>;
+}
+
+/// The linear part of the packet, read directly: the fast path, and what almost
+/// every packet needs since the stack keeps headers in the linear area.
+pub(crate) struct Linear {
+    start: usize,
+    end: usize,
+}
+
+impl Linear {
+    pub(crate) fn new(ctx: &TcContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// Bytes in the linear area.
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+impl Reader for Linear {
+    #[inline(always)]
+    fn read<T>(&self, offset: usize) -> Option<T> {
+        // The mask bounds the offset for the verifier; headers parsed here end
+        // well before 1024 bytes.
+        let bounded = offset & 0x3ff;
+        if bounded != offset || self.start + bounded + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: the read lies within the packet's linear data.
+        Some(unsafe { core::ptr::read_unaligned((self.start + bounded) as *const T) })
+    }
+}
+
+/// The whole packet through `bpf_skb_load_bytes`, which also reaches paged data.
+pub(crate) struct Paged<'a>(pub(crate) &'a TcContext);
+
+impl Reader for Paged<'_> {
+    #[inline(always)]
+    fn read<T>(&self, offset: usize) -> Option<T> {
+        let Self(ctx) = self;
+        ctx.load::<T>(offset).ok()
+    }
+}
+
 #[inline(always)]
-fn load<T>(ctx: &TcContext, offset: usize, reason: Malformed) -> Result<T, ParseError> {
-    ctx.load::<T>(offset)
-        .map_err(|_| ParseError::Malformed(reason))
+fn load<T, R: Reader>(reader: &R, offset: usize, reason: Malformed) -> Result<T, ParseError> {
+    reader.read(offset).ok_or(ParseError::Malformed(reason))
 }
 
 #[inline(always)]
@@ -125,15 +178,41 @@ fn ipv4_mapped(address: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
 }
 
-/// Parses the packet in `ctx` into `packet`. `packet.key` must start zeroed.
+/// Parses the linear area into `packet`, which must start zeroed. Inlined: this
+/// is the path nearly every packet takes.
 #[inline(always)]
-pub(crate) fn parse(
-    ctx: &TcContext,
+pub(crate) fn parse_linear(
+    linear: &Linear,
+    packet_len: usize,
     fragments: &LruHashMap<FragmentKey, FragmentPorts>,
     is_gso: bool,
     packet: &mut Packet,
 ) -> Result<(), ParseError> {
-    let packet_len = ctx.len() as usize;
+    parse(linear, packet_len, fragments, is_gso, packet)
+}
+
+/// Parses through `bpf_skb_load_bytes` into `packet`, which must start zeroed.
+/// A separate BPF-to-BPF function (Linux 4.16+) with its own stack frame, so the
+/// rarely taken second parser does not crowd the 512-byte stack of the first.
+#[inline(never)]
+pub(crate) fn parse_paged(
+    paged: &Paged<'_>,
+    packet_len: usize,
+    fragments: &LruHashMap<FragmentKey, FragmentPorts>,
+    is_gso: bool,
+    packet: &mut Packet,
+) -> Result<(), ParseError> {
+    parse(paged, packet_len, fragments, is_gso, packet)
+}
+
+#[inline(always)]
+fn parse<R: Reader>(
+    ctx: &R,
+    packet_len: usize,
+    fragments: &LruHashMap<FragmentKey, FragmentPorts>,
+    is_gso: bool,
+    packet: &mut Packet,
+) -> Result<(), ParseError> {
     let mut ethertype = be16(load(ctx, 12, Malformed::EthernetTruncated)?);
     let mut l3_offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -153,8 +232,8 @@ pub(crate) fn parse(
 }
 
 #[inline(always)]
-fn ipv4(
-    ctx: &TcContext,
+fn ipv4<R: Reader>(
+    ctx: &R,
     l3_offset: usize,
     packet_len: usize,
     is_gso: bool,
@@ -200,8 +279,8 @@ fn ipv4(
 }
 
 #[inline(always)]
-fn ipv6(
-    ctx: &TcContext,
+fn ipv6<R: Reader>(
+    ctx: &R,
     l3_offset: usize,
     packet_len: usize,
     is_gso: bool,
@@ -289,8 +368,8 @@ const fn is_extension_header(next: u8) -> bool {
 }
 
 #[inline(always)]
-fn transport(
-    ctx: &TcContext,
+fn transport<R: Reader>(
+    ctx: &R,
     fragments: &LruHashMap<FragmentKey, FragmentPorts>,
     network: Network,
     packet: &mut Packet,

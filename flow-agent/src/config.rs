@@ -298,6 +298,7 @@ impl RunConfig {
                 spill_bytes,
                 attach_mode: attach_mode.or(file_attach_mode).unwrap_or_default(),
                 ebpf_debug: ebpf_debug || file_ebpf_debug.unwrap_or(false),
+                paged_reads_only: false,
             },
             tracker: TrackerConfig {
                 idle_timeout_ns: idle_timeout.as_nanos() as u64,

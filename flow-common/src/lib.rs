@@ -40,6 +40,9 @@ pub const SPILL: &str = "SPILL";
 pub const FRAGMENTS: &str = "FRAGMENTS";
 /// Name of the read-only global that enables debug logging from the programs.
 pub const DEBUG_LOG: &str = "DEBUG_LOG";
+/// Name of the read-only global that makes the programs read every header
+/// through `bpf_skb_load_bytes` (tests of the paged-data parser).
+pub const PAGED_READS_ONLY: &str = "PAGED_READS_ONLY";
 /// Name of the ingress classifier in the eBPF object.
 pub const PROGRAM_INGRESS: &str = "flow_ingress";
 /// Name of the egress classifier in the eBPF object.

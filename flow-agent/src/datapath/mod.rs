@@ -34,7 +34,8 @@ use aya::{
 };
 use flow_common::{
     CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl, Direction,
-    FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
+    FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, PAGED_READS_ONLY, PROGRAM_EGRESS,
+    PROGRAM_INGRESS, SPILL,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -74,6 +75,9 @@ pub struct DatapathConfig {
     pub attach_mode: AttachMode,
     /// Log from the eBPF programs (aya-log). Costs a branch per packet when on.
     pub ebpf_debug: bool,
+    /// Read every header through `bpf_skb_load_bytes`, the path normally taken
+    /// only by packets whose headers lie in paged data: for tests, slower.
+    pub paged_reads_only: bool,
 }
 
 /// Memory the two flow maps may take by default, in bytes.
@@ -103,6 +107,7 @@ impl Default for DatapathConfig {
             spill_bytes: flow_common::DEFAULT_SPILL_BYTES,
             attach_mode: AttachMode::Auto,
             ebpf_debug: false,
+            paged_reads_only: false,
         }
     }
 }
@@ -337,6 +342,7 @@ impl Datapath {
             spill_bytes,
             attach_mode,
             ebpf_debug,
+            paged_reads_only,
         } = *config;
         raise_memlock_limit();
         probe_bpf()?;
@@ -345,11 +351,13 @@ impl Datapath {
         }
 
         let debug_flag = u8::from(ebpf_debug);
+        let paged_flag = u8::from(paged_reads_only);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_EVEN, map_entries)
             .map_max_entries(FLOWS_ODD, map_entries)
             .map_max_entries(SPILL, spill_bytes)
             .override_global(DEBUG_LOG, &debug_flag, true)
+            .override_global(PAGED_READS_ONLY, &paged_flag, true)
             .load(EBPF_OBJECT)
             .map_err(|error| classify(DatapathError::Load(Box::new(error))))?;
 
