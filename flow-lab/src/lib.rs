@@ -594,6 +594,11 @@ impl AgentProcess {
         lock(&self.stdout).clone()
     }
 
+    /// Stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        lock(&self.stderr).clone()
+    }
+
     /// Takes the stdout lines received since the last call.
     pub fn take_stdout(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.stdout))

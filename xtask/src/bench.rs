@@ -100,7 +100,87 @@ fn throughput(agent_binary: &Path) -> Result<()> {
     Ok(())
 }
 
+fn resident_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        .context("VmRSS")
+}
+
+/// The real agent with 100k flows in one interval: its drain time (from its
+/// debug log) and resident memory.
+fn agent_at_100k_flows(agent_binary: &Path) -> Result<()> {
+    const PORTS: u16 = 50_000;
+    let node = Node::new(2)?;
+    let agent = AgentProcess::start(
+        agent_binary,
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--output",
+            "none",
+            "--flush-interval",
+            "4s",
+            "--map-size",
+            "262144",
+            "--log-level",
+            "flow_agent=debug",
+        ],
+        false,
+    )?;
+    let idle_kib = resident_kib(agent.pid())?;
+    let (b4, b6) = (node.pods[1].ipv4, node.pods[1].ipv6);
+    node.pods[0].netns.run(move || -> std::io::Result<()> {
+        let v4 = std::net::UdpSocket::bind("0.0.0.0:40000")?;
+        let v6 = std::net::UdpSocket::bind("[::]:40001")?;
+        for port in 1..=PORTS {
+            v4.send_to(&[0u8; 16], (b4, port))?;
+            v6.send_to(&[0u8; 16], (b6, port))?;
+        }
+        Ok(())
+    })??;
+    // Wait for the drain that carries them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        let lines = agent.stderr();
+        if let Some(line) = lines.iter().find(|line| {
+            line.contains("drained") && extract(line, "flows=").is_some_and(|n| n >= 100_000)
+        }) {
+            break line.clone();
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("no drain of 100k flows seen");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let busy_kib = resident_kib(agent.pid())?;
+    agent.stop()?;
+    println!(
+        "flow-agent with {} flows in one interval:",
+        extract(&line, "flows=").unwrap_or(0)
+    );
+    println!(
+        "  drain + records: {:.1} ms (agent's own measurement)",
+        extract(&line, "elapsed_us=").unwrap_or(0) as f64 / 1e3
+    );
+    println!("  resident memory: {idle_kib} KiB idle, {busy_kib} KiB after the 100k-flow drain");
+    Ok(())
+}
+
+fn extract(line: &str, field: &str) -> Option<u64> {
+    let start = line.find(field)? + field.len();
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub(crate) fn bench(agent_binary: &Path) -> Result<()> {
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "datapath"])?;
+    agent_at_100k_flows(agent_binary)?;
     throughput(agent_binary)
 }
