@@ -19,9 +19,9 @@ use std::{
     time::Duration,
 };
 
-use common::netns::{Agent, totals};
+use common::netns::{Agent, AgentOutput, flow, totals};
 use flow_agent::record::Hook;
-use flow_lab::{Node, disable_segmentation_offload, ip_counters, transmitted};
+use flow_lab::{IpCounters, Node, disable_segmentation_offload, ip_counters, transmitted};
 
 const FLUSH: &str = "200ms";
 
@@ -88,10 +88,7 @@ fn udp_client(
 fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
     require_root!();
     let node = Node::new(2).unwrap();
-    let agent = Agent::start(
-        &node.netns,
-        &["-i", &node.glob(), "--flush-interval", FLUSH],
-    );
+    let agent = Agent::on(&node, FLUSH, &[]);
     let (b4, b6) = (IpAddr::V4(node.pods[1].ipv4), IpAddr::V6(node.pods[1].ipv6));
     let server4 = udp_echo_server(&node, 1, b4, 9000);
     let server6 = udp_echo_server(&node, 1, b6, 9001);
@@ -111,9 +108,9 @@ fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
     assert!(output.success);
 
     let flows = totals(&output.records);
-    let a4 = node.pods[0].ipv4.to_string();
-    let a6 = node.pods[0].ipv6.to_string();
-    let (request, replies) = &flows[&(a4.clone(), port4, b4.to_string(), 9000, "UDP".into())];
+    let a4 = node.pods[0].ipv4;
+    let a6 = node.pods[0].ipv6;
+    let (request, replies) = flow(&flows, a4, port4, b4, 9000, "UDP");
     // Counted once although each packet crossed two watched interfaces.
     assert_eq!((request.packets, request.bytes), (30, 30 * 128));
     assert!(
@@ -121,14 +118,14 @@ fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
         "a long-lived flow reports every interval: {request:?}"
     );
     assert!(replies.iter().all(|is_reply| !is_reply));
-    let (reply, replies) = &flows[&(b4.to_string(), 9000, a4, port4, "UDP".into())];
+    let (reply, replies) = flow(&flows, b4, 9000, a4, port4, "UDP");
     assert_eq!((reply.packets, reply.bytes), (30, 30 * 38));
     assert!(replies.iter().all(|is_reply| *is_reply));
 
-    let (request, replies) = &flows[&(a6.clone(), port6, b6.to_string(), 9001, "UDP".into())];
+    let (request, replies) = flow(&flows, a6, port6, b6, 9001, "UDP");
     assert_eq!((request.packets, request.bytes), (20, 20 * 148));
     assert!(replies.iter().all(|is_reply| !is_reply));
-    let (reply, replies) = &flows[&(b6.to_string(), 9001, a6, port6, "UDP".into())];
+    let (reply, replies) = flow(&flows, b6, 9001, a6, port6, "UDP");
     assert_eq!((reply.packets, reply.bytes), (20, 20 * 58));
     assert!(replies.iter().all(|is_reply| *is_reply));
 
@@ -159,10 +156,7 @@ fn udp_flood_across_many_drains_loses_no_packet() {
     let node = Node::new(2).unwrap();
     // A drain every 50 ms while pod A sends as fast as it can: every drain
     // switches maps under load, and the totals must still be exact.
-    let agent = Agent::start(
-        &node.netns,
-        &["-i", &node.glob(), "--flush-interval", "50ms"],
-    );
+    let agent = Agent::on(&node, "50ms", &[]);
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     resolve_neighbours(&node, b4);
     let (port, sent_packets, sent_bytes) = node.pods[0]
@@ -185,13 +179,7 @@ fn udp_flood_across_many_drains_loses_no_packet() {
         .unwrap();
     let output = agent.stop();
     let flows = totals(&output.records);
-    let (flood, _) = &flows[&(
-        node.pods[0].ipv4.to_string(),
-        port,
-        b4.to_string(),
-        9,
-        "UDP".into(),
-    )];
+    let (flood, _) = flow(&flows, node.pods[0].ipv4, port, b4, 9, "UDP");
     // Everything pod A's eth0 handed to the host side is exactly what was counted.
     assert_eq!((flood.packets, flood.bytes), (sent_packets, sent_bytes));
     assert_eq!(flood.bytes, flood.packets * 92);
@@ -206,9 +194,23 @@ fn udp_flood_across_many_drains_loses_no_packet() {
     );
 }
 
-/// Runs one TCP exchange: the client sends `up` bytes, the server answers with
-/// `down` bytes, both close. Returns the client's port.
-fn tcp_exchange(node: &Node, server: IpAddr, up: usize, down: usize) -> u16 {
+/// One measured TCP exchange between pod 1 (client) and pod 2 (server).
+struct TcpExchange {
+    client_port: u16,
+    /// Each pod's IP and TCP counters: what changed during the exchange.
+    counters: [IpCounters; 2],
+    output: AgentOutput,
+}
+
+fn pod_counters(node: &Node) -> [IpCounters; 2] {
+    [0, 1].map(|pod| node.pods[pod].netns.run(ip_counters).unwrap().unwrap())
+}
+
+/// Runs one TCP exchange under a running agent: the client sends `up` bytes,
+/// the server answers with `down` bytes, both close; then stops the agent.
+fn tcp_exchange(node: &Node, agent: Agent, server: IpAddr, up: usize, down: usize) -> TcpExchange {
+    resolve_neighbours(node, server);
+    let before = pod_counters(node);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server_thread = node.pods[1].netns.spawn(move || {
         let listener = TcpListener::bind(SocketAddr::new(server, 8080)).unwrap();
@@ -222,7 +224,7 @@ fn tcp_exchange(node: &Node, server: IpAddr, up: usize, down: usize) -> u16 {
         stream.read_to_end(&mut rest).unwrap();
     });
     ready_rx.recv().unwrap();
-    let port = node.pods[0]
+    let client_port = node.pods[0]
         .netns
         .run(move || {
             let mut stream = TcpStream::connect(SocketAddr::new(server, 8080)).unwrap();
@@ -238,7 +240,17 @@ fn tcp_exchange(node: &Node, server: IpAddr, up: usize, down: usize) -> u16 {
     server_thread.join().unwrap().unwrap();
     // Let the last ACKs cross before anyone reads counters.
     std::thread::sleep(Duration::from_millis(300));
-    port
+    let after = pod_counters(node);
+    let counters = [0, 1].map(|pod| IpCounters {
+        in_receives: after[pod].in_receives - before[pod].in_receives,
+        in_octets: after[pod].in_octets - before[pod].in_octets,
+        tcp_segments_sent: after[pod].tcp_segments_sent - before[pod].tcp_segments_sent,
+    });
+    TcpExchange {
+        client_port,
+        counters,
+        output: agent.stop(),
+    }
 }
 
 #[test]
@@ -251,35 +263,27 @@ fn tcp_packets_and_bytes_match_the_receivers_ip_counters() {
             .unwrap()
             .unwrap();
     }
-    let agent = Agent::start(
-        &node.netns,
-        &["-i", &node.glob(), "--flush-interval", FLUSH],
-    );
+    let agent = Agent::on(&node, FLUSH, &[]);
     let server = IpAddr::V4(node.pods[1].ipv4);
-    resolve_neighbours(&node, server);
-    let before = [
-        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
-        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
-    ];
-    let port = tcp_exchange(&node, server, 1_000_000, 100_000);
-    let after = [
-        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
-        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
-    ];
-    let output = agent.stop();
+    let TcpExchange {
+        client_port: port,
+        counters,
+        output,
+    } = tcp_exchange(&node, agent, server, 1_000_000, 100_000);
 
     let flows = totals(&output.records);
-    let a = node.pods[0].ipv4.to_string();
-    let (request, replies) = &flows[&(a.clone(), port, server.to_string(), 8080, "TCP".into())];
-    let (reply, reply_flags) = &flows[&(server.to_string(), 8080, a, port, "TCP".into())];
+    let a = node.pods[0].ipv4;
+    let (request, replies) = flow(&flows, a, port, server, 8080, "TCP");
+    let (reply, reply_flags) = flow(&flows, server, 8080, a, port, "TCP");
     // What pod B's stack received is exactly what the agent saw from A to B.
     assert_eq!(
-        request.packets,
-        after[1].in_receives - before[1].in_receives
+        (request.packets, request.bytes),
+        (counters[1].in_receives, counters[1].in_octets)
     );
-    assert_eq!(request.bytes, after[1].in_octets - before[1].in_octets);
-    assert_eq!(reply.packets, after[0].in_receives - before[0].in_receives);
-    assert_eq!(reply.bytes, after[0].in_octets - before[0].in_octets);
+    assert_eq!(
+        (reply.packets, reply.bytes),
+        (counters[0].in_receives, counters[0].in_octets)
+    );
     assert!(request.bytes > 1_000_000 && reply.bytes > 100_000);
     assert!(
         replies.iter().all(|is_reply| !is_reply),
@@ -299,36 +303,21 @@ fn tcp_packets_and_bytes_match_the_receivers_ip_counters() {
 fn tcp_with_segmentation_offload_counts_wire_segments() {
     require_root!();
     let node = Node::new(2).unwrap();
-    let agent = Agent::start(
-        &node.netns,
-        &["-i", &node.glob(), "--flush-interval", FLUSH],
-    );
+    let agent = Agent::on(&node, FLUSH, &[]);
     let server = IpAddr::V6(node.pods[1].ipv6);
-    resolve_neighbours(&node, server);
-    let before = [
-        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
-        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
-    ];
-    let port = tcp_exchange(&node, server, 4_000_000, 10_000);
-    let after = [
-        node.pods[0].netns.run(ip_counters).unwrap().unwrap(),
-        node.pods[1].netns.run(ip_counters).unwrap().unwrap(),
-    ];
-    let output = agent.stop();
+    let TcpExchange {
+        client_port: port,
+        counters,
+        output,
+    } = tcp_exchange(&node, agent, server, 4_000_000, 10_000);
 
     let flows = totals(&output.records);
-    let a = node.pods[0].ipv6.to_string();
-    let (request, _) = &flows[&(a.clone(), port, server.to_string(), 8080, "TCP".into())];
-    let (reply, _) = &flows[&(server.to_string(), 8080, a, port, "TCP".into())];
+    let a = node.pods[0].ipv6;
+    let (request, _) = flow(&flows, a, port, server, 8080, "TCP");
+    let (reply, _) = flow(&flows, server, 8080, a, port, "TCP");
     // GSO super-packets count as the segments TCP sent.
-    assert_eq!(
-        request.packets,
-        after[0].tcp_segments_sent - before[0].tcp_segments_sent
-    );
-    assert_eq!(
-        reply.packets,
-        after[1].tcp_segments_sent - before[1].tcp_segments_sent
-    );
+    assert_eq!(request.packets, counters[0].tcp_segments_sent);
+    assert_eq!(reply.packets, counters[1].tcp_segments_sent);
 }
 
 fn checksum(data: &[u8]) -> u16 {
@@ -395,10 +384,7 @@ fn ping(node: &Node, pod: usize, to: IpAddr, count: u16) {
 fn icmp_echo_over_ipv4_and_ipv6_marks_the_reply() {
     require_root!();
     let node = Node::new(2).unwrap();
-    let agent = Agent::start(
-        &node.netns,
-        &["-i", &node.glob(), "--flush-interval", FLUSH],
-    );
+    let agent = Agent::on(&node, FLUSH, &[]);
     ping(&node, 0, IpAddr::V4(node.pods[1].ipv4), 3);
     ping(&node, 0, IpAddr::V6(node.pods[1].ipv6), 4);
     let output = agent.stop();
@@ -475,7 +461,7 @@ fn interfaces_added_after_start_are_attached_and_removed_ones_detached() {
     );
     let output = agent.stop();
     let flows = totals(&output.records);
-    let (request, _) = &flows[&("10.1.0.2".into(), port, b4.to_string(), 9000, "UDP".into())];
+    let (request, _) = flow(&flows, "10.1.0.2", port, b4, 9000, "UDP");
     assert_eq!((request.packets, request.bytes), (5, 5 * 128));
 }
 
@@ -484,7 +470,7 @@ fn sigterm_reports_every_packet_counted_before_exit() {
     require_root!();
     let node = Node::new(2).unwrap();
     // No flush happens while the agent runs: everything comes from the final drain.
-    let agent = Agent::start(&node.netns, &["-i", &node.glob(), "--flush-interval", "1h"]);
+    let agent = Agent::on(&node, "1h", &[]);
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     let server = udp_echo_server(&node, 1, b4, 9000);
     let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 7, 300, Duration::ZERO);
@@ -493,13 +479,7 @@ fn sigterm_reports_every_packet_counted_before_exit() {
     let output = agent.stop();
     assert!(output.success);
     let flows = totals(&output.records);
-    let (request, _) = &flows[&(
-        node.pods[0].ipv4.to_string(),
-        port,
-        b4.to_string(),
-        9000,
-        "UDP".into(),
-    )];
+    let (request, _) = flow(&flows, node.pods[0].ipv4, port, b4, 9000, "UDP");
     assert_eq!((request.packets, request.bytes), (7, 7 * 328));
     assert!(
         output
@@ -532,41 +512,36 @@ fn summary_value(stderr: &[String], name: &str) -> u64 {
 fn full_flow_map_is_reported_and_flows_still_arrive_through_the_spill_ring() {
     require_root!();
     let node = Node::new(2).unwrap();
-    let agent = Agent::start(
-        &node.netns,
-        &[
-            "-i",
-            &node.glob(),
-            "--flush-interval",
-            "1h",
-            "--map-size",
-            "1",
-        ],
-    );
+    let agent = Agent::on(&node, "1h", &["--map-size", "1"]);
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     let server = udp_echo_server(&node, 1, b4, 9000);
-    let mut ports = Vec::new();
-    for _ in 0..10 {
-        ports.push(udp_client(
-            &node,
-            0,
-            SocketAddr::new(b4, 9000),
-            1,
-            100,
-            Duration::ZERO,
-        ));
-    }
+    // Ten sockets open at once: ten distinct source ports, ten flows each way.
+    let to = SocketAddr::new(b4, 9000);
+    let ports = node.pods[0]
+        .netns
+        .run(move || {
+            let sockets: Vec<UdpSocket> = (0..10)
+                .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
+                .collect();
+            let mut answer = [0u8; 64];
+            for socket in &sockets {
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                socket.send_to(&[7u8; 100], to).unwrap();
+                socket.recv_from(&mut answer).unwrap();
+            }
+            sockets
+                .iter()
+                .map(|socket| socket.local_addr().unwrap().port())
+                .collect::<Vec<u16>>()
+        })
+        .unwrap();
     server.join().unwrap().unwrap();
     let output = agent.stop();
     let flows = totals(&output.records);
     for port in ports {
-        let (request, _) = &flows[&(
-            node.pods[0].ipv4.to_string(),
-            port,
-            b4.to_string(),
-            9000,
-            "UDP".into(),
-        )];
+        let (request, _) = flow(&flows, node.pods[0].ipv4, port, b4, 9000, "UDP");
         assert_eq!((request.packets, request.bytes), (1, 128));
     }
     // With one slot, most packets found the map full and went through the spill
@@ -590,29 +565,23 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
     require_root!();
     let node = Node::new(2).unwrap();
     // A 64-flow map and no timed flush: only the fill check can drain.
-    let agent = Agent::start(
-        &node.netns,
-        &[
-            "-i",
-            &node.glob(),
-            "--flush-interval",
-            "1h",
-            "--map-size",
-            "64",
-        ],
-    );
+    let agent = Agent::on(&node, "1h", &["--map-size", "64"]);
     let b4 = node.pods[1].ipv4;
     resolve_neighbours(&node, IpAddr::V4(b4));
     let ports = node.pods[0]
         .netns
         .run(move || {
-            (0..200)
-                .map(|_| {
-                    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-                    socket.send_to(&[0u8; 100], (b4, 9)).unwrap();
-                    std::thread::sleep(Duration::from_millis(10));
-                    socket.local_addr().unwrap().port()
-                })
+            // 200 sockets open at once: 200 distinct source ports, 200 flows.
+            let sockets: Vec<UdpSocket> = (0..200)
+                .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
+                .collect();
+            for socket in &sockets {
+                socket.send_to(&[0u8; 100], (b4, 9)).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            sockets
+                .iter()
+                .map(|socket| socket.local_addr().unwrap().port())
                 .collect::<Vec<u16>>()
         })
         .unwrap();
@@ -623,14 +592,12 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
     let output = agent.stop();
     let flows = totals(&output.records);
     for port in ports {
-        let id = (
-            node.pods[0].ipv4.to_string(),
-            port,
-            b4.to_string(),
-            9,
-            "UDP".into(),
+        assert_eq!(
+            flow(&flows, node.pods[0].ipv4, port, b4, 9, "UDP")
+                .0
+                .packets,
+            1
         );
-        assert_eq!(flows[&id].0.packets, 1);
     }
     assert_eq!(summary_value(&output.stderr, "map_full"), 0);
     assert!(summary_value(&output.stderr, "inserted") >= 200);
@@ -685,10 +652,7 @@ fn tcx_attaches_ahead_of_a_program_that_drops_everything() {
         rx.recv().unwrap()
     };
 
-    let agent = Agent::start(
-        &node.netns,
-        &["-i", &node.glob(), "--flush-interval", FLUSH],
-    );
+    let agent = Agent::on(&node, FLUSH, &[]);
     assert_eq!(
         query(),
         ["flow_ingress", "drop_all"],
@@ -713,13 +677,7 @@ fn tcx_attaches_ahead_of_a_program_that_drops_everything() {
     cni.join().unwrap().unwrap();
 
     let flows = totals(&output.records);
-    let (request, _) = &flows[&(
-        node.pods[0].ipv4.to_string(),
-        port,
-        b4.to_string(),
-        9000,
-        "UDP".into(),
-    )];
+    let (request, _) = flow(&flows, node.pods[0].ipv4, port, b4, 9000, "UDP");
     assert_eq!((request.packets, request.bytes), (5, 5 * 128));
 }
 
@@ -767,30 +725,14 @@ fn legacy_tc_mode_counts_and_leaves_existing_qdisc_and_filters_alone() {
         })
         .unwrap();
 
-    let agent = Agent::start(
-        &node.netns,
-        &[
-            "-i",
-            &node.glob(),
-            "--flush-interval",
-            FLUSH,
-            "--attach-mode",
-            "tc",
-        ],
-    );
+    let agent = Agent::on(&node, FLUSH, &["--attach-mode", "tc"]);
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     let server = udp_echo_server(&node, 1, b4, 9000);
     let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 6, 100, Duration::ZERO);
     server.join().unwrap().unwrap();
     let output = agent.stop();
     let flows = totals(&output.records);
-    let (request, _) = &flows[&(
-        node.pods[0].ipv4.to_string(),
-        port,
-        b4.to_string(),
-        9000,
-        "UDP".into(),
-    )];
+    let (request, _) = flow(&flows, node.pods[0].ipv4, port, b4, 9000, "UDP");
     assert_eq!((request.packets, request.bytes), (6, 6 * 128));
 
     let show = |args: &[&str]| {
@@ -910,16 +852,7 @@ fn send_raw_frame(node: &Node, pod: usize, payload: Vec<u8>) {
 fn malformed_packets_are_counted_and_logged_with_ebpf_debug() {
     require_root!();
     let node = Node::new(1).unwrap();
-    let agent = Agent::start(
-        &node.netns,
-        &[
-            "-i",
-            &node.glob(),
-            "--flush-interval",
-            FLUSH,
-            "--ebpf-debug",
-        ],
-    );
+    let agent = Agent::on(&node, FLUSH, &["--ebpf-debug"]);
     // An IPv4 header announcing TCP, followed by only 4 bytes of it.
     let mut packet = vec![
         0x45, 0, 0, 24, 0, 0, 0, 0, 64, 6, 0, 0, 10, 1, 0, 2, 10, 9, 9, 9,

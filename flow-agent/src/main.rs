@@ -34,12 +34,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = init_logging(&cli) {
-        eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
-        return ExitCode::from(2);
-    }
-    let result = match cli.command {
-        Command::Run(args) => run(&args),
+    let result = match &cli.command {
+        Command::Run(args) => run(&cli, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,11 +46,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+fn init_logging(cli: &Cli, ebpf_debug: bool) -> anyhow::Result<()> {
     let mut filter = EnvFilter::try_new(&cli.log_level)
         .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
-    let Command::Run(args) = &cli.command;
-    if args.ebpf_debug {
+    if ebpf_debug {
         // The programs log at debug level under their crate's name.
         filter = filter.add_directive("flow_agent_ebpf=debug".parse()?);
     }
@@ -69,12 +64,13 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: &RunArgs) -> anyhow::Result<()> {
+fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
     let config = RunConfig::resolve(args.flags(), file)?;
+    init_logging(cli, config.datapath.ebpf_debug)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

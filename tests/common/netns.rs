@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use flow_agent::record::FlowRecord;
 use flow_lab::AgentProcess;
-use flow_lab::Netns;
+use flow_lab::{Netns, Node};
 
 /// A `flow-agent run` process inside a node namespace.
 pub struct Agent(AgentProcess);
@@ -28,6 +28,15 @@ fn parse(lines: &[String]) -> Vec<FlowRecord> {
 }
 
 impl Agent {
+    /// Starts `flow-agent run -i <the node's pod glob> --flush-interval FLUSH
+    /// EXTRA --output json` in the node's namespace, once attached.
+    pub fn on(node: &Node, flush: &str, extra: &[&str]) -> Self {
+        let glob = node.glob();
+        let mut args = vec!["-i", glob.as_str(), "--flush-interval", flush];
+        args.extend_from_slice(extra);
+        Self::start(&node.netns, &args)
+    }
+
     /// Starts `flow-agent run ARGS --output json` in `netns`, once attached.
     pub fn start(netns: &Netns, args: &[&str]) -> Self {
         let mut all = args.to_vec();
@@ -92,4 +101,28 @@ pub fn totals(records: &[FlowRecord]) -> HashMap<FlowId, (Totals, Vec<bool>)> {
         replies.push(record.is_reply);
     }
     map
+}
+
+/// The totals and reply flags of one flow; panics naming the flows there are.
+pub fn flow<'a>(
+    flows: &'a HashMap<FlowId, (Totals, Vec<bool>)>,
+    source: impl ToString,
+    source_port: u16,
+    destination: impl ToString,
+    destination_port: u16,
+    protocol: &str,
+) -> &'a (Totals, Vec<bool>) {
+    let id = (
+        source.to_string(),
+        source_port,
+        destination.to_string(),
+        destination_port,
+        protocol.to_owned(),
+    );
+    flows.get(&id).unwrap_or_else(|| {
+        panic!(
+            "no flow {id:?}; flows: {:?}",
+            flows.keys().collect::<Vec<_>>()
+        )
+    })
 }
