@@ -159,29 +159,37 @@ fn udp_flood_across_many_drains_loses_no_packet() {
     let agent = Agent::on(&node, "50ms", &[]);
     let b4 = IpAddr::V4(node.pods[1].ipv4);
     resolve_neighbours(&node, b4);
-    let (port, sent_packets, sent_bytes) = node.pods[0]
+    let (port, delivered, transmitted_delta) = node.pods[0]
         .netns
         .run(move || {
             let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-            let (packets_before, bytes_before) = transmitted("eth0").unwrap();
+            let before = transmitted("eth0").unwrap();
             let started = std::time::Instant::now();
+            let mut sent = 0u64;
             while started.elapsed() < Duration::from_secs(2) {
                 for _ in 0..1000 {
                     socket.send_to(&[3u8; 64], (b4, 9)).unwrap();
+                    sent += 1;
                 }
             }
-            let (packets_after, bytes_after) = transmitted("eth0").unwrap();
-            let packets = packets_after - packets_before;
-            // /proc/net/dev counts the Ethernet header; the agent counts IP datagrams.
-            let bytes = bytes_after - bytes_before - 14 * packets;
-            (socket.local_addr().unwrap().port(), packets, bytes)
+            let after = transmitted("eth0").unwrap();
+            // The veth hands each datagram to the host side's ingress hook, or
+            // drops it when that side's backlog is full.
+            let dropped = after.dropped - before.dropped;
+            (
+                socket.local_addr().unwrap().port(),
+                sent - dropped,
+                after.packets - before.packets,
+            )
         })
         .unwrap();
     let output = agent.stop();
     let flows = totals(&output.records);
     let (flood, _) = flow(&flows, node.pods[0].ipv4, port, b4, 9, "UDP");
-    // Everything pod A's eth0 handed to the host side is exactly what was counted.
-    assert_eq!((flood.packets, flood.bytes), (sent_packets, sent_bytes));
+    // Every datagram that reached the host side was counted, exactly once.
+    assert_eq!(flood.packets, delivered);
+    // Nothing else left the pod meanwhile but, at most, an IPv6 report or two.
+    assert!(transmitted_delta >= delivered && transmitted_delta - delivered <= 4);
     assert_eq!(flood.bytes, flood.packets * 92);
     assert!(
         flood.records >= 10,

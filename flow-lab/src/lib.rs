@@ -418,9 +418,20 @@ pub fn ip_counters() -> Result<IpCounters> {
     })
 }
 
-/// Packets and bytes an interface of the calling thread's namespace has handed
-/// on (from /proc/net/dev; bytes include the Ethernet header).
-pub fn transmitted(interface: &str) -> Result<(u64, u64)> {
+/// What an interface of the calling thread's namespace transmitted, from
+/// /proc/net/dev.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transmitted {
+    /// Packets handed on (for a veth: accepted by the peer).
+    pub packets: u64,
+    /// Their bytes, Ethernet header included.
+    pub bytes: u64,
+    /// Packets dropped on the way out (for a veth: the peer's backlog was full).
+    pub dropped: u64,
+}
+
+/// Transmit counters of an interface of the calling thread's namespace.
+pub fn transmitted(interface: &str) -> Result<Transmitted> {
     const DEV: &str = "/proc/thread-self/net/dev";
     let text = std::fs::read_to_string(DEV).map_err(|source| LabError::Io {
         operation: format!("read {DEV}"),
@@ -438,9 +449,14 @@ pub fn transmitted(interface: &str) -> Result<(u64, u64)> {
                 .collect()
         })
         .unwrap_or_default();
-    // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit.
-    match (fields.get(9), fields.get(8)) {
-        (Some(packets), Some(bytes)) => Ok((*packets, *bytes)),
+    // Receive: bytes packets errs drop fifo frame compressed multicast; then
+    // transmit: bytes packets errs drop ...
+    match (fields.get(8), fields.get(9), fields.get(11)) {
+        (Some(&bytes), Some(&packets), Some(&dropped)) => Ok(Transmitted {
+            packets,
+            bytes,
+            dropped,
+        }),
         _ => Err(LabError::Format(format!("{DEV} {interface}"))),
     }
 }
