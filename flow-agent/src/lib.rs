@@ -18,6 +18,7 @@ pub mod config;
 pub mod datapath;
 pub mod drain;
 pub mod flows;
+pub mod identity;
 pub mod interfaces;
 pub mod output;
 pub mod record;
