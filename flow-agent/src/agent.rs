@@ -7,12 +7,21 @@ use flow_common::Counter;
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
+use tokio::sync::mpsc;
+
 use crate::{
-    config::RunConfig,
+    aggregate::Aggregator,
+    config::{IdentitySettings, IdentitySource, RunConfig},
     datapath::{Datapath, DatapathCounters, DatapathError},
     drain::{DrainedFlows, FlowSample},
-    flows::FlowTracker,
-    interfaces::{InterfaceError, Link, LinkEvent, LinkMonitor, list_links},
+    enrich::{Enricher, Translation},
+    flows::{Classified, FlowTracker},
+    identity::{
+        CacheEvent, IdentityCache, IdentityConfig,
+        inventory::{InventorySource, ReadError},
+        kubernetes::{self, KubernetesError},
+    },
+    interfaces::{InterfaceError, Link, LinkEvent, LinkMonitor, list_links, local_addresses},
     output::RecordSink,
     record::{FlowRecord, MonotonicClock, Protocol, Timestamp, endpoints, tcp_flag_names},
 };
@@ -53,6 +62,12 @@ pub enum AgentError {
     /// Writing records failed.
     #[error("writing flow records failed")]
     Output(#[source] io::Error),
+    /// The inventory file cannot be read.
+    #[error(transparent)]
+    Inventory(#[from] ReadError),
+    /// The Kubernetes API cannot be reached.
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
 }
 
 /// Totals of one agent run, returned on shutdown.
@@ -72,6 +87,9 @@ struct Agent<'a, S> {
     config: &'a RunConfig,
     datapath: Datapath,
     tracker: FlowTracker,
+    enricher: Option<Enricher>,
+    aggregator: Aggregator,
+    interval_start: Timestamp,
     sink: S,
     /// Names of attached interfaces, and of removed ones until the next drain
     /// has reported their last packets.
@@ -111,11 +129,19 @@ pub async fn run<S: RecordSink>(
         });
     }
 
+    let (identity_tx, mut identity_rx) = mpsc::channel(64);
+    let enricher = match &config.identity {
+        Some(settings) => Some(start_identity(config, settings, identity_tx).await?),
+        None => None,
+    };
     let datapath = Datapath::load(&config.datapath)?;
     let mut agent = Agent {
         config,
         datapath,
         tracker: FlowTracker::new(config.tracker),
+        enricher,
+        aggregator: Aggregator::new(),
+        interval_start: Timestamp(std::time::SystemTime::now()),
         sink,
         names: HashMap::new(),
         removed: Vec::new(),
@@ -134,10 +160,16 @@ pub async fn run<S: RecordSink>(
         flush_interval = %humantime::format_duration(config.flush_interval),
         map_size = config.datapath.map_entries,
         node = config.node_name,
+        identity = config.identity.as_ref().map_or("none", |settings| match settings.source {
+            IdentitySource::Kubernetes => "kubernetes",
+            IdentitySource::Inventory(_) => "inventory",
+        }),
         "flow-agent started"
     );
 
-    let result = agent.event_loop(&mut monitor, shutdown).await;
+    let result = agent
+        .event_loop(&mut monitor, &mut identity_rx, shutdown)
+        .await;
     let final_result = agent.shutdown();
     result.and(final_result)
 }
@@ -146,6 +178,7 @@ impl<S: RecordSink> Agent<'_, S> {
     async fn event_loop(
         &mut self,
         monitor: &mut LinkMonitor,
+        identity: &mut mpsc::Receiver<Vec<CacheEvent>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         let mut ticker = tokio::time::interval(self.config.flush_interval);
@@ -167,7 +200,21 @@ impl<S: RecordSink> Agent<'_, S> {
                     }
                 }
                 events = monitor.next() => self.on_link_events(events?)?,
+                Some(events) = identity.recv() => self.on_identity_events(events),
             }
+        }
+    }
+
+    fn on_identity_events(&mut self, events: Vec<CacheEvent>) {
+        let Some(enricher) = &mut self.enricher else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        for event in events {
+            if let CacheEvent::ResyncDone(kind) = &event {
+                debug!(kind = kind.as_str(), "identity resynced");
+            }
+            enricher.cache_mut().apply(event, now);
         }
     }
 
@@ -279,6 +326,14 @@ impl<S: RecordSink> Agent<'_, S> {
                 "idle connections forgotten"
             );
         }
+        if let Some(enricher) = &mut self.enricher {
+            let cache = enricher.cache_mut();
+            cache.set_local_addresses(local_addresses());
+            let forgotten = cache.evict(std::time::SystemTime::now());
+            if forgotten > 0 {
+                debug!(forgotten, stats = ?cache.stats(), "deleted pods forgotten after their grace period");
+            }
+        }
         for index in self.removed.drain(..) {
             self.names.remove(&index);
         }
@@ -293,21 +348,36 @@ impl<S: RecordSink> Agent<'_, S> {
             );
         }
         let clock = MonotonicClock::now();
-        let samples = drained.into_samples();
-        let replies = self.tracker.classify(&samples);
+        let mut samples = drained.into_samples();
+        let translations = match &mut self.enricher {
+            Some(enricher) => enricher.translate(&mut samples),
+            None => vec![None; samples.len()],
+        };
+        let classified = self.tracker.classify(&samples);
         let records: Vec<FlowRecord> = samples
             .iter()
-            .zip(replies)
-            .map(|(sample, is_reply)| self.record(sample, is_reply, &clock))
+            .zip(classified)
+            .zip(&translations)
+            .map(|((sample, classified), translation)| {
+                self.record(sample, classified, translation.as_ref(), &clock)
+            })
             .collect();
         for record in &records {
             self.summary.records += 1;
             self.summary.packets += record.packets;
             self.summary.bytes += record.bytes;
+            self.aggregator.add(record, self.interval_start);
         }
-        self.sink.emit(&records).map_err(AgentError::Output)?;
+        self.sink.flows(&records).map_err(AgentError::Output)?;
+        let interval_end = Timestamp(clock.to_system_time(MonotonicClock::monotonic_now_ns()));
+        let aggregates = self.aggregator.finish(interval_end);
+        self.interval_start = interval_end;
+        self.sink
+            .aggregates(&aggregates)
+            .map_err(AgentError::Output)?;
         debug!(
             flows = records.len(),
+            aggregates = aggregates.len(),
             epoch = self.datapath.epoch(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "drained"
@@ -315,7 +385,13 @@ impl<S: RecordSink> Agent<'_, S> {
         Ok(())
     }
 
-    fn record(&self, sample: &FlowSample, is_reply: bool, clock: &MonotonicClock) -> FlowRecord {
+    fn record(
+        &self,
+        sample: &FlowSample,
+        classified: Classified,
+        translation: Option<&Translation>,
+        clock: &MonotonicClock,
+    ) -> FlowRecord {
         let FlowSample {
             key,
             packets,
@@ -326,10 +402,15 @@ impl<S: RecordSink> Agent<'_, S> {
             first_ifindex,
             first_direction,
         } = *sample;
+        let Classified {
+            is_reply,
+            new_connection,
+        } = classified;
         let (source, destination, icmp) = endpoints(&key);
-        FlowRecord {
+        let first_seen = clock.to_system_time(first_seen_ns);
+        let mut record = FlowRecord {
             time: Timestamp(clock.to_system_time(last_seen_ns)),
-            first_seen: Timestamp(clock.to_system_time(first_seen_ns)),
+            first_seen: Timestamp(first_seen),
             source,
             destination,
             protocol: Protocol(key.protocol),
@@ -345,7 +426,13 @@ impl<S: RecordSink> Agent<'_, S> {
                 .unwrap_or_else(|| format!("if{first_ifindex}")),
             hook: first_direction.into(),
             node: self.config.node_name.clone(),
+            cross_tenant: None,
+            new_connection,
+        };
+        if let Some(enricher) = &self.enricher {
+            enricher.annotate(&mut record, translation, first_seen);
         }
+        record
     }
 
     /// Warns when packets could not go into the flow map, and how many were lost.
@@ -409,6 +496,42 @@ impl<S: RecordSink> Agent<'_, S> {
         self.summary.counters = counters;
         Ok(self.summary.clone())
     }
+}
+
+/// Builds the identity cache, loads or starts its source, and spawns the task
+/// that feeds it.
+async fn start_identity(
+    config: &RunConfig,
+    settings: &IdentitySettings,
+    events: mpsc::Sender<Vec<CacheEvent>>,
+) -> Result<Enricher, AgentError> {
+    let IdentitySettings {
+        source,
+        tenant_label,
+        grace,
+    } = settings;
+    let mut cache = IdentityCache::new(IdentityConfig {
+        tenant_label: tenant_label.clone(),
+        node_name: config.node_name.clone(),
+        local_addresses: local_addresses(),
+        grace: *grace,
+    });
+    match source {
+        IdentitySource::Inventory(path) => {
+            let (inventory, initial) =
+                InventorySource::open(path.clone(), std::time::Duration::from_secs(1))?;
+            let now = std::time::SystemTime::now();
+            for event in initial {
+                cache.apply(event, now);
+            }
+            tokio::spawn(inventory.run(events));
+        }
+        IdentitySource::Kubernetes => {
+            let client = kubernetes::client().await?;
+            tokio::spawn(kubernetes::run(client, events));
+        }
+    }
+    Ok(Enricher::new(cache))
 }
 
 /// An error and its sources on one line: `outer: inner: root`.

@@ -88,7 +88,8 @@ pub struct RunArgs {
     /// How to attach: tcx (Linux 6.6+), tc (clsact) or auto [default: auto].
     #[arg(long, value_enum, env = "FLOW_AGENT_ATTACH_MODE")]
     pub attach_mode: Option<AttachMode>,
-    /// Local output of flow records [default: json].
+    /// Local output on stdout: flow records, per-interval aggregates, or none
+    /// [default: json].
     #[arg(long, value_enum, env = "FLOW_AGENT_OUTPUT")]
     pub output: Option<OutputFormat>,
     /// Log from the eBPF programs (malformed packets, map pressure).
@@ -97,6 +98,21 @@ pub struct RunArgs {
     /// Node name in records [default: $NODE_NAME, else the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Identity from a file of Kubernetes objects, as `kubectl get namespaces,pods,
+    /// replicasets,deployments,statefulsets,daemonsets,jobs,cronjobs,services,
+    /// endpointslices,nodes -A -o yaml` prints them; reread when it changes.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_INVENTORY")]
+    pub inventory: Option<PathBuf>,
+    /// Identity from the Kubernetes API (in-cluster service account or kubeconfig).
+    #[arg(long, env = "FLOW_AGENT_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Namespace label whose value names the tenant [default: tenant]; a
+    /// namespace without it is its own tenant.
+    #[arg(long, value_name = "KEY", env = "FLOW_AGENT_TENANT_LABEL")]
+    pub tenant_label: Option<String>,
+    /// How long a deleted pod keeps its identity for flows seen before [default: 2m].
+    #[arg(long, value_parser = duration, env = "FLOW_AGENT_IDENTITY_GRACE")]
+    pub identity_grace: Option<Duration>,
 }
 
 impl RunArgs {
@@ -115,6 +131,10 @@ impl RunArgs {
             output,
             ebpf_debug,
             node_name,
+            inventory,
+            kubernetes,
+            tenant_label,
+            identity_grace,
         } = self;
         FlagConfig {
             interfaces: interfaces.clone(),
@@ -128,6 +148,10 @@ impl RunArgs {
             output: *output,
             ebpf_debug: *ebpf_debug,
             node_name: node_name.clone(),
+            inventory: inventory.clone(),
+            kubernetes: *kubernetes,
+            tenant_label: tenant_label.clone(),
+            identity_grace: *identity_grace,
         }
     }
 }

@@ -20,12 +20,39 @@ use crate::{
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
-    /// One JSON object per record and line on stdout.
+    /// One JSON object per flow record and line on stdout.
     #[default]
     Json,
+    /// One JSON object per workload-to-workload aggregate and interval on stdout.
+    Aggregates,
     /// No local output.
     None,
 }
+
+/// Where identity comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The Kubernetes API (in-cluster service account or kubeconfig).
+    Kubernetes,
+    /// A file of Kubernetes objects, reread when it changes.
+    Inventory(PathBuf),
+}
+
+/// Identity settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentitySettings {
+    /// Source of objects.
+    pub source: IdentitySource,
+    /// Namespace label naming the tenant.
+    pub tenant_label: String,
+    /// How long deleted pods keep their identity.
+    pub grace: Duration,
+}
+
+/// Default namespace label naming the tenant.
+pub const DEFAULT_TENANT_LABEL: &str = "tenant";
+/// Default time a deleted pod keeps its identity.
+pub const DEFAULT_IDENTITY_GRACE: Duration = Duration::from_secs(120);
 
 /// Errors in the configuration.
 #[derive(Debug, Error)]
@@ -89,6 +116,14 @@ pub struct FileConfig {
     pub ebpf_debug: Option<bool>,
     /// Name reported as the observing node.
     pub node_name: Option<String>,
+    /// Inventory file of Kubernetes objects.
+    pub inventory: Option<PathBuf>,
+    /// Watch the Kubernetes API for identity.
+    pub kubernetes: Option<bool>,
+    /// Namespace label naming the tenant.
+    pub tenant_label: Option<String>,
+    /// How long deleted pods keep their identity, e.g. `2m`.
+    pub identity_grace: Option<String>,
 }
 
 impl FileConfig {
@@ -138,6 +173,14 @@ pub struct FlagConfig {
     pub ebpf_debug: bool,
     /// `--node-name` / `NODE_NAME`.
     pub node_name: Option<String>,
+    /// `--inventory`.
+    pub inventory: Option<PathBuf>,
+    /// `--kubernetes`.
+    pub kubernetes: bool,
+    /// `--tenant-label`.
+    pub tenant_label: Option<String>,
+    /// `--identity-grace`.
+    pub identity_grace: Option<Duration>,
 }
 
 /// The validated configuration of `flow-agent run`.
@@ -157,6 +200,8 @@ pub struct RunConfig {
     pub output: OutputFormat,
     /// Name reported as the observing node.
     pub node_name: String,
+    /// Identity, if a source is configured.
+    pub identity: Option<IdentitySettings>,
 }
 
 /// Default flush interval.
@@ -210,6 +255,10 @@ impl RunConfig {
             output,
             ebpf_debug,
             node_name,
+            inventory,
+            kubernetes,
+            tenant_label,
+            identity_grace,
         } = flags;
         let FileConfig {
             interfaces: file_interfaces,
@@ -223,6 +272,10 @@ impl RunConfig {
             output: file_output,
             ebpf_debug: file_ebpf_debug,
             node_name: file_node_name,
+            inventory: file_inventory,
+            kubernetes: file_kubernetes,
+            tenant_label: file_tenant_label,
+            identity_grace: file_identity_grace,
         } = file;
 
         let include = if interfaces.is_empty() {
@@ -288,6 +341,43 @@ impl RunConfig {
             .or(file_node_name)
             .filter(|name| !name.is_empty())
             .unwrap_or_else(hostname);
+        let inventory = inventory.or(file_inventory);
+        let kubernetes = kubernetes || file_kubernetes.unwrap_or(false);
+        let source = match (inventory, kubernetes) {
+            (Some(_), true) => {
+                return Err(ConfigError::Invalid {
+                    key: "inventory",
+                    value: "together with kubernetes".to_owned(),
+                    expected: "one identity source: --inventory FILE or --kubernetes",
+                });
+            }
+            (Some(path), false) => Some(IdentitySource::Inventory(path)),
+            (None, true) => Some(IdentitySource::Kubernetes),
+            (None, false) => None,
+        };
+        let tenant_label = tenant_label
+            .or(file_tenant_label)
+            .unwrap_or_else(|| DEFAULT_TENANT_LABEL.to_owned());
+        if tenant_label.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "tenant-label",
+                value: "\"\"".to_owned(),
+                expected: "a namespace label key, such as tenant",
+            });
+        }
+        let grace = match identity_grace {
+            Some(grace) => grace,
+            // Without an explicit value, at least two flush intervals.
+            None => duration("identity-grace", file_identity_grace.as_deref())?
+                .unwrap_or(DEFAULT_IDENTITY_GRACE.max(2 * flush_interval)),
+        };
+        if source.is_some() && grace < 2 * flush_interval {
+            return Err(ConfigError::Invalid {
+                key: "identity-grace",
+                value: humantime::format_duration(grace).to_string(),
+                expected: "at least two flush intervals, so late flows still resolve",
+            });
+        }
 
         Ok(Self {
             interfaces: InterfaceSelector::new(&include, &exclude)?,
@@ -306,6 +396,11 @@ impl RunConfig {
             },
             output: output.or(file_output).unwrap_or_default(),
             node_name,
+            identity: source.map(|source| IdentitySettings {
+                source,
+                tenant_label,
+                grace,
+            }),
         })
     }
 }
@@ -367,6 +462,47 @@ mod tests {
             error.to_string(),
             "invalid flush-interval soon: a duration such as 500ms, 5s or 2m"
         );
+    }
+
+    #[test]
+    fn identity_settings_come_from_flags_or_file_and_one_source_only() {
+        let file = FileConfig::parse(
+            "inventory: /tmp/inv.yaml\ntenant-label: team\nidentity-grace: 5m\n",
+            Path::new("a.yaml"),
+        )
+        .unwrap();
+        let config = RunConfig::resolve(flags(&["x"]), file).unwrap();
+        let identity = config.identity.unwrap();
+        assert_eq!(
+            identity.source,
+            IdentitySource::Inventory("/tmp/inv.yaml".into())
+        );
+        assert_eq!(identity.tenant_label, "team");
+        assert_eq!(identity.grace, Duration::from_secs(300));
+
+        let config = RunConfig::resolve(flags(&["x"]), FileConfig::default()).unwrap();
+        assert!(config.identity.is_none());
+
+        let both = FlagConfig {
+            inventory: Some("/tmp/x".into()),
+            kubernetes: true,
+            ..flags(&["x"])
+        };
+        let error = RunConfig::resolve(both, FileConfig::default()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("--inventory FILE or --kubernetes"),
+            "{error}"
+        );
+
+        let short_grace = FlagConfig {
+            kubernetes: true,
+            identity_grace: Some(Duration::from_secs(1)),
+            ..flags(&["x"])
+        };
+        let error = RunConfig::resolve(short_grace, FileConfig::default()).unwrap_err();
+        assert!(error.to_string().contains("identity-grace"), "{error}");
     }
 
     #[test]

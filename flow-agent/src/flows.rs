@@ -53,6 +53,16 @@ pub struct TrackerConfig {
     pub closed_timeout_ns: u64,
 }
 
+/// What the tracker decided about one sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classified {
+    /// The reply direction of its connection.
+    pub is_reply: bool,
+    /// The request direction of a connection that started in this drain (TCP:
+    /// a SYN; other protocols: first seen).
+    pub new_connection: bool,
+}
+
 /// Remembers the initiator of each live connection.
 #[derive(Debug)]
 pub struct FlowTracker {
@@ -151,10 +161,12 @@ impl FlowTracker {
     }
 
     /// Decides, for each sample of one drain (ordered by first packet), whether
-    /// it is the reply direction. Returns one flag per sample, in order.
-    pub fn classify(&mut self, samples: &[FlowSample]) -> Vec<bool> {
+    /// it is the reply direction and whether it opened a connection. Returns
+    /// one decision per sample, in order.
+    pub fn classify(&mut self, samples: &[FlowSample]) -> Vec<Classified> {
         // First pass: learn initiators, so that strong evidence anywhere in the
         // drain decides every record of the connection.
+        let mut started = hashbrown::HashSet::new();
         for sample in samples {
             let source = (sample.key.src_addr, sample.key.src_port);
             let destination = (sample.key.dst_addr, sample.key.dst_port);
@@ -166,8 +178,12 @@ impl FlowTracker {
                 Some(Role::Reply) => Some(destination),
                 None => None,
             };
+            let key = connection_key(&sample.key);
+            if !self.connections.contains_key(&key) || sample.tcp_flags & tcp_flag::SYN_ONLY != 0 {
+                started.insert(key);
+            }
             self.connections
-                .entry(connection_key(&sample.key))
+                .entry(key)
                 .and_modify(|connection| {
                     if let Some(initiator) = proven_initiator {
                         // A new SYN on a known tuple is a new connection (port
@@ -194,9 +210,15 @@ impl FlowTracker {
             .iter()
             .map(|sample| {
                 let source = (sample.key.src_addr, sample.key.src_port);
-                self.connections
-                    .get(&connection_key(&sample.key))
-                    .is_some_and(|connection| connection.initiator != source)
+                let key = connection_key(&sample.key);
+                let is_reply = self
+                    .connections
+                    .get(&key)
+                    .is_some_and(|connection| connection.initiator != source);
+                Classified {
+                    is_reply,
+                    new_connection: !is_reply && started.contains(&key),
+                }
             })
             .collect()
     }
@@ -271,6 +293,14 @@ mod tests {
         }
     }
 
+    fn replies(tracker: &mut FlowTracker, samples: &[FlowSample]) -> Vec<bool> {
+        tracker
+            .classify(samples)
+            .iter()
+            .map(|c| c.is_reply)
+            .collect()
+    }
+
     fn icmp(src: u8, dst: u8, icmp_type: u8, first: u64) -> FlowSample {
         let mut sample = sample(src, 0, dst, 0, protocol::ICMP, first);
         sample.key.icmp_type = icmp_type;
@@ -280,14 +310,17 @@ mod tests {
     #[test]
     fn udp_initiator_is_the_first_direction_seen() {
         let mut tracker = FlowTracker::new(CONFIG);
-        let flags = tracker.classify(&[
-            sample(1, 5000, 2, 53, protocol::UDP, 10),
-            sample(2, 53, 1, 5000, protocol::UDP, 20),
-        ]);
+        let flags = replies(
+            &mut tracker,
+            &[
+                sample(1, 5000, 2, 53, protocol::UDP, 10),
+                sample(2, 53, 1, 5000, protocol::UDP, 20),
+            ],
+        );
         assert_eq!(flags, [false, true]);
         // Later drains keep the decision even if only the reply has traffic.
         assert_eq!(
-            tracker.classify(&[sample(2, 53, 1, 5000, protocol::UDP, 30)]),
+            replies(&mut tracker, &[sample(2, 53, 1, 5000, protocol::UDP, 30)]),
             [true]
         );
     }
@@ -297,24 +330,27 @@ mod tests {
         let mut tracker = FlowTracker::new(CONFIG);
         // The SYN-ACK direction carries an earlier first_seen (clock skew between
         // CPUs), yet the SYN proves who opened the connection.
-        let flags = tracker.classify(&[
-            tcp(
-                2,
-                80,
-                1,
-                40000,
-                5,
-                tcp_flag::SYN | tcp_flag::ACK | tcp_flag::SYN_ACK,
-            ),
-            tcp(
-                1,
-                40000,
-                2,
-                80,
-                6,
-                tcp_flag::SYN | tcp_flag::SYN_ONLY | tcp_flag::ACK,
-            ),
-        ]);
+        let flags = replies(
+            &mut tracker,
+            &[
+                tcp(
+                    2,
+                    80,
+                    1,
+                    40000,
+                    5,
+                    tcp_flag::SYN | tcp_flag::ACK | tcp_flag::SYN_ACK,
+                ),
+                tcp(
+                    1,
+                    40000,
+                    2,
+                    80,
+                    6,
+                    tcp_flag::SYN | tcp_flag::SYN_ONLY | tcp_flag::ACK,
+                ),
+            ],
+        );
         assert_eq!(flags, [true, false]);
     }
 
@@ -322,16 +358,19 @@ mod tests {
     fn tcp_mid_stream_falls_back_to_first_sight_and_syn_corrects_it() {
         let mut tracker = FlowTracker::new(CONFIG);
         assert_eq!(
-            tracker.classify(&[tcp(2, 80, 1, 40000, 5, tcp_flag::ACK)]),
+            replies(&mut tracker, &[tcp(2, 80, 1, 40000, 5, tcp_flag::ACK)]),
             [false]
         );
         // A new connection on the same tuple, opened by 1: port reuse.
         assert_eq!(
-            tracker.classify(&[tcp(1, 40000, 2, 80, 50, tcp_flag::SYN | tcp_flag::SYN_ONLY)]),
+            replies(
+                &mut tracker,
+                &[tcp(1, 40000, 2, 80, 50, tcp_flag::SYN | tcp_flag::SYN_ONLY)]
+            ),
             [false]
         );
         assert_eq!(
-            tracker.classify(&[tcp(2, 80, 1, 40000, 60, tcp_flag::ACK)]),
+            replies(&mut tracker, &[tcp(2, 80, 1, 40000, 60, tcp_flag::ACK)]),
             [true]
         );
     }
@@ -339,10 +378,45 @@ mod tests {
     #[test]
     fn icmp_echo_reply_is_a_reply_whatever_the_order() {
         let mut tracker = FlowTracker::new(CONFIG);
-        let flags = tracker.classify(&[icmp(2, 1, 0, 5), icmp(1, 2, 8, 6)]);
+        let flags = replies(&mut tracker, &[icmp(2, 1, 0, 5), icmp(1, 2, 8, 6)]);
         assert_eq!(flags, [true, false]);
         // Destination unreachable has no exchange: first sight.
-        assert_eq!(tracker.classify(&[icmp(3, 1, 3, 9)]), [false]);
+        assert_eq!(replies(&mut tracker, &[icmp(3, 1, 3, 9)]), [false]);
+    }
+
+    #[test]
+    fn new_connections_are_marked_on_their_request_direction_once() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        let first = tracker.classify(&[
+            tcp(1, 40000, 2, 80, 5, tcp_flag::SYN | tcp_flag::SYN_ONLY),
+            tcp(
+                2,
+                80,
+                1,
+                40000,
+                6,
+                tcp_flag::SYN | tcp_flag::ACK | tcp_flag::SYN_ACK,
+            ),
+        ]);
+        assert_eq!(
+            first,
+            [
+                Classified {
+                    is_reply: false,
+                    new_connection: true
+                },
+                Classified {
+                    is_reply: true,
+                    new_connection: false
+                },
+            ]
+        );
+        let later = tracker.classify(&[tcp(1, 40000, 2, 80, 50, tcp_flag::ACK)]);
+        assert!(!later[0].new_connection);
+        // The same tuple opened again (port reuse) is a new connection.
+        let reused =
+            tracker.classify(&[tcp(1, 40000, 2, 80, 90, tcp_flag::SYN | tcp_flag::SYN_ONLY)]);
+        assert!(reused[0].new_connection);
     }
 
     #[test]

@@ -284,6 +284,43 @@ fn receive(socket: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Every address configured in the current network namespace: this node's own
+/// addresses.
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    let mut current = list;
+    while !current.is_null() {
+        // SAFETY: `current` is a node of the list getifaddrs returned.
+        let entry = unsafe { &*current };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says its type.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                let address = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
+                addresses.push(std::net::IpAddr::from(
+                    u32::from_be(address.sin_addr.s_addr).to_be_bytes(),
+                ));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+                let address = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
+                addresses.push(std::net::IpAddr::from(address.sin6_addr.s6_addr));
+            }
+        }
+        current = entry.ifa_next;
+    }
+    // SAFETY: the list came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
 /// Lists every link of the current network namespace.
 pub fn list_links() -> Result<Vec<Link>, InterfaceError> {
     let socket = netlink_socket(0)?;
@@ -564,6 +601,15 @@ mod tests {
         ));
         let error = InterfaceSelector::new(&["veth[".into()], &[]).unwrap_err();
         assert!(error.to_string().contains("veth["), "{error}");
+    }
+
+    #[test]
+    fn local_addresses_include_loopback() {
+        let addresses = local_addresses();
+        assert!(
+            addresses.contains(&"127.0.0.1".parse().unwrap()),
+            "{addresses:?}"
+        );
     }
 
     #[test]

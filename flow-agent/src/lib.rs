@@ -13,10 +13,13 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod datapath;
 pub mod drain;
+pub mod enrich;
 pub mod flows;
 pub mod identity;
 pub mod interfaces;

@@ -9,7 +9,7 @@ use flow_agent::{
     agent::{self, error_chain},
     cli::{Cli, Command, LogFormat, RunArgs},
     config::{FileConfig, OutputFormat, RunConfig},
-    output::{Discard, JsonLines},
+    output::{Discard, JsonContent, JsonLines},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -78,9 +78,15 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
+        let stdout = || std::io::stdout().lock();
         match config.output {
             OutputFormat::Json => {
-                agent::run(&config, JsonLines::new(std::io::stdout().lock()), shutdown).await?;
+                let sink = JsonLines::new(stdout(), JsonContent::Flows);
+                agent::run(&config, sink, shutdown).await?;
+            }
+            OutputFormat::Aggregates => {
+                let sink = JsonLines::new(stdout(), JsonContent::Aggregates);
+                agent::run(&config, sink, shutdown).await?;
             }
             OutputFormat::None => {
                 agent::run(&config, Discard, shutdown).await?;

@@ -1,57 +1,78 @@
-//! Local sinks for flow records.
+//! Local sinks for flow records and aggregates.
 
 use std::io::{self, Write};
 
-use crate::record::FlowRecord;
+use serde::Serialize;
 
-/// Receives the records of each drain.
+use crate::{aggregate::AggregateRecord, record::FlowRecord};
+
+/// Receives each drain's records and each interval's aggregates.
 pub trait RecordSink {
-    /// Writes one drain's records.
-    fn emit(&mut self, records: &[FlowRecord]) -> io::Result<()>;
+    /// Writes one drain's flow records.
+    fn flows(&mut self, records: &[FlowRecord]) -> io::Result<()>;
+
+    /// Writes one interval's aggregates.
+    fn aggregates(&mut self, aggregates: &[AggregateRecord]) -> io::Result<()>;
 }
 
-/// One JSON object per record and line, flushed after each drain.
+/// What a [`JsonLines`] sink prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonContent {
+    /// Flow records.
+    Flows,
+    /// Per-interval aggregates.
+    Aggregates,
+}
+
+/// One JSON object per line, flushed after each batch.
 #[derive(Debug)]
 pub struct JsonLines<W: Write> {
     writer: W,
+    content: JsonContent,
 }
 
 impl<W: Write> JsonLines<W> {
-    /// Writes to `writer`.
-    pub fn new(writer: W) -> Self {
-        Self { writer }
+    /// Writes `content` to `writer`.
+    pub fn new(writer: W, content: JsonContent) -> Self {
+        Self { writer, content }
     }
-}
 
-impl<W: Write> RecordSink for JsonLines<W> {
-    fn emit(&mut self, records: &[FlowRecord]) -> io::Result<()> {
-        let Self { writer } = self;
-        for record in records {
-            serde_json::to_writer(&mut *writer, record)?;
+    fn write<T: Serialize>(&mut self, items: &[T]) -> io::Result<()> {
+        let Self { writer, .. } = self;
+        for item in items {
+            serde_json::to_writer(&mut *writer, item)?;
             writer.write_all(b"\n")?;
         }
         writer.flush()
     }
 }
 
-/// Discards records (`--output none`).
+impl<W: Write> RecordSink for JsonLines<W> {
+    fn flows(&mut self, records: &[FlowRecord]) -> io::Result<()> {
+        match self.content {
+            JsonContent::Flows => self.write(records),
+            JsonContent::Aggregates => Ok(()),
+        }
+    }
+
+    fn aggregates(&mut self, aggregates: &[AggregateRecord]) -> io::Result<()> {
+        match self.content {
+            JsonContent::Aggregates => self.write(aggregates),
+            JsonContent::Flows => Ok(()),
+        }
+    }
+}
+
+/// Discards everything (`--output none`).
 #[derive(Debug, Default)]
 pub struct Discard;
 
 impl RecordSink for Discard {
-    fn emit(&mut self, _records: &[FlowRecord]) -> io::Result<()> {
+    fn flows(&mut self, _records: &[FlowRecord]) -> io::Result<()> {
         Ok(())
     }
-}
 
-/// Keeps records in memory (tests, embedding).
-#[derive(Debug, Default)]
-pub struct Collect(pub Vec<FlowRecord>);
-
-impl RecordSink for Collect {
-    fn emit(&mut self, records: &[FlowRecord]) -> io::Result<()> {
-        let Self(all) = self;
-        all.extend_from_slice(records);
+    fn aggregates(&mut self, _aggregates: &[AggregateRecord]) -> io::Result<()> {
         Ok(())
     }
 }

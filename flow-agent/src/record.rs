@@ -10,6 +10,8 @@ use std::{
 use flow_common::{Direction, FlowKey, protocol, tcp_flag};
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{Identity, ServiceRef};
+
 /// A point in time, serialized as RFC 3339 with nanoseconds (UTC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub SystemTime);
@@ -141,10 +143,29 @@ impl<'de> Deserialize<'de> for Protocol {
 /// One end of a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// IPv4 or IPv6 address.
+    /// IPv4 or IPv6 address. For a connection to a Service that was translated
+    /// (conntrack), the backend's address.
     pub ip: IpAddr,
     /// Transport port; 0 for protocols without ports.
     pub port: u16,
+    /// Who the address belonged to when the flow was seen (when identity is on).
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// The Service the client addressed, for destinations reached through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+}
+
+impl Endpoint {
+    /// An endpoint without identity.
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        Self {
+            ip,
+            port,
+            identity: Identity::default(),
+            service: None,
+        }
+    }
 }
 
 /// ICMP type and code of an ICMP or ICMPv6 flow.
@@ -209,6 +230,21 @@ pub struct FlowRecord {
     pub hook: Hook,
     /// Node that observed the flow.
     pub node: String,
+    /// The two ends belong to different tenants (when identity is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_tenant: Option<bool>,
+    /// The first record of a connection (request direction only): TCP by its
+    /// SYN, other protocols when first seen.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_connection: bool,
+}
+
+/// An address in [`FlowKey`] form: IPv4 as IPv4-mapped IPv6.
+pub fn key_address(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 /// The address of a [`FlowKey`] as an [`IpAddr`]: IPv4-mapped addresses become IPv4.
@@ -256,14 +292,8 @@ pub fn endpoints(key: &FlowKey) -> (Endpoint, Endpoint, Option<Icmp>) {
         code: icmp_code,
     });
     (
-        Endpoint {
-            ip: ip_from_key(src_addr),
-            port: src_port,
-        },
-        Endpoint {
-            ip: ip_from_key(dst_addr),
-            port: dst_port,
-        },
+        Endpoint::new(ip_from_key(src_addr), src_port),
+        Endpoint::new(ip_from_key(dst_addr), dst_port),
         icmp,
     )
 }
@@ -320,14 +350,8 @@ mod tests {
                 SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             ),
             first_seen: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            source: Endpoint {
-                ip: "10.0.0.1".parse().unwrap(),
-                port: 40000,
-            },
-            destination: Endpoint {
-                ip: "10.0.0.2".parse().unwrap(),
-                port: 80,
-            },
+            source: Endpoint::new("10.0.0.1".parse().unwrap(), 40000),
+            destination: Endpoint::new("10.0.0.2".parse().unwrap(), 80),
             protocol: Protocol(6),
             icmp: None,
             packets: 3,
@@ -337,6 +361,8 @@ mod tests {
             interface: "veth1".into(),
             hook: Hook::Ingress,
             node: "node-a".into(),
+            cross_tenant: None,
+            new_connection: true,
         };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["time"], "2023-11-14T22:13:20.123456789Z");
@@ -350,6 +376,9 @@ mod tests {
         assert_eq!(json["interface"], "veth1");
         assert_eq!(json["hook"], "ingress");
         assert!(json.get("icmp").is_none());
+        assert!(json.get("cross_tenant").is_none());
+        assert_eq!(json["new_connection"], true);
+        assert!(json["source"].get("namespace").is_none());
         let back: FlowRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
     }

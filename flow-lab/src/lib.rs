@@ -520,6 +520,8 @@ pub struct AgentProcess {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Set when stderr closes: the agent has exited.
+    exited: Arc<std::sync::atomic::AtomicBool>,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -567,8 +569,10 @@ impl AgentProcess {
                 }
             }));
         }
+        let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(pipe) = child.stderr.take() {
             let lines = Arc::clone(&stderr);
+            let closed = Arc::clone(&exited);
             readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(std::io::Result::ok) {
                     if echo_stderr {
@@ -576,12 +580,14 @@ impl AgentProcess {
                     }
                     lock(&lines).push(line);
                 }
+                closed.store(true, Ordering::SeqCst);
             }));
         }
         let agent = Self {
             child,
             stdout,
             stderr,
+            exited,
             readers,
         };
         agent.wait_for_log("flow-agent started", Duration::from_secs(30))?;
@@ -595,9 +601,11 @@ impl AgentProcess {
             if lock(&self.stderr).iter().any(|line| line.contains(text)) {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            let exited = self.exited.load(Ordering::SeqCst);
+            if exited || Instant::now() > deadline {
+                let ended = if exited { " (it exited)" } else { "" };
                 return Err(LabError::Timeout(format!(
-                    "the agent to log {text:?}; it logged:\n{}",
+                    "the agent to log {text:?}{ended}; it logged:\n{}",
                     lock(&self.stderr).join("\n")
                 )));
             }

@@ -120,15 +120,17 @@ pub struct ServiceRef {
     pub ip: IpAddr,
     /// The Service port the client used.
     pub port: u16,
+    /// The port on the backends (`targetPort`, resolved when named), when
+    /// every backend agrees on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
 }
 
 /// A Service port and where it leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceTarget {
-    /// The Service.
+    /// The Service, with its target port when every backend agrees on one.
     pub service: ServiceRef,
-    /// The target port, when every backend agrees on one.
-    pub target_port: Option<u16>,
     /// Ready backends: address and target port.
     pub backends: Vec<(IpAddr, u16)>,
 }
@@ -266,6 +268,11 @@ impl IdentityCache {
             namespaces: self.namespaces.len(),
             nodes: self.nodes.len(),
         }
+    }
+
+    /// Replaces this node's own addresses (they change with interfaces).
+    pub fn set_local_addresses(&mut self, addresses: Vec<IpAddr>) {
+        self.config.local_addresses = addresses;
     }
 
     /// Applies a change observed at `now`.
@@ -699,8 +706,8 @@ impl IdentityCache {
                 name: name.1.clone(),
                 ip,
                 port,
+                target_port,
             },
-            target_port,
             backends,
         })
     }

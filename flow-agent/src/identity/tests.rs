@@ -427,10 +427,10 @@ fn service_address_and_port_lead_to_the_target_port_and_backends() {
             namespace: "shop-a".into(),
             name: "cart".into(),
             ip: ip("10.96.0.20"),
-            port: 80
+            port: 80,
+            target_port: Some(8080),
         }
     );
-    assert_eq!(target.target_port, Some(8080));
     // The not-ready endpoint is left out.
     assert_eq!(
         target.backends,
@@ -438,7 +438,7 @@ fn service_address_and_port_lead_to_the_target_port_and_backends() {
     );
     // A named targetPort resolves through the EndpointSlice.
     let named = cache.service_target(ip("10.96.0.20"), 9000, tcp).unwrap();
-    assert_eq!(named.target_port, Some(9090));
+    assert_eq!(named.service.target_port, Some(9090));
     // Other ports and protocols are not the Service's.
     assert!(cache.service_target(ip("10.96.0.20"), 81, tcp).is_none());
     assert!(
