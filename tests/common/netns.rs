@@ -40,7 +40,10 @@ impl Agent {
     /// Starts `flow-agent run ARGS --output json` in `netns`, once attached.
     pub fn start(netns: &Netns, args: &[&str]) -> Self {
         let mut all = args.to_vec();
-        all.extend_from_slice(&["--output", "json", "--node-name", "test-node"]);
+        if !args.contains(&"--output") {
+            all.extend_from_slice(&["--output", "json"]);
+        }
+        all.extend_from_slice(&["--node-name", "test-node"]);
         Self(
             AgentProcess::start(env!("CARGO_BIN_EXE_flow-agent").as_ref(), netns, &all, true)
                 .unwrap(),
@@ -49,6 +52,16 @@ impl Agent {
 
     pub fn wait_for_log(&self, text: &str, timeout: Duration) {
         self.0.wait_for_log(text, timeout).unwrap();
+    }
+
+    /// Stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.0.stderr()
+    }
+
+    /// Sends SIGTERM, waits for exit, returns stdout's lines unparsed.
+    pub fn stop_raw(self) -> Vec<String> {
+        self.0.stop().unwrap().stdout
     }
 
     /// Records received so far.

@@ -4,7 +4,8 @@
 //! - the nightly toolchain with `rust-src` (the eBPF crate builds `core` itself);
 //! - LLVM development packages of the same major version as nightly's LLVM;
 //! - bpf-linker built against that LLVM;
-//! - iproute2 (`ip`, `tc`) and util-linux (`setpriv`) for the kernel tests.
+//! - iproute2 (`ip`, `tc`), util-linux (`setpriv`) and nftables (`nft`, to play
+//!   kube-proxy) for the kernel tests.
 
 use std::{
     path::PathBuf,
@@ -181,6 +182,9 @@ fn ensure_test_tools() -> Result<()> {
     }
     if !have("setpriv") {
         missing.push("util-linux");
+    }
+    if !have("nft") {
+        missing.push("nftables");
     }
     if !missing.is_empty() {
         apt_install(&missing)?;

@@ -1,0 +1,585 @@
+//! Identity end to end: namespace pods of two tenants, an inventory describing
+//! them as `kubectl get -o yaml` would, real traffic (including through a
+//! Service ClusterIP DNATed by nftables in the node, as kube-proxy does), and
+//! the identities on the agent's records and aggregates.
+//!
+//! Needs root and nft; skipped with a message otherwise.
+
+#![expect(clippy::unwrap_used, reason = "a test panics to report failure")]
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    time::Duration,
+};
+
+use common::netns::Agent;
+use flow_agent::{
+    aggregate::AggregateRecord,
+    identity::{PeerKind, Workload},
+    record::FlowRecord,
+};
+use flow_lab::Node;
+
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+/// Pods: 0 frontend and 1 cart (Deployments, shop-a, tenant acme), 2 db-0
+/// (StatefulSet, shop-b, tenant globex), 3 api (Deployment, shop-b).
+struct Cluster {
+    node: Node,
+    inventory: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.inventory);
+    }
+}
+
+fn pod(
+    name: &str,
+    namespace: &str,
+    uid: &str,
+    ips: (IpAddr, IpAddr),
+    labels: &str,
+    owner: (&str, &str),
+) -> String {
+    let (kind, owner_name) = owner;
+    format!(
+        "- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: {name}
+    namespace: {namespace}
+    uid: {uid}
+    labels: {{{labels}}}
+    ownerReferences: [{{apiVersion: apps/v1, kind: {kind}, name: {owner_name}, uid: o-{uid}, controller: true, blockOwnerDeletion: true}}]
+    creationTimestamp: \"2026-01-01T00:00:00Z\"
+  spec:
+    nodeName: test-node
+    containers: [{{name: main, image: registry.example/app:1, ports: [{{name: http, containerPort: 8080}}]}}]
+  status:
+    phase: Running
+    startTime: \"2026-01-01T00:00:01Z\"
+    podIP: {v4}
+    podIPs: [{{ip: {v4}}}, {{ip: {v6}}}]
+",
+        v4 = ips.0,
+        v6 = ips.1
+    )
+}
+
+fn deployment(name: &str, namespace: &str, hash: &str, labels: &str) -> String {
+    format!(
+        "- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {{name: {name}, namespace: {namespace}}}
+  spec:
+    selector: {{matchLabels: {{app: {name}}}}}
+    template:
+      metadata: {{labels: {{{labels}}}}}
+      spec: {{containers: [{{name: main, image: registry.example/app:1}}]}}
+- apiVersion: apps/v1
+  kind: ReplicaSet
+  metadata:
+    name: {name}-{hash}
+    namespace: {namespace}
+    ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: {name}, uid: d-{name}, controller: true}}]
+  spec:
+    selector: {{matchLabels: {{app: {name}}}}}
+    template:
+      metadata: {{labels: {{{labels}, pod-template-hash: '{hash}'}}}}
+      spec: {{containers: [{{name: main, image: registry.example/app:1}}]}}
+"
+    )
+}
+
+fn inventory_yaml(node: &Node) -> String {
+    let ips = |index: usize| {
+        (
+            IpAddr::V4(node.pods[index].ipv4),
+            IpAddr::V6(node.pods[index].ipv6),
+        )
+    };
+    let mut items = String::from(
+        "- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop-a, labels: {tenant: acme, kubernetes.io/metadata.name: shop-a}}
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop-b, labels: {tenant: globex, kubernetes.io/metadata.name: shop-b}}
+",
+    );
+    items += &deployment("frontend", "shop-a", "6f7d", "app: frontend, tier: web");
+    items += &deployment("cart", "shop-a", "5c8b", "app: cart");
+    items += &deployment("api", "shop-b", "77aa", "app: api");
+    items += "- apiVersion: apps/v1
+  kind: StatefulSet
+  metadata: {name: db, namespace: shop-b}
+  spec:
+    serviceName: db
+    selector: {matchLabels: {app: db}}
+    template:
+      metadata: {labels: {app: db, role: primary}}
+      spec: {containers: [{name: main, image: registry.example/db:1}]}
+";
+    items += &pod(
+        "frontend-6f7d-a1b2c",
+        "shop-a",
+        "u-frontend",
+        ips(0),
+        "app: frontend, tier: web, pod-template-hash: '6f7d'",
+        ("ReplicaSet", "frontend-6f7d"),
+    );
+    items += &pod(
+        "cart-5c8b-d3e4f",
+        "shop-a",
+        "u-cart",
+        ips(1),
+        "app: cart, pod-template-hash: '5c8b'",
+        ("ReplicaSet", "cart-5c8b"),
+    );
+    items += &pod(
+        "db-0",
+        "shop-b",
+        "u-db",
+        ips(2),
+        "app: db, role: primary, controller-revision-hash: db-7b9, statefulset.kubernetes.io/pod-name: db-0",
+        ("StatefulSet", "db"),
+    );
+    items += &pod(
+        "api-77aa-g5h6i",
+        "shop-b",
+        "u-api",
+        ips(3),
+        "app: api, pod-template-hash: '77aa'",
+        ("ReplicaSet", "api-77aa"),
+    );
+    items += &format!(
+        "- apiVersion: v1
+  kind: Service
+  metadata: {{name: cart, namespace: shop-a}}
+  spec:
+    type: ClusterIP
+    clusterIP: {CLUSTER_IP}
+    clusterIPs: [{CLUSTER_IP}]
+    ports: [{{name: web, port: 80, protocol: TCP, targetPort: http}}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: cart-x9z8
+    namespace: shop-a
+    labels: {{kubernetes.io/service-name: cart}}
+  addressType: IPv4
+  ports: [{{name: web, port: 8080, protocol: TCP}}]
+  endpoints:
+  - addresses: [{cart}]
+    conditions: {{ready: true}}
+    targetRef: {{kind: Pod, name: cart-5c8b-d3e4f, namespace: shop-a}}
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {{name: unrelated, namespace: shop-a}}
+  data: {{key: value}}
+",
+        cart = node.pods[1].ipv4
+    );
+    format!("apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n{items}")
+}
+
+fn cluster() -> Option<Cluster> {
+    if flow_lab::run("nft", &["--version"]).is_err() {
+        eprintln!("skipping: nft (nftables) is not installed; `cargo xtask setup` installs it");
+        return None;
+    }
+    let node = Node::new(4).unwrap();
+    // kube-proxy's part: DNAT the ClusterIP to the cart pod's named port.
+    let rules = format!(
+        "table ip kube {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n    \
+         ip daddr {CLUSTER_IP} tcp dport 80 dnat to {}:8080\n  }}\n}}\n",
+        node.pods[1].ipv4
+    );
+    let ruleset = std::env::temp_dir().join(format!("{}.nft", node.netns.name));
+    std::fs::write(&ruleset, rules).unwrap();
+    let loaded = flow_lab::run_in(&node.netns.name, "nft", &["-f", ruleset.to_str().unwrap()]);
+    std::fs::remove_file(&ruleset).unwrap();
+    loaded.unwrap();
+    let inventory = std::env::temp_dir().join(format!("{}-inventory.yaml", node.netns.name));
+    std::fs::write(&inventory, inventory_yaml(&node)).unwrap();
+    Some(Cluster { node, inventory })
+}
+
+/// A TCP server in a pod answering one `up`-byte request with `down` bytes.
+fn tcp_server(
+    node: &Node,
+    pod: usize,
+    port: u16,
+    up: usize,
+    down: usize,
+) -> std::thread::JoinHandle<flow_lab::Result<()>> {
+    let address = SocketAddr::new(IpAddr::V4(node.pods[pod].ipv4), port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = node.pods[pod].netns.spawn(move || {
+        let listener = TcpListener::bind(address).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = vec![0u8; up];
+        stream.read_exact(&mut request).unwrap();
+        stream.write_all(&vec![1u8; down]).unwrap();
+    });
+    ready_rx.recv().unwrap();
+    handle
+}
+
+fn tcp_client(node: &Node, pod: usize, to: SocketAddr, up: usize, down: usize) -> u16 {
+    node.pods[pod]
+        .netns
+        .run(move || {
+            let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+            stream.write_all(&vec![2u8; up]).unwrap();
+            let mut answer = vec![0u8; down];
+            stream.read_exact(&mut answer).unwrap();
+            stream.local_addr().unwrap().port()
+        })
+        .unwrap()
+}
+
+fn udp_exchange(node: &Node, from: usize, to: usize, port: u16) -> u16 {
+    let address = SocketAddr::new(IpAddr::V4(node.pods[to].ipv4), port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = node.pods[to].netns.spawn(move || {
+        let socket = UdpSocket::bind(address).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buffer = [0u8; 512];
+        let (_, peer) = socket.recv_from(&mut buffer).unwrap();
+        socket.send_to(&buffer[..20], peer).unwrap();
+    });
+    ready_rx.recv().unwrap();
+    let client_port = node.pods[from]
+        .netns
+        .run(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            socket.send_to(&[5u8; 100], address).unwrap();
+            let mut buffer = [0u8; 64];
+            socket.recv_from(&mut buffer).unwrap();
+            socket.local_addr().unwrap().port()
+        })
+        .unwrap();
+    server.join().unwrap().unwrap();
+    client_port
+}
+
+/// Runs the cluster's traffic; returns (frontend→cart via Service, cart→db,
+/// api→db over UDP) client ports.
+fn traffic(node: &Node) -> (u16, u16, u16) {
+    let cart = tcp_server(node, 1, 8080, 300, 2_000);
+    let via_service = tcp_client(
+        node,
+        0,
+        SocketAddr::new(IpAddr::V4(CLUSTER_IP), 80),
+        300,
+        2_000,
+    );
+    cart.join().unwrap().unwrap();
+    let db = tcp_server(node, 2, 5432, 100, 800);
+    let cross_tenant = tcp_client(
+        node,
+        1,
+        SocketAddr::new(IpAddr::V4(node.pods[2].ipv4), 5432),
+        100,
+        800,
+    );
+    db.join().unwrap().unwrap();
+    let udp = udp_exchange(node, 3, 2, 9999);
+    std::thread::sleep(Duration::from_millis(200));
+    (via_service, cross_tenant, udp)
+}
+
+fn find(records: &[FlowRecord], predicate: impl Fn(&FlowRecord) -> bool) -> Vec<&FlowRecord> {
+    records.iter().filter(|record| predicate(record)).collect()
+}
+
+fn workload(kind: &str, name: &str) -> Option<Workload> {
+    Some(Workload {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+#[test]
+fn records_carry_pod_workload_tenant_and_the_service_behind_a_cluster_ip() {
+    require_root!();
+    let Some(cluster) = cluster() else { return };
+    let node = &cluster.node;
+    let agent = Agent::on(
+        node,
+        "200ms",
+        &["--inventory", cluster.inventory.to_str().unwrap()],
+    );
+    agent.wait_for_log("inventory loaded", Duration::from_secs(1));
+    let (via_service, cross_tenant, udp) = traffic(node);
+    let output = agent.stop();
+    assert!(
+        output.stderr.iter().any(|line| line.contains("objects=")
+            && line.contains("skipped_kinds=1")
+            && line.contains("errors=0")),
+        "the ConfigMap is skipped, nothing fails: {:?}",
+        output.stderr
+    );
+    let records = output.records;
+    let (frontend, cart, db, api) = (
+        node.pods[0].ipv4,
+        node.pods[1].ipv4,
+        node.pods[2].ipv4,
+        node.pods[3].ipv4,
+    );
+
+    // frontend → cart through the ClusterIP: attributed to the backend pod and
+    // its target port, with the Service the client used.
+    let requests = find(&records, |r| r.source.port == via_service && !r.is_reply);
+    assert!(!requests.is_empty(), "{records:#?}");
+    for record in &requests {
+        assert_eq!(record.source.ip, IpAddr::V4(frontend));
+        assert_eq!(record.source.identity.kind, Some(PeerKind::Pod));
+        assert_eq!(record.source.identity.namespace.as_deref(), Some("shop-a"));
+        assert_eq!(
+            record.source.identity.pod.as_deref(),
+            Some("frontend-6f7d-a1b2c")
+        );
+        assert_eq!(
+            record.source.identity.workload,
+            workload("Deployment", "frontend")
+        );
+        assert_eq!(record.source.identity.tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            record.source.identity.labels,
+            [
+                ("app".to_owned(), "frontend".to_owned()),
+                ("tier".to_owned(), "web".to_owned())
+            ]
+            .into()
+        );
+        assert_eq!(record.source.identity.node.as_deref(), Some("test-node"));
+        assert_eq!(
+            (record.destination.ip, record.destination.port),
+            (IpAddr::V4(cart), 8080)
+        );
+        assert_eq!(
+            record.destination.identity.pod.as_deref(),
+            Some("cart-5c8b-d3e4f")
+        );
+        assert_eq!(
+            record.destination.identity.workload,
+            workload("Deployment", "cart")
+        );
+        let service = record.destination.service.as_ref().unwrap();
+        assert_eq!(
+            (
+                service.namespace.as_str(),
+                service.name.as_str(),
+                service.ip,
+                service.port,
+                service.target_port
+            ),
+            ("shop-a", "cart", IpAddr::V4(CLUSTER_IP), 80, Some(8080))
+        );
+        assert_eq!(record.cross_tenant, Some(false));
+    }
+    assert!(requests.iter().any(|r| r.new_connection));
+    // The backend's replies pair with the translated request.
+    let replies = find(&records, |r| r.destination.port == via_service);
+    assert!(!replies.is_empty());
+    for record in &replies {
+        assert!(record.is_reply, "{record:?}");
+        assert_eq!(
+            record.source.identity.workload,
+            workload("Deployment", "cart")
+        );
+        assert_eq!(
+            record.destination.identity.workload,
+            workload("Deployment", "frontend")
+        );
+    }
+
+    // cart (acme) → db-0 (globex): crosses tenants; the StatefulSet's labels
+    // without its churn labels.
+    let crossing = find(&records, |r| r.source.port == cross_tenant && !r.is_reply);
+    assert!(!crossing.is_empty());
+    for record in &crossing {
+        assert_eq!(record.destination.ip, IpAddr::V4(db));
+        assert_eq!(
+            record.destination.identity.workload,
+            workload("StatefulSet", "db")
+        );
+        assert_eq!(
+            record.destination.identity.tenant.as_deref(),
+            Some("globex")
+        );
+        assert_eq!(
+            record.destination.identity.labels,
+            [
+                ("app".to_owned(), "db".to_owned()),
+                ("role".to_owned(), "primary".to_owned())
+            ]
+            .into()
+        );
+        assert_eq!(record.cross_tenant, Some(true));
+        assert!(record.destination.service.is_none());
+    }
+
+    // api → db over UDP: same tenant.
+    let same_tenant = find(&records, |r| {
+        r.source.port == udp && r.protocol.to_string() == "UDP"
+    });
+    assert_eq!(same_tenant.len(), 1);
+    assert_eq!(same_tenant[0].source.ip, IpAddr::V4(api));
+    assert_eq!(
+        same_tenant[0].source.identity.workload,
+        workload("Deployment", "api")
+    );
+    assert_eq!(same_tenant[0].cross_tenant, Some(false));
+    let answer = find(&records, |r| {
+        r.destination.port == udp && r.protocol.to_string() == "UDP"
+    });
+    assert!(answer[0].is_reply);
+
+    // The node's own addresses (the pods' gateways) are the host.
+    for record in find(&records, |r| {
+        r.source.ip.to_string().ends_with(".0.1") || r.destination.ip.to_string().ends_with("::1")
+    }) {
+        let host = if record.source.ip.to_string().ends_with(".0.1") {
+            &record.source.identity
+        } else {
+            &record.destination.identity
+        };
+        assert_eq!(host.kind, Some(PeerKind::Host), "{record:?}");
+    }
+}
+
+#[test]
+fn aggregates_fold_connections_by_workload_and_target_port() {
+    require_root!();
+    let Some(cluster) = cluster() else { return };
+    let node = &cluster.node;
+    let agent = Agent::on(
+        node,
+        "1h",
+        &[
+            "--inventory",
+            cluster.inventory.to_str().unwrap(),
+            "--output",
+            "aggregates",
+        ],
+    );
+    traffic(node);
+    let lines = agent.stop_raw();
+    let aggregates: Vec<AggregateRecord> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let find = |source: &str, destination: &str| {
+        aggregates
+            .iter()
+            .find(|a| {
+                a.source.workload.as_ref().is_some_and(|w| w.name == source)
+                    && a.destination
+                        .workload
+                        .as_ref()
+                        .is_some_and(|w| w.name == destination)
+            })
+            .unwrap_or_else(|| panic!("no {source} -> {destination} in {aggregates:#?}"))
+    };
+    let service = find("frontend", "cart");
+    assert_eq!(
+        (service.protocol.to_string().as_str(), service.port),
+        ("TCP", 8080)
+    );
+    assert_eq!(service.service.as_deref(), Some("shop-a/cart"));
+    assert_eq!(service.connections, 1);
+    assert_eq!(service.destination.namespace.as_deref(), Some("shop-a"));
+    assert_eq!(service.source.tenant.as_deref(), Some("acme"));
+    // Request bytes carry the 300-byte request, reply bytes the 2000-byte answer.
+    assert!(
+        service.bytes > 300 && service.reply_bytes > 2_000,
+        "{service:?}"
+    );
+    assert_eq!(service.cross_tenant, Some(false));
+
+    let crossing = find("cart", "db");
+    assert_eq!(
+        (crossing.port, crossing.connections, crossing.cross_tenant),
+        (5432, 1, Some(true))
+    );
+    assert_eq!(crossing.destination.workload, workload("StatefulSet", "db"));
+    let udp = find("api", "db");
+    assert_eq!(
+        (udp.protocol.to_string().as_str(), udp.port, udp.connections),
+        ("UDP", 9999, 1)
+    );
+    assert_eq!(
+        (udp.packets, udp.bytes, udp.reply_packets, udp.reply_bytes),
+        (1, 128, 1, 48)
+    );
+    // Replies never create an edge of their own.
+    assert!(
+        aggregates
+            .iter()
+            .all(|a| a.source.workload.as_ref().is_none_or(|w| w.name != "db"))
+    );
+}
+
+#[test]
+fn inventory_changes_are_picked_up_while_running() {
+    require_root!();
+    let Some(cluster) = cluster() else { return };
+    let node = &cluster.node;
+    let agent = Agent::on(
+        node,
+        "200ms",
+        &["--inventory", cluster.inventory.to_str().unwrap()],
+    );
+    // Relabel the namespace shop-b to tenant acme and wait for the reload.
+    let text = std::fs::read_to_string(&cluster.inventory)
+        .unwrap()
+        .replace("tenant: globex", "tenant: acme");
+    std::fs::write(&cluster.inventory, text).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while agent
+        .stderr()
+        .iter()
+        .filter(|line| line.contains("inventory loaded"))
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload: {:?}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, cross_tenant, _) = traffic(node);
+    let output = agent.stop();
+    let crossing = find(&output.records, |r| {
+        r.source.port == cross_tenant && !r.is_reply
+    });
+    assert!(!crossing.is_empty());
+    for record in crossing {
+        assert_eq!(record.destination.identity.tenant.as_deref(), Some("acme"));
+        assert_eq!(record.cross_tenant, Some(false));
+    }
+    assert_eq!(
+        output
+            .stderr
+            .iter()
+            .filter(|line| line.contains("inventory loaded"))
+            .count(),
+        2,
+        "loaded at start and once more after the change"
+    );
+}
