@@ -1,0 +1,210 @@
+//! A small HTTP server that speaks the part of the Kubernetes API a watcher uses:
+//! list (JSON `...List`) and watch (chunked stream of `{"type", "object"}`
+//! events), per resource path. Tests set each collection's objects and push
+//! watch events, including errors that force a relist.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::broadcast,
+};
+
+/// Every collection the identity source watches: path and list kind.
+pub const COLLECTIONS: [(&str, &str, &str); 11] = [
+    ("/api/v1/namespaces", "v1", "NamespaceList"),
+    ("/api/v1/pods", "v1", "PodList"),
+    ("/api/v1/services", "v1", "ServiceList"),
+    ("/api/v1/nodes", "v1", "NodeList"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "discovery.k8s.io/v1",
+        "EndpointSliceList",
+    ),
+    ("/apis/apps/v1/replicasets", "apps/v1", "ReplicaSetList"),
+    ("/apis/apps/v1/deployments", "apps/v1", "DeploymentList"),
+    ("/apis/apps/v1/statefulsets", "apps/v1", "StatefulSetList"),
+    ("/apis/apps/v1/daemonsets", "apps/v1", "DaemonSetList"),
+    ("/apis/batch/v1/jobs", "batch/v1", "JobList"),
+    ("/apis/batch/v1/cronjobs", "batch/v1", "CronJobList"),
+];
+
+#[derive(Default)]
+struct Collection {
+    objects: Vec<Value>,
+    lists_served: usize,
+    watches_started: usize,
+}
+
+struct State {
+    collections: Mutex<HashMap<String, Collection>>,
+    /// (path, event) for every watcher of that path.
+    events: broadcast::Sender<(String, Value)>,
+}
+
+/// The running server.
+#[derive(Clone)]
+pub struct KubeApi {
+    state: Arc<State>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl KubeApi {
+    /// Starts serving on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (events, _) = broadcast::channel(256);
+        let state = Arc::new(State {
+            collections: Mutex::new(
+                COLLECTIONS
+                    .iter()
+                    .map(|(path, _, _)| ((*path).to_owned(), Collection::default()))
+                    .collect(),
+            ),
+            events,
+        });
+        let served = Arc::clone(&state);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(serve(Arc::clone(&served), stream));
+            }
+        });
+        Self { state, url }
+    }
+
+    /// Replaces what a list of `path` returns.
+    pub fn set(&self, path: &str, objects: Vec<Value>) {
+        let mut collections = self.state.collections.lock().unwrap();
+        collections.get_mut(path).unwrap().objects = objects;
+    }
+
+    /// How many times `path` was listed.
+    pub fn lists_served(&self, path: &str) -> usize {
+        self.state.collections.lock().unwrap()[path].lists_served
+    }
+
+    /// Waits until `path` has been watched `count` times (events sent before a
+    /// watcher subscribes are lost, as with a real API server).
+    pub async fn watched(&self, path: &str, count: usize) {
+        for _ in 0..1500 {
+            if self.state.collections.lock().unwrap()[path].watches_started >= count {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{path} was never watched {count} times");
+    }
+
+    /// Sends a watch event (`ADDED`, `MODIFIED`, `DELETED`, `ERROR`) to the
+    /// watchers of `path`.
+    pub fn event(&self, path: &str, kind: &str, object: Value) {
+        let _ = self
+            .state
+            .events
+            .send((path.to_owned(), json!({"type": kind, "object": object})));
+    }
+}
+
+async fn serve(state: Arc<State>, stream: TcpStream) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        // Headers until the blank line; GETs carry no body.
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" {
+                break;
+            }
+        }
+        let target = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let Some((_, api_version, list_kind)) = COLLECTIONS.iter().find(|(p, _, _)| *p == path)
+        else {
+            let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}"#;
+            let response = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if writer.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        if query
+            .split('&')
+            .any(|parameter| parameter == "watch=true" || parameter == "watch=1")
+        {
+            // A watch holds the connection until the test ends.
+            let mut events = state.events.subscribe();
+            state
+                .collections
+                .lock()
+                .unwrap()
+                .get_mut(path)
+                .unwrap()
+                .watches_started += 1;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if writer.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ = writer.flush().await;
+            while let Ok((event_path, event)) = events.recv().await {
+                if event_path != path {
+                    continue;
+                }
+                let line = format!("{event}\n");
+                let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                if writer.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = writer.flush().await;
+                if event["type"] == "ERROR" {
+                    // Like the API server: the stream ends after an error.
+                    let _ = writer.write_all(b"0\r\n\r\n").await;
+                    return;
+                }
+            }
+            return;
+        }
+        let body = {
+            let mut collections = state.collections.lock().unwrap();
+            let collection = collections.get_mut(path).unwrap();
+            collection.lists_served += 1;
+            json!({
+                "apiVersion": api_version,
+                "kind": list_kind,
+                "metadata": {"resourceVersion": format!("{}", collection.lists_served * 100)},
+                "items": collection.objects,
+            })
+            .to_string()
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
