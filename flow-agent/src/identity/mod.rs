@@ -228,6 +228,12 @@ pub struct IdentityCache {
     service_ports: HashMap<(IpAddr, u16, Protocol), (NamespacedName, String)>,
     service_ips: HashMap<IpAddr, NamespacedName>,
     node_ips: HashMap<IpAddr, String>,
+    /// EndpointSlice names per Service.
+    slices_of: HashMap<NamespacedName, BTreeSet<String>>,
+    /// The API server's addresses: the `default/kubernetes` Service and its endpoints.
+    apiserver_ips: HashSet<IpAddr>,
+    /// This node's hostNetwork pods, as `namespace/name`.
+    host_network_pods: BTreeSet<String>,
     resync: HashMap<ObjectKind, HashSet<ObjectKey>>,
 }
 
@@ -247,6 +253,9 @@ impl IdentityCache {
             service_ports: HashMap::new(),
             service_ips: HashMap::new(),
             node_ips: HashMap::new(),
+            slices_of: HashMap::new(),
+            apiserver_ips: HashSet::new(),
+            host_network_pods: BTreeSet::new(),
             resync: HashMap::new(),
         }
     }
@@ -355,8 +364,16 @@ impl IdentityCache {
                 self.index_service(&name);
             }
             Object::EndpointSlice(info) => {
-                self.slices
-                    .insert((info.namespace.clone(), info.name.clone()), info);
+                let name = (info.namespace.clone(), info.name.clone());
+                self.unindex_slice(&name);
+                if let Some(service) = &info.service {
+                    self.slices_of
+                        .entry((info.namespace.clone(), service.clone()))
+                        .or_default()
+                        .insert(info.name.clone());
+                }
+                self.slices.insert(name, info);
+                self.index_apiserver();
             }
             Object::Node(info) => {
                 self.node_ips.retain(|_, node| *node != info.name);
@@ -401,6 +418,15 @@ impl IdentityCache {
                 }),
             }
         }
+        let pod_name = format!("{}/{}", info.namespace, info.name);
+        if info.host_network
+            && info.node.as_deref() == Some(self.config.node_name.as_str())
+            && !info.terminal
+        {
+            self.host_network_pods.insert(pod_name);
+        } else {
+            self.host_network_pods.remove(&pod_name);
+        }
         self.pods.insert(
             info.uid.clone(),
             PodEntry {
@@ -425,6 +451,8 @@ impl IdentityCache {
             return;
         };
         entry.deleted_at.get_or_insert(now);
+        self.host_network_pods
+            .remove(&format!("{}/{}", entry.info.namespace, entry.info.name));
         for ip in entry.info.ips.clone() {
             self.close_tenure(ip, uid, now);
         }
@@ -446,7 +474,9 @@ impl IdentityCache {
                 self.index_service(&name);
             }
             ObjectKind::EndpointSlice => {
+                self.unindex_slice(&name);
                 self.slices.remove(&name);
+                self.index_apiserver();
             }
             ObjectKind::Node => {
                 self.nodes.remove(&key.name);
@@ -458,9 +488,54 @@ impl IdentityCache {
         }
     }
 
+    fn unindex_slice(&mut self, name: &NamespacedName) {
+        let Some(service) = self
+            .slices
+            .get(name)
+            .and_then(|slice| slice.service.clone())
+        else {
+            return;
+        };
+        let key = (name.0.clone(), service);
+        if let Some(names) = self.slices_of.get_mut(&key) {
+            names.remove(&name.1);
+            if names.is_empty() {
+                self.slices_of.remove(&key);
+            }
+        }
+    }
+
+    /// The EndpointSlices of a Service.
+    fn slices_of(&self, service: &NamespacedName) -> impl Iterator<Item = &EndpointSliceInfo> {
+        self.slices_of
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| self.slices.get(&(service.0.clone(), slice.clone())))
+    }
+
+    /// Recomputes the API server's addresses from `default/kubernetes`.
+    fn index_apiserver(&mut self) {
+        let kubernetes = ("default".to_owned(), "kubernetes".to_owned());
+        let mut ips: HashSet<IpAddr> = self
+            .services
+            .get(&kubernetes)
+            .map(|service| service.cluster_ips.iter().copied().collect())
+            .unwrap_or_default();
+        for slice in self.slices_of(&kubernetes) {
+            for endpoint in &slice.endpoints {
+                ips.extend(endpoint.addresses.iter().copied());
+            }
+        }
+        self.apiserver_ips = ips;
+    }
+
     fn index_service(&mut self, name: &NamespacedName) {
         self.service_ports.retain(|_, (service, _)| service != name);
         self.service_ips.retain(|_, service| service != name);
+        if name.0 == "default" && name.1 == "kubernetes" {
+            self.index_apiserver();
+        }
         let Some(service) = self.services.get(name) else {
             return;
         };
@@ -472,6 +547,9 @@ impl IdentityCache {
                     (name.clone(), port.name.clone()),
                 );
             }
+        }
+        if name.0 == "default" && name.1 == "kubernetes" {
+            self.index_apiserver();
         }
     }
 
@@ -582,27 +660,12 @@ impl IdentityCache {
         }
     }
 
-    fn is_apiserver(&self, ip: IpAddr) -> bool {
-        let name = ("default".to_owned(), "kubernetes".to_owned());
-        if self.service_ips.get(&ip) == Some(&name) {
-            return true;
-        }
-        self.slices.values().any(|slice| {
-            slice.namespace == "default"
-                && slice.service.as_deref() == Some("kubernetes")
-                && slice
-                    .endpoints
-                    .iter()
-                    .any(|endpoint| endpoint.addresses.contains(&ip))
-        })
-    }
-
     /// Who held `ip` at time `at`.
     pub fn identify(&self, ip: IpAddr, at: SystemTime) -> Identity {
         if let Some(pod) = self.pod_at(ip, at) {
             return self.pod_identity(pod);
         }
-        if self.is_apiserver(ip) {
+        if self.apiserver_ips.contains(&ip) {
             return Identity {
                 kind: Some(PeerKind::KubeApiserver),
                 ..Identity::default()
@@ -610,17 +673,8 @@ impl IdentityCache {
         }
         let node = self.node_ips.get(&ip);
         if self.config.local_addresses.contains(&ip) || node == Some(&self.config.node_name) {
-            let mut host_network: Vec<String> = self
-                .pods
-                .values()
-                .filter(|entry| {
-                    entry.deleted_at.is_none()
-                        && entry.info.host_network
-                        && entry.info.node.as_deref() == Some(self.config.node_name.as_str())
-                })
-                .map(|entry| format!("{}/{}", entry.info.namespace, entry.info.name))
-                .collect();
-            host_network.sort_unstable();
+            let host_network: Vec<&str> =
+                self.host_network_pods.iter().map(String::as_str).collect();
             return Identity {
                 kind: Some(PeerKind::Host),
                 node: Some(self.config.node_name.clone()),
@@ -674,9 +728,7 @@ impl IdentityCache {
             .find(|candidate| candidate.name == *port_name && candidate.protocol == protocol)?;
         let mut backends = Vec::new();
         let mut target_ports = BTreeSet::new();
-        for slice in self.slices.values().filter(|slice| {
-            slice.namespace == name.0 && slice.service.as_deref() == Some(name.1.as_str())
-        }) {
+        for slice in self.slices_of(name) {
             let Some(slice_port) = slice
                 .ports
                 .iter()
