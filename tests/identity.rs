@@ -22,7 +22,10 @@ use flow_agent::{
     identity::{PeerKind, Workload},
     record::FlowRecord,
 };
-use flow_lab::Node;
+use flow_lab::{
+    Node,
+    cluster::{Controller, Inventory},
+};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 
@@ -39,156 +42,6 @@ impl Drop for Cluster {
     }
 }
 
-fn pod(
-    name: &str,
-    namespace: &str,
-    uid: &str,
-    ips: (IpAddr, IpAddr),
-    labels: &str,
-    owner: (&str, &str),
-) -> String {
-    let (kind, owner_name) = owner;
-    format!(
-        "- apiVersion: v1
-  kind: Pod
-  metadata:
-    name: {name}
-    namespace: {namespace}
-    uid: {uid}
-    labels: {{{labels}}}
-    ownerReferences: [{{apiVersion: apps/v1, kind: {kind}, name: {owner_name}, uid: o-{uid}, controller: true, blockOwnerDeletion: true}}]
-    creationTimestamp: \"2026-01-01T00:00:00Z\"
-  spec:
-    nodeName: test-node
-    containers: [{{name: main, image: registry.example/app:1, ports: [{{name: http, containerPort: 8080}}]}}]
-  status:
-    phase: Running
-    startTime: \"2026-01-01T00:00:01Z\"
-    podIP: {v4}
-    podIPs: [{{ip: {v4}}}, {{ip: {v6}}}]
-",
-        v4 = ips.0,
-        v6 = ips.1
-    )
-}
-
-fn deployment(name: &str, namespace: &str, hash: &str, labels: &str) -> String {
-    format!(
-        "- apiVersion: apps/v1
-  kind: Deployment
-  metadata: {{name: {name}, namespace: {namespace}}}
-  spec:
-    selector: {{matchLabels: {{app: {name}}}}}
-    template:
-      metadata: {{labels: {{{labels}}}}}
-      spec: {{containers: [{{name: main, image: registry.example/app:1}}]}}
-- apiVersion: apps/v1
-  kind: ReplicaSet
-  metadata:
-    name: {name}-{hash}
-    namespace: {namespace}
-    ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: {name}, uid: d-{name}, controller: true}}]
-  spec:
-    selector: {{matchLabels: {{app: {name}}}}}
-    template:
-      metadata: {{labels: {{{labels}, pod-template-hash: '{hash}'}}}}
-      spec: {{containers: [{{name: main, image: registry.example/app:1}}]}}
-"
-    )
-}
-
-fn inventory_yaml(node: &Node) -> String {
-    let ips = |index: usize| {
-        (
-            IpAddr::V4(node.pods[index].ipv4),
-            IpAddr::V6(node.pods[index].ipv6),
-        )
-    };
-    let mut items = String::from(
-        "- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop-a, labels: {tenant: acme, kubernetes.io/metadata.name: shop-a}}
-- apiVersion: v1
-  kind: Namespace
-  metadata: {name: shop-b, labels: {tenant: globex, kubernetes.io/metadata.name: shop-b}}
-",
-    );
-    items += &deployment("frontend", "shop-a", "6f7d", "app: frontend, tier: web");
-    items += &deployment("cart", "shop-a", "5c8b", "app: cart");
-    items += &deployment("api", "shop-b", "77aa", "app: api");
-    items += "- apiVersion: apps/v1
-  kind: StatefulSet
-  metadata: {name: db, namespace: shop-b}
-  spec:
-    serviceName: db
-    selector: {matchLabels: {app: db}}
-    template:
-      metadata: {labels: {app: db, role: primary}}
-      spec: {containers: [{name: main, image: registry.example/db:1}]}
-";
-    items += &pod(
-        "frontend-6f7d-a1b2c",
-        "shop-a",
-        "u-frontend",
-        ips(0),
-        "app: frontend, tier: web, pod-template-hash: '6f7d'",
-        ("ReplicaSet", "frontend-6f7d"),
-    );
-    items += &pod(
-        "cart-5c8b-d3e4f",
-        "shop-a",
-        "u-cart",
-        ips(1),
-        "app: cart, pod-template-hash: '5c8b'",
-        ("ReplicaSet", "cart-5c8b"),
-    );
-    items += &pod(
-        "db-0",
-        "shop-b",
-        "u-db",
-        ips(2),
-        "app: db, role: primary, controller-revision-hash: db-7b9, statefulset.kubernetes.io/pod-name: db-0",
-        ("StatefulSet", "db"),
-    );
-    items += &pod(
-        "api-77aa-g5h6i",
-        "shop-b",
-        "u-api",
-        ips(3),
-        "app: api, pod-template-hash: '77aa'",
-        ("ReplicaSet", "api-77aa"),
-    );
-    items += &format!(
-        "- apiVersion: v1
-  kind: Service
-  metadata: {{name: cart, namespace: shop-a}}
-  spec:
-    type: ClusterIP
-    clusterIP: {CLUSTER_IP}
-    clusterIPs: [{CLUSTER_IP}]
-    ports: [{{name: web, port: 80, protocol: TCP, targetPort: http}}]
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata:
-    name: cart-x9z8
-    namespace: shop-a
-    labels: {{kubernetes.io/service-name: cart}}
-  addressType: IPv4
-  ports: [{{name: web, port: 8080, protocol: TCP}}]
-  endpoints:
-  - addresses: [{cart}]
-    conditions: {{ready: true}}
-    targetRef: {{kind: Pod, name: cart-5c8b-d3e4f, namespace: shop-a}}
-- apiVersion: v1
-  kind: ConfigMap
-  metadata: {{name: unrelated, namespace: shop-a}}
-  data: {{key: value}}
-",
-        cart = node.pods[1].ipv4
-    );
-    format!("apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n{items}")
-}
-
 fn cluster() -> Option<Cluster> {
     if flow_lab::run("nft", &["--version"]).is_err() {
         eprintln!("skipping: nft (nftables) is not installed; `cargo xtask setup` installs it");
@@ -196,19 +49,33 @@ fn cluster() -> Option<Cluster> {
     }
     let node = Node::new(4).unwrap();
     // kube-proxy's part: DNAT the ClusterIP to the cart pod's named port.
-    let rules = format!(
-        "table ip kube {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n    \
-         ip daddr {CLUSTER_IP} tcp dport 80 dnat to {}:8080\n  }}\n}}\n",
-        node.pods[1].ipv4
-    );
-    let ruleset = std::env::temp_dir().join(format!("{}.nft", node.netns.name));
-    std::fs::write(&ruleset, rules).unwrap();
-    let loaded = flow_lab::run_in(&node.netns.name, "nft", &["-f", ruleset.to_str().unwrap()]);
-    std::fs::remove_file(&ruleset).unwrap();
-    loaded.unwrap();
-    let inventory = std::env::temp_dir().join(format!("{}-inventory.yaml", node.netns.name));
-    std::fs::write(&inventory, inventory_yaml(&node)).unwrap();
-    Some(Cluster { node, inventory })
+    node.dnat(CLUSTER_IP, 80, "tcp", node.pods[1].ipv4, 8080)
+        .unwrap();
+    let pods = &node.pods;
+    let mut inventory = Inventory::new();
+    inventory
+        .namespace("shop-a", Some("acme"))
+        .namespace("shop-b", Some("globex"))
+        .workload("shop-a", "frontend", Controller::Deployment { hash: "6f7d" }, &[("app", "frontend"), ("tier", "web")], &[&pods[0]], "test-node")
+        .workload("shop-a", "cart", Controller::Deployment { hash: "5c8b" }, &[("app", "cart")], &[&pods[1]], "test-node")
+        .workload("shop-b", "db", Controller::StatefulSet, &[("app", "db"), ("role", "primary")], &[&pods[2]], "test-node")
+        .workload("shop-b", "api", Controller::Deployment { hash: "77aa" }, &[("app", "api")], &[&pods[3]], "test-node")
+        .service(
+            "shop-a",
+            "cart",
+            CLUSTER_IP,
+            ("web", 80, "TCP"),
+            "http",
+            8080,
+            &[("cart-5c8b-p000".to_owned(), IpAddr::V4(pods[1].ipv4))],
+        )
+        .raw("- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: unrelated, namespace: shop-a}\n  data: {key: value}\n");
+    let path = std::env::temp_dir().join(format!("{}-inventory.yaml", node.netns.name));
+    std::fs::write(&path, inventory.yaml()).unwrap();
+    Some(Cluster {
+        node,
+        inventory: path,
+    })
 }
 
 /// A TCP server in a pod answering one `up`-byte request with `down` bytes.
@@ -349,7 +216,7 @@ fn records_carry_pod_workload_tenant_and_the_service_behind_a_cluster_ip() {
         assert_eq!(record.source.identity.namespace.as_deref(), Some("shop-a"));
         assert_eq!(
             record.source.identity.pod.as_deref(),
-            Some("frontend-6f7d-a1b2c")
+            Some("frontend-6f7d-p000")
         );
         assert_eq!(
             record.source.identity.workload,
@@ -371,7 +238,7 @@ fn records_carry_pod_workload_tenant_and_the_service_behind_a_cluster_ip() {
         );
         assert_eq!(
             record.destination.identity.pod.as_deref(),
-            Some("cart-5c8b-d3e4f")
+            Some("cart-5c8b-p000")
         );
         assert_eq!(
             record.destination.identity.workload,

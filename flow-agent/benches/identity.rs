@@ -104,7 +104,12 @@ fn main() {
             deleted += 1;
         }
         // Each simulated second: look up every live address as a drain would, evict.
-        if now.duration_since(start).unwrap_or_default().subsec_millis() == 0 {
+        if now
+            .duration_since(start)
+            .unwrap_or_default()
+            .subsec_millis()
+            == 0
+        {
             let began = Instant::now();
             for index in deleted..next_pod {
                 std::hint::black_box(cache.identify(address(index), now - Duration::from_secs(1)));
@@ -123,7 +128,9 @@ fn main() {
     let settled = cache.stats();
     cache.evict(now + GRACE + Duration::from_secs(1));
     let after = cache.stats();
-    println!("identity cache, {PODS} pods created and deleted (one every {CREATE_EVERY:?}, living {LIFETIME:?}, {POOL} addresses reused, grace {GRACE:?}):");
+    println!(
+        "identity cache, {PODS} pods created and deleted (one every {CREATE_EVERY:?}, living {LIFETIME:?}, {POOL} addresses reused, grace {GRACE:?}):"
+    );
     println!(
         "  peak: {} pods known (live and in grace), {} tenures on {} addresses",
         peak.pods, peak.tenures, peak.addresses

@@ -9,6 +9,8 @@
 //! Only addresses inside namespaces created here are ever used.
 #![deny(missing_docs)]
 
+pub mod cluster;
+
 use std::{
     fs::File,
     io::{BufRead as _, BufReader},

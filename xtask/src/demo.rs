@@ -1,11 +1,13 @@
-//! `cargo xtask demo`: a node with four pods in network namespaces, a small
-//! microservice's traffic between them, flow-agent attached to the node, and a
-//! live flow table built from its JSON records. Cleans up on exit and on Ctrl-C.
+//! `cargo xtask demo`: a node with five pods of two tenants in network
+//! namespaces, a small shop's traffic between them (some of it through Service
+//! addresses DNATed as kube-proxy does), flow-agent attached to the node with an
+//! inventory for identity, and a live workload-to-workload table from its
+//! aggregates. Cleans up on exit and on Ctrl-C.
 
 use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::Path,
     sync::{
         Arc,
@@ -16,7 +18,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use flow_lab::{AgentProcess, Node};
+use flow_lab::{
+    AgentProcess, Node,
+    cluster::{Controller, Inventory},
+};
 use serde_json::Value;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -25,7 +30,13 @@ extern "C" fn on_interrupt(_signal: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-const NAMES: [&str; 4] = ["frontend", "cart", "db", "dns"];
+const NAMES: [&str; 5] = [
+    "shop-a/frontend",
+    "shop-a/cart",
+    "shop-b/orders-db",
+    "shop-b/reports",
+    "kube-system/coredns",
+];
 const FLUSH: Duration = Duration::from_secs(2);
 
 /// Keeps serving or sending until the demo stops.
@@ -188,19 +199,6 @@ fn udp_client(
     })
 }
 
-fn pod_name(node: &Node, ip: &str) -> String {
-    node.pods
-        .iter()
-        .zip(NAMES)
-        .find(|(pod, _)| pod.ipv4.to_string() == ip || pod.ipv6.to_string() == ip)
-        .map_or_else(|| ip.to_owned(), |(_, name)| name.to_owned())
-}
-
-fn endpoint(node: &Node, value: &Value) -> String {
-    let ip = value["ip"].as_str().unwrap_or("?");
-    format!("{}:{}", pod_name(node, ip), value["port"])
-}
-
 fn human_bytes(bytes: u64) -> String {
     match bytes {
         0..1_000 => format!("{bytes} B"),
@@ -209,86 +207,164 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn print_table(node: &Node, records: &[Value], title: &str) {
-    println!("\n{title}");
-    println!(
-        "{:<24} {:<24} {:<7} {:>8} {:>10}  {:<8} SEEN ON",
-        "SOURCE", "DESTINATION", "PROTO", "PACKETS", "BYTES", "DIR"
-    );
-    let mut rows: Vec<&Value> = records.iter().collect();
-    rows.sort_by_key(|record| std::cmp::Reverse(record["bytes"].as_u64().unwrap_or(0)));
-    for record in rows.iter().take(20) {
-        println!(
-            "{:<24} {:<24} {:<7} {:>8} {:>10}  {:<8} {} ({})",
-            endpoint(node, &record["source"]),
-            endpoint(node, &record["destination"]),
-            record["protocol"].as_str().unwrap_or("?"),
-            record["packets"],
-            human_bytes(record["bytes"].as_u64().unwrap_or(0)),
-            if record["is_reply"].as_bool().unwrap_or(false) {
-                "reply"
-            } else {
-                "request"
-            },
-            record["interface"].as_str().unwrap_or("?"),
-            record["hook"].as_str().unwrap_or("?"),
-        );
-    }
-    if rows.len() > 20 {
-        println!("... and {} more flows", rows.len() - 20);
+/// `namespace/workload` for a workload, else the node or address.
+fn peer(value: &Value) -> String {
+    match (
+        value["namespace"].as_str(),
+        value["workload"]["name"].as_str(),
+    ) {
+        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+        _ => value["node"]
+            .as_str()
+            .or(value["ip"].as_str())
+            .or(value["kind"].as_str())
+            .unwrap_or("?")
+            .to_owned(),
     }
 }
 
-/// Totals per (client pod, server pod, server port, protocol), requests and
-/// replies together; link-local control traffic (neighbour discovery, MLD) is
-/// counted apart.
-fn print_summary(node: &Node, records: &[Value]) {
-    let is_pod = |ip: &str| pod_name(node, ip) != ip;
-    let mut conversations: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
-    let mut control = (0u64, 0u64);
-    for record in records {
-        let (client, server) = if record["is_reply"].as_bool().unwrap_or(false) {
-            (&record["destination"], &record["source"])
-        } else {
-            (&record["source"], &record["destination"])
-        };
-        let (client_ip, server_ip) = (
-            client["ip"].as_str().unwrap_or("?"),
-            server["ip"].as_str().unwrap_or("?"),
+fn tenant(value: &Value) -> &str {
+    value["tenant"].as_str().unwrap_or("-")
+}
+
+/// Aggregates keyed by client, server, protocol and port, summed.
+type Conversations = BTreeMap<(String, String, String, u64), (Value, u64, u64, u64)>;
+
+fn fold(conversations: &mut Conversations, aggregates: &[Value]) {
+    for aggregate in aggregates {
+        let key = (
+            peer(&aggregate["source"]),
+            peer(&aggregate["destination"]),
+            aggregate["protocol"].as_str().unwrap_or("?").to_owned(),
+            aggregate["port"].as_u64().unwrap_or(0),
         );
-        let packets = record["packets"].as_u64().unwrap_or(0);
-        let bytes = record["bytes"].as_u64().unwrap_or(0);
-        if !(is_pod(client_ip) && is_pod(server_ip)) {
-            control.0 += packets;
-            control.1 += bytes;
+        let entry = conversations
+            .entry(key)
+            .or_insert_with(|| (aggregate.clone(), 0, 0, 0));
+        entry.1 += aggregate["connections"].as_u64().unwrap_or(0);
+        entry.2 += aggregate["bytes"].as_u64().unwrap_or(0);
+        entry.3 += aggregate["reply_bytes"].as_u64().unwrap_or(0);
+    }
+}
+
+fn print_conversations(conversations: &Conversations, title: &str) {
+    println!("\n{title}");
+    println!(
+        "{:<18} {:<44} {:<10} {:>5} {:>9} {:>9}  TENANTS",
+        "CLIENT", "SERVER", "PROTO:PORT", "CONNS", "SENT", "RECEIVED"
+    );
+    let mut control = (0usize, 0u64);
+    for ((client, server, protocol, port), (aggregate, connections, sent, received)) in
+        conversations
+    {
+        // Link-local IPv6 chatter (neighbour discovery, multicast listener
+        // reports) has no workload on either end.
+        if aggregate["source"]["workload"].is_null()
+            && aggregate["destination"]["workload"].is_null()
+        {
+            control.0 += 1;
+            control.1 += sent + received;
             continue;
         }
-        let key = (
-            pod_name(node, client_ip),
-            format!("{}:{}", pod_name(node, server_ip), server["port"]),
-            record["protocol"].as_str().unwrap_or("?").to_owned(),
-        );
-        let totals = conversations.entry(key).or_default();
-        totals.0 += packets;
-        totals.1 += bytes;
-    }
-    println!("\nWho talked to whom (both directions, whole run):");
-    println!(
-        "{:<10} {:<16} {:<7} {:>8} {:>10}",
-        "CLIENT", "SERVER", "PROTO", "PACKETS", "BYTES"
-    );
-    for ((client, server, protocol), (packets, bytes)) in conversations {
+        let via = aggregate["service"]
+            .as_str()
+            .map_or(String::new(), |service| format!(" via {service}"));
+        let crossing = if aggregate["cross_tenant"].as_bool().unwrap_or(false) {
+            "  CROSS-TENANT"
+        } else {
+            ""
+        };
         println!(
-            "{client:<10} {server:<16} {protocol:<7} {packets:>8} {:>10}",
-            human_bytes(bytes)
+            "{client:<18} {:<44} {:<10} {connections:>5} {:>9} {:>9}  {} -> {}{crossing}",
+            format!("{server}{via}"),
+            format!("{protocol}:{port}"),
+            human_bytes(*sent),
+            human_bytes(*received),
+            tenant(&aggregate["source"]),
+            tenant(&aggregate["destination"]),
         );
     }
-    println!(
-        "(plus {} packets, {} of IPv6 neighbour discovery and multicast listener reports)",
-        control.0,
-        human_bytes(control.1)
-    );
+    if control.0 > 0 {
+        println!(
+            "(and {} exchanges, {}, of IPv6 neighbour discovery and multicast reports)",
+            control.0,
+            human_bytes(control.1)
+        );
+    }
 }
+
+/// The lab's Kubernetes objects: five pods of four workloads in three
+/// namespaces, two Services.
+fn inventory(node: &Node) -> Inventory {
+    let pods = &node.pods;
+    let mut inventory = Inventory::new();
+    inventory
+        .namespace("shop-a", Some("acme"))
+        .namespace("shop-b", Some("globex"))
+        .namespace("kube-system", None)
+        .workload(
+            "shop-a",
+            "frontend",
+            Controller::Deployment { hash: "6f7d9c" },
+            &[("app", "frontend")],
+            &[&pods[0]],
+            "demo-node",
+        )
+        .workload(
+            "shop-a",
+            "cart",
+            Controller::Deployment { hash: "5c8b44" },
+            &[("app", "cart")],
+            &[&pods[1]],
+            "demo-node",
+        )
+        .workload(
+            "shop-b",
+            "orders-db",
+            Controller::StatefulSet,
+            &[("app", "orders-db")],
+            &[&pods[2]],
+            "demo-node",
+        )
+        .workload(
+            "shop-b",
+            "reports",
+            Controller::Deployment { hash: "77aa01" },
+            &[("app", "reports")],
+            &[&pods[3]],
+            "demo-node",
+        )
+        .workload(
+            "kube-system",
+            "coredns",
+            Controller::Deployment { hash: "9f0e12" },
+            &[("k8s-app", "kube-dns")],
+            &[&pods[4]],
+            "demo-node",
+        )
+        .service(
+            "shop-a",
+            "cart",
+            CART_IP,
+            ("http", 80, "TCP"),
+            "http",
+            8080,
+            &[("cart-5c8b44-p000".to_owned(), IpAddr::V4(pods[1].ipv4))],
+        )
+        .service(
+            "kube-system",
+            "kube-dns",
+            DNS_IP,
+            ("dns", 53, "UDP"),
+            "53",
+            53,
+            &[("coredns-9f0e12-p000".to_owned(), IpAddr::V4(pods[4].ipv4))],
+        );
+    inventory
+}
+
+const CART_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
     // SAFETY: installs a handler that only stores to an atomic.
@@ -302,19 +378,23 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
             on_interrupt as *const () as libc::sighandler_t,
         );
     }
-    println!(
-        "Building a node with four pods ({}) in network namespaces...",
-        NAMES.join(", ")
-    );
-    let node = Node::new(4).context("building the lab (needs root and iproute2)")?;
+    println!("Building a node with five pods in network namespaces...");
+    let node = Node::new(5).context("building the lab (needs root and iproute2)")?;
     for (pod, name) in node.pods.iter().zip(NAMES) {
         println!(
-            "  {name:<9} {:<10} {:<10} host side {}",
-            pod.ipv4, pod.ipv6, pod.host_interface
+            "  {name:<22} {:<10} host side {}",
+            pod.ipv4, pod.host_interface
         );
     }
-    let flush = humantime_secs(FLUSH);
-    let agent = AgentProcess::start(
+    // kube-proxy's part: Service addresses DNATed to their pods.
+    node.dnat(CART_IP, 80, "tcp", node.pods[1].ipv4, 8080)
+        .context("adding Service DNAT rules (needs nftables)")?;
+    node.dnat(DNS_IP, 53, "udp", node.pods[4].ipv4, 53)?;
+    println!("  Services: shop-a/cart {CART_IP}:80 -> :8080, kube-system/kube-dns {DNS_IP}:53/UDP");
+    let inventory_path = std::env::temp_dir().join(format!("{}-inventory.yaml", node.netns.name));
+    std::fs::write(&inventory_path, inventory(&node).yaml())?;
+    let flush = format!("{}s", FLUSH.as_secs());
+    let agent = match AgentProcess::start(
         agent_binary,
         &node.netns,
         &[
@@ -323,31 +403,39 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
             "--flush-interval",
             &flush,
             "--output",
-            "json",
+            "aggregates",
             "--node-name",
             "demo-node",
+            "--inventory",
+            &inventory_path.display().to_string(),
         ],
         false,
-    )
-    .context("starting flow-agent")?;
+    ) {
+        Ok(agent) => agent,
+        Err(error) => {
+            let _ = std::fs::remove_file(&inventory_path);
+            return Err(error).context("starting flow-agent");
+        }
+    };
+
     println!(
-        "flow-agent attached to {} (TCX, head of chain); flushing every {flush}.",
+        "flow-agent attached to {} (TCX, head of chain), identity from an inventory; flushing every {flush}.",
         node.glob()
     );
 
     let running = Running(Arc::new(AtomicBool::new(true)));
-    let cart = SocketAddr::new(IpAddr::V4(node.pods[1].ipv4), 8080);
+    let cart = SocketAddr::new(IpAddr::V4(CART_IP), 80);
     let db = SocketAddr::new(IpAddr::V4(node.pods[2].ipv4), 5432);
-    let dns4 = SocketAddr::new(IpAddr::V4(node.pods[3].ipv4), 53);
-    let dns6 = SocketAddr::new(IpAddr::V6(node.pods[3].ipv6), 53);
+    let dns = SocketAddr::new(IpAddr::V4(DNS_IP), 53);
     let mut workers = vec![
         tcp_server(&node, 1, 8080, 200, 2_000, &running),
         tcp_server(&node, 2, 5432, 100, 800, &running),
-        udp_server(&node, 3, dns4.ip(), 100, &running),
-        udp_server(&node, 3, dns6.ip(), 120, &running),
+        udp_server(&node, 4, IpAddr::V4(node.pods[4].ipv4), 100, &running),
     ];
     std::thread::sleep(Duration::from_millis(200));
+    let every = |millis| Duration::from_millis(millis);
     workers.extend([
+        // frontend calls cart through its Service, a new connection per request.
         tcp_client(
             &node,
             0,
@@ -355,11 +443,12 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
             Exchange {
                 request: 200,
                 response: 2_000,
-                every: Duration::from_millis(300),
+                every: every(300),
                 persistent: false,
             },
             &running,
         ),
+        // cart (tenant acme) queries the orders database of tenant globex.
         tcp_client(
             &node,
             1,
@@ -367,35 +456,49 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
             Exchange {
                 request: 100,
                 response: 800,
-                every: Duration::from_millis(500),
+                every: every(500),
                 persistent: true,
             },
             &running,
         ),
-        udp_client(&node, 0, dns6, Duration::from_secs(1), &running),
-        udp_client(&node, 1, dns4, Duration::from_secs(1), &running),
-        udp_client(&node, 2, dns4, Duration::from_millis(1500), &running),
+        // reports (globex) queries it too.
+        tcp_client(
+            &node,
+            3,
+            db,
+            Exchange {
+                request: 100,
+                response: 800,
+                every: every(700),
+                persistent: true,
+            },
+            &running,
+        ),
+        udp_client(&node, 0, dns, every(1_000), &running),
+        udp_client(&node, 1, dns, every(1_000), &running),
+        udp_client(&node, 3, dns, every(1_500), &running),
     ]);
 
     let started = Instant::now();
-    let mut all = Vec::new();
+    let mut whole_run = Conversations::new();
     while started.elapsed() < duration && running.yes() {
         running.pause(FLUSH);
-        let lines = agent.take_stdout();
-        let records: Vec<Value> = lines
+        let aggregates: Vec<Value> = agent
+            .take_stdout()
             .iter()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect();
-        if !records.is_empty() {
-            print_table(
-                &node,
-                &records,
+        if !aggregates.is_empty() {
+            let mut interval = Conversations::new();
+            fold(&mut interval, &aggregates);
+            print_conversations(
+                &interval,
                 &format!(
-                    "Flows in the last {flush} (t = {:.0}s):",
+                    "Workload to workload, last {flush} (t = {:.0}s):",
                     started.elapsed().as_secs_f64()
                 ),
             );
-            all.extend(records);
+            fold(&mut whole_run, &aggregates);
         }
     }
     let Running(flag) = &running;
@@ -404,13 +507,17 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
         let _ = worker.join();
     }
     let output = agent.stop().context("stopping flow-agent")?;
-    all.extend(
-        output
-            .stdout
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok()),
+    let _ = std::fs::remove_file(&inventory_path);
+    let last: Vec<Value> = output
+        .stdout
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    fold(&mut whole_run, &last);
+    print_conversations(
+        &whole_run,
+        "The whole run, by workload (what a policy learner sees):",
     );
-    print_summary(&node, &all);
     if let Some(line) = output
         .stderr
         .iter()
@@ -423,14 +530,7 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
                 .unwrap_or(line)
         );
     }
-    println!(
-        "{} flow records in total; the lab is being removed.",
-        all.len()
-    );
+    println!("The lab is being removed.");
     std::io::stdout().flush().ok();
     Ok(())
-}
-
-fn humantime_secs(duration: Duration) -> String {
-    format!("{}s", duration.as_secs())
 }
