@@ -1,7 +1,7 @@
 //! `flow-agent run`: attach, follow interfaces, drain on every flush interval,
 //! emit records, and on shutdown detach and drain one last time.
 
-use std::{collections::HashMap, future::Future, io, time::Instant};
+use std::{collections::HashMap, future::Future, io, sync::Arc, time::Instant};
 
 use flow_common::Counter;
 use thiserror::Error;
@@ -11,6 +11,10 @@ use tokio::sync::mpsc;
 
 use crate::{
     aggregate::Aggregator,
+    api::{
+        hub::{Hub, NodeStatus},
+        server::{self, ApiError},
+    },
     config::{IdentitySettings, IdentitySource, RunConfig},
     datapath::{Datapath, DatapathCounters, DatapathError},
     drain::{DrainedFlows, FlowSample},
@@ -22,9 +26,13 @@ use crate::{
         kubernetes::{self, KubernetesError},
     },
     interfaces::{InterfaceError, Link, LinkEvent, LinkMonitor, list_links, local_addresses},
-    output::RecordSink,
+    output::{FileSink, FileSinkStats, RecordSink},
     record::{FlowRecord, MonotonicClock, Protocol, Timestamp, endpoints, tcp_flag_names},
 };
+
+/// How long the API gets at shutdown to deliver what is queued to its
+/// subscribers before their connections are dropped.
+const API_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often the active flow map's fill is checked: a map that is half full is
 /// drained at once instead of at the next flush, so bursts of new flows do not
@@ -68,6 +76,15 @@ pub enum AgentError {
     /// The Kubernetes API cannot be reached.
     #[error(transparent)]
     Kubernetes(#[from] KubernetesError),
+    /// The gRPC API cannot start or failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The gRPC API's task panicked.
+    #[error("the gRPC API task failed")]
+    ApiTask(#[source] tokio::task::JoinError),
+    /// The output file cannot be opened.
+    #[error("cannot start the output file sink")]
+    OutputFile(#[source] io::Error),
 }
 
 /// Totals of one agent run, returned on shutdown.
@@ -81,7 +98,14 @@ pub struct RunSummary {
     pub bytes: u64,
     /// Datapath counters at exit.
     pub counters: DatapathCounters,
+    /// Records API subscribers did not receive because they fell behind.
+    pub api_lost_records: u64,
+    /// Records the output file sink dropped.
+    pub file_dropped_records: u64,
 }
+
+/// The sinks the agent adds to the caller's: the API hub and the output file.
+type Sinks<S> = (S, (Option<Arc<Hub>>, Option<FileSink>));
 
 struct Agent<'a, S> {
     config: &'a RunConfig,
@@ -90,7 +114,8 @@ struct Agent<'a, S> {
     enricher: Option<Enricher>,
     aggregator: Aggregator,
     interval_start: Timestamp,
-    sink: S,
+    sink: Sinks<S>,
+    hub: Option<Arc<Hub>>,
     /// Names of attached interfaces, and of removed ones until the next drain
     /// has reported their last packets.
     names: HashMap<u32, String>,
@@ -134,6 +159,24 @@ pub async fn run<S: RecordSink>(
         Some(settings) => Some(start_identity(config, settings, identity_tx).await?),
         None => None,
     };
+    let file = match &config.file {
+        Some(settings) => Some(FileSink::open(settings.clone()).map_err(AgentError::OutputFile)?),
+        None => None,
+    };
+    let file_stats = file.as_ref().map(FileSink::stats);
+    // The API binds before anything is attached, so a taken port fails at start.
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (hub, mut api_task) = match &config.api {
+        Some((settings, hub_settings)) => {
+            let hub = Arc::new(Hub::new(config.node_name.clone(), *hub_settings));
+            let serve = server::start(settings, Arc::clone(&hub), async {
+                let _ = api_stopped.await;
+            })
+            .await?;
+            (Some(hub), Some(tokio::spawn(serve)))
+        }
+        None => (None, None),
+    };
     let datapath = Datapath::load(&config.datapath)?;
     let mut agent = Agent {
         config,
@@ -142,7 +185,8 @@ pub async fn run<S: RecordSink>(
         enricher,
         aggregator: Aggregator::new(),
         interval_start: Timestamp(std::time::SystemTime::now()),
-        sink,
+        sink: (sink, (hub.clone(), file)),
+        hub,
         names: HashMap::new(),
         removed: Vec::new(),
         counters: DatapathCounters::default(),
@@ -167,11 +211,49 @@ pub async fn run<S: RecordSink>(
         "flow-agent started"
     );
 
+    agent.publish_status();
+
     let result = agent
-        .event_loop(&mut monitor, &mut identity_rx, shutdown)
+        .event_loop(&mut monitor, &mut identity_rx, &mut api_task, shutdown)
         .await;
-    let final_result = agent.shutdown();
+    let final_result = agent.shutdown(file_stats.as_deref());
+    // Every record is in the hub: end the following streams once their queues
+    // are delivered, then stop the server.
+    if let Some(hub) = &agent.hub {
+        hub.close();
+    }
+    let _ = stop_api.send(());
+    if let Some(task) = api_task {
+        match tokio::time::timeout(API_SHUTDOWN_GRACE, task).await {
+            Ok(Ok(Ok(()))) => debug!("gRPC API stopped"),
+            Ok(Ok(Err(error))) => {
+                warn!(error = %error_chain(&error), "gRPC API failed while stopping")
+            }
+            Ok(Err(join)) => error!(error = %join, "gRPC API task failed"),
+            Err(_) => warn!(
+                grace = %humantime::format_duration(API_SHUTDOWN_GRACE),
+                "gRPC subscribers still connected after the grace period; closing their connections"
+            ),
+        }
+    }
     result.and(final_result)
+}
+
+/// Resolves when the API server task ends (which it should not before
+/// shutdown); never, without an API.
+async fn api_ended(
+    task: &mut Option<tokio::task::JoinHandle<Result<(), ApiError>>>,
+) -> Result<(), AgentError> {
+    let Some(handle) = task else {
+        return std::future::pending().await;
+    };
+    let result = handle.await;
+    *task = None;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(join) => Err(AgentError::ApiTask(join)),
+    }
 }
 
 impl<S: RecordSink> Agent<'_, S> {
@@ -179,6 +261,7 @@ impl<S: RecordSink> Agent<'_, S> {
         &mut self,
         monitor: &mut LinkMonitor,
         identity: &mut mpsc::Receiver<Vec<CacheEvent>>,
+        api: &mut Option<tokio::task::JoinHandle<Result<(), ApiError>>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         let mut ticker = tokio::time::interval(self.config.flush_interval);
@@ -201,6 +284,10 @@ impl<S: RecordSink> Agent<'_, S> {
                 }
                 events = monitor.next() => self.on_link_events(events?)?,
                 Some(events) = identity.recv() => self.on_identity_events(events),
+                result = api_ended(api) => {
+                    result?;
+                    warn!("gRPC API stopped unexpectedly; flows are still recorded locally");
+                }
             }
         }
     }
@@ -337,7 +424,25 @@ impl<S: RecordSink> Agent<'_, S> {
         for index in self.removed.drain(..) {
             self.names.remove(&index);
         }
+        self.publish_status();
         Ok(())
+    }
+
+    /// Tells the API which interfaces are attached and what the counters say.
+    fn publish_status(&self) {
+        let Some(hub) = &self.hub else {
+            return;
+        };
+        let mut interfaces: Vec<String> = self
+            .datapath
+            .attached()
+            .map(|(_, name)| name.to_owned())
+            .collect();
+        interfaces.sort_unstable();
+        hub.set_status(NodeStatus {
+            interfaces,
+            counters: self.counters,
+        });
     }
 
     fn emit(&mut self, drained: DrainedFlows, started: Instant) -> Result<(), AgentError> {
@@ -471,13 +576,21 @@ impl<S: RecordSink> Agent<'_, S> {
         Ok(())
     }
 
-    fn shutdown(&mut self) -> Result<RunSummary, AgentError> {
+    fn shutdown(&mut self, file: Option<&FileSinkStats>) -> Result<RunSummary, AgentError> {
         self.datapath.detach_all();
         let started = Instant::now();
         let drained = self.datapath.drain_final()?;
         self.emit(drained, started)?;
         self.check_counters()?;
         let counters = self.counters;
+        self.publish_status();
+        // Dropping the file sink writes what it has queued.
+        let (_, (_, file_sink)) = &mut self.sink;
+        drop(file_sink.take());
+        self.summary.api_lost_records = self.hub.as_ref().map_or(0, |hub| hub.lost_records());
+        self.summary.file_dropped_records = file.map_or(0, |stats| {
+            stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        });
         info!(
             inserted = counters.get(Counter::Inserted),
             records = self.summary.records,
@@ -491,6 +604,8 @@ impl<S: RecordSink> Agent<'_, S> {
             malformed = counters.get(Counter::Malformed),
             deduplicated = counters.get(Counter::Deduplicated),
             fragment_without_ports = counters.get(Counter::FragmentWithoutPorts),
+            api_lost_records = self.summary.api_lost_records,
+            file_dropped_records = self.summary.file_dropped_records,
             "flow-agent stopped; every counted packet was reported"
         );
         self.summary.counters = counters;

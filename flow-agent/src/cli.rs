@@ -1,11 +1,11 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    config::{FlagConfig, OutputFormat},
+    config::{OutputFormat, RunOptions, parse_duration},
     datapath::AttachMode,
 };
 
@@ -37,17 +37,20 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to interfaces and report every flow.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Stream flows from an agent's gRPC API.
+    Observe(Box<ObserveArgs>),
+    /// Show an agent's state and counters.
+    Status(ConnectArgs),
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|error| format!("{error} (use a duration such as 500ms, 5s or 2m)"))
+    parse_duration(text)
 }
 
 /// `flow-agent run` flags. Each may also come from the environment or the
 /// configuration file (flags win, then environment, then the file).
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// YAML configuration file (keys as the long flags: `flush-interval: 5s`).
     #[arg(long, env = "FLOW_AGENT_CONFIG")]
@@ -113,11 +116,47 @@ pub struct RunArgs {
     /// How long a deleted pod keeps its identity for flows seen before [default: 2m].
     #[arg(long, value_parser = duration, env = "FLOW_AGENT_IDENTITY_GRACE")]
     pub identity_grace: Option<Duration>,
+    /// Serve the gRPC flow API on this address (e.g. 127.0.0.1:4245).
+    #[arg(long, value_name = "ADDR", env = "FLOW_AGENT_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Server certificate (PEM) for the gRPC API.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// Server key (PEM) for the gRPC API.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates: clients must present one (mTLS).
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_CLIENT_CA")]
+    pub grpc_client_ca: Option<PathBuf>,
+    /// Access policy (YAML) mapping client certificates and tokens to tenants;
+    /// needed on any address but loopback.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_ACCESS")]
+    pub grpc_access: Option<PathBuf>,
+    /// Serve plaintext gRPC on a network address (loopback is always allowed).
+    #[arg(long, env = "FLOW_AGENT_GRPC_ALLOW_PLAINTEXT")]
+    pub grpc_allow_plaintext: bool,
+    /// Flow records the API keeps for replay [default: 10000].
+    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_BUFFER")]
+    pub grpc_buffer: Option<usize>,
+    /// Records queued per following subscriber before it starts losing them
+    /// (and is told how many); make it hold one drain's records [default: 65536].
+    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_SUBSCRIBER_QUEUE")]
+    pub grpc_subscriber_queue: Option<usize>,
+    /// Also write flow records as JSON lines to this file (rotated by size,
+    /// never blocking the agent: for log shippers).
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_OUTPUT_FILE")]
+    pub output_file: Option<PathBuf>,
+    /// Rotate the output file at this many bytes [default: 104857600].
+    #[arg(long, value_name = "BYTES", env = "FLOW_AGENT_OUTPUT_FILE_MAX_SIZE")]
+    pub output_file_max_size: Option<u64>,
+    /// Rotated output files kept [default: 5].
+    #[arg(long, value_name = "N", env = "FLOW_AGENT_OUTPUT_FILE_KEEP")]
+    pub output_file_keep: Option<u32>,
 }
 
 impl RunArgs {
-    /// The flag layer of the configuration.
-    pub fn flags(&self) -> FlagConfig {
+    /// The flag and environment layer of the configuration.
+    pub fn options(&self) -> RunOptions {
         let Self {
             config: _,
             interfaces,
@@ -135,25 +174,200 @@ impl RunArgs {
             kubernetes,
             tenant_label,
             identity_grace,
+            grpc_listen,
+            grpc_tls_cert,
+            grpc_tls_key,
+            grpc_client_ca,
+            grpc_access,
+            grpc_allow_plaintext,
+            grpc_buffer,
+            grpc_subscriber_queue,
+            output_file,
+            output_file_max_size,
+            output_file_keep,
         } = self;
-        FlagConfig {
-            interfaces: interfaces.clone(),
-            exclude_interfaces: exclude_interfaces.clone(),
-            wait_for_interfaces: *wait_for_interfaces,
+        let list = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
+        let flag = |set: bool| set.then_some(true);
+        RunOptions {
+            interfaces: list(interfaces),
+            exclude_interfaces: list(exclude_interfaces),
+            wait_for_interfaces: flag(*wait_for_interfaces),
             flush_interval: *flush_interval,
             map_size: *map_size,
             spill_size: *spill_size,
             flow_idle_timeout: *flow_idle_timeout,
             attach_mode: *attach_mode,
             output: *output,
-            ebpf_debug: *ebpf_debug,
+            ebpf_debug: flag(*ebpf_debug),
             node_name: node_name.clone(),
             inventory: inventory.clone(),
-            kubernetes: *kubernetes,
+            kubernetes: flag(*kubernetes),
             tenant_label: tenant_label.clone(),
             identity_grace: *identity_grace,
+            grpc_listen: *grpc_listen,
+            grpc_tls_cert: grpc_tls_cert.clone(),
+            grpc_tls_key: grpc_tls_key.clone(),
+            grpc_client_ca: grpc_client_ca.clone(),
+            grpc_access: grpc_access.clone(),
+            grpc_allow_plaintext: flag(*grpc_allow_plaintext),
+            grpc_buffer: *grpc_buffer,
+            grpc_subscriber_queue: *grpc_subscriber_queue,
+            output_file: output_file.clone(),
+            output_file_max_size: *output_file_max_size,
+            output_file_keep: *output_file_keep,
         }
     }
+}
+
+/// How `observe` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ObserveFormat {
+    /// An aligned, readable table.
+    #[default]
+    Table,
+    /// One JSON object per line, the agent's own record schema.
+    Json,
+    /// One JSON object per line in the shape `hubble observe -o json` prints.
+    HubbleJson,
+}
+
+/// A connection direction, for filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    /// The initiator's side.
+    Request,
+    /// The responder's side.
+    Reply,
+}
+
+/// How to reach an agent's gRPC API.
+#[derive(Debug, Default, Args)]
+pub struct ConnectArgs {
+    /// The agent's gRPC address: host:port, or http(s)://host:port.
+    #[arg(long, env = "FLOW_AGENT_SERVER", default_value = "127.0.0.1:4245")]
+    pub server: String,
+    /// CA (PEM) to verify the agent's certificate: connect with TLS.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Name expected in the agent's certificate [default: the server's host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Bearer token (instead of a client certificate).
+    #[arg(long, env = "FLOW_AGENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Give up connecting after this long.
+    #[arg(long, value_parser = duration, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: Duration,
+}
+
+/// `flow-agent observe` flags.
+#[derive(Debug, Default, Args)]
+pub struct ObserveArgs {
+    /// Where the agent is.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Keep streaming new flows.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The last N flows [default: 20 when neither --since nor --follow is given].
+    #[arg(long, value_name = "N")]
+    pub last: Option<u64>,
+    /// Flows since this long ago (e.g. 30s, 5m).
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub since: Option<Duration>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = ObserveFormat::Table)]
+    pub output: ObserveFormat,
+    /// Per-interval workload aggregates instead of flows (json and table only).
+    #[arg(long)]
+    pub aggregates: bool,
+    /// Either end in this namespace (repeatable).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Vec<String>,
+    /// Source in this namespace.
+    #[arg(long, value_name = "NS")]
+    pub from_namespace: Vec<String>,
+    /// Destination in this namespace.
+    #[arg(long, value_name = "NS")]
+    pub to_namespace: Vec<String>,
+    /// Either end in this tenant.
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Vec<String>,
+    /// Source in this tenant.
+    #[arg(long, value_name = "TENANT")]
+    pub from_tenant: Vec<String>,
+    /// Destination in this tenant.
+    #[arg(long, value_name = "TENANT")]
+    pub to_tenant: Vec<String>,
+    /// Either end of this workload (`name` or `Kind/name`).
+    #[arg(long, value_name = "WORKLOAD")]
+    pub workload: Vec<String>,
+    /// Source workload.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub from_workload: Vec<String>,
+    /// Destination workload.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub to_workload: Vec<String>,
+    /// Either end is this pod.
+    #[arg(long, value_name = "POD")]
+    pub pod: Vec<String>,
+    /// Source pod.
+    #[arg(long, value_name = "POD")]
+    pub from_pod: Vec<String>,
+    /// Destination pod.
+    #[arg(long, value_name = "POD")]
+    pub to_pod: Vec<String>,
+    /// Either end's address in this IP or CIDR.
+    #[arg(long, value_name = "IP|CIDR")]
+    pub ip: Vec<String>,
+    /// Source address in this IP or CIDR.
+    #[arg(long, value_name = "IP|CIDR")]
+    pub from_ip: Vec<String>,
+    /// Destination address in this IP or CIDR.
+    #[arg(long, value_name = "IP|CIDR")]
+    pub to_ip: Vec<String>,
+    /// Either end's port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u32>,
+    /// Source port.
+    #[arg(long, value_name = "PORT")]
+    pub from_port: Vec<u32>,
+    /// Destination port.
+    #[arg(long, value_name = "PORT")]
+    pub to_port: Vec<u32>,
+    /// Either end has this label (`key=value`, repeatable: all must hold).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Protocol: TCP, UDP, SCTP, ICMP, ICMPv6 (repeatable).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Vec<String>,
+    /// Only requests or only replies.
+    #[arg(long, value_enum)]
+    pub direction: Option<DirectionArg>,
+    /// Only flows between different tenants.
+    #[arg(long)]
+    pub cross_tenant: bool,
+    /// Leave out flows with either end in this namespace.
+    #[arg(long, value_name = "NS")]
+    pub not_namespace: Vec<String>,
+    /// Leave out flows with either end of this workload.
+    #[arg(long, value_name = "WORKLOAD")]
+    pub not_workload: Vec<String>,
+    /// Leave out flows with either end in this IP or CIDR.
+    #[arg(long, value_name = "IP|CIDR")]
+    pub not_ip: Vec<String>,
+    /// Leave out flows with either end on this port.
+    #[arg(long, value_name = "PORT")]
+    pub not_port: Vec<u32>,
+    /// Leave out flows of this protocol.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub not_protocol: Vec<String>,
 }
 
 #[cfg(test)]
@@ -184,12 +398,15 @@ mod tests {
             "tc",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
-        let flags = args.flags();
-        assert_eq!(flags.interfaces, ["veth*", "fa-*", "cali*"]);
-        assert_eq!(flags.flush_interval, Some(Duration::from_millis(250)));
-        assert_eq!(flags.map_size, Some(1024));
-        assert_eq!(flags.attach_mode, Some(AttachMode::Tc));
+        let Command::Run(args) = cli.command else {
+            panic!("run expected");
+        };
+        let options = args.options();
+        assert_eq!(options.interfaces.unwrap(), ["veth*", "fa-*", "cali*"]);
+        assert_eq!(options.flush_interval, Some(Duration::from_millis(250)));
+        assert_eq!(options.map_size, Some(1024));
+        assert_eq!(options.attach_mode, Some(AttachMode::Tc));
+        assert_eq!(options.wait_for_interfaces, None);
     }
 
     #[test]
@@ -199,5 +416,7 @@ mod tests {
         assert!(error.to_string().contains("--flush-interval"), "{error}");
         let error = Cli::try_parse_from(["flow-agent", "run", "--attach-mode", "xdp"]).unwrap_err();
         assert!(error.to_string().contains("xdp"), "{error}");
+        let error = Cli::try_parse_from(["flow-agent", "observe", "--last=-5"]).unwrap_err();
+        assert!(error.to_string().contains("--last"), "{error}");
     }
 }

@@ -1,29 +1,33 @@
 //! Configuration of `flow-agent run`: command-line flags, environment variables
-//! and a YAML file, merged in that order of precedence and validated up front
-//! with errors that name the offending key.
+//! and a YAML file. All three fill the same [`RunOptions`]; flags win over the
+//! environment (clap reads both), which wins over the file. The merged options
+//! are validated up front with errors that name the offending key.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::{
+    api::{hub::HubSettings, server::ApiSettings},
     datapath::{AttachMode, DatapathConfig},
     flows::TrackerConfig,
     interfaces::{InterfaceError, InterfaceSelector},
+    output::FileSinkSettings,
 };
 
-/// Where flow records go.
+/// Where flow records go on stdout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
-    /// One JSON object per flow record and line on stdout.
+    /// One JSON object per flow record and line.
     #[default]
     Json,
-    /// One JSON object per workload-to-workload aggregate and interval on stdout.
+    /// One JSON object per workload-to-workload aggregate and interval.
     Aggregates,
     /// No local output.
     None,
@@ -49,10 +53,30 @@ pub struct IdentitySettings {
     pub grace: Duration,
 }
 
+/// Default flush interval.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Default connection idle timeout.
+pub const DEFAULT_FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A TCP connection that saw FIN or RST is forgotten after this much quiet.
+pub const CLOSED_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default namespace label naming the tenant.
 pub const DEFAULT_TENANT_LABEL: &str = "tenant";
 /// Default time a deleted pod keeps its identity.
 pub const DEFAULT_IDENTITY_GRACE: Duration = Duration::from_secs(120);
+/// Default number of flow records the API keeps for replay.
+pub const DEFAULT_GRPC_BUFFER: usize = 10_000;
+/// Default queue length of each following API subscriber: one full drain of
+/// the default flow map fits, so a consumer that keeps up between drains loses
+/// nothing to bursts. Slots are allocated as used (16 bytes per queued record).
+pub const DEFAULT_GRPC_SUBSCRIBER_QUEUE: usize = 65_536;
+/// Default size at which the output file is rotated.
+pub const DEFAULT_OUTPUT_FILE_MAX_SIZE: u64 = 100 << 20;
+/// Default number of rotated output files kept.
+pub const DEFAULT_OUTPUT_FILE_KEEP: u32 = 5;
+
+const MAX_MAP_SIZE: u32 = 1 << 24;
+const MIN_SPILL_SIZE: u32 = 4096;
+const MAX_SPILL_SIZE: u32 = 1 << 30;
 
 /// Errors in the configuration.
 #[derive(Debug, Error)]
@@ -89,28 +113,42 @@ pub enum ConfigError {
     Interfaces(#[from] InterfaceError),
 }
 
-/// The `run` settings as they may appear in the YAML file; every key optional.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// Parses a duration written as `500ms`, `5s` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{error} (use a duration such as 500ms, 5s or 2m)"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?;
+    text.map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// Every setting of `flow-agent run`, each optional: one layer (flags and
+/// environment, or the file). Keys in the file are the long flags' names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
+pub struct RunOptions {
     /// Interface globs to watch.
     pub interfaces: Option<Vec<String>>,
     /// Interface globs to leave alone.
     pub exclude_interfaces: Option<Vec<String>>,
     /// Start even when no interface matches yet.
     pub wait_for_interfaces: Option<bool>,
-    /// How often to drain the kernel maps, e.g. `5s`.
-    pub flush_interval: Option<String>,
-    /// Capacity of each flow map (default: what fits 64 MiB on this node).
+    /// How often to drain the kernel maps.
+    #[serde(default, deserialize_with = "duration")]
+    pub flush_interval: Option<Duration>,
+    /// Capacity of each flow map.
     pub map_size: Option<u32>,
     /// Spill ring buffer size in bytes.
     pub spill_size: Option<u32>,
-    /// Forget a connection's direction after this much quiet, e.g. `2m`
-    /// (default: 2m, or two flush intervals if longer).
-    pub flow_idle_timeout: Option<String>,
+    /// Forget a connection's direction after this much quiet.
+    #[serde(default, deserialize_with = "duration")]
+    pub flow_idle_timeout: Option<Duration>,
     /// `auto`, `tcx` or `tc`.
     pub attach_mode: Option<AttachMode>,
-    /// `json` or `none`.
+    /// `json`, `aggregates` or `none`.
     pub output: Option<OutputFormat>,
     /// Log from the eBPF programs.
     pub ebpf_debug: Option<bool>,
@@ -122,11 +160,34 @@ pub struct FileConfig {
     pub kubernetes: Option<bool>,
     /// Namespace label naming the tenant.
     pub tenant_label: Option<String>,
-    /// How long deleted pods keep their identity, e.g. `2m`.
-    pub identity_grace: Option<String>,
+    /// How long deleted pods keep their identity.
+    #[serde(default, deserialize_with = "duration")]
+    pub identity_grace: Option<Duration>,
+    /// Address of the gRPC API.
+    pub grpc_listen: Option<SocketAddr>,
+    /// Server certificate (PEM).
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// Server key (PEM).
+    pub grpc_tls_key: Option<PathBuf>,
+    /// CA of client certificates (PEM): mutual TLS.
+    pub grpc_client_ca: Option<PathBuf>,
+    /// Access policy mapping clients to tenants.
+    pub grpc_access: Option<PathBuf>,
+    /// Serve plaintext on a network address.
+    pub grpc_allow_plaintext: Option<bool>,
+    /// Flow records kept for replay.
+    pub grpc_buffer: Option<usize>,
+    /// Queue length of each following subscriber.
+    pub grpc_subscriber_queue: Option<usize>,
+    /// JSON lines file of flow records, rotated by size.
+    pub output_file: Option<PathBuf>,
+    /// Rotate the output file at this size, in bytes.
+    pub output_file_max_size: Option<u64>,
+    /// Rotated output files kept.
+    pub output_file_keep: Option<u32>,
 }
 
-impl FileConfig {
+impl RunOptions {
     /// Reads and parses a YAML configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -141,46 +202,83 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        yaml_serde::from_str(text).map_err(|error| ConfigError::Parse {
+        let invalid = |message: String| ConfigError::Parse {
             path: path.to_owned(),
-            message: error.to_string(),
+            message,
+        };
+        // Syntax first (with line and column), then the schema, with the key.
+        let value: yaml_serde::Value =
+            yaml_serde::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        serde_path_to_error::deserialize(value).map_err(|error| {
+            let key = error.path().to_string();
+            let message = error.into_inner().to_string();
+            invalid(if key == "." {
+                message
+            } else {
+                format!("{key}: {message}")
+            })
         })
     }
-}
 
-/// The command-line and environment layer: `None` where not given.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FlagConfig {
-    /// `--interface`.
-    pub interfaces: Vec<String>,
-    /// `--exclude-interface`.
-    pub exclude_interfaces: Vec<String>,
-    /// `--wait-for-interfaces`.
-    pub wait_for_interfaces: bool,
-    /// `--flush-interval`.
-    pub flush_interval: Option<Duration>,
-    /// `--map-size`.
-    pub map_size: Option<u32>,
-    /// `--spill-size`.
-    pub spill_size: Option<u32>,
-    /// `--flow-idle-timeout`.
-    pub flow_idle_timeout: Option<Duration>,
-    /// `--attach-mode`.
-    pub attach_mode: Option<AttachMode>,
-    /// `--output`.
-    pub output: Option<OutputFormat>,
-    /// `--ebpf-debug`.
-    pub ebpf_debug: bool,
-    /// `--node-name` / `NODE_NAME`.
-    pub node_name: Option<String>,
-    /// `--inventory`.
-    pub inventory: Option<PathBuf>,
-    /// `--kubernetes`.
-    pub kubernetes: bool,
-    /// `--tenant-label`.
-    pub tenant_label: Option<String>,
-    /// `--identity-grace`.
-    pub identity_grace: Option<Duration>,
+    /// This layer over `lower`: a setting given here wins.
+    pub fn over(self, lower: Self) -> Self {
+        let Self {
+            interfaces,
+            exclude_interfaces,
+            wait_for_interfaces,
+            flush_interval,
+            map_size,
+            spill_size,
+            flow_idle_timeout,
+            attach_mode,
+            output,
+            ebpf_debug,
+            node_name,
+            inventory,
+            kubernetes,
+            tenant_label,
+            identity_grace,
+            grpc_listen,
+            grpc_tls_cert,
+            grpc_tls_key,
+            grpc_client_ca,
+            grpc_access,
+            grpc_allow_plaintext,
+            grpc_buffer,
+            grpc_subscriber_queue,
+            output_file,
+            output_file_max_size,
+            output_file_keep,
+        } = self;
+        Self {
+            interfaces: interfaces.or(lower.interfaces),
+            exclude_interfaces: exclude_interfaces.or(lower.exclude_interfaces),
+            wait_for_interfaces: wait_for_interfaces.or(lower.wait_for_interfaces),
+            flush_interval: flush_interval.or(lower.flush_interval),
+            map_size: map_size.or(lower.map_size),
+            spill_size: spill_size.or(lower.spill_size),
+            flow_idle_timeout: flow_idle_timeout.or(lower.flow_idle_timeout),
+            attach_mode: attach_mode.or(lower.attach_mode),
+            output: output.or(lower.output),
+            ebpf_debug: ebpf_debug.or(lower.ebpf_debug),
+            node_name: node_name.or(lower.node_name),
+            inventory: inventory.or(lower.inventory),
+            kubernetes: kubernetes.or(lower.kubernetes),
+            tenant_label: tenant_label.or(lower.tenant_label),
+            identity_grace: identity_grace.or(lower.identity_grace),
+            grpc_listen: grpc_listen.or(lower.grpc_listen),
+            grpc_tls_cert: grpc_tls_cert.or(lower.grpc_tls_cert),
+            grpc_tls_key: grpc_tls_key.or(lower.grpc_tls_key),
+            grpc_client_ca: grpc_client_ca.or(lower.grpc_client_ca),
+            grpc_access: grpc_access.or(lower.grpc_access),
+            grpc_allow_plaintext: grpc_allow_plaintext.or(lower.grpc_allow_plaintext),
+            grpc_buffer: grpc_buffer.or(lower.grpc_buffer),
+            grpc_subscriber_queue: grpc_subscriber_queue.or(lower.grpc_subscriber_queue),
+            output_file: output_file.or(lower.output_file),
+            output_file_max_size: output_file_max_size.or(lower.output_file_max_size),
+            output_file_keep: output_file_keep.or(lower.output_file_keep),
+        }
+    }
 }
 
 /// The validated configuration of `flow-agent run`.
@@ -202,28 +300,18 @@ pub struct RunConfig {
     pub node_name: String,
     /// Identity, if a source is configured.
     pub identity: Option<IdentitySettings>,
+    /// The gRPC API, if listening.
+    pub api: Option<(ApiSettings, HubSettings)>,
+    /// The rotating JSON lines file, if any.
+    pub file: Option<FileSinkSettings>,
 }
 
-/// Default flush interval.
-pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-/// Default connection idle timeout.
-pub const DEFAULT_FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// A TCP connection that saw FIN or RST is forgotten after this much quiet.
-pub const CLOSED_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-
-const MAX_MAP_SIZE: u32 = 1 << 24;
-const MIN_SPILL_SIZE: u32 = 4096;
-const MAX_SPILL_SIZE: u32 = 1 << 30;
-
-fn duration(key: &'static str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
-    text.map(|text| {
-        humantime::parse_duration(text).map_err(|_| ConfigError::Invalid {
-            key,
-            value: text.to_owned(),
-            expected: "a duration such as 500ms, 5s or 2m",
-        })
-    })
-    .transpose()
+fn invalid(key: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        expected,
+    }
 }
 
 fn hostname() -> String {
@@ -241,9 +329,9 @@ fn hostname() -> String {
 }
 
 impl RunConfig {
-    /// Merges flags over the file over defaults, and validates the result.
-    pub fn resolve(flags: FlagConfig, file: FileConfig) -> Result<Self, ConfigError> {
-        let FlagConfig {
+    /// Validates merged options and fills in defaults.
+    pub fn resolve(options: RunOptions) -> Result<Self, ConfigError> {
+        let RunOptions {
             interfaces,
             exclude_interfaces,
             wait_for_interfaces,
@@ -259,148 +347,184 @@ impl RunConfig {
             kubernetes,
             tenant_label,
             identity_grace,
-        } = flags;
-        let FileConfig {
-            interfaces: file_interfaces,
-            exclude_interfaces: file_exclude_interfaces,
-            wait_for_interfaces: file_wait_for_interfaces,
-            flush_interval: file_flush_interval,
-            map_size: file_map_size,
-            spill_size: file_spill_size,
-            flow_idle_timeout: file_flow_idle_timeout,
-            attach_mode: file_attach_mode,
-            output: file_output,
-            ebpf_debug: file_ebpf_debug,
-            node_name: file_node_name,
-            inventory: file_inventory,
-            kubernetes: file_kubernetes,
-            tenant_label: file_tenant_label,
-            identity_grace: file_identity_grace,
-        } = file;
+            grpc_listen,
+            grpc_tls_cert,
+            grpc_tls_key,
+            grpc_client_ca,
+            grpc_access,
+            grpc_allow_plaintext,
+            grpc_buffer,
+            grpc_subscriber_queue,
+            output_file,
+            output_file_max_size,
+            output_file_keep,
+        } = options;
+        let human = |duration: Duration| humantime::format_duration(duration).to_string();
 
-        let include = if interfaces.is_empty() {
-            file_interfaces.unwrap_or_default()
-        } else {
-            interfaces
-        };
-        let exclude = if exclude_interfaces.is_empty() {
-            file_exclude_interfaces.unwrap_or_default()
-        } else {
-            exclude_interfaces
-        };
-        let flush_interval = match flush_interval {
-            Some(interval) => interval,
-            None => duration("flush-interval", file_flush_interval.as_deref())?
-                .unwrap_or(DEFAULT_FLUSH_INTERVAL),
-        };
+        let flush_interval = flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL);
         if flush_interval < Duration::from_millis(50) || flush_interval > Duration::from_secs(3600)
         {
-            return Err(ConfigError::Invalid {
-                key: "flush-interval",
-                value: humantime::format_duration(flush_interval).to_string(),
-                expected: "between 50ms and 1h",
-            });
+            return Err(invalid(
+                "flush-interval",
+                human(flush_interval),
+                "between 50ms and 1h",
+            ));
         }
-        let idle_timeout = match flow_idle_timeout {
-            Some(timeout) => timeout,
-            // Without an explicit value, remember connections for at least two
-            // flush intervals so long intervals keep their direction.
-            None => duration("flow-idle-timeout", file_flow_idle_timeout.as_deref())?
-                .unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT.max(2 * flush_interval)),
-        };
+        // Without an explicit value, remember connections for at least two
+        // flush intervals so long intervals keep their direction.
+        let idle_timeout =
+            flow_idle_timeout.unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT.max(2 * flush_interval));
         if idle_timeout < flush_interval {
-            return Err(ConfigError::Invalid {
-                key: "flow-idle-timeout",
-                value: humantime::format_duration(idle_timeout).to_string(),
-                expected: "at least the flush interval",
-            });
+            return Err(invalid(
+                "flow-idle-timeout",
+                human(idle_timeout),
+                "at least the flush interval",
+            ));
         }
-        let map_entries = map_size
-            .or(file_map_size)
-            .unwrap_or_else(crate::datapath::auto_map_entries);
+        let map_entries = map_size.unwrap_or_else(crate::datapath::auto_map_entries);
         if map_entries == 0 || map_entries > MAX_MAP_SIZE {
-            return Err(ConfigError::Invalid {
-                key: "map-size",
-                value: map_entries.to_string(),
-                expected: "between 1 and 16777216 flows",
-            });
+            return Err(invalid(
+                "map-size",
+                map_entries,
+                "between 1 and 16777216 flows",
+            ));
         }
-        let spill_bytes = spill_size
-            .or(file_spill_size)
-            .unwrap_or(flow_common::DEFAULT_SPILL_BYTES);
+        let spill_bytes = spill_size.unwrap_or(flow_common::DEFAULT_SPILL_BYTES);
         if !spill_bytes.is_power_of_two()
             || !(MIN_SPILL_SIZE..=MAX_SPILL_SIZE).contains(&spill_bytes)
         {
-            return Err(ConfigError::Invalid {
-                key: "spill-size",
-                value: spill_bytes.to_string(),
-                expected: "a power of two between 4096 and 1073741824 bytes",
-            });
+            return Err(invalid(
+                "spill-size",
+                spill_bytes,
+                "a power of two between 4096 and 1073741824 bytes",
+            ));
         }
         let node_name = node_name
-            .or(file_node_name)
             .filter(|name| !name.is_empty())
             .unwrap_or_else(hostname);
-        let inventory = inventory.or(file_inventory);
-        let kubernetes = kubernetes || file_kubernetes.unwrap_or(false);
-        let source = match (inventory, kubernetes) {
+
+        let source = match (inventory, kubernetes.unwrap_or(false)) {
             (Some(_), true) => {
-                return Err(ConfigError::Invalid {
-                    key: "inventory",
-                    value: "together with kubernetes".to_owned(),
-                    expected: "one identity source: --inventory FILE or --kubernetes",
-                });
+                return Err(invalid(
+                    "inventory",
+                    "together with kubernetes",
+                    "one identity source: --inventory FILE or --kubernetes",
+                ));
             }
             (Some(path), false) => Some(IdentitySource::Inventory(path)),
             (None, true) => Some(IdentitySource::Kubernetes),
             (None, false) => None,
         };
-        let tenant_label = tenant_label
-            .or(file_tenant_label)
-            .unwrap_or_else(|| DEFAULT_TENANT_LABEL.to_owned());
+        let tenant_label = tenant_label.unwrap_or_else(|| DEFAULT_TENANT_LABEL.to_owned());
         if tenant_label.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "tenant-label",
-                value: "\"\"".to_owned(),
-                expected: "a namespace label key, such as tenant",
-            });
+            return Err(invalid(
+                "tenant-label",
+                "\"\"",
+                "a namespace label key, such as tenant",
+            ));
         }
-        let grace = match identity_grace {
-            Some(grace) => grace,
-            // Without an explicit value, at least two flush intervals.
-            None => duration("identity-grace", file_identity_grace.as_deref())?
-                .unwrap_or(DEFAULT_IDENTITY_GRACE.max(2 * flush_interval)),
-        };
+        // At least two flush intervals, so late flows still resolve.
+        let grace = identity_grace.unwrap_or(DEFAULT_IDENTITY_GRACE.max(2 * flush_interval));
         if source.is_some() && grace < 2 * flush_interval {
-            return Err(ConfigError::Invalid {
-                key: "identity-grace",
-                value: humantime::format_duration(grace).to_string(),
-                expected: "at least two flush intervals, so late flows still resolve",
-            });
+            return Err(invalid(
+                "identity-grace",
+                human(grace),
+                "at least two flush intervals, so late flows still resolve",
+            ));
         }
 
+        let tls = match (grpc_tls_cert, grpc_tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "grpc-tls-cert",
+                    "without its key",
+                    "both --grpc-tls-cert and --grpc-tls-key",
+                ));
+            }
+        };
+        if grpc_client_ca.is_some() && tls.is_none() {
+            return Err(invalid(
+                "grpc-client-ca",
+                "without TLS",
+                "--grpc-tls-cert and --grpc-tls-key as well: client certificates need TLS",
+            ));
+        }
+        let buffer = grpc_buffer.unwrap_or(DEFAULT_GRPC_BUFFER);
+        let subscriber_queue = grpc_subscriber_queue.unwrap_or(DEFAULT_GRPC_SUBSCRIBER_QUEUE);
+        if buffer > 10_000_000 {
+            return Err(invalid("grpc-buffer", buffer, "at most 10000000 records"));
+        }
+        if subscriber_queue == 0 || subscriber_queue > 1_000_000 {
+            return Err(invalid(
+                "grpc-subscriber-queue",
+                subscriber_queue,
+                "between 1 and 1000000",
+            ));
+        }
+        let api = grpc_listen.map(|listen| {
+            (
+                ApiSettings {
+                    listen,
+                    tls,
+                    client_ca: grpc_client_ca,
+                    access: grpc_access,
+                    allow_plaintext: grpc_allow_plaintext.unwrap_or(false),
+                },
+                HubSettings {
+                    buffer,
+                    aggregate_buffer: (buffer / 10).max(100),
+                    subscriber_queue,
+                },
+            )
+        });
+
+        let max_bytes = output_file_max_size.unwrap_or(DEFAULT_OUTPUT_FILE_MAX_SIZE);
+        if max_bytes < 4096 {
+            return Err(invalid(
+                "output-file-max-size",
+                max_bytes,
+                "at least 4096 bytes",
+            ));
+        }
+        let keep = output_file_keep.unwrap_or(DEFAULT_OUTPUT_FILE_KEEP);
+        if keep > 1000 {
+            return Err(invalid("output-file-keep", keep, "at most 1000 files"));
+        }
+        let file = output_file.map(|path| FileSinkSettings {
+            path,
+            max_bytes,
+            keep,
+        });
+
         Ok(Self {
-            interfaces: InterfaceSelector::new(&include, &exclude)?,
-            wait_for_interfaces: wait_for_interfaces || file_wait_for_interfaces.unwrap_or(false),
+            interfaces: InterfaceSelector::new(
+                &interfaces.unwrap_or_default(),
+                &exclude_interfaces.unwrap_or_default(),
+            )?,
+            wait_for_interfaces: wait_for_interfaces.unwrap_or(false),
             flush_interval,
             datapath: DatapathConfig {
                 map_entries,
                 spill_bytes,
-                attach_mode: attach_mode.or(file_attach_mode).unwrap_or_default(),
-                ebpf_debug: ebpf_debug || file_ebpf_debug.unwrap_or(false),
+                attach_mode: attach_mode.unwrap_or_default(),
+                ebpf_debug: ebpf_debug.unwrap_or(false),
                 paged_reads_only: false,
             },
             tracker: TrackerConfig {
                 idle_timeout_ns: idle_timeout.as_nanos() as u64,
                 closed_timeout_ns: CLOSED_CONNECTION_TIMEOUT.as_nanos() as u64,
             },
-            output: output.or(file_output).unwrap_or_default(),
+            output: output.unwrap_or_default(),
             node_name,
             identity: source.map(|source| IdentitySettings {
                 source,
                 tenant_label,
                 grace,
             }),
+            api,
+            file,
         })
     }
 }
@@ -409,28 +533,27 @@ impl RunConfig {
 mod tests {
     use super::*;
 
-    fn flags(interfaces: &[&str]) -> FlagConfig {
-        FlagConfig {
-            interfaces: interfaces.iter().map(|s| (*s).to_owned()).collect(),
-            ..FlagConfig::default()
+    fn options(interfaces: &[&str]) -> RunOptions {
+        RunOptions {
+            interfaces: Some(interfaces.iter().map(|s| (*s).to_owned()).collect()),
+            ..RunOptions::default()
         }
+    }
+
+    fn file(text: &str) -> RunOptions {
+        RunOptions::parse(text, Path::new("agent.yaml")).unwrap()
     }
 
     #[test]
     fn flags_override_the_file_and_the_file_overrides_defaults() {
-        let file = FileConfig::parse(
+        let layered = RunOptions {
+            map_size: Some(4096),
+            ..options(&["veth*"])
+        }
+        .over(file(
             "interfaces: [\"cali*\"]\nflush-interval: 2s\nmap-size: 1024\nnode-name: n1\n",
-            Path::new("agent.yaml"),
-        )
-        .unwrap();
-        let config = RunConfig::resolve(
-            FlagConfig {
-                map_size: Some(4096),
-                ..flags(&["veth*"])
-            },
-            file,
-        )
-        .unwrap();
+        ));
+        let config = RunConfig::resolve(layered).unwrap();
         assert!(config.interfaces.matches("veth0"));
         assert!(!config.interfaces.matches("cali0"));
         assert_eq!(config.flush_interval, Duration::from_secs(2));
@@ -441,37 +564,109 @@ mod tests {
             flow_common::DEFAULT_SPILL_BYTES
         );
         assert_eq!(config.output, OutputFormat::Json);
+        assert!(config.api.is_none() && config.file.is_none() && config.identity.is_none());
     }
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
-        let error =
-            FileConfig::parse("flush_intervall: 5s\n", Path::new("agent.yaml")).unwrap_err();
-        let message = error.to_string();
+        let message = RunOptions::parse("flush_intervall: 5s\n", Path::new("agent.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(
             message.contains("agent.yaml") && message.contains("flush_intervall"),
             "{message}"
         );
-
-        let error = FileConfig::parse("map-size: lots\n", Path::new("agent.yaml")).unwrap_err();
-        assert!(error.to_string().contains("map-size"), "{error}");
-
-        let file = FileConfig::parse("flush-interval: soon\n", Path::new("a.yaml")).unwrap();
-        let error = RunConfig::resolve(flags(&["x"]), file).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "invalid flush-interval soon: a duration such as 500ms, 5s or 2m"
+        let message = RunOptions::parse("map-size: lots\n", Path::new("agent.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("map-size"), "{message}");
+        let message = RunOptions::parse("flush-interval: soon\n", Path::new("a.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("flush-interval") && message.contains("5s"),
+            "{message}"
         );
+        let message = RunOptions::parse("grpc-listen: here\n", Path::new("a.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("grpc-listen"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let cases: [(RunOptions, &str); 9] = [
+            (
+                RunOptions {
+                    map_size: Some(0),
+                    ..options(&["x"])
+                },
+                "map-size",
+            ),
+            (
+                RunOptions {
+                    spill_size: Some(5000),
+                    ..options(&["x"])
+                },
+                "spill-size",
+            ),
+            (
+                RunOptions {
+                    flush_interval: Some(Duration::from_millis(10)),
+                    ..options(&["x"])
+                },
+                "flush-interval",
+            ),
+            (
+                RunOptions {
+                    flush_interval: Some(Duration::from_secs(10)),
+                    flow_idle_timeout: Some(Duration::from_secs(5)),
+                    ..options(&["x"])
+                },
+                "flow-idle-timeout",
+            ),
+            (RunOptions::default(), "--interface"),
+            (
+                RunOptions {
+                    grpc_tls_cert: Some("cert.pem".into()),
+                    ..options(&["x"])
+                },
+                "grpc-tls-cert",
+            ),
+            (
+                RunOptions {
+                    grpc_client_ca: Some("ca.pem".into()),
+                    ..options(&["x"])
+                },
+                "grpc-client-ca",
+            ),
+            (
+                RunOptions {
+                    grpc_subscriber_queue: Some(0),
+                    ..options(&["x"])
+                },
+                "grpc-subscriber-queue",
+            ),
+            (
+                RunOptions {
+                    output_file_max_size: Some(10),
+                    ..options(&["x"])
+                },
+                "output-file-max-size",
+            ),
+        ];
+        for (options, key) in cases {
+            let error = RunConfig::resolve(options).unwrap_err();
+            assert!(error.to_string().contains(key), "{key}: {error}");
+        }
     }
 
     #[test]
     fn identity_settings_come_from_flags_or_file_and_one_source_only() {
-        let file = FileConfig::parse(
+        let config = RunConfig::resolve(options(&["x"]).over(file(
             "inventory: /tmp/inv.yaml\ntenant-label: team\nidentity-grace: 5m\n",
-            Path::new("a.yaml"),
-        )
+        )))
         .unwrap();
-        let config = RunConfig::resolve(flags(&["x"]), file).unwrap();
         let identity = config.identity.unwrap();
         assert_eq!(
             identity.source,
@@ -480,15 +675,12 @@ mod tests {
         assert_eq!(identity.tenant_label, "team");
         assert_eq!(identity.grace, Duration::from_secs(300));
 
-        let config = RunConfig::resolve(flags(&["x"]), FileConfig::default()).unwrap();
-        assert!(config.identity.is_none());
-
-        let both = FlagConfig {
+        let both = RunOptions {
             inventory: Some("/tmp/x".into()),
-            kubernetes: true,
-            ..flags(&["x"])
+            kubernetes: Some(true),
+            ..options(&["x"])
         };
-        let error = RunConfig::resolve(both, FileConfig::default()).unwrap_err();
+        let error = RunConfig::resolve(both).unwrap_err();
         assert!(
             error
                 .to_string()
@@ -496,52 +688,35 @@ mod tests {
             "{error}"
         );
 
-        let short_grace = FlagConfig {
-            kubernetes: true,
+        let short_grace = RunOptions {
+            kubernetes: Some(true),
             identity_grace: Some(Duration::from_secs(1)),
-            ..flags(&["x"])
+            ..options(&["x"])
         };
-        let error = RunConfig::resolve(short_grace, FileConfig::default()).unwrap_err();
+        let error = RunConfig::resolve(short_grace).unwrap_err();
         assert!(error.to_string().contains("identity-grace"), "{error}");
     }
 
     #[test]
-    fn out_of_range_values_are_rejected() {
-        let cases: [(FlagConfig, &str); 5] = [
-            (
-                FlagConfig {
-                    map_size: Some(0),
-                    ..flags(&["x"])
-                },
-                "map-size",
-            ),
-            (
-                FlagConfig {
-                    spill_size: Some(5000),
-                    ..flags(&["x"])
-                },
-                "spill-size",
-            ),
-            (
-                FlagConfig {
-                    flush_interval: Some(Duration::from_millis(10)),
-                    ..flags(&["x"])
-                },
-                "flush-interval",
-            ),
-            (
-                FlagConfig {
-                    flush_interval: Some(Duration::from_secs(10)),
-                    flow_idle_timeout: Some(Duration::from_secs(5)),
-                    ..flags(&["x"])
-                },
-                "flow-idle-timeout",
-            ),
-            (flags(&[]), "--interface"),
-        ];
-        for (flags, key) in cases {
-            let error = RunConfig::resolve(flags, FileConfig::default()).unwrap_err();
-            assert!(error.to_string().contains(key), "{key}: {error}");
-        }
+    fn api_and_file_settings_resolve_with_defaults() {
+        let config = RunConfig::resolve(options(&["x"]).over(file(
+            "grpc-listen: 127.0.0.1:4245\noutput-file: /var/log/flows.jsonl\n",
+        )))
+        .unwrap();
+        let (api, hub) = config.api.unwrap();
+        assert_eq!(api.listen, "127.0.0.1:4245".parse().unwrap());
+        assert_eq!(
+            (api.tls, api.client_ca, api.allow_plaintext),
+            (None, None, false)
+        );
+        assert_eq!(
+            (hub.buffer, hub.subscriber_queue),
+            (DEFAULT_GRPC_BUFFER, DEFAULT_GRPC_SUBSCRIBER_QUEUE)
+        );
+        let file = config.file.unwrap();
+        assert_eq!(
+            (file.max_bytes, file.keep),
+            (DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_OUTPUT_FILE_KEEP)
+        );
     }
 }

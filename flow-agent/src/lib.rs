@@ -9,11 +9,15 @@
 //! 4. [`flows`] tracks connections to tell requests from replies;
 //! 5. [`record`] is the flow record and its JSON form;
 //! 6. [`output`] writes records to local sinks;
-//! 7. [`agent`] ties them together for `flow-agent run`.
+//! 7. [`api`] keeps recent records and streams them to gRPC subscribers;
+//! 8. [`agent`] ties them together for `flow-agent run`.
+//!
+//! [`observe`] is the client side: `flow-agent observe` and `flow-agent status`.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod aggregate;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod conntrack;
@@ -23,5 +27,6 @@ pub mod enrich;
 pub mod flows;
 pub mod identity;
 pub mod interfaces;
+pub mod observe;
 pub mod output;
 pub mod record;

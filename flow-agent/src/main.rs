@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use flow_agent::{
     agent::{self, error_chain},
-    cli::{Cli, Command, LogFormat, RunArgs},
-    config::{FileConfig, OutputFormat, RunConfig},
-    output::{Discard, JsonContent, JsonLines},
+    cli::{Cli, Command, ConnectArgs, LogFormat, ObserveArgs, RunArgs},
+    config::{OutputFormat, RunConfig, RunOptions},
+    observe,
+    output::{Discard, JsonContent, JsonLines, RecordSink},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -36,6 +37,8 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Run(args) => run(&cli, args),
+        Command::Observe(args) => observe(&cli, args),
+        Command::Status(args) => status(&cli, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,10 +69,10 @@ fn init_logging(cli: &Cli, ebpf_debug: bool) -> anyhow::Result<()> {
 
 fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
+        Some(path) => RunOptions::load(path)?,
+        None => RunOptions::default(),
     };
-    let config = RunConfig::resolve(args.flags(), file)?;
+    let config = RunConfig::resolve(args.options().over(file))?;
     init_logging(cli, config.datapath.ebpf_debug)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -79,19 +82,37 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let stdout = || std::io::stdout().lock();
-        match config.output {
-            OutputFormat::Json => {
-                let sink = JsonLines::new(stdout(), JsonContent::Flows);
-                agent::run(&config, sink, shutdown).await?;
-            }
-            OutputFormat::Aggregates => {
-                let sink = JsonLines::new(stdout(), JsonContent::Aggregates);
-                agent::run(&config, sink, shutdown).await?;
-            }
-            OutputFormat::None => {
-                agent::run(&config, Discard, shutdown).await?;
-            }
-        }
+        let sink: Box<dyn RecordSink> = match config.output {
+            OutputFormat::Json => Box::new(JsonLines::new(stdout(), JsonContent::Flows)),
+            OutputFormat::Aggregates => Box::new(JsonLines::new(stdout(), JsonContent::Aggregates)),
+            OutputFormat::None => Box::new(Discard),
+        };
+        agent::run(&config, sink, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn observe(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<()> {
+    init_logging(cli, false)?;
+    client_runtime()?.block_on(async {
+        let interrupt = shutdown_signal()?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        observe::observe(args, &mut out, interrupt).await?;
+        Ok(())
+    })
+}
+
+fn status(cli: &Cli, args: &ConnectArgs) -> anyhow::Result<()> {
+    init_logging(cli, false)?;
+    client_runtime()?.block_on(async {
+        observe::status(args, &mut std::io::stdout().lock()).await?;
         Ok(())
     })
 }

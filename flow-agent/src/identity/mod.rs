@@ -68,6 +68,35 @@ pub enum PeerKind {
     World,
 }
 
+impl PeerKind {
+    /// Every kind.
+    pub const ALL: [Self; 6] = [
+        Self::Pod,
+        Self::Host,
+        Self::RemoteNode,
+        Self::KubeApiserver,
+        Self::Service,
+        Self::World,
+    ];
+
+    /// The name used in records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Host => "host",
+            Self::RemoteNode => "remote-node",
+            Self::KubeApiserver => "kube-apiserver",
+            Self::Service => "service",
+            Self::World => "world",
+        }
+    }
+
+    /// The kind with this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
 /// A workload: the top controller of a pod, or the pod itself when bare.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Workload {

@@ -1,0 +1,290 @@
+//! Who may see which flows. Flows reveal a tenant's topology, so a caller is
+//! identified (client certificate name or bearer token) and mapped to a tenant
+//! or to cluster-admin by an access policy; unknown callers are refused.
+//!
+//! Policy file (YAML):
+//!
+//! ```yaml
+//! clients:                 # mTLS client certificates, by CN or DNS name
+//! - name: team-acme
+//!   tenant: acme
+//! - name: platform
+//!   admin: true
+//! tokens:                  # `authorization: Bearer <token>`, stored as SHA-256
+//! - sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+//!   tenant: globex
+//! ```
+
+use std::{collections::HashMap, path::Path};
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+use tonic::{Request, Status};
+
+use super::filter::Scope;
+
+/// Errors in an access policy file.
+#[derive(Debug, Error)]
+pub enum AccessError {
+    /// The file cannot be read.
+    #[error("cannot read access policy {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid policy.
+    #[error("invalid access policy {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    clients: Vec<ClientEntry>,
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientEntry {
+    name: String,
+    tenant: Option<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    sha256: String,
+    tenant: Option<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+fn scope_of(tenant: Option<String>, admin: bool, what: &str) -> Result<Scope, String> {
+    match (tenant, admin) {
+        (Some(tenant), false) if !tenant.is_empty() => Ok(Scope::Tenant(tenant)),
+        (None, true) => Ok(Scope::Admin),
+        _ => Err(format!(
+            "{what}: give either `tenant: NAME` or `admin: true`"
+        )),
+    }
+}
+
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (index, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// How callers are identified and scoped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    clients: HashMap<String, Scope>,
+    tokens: HashMap<[u8; 32], Scope>,
+}
+
+impl AccessPolicy {
+    /// Parses a policy; `path` names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Self, AccessError> {
+        let invalid = |message: String| AccessError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let PolicyFile { clients, tokens } =
+            yaml_serde::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        let mut policy = Self::default();
+        for (
+            index,
+            ClientEntry {
+                name,
+                tenant,
+                admin,
+            },
+        ) in clients.into_iter().enumerate()
+        {
+            let scope = scope_of(tenant, admin, &format!("clients[{index}]")).map_err(invalid)?;
+            if name.is_empty() {
+                return Err(invalid(format!("clients[{index}].name: empty")));
+            }
+            policy.clients.insert(name, scope);
+        }
+        for (
+            index,
+            TokenEntry {
+                sha256,
+                tenant,
+                admin,
+            },
+        ) in tokens.into_iter().enumerate()
+        {
+            let scope = scope_of(tenant, admin, &format!("tokens[{index}]")).map_err(invalid)?;
+            let digest = parse_sha256(&sha256).ok_or_else(|| {
+                invalid(format!(
+                    "tokens[{index}].sha256: {sha256:?} is not 64 hex digits"
+                ))
+            })?;
+            policy.tokens.insert(digest, scope);
+        }
+        Ok(policy)
+    }
+
+    /// Reads a policy file.
+    pub fn load(path: &Path) -> Result<Self, AccessError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AccessError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The scope of a bearer token.
+    fn token(&self, token: &str) -> Option<&Scope> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.tokens.get(&digest)
+    }
+}
+
+/// The names a client certificate presents: subject CN and DNS SANs.
+fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = certificate
+        .subject()
+        .iter_common_name()
+        .filter_map(|name| name.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(extension)) = certificate.subject_alternative_name() {
+        for name in &extension.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// The API's gatekeeper.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// No policy: every caller is cluster-admin. Only allowed on loopback.
+    Open,
+    /// Callers must be in the policy.
+    Policy(AccessPolicy),
+}
+
+impl Access {
+    /// The scope of a request's caller, or why it is refused.
+    pub fn scope<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+        let policy = match self {
+            Self::Open => return Ok(Scope::Admin),
+            Self::Policy(policy) => policy,
+        };
+        if let Some(value) = request.metadata().get("authorization") {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+            return policy
+                .token(token.trim())
+                .cloned()
+                .ok_or_else(|| Status::unauthenticated("unknown token"));
+        }
+        let certificates = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate and no bearer token"))?;
+        let leaf = certificates
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate and no bearer token"))?;
+        let names = certificate_names(leaf.as_ref());
+        names
+            .iter()
+            .find_map(|name| policy.clients.get(name))
+            .cloned()
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "client certificate {} is not in the access policy",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_maps_names_and_token_digests_to_scopes() {
+        let policy = AccessPolicy::parse(
+            "clients:\n- {name: team-acme, tenant: acme}\n- {name: ops, admin: true}\ntokens:\n- {sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, tenant: globex}\n",
+            "access.yaml",
+        )
+        .unwrap();
+        assert_eq!(policy.clients["team-acme"], Scope::Tenant("acme".into()));
+        assert_eq!(policy.clients["ops"], Scope::Admin);
+        // sha256("test")
+        assert_eq!(policy.token("test"), Some(&Scope::Tenant("globex".into())));
+        assert_eq!(policy.token("other"), None);
+    }
+
+    #[test]
+    fn bad_policies_name_the_entry() {
+        let cases = [
+            ("clients:\n- {name: a}\n", "clients[0]"),
+            (
+                "clients:\n- {name: a, tenant: x, admin: true}\n",
+                "clients[0]",
+            ),
+            ("tokens:\n- {sha256: abc, tenant: x}\n", "tokens[0].sha256"),
+            ("clientz: []\n", "clientz"),
+        ];
+        for (text, expected) in cases {
+            let error = AccessPolicy::parse(text, "access.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected) && error.contains("access.yaml"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_access_is_admin_and_a_policy_refuses_anonymous_callers() {
+        let request = Request::new(());
+        assert_eq!(Access::Open.scope(&request).unwrap(), Scope::Admin);
+        let policy = Access::Policy(AccessPolicy::default());
+        assert_eq!(
+            policy.scope(&request).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer nope".parse().unwrap());
+        assert_eq!(
+            policy.scope(&request).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+}

@@ -1,0 +1,536 @@
+//! Flow filters of the API, compiled once per request and checked against
+//! records. Invalid values are reported with the path of the field.
+
+use std::net::IpAddr;
+
+use flow_proto::v1::{self as proto, Direction};
+
+use crate::{
+    aggregate::AggregateRecord,
+    identity::Identity,
+    record::{Endpoint, FlowRecord, Protocol},
+};
+
+/// A filter value that cannot be used: `field` is its path in the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FilterError {
+    /// Path of the field, e.g. `allow[0].either.ip[1]`.
+    pub field: String,
+    /// What is wrong and what would be valid.
+    pub problem: String,
+}
+
+/// An address or a CIDR block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address.parse().ok()?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix.parse::<u8>().ok().filter(|prefix| *prefix <= max)?,
+            None => max,
+        };
+        Some(Self { network, prefix })
+    }
+
+    /// Whether `address` lies in the block.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let (network, address, width) = match (self.network, address) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => (
+                u128::from(u32::from(network)),
+                u128::from(u32::from(address)),
+                32,
+            ),
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                (u128::from(network), u128::from(address), 128)
+            }
+            _ => return false,
+        };
+        let prefix = u32::from(self.prefix);
+        prefix == 0 || network >> (width - prefix) == address >> (width - prefix)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct EndpointMatcher {
+    namespace: Vec<String>,
+    tenant: Vec<String>,
+    workload: Vec<(Option<String>, String)>,
+    pod: Vec<String>,
+    ip: Vec<Cidr>,
+    port: Vec<u16>,
+    label: Vec<(String, String)>,
+}
+
+impl EndpointMatcher {
+    fn compile(filter: Option<&proto::EndpointFilter>, path: &str) -> Result<Self, FilterError> {
+        let Some(proto::EndpointFilter {
+            namespace,
+            tenant,
+            workload,
+            pod,
+            ip,
+            port,
+            label,
+        }) = filter
+        else {
+            return Ok(Self::default());
+        };
+        let error = |field: String, problem: String| FilterError { field, problem };
+        let ip = ip
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                Cidr::parse(text).ok_or_else(|| {
+                    error(
+                        format!("{path}.ip[{index}]"),
+                        format!("{text:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let port = port
+            .iter()
+            .enumerate()
+            .map(|(index, port)| {
+                u16::try_from(*port)
+                    .ok()
+                    .filter(|port| *port != 0)
+                    .ok_or_else(|| {
+                        error(
+                            format!("{path}.port[{index}]"),
+                            format!("{port} is not a port (1-65535)"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let label = label
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                text.split_once('=')
+                    .filter(|(key, _)| !key.is_empty())
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .ok_or_else(|| {
+                        error(
+                            format!("{path}.label[{index}]"),
+                            format!("{text:?} is not key=value"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let workload = workload
+            .iter()
+            .enumerate()
+            .map(|(index, text)| match text.split_once('/') {
+                Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
+                    Ok((Some(kind.to_owned()), name.to_owned()))
+                }
+                None if !text.is_empty() => Ok((None, text.clone())),
+                _ => Err(error(
+                    format!("{path}.workload[{index}]"),
+                    format!("{text:?} is not a workload name or Kind/name"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            namespace: namespace.clone(),
+            tenant: tenant.clone(),
+            workload,
+            pod: pod.clone(),
+            ip,
+            port,
+            label,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        let Self {
+            namespace,
+            tenant,
+            workload,
+            pod,
+            ip,
+            port,
+            label,
+        } = self;
+        namespace.is_empty()
+            && tenant.is_empty()
+            && workload.is_empty()
+            && pod.is_empty()
+            && ip.is_empty()
+            && port.is_empty()
+            && label.is_empty()
+    }
+
+    fn matches(&self, endpoint: &Endpoint) -> bool {
+        let Endpoint {
+            ip,
+            port,
+            identity:
+                Identity {
+                    namespace,
+                    pod,
+                    workload,
+                    tenant,
+                    labels,
+                    ..
+                },
+            ..
+        } = endpoint;
+        let one_of = |values: &[String], value: &Option<String>| {
+            values.is_empty() || value.as_ref().is_some_and(|value| values.contains(value))
+        };
+        one_of(&self.namespace, namespace)
+            && one_of(&self.tenant, tenant)
+            && one_of(&self.pod, pod)
+            && (self.workload.is_empty()
+                || workload.as_ref().is_some_and(|workload| {
+                    self.workload.iter().any(|(kind, name)| {
+                        *name == workload.name
+                            && kind.as_ref().is_none_or(|kind| *kind == workload.kind)
+                    })
+                }))
+            && (self.ip.is_empty() || self.ip.iter().any(|cidr| cidr.contains(*ip)))
+            && (self.port.is_empty() || self.port.contains(port))
+            && self
+                .label
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Matcher {
+    either: EndpointMatcher,
+    source: EndpointMatcher,
+    destination: EndpointMatcher,
+    protocol: Vec<Protocol>,
+    direction: Option<bool>,
+    cross_tenant_only: bool,
+}
+
+impl Matcher {
+    fn compile(filter: &proto::FlowFilter, path: &str) -> Result<Self, FilterError> {
+        let proto::FlowFilter {
+            either,
+            source,
+            destination,
+            protocol,
+            direction,
+            cross_tenant_only,
+        } = filter;
+        let protocol = protocol
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                text.parse::<Protocol>().map_err(|problem| FilterError {
+                    field: format!("{path}.protocol[{index}]"),
+                    problem,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let direction = match Direction::try_from(*direction) {
+            Ok(Direction::Unspecified) => None,
+            Ok(Direction::Request) => Some(false),
+            Ok(Direction::Reply) => Some(true),
+            Err(_) => {
+                return Err(FilterError {
+                    field: format!("{path}.direction"),
+                    problem: format!("{direction} is not a direction (0, 1 request, 2 reply)"),
+                });
+            }
+        };
+        Ok(Self {
+            either: EndpointMatcher::compile(either.as_ref(), &format!("{path}.either"))?,
+            source: EndpointMatcher::compile(source.as_ref(), &format!("{path}.source"))?,
+            destination: EndpointMatcher::compile(
+                destination.as_ref(),
+                &format!("{path}.destination"),
+            )?,
+            protocol,
+            direction,
+            cross_tenant_only: *cross_tenant_only,
+        })
+    }
+
+    fn matches(&self, record: &FlowRecord) -> bool {
+        (self.either.is_empty()
+            || self.either.matches(&record.source)
+            || self.either.matches(&record.destination))
+            && self.source.matches(&record.source)
+            && self.destination.matches(&record.destination)
+            && (self.protocol.is_empty() || self.protocol.contains(&record.protocol))
+            && self
+                .direction
+                .is_none_or(|is_reply| record.is_reply == is_reply)
+            && (!self.cross_tenant_only || record.cross_tenant == Some(true))
+    }
+}
+
+/// A request's allow and deny filters.
+#[derive(Clone, Debug, Default)]
+pub struct FlowMatcher {
+    allow: Vec<Matcher>,
+    deny: Vec<Matcher>,
+}
+
+impl FlowMatcher {
+    /// Compiles a request's filters, or names the first invalid field.
+    pub fn compile(
+        allow: &[proto::FlowFilter],
+        deny: &[proto::FlowFilter],
+    ) -> Result<Self, FilterError> {
+        let compile = |filters: &[proto::FlowFilter], list: &str| {
+            filters
+                .iter()
+                .enumerate()
+                .map(|(index, filter)| Matcher::compile(filter, &format!("{list}[{index}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            allow: compile(allow, "allow")?,
+            deny: compile(deny, "deny")?,
+        })
+    }
+
+    /// Whether a record passes.
+    pub fn matches(&self, record: &FlowRecord) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|matcher| matcher.matches(record)))
+            && !self.deny.iter().any(|matcher| matcher.matches(record))
+    }
+}
+
+/// What a caller may see: everything, or flows with one end in its tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A cluster administrator: every flow.
+    Admin,
+    /// A tenant: flows where the source or the destination belongs to it.
+    Tenant(String),
+}
+
+impl Scope {
+    /// Whether a flow record is visible.
+    pub fn allows(&self, record: &FlowRecord) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Tenant(tenant) => {
+                record.source.identity.tenant.as_ref() == Some(tenant)
+                    || record.destination.identity.tenant.as_ref() == Some(tenant)
+            }
+        }
+    }
+
+    /// Whether an aggregate is visible.
+    pub fn allows_aggregate(&self, aggregate: &AggregateRecord) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Tenant(tenant) => {
+                aggregate.source.tenant.as_ref() == Some(tenant)
+                    || aggregate.destination.tenant.as_ref() == Some(tenant)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        identity::Workload,
+        record::{Hook, Timestamp},
+    };
+
+    fn endpoint(ip: &str, port: u16, namespace: &str, tenant: &str, workload: &str) -> Endpoint {
+        let mut endpoint = Endpoint::new(ip.parse().unwrap(), port);
+        endpoint.identity = Identity {
+            namespace: Some(namespace.into()),
+            tenant: Some(tenant.into()),
+            workload: Some(Workload {
+                kind: "Deployment".into(),
+                name: workload.into(),
+            }),
+            labels: [("app".to_owned(), workload.to_owned())].into(),
+            ..Identity::default()
+        };
+        endpoint
+    }
+
+    fn record(source: Endpoint, destination: Endpoint, protocol: u8, is_reply: bool) -> FlowRecord {
+        let cross = source.identity.tenant != destination.identity.tenant;
+        FlowRecord {
+            time: Timestamp(std::time::SystemTime::UNIX_EPOCH),
+            first_seen: Timestamp(std::time::SystemTime::UNIX_EPOCH),
+            source,
+            destination,
+            protocol: Protocol(protocol),
+            icmp: None,
+            packets: 1,
+            bytes: 60,
+            tcp_flags: Vec::new(),
+            is_reply,
+            interface: "veth0".into(),
+            hook: Hook::Ingress,
+            node: "node".into(),
+            cross_tenant: Some(cross),
+            new_connection: false,
+        }
+    }
+
+    fn sample() -> FlowRecord {
+        record(
+            endpoint("10.1.0.2", 40000, "shop-a", "acme", "frontend"),
+            endpoint("10.2.0.2", 8080, "shop-b", "globex", "cart"),
+            6,
+            false,
+        )
+    }
+
+    fn filter(build: impl FnOnce(&mut proto::FlowFilter)) -> proto::FlowFilter {
+        let mut filter = proto::FlowFilter::default();
+        build(&mut filter);
+        filter
+    }
+
+    fn either(build: impl FnOnce(&mut proto::EndpointFilter)) -> Option<proto::EndpointFilter> {
+        let mut endpoint = proto::EndpointFilter::default();
+        build(&mut endpoint);
+        Some(endpoint)
+    }
+
+    #[test]
+    fn cidrs_match_their_block_only() {
+        let block = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(block.contains("10.1.255.1".parse().unwrap()));
+        assert!(!block.contains("10.2.0.1".parse().unwrap()));
+        assert!(!block.contains("::1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("fd00::/8")
+                .unwrap()
+                .contains("fd00:1::2".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("10.1.0.2")
+                .unwrap()
+                .contains("10.1.0.2".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "10.0.0", "fd00::/129", "x/1", "10.0.0.0/"] {
+            assert!(Cidr::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allow_filters_are_alternatives_and_fields_within_one_all_hold() {
+        let record = sample();
+        let matches = |allow: Vec<proto::FlowFilter>, deny: Vec<proto::FlowFilter>| {
+            FlowMatcher::compile(&allow, &deny)
+                .unwrap()
+                .matches(&record)
+        };
+        assert!(matches(vec![], vec![]));
+        let shop_b = filter(|f| f.either = either(|e| e.namespace = vec!["shop-b".into()]));
+        assert!(matches(vec![shop_b.clone()], vec![]));
+        let shop_b_source = filter(|f| f.source = either(|e| e.namespace = vec!["shop-b".into()]));
+        assert!(!matches(vec![shop_b_source.clone()], vec![]));
+        assert!(matches(vec![shop_b_source, shop_b.clone()], vec![]));
+        // All fields of one filter must hold.
+        let port_and_udp = filter(|f| {
+            f.destination = either(|e| e.port = vec![8080]);
+            f.protocol = vec!["UDP".into()];
+        });
+        assert!(!matches(vec![port_and_udp], vec![]));
+        let to_cart = filter(|f| {
+            f.destination = either(|e| {
+                e.workload = vec!["Deployment/cart".into()];
+                e.label = vec!["app=cart".into()];
+                e.ip = vec!["10.2.0.0/16".into()];
+            });
+            f.direction = Direction::Request as i32;
+            f.cross_tenant_only = true;
+        });
+        assert!(matches(vec![to_cart.clone()], vec![]));
+        // Deny wins.
+        assert!(!matches(vec![to_cart], vec![shop_b]));
+        let replies = filter(|f| f.direction = Direction::Reply as i32);
+        assert!(!matches(vec![replies], vec![]));
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases = [
+            (
+                filter(|f| {
+                    f.either = either(|e| e.ip = vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()])
+                }),
+                "allow[0].either.ip[1]",
+            ),
+            (
+                filter(|f| f.protocol = vec!["HTTP".into()]),
+                "allow[0].protocol[0]",
+            ),
+            (
+                filter(|f| f.source = either(|e| e.port = vec![70000])),
+                "allow[0].source.port[0]",
+            ),
+            (
+                filter(|f| f.destination = either(|e| e.label = vec!["app".into()])),
+                "allow[0].destination.label[0]",
+            ),
+            (
+                filter(|f| f.either = either(|e| e.workload = vec!["Deployment/".into()])),
+                "allow[0].either.workload[0]",
+            ),
+            (filter(|f| f.direction = 7), "allow[0].direction"),
+        ];
+        for (bad, field) in cases {
+            let error = FlowMatcher::compile(&[bad], &[]).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+        }
+        let error = FlowMatcher::compile(
+            &[],
+            &[
+                proto::FlowFilter::default(),
+                filter(|f| f.protocol = vec!["x".into()]),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "deny[1].protocol[0]");
+    }
+
+    #[test]
+    fn a_tenant_sees_flows_with_one_end_in_it_only() {
+        let record = sample();
+        assert!(Scope::Admin.allows(&record));
+        assert!(Scope::Tenant("acme".into()).allows(&record));
+        assert!(Scope::Tenant("globex".into()).allows(&record));
+        assert!(!Scope::Tenant("initech".into()).allows(&record));
+        let no_identity = record_without_identity();
+        assert!(!Scope::Tenant("acme".into()).allows(&no_identity));
+    }
+
+    fn record_without_identity() -> FlowRecord {
+        record(
+            Endpoint::new("10.1.0.2".parse().unwrap(), 1),
+            Endpoint::new("10.1.0.3".parse().unwrap(), 2),
+            17,
+            false,
+        )
+    }
+}

@@ -1,0 +1,530 @@
+//! The records the API serves: a bounded buffer of recent flow records and
+//! aggregates, and the subscribers that follow them.
+//!
+//! Publishing never waits. Each subscriber has a bounded queue; when it is
+//! full the record is counted as lost for that subscriber, and the next thing
+//! the subscriber receives is a [`Delivery::Lost`] with the exact count. A slow
+//! subscriber therefore slows neither the agent nor the other subscribers.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Instant, SystemTime},
+};
+
+use flow_proto::v1 as proto;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::convert;
+use crate::{aggregate::AggregateRecord, datapath::DatapathCounters, record::FlowRecord};
+
+/// A flow record in the buffer, with its protobuf form made once.
+#[derive(Debug)]
+pub struct StoredFlow {
+    /// The record.
+    pub record: FlowRecord,
+    /// Its protobuf form (carrying the sequence number).
+    pub message: proto::Flow,
+}
+
+/// An aggregate in the buffer.
+#[derive(Debug)]
+pub struct StoredAggregate {
+    /// The aggregate.
+    pub record: AggregateRecord,
+    /// Its protobuf form.
+    pub message: proto::Aggregate,
+}
+
+trait Timed {
+    fn time(&self) -> SystemTime;
+}
+
+impl Timed for StoredFlow {
+    fn time(&self) -> SystemTime {
+        self.record.time.0
+    }
+}
+
+impl Timed for StoredAggregate {
+    fn time(&self) -> SystemTime {
+        self.record.interval_end.0
+    }
+}
+
+/// What a subscriber's queue carries.
+#[derive(Debug)]
+pub enum Delivery<T> {
+    /// A record.
+    Record(Arc<T>),
+    /// This many records were not delivered since the last one that was.
+    Lost(u64),
+}
+
+type Accept<T> = Box<dyn Fn(&T) -> bool + Send>;
+
+struct Subscriber<T> {
+    sender: mpsc::Sender<Delivery<T>>,
+    accept: Accept<T>,
+    /// Records lost and not yet reported. Shared with the [`Feed`], which
+    /// reports what is left when its stream ends.
+    unreported: Arc<AtomicU64>,
+}
+
+struct Channel<T> {
+    buffer: VecDeque<Arc<T>>,
+    capacity: usize,
+    subscribers: Vec<Subscriber<T>>,
+}
+
+impl<T: Timed> Channel<T> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            buffer: VecDeque::with_capacity(capacity.min(65_536)),
+            capacity,
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// Stores a record and offers it to every subscriber that accepts it.
+    /// Returns how many deliveries were lost.
+    fn publish(&mut self, item: Arc<T>) -> u64 {
+        if self.capacity > 0 {
+            if self.buffer.len() == self.capacity {
+                self.buffer.pop_front();
+            }
+            self.buffer.push_back(Arc::clone(&item));
+        }
+        let mut lost = 0;
+        self.subscribers.retain_mut(|subscriber| {
+            if !(subscriber.accept)(&item) {
+                return true;
+            }
+            // Tell about earlier losses before anything else.
+            let unreported = subscriber.unreported.load(Ordering::Relaxed);
+            if unreported > 0 {
+                match subscriber.sender.try_send(Delivery::Lost(unreported)) {
+                    Ok(()) => {
+                        subscriber
+                            .unreported
+                            .fetch_sub(unreported, Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        subscriber.unreported.fetch_add(1, Ordering::Relaxed);
+                        lost += 1;
+                        return true;
+                    }
+                    Err(TrySendError::Closed(_)) => return false,
+                }
+            }
+            match subscriber
+                .sender
+                .try_send(Delivery::Record(Arc::clone(&item)))
+            {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    subscriber.unreported.fetch_add(1, Ordering::Relaxed);
+                    lost += 1;
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+        lost
+    }
+
+    /// The replay (the last `number`, those since `since`, or both) and, with
+    /// `follow`, a queue registered in the same critical section, so nothing is
+    /// missed or repeated between the two.
+    fn subscribe(
+        &mut self,
+        number: u64,
+        since: Option<SystemTime>,
+        follow: bool,
+        queue: usize,
+        accept: Accept<T>,
+    ) -> Subscription<T> {
+        let mut replay: Vec<Arc<T>> = self
+            .buffer
+            .iter()
+            .filter(|item| since.is_none_or(|since| item.time() >= since) && accept(item))
+            .cloned()
+            .collect();
+        if number > 0 || since.is_none() {
+            let keep = usize::try_from(number).unwrap_or(usize::MAX);
+            let skip = replay.len().saturating_sub(keep);
+            replay.drain(..skip);
+        }
+        let live = follow.then(|| {
+            let (sender, receiver) = mpsc::channel(queue.max(1));
+            let unreported = Arc::new(AtomicU64::new(0));
+            self.subscribers.push(Subscriber {
+                sender,
+                accept,
+                unreported: Arc::clone(&unreported),
+            });
+            Feed {
+                receiver,
+                unreported,
+            }
+        });
+        Subscription { replay, live }
+    }
+}
+
+/// A subscriber's view: buffered records to replay, then, when following, the
+/// feed of new ones.
+pub struct Subscription<T> {
+    /// Buffered records, oldest first.
+    pub replay: Vec<Arc<T>>,
+    /// New records, when following.
+    pub live: Option<Feed<T>>,
+}
+
+/// A following subscriber's queue of new records.
+pub struct Feed<T> {
+    receiver: mpsc::Receiver<Delivery<T>>,
+    unreported: Arc<AtomicU64>,
+}
+
+impl<T> Feed<T> {
+    /// The next delivery; `None` once the hub has closed and the queue is
+    /// drained. Losses after the last delivered record are reported then, as a
+    /// final [`Delivery::Lost`], so the count is exact to the end.
+    pub async fn next(&mut self) -> Option<Delivery<T>> {
+        match self.receiver.recv().await {
+            Some(delivery) => Some(delivery),
+            // No sender remains: the hub no longer touches the counter.
+            None => match self.unreported.swap(0, Ordering::Relaxed) {
+                0 => None,
+                count => Some(Delivery::Lost(count)),
+            },
+        }
+    }
+
+    /// The next delivery if one is queued.
+    pub fn try_next(&mut self) -> Option<Delivery<T>> {
+        self.receiver.try_recv().ok()
+    }
+}
+
+/// The agent's state, for ServerStatus.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    /// Attached interfaces.
+    pub interfaces: Vec<String>,
+    /// Datapath counters.
+    pub counters: DatapathCounters,
+}
+
+struct State {
+    flows: Channel<StoredFlow>,
+    aggregates: Channel<StoredAggregate>,
+    status: NodeStatus,
+}
+
+/// Sizes of the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubSettings {
+    /// Flow records kept for replay.
+    pub buffer: usize,
+    /// Aggregates kept for replay.
+    pub aggregate_buffer: usize,
+    /// Queue length of each following subscriber.
+    pub subscriber_queue: usize,
+}
+
+/// The API's record store and fan-out.
+pub struct Hub {
+    state: Mutex<State>,
+    settings: HubSettings,
+    node: String,
+    started: Instant,
+    flows_seen: AtomicU64,
+    lost_records: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("node", &self.node)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// An empty hub for `node`.
+    pub fn new(node: String, settings: HubSettings) -> Self {
+        Self {
+            state: Mutex::new(State {
+                flows: Channel::new(settings.buffer),
+                aggregates: Channel::new(settings.aggregate_buffer),
+                status: NodeStatus::default(),
+            }),
+            settings,
+            node,
+            started: Instant::now(),
+            flows_seen: AtomicU64::new(0),
+            lost_records: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent: a poisoned lock
+        // (a panic elsewhere) still holds usable data.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Stores a drain's records and offers them to subscribers.
+    pub fn publish_flows(&self, records: &[FlowRecord]) {
+        let mut state = self.state();
+        let mut lost = 0;
+        for record in records {
+            let sequence = self.flows_seen.fetch_add(1, Ordering::Relaxed);
+            let message = convert::flow(record, sequence);
+            lost += state.flows.publish(Arc::new(StoredFlow {
+                record: record.clone(),
+                message,
+            }));
+        }
+        self.lost_records.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    /// Stores an interval's aggregates and offers them to subscribers.
+    pub fn publish_aggregates(&self, aggregates: &[AggregateRecord]) {
+        let mut state = self.state();
+        let mut lost = 0;
+        for aggregate in aggregates {
+            let message = convert::aggregate(aggregate, &self.node);
+            lost += state.aggregates.publish(Arc::new(StoredAggregate {
+                record: aggregate.clone(),
+                message,
+            }));
+        }
+        self.lost_records.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    /// Records the agent's state.
+    pub fn set_status(&self, status: NodeStatus) {
+        self.state().status = status;
+    }
+
+    /// Subscribes to flow records.
+    pub fn subscribe_flows(
+        &self,
+        number: u64,
+        since: Option<SystemTime>,
+        follow: bool,
+        accept: impl Fn(&StoredFlow) -> bool + Send + 'static,
+    ) -> Subscription<StoredFlow> {
+        let queue = self.settings.subscriber_queue;
+        self.state()
+            .flows
+            .subscribe(number, since, follow, queue, Box::new(accept))
+    }
+
+    /// Subscribes to aggregates.
+    pub fn subscribe_aggregates(
+        &self,
+        number: u64,
+        since: Option<SystemTime>,
+        follow: bool,
+        accept: impl Fn(&StoredAggregate) -> bool + Send + 'static,
+    ) -> Subscription<StoredAggregate> {
+        let queue = self.settings.subscriber_queue;
+        self.state()
+            .aggregates
+            .subscribe(number, since, follow, queue, Box::new(accept))
+    }
+
+    /// Ends every following stream (after its queue drains): the agent stops.
+    pub fn close(&self) {
+        let mut state = self.state();
+        state.flows.subscribers.clear();
+        state.aggregates.subscribers.clear();
+    }
+
+    /// The ServerStatus answer.
+    pub fn status(&self, version: &str) -> proto::ServerStatusResponse {
+        let state = self.state();
+        let NodeStatus {
+            interfaces,
+            counters,
+        } = &state.status;
+        proto::ServerStatusResponse {
+            node_name: self.node.clone(),
+            version: version.to_owned(),
+            uptime_seconds: self.uptime().as_secs(),
+            flows_seen: self.flows_seen.load(Ordering::Relaxed),
+            flows_in_buffer: state.flows.buffer.len() as u64,
+            buffer_capacity: self.settings.buffer as u64,
+            interfaces: interfaces.clone(),
+            map_full: counters.get(flow_common::Counter::MapFull),
+            spilled: counters.get(flow_common::Counter::Spilled),
+            lost_packets: counters.get(flow_common::Counter::Lost),
+            lost_records: self.lost_records.load(Ordering::Relaxed),
+            subscribers: (state.flows.subscribers.len() + state.aggregates.subscribers.len())
+                as u64,
+        }
+    }
+
+    /// Records dropped for subscribers that fell behind, since start.
+    pub fn lost_records(&self) -> u64 {
+        self.lost_records.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::{Endpoint, Hook, Protocol, Timestamp};
+
+    fn record(port: u16, seconds: u64) -> FlowRecord {
+        let time = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
+        FlowRecord {
+            time,
+            first_seen: time,
+            source: Endpoint::new("10.0.0.1".parse().unwrap(), port),
+            destination: Endpoint::new("10.0.0.2".parse().unwrap(), 80),
+            protocol: Protocol(6),
+            icmp: None,
+            packets: 1,
+            bytes: 40,
+            tcp_flags: Vec::new(),
+            is_reply: false,
+            interface: "veth0".into(),
+            hook: Hook::Ingress,
+            node: "n".into(),
+            cross_tenant: None,
+            new_connection: false,
+        }
+    }
+
+    fn hub(buffer: usize, queue: usize) -> Hub {
+        Hub::new(
+            "n".into(),
+            HubSettings {
+                buffer,
+                aggregate_buffer: 10,
+                subscriber_queue: queue,
+            },
+        )
+    }
+
+    fn ports(items: &[Arc<StoredFlow>]) -> Vec<u16> {
+        items.iter().map(|item| item.record.source.port).collect()
+    }
+
+    #[test]
+    fn replay_takes_the_last_n_and_or_those_since_a_time_from_a_bounded_buffer() {
+        let hub = hub(5, 4);
+        let records: Vec<FlowRecord> = (1..=8).map(|n| record(n, u64::from(n) * 10)).collect();
+        hub.publish_flows(&records);
+        let at = |seconds| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
+        assert_eq!(
+            ports(&hub.subscribe_flows(0, None, false, |_| true).replay),
+            [] as [u16; 0]
+        );
+        assert_eq!(
+            ports(&hub.subscribe_flows(2, None, false, |_| true).replay),
+            [7, 8]
+        );
+        assert_eq!(
+            ports(&hub.subscribe_flows(100, None, false, |_| true).replay),
+            [4, 5, 6, 7, 8]
+        );
+        assert_eq!(
+            ports(&hub.subscribe_flows(0, at(60), false, |_| true).replay),
+            [6, 7, 8]
+        );
+        assert_eq!(
+            ports(&hub.subscribe_flows(1, at(60), false, |_| true).replay),
+            [8]
+        );
+        let even = |flow: &StoredFlow| flow.record.source.port.is_multiple_of(2);
+        assert_eq!(
+            ports(&hub.subscribe_flows(10, None, false, even).replay),
+            [4, 6, 8]
+        );
+        // Sequence numbers count every record.
+        let last = hub.subscribe_flows(1, None, false, |_| true).replay;
+        assert_eq!(last[0].message.sequence, 7);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_loses_records_and_says_exactly_how_many() {
+        let hub = hub(100, 2);
+        let mut slow = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
+        let mut fast = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
+        let mut fast_seen = 0;
+        for port in 1..=10 {
+            hub.publish_flows(&[record(port, 1)]);
+            while let Some(delivery) = fast.try_next() {
+                assert!(matches!(delivery, Delivery::Record(_)));
+                fast_seen += 1;
+            }
+        }
+        assert_eq!(fast_seen, 10, "the fast subscriber lost nothing");
+        // The slow one holds records 1 and 2; 3..=10 were lost.
+        let mut received = Vec::new();
+        while let Some(delivery) = slow.try_next() {
+            received.push(delivery);
+        }
+        assert_eq!(received.len(), 2);
+        assert_eq!(hub.lost_records(), 8);
+        // The next record is preceded by the loss count.
+        hub.publish_flows(&[record(11, 1)]);
+        assert!(matches!(slow.try_next(), Some(Delivery::Lost(8))));
+        assert!(
+            matches!(slow.try_next(), Some(Delivery::Record(item)) if item.record.source.port == 11)
+        );
+        assert_eq!(hub.status("v").lost_records, 8);
+        // Losses after the last delivered record are reported when the stream
+        // ends: 12 and 13 fill the queue, 14 does not fit.
+        drop(fast);
+        for port in 12..=14 {
+            hub.publish_flows(&[record(port, 1)]);
+        }
+        hub.close();
+        let mut tail = Vec::new();
+        while let Some(delivery) = slow.next().await {
+            tail.push(match delivery {
+                Delivery::Record(item) => format!("record {}", item.record.source.port),
+                Delivery::Lost(count) => format!("lost {count}"),
+            });
+        }
+        assert_eq!(tail, ["record 12", "record 13", "lost 1"]);
+        assert_eq!(hub.lost_records(), 9);
+    }
+
+    #[tokio::test]
+    async fn closed_subscribers_are_dropped_and_close_ends_streams() {
+        let hub = hub(10, 4);
+        let dropped = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
+        drop(dropped);
+        let mut kept = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
+        hub.publish_flows(&[record(1, 1)]);
+        assert_eq!(hub.status("v").subscribers, 1);
+        hub.close();
+        assert!(matches!(kept.next().await, Some(Delivery::Record(_))));
+        assert!(kept.next().await.is_none());
+    }
+}
