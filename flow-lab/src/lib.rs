@@ -515,28 +515,33 @@ pub fn disable_segmentation_offload(interface: &str) -> Result<()> {
     result
 }
 
-/// A `flow-agent run` process inside a namespace, collecting its stdout (one
-/// JSON record per line) and stderr lines.
+/// A process inside a namespace (`ip netns exec`, which execs it: the pid is
+/// the program's), collecting its stdout and stderr lines. Killed on drop.
 #[derive(Debug)]
-pub struct AgentProcess {
+pub struct LabProcess {
     child: Child,
+    label: String,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
-    /// Set when stderr closes: the agent has exited.
+    /// Set when stderr closes: the process has exited.
     exited: Arc<std::sync::atomic::AtomicBool>,
     readers: Vec<JoinHandle<()>>,
 }
 
-/// What an agent printed, after it stopped.
+/// What a process printed, after it stopped.
 #[derive(Debug)]
-pub struct AgentOutput {
-    /// Stdout lines: flow records as JSON.
+pub struct ProcessOutput {
+    /// Stdout lines.
     pub stdout: Vec<String>,
-    /// Stderr lines: logs.
+    /// Stderr lines.
     pub stderr: Vec<String>,
     /// Exited with status zero.
     pub success: bool,
 }
+
+/// What an agent printed, after it stopped: flow records as JSON on stdout,
+/// logs on stderr.
+pub type AgentOutput = ProcessOutput;
 
 fn lock(lines: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
     // A poisoned list is still a list of lines.
@@ -545,15 +550,14 @@ fn lock(lines: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl AgentProcess {
-    /// Starts `BINARY run ARGS` in `netns` and waits for "flow-agent started".
-    /// With `echo_stderr`, log lines are also printed (prefixed `agent:`).
-    pub fn start(binary: &Path, netns: &Netns, args: &[&str], echo_stderr: bool) -> Result<Self> {
-        let command = format!("{} run {}", binary.display(), args.join(" "));
+impl LabProcess {
+    /// Starts `PROGRAM ARGS` in `netns`. With `echo`, stderr lines are also
+    /// printed, prefixed `echo:`.
+    pub fn start(netns: &Netns, program: &Path, args: &[&str], echo: Option<&str>) -> Result<Self> {
+        let command = format!("{} {}", program.display(), args.join(" "));
         let mut child = Command::new("ip")
             .args(["netns", "exec", &netns.name])
-            .arg(binary)
-            .arg("run")
+            .arg(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -575,44 +579,87 @@ impl AgentProcess {
         if let Some(pipe) = child.stderr.take() {
             let lines = Arc::clone(&stderr);
             let closed = Arc::clone(&exited);
+            let echo = echo.map(str::to_owned);
             readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(std::io::Result::ok) {
-                    if echo_stderr {
-                        eprintln!("agent: {line}");
+                    if let Some(prefix) = &echo {
+                        eprintln!("{prefix}: {line}");
                     }
                     lock(&lines).push(line);
                 }
                 closed.store(true, Ordering::SeqCst);
             }));
         }
-        let agent = Self {
+        let label = program.file_name().map_or_else(
+            || "process".into(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        Ok(Self {
             child,
+            label,
             stdout,
             stderr,
             exited,
             readers,
-        };
-        agent.wait_for_log("flow-agent started", Duration::from_secs(30))?;
-        Ok(agent)
+        })
     }
 
     /// Waits until a stderr line contains `text`.
     pub fn wait_for_log(&self, text: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_stderr(
+            |lines| lines.iter().any(|line| line.contains(text)),
+            timeout,
+        )
+        .map_err(|_| {
+            LabError::Timeout(format!(
+                "{} to log {text:?}; it logged:\n{}",
+                self.label,
+                lock(&self.stderr).join("\n")
+            ))
+        })
+    }
+
+    fn wait(
+        &self,
+        lines: &Mutex<Vec<String>>,
+        done: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if lock(&self.stderr).iter().any(|line| line.contains(text)) {
+            if done(&lock(lines)) {
                 return Ok(());
             }
             let exited = self.exited.load(Ordering::SeqCst);
             if exited || Instant::now() > deadline {
                 let ended = if exited { " (it exited)" } else { "" };
                 return Err(LabError::Timeout(format!(
-                    "the agent to log {text:?}{ended}; it logged:\n{}",
+                    "{} {what}{ended}; its stderr:\n{}",
+                    self.label,
                     lock(&self.stderr).join("\n")
                 )));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits until the stderr lines so far satisfy `done`.
+    pub fn wait_for_stderr(
+        &self,
+        done: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.wait(&self.stderr, done, timeout, "to log what was expected")
+    }
+
+    /// Waits until the stdout lines so far satisfy `done`.
+    pub fn wait_for_stdout(
+        &self,
+        done: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.wait(&self.stdout, done, timeout, "to print what was expected")
     }
 
     /// Stdout lines so far.
@@ -630,34 +677,94 @@ impl AgentProcess {
         std::mem::take(&mut *lock(&self.stdout))
     }
 
-    /// Process id of the agent.
+    /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Sends SIGTERM, waits for the exit, returns everything printed.
-    pub fn stop(mut self) -> Result<AgentOutput> {
+    /// Sends `signal`, waits for the exit (up to `timeout`, then SIGKILL),
+    /// returns everything printed.
+    pub fn signal_and_wait(mut self, signal: i32, timeout: Duration) -> Result<ProcessOutput> {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().map_err(|source| LabError::Io {
-            operation: "wait for the agent".into(),
-            source,
-        })?;
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    return Err(LabError::Timeout(format!(
+                        "{} to exit after signal {signal}; its stderr:\n{}",
+                        self.label,
+                        lock(&self.stderr).join("\n")
+                    )));
+                }
+                Err(source) => {
+                    return Err(LabError::Io {
+                        operation: format!("wait for {}", self.label),
+                        source,
+                    });
+                }
+            }
+        };
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
-        Ok(AgentOutput {
+        Ok(ProcessOutput {
             stdout: lock(&self.stdout).clone(),
             stderr: lock(&self.stderr).clone(),
             success: status.success(),
         })
     }
+
+    /// Waits for the process to exit by itself (up to `timeout`).
+    pub fn wait_for_exit(self, timeout: Duration) -> Result<ProcessOutput> {
+        self.signal_and_wait(0, timeout)
+    }
+
+    /// Sends SIGTERM, waits for the exit, returns everything printed.
+    pub fn stop(self) -> Result<ProcessOutput> {
+        self.signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+    }
 }
 
-impl Drop for AgentProcess {
+impl Drop for LabProcess {
     fn drop(&mut self) {
-        // A failed test or interrupted demo must not leave an agent attached.
+        // A failed test or interrupted demo must not leave a process behind
+        // (an agent would stay attached).
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `flow-agent run` process inside a namespace.
+#[derive(Debug)]
+pub struct AgentProcess(LabProcess);
+
+impl std::ops::Deref for AgentProcess {
+    type Target = LabProcess;
+
+    fn deref(&self) -> &LabProcess {
+        &self.0
+    }
+}
+
+impl AgentProcess {
+    /// Starts `BINARY run ARGS` in `netns` and waits for "flow-agent started".
+    /// With `echo_stderr`, log lines are also printed (prefixed `agent:`).
+    pub fn start(binary: &Path, netns: &Netns, args: &[&str], echo_stderr: bool) -> Result<Self> {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let process = LabProcess::start(netns, binary, &all, echo_stderr.then_some("agent"))?;
+        process.wait_for_log("flow-agent started", Duration::from_secs(30))?;
+        Ok(Self(process))
+    }
+
+    /// Sends SIGTERM, waits for the exit, returns everything printed.
+    pub fn stop(self) -> Result<AgentOutput> {
+        self.0.stop()
     }
 }

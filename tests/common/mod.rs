@@ -12,6 +12,7 @@
 pub mod kube_api;
 pub mod netns;
 pub mod packet;
+pub mod shop;
 
 /// Returns early (passing the test) with a printed reason when not root: the
 /// kernel tests need CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN.

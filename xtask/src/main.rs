@@ -75,13 +75,22 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::setup()?;
             lint()?;
-            cargo(&[
-                "test",
-                "--workspace",
-                "--exclude",
-                "flow-agent-ebpf",
-                "--no-fail-fast",
-            ])
+            // Every test that needs a tool setup installs must run, not skip.
+            let python = setup::python_env().join("bin").join("python");
+            setup::status(
+                &std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+                &[
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "flow-agent-ebpf",
+                    "--no-fail-fast",
+                ],
+                &[
+                    ("FLOW_AGENT_TEST_PYTHON", &python.to_string_lossy()),
+                    ("FLOW_AGENT_TEST_STRICT", "1"),
+                ],
+            )
         }
         Task::Demo { seconds } => {
             let binary = prepare_agent("debug")?;

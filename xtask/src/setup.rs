@@ -5,7 +5,9 @@
 //! - LLVM development packages of the same major version as nightly's LLVM;
 //! - bpf-linker built against that LLVM;
 //! - iproute2 (`ip`, `tc`), util-linux (`setpriv`) and nftables (`nft`, to play
-//!   kube-proxy) for the kernel tests.
+//!   kube-proxy) for the kernel tests;
+//! - a Python virtual environment with grpcio and grpcio-tools under
+//!   `target/python-grpc`, for the test of a client generated from `proto/`.
 
 use std::{
     path::PathBuf,
@@ -192,12 +194,67 @@ fn ensure_test_tools() -> Result<()> {
     Ok(())
 }
 
+/// Python gRPC packages for the generated-client test, pinned.
+const PYTHON_PACKAGES: [&str; 3] = [
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "grpcio-health-checking==1.85.1",
+];
+
+/// The virtual environment's interpreter (the API test looks for it here).
+pub(crate) fn python_env() -> PathBuf {
+    crate::workspace_root().join("target").join("python-grpc")
+}
+
+fn python_ready(python: &std::path::Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import grpc, grpc_tools, grpc_health"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn ensure_python_grpc() -> Result<()> {
+    let env = python_env();
+    let python = env.join("bin").join("python");
+    if python_ready(&python) {
+        return Ok(());
+    }
+    if !have("python3") {
+        apt_install(&["python3", "python3-venv"])?;
+    }
+    let env_text = env.to_string_lossy().into_owned();
+    if status("python3", &["-m", "venv", "--clear", &env_text], &[]).is_err() {
+        // Debian's python3 keeps venv (ensurepip) in a package of its own.
+        apt_install(&["python3-venv"])?;
+        status("python3", &["-m", "venv", "--clear", &env_text], &[])?;
+    }
+    let mut args = vec![
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ];
+    args.extend_from_slice(&PYTHON_PACKAGES);
+    status(&python.to_string_lossy(), &args, &[])?;
+    if !python_ready(&python) {
+        bail!(
+            "{} cannot import grpc after installing it",
+            python.display()
+        );
+    }
+    Ok(())
+}
+
 /// Installs whatever is missing; prints nothing when all is present.
 pub(crate) fn setup() -> Result<()> {
     ensure_nightly().context("nightly toolchain")?;
     let major = nightly_llvm_major()?;
     ensure_bpf_linker(major).context("bpf-linker")?;
     ensure_test_tools().context("test tools")?;
+    ensure_python_grpc().context("Python gRPC for the generated-client test")?;
     Ok(())
 }
 
