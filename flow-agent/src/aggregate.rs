@@ -42,20 +42,16 @@ impl Peer {
     /// The aggregation identity of a record's end: its workload if it has one,
     /// else its node, else its address.
     pub fn of(endpoint: &Endpoint) -> Self {
-        let Endpoint {
-            ip,
-            identity:
-                Identity {
-                    kind,
-                    namespace,
-                    workload,
-                    tenant,
-                    labels,
-                    node,
-                    ..
-                },
+        let Endpoint { ip, identity, .. } = endpoint;
+        let Identity {
+            kind,
+            namespace,
+            workload,
+            tenant,
+            labels,
+            node,
             ..
-        } = endpoint;
+        } = &**identity;
         let has_workload = workload.is_some();
         let is_node = matches!(kind, Some(PeerKind::Host | PeerKind::RemoteNode));
         Self {

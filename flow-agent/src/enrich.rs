@@ -1,7 +1,7 @@
 //! Gives flow records their identities: Service translation (with conntrack),
 //! then who each end was when the flow was seen.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{cell::RefCell, collections::HashSet, net::IpAddr, sync::Arc, time::SystemTime};
 
 use tracing::{debug, warn};
 
@@ -21,11 +21,18 @@ pub struct Translation {
     pub backend: Option<(IpAddr, u16)>,
 }
 
+/// Interned identities kept at most: past this the set starts afresh (records
+/// already made keep theirs).
+const MAX_INTERNED: usize = 65_536;
+
 /// Holds the identity cache and resolves records against it.
 #[derive(Debug)]
 pub struct Enricher {
     cache: IdentityCache,
     conntrack: Option<Conntrack>,
+    /// One shared copy per distinct identity, so the records of a pod (in the
+    /// API's buffer, the aggregator, the sinks) do not each own one.
+    interned: RefCell<HashSet<Arc<Identity>>>,
 }
 
 impl Enricher {
@@ -38,7 +45,30 @@ impl Enricher {
                 None
             }
         };
-        Self { cache, conntrack }
+        Self {
+            cache,
+            conntrack,
+            interned: RefCell::new(HashSet::new()),
+        }
+    }
+
+    /// The shared copy of `identity`.
+    fn intern(&self, identity: Identity) -> Arc<Identity> {
+        let mut interned = self.interned.borrow_mut();
+        if let Some(shared) = interned.get(&identity) {
+            return Arc::clone(shared);
+        }
+        if interned.len() >= MAX_INTERNED {
+            interned.clear();
+        }
+        let shared = Arc::new(identity);
+        interned.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// Distinct identities currently shared.
+    pub fn interned(&self) -> usize {
+        self.interned.borrow().len()
     }
 
     /// The cache, to apply source events to.
@@ -101,8 +131,8 @@ impl Enricher {
         translation: Option<&Translation>,
         at: SystemTime,
     ) {
-        record.source.identity = self.cache.identify(record.source.ip, at);
-        record.destination.identity = match translation {
+        record.source.identity = self.intern(self.cache.identify(record.source.ip, at));
+        let destination = match translation {
             None => self.cache.identify(record.destination.ip, at),
             Some(Translation {
                 target,
@@ -132,6 +162,7 @@ impl Enricher {
                     })
             }
         };
+        record.destination.identity = self.intern(destination);
         record.cross_tenant = match (
             &record.source.identity.tenant,
             &record.destination.identity.tenant,
@@ -139,5 +170,65 @@ impl Enricher {
             (Some(source), Some(destination)) => Some(source != destination),
             _ => Some(false),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        identity::{CacheEvent, IdentityConfig, inventory},
+        record::Endpoint,
+    };
+
+    #[test]
+    fn records_of_one_pod_share_one_identity() {
+        let mut cache = IdentityCache::new(IdentityConfig {
+            tenant_label: "tenant".to_owned(),
+            node_name: "node-a".to_owned(),
+            local_addresses: Vec::new(),
+            grace: Duration::from_secs(60),
+        });
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, uid: u1, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: main, image: app}]}\nstatus: {podIP: 10.1.0.2, podIPs: [{ip: 10.1.0.2}], startTime: '2020-01-01T00:00:00Z'}\n";
+        let parsed = inventory::parse(yaml, "test.yaml");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let now = SystemTime::now();
+        for object in parsed.objects {
+            cache.apply(CacheEvent::Apply(object), now);
+        }
+        let enricher = Enricher::new(cache);
+        let record = |port| {
+            let time = crate::record::Timestamp(now);
+            let mut record = FlowRecord {
+                time,
+                first_seen: time,
+                source: Endpoint::new("10.1.0.2".parse().unwrap(), port),
+                destination: Endpoint::new("10.9.9.9".parse().unwrap(), 443),
+                protocol: Protocol(6),
+                icmp: None,
+                packets: 1,
+                bytes: 60,
+                tcp_flags: Vec::new(),
+                is_reply: false,
+                interface: "veth0".into(),
+                hook: crate::record::Hook::Ingress,
+                node: "node-a".into(),
+                cross_tenant: None,
+                new_connection: false,
+            };
+            enricher.annotate(&mut record, None, now);
+            record
+        };
+        let (first, second) = (record(40_000), record(40_001));
+        assert_eq!(first.source.identity.pod.as_deref(), Some("web-1"));
+        assert!(Arc::ptr_eq(&first.source.identity, &second.source.identity));
+        assert!(Arc::ptr_eq(
+            &first.destination.identity,
+            &second.destination.identity
+        ));
+        assert_eq!(first.destination.identity.kind, Some(PeerKind::World));
+        assert_eq!(enricher.interned(), 2);
     }
 }

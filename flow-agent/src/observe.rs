@@ -682,16 +682,16 @@ fn endpoint_cell(endpoint: &Endpoint) -> String {
     let Endpoint {
         ip,
         port,
-        identity:
-            EndpointIdentity {
-                kind,
-                namespace,
-                pod,
-                node,
-                ..
-            },
+        identity,
         service,
     } = endpoint;
+    let EndpointIdentity {
+        kind,
+        namespace,
+        pod,
+        node,
+        ..
+    } = &**identity;
     let mut cell = match (namespace, pod) {
         (Some(namespace), Some(pod)) if *port == 0 => format!("{namespace}/{pod}"),
         (Some(namespace), Some(pod)) => format!("{namespace}/{pod}:{port}"),
@@ -830,7 +830,7 @@ fn hubble_endpoint(endpoint: &Endpoint) -> Value {
         workload,
         labels,
         ..
-    } = &endpoint.identity;
+    } = &*endpoint.identity;
     let mut object = Map::new();
     let mut label_list: Vec<String> = labels
         .iter()
@@ -942,7 +942,7 @@ pub fn hubble_flow(record: &FlowRecord) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::{collections::BTreeMap, sync::Arc};
 
     use clap::Parser as _;
 
@@ -965,7 +965,7 @@ mod tests {
         Endpoint {
             ip: ip.parse().unwrap(),
             port,
-            identity: EndpointIdentity {
+            identity: Arc::new(EndpointIdentity {
                 kind: Some(PeerKind::Pod),
                 namespace: Some(namespace.into()),
                 pod: Some(name.into()),
@@ -980,7 +980,7 @@ mod tests {
                 )]),
                 node: Some("node-1".into()),
                 note: None,
-            },
+            }),
             service: None,
         }
     }
@@ -1065,7 +1065,7 @@ mod tests {
         });
         ping.source.port = 0;
         ping.destination = Endpoint::new("2.2.2.2".parse().unwrap(), 0);
-        ping.destination.identity.kind = Some(PeerKind::World);
+        Arc::make_mut(&mut ping.destination.identity).kind = Some(PeerKind::World);
         let value = hubble_flow(&ping);
         assert_eq!(
             value["flow"]["l4"],
@@ -1199,7 +1199,7 @@ mod tests {
         let flow = convert::flow(&record(), 0);
         printer.flow(&mut out, &flow).unwrap();
         let mut long = record();
-        long.source.identity.pod =
+        Arc::make_mut(&mut long.source.identity).pod =
             Some("a-very-long-pod-name-that-is-wider-than-the-column".into());
         printer.flow(&mut out, &convert::flow(&long, 1)).unwrap();
         printer.flow(&mut out, &flow).unwrap();

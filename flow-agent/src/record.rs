@@ -4,6 +4,7 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv6Addr},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -148,9 +149,10 @@ pub struct Endpoint {
     pub ip: IpAddr,
     /// Transport port; 0 for protocols without ports.
     pub port: u16,
-    /// Who the address belonged to when the flow was seen (when identity is on).
+    /// Who the address belonged to when the flow was seen (when identity is
+    /// on). Shared: records of the same pod point at one copy.
     #[serde(flatten)]
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     /// The Service the client addressed, for destinations reached through one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
@@ -162,7 +164,7 @@ impl Endpoint {
         Self {
             ip,
             port,
-            identity: Identity::default(),
+            identity: Arc::default(),
             service: None,
         }
     }

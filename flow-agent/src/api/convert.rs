@@ -1,7 +1,7 @@
 //! Between the agent's records and their protobuf form, both ways: the server
 //! sends protobuf, the CLI prints the agent's own JSON schema.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 use flow_proto::v1 as proto;
 
@@ -49,19 +49,19 @@ fn endpoint(endpoint: &Endpoint) -> proto::Endpoint {
     let Endpoint {
         ip,
         port,
-        identity:
-            Identity {
-                kind: peer,
-                namespace,
-                pod,
-                workload: owner,
-                tenant,
-                labels,
-                node,
-                note,
-            },
+        identity,
         service,
     } = endpoint;
+    let Identity {
+        kind: peer,
+        namespace,
+        pod,
+        workload: owner,
+        tenant,
+        labels,
+        node,
+        note,
+    } = &**identity;
     proto::Endpoint {
         ip: ip.to_string(),
         port: u32::from(*port),
@@ -110,7 +110,7 @@ fn from_endpoint(endpoint: Option<&proto::Endpoint>) -> Endpoint {
     Endpoint {
         ip: address,
         port: u16::try_from(*port).unwrap_or(0),
-        identity: Identity {
+        identity: Arc::new(Identity {
             kind: PeerKind::from_name(kind),
             namespace: text(namespace),
             pod: text(pod),
@@ -119,7 +119,7 @@ fn from_endpoint(endpoint: Option<&proto::Endpoint>) -> Endpoint {
             labels: labels.clone().into_iter().collect(),
             node: text(node),
             note: text(note),
-        },
+        }),
         service: service.as_ref().map(
             |proto::ServiceRef {
                  namespace,

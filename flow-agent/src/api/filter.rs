@@ -176,19 +176,16 @@ impl EndpointMatcher {
 
     fn matches(&self, endpoint: &Endpoint) -> bool {
         let Endpoint {
-            ip,
-            port,
-            identity:
-                Identity {
-                    namespace,
-                    pod,
-                    workload,
-                    tenant,
-                    labels,
-                    ..
-                },
-            ..
+            ip, port, identity, ..
         } = endpoint;
+        let Identity {
+            namespace,
+            pod,
+            workload,
+            tenant,
+            labels,
+            ..
+        } = &**identity;
         let one_of = |values: &[String], value: &Option<String>| {
             values.is_empty() || value.as_ref().is_some_and(|value| values.contains(value))
         };
@@ -355,7 +352,7 @@ mod tests {
 
     fn endpoint(ip: &str, port: u16, namespace: &str, tenant: &str, workload: &str) -> Endpoint {
         let mut endpoint = Endpoint::new(ip.parse().unwrap(), port);
-        endpoint.identity = Identity {
+        endpoint.identity = std::sync::Arc::new(Identity {
             namespace: Some(namespace.into()),
             tenant: Some(tenant.into()),
             workload: Some(Workload {
@@ -364,7 +361,7 @@ mod tests {
             }),
             labels: [("app".to_owned(), workload.to_owned())].into(),
             ..Identity::default()
-        };
+        });
         endpoint
     }
 

@@ -21,13 +21,22 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use super::convert;
 use crate::{aggregate::AggregateRecord, datapath::DatapathCounters, record::FlowRecord};
 
-/// A flow record in the buffer, with its protobuf form made once.
+/// A flow record in the buffer. Its identities are shared with the agent's
+/// other records; the protobuf form is made per send, so the buffer holds one
+/// copy of each record only.
 #[derive(Debug)]
 pub struct StoredFlow {
     /// The record.
     pub record: FlowRecord,
-    /// Its protobuf form (carrying the sequence number).
-    pub message: proto::Flow,
+    /// Its position among every record the agent produced.
+    pub sequence: u64,
+}
+
+impl StoredFlow {
+    /// The protobuf form.
+    pub fn message(&self) -> proto::Flow {
+        convert::flow(&self.record, self.sequence)
+    }
 }
 
 /// An aggregate in the buffer.
@@ -297,10 +306,9 @@ impl Hub {
         let mut lost = 0;
         for record in records {
             let sequence = self.flows_seen.fetch_add(1, Ordering::Relaxed);
-            let message = convert::flow(record, sequence);
             lost += state.flows.publish(Arc::new(StoredFlow {
                 record: record.clone(),
-                message,
+                sequence,
             }));
         }
         self.lost_records.fetch_add(lost, Ordering::Relaxed);
@@ -466,7 +474,8 @@ mod tests {
         );
         // Sequence numbers count every record.
         let last = hub.subscribe_flows(1, None, false, |_| true).replay;
-        assert_eq!(last[0].message.sequence, 7);
+        assert_eq!(last[0].sequence, 7);
+        assert_eq!(last[0].message().sequence, 7);
     }
 
     #[tokio::test]

@@ -153,7 +153,7 @@ impl FlowService for FlowApi {
             subscription.replay,
             subscription.live,
             |stored| GetFlowsResponse {
-                response: Some(get_flows_response::Response::Flow(stored.message.clone())),
+                response: Some(get_flows_response::Response::Flow(stored.message())),
             },
             |count| GetFlowsResponse {
                 response: Some(get_flows_response::Response::LostRecords(

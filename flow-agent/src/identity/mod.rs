@@ -109,7 +109,7 @@ pub struct Workload {
 
 /// Who an address is, at the moment a flow was seen. Serialized flat into a
 /// record's `source` or `destination`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     /// What kind of peer; absent when identity is not configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
