@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use flow_lab::{
-    AgentProcess, Node,
+    AgentProcess, LabProcess, Node,
     cluster::{Controller, Inventory},
 };
 use serde_json::Value;
@@ -408,6 +408,8 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
             "demo-node",
             "--inventory",
             &inventory_path.display().to_string(),
+            "--grpc-listen",
+            "127.0.0.1:4245",
         ],
         false,
     ) {
@@ -500,6 +502,27 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
             );
             fold(&mut whole_run, &aggregates);
         }
+    }
+    // The same flows through the gRPC API, as a tenant's tooling would see them.
+    let query = [
+        "observe",
+        "--last",
+        "6",
+        "--cross-tenant",
+        "--direction",
+        "request",
+    ];
+    match LabProcess::start(&node.netns, agent_binary, &query, None)
+        .and_then(|observe| observe.wait_for_exit(Duration::from_secs(10)))
+    {
+        Ok(output) if output.success => {
+            println!("\nThrough the gRPC API: flow-agent {}", query.join(" "));
+            for line in output.stdout {
+                println!("  {line}");
+            }
+        }
+        Ok(output) => println!("flow-agent observe failed: {}", output.stderr.join(" ")),
+        Err(error) => println!("flow-agent observe failed: {error}"),
     }
     let Running(flag) = &running;
     flag.store(false, Ordering::SeqCst);
