@@ -60,6 +60,7 @@ fn pod(index: u32, since: SystemTime) -> Object {
         since: Some(since),
         terminal: false,
         finished_at: None,
+        ports: Vec::new(),
     })
 }
 

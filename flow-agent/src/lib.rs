@@ -29,4 +29,5 @@ pub mod identity;
 pub mod interfaces;
 pub mod observe;
 pub mod output;
+pub mod policy;
 pub mod record;

@@ -156,6 +156,19 @@ pub struct PodInfo {
     pub terminal: bool,
     /// When a terminal pod's last container finished, if the status says.
     pub finished_at: Option<SystemTime>,
+    /// Declared container ports, for named ports in NetworkPolicies.
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A port a pod's container declares.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerPort {
+    /// `name`, if given.
+    pub name: Option<String>,
+    /// `containerPort`.
+    pub port: u16,
+    /// `protocol` (TCP when absent).
+    pub protocol: Protocol,
 }
 
 /// A workload controller: ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob.
@@ -465,7 +478,32 @@ pub fn pod(object: &Pod) -> Result<PodInfo, ObjectError> {
             .or_else(|| time(meta.creation_timestamp.as_ref())),
         terminal,
         finished_at,
+        ports: container_ports(&fields, spec)?,
     })
+}
+
+fn container_ports(
+    fields: &Fields,
+    spec: Option<&k8s_openapi::api::core::v1::PodSpec>,
+) -> Result<Vec<ContainerPort>, ObjectError> {
+    let mut ports = Vec::new();
+    let Some(spec) = spec else {
+        return Ok(ports);
+    };
+    for (index, container) in spec.containers.iter().enumerate() {
+        for (port_index, port) in container.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{index}].ports[{port_index}]");
+            let number = fields.port(port.container_port, format!("{field}.containerPort"))?;
+            let protocol = fields.protocol(port.protocol.as_ref(), format!("{field}.protocol"))?;
+            ports.push(ContainerPort {
+                name: port.name.clone(),
+                port: number,
+                protocol,
+            });
+        }
+    }
+    ports.sort_unstable();
+    Ok(ports)
 }
 
 fn owner_info(

@@ -1,0 +1,698 @@
+//! The connection graph a policy is learned from: who opened connections to
+//! whom, on which protocol and destination (target) port.
+//!
+//! Edges come from request-direction flow records only (replies never make an
+//! edge). A destination reached through a Service is its backend pod and target
+//! port, never the Service port: the agent translates before it records.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    identity::{Identity, PeerKind, Workload},
+    record::{Endpoint, FlowRecord, Protocol, Timestamp},
+};
+
+/// A workload: namespace, controller kind and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkloadRef {
+    /// Namespace.
+    pub namespace: String,
+    /// `Deployment`, `StatefulSet`, ..., `Pod` for a bare pod, `Service` for a
+    /// Service whose backends were not told apart.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            namespace,
+            kind,
+            name,
+        } = self;
+        write!(f, "{namespace}/{kind}/{name}")
+    }
+}
+
+/// One end of an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum Party {
+    /// A workload of the cluster.
+    Workload(WorkloadRef),
+    /// An address that is no workload: outside the cluster, a node, the API
+    /// server, or a Service address that was not translated.
+    Address {
+        /// The address.
+        ip: IpAddr,
+        /// What it is.
+        kind: PeerKind,
+    },
+}
+
+impl Party {
+    /// The workload, if this is one.
+    pub fn workload(&self) -> Option<&WorkloadRef> {
+        match self {
+            Self::Workload(workload) => Some(workload),
+            Self::Address { .. } => None,
+        }
+    }
+
+    fn of(endpoint: &Endpoint) -> Option<Self> {
+        let Identity {
+            kind,
+            namespace,
+            workload,
+            ..
+        } = &*endpoint.identity;
+        match (kind, namespace, workload) {
+            (
+                Some(PeerKind::Pod | PeerKind::Service),
+                Some(namespace),
+                Some(Workload { kind, name }),
+            ) => Some(Self::Workload(WorkloadRef {
+                namespace: namespace.clone(),
+                kind: kind.clone(),
+                name: name.clone(),
+            })),
+            (Some(kind), _, _) => Some(Self::Address {
+                ip: endpoint.ip,
+                kind: *kind,
+            }),
+            // Without identity nothing can be learned about this end.
+            (None, _, _) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Workload(workload) => workload.fmt(f),
+            Self::Address { ip, kind } => write!(f, "{ip} ({})", kind.as_str()),
+        }
+    }
+}
+
+/// What identifies an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EdgeKey {
+    /// Who opened the connections.
+    pub client: Party,
+    /// Who accepted them.
+    pub server: Party,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Destination port on the server (the target port behind a Service); 0
+    /// for protocols without ports.
+    pub port: u16,
+}
+
+/// What was seen on an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeStats {
+    /// First request packet.
+    pub first_seen: Timestamp,
+    /// Last request packet.
+    pub last_seen: Timestamp,
+    /// Connections opened.
+    pub connections: u64,
+    /// Request packets.
+    pub packets: u64,
+    /// Request bytes.
+    pub bytes: u64,
+    /// The two ends belong to different tenants.
+    pub cross_tenant: bool,
+    /// Services (`namespace/name`) the client addressed.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub services: BTreeSet<String>,
+}
+
+impl EdgeStats {
+    fn merge(&mut self, other: &Self) {
+        let Self {
+            first_seen,
+            last_seen,
+            connections,
+            packets,
+            bytes,
+            cross_tenant,
+            services,
+        } = other;
+        self.first_seen = Timestamp(self.first_seen.0.min(first_seen.0));
+        self.last_seen = Timestamp(self.last_seen.0.max(last_seen.0));
+        self.connections += connections;
+        self.packets += packets;
+        self.bytes += bytes;
+        self.cross_tenant |= cross_tenant;
+        self.services.extend(services.iter().cloned());
+    }
+}
+
+/// An edge: key and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    /// What identifies it.
+    #[serde(flatten)]
+    pub key: EdgeKey,
+    /// What was seen.
+    #[serde(flatten)]
+    pub stats: EdgeStats,
+}
+
+/// What the graph knows of a workload, for selectors and tenancy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    /// Tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The workload's stable pod labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Last time one of its pods was seen in a flow.
+    pub last_seen: Timestamp,
+}
+
+/// A change to the graph, as the store logs it: the full new state of one
+/// entry, so replaying changes in order is idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "change")]
+pub enum Change {
+    /// An edge now has this state.
+    Edge(Edge),
+    /// An edge was removed (expired or evicted).
+    RemoveEdge(EdgeKey),
+    /// A workload now has this information.
+    Workload {
+        /// The workload.
+        workload: WorkloadRef,
+        /// Its information.
+        info: WorkloadInfo,
+    },
+    /// A workload was forgotten (no edge refers to it any more).
+    RemoveWorkload(WorkloadRef),
+}
+
+/// The connection graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Graph {
+    edges: BTreeMap<EdgeKey, EdgeStats>,
+    workloads: BTreeMap<WorkloadRef, WorkloadInfo>,
+}
+
+/// The graph's file form.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphFile {
+    /// Format version: 1.
+    pub version: u32,
+    /// Edges, sorted.
+    pub edges: Vec<Edge>,
+    /// Workloads, sorted.
+    pub workloads: Vec<FileWorkload>,
+}
+
+/// A workload in the file form.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWorkload {
+    /// The workload.
+    #[serde(flatten)]
+    pub workload: WorkloadRef,
+    /// Its information.
+    #[serde(flatten)]
+    pub info: WorkloadInfo,
+}
+
+/// The version of [`GraphFile`] this build writes and reads.
+pub const GRAPH_VERSION: u32 = 1;
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Edges, sorted by key.
+    pub fn edges(&self) -> impl Iterator<Item = (&EdgeKey, &EdgeStats)> {
+        self.edges.iter()
+    }
+
+    /// Number of edges.
+    pub fn len(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// Whether there is no edge.
+    pub fn is_empty(&self) -> bool {
+        self.edges.is_empty()
+    }
+
+    /// What is known of a workload.
+    pub fn workload(&self, workload: &WorkloadRef) -> Option<&WorkloadInfo> {
+        self.workloads.get(workload)
+    }
+
+    /// Every workload, sorted.
+    pub fn workloads(&self) -> impl Iterator<Item = (&WorkloadRef, &WorkloadInfo)> {
+        self.workloads.iter()
+    }
+
+    /// Learns from one flow record; returns the changes it made. Replies and
+    /// records without identity on both ends teach nothing.
+    pub fn observe(&mut self, record: &FlowRecord) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if record.is_reply {
+            return changes;
+        }
+        let (Some(client), Some(server)) =
+            (Party::of(&record.source), Party::of(&record.destination))
+        else {
+            return changes;
+        };
+        // Only edges with a workload end can become policy.
+        if client.workload().is_none() && server.workload().is_none() {
+            return changes;
+        }
+        for (party, endpoint) in [(&client, &record.source), (&server, &record.destination)] {
+            if let Party::Workload(workload) = party {
+                let info = WorkloadInfo {
+                    tenant: endpoint.identity.tenant.clone(),
+                    labels: endpoint.identity.labels.clone(),
+                    last_seen: record.time,
+                };
+                if let Some(change) = self.set_workload(workload.clone(), info) {
+                    changes.push(change);
+                }
+            }
+        }
+        let key = EdgeKey {
+            client,
+            server,
+            protocol: record.protocol,
+            port: record.destination.port,
+        };
+        let stats = EdgeStats {
+            first_seen: record.first_seen,
+            last_seen: record.time,
+            connections: u64::from(record.new_connection),
+            packets: record.packets,
+            bytes: record.bytes,
+            cross_tenant: record.cross_tenant == Some(true),
+            services: record
+                .destination
+                .service
+                .iter()
+                .map(|service| format!("{}/{}", service.namespace, service.name))
+                .collect(),
+        };
+        changes.push(self.merge_edge(key, &stats));
+        changes
+    }
+
+    fn set_workload(&mut self, workload: WorkloadRef, info: WorkloadInfo) -> Option<Change> {
+        match self.workloads.get_mut(&workload) {
+            // Labels and tenant as of the latest flow; only report a change
+            // when they change (last_seen alone moves every record).
+            Some(known) if known.tenant == info.tenant && known.labels == info.labels => {
+                known.last_seen = Timestamp(known.last_seen.0.max(info.last_seen.0));
+                None
+            }
+            Some(known) if known.last_seen.0 > info.last_seen.0 => None,
+            _ => {
+                self.workloads.insert(workload.clone(), info.clone());
+                Some(Change::Workload { workload, info })
+            }
+        }
+    }
+
+    fn merge_edge(&mut self, key: EdgeKey, stats: &EdgeStats) -> Change {
+        let merged = match self.edges.get_mut(&key) {
+            Some(known) => {
+                known.merge(stats);
+                known.clone()
+            }
+            None => {
+                self.edges.insert(key.clone(), stats.clone());
+                stats.clone()
+            }
+        };
+        Change::Edge(Edge { key, stats: merged })
+    }
+
+    /// Applies a logged change.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Edge(Edge { key, stats }) => {
+                self.edges.insert(key, stats);
+            }
+            Change::RemoveEdge(key) => {
+                self.edges.remove(&key);
+            }
+            Change::Workload { workload, info } => {
+                self.workloads.insert(workload, info);
+            }
+            Change::RemoveWorkload(workload) => {
+                self.workloads.remove(&workload);
+            }
+        }
+    }
+
+    /// Adds another graph's edges and workloads (the union over nodes).
+    pub fn merge(&mut self, other: &Self) {
+        for (key, stats) in &other.edges {
+            self.merge_edge(key.clone(), stats);
+        }
+        for (workload, info) in &other.workloads {
+            self.set_workload(workload.clone(), info.clone());
+        }
+    }
+
+    /// Removes edges without traffic for `expiry` (when set), then the least
+    /// recently seen edges beyond `max_edges`, then workloads no edge refers
+    /// to. Returns the removals.
+    pub fn prune(
+        &mut self,
+        now: SystemTime,
+        expiry: Option<Duration>,
+        max_edges: usize,
+    ) -> Vec<Change> {
+        let mut removed: Vec<EdgeKey> = Vec::new();
+        if let Some(expiry) = expiry {
+            let cutoff = now.checked_sub(expiry).unwrap_or(SystemTime::UNIX_EPOCH);
+            removed.extend(
+                self.edges
+                    .iter()
+                    .filter(|(_, stats)| stats.last_seen.0 < cutoff)
+                    .map(|(key, _)| key.clone()),
+            );
+            for key in &removed {
+                self.edges.remove(key);
+            }
+        }
+        if self.edges.len() > max_edges {
+            let mut by_age: Vec<(SystemTime, EdgeKey)> = self
+                .edges
+                .iter()
+                .map(|(key, stats)| (stats.last_seen.0, key.clone()))
+                .collect();
+            by_age.sort();
+            let excess = self.edges.len() - max_edges;
+            for (_, key) in by_age.into_iter().take(excess) {
+                self.edges.remove(&key);
+                removed.push(key);
+            }
+        }
+        let mut changes: Vec<Change> = removed.into_iter().map(Change::RemoveEdge).collect();
+        if !changes.is_empty() {
+            let referenced: BTreeSet<&WorkloadRef> = self
+                .edges
+                .keys()
+                .flat_map(|key| [key.client.workload(), key.server.workload()])
+                .flatten()
+                .collect();
+            let orphans: Vec<WorkloadRef> = self
+                .workloads
+                .keys()
+                .filter(|workload| !referenced.contains(workload))
+                .cloned()
+                .collect();
+            for workload in orphans {
+                self.workloads.remove(&workload);
+                changes.push(Change::RemoveWorkload(workload));
+            }
+        }
+        changes
+    }
+
+    /// The file form.
+    pub fn to_file(&self) -> GraphFile {
+        GraphFile {
+            version: GRAPH_VERSION,
+            edges: self
+                .edges
+                .iter()
+                .map(|(key, stats)| Edge {
+                    key: key.clone(),
+                    stats: stats.clone(),
+                })
+                .collect(),
+            workloads: self
+                .workloads
+                .iter()
+                .map(|(workload, info)| FileWorkload {
+                    workload: workload.clone(),
+                    info: info.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A graph from its file form.
+    pub fn from_file(file: GraphFile) -> Result<Self, String> {
+        let GraphFile {
+            version,
+            edges,
+            workloads,
+        } = file;
+        if version != GRAPH_VERSION {
+            return Err(format!(
+                "graph format version {version}; this build reads {GRAPH_VERSION}"
+            ));
+        }
+        Ok(Self {
+            edges: edges
+                .into_iter()
+                .map(|Edge { key, stats }| (key, stats))
+                .collect(),
+            workloads: workloads
+                .into_iter()
+                .map(|FileWorkload { workload, info }| (workload, info))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{identity::ServiceRef, record::Hook};
+
+    fn at(seconds: u64) -> Timestamp {
+        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds))
+    }
+
+    fn pod(ip: &str, port: u16, namespace: &str, workload: &str, tenant: &str) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+            identity: Arc::new(Identity {
+                kind: Some(PeerKind::Pod),
+                namespace: Some(namespace.into()),
+                pod: Some(format!("{workload}-abc")),
+                workload: Some(Workload {
+                    kind: "Deployment".into(),
+                    name: workload.into(),
+                }),
+                tenant: Some(tenant.into()),
+                labels: [("app".to_owned(), workload.to_owned())].into(),
+                node: Some("n".into()),
+                note: None,
+            }),
+            service: None,
+        }
+    }
+
+    fn world(ip: &str, port: u16) -> Endpoint {
+        let mut endpoint = Endpoint::new(ip.parse().unwrap(), port);
+        endpoint.identity = Arc::new(Identity {
+            kind: Some(PeerKind::World),
+            ..Identity::default()
+        });
+        endpoint
+    }
+
+    fn record(source: Endpoint, destination: Endpoint, time: u64) -> FlowRecord {
+        FlowRecord {
+            time: at(time),
+            first_seen: at(time),
+            source,
+            destination,
+            protocol: Protocol(6),
+            icmp: None,
+            packets: 3,
+            bytes: 200,
+            tcp_flags: Vec::new(),
+            is_reply: false,
+            interface: "veth0".into(),
+            hook: Hook::Ingress,
+            node: "n".into(),
+            cross_tenant: Some(false),
+            new_connection: true,
+        }
+    }
+
+    fn web() -> WorkloadRef {
+        WorkloadRef {
+            namespace: "shop".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+        }
+    }
+
+    #[test]
+    fn requests_make_edges_with_target_ports_and_replies_make_none() {
+        let mut graph = Graph::new();
+        let mut request = record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            pod("10.0.0.2", 8080, "shop", "api", "acme"),
+            1,
+        );
+        request.destination.service = Some(ServiceRef {
+            namespace: "shop".into(),
+            name: "api".into(),
+            ip: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            target_port: Some(8080),
+        });
+        graph.observe(&request);
+        let mut again = request.clone();
+        again.source.port = 40_001;
+        again.time = at(5);
+        graph.observe(&again);
+        let mut reply = record(
+            pod("10.0.0.2", 8080, "shop", "api", "acme"),
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            2,
+        );
+        reply.is_reply = true;
+        assert!(graph.observe(&reply).is_empty());
+        let edges: Vec<_> = graph.edges().collect();
+        assert_eq!(edges.len(), 1);
+        let (key, stats) = edges[0];
+        assert_eq!(key.client, Party::Workload(web()));
+        assert_eq!(key.server.workload().unwrap().name, "api");
+        assert_eq!((key.protocol, key.port), (Protocol(6), 8080));
+        assert_eq!((stats.connections, stats.packets, stats.bytes), (2, 6, 400));
+        assert_eq!((stats.first_seen, stats.last_seen), (at(1), at(5)));
+        assert_eq!(stats.services, BTreeSet::from(["shop/api".to_owned()]));
+        assert_eq!(graph.workload(&web()).unwrap().labels["app"], "web");
+    }
+
+    #[test]
+    fn external_peers_are_addresses_and_world_to_world_is_ignored() {
+        let mut graph = Graph::new();
+        graph.observe(&record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            world("203.0.113.9", 443),
+            1,
+        ));
+        graph.observe(&record(
+            world("198.51.100.1", 5000),
+            world("203.0.113.9", 443),
+            1,
+        ));
+        let keys: Vec<&EdgeKey> = graph.edges().map(|(key, _)| key).collect();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            keys[0].server,
+            Party::Address {
+                ip: "203.0.113.9".parse().unwrap(),
+                kind: PeerKind::World
+            }
+        );
+    }
+
+    #[test]
+    fn merging_graphs_is_a_union_and_replaying_changes_rebuilds_the_graph() {
+        let mut node_a = Graph::new();
+        let mut log = Vec::new();
+        log.extend(node_a.observe(&record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            pod("10.0.1.2", 8080, "shop", "api", "acme"),
+            1,
+        )));
+        let mut node_b = Graph::new();
+        node_b.observe(&record(
+            pod("10.0.0.1", 40_002, "shop", "web", "acme"),
+            pod("10.0.1.2", 8080, "shop", "api", "acme"),
+            9,
+        ));
+        node_b.observe(&record(
+            pod("10.0.1.2", 40_003, "shop", "api", "acme"),
+            pod("10.0.2.2", 5432, "data", "db", "globex"),
+            9,
+        ));
+        let mut cluster = node_a.clone();
+        cluster.merge(&node_b);
+        assert_eq!(cluster.len(), 2);
+        let web_api = cluster
+            .edges()
+            .find(|(key, _)| key.client == Party::Workload(web()))
+            .unwrap()
+            .1;
+        assert_eq!(
+            (web_api.connections, web_api.first_seen, web_api.last_seen),
+            (2, at(1), at(9))
+        );
+
+        let mut replayed = Graph::new();
+        for change in log {
+            replayed.apply(change);
+        }
+        assert_eq!(replayed, node_a);
+        // The file form round-trips.
+        let file = serde_json::to_string(&cluster.to_file()).unwrap();
+        let back = Graph::from_file(serde_json::from_str(&file).unwrap()).unwrap();
+        assert_eq!(back, cluster);
+    }
+
+    #[test]
+    fn pruning_expires_old_edges_bounds_the_size_and_forgets_orphans() {
+        let mut graph = Graph::new();
+        for (index, time) in [(1u16, 10), (2, 20), (3, 30), (4, 40)] {
+            graph.observe(&record(
+                pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+                pod(
+                    "10.0.1.2",
+                    8000 + index,
+                    "shop",
+                    &format!("api{index}"),
+                    "acme",
+                ),
+                time,
+            ));
+        }
+        let now = at(45).0;
+        let changes = graph.prune(now, Some(Duration::from_secs(30)), 2);
+        // 10 s old... 35 s old: expired (at 10); then the oldest beyond two (at 20).
+        let ports: Vec<u16> = graph.edges().map(|(key, _)| key.port).collect();
+        assert_eq!(ports, [8003, 8004]);
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|change| matches!(change, Change::RemoveEdge(_)))
+                .count(),
+            2
+        );
+        let forgotten: Vec<&str> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::RemoveWorkload(workload) => Some(workload.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(forgotten, ["api1", "api2"]);
+        assert!(graph.workload(&web()).is_some());
+    }
+}

@@ -1,0 +1,6 @@
+//! The policy learner: a connection graph learned from flows, kept crash-safe
+//! on disk, merged across nodes, and turned into least-privilege
+//! NetworkPolicies that allow exactly what was observed.
+
+pub mod graph;
+pub mod store;

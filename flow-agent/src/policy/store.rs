@@ -1,0 +1,407 @@
+//! The learned graph on disk, crash-safe: a snapshot plus a log of changes.
+//!
+//! - `graph.json`: a snapshot, replaced atomically (written to a temporary
+//!   file, fsynced, renamed over the old one, directory fsynced).
+//! - `graph.log`: changes since the snapshot, one commit per line as
+//!   `<crc32 hex> <json array of changes>`, appended and fsynced before
+//!   [`Store::commit`] returns: a change is acknowledged once it is in the
+//!   log, and a commit is applied whole or not at all.
+//!
+//! Each change carries the full new state of its entry, so replaying the log
+//! over a snapshot that already contains some of it gives the same graph; a
+//! crash between renaming a snapshot and emptying the log is harmless. A torn
+//! last line (a crash in the middle of an append) fails its checksum and is
+//! cut off on the next open; a bad line anywhere else means the file was
+//! damaged from outside, and is an error rather than a silent loss.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use super::graph::{Change, Graph, GraphFile};
+
+/// Log entries after which the snapshot is rewritten and the log emptied.
+const COMPACT_AFTER: usize = 10_000;
+
+/// Errors of the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{operation} {path}")]
+    Io {
+        /// What was attempted.
+        operation: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The snapshot cannot be read.
+    #[error("corrupt graph snapshot {path}: {message}")]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A log line other than the last is damaged.
+    #[error(
+        "corrupt graph log {path} at line {line}: {message}; move the file away to start from the snapshot"
+    )]
+    Log {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn io_error<'a>(
+    operation: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        operation,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What opening a store found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Edges in the snapshot.
+    pub snapshot_edges: usize,
+    /// Changes replayed from the log.
+    pub replayed: usize,
+    /// Bytes of a torn last log line that were cut off.
+    pub truncated_bytes: u64,
+}
+
+/// The graph's files in a state directory.
+#[derive(Debug)]
+pub struct Store {
+    directory: PathBuf,
+    log: File,
+    log_entries: usize,
+}
+
+fn encode(changes: &[Change]) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(changes)?;
+    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn decode(line: &[u8]) -> Result<Vec<Change>, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+    let (checksum, json) = text.split_once(' ').ok_or("no checksum")?;
+    let expected = u32::from_str_radix(checksum, 16).map_err(|_| "bad checksum field")?;
+    if crc32fast::hash(json.as_bytes()) != expected {
+        return Err("checksum mismatch".to_owned());
+    }
+    serde_json::from_str(json).map_err(|error| error.to_string())
+}
+
+fn sync_directory(directory: &Path) -> Result<(), StoreError> {
+    File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error("sync directory", directory))
+}
+
+impl Store {
+    fn snapshot_path(directory: &Path) -> PathBuf {
+        directory.join("graph.json")
+    }
+
+    fn log_path(directory: &Path) -> PathBuf {
+        directory.join("graph.log")
+    }
+
+    /// Opens (creating) the store in `directory` and returns the graph it
+    /// holds: the snapshot with the log replayed over it.
+    pub fn open(directory: &Path) -> Result<(Self, Graph, Recovery), StoreError> {
+        std::fs::create_dir_all(directory).map_err(io_error("create", directory))?;
+        let mut recovery = Recovery::default();
+        let snapshot = Self::snapshot_path(directory);
+        let mut graph = match std::fs::read(&snapshot) {
+            Ok(bytes) => {
+                let file: GraphFile =
+                    serde_json::from_slice(&bytes).map_err(|error| StoreError::Snapshot {
+                        path: snapshot.clone(),
+                        message: error.to_string(),
+                    })?;
+                Graph::from_file(file).map_err(|message| StoreError::Snapshot {
+                    path: snapshot.clone(),
+                    message,
+                })?
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Graph::new(),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    operation: "read",
+                    path: snapshot,
+                    source,
+                });
+            }
+        };
+        recovery.snapshot_edges = graph.len();
+
+        let log_path = Self::log_path(directory);
+        let mut valid_length = 0u64;
+        let mut log_entries = 0;
+        match File::open(&log_path) {
+            Ok(file) => {
+                let mut reader = BufReader::new(file);
+                let mut line = Vec::new();
+                let mut number = 0;
+                let mut pending_error: Option<(usize, String)> = None;
+                loop {
+                    line.clear();
+                    let read = reader
+                        .read_until(b'\n', &mut line)
+                        .map_err(io_error("read", &log_path))?;
+                    if read == 0 {
+                        break;
+                    }
+                    number += 1;
+                    if let Some((line_number, message)) = pending_error.take() {
+                        // A bad line followed by more lines: not a torn tail.
+                        return Err(StoreError::Log {
+                            path: log_path,
+                            line: line_number,
+                            message,
+                        });
+                    }
+                    let complete = line.last() == Some(&b'\n');
+                    match decode(line.strip_suffix(b"\n").unwrap_or(&line)) {
+                        Ok(changes) if complete => {
+                            log_entries += changes.len();
+                            for change in changes {
+                                graph.apply(change);
+                            }
+                            valid_length += read as u64;
+                        }
+                        Ok(_) => pending_error = Some((number, "no end of line".into())),
+                        Err(message) => pending_error = Some((number, message)),
+                    }
+                }
+                let total = std::fs::metadata(&log_path)
+                    .map_err(io_error("stat", &log_path))?
+                    .len();
+                recovery.truncated_bytes = total - valid_length;
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    operation: "read",
+                    path: log_path,
+                    source,
+                });
+            }
+        }
+        recovery.replayed = log_entries;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error("open", &log_path))?;
+        if recovery.truncated_bytes > 0 {
+            // Cut the torn tail so new entries start on a clean line.
+            log.set_len(valid_length)
+                .map_err(io_error("truncate", &log_path))?;
+            log.sync_all().map_err(io_error("sync", &log_path))?;
+        }
+        Ok((
+            Self {
+                directory: directory.to_owned(),
+                log,
+                log_entries,
+            },
+            graph,
+            recovery,
+        ))
+    }
+
+    /// Appends changes and waits until they are on disk: once this returns,
+    /// they survive a crash. Compacts when the log has grown.
+    pub fn commit(&mut self, changes: &[Change], graph: &Graph) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let path = Self::log_path(&self.directory);
+        let line = encode(changes).map_err(|error| StoreError::Io {
+            operation: "encode changes for",
+            path: path.clone(),
+            source: io::Error::other(error),
+        })?;
+        self.log
+            .write_all(&line)
+            .map_err(io_error("append to", &path))?;
+        self.log.sync_data().map_err(io_error("sync", &path))?;
+        self.log_entries += changes.len();
+        if self.log_entries >= COMPACT_AFTER.max(graph.len()) {
+            self.compact(graph)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `graph` as the snapshot and empties the log.
+    pub fn compact(&mut self, graph: &Graph) -> Result<(), StoreError> {
+        let snapshot = Self::snapshot_path(&self.directory);
+        let temporary = self.directory.join("graph.json.tmp");
+        let bytes = serde_json::to_vec(&graph.to_file()).map_err(|error| StoreError::Io {
+            operation: "encode",
+            path: snapshot.clone(),
+            source: io::Error::other(error),
+        })?;
+        let mut file = File::create(&temporary).map_err(io_error("create", &temporary))?;
+        file.write_all(&bytes)
+            .map_err(io_error("write", &temporary))?;
+        file.sync_all().map_err(io_error("sync", &temporary))?;
+        drop(file);
+        std::fs::rename(&temporary, &snapshot).map_err(io_error("rename over", &snapshot))?;
+        sync_directory(&self.directory)?;
+        // Replaying the old log over the new snapshot changes nothing, so a
+        // crash before this truncation is harmless.
+        let log = Self::log_path(&self.directory);
+        self.log.set_len(0).map_err(io_error("truncate", &log))?;
+        self.log.sync_all().map_err(io_error("sync", &log))?;
+        self.log_entries = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        identity::{Identity, PeerKind, Workload},
+        record::{Endpoint, FlowRecord, Hook, Protocol, Timestamp},
+    };
+
+    fn record(client_port: u16, server: &str, port: u16) -> FlowRecord {
+        let endpoint = |ip: &str, port: u16, workload: &str| Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+            identity: Arc::new(Identity {
+                kind: Some(PeerKind::Pod),
+                namespace: Some("shop".into()),
+                workload: Some(Workload {
+                    kind: "Deployment".into(),
+                    name: workload.into(),
+                }),
+                tenant: Some("acme".into()),
+                ..Identity::default()
+            }),
+            service: None,
+        };
+        let time = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        FlowRecord {
+            time,
+            first_seen: time,
+            source: endpoint("10.0.0.1", client_port, "web"),
+            destination: endpoint("10.0.0.2", port, server),
+            protocol: Protocol(6),
+            icmp: None,
+            packets: 1,
+            bytes: 60,
+            tcp_flags: Vec::new(),
+            is_reply: false,
+            interface: "veth0".into(),
+            hook: Hook::Ingress,
+            node: "n".into(),
+            cross_tenant: Some(false),
+            new_connection: true,
+        }
+    }
+
+    fn learn(store: &mut Store, graph: &mut Graph, server: &str, port: u16) {
+        let changes = graph.observe(&record(40_000, server, port));
+        store.commit(&changes, graph).unwrap();
+    }
+
+    #[test]
+    fn committed_changes_survive_reopening_and_compaction() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut store, mut graph, recovery) = Store::open(directory.path()).unwrap();
+        assert_eq!(recovery, Recovery::default());
+        learn(&mut store, &mut graph, "api", 8080);
+        learn(&mut store, &mut graph, "db", 5432);
+        drop(store);
+        let (mut store, reopened, recovery) = Store::open(directory.path()).unwrap();
+        assert_eq!(reopened, graph);
+        // web and api and their edge, then db and its edge.
+        assert_eq!(
+            (
+                recovery.snapshot_edges,
+                recovery.replayed,
+                recovery.truncated_bytes
+            ),
+            (0, 5, 0)
+        );
+        store.compact(&reopened).unwrap();
+        learn(&mut store, &mut graph, "cache", 6379);
+        let (_, again, recovery) = Store::open(directory.path()).unwrap();
+        assert_eq!(again, graph);
+        assert_eq!((recovery.snapshot_edges, recovery.replayed), (2, 2));
+    }
+
+    #[test]
+    fn a_torn_last_commit_at_any_byte_is_cut_whole_and_everything_before_it_kept() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut store, mut graph, _) = Store::open(directory.path()).unwrap();
+        learn(&mut store, &mut graph, "api", 8080);
+        let before_last = graph.clone();
+        let length_before = std::fs::metadata(directory.path().join("graph.log"))
+            .unwrap()
+            .len();
+        learn(&mut store, &mut graph, "db", 5432);
+        drop(store);
+        let full = std::fs::read(directory.path().join("graph.log")).unwrap();
+        // A crash can stop the last append after any byte.
+        for cut in length_before..full.len() as u64 {
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::write(copy.path().join("graph.log"), &full[..cut as usize]).unwrap();
+            let (mut store, recovered, recovery) = Store::open(copy.path()).unwrap();
+            assert_eq!(recovered, before_last, "cut at {cut}");
+            assert_eq!(recovery.truncated_bytes, cut - length_before);
+            // And the store goes on cleanly after the cut.
+            let mut graph = recovered;
+            learn(&mut store, &mut graph, "db", 5432);
+            let (_, after, _) = Store::open(copy.path()).unwrap();
+            assert_eq!(after, graph);
+        }
+    }
+
+    #[test]
+    fn damage_before_the_last_line_is_an_error_not_a_silent_loss() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut store, mut graph, _) = Store::open(directory.path()).unwrap();
+        learn(&mut store, &mut graph, "api", 8080);
+        learn(&mut store, &mut graph, "db", 5432);
+        drop(store);
+        let path = directory.path().join("graph.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[12] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+        let error = Store::open(directory.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("corrupt graph log") && error.contains("line 1"),
+            "{error}"
+        );
+        std::fs::write(directory.path().join("graph.json"), "{not json").unwrap();
+        let error = Store::open(directory.path()).unwrap_err().to_string();
+        assert!(error.contains("corrupt graph snapshot"), "{error}");
+    }
+}
