@@ -44,6 +44,11 @@ impl Cidr {
         Some(Self { network, prefix })
     }
 
+    /// Whether `inner` lies entirely in this block.
+    pub fn contains_block(&self, inner: &Self) -> bool {
+        inner.prefix >= self.prefix && self.contains(inner.network)
+    }
+
     /// Whether `address` lies in the block.
     pub fn contains(&self, address: IpAddr) -> bool {
         let (network, address, width) = match (self.network, address) {

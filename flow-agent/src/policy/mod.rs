@@ -2,5 +2,9 @@
 //! on disk, merged across nodes, and turned into least-privilege
 //! NetworkPolicies that allow exactly what was observed.
 
+pub mod cluster;
+pub mod evaluate;
+pub mod export;
+pub mod generate;
 pub mod graph;
 pub mod store;

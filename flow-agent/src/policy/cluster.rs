@@ -1,0 +1,469 @@
+//! What the generator and the checker know of the cluster: namespaces and
+//! their labels, pods with their full labels, container ports and workload,
+//! and each workload's stable labels. Built from an inventory (`kubectl get
+//! -o yaml`), completed with what flows said about workloads the inventory
+//! does not have.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use super::graph::{Graph, WorkloadRef};
+use crate::identity::{
+    CHURN_LABELS, CacheEvent, IdentityCache, IdentityConfig, Object,
+    model::{ContainerPort, PodInfo},
+};
+
+/// The label every namespace carries with its own name (Kubernetes 1.22+).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Labels preferred in selectors, in order: the conventional identity labels.
+const PREFERRED_LABELS: [&str; 9] = [
+    "app.kubernetes.io/name",
+    "app",
+    "k8s-app",
+    "name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "component",
+    "tier",
+    "role",
+];
+
+/// Labels that change with upgrades: used in a selector only when nothing
+/// else tells the workload apart.
+const VOLATILE_LABELS: [&str; 5] = [
+    "version",
+    "app.kubernetes.io/version",
+    "helm.sh/chart",
+    "chart",
+    "release",
+];
+
+/// Most labels tried in combination when looking for the smallest selector.
+const MAX_SELECTOR_SEARCH: usize = 12;
+
+/// A pod as policies see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// All its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+    /// Declared container ports (for named ports).
+    pub ports: Vec<ContainerPort>,
+    /// Uses its node's network: NetworkPolicy does not apply to it.
+    pub host_network: bool,
+    /// Its workload.
+    pub workload: WorkloadRef,
+}
+
+/// A workload as policies see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadView {
+    /// Stable labels of its pods (its template's, without per-revision ones).
+    pub labels: BTreeMap<String, String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Indexes of its pods in [`ClusterView::pods`].
+    pub pods: Vec<usize>,
+    /// Its pods use the node's network.
+    pub host_network: bool,
+}
+
+/// The labels that select a workload's pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// `matchLabels`.
+    pub labels: BTreeMap<String, String>,
+    /// Other workloads' pods these labels also select (empty when exact).
+    pub also_selects: Vec<WorkloadRef>,
+}
+
+/// Namespaces, pods and workloads.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pods: Vec<PodView>,
+    workloads: BTreeMap<WorkloadRef, WorkloadView>,
+}
+
+impl ClusterView {
+    /// An empty view.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The view of an inventory's objects; `tenant_label` names tenants.
+    pub fn from_objects(objects: Vec<Object>, tenant_label: &str) -> Self {
+        let mut view = Self::new();
+        let mut pods: Vec<PodInfo> = Vec::new();
+        let mut cache = IdentityCache::new(IdentityConfig {
+            tenant_label: tenant_label.to_owned(),
+            node_name: String::new(),
+            local_addresses: Vec::new(),
+            grace: Duration::from_secs(0),
+        });
+        let now = SystemTime::now();
+        for object in objects {
+            match &object {
+                Object::Namespace(namespace) => {
+                    let mut labels = namespace.labels.clone();
+                    labels.insert(NAMESPACE_NAME_LABEL.to_owned(), namespace.name.clone());
+                    view.namespaces.insert(namespace.name.clone(), labels);
+                }
+                Object::Pod(pod) if !pod.terminal => pods.push(pod.clone()),
+                _ => {}
+            }
+            cache.apply(CacheEvent::Apply(object), now);
+        }
+        for pod in pods {
+            let (workload, labels) = cache.workload(&pod);
+            let key = WorkloadRef {
+                namespace: pod.namespace.clone(),
+                kind: workload.kind,
+                name: workload.name,
+            };
+            view.namespace_entry(&pod.namespace);
+            let index = view.pods.len();
+            let entry = view.workloads.entry(key.clone()).or_default();
+            entry.labels = labels;
+            entry.tenant = Some(cache.tenant(&pod.namespace));
+            entry.pods.push(index);
+            entry.host_network |= pod.host_network;
+            view.pods.push(PodView {
+                namespace: pod.namespace,
+                name: pod.name,
+                labels: pod.labels,
+                ips: pod.ips,
+                ports: pod.ports,
+                host_network: pod.host_network,
+                workload: key,
+            });
+        }
+        view
+    }
+
+    fn namespace_entry(&mut self, namespace: &str) -> &mut BTreeMap<String, String> {
+        self.namespaces
+            .entry(namespace.to_owned())
+            .or_insert_with(|| {
+                BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())])
+            })
+    }
+
+    /// Adds the workloads flows saw that the inventory does not have, as one
+    /// pod each carrying the workload's stable labels.
+    pub fn add_graph(&mut self, graph: &Graph) {
+        for (workload, info) in graph.workloads() {
+            if workload.kind == "Service" || self.workloads.contains_key(workload) {
+                continue;
+            }
+            self.namespace_entry(&workload.namespace);
+            let index = self.pods.len();
+            self.pods.push(PodView {
+                namespace: workload.namespace.clone(),
+                name: format!("({})", workload.name),
+                labels: info.labels.clone(),
+                ips: Vec::new(),
+                ports: Vec::new(),
+                host_network: false,
+                workload: workload.clone(),
+            });
+            self.workloads.insert(
+                workload.clone(),
+                WorkloadView {
+                    labels: info.labels.clone(),
+                    tenant: info.tenant.clone(),
+                    pods: vec![index],
+                    host_network: false,
+                },
+            );
+        }
+    }
+
+    /// A namespace's labels (at least its name label).
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(namespace).cloned().unwrap_or_else(|| {
+            BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())])
+        })
+    }
+
+    /// Known namespaces.
+    pub fn namespaces(&self) -> impl Iterator<Item = &String> {
+        self.namespaces.keys()
+    }
+
+    /// All pods.
+    pub fn pods(&self) -> &[PodView] {
+        &self.pods
+    }
+
+    /// A workload.
+    pub fn workload(&self, workload: &WorkloadRef) -> Option<&WorkloadView> {
+        self.workloads.get(workload)
+    }
+
+    /// All workloads.
+    pub fn workloads(&self) -> impl Iterator<Item = (&WorkloadRef, &WorkloadView)> {
+        self.workloads.iter()
+    }
+
+    /// The pod with this address, if one (not hostNetwork) has it.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodView> {
+        self.pods.iter().find(|pod| pod.ips.contains(&ip))
+    }
+
+    /// The pod of this namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodView> {
+        self.pods
+            .iter()
+            .find(|pod| pod.namespace == namespace && pod.name == name)
+    }
+
+    /// Adds a pod (for checks of flows whose pods the inventory lacks).
+    pub fn add_pod(&mut self, pod: PodView) -> usize {
+        self.namespace_entry(&pod.namespace);
+        let index = self.pods.len();
+        let entry = self.workloads.entry(pod.workload.clone()).or_default();
+        entry.pods.push(index);
+        entry.host_network |= pod.host_network;
+        if entry.labels.is_empty() {
+            entry.labels = pod
+                .labels
+                .iter()
+                .filter(|(key, _)| !CHURN_LABELS.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+        }
+        self.pods.push(pod);
+        index
+    }
+
+    /// The smallest set of the workload's stable labels that selects its pods
+    /// and no other workload's pods in its namespace. Conventional identity
+    /// labels are preferred, version-like labels avoided. When no subset is
+    /// exact, all stable labels, and the workloads they also select.
+    pub fn selector(&self, workload: &WorkloadRef) -> Option<Selection> {
+        let view = self.workloads.get(workload)?;
+        if view.labels.is_empty() {
+            return None;
+        }
+        let others: Vec<&PodView> = self
+            .pods
+            .iter()
+            .filter(|pod| pod.namespace == workload.namespace && pod.workload != *workload)
+            .collect();
+        let own: Vec<&PodView> = view.pods.iter().map(|index| &self.pods[*index]).collect();
+        let rank = |key: &str| {
+            let volatile = VOLATILE_LABELS.contains(&key);
+            let preferred = PREFERRED_LABELS
+                .iter()
+                .position(|label| *label == key)
+                .unwrap_or(PREFERRED_LABELS.len());
+            (volatile, preferred)
+        };
+        let mut candidates: Vec<(&String, &String)> = view
+            .labels
+            .iter()
+            // Only labels every pod of the workload carries select them all.
+            .filter(|(key, value)| own.iter().all(|pod| pod.labels.get(*key) == Some(*value)))
+            .collect();
+        candidates.sort_by(|(a, _), (b, _)| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+        candidates.truncate(MAX_SELECTOR_SEARCH);
+        let selects = |labels: &[(&String, &String)], pod: &PodView| {
+            labels
+                .iter()
+                .all(|(key, value)| pod.labels.get(*key) == Some(*value))
+        };
+        for size in 1..=candidates.len() {
+            let mut chosen: Option<Vec<(&String, &String)>> = None;
+            for_each_combination(candidates.len(), size, &mut |indexes| {
+                let labels: Vec<(&String, &String)> =
+                    indexes.iter().map(|index| candidates[*index]).collect();
+                if others.iter().all(|pod| !selects(&labels, pod)) {
+                    chosen = Some(labels);
+                    return true;
+                }
+                false
+            });
+            if let Some(labels) = chosen {
+                return Some(Selection {
+                    labels: labels
+                        .into_iter()
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect(),
+                    also_selects: Vec::new(),
+                });
+            }
+        }
+        let labels: Vec<(&String, &String)> = if candidates.is_empty() {
+            view.labels.iter().collect()
+        } else {
+            candidates
+        };
+        let also_selects: BTreeSet<WorkloadRef> = others
+            .iter()
+            .filter(|pod| selects(&labels, pod))
+            .map(|pod| pod.workload.clone())
+            .collect();
+        Some(Selection {
+            labels: labels
+                .into_iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            also_selects: also_selects.into_iter().collect(),
+        })
+    }
+}
+
+/// Calls `visit` with each `size`-combination of `0..count` in lexicographic
+/// order until it returns true.
+fn for_each_combination(count: usize, size: usize, visit: &mut dyn FnMut(&[usize]) -> bool) {
+    if size == 0 || size > count {
+        return;
+    }
+    let mut indexes: Vec<usize> = (0..size).collect();
+    loop {
+        if visit(&indexes) {
+            return;
+        }
+        // Advance the rightmost index that can move.
+        let mut position = size;
+        while position > 0 {
+            position -= 1;
+            if indexes[position] < count - size + position {
+                indexes[position] += 1;
+                for next in position + 1..size {
+                    indexes[next] = indexes[next - 1] + 1;
+                }
+                break;
+            }
+            if position == 0 {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(namespace: &str, name: &str) -> WorkloadRef {
+        WorkloadRef {
+            namespace: namespace.into(),
+            kind: "Deployment".into(),
+            name: name.into(),
+        }
+    }
+
+    /// Namespace, workload name, labels.
+    type TestPod<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn view(pods: &[TestPod<'_>]) -> ClusterView {
+        let mut view = ClusterView::new();
+        for (namespace, name, labels) in pods {
+            let labels: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect();
+            view.add_pod(PodView {
+                namespace: (*namespace).into(),
+                name: format!("{name}-1"),
+                labels,
+                ips: Vec::new(),
+                ports: Vec::new(),
+                host_network: false,
+                workload: workload(namespace, name),
+            });
+        }
+        view
+    }
+
+    #[test]
+    fn combinations_come_in_lexicographic_order() {
+        let mut seen = Vec::new();
+        for_each_combination(4, 2, &mut |indexes| {
+            seen.push(indexes.to_vec());
+            false
+        });
+        assert_eq!(seen, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]);
+    }
+
+    #[test]
+    fn the_smallest_exact_selector_prefers_identity_labels_and_avoids_versions() {
+        let view = view(&[
+            (
+                "shop",
+                "web",
+                &[
+                    ("app", "web"),
+                    ("tier", "front"),
+                    ("version", "v3"),
+                    ("pod-template-hash", "abc"),
+                ],
+            ),
+            (
+                "shop",
+                "web-canary",
+                &[
+                    ("app", "web"),
+                    ("tier", "front"),
+                    ("track", "canary"),
+                    ("version", "v4"),
+                ],
+            ),
+            (
+                "shop",
+                "api",
+                &[("app", "api"), ("tier", "back"), ("version", "v3")],
+            ),
+            ("other", "web", &[("app", "web")]),
+        ]);
+        // `app=api` alone is unique in shop (the other namespace does not count).
+        assert_eq!(
+            view.selector(&workload("shop", "api")).unwrap().labels,
+            BTreeMap::from([("app".to_owned(), "api".to_owned())])
+        );
+        // web and web-canary share app and tier: web needs its version, the
+        // only label the canary does not share. Churn labels never appear.
+        let web = view.selector(&workload("shop", "web")).unwrap();
+        assert_eq!(
+            web.labels,
+            BTreeMap::from([
+                ("app".to_owned(), "web".to_owned()),
+                ("version".to_owned(), "v3".to_owned())
+            ])
+        );
+        assert!(web.also_selects.is_empty());
+        assert_eq!(
+            view.selector(&workload("shop", "web-canary"))
+                .unwrap()
+                .labels,
+            BTreeMap::from([("track".to_owned(), "canary".to_owned())])
+        );
+    }
+
+    #[test]
+    fn a_workload_whose_labels_another_has_too_reports_the_overlap() {
+        let view = view(&[
+            ("shop", "a", &[("app", "shared")]),
+            ("shop", "b", &[("app", "shared"), ("extra", "x")]),
+            ("shop", "bare", &[]),
+        ]);
+        let a = view.selector(&workload("shop", "a")).unwrap();
+        assert_eq!(a.also_selects, [workload("shop", "b")]);
+        assert_eq!(
+            view.selector(&workload("shop", "b")).unwrap().labels,
+            BTreeMap::from([("extra".to_owned(), "x".to_owned())])
+        );
+        assert!(view.selector(&workload("shop", "bare")).is_none());
+    }
+}

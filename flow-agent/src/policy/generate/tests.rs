@@ -1,0 +1,586 @@
+//! Generator tests: each semantic rule of the module's documentation.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::*;
+use crate::{
+    identity::{Identity, PeerKind, ServiceRef, Workload},
+    policy::cluster::PodView,
+    record::{Endpoint, FlowRecord, Hook, Timestamp},
+};
+
+fn endpoint(
+    ip: &str,
+    port: u16,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    tenant: &str,
+) -> Endpoint {
+    Endpoint {
+        ip: ip.parse().unwrap(),
+        port,
+        identity: Arc::new(Identity {
+            kind: Some(PeerKind::Pod),
+            namespace: Some(namespace.into()),
+            pod: Some(format!("{name}-1")),
+            workload: Some(Workload {
+                kind: kind.into(),
+                name: name.into(),
+            }),
+            tenant: Some(tenant.into()),
+            labels: [("app".to_owned(), name.to_owned())].into(),
+            node: None,
+            note: None,
+        }),
+        service: None,
+    }
+}
+
+fn address(ip: &str, port: u16, kind: PeerKind) -> Endpoint {
+    let mut endpoint = Endpoint::new(ip.parse().unwrap(), port);
+    endpoint.identity = Arc::new(Identity {
+        kind: Some(kind),
+        ..Identity::default()
+    });
+    endpoint
+}
+
+fn flow(source: Endpoint, destination: Endpoint, protocol: u8) -> FlowRecord {
+    let time = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    FlowRecord {
+        time,
+        first_seen: time,
+        cross_tenant: Some(
+            source.identity.tenant.is_some()
+                && source.identity.tenant != destination.identity.tenant
+                && destination.identity.tenant.is_some(),
+        ),
+        source,
+        destination,
+        protocol: Protocol(protocol),
+        icmp: None,
+        packets: 1,
+        bytes: 100,
+        tcp_flags: Vec::new(),
+        is_reply: false,
+        interface: "veth0".into(),
+        hook: Hook::Ingress,
+        node: "n".into(),
+        new_connection: true,
+    }
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+fn web(port: u16) -> Endpoint {
+    endpoint("10.0.0.1", port, "shop", "Deployment", "web", "acme")
+}
+
+/// web → api (through Service api:80 → target 8080), web → cache 8080,
+/// web → db 5432 in namespace data (same tenant), web → world 443, web →
+/// coredns UDP 53, web → billing (tenant globex) 9000, a ping to the world.
+fn shop_graph() -> Graph {
+    let mut graph = Graph::new();
+    let mut to_api = flow(
+        web(40_000),
+        endpoint("10.0.1.1", 8080, "shop", "Deployment", "api", "acme"),
+        TCP,
+    );
+    to_api.destination.service = Some(ServiceRef {
+        namespace: "shop".into(),
+        name: "api".into(),
+        ip: "10.96.0.10".parse().unwrap(),
+        port: 80,
+        target_port: Some(8080),
+    });
+    for record in [
+        to_api,
+        flow(
+            web(40_001),
+            endpoint("10.0.1.2", 8080, "shop", "Deployment", "cache", "acme"),
+            TCP,
+        ),
+        flow(
+            web(40_002),
+            endpoint("10.0.2.1", 5432, "data", "StatefulSet", "db", "acme"),
+            TCP,
+        ),
+        flow(
+            web(40_003),
+            address("203.0.113.9", 443, PeerKind::World),
+            TCP,
+        ),
+        flow(
+            web(40_004),
+            endpoint(
+                "10.0.9.1",
+                53,
+                "kube-system",
+                "Deployment",
+                "coredns",
+                "kube-system",
+            ),
+            UDP,
+        ),
+        flow(
+            web(40_005),
+            endpoint(
+                "10.0.3.1",
+                9000,
+                "billing",
+                "Deployment",
+                "billing",
+                "globex",
+            ),
+            TCP,
+        ),
+        flow(web(0), address("203.0.113.9", 0, PeerKind::World), 1),
+    ] {
+        graph.observe(&record);
+    }
+    graph
+}
+
+fn view_of(graph: &Graph) -> ClusterView {
+    let mut view = ClusterView::new();
+    view.add_graph(graph);
+    view
+}
+
+fn policy<'a>(proposal: &'a Proposal, name: &str) -> &'a WorkloadPolicy {
+    proposal
+        .policies
+        .iter()
+        .find(|policy| policy.workload.name == name)
+        .unwrap_or_else(|| panic!("no policy for {name}: {:#?}", proposal.policies))
+}
+
+fn pods(namespace: &str, app: &str) -> PeerSpec {
+    PeerSpec::Pods {
+        namespace: namespace.into(),
+        labels: [("app".to_owned(), app.to_owned())].into(),
+    }
+}
+
+fn ports(list: &[(u8, u16)]) -> Vec<PortSpec> {
+    list.iter()
+        .map(|(protocol, port)| PortSpec {
+            protocol: Protocol(*protocol),
+            port: *port,
+            end_port: None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_workload_gets_exactly_its_edges_grouped_into_rules() {
+    let graph = shop_graph();
+    let proposal = propose(&graph, &view_of(&graph), &GenerateOptions::default());
+    // kube-system gets no policies; the others each a default deny (billing
+    // too: the cross-tenant edge into it is not allowed).
+    assert_eq!(proposal.namespaces, ["billing", "data", "shop"]);
+    let web = policy(&proposal, "web");
+    assert_eq!(web.name, "allow-deployment-web");
+    assert_eq!(
+        web.selection.labels,
+        [("app".to_owned(), "web".to_owned())].into()
+    );
+    assert!(web.ingress.is_empty());
+    assert_eq!(
+        web.egress,
+        [
+            // Same port set: api and cache share one rule; the target port,
+            // never the Service's 80.
+            RuleSpec {
+                peers: vec![pods("shop", "api"), pods("shop", "cache")],
+                ports: ports(&[(TCP, 8080)]),
+            },
+            RuleSpec {
+                peers: vec![pods("data", "db")],
+                ports: ports(&[(TCP, 5432)]),
+            },
+            // DNS: UDP and TCP 53 to the resolver pods.
+            RuleSpec {
+                peers: vec![pods("kube-system", "coredns")],
+                ports: ports(&[(TCP, 53), (UDP, 53)]),
+            },
+            RuleSpec {
+                peers: vec![PeerSpec::Cidr("203.0.113.9/32".into())],
+                ports: ports(&[(TCP, 443)]),
+            },
+        ]
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    let api = policy(&proposal, "api");
+    assert_eq!(
+        api.ingress,
+        [RuleSpec {
+            peers: vec![pods("shop", "web")],
+            ports: ports(&[(TCP, 8080)]),
+        }]
+    );
+    assert!(api.egress.is_empty());
+    assert!(policy(&proposal, "db").ingress[0].peers == [pods("shop", "web")]);
+    // No policy for kube-system's coredns, nor for the other tenant's billing.
+    assert!(
+        proposal
+            .policies
+            .iter()
+            .all(|policy| policy.workload.name != "coredns" && policy.workload.name != "billing")
+    );
+    // What is left out is said.
+    assert!(
+        proposal.notes.iter().any(
+            |note| matches!(note, Note::CrossTenantExcluded(text) if text.contains("billing"))
+        )
+    );
+    assert!(
+        proposal
+            .notes
+            .iter()
+            .any(|note| matches!(note, Note::Unexpressible(text) if text.contains("ICMP")))
+    );
+    assert!(
+        proposal
+            .notes
+            .iter()
+            .any(|note| matches!(note, Note::External(text) if text.contains("203.0.113.9")))
+    );
+    assert!(
+        proposal
+            .allowed
+            .contains(&"shop/Deployment/web egress to shop pods app=api TCP/8080".to_owned())
+    );
+    assert!(!proposal.allowed.iter().any(|line| line.contains("billing")));
+}
+
+#[test]
+fn cross_tenant_edges_need_the_flag_and_are_then_listed_as_included() {
+    let graph = shop_graph();
+    let options = GenerateOptions {
+        allow_cross_tenant: true,
+        ..GenerateOptions::default()
+    };
+    let proposal = propose(&graph, &view_of(&graph), &options);
+    let web = policy(&proposal, "web");
+    assert!(
+        web.egress
+            .iter()
+            .any(|rule| rule.peers == [pods("billing", "billing")]
+                && rule.ports == ports(&[(TCP, 9000)]))
+    );
+    assert_eq!(
+        policy(&proposal, "billing").ingress[0].peers,
+        [pods("shop", "web")]
+    );
+    assert!(
+        proposal.notes.iter().any(
+            |note| matches!(note, Note::CrossTenantIncluded(text) if text.contains("billing"))
+        )
+    );
+}
+
+#[test]
+fn consecutive_ports_become_ranges_and_nothing_unobserved_is_allowed() {
+    let specs = port_specs(
+        &[
+            (Protocol(6), 8000),
+            (Protocol(6), 8001),
+            (Protocol(6), 8002),
+            (Protocol(6), 8004),
+            (Protocol(6), 8005),
+            (Protocol(17), 8001),
+        ]
+        .into(),
+    );
+    assert_eq!(
+        specs,
+        [
+            PortSpec {
+                protocol: Protocol(6),
+                port: 8000,
+                end_port: Some(8002)
+            },
+            PortSpec {
+                protocol: Protocol(6),
+                port: 8004,
+                end_port: None
+            },
+            PortSpec {
+                protocol: Protocol(6),
+                port: 8005,
+                end_port: None
+            },
+            PortSpec {
+                protocol: Protocol(17),
+                port: 8001,
+                end_port: None
+            },
+        ]
+    );
+}
+
+#[test]
+fn host_network_services_and_unlabelled_workloads_are_never_guessed() {
+    let mut graph = Graph::new();
+    let mut untranslated = endpoint("10.96.0.50", 80, "shop", "Service", "legacy", "acme");
+    Arc::make_mut(&mut untranslated.identity).kind = Some(PeerKind::Service);
+    graph.observe(&flow(web(1), untranslated, TCP));
+    let mut bare = endpoint("10.0.5.5", 7000, "shop", "Pod", "debug", "acme");
+    Arc::make_mut(&mut bare.identity).labels.clear();
+    graph.observe(&flow(web(2), bare, TCP));
+    let mut view = view_of(&graph);
+    view.add_pod(PodView {
+        namespace: "shop".into(),
+        name: "agent-x".into(),
+        labels: [("app".to_owned(), "agent".to_owned())].into(),
+        ips: Vec::new(),
+        ports: Vec::new(),
+        host_network: true,
+        workload: WorkloadRef {
+            namespace: "shop".into(),
+            kind: "DaemonSet".into(),
+            name: "agent".into(),
+        },
+    });
+    graph.observe(&flow(
+        web(3),
+        endpoint("10.0.0.9", 9100, "shop", "DaemonSet", "agent", "acme"),
+        TCP,
+    ));
+    let proposal = propose(&graph, &view, &GenerateOptions::default());
+    // Nothing web did can be expressed: no policy allows it, and the
+    // namespace's default deny makes the review list what it will block.
+    assert!(proposal.policies.is_empty(), "{:#?}", proposal.policies);
+    assert_eq!(proposal.namespaces, ["shop"]);
+    let unselectable: Vec<&Note> = proposal
+        .notes
+        .iter()
+        .filter(|note| matches!(note, Note::Unselectable(_)))
+        .collect();
+    assert_eq!(unselectable.len(), 3, "{unselectable:#?}");
+    assert!(
+        proposal
+            .policies
+            .iter()
+            .all(|policy| policy.workload.name != "agent" && policy.workload.name != "legacy")
+    );
+}
+
+#[test]
+fn rendering_is_deterministic_valid_and_cross_namespace_peers_are_and_form() {
+    let graph = shop_graph();
+    let view = view_of(&graph);
+    let first = render(
+        &propose(&graph, &view, &GenerateOptions::default()),
+        PolicyFormat::Networkpolicy,
+    );
+    // The same graph built in another order renders byte for byte the same.
+    let mut reversed = Graph::new();
+    let records: Vec<(EdgeKey, EdgeStats)> = graph
+        .edges()
+        .map(|(key, stats)| (key.clone(), stats.clone()))
+        .collect();
+    for (key, stats) in records.into_iter().rev() {
+        reversed.apply(crate::policy::graph::Change::Edge(
+            crate::policy::graph::Edge { key, stats },
+        ));
+    }
+    for (workload, info) in graph.workloads() {
+        reversed.apply(crate::policy::graph::Change::Workload {
+            workload: workload.clone(),
+            info: info.clone(),
+        });
+    }
+    assert_eq!(
+        render(
+            &propose(&reversed, &view_of(&reversed), &GenerateOptions::default()),
+            PolicyFormat::Networkpolicy
+        ),
+        first
+    );
+
+    assert_eq!(
+        first.keys().cloned().collect::<Vec<_>>(),
+        [
+            "billing.default-deny.yaml",
+            "data.allow-statefulset-db.yaml",
+            "data.default-deny.yaml",
+            "kustomization.yaml",
+            "shop.allow-deployment-api.yaml",
+            "shop.allow-deployment-cache.yaml",
+            "shop.allow-deployment-web.yaml",
+            "shop.default-deny.yaml",
+        ]
+    );
+    assert!(first["kustomization.yaml"].contains("- shop.allow-deployment-web.yaml\n"));
+    for (name, text) in &first {
+        if name == "kustomization.yaml" {
+            continue;
+        }
+        let parsed: NetworkPolicy =
+            yaml_serde::from_str(text).unwrap_or_else(|error| panic!("{name}: {error}\n{text}"));
+        assert!(
+            text.starts_with("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"),
+            "{text}"
+        );
+        let problems = crate::policy::evaluate::validate(&parsed);
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+    let web: NetworkPolicy =
+        yaml_serde::from_str(&first["shop.allow-deployment-web.yaml"]).unwrap();
+    let egress = web.spec.unwrap().egress.unwrap();
+    let db_peer = egress
+        .iter()
+        .flat_map(|rule| rule.to.iter().flatten())
+        .find(|peer| {
+            peer.pod_selector
+                .as_ref()
+                .and_then(|selector| selector.match_labels.as_ref())
+                .is_some_and(|labels| labels["app"] == "db")
+        })
+        .unwrap();
+    // One peer entry holding both selectors: namespace AND pods.
+    assert_eq!(
+        db_peer
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()[NAMESPACE_NAME_LABEL],
+        "data"
+    );
+    let deny: NetworkPolicy = yaml_serde::from_str(&first["shop.default-deny.yaml"]).unwrap();
+    let spec = deny.spec.unwrap();
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
+    assert!(spec.ingress.is_none() && spec.egress.is_none());
+
+    let cilium = render(
+        &propose(&graph, &view, &GenerateOptions::default()),
+        PolicyFormat::Cilium,
+    );
+    let text = &cilium["shop.allow-deployment-web.yaml"];
+    assert!(
+        text.starts_with("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("k8s:io.kubernetes.pod.namespace: data")
+            && text.contains("toCIDR:")
+            && text.contains("203.0.113.9/32"),
+        "{text}"
+    );
+    assert!(
+        cilium["shop.default-deny.yaml"].contains("ingress:\n  - {}\n")
+            || cilium["shop.default-deny.yaml"].contains("ingress:\n  - {}"),
+        "{}",
+        cilium["shop.default-deny.yaml"]
+    );
+}
+
+#[test]
+fn exports_diff_against_the_previous_one_and_remove_only_their_own_files() {
+    let directory = tempfile::tempdir().unwrap();
+    let graph = shop_graph();
+    let view = view_of(&graph);
+    let proposal = propose(&graph, &view, &GenerateOptions::default());
+    let summary =
+        crate::policy::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy)
+            .unwrap();
+    assert!(!summary.had_previous);
+    let review = std::fs::read_to_string(directory.path().join("REVIEW.md")).unwrap();
+    assert!(
+        review.contains("First export")
+            && review.contains("billing")
+            && review.contains("### shop/Deployment/web"),
+        "{review}"
+    );
+    std::fs::write(directory.path().join("mine.yaml"), "kind: ConfigMap\n").unwrap();
+
+    // The same again: byte-identical policies, no changes.
+    let before: Vec<(String, Vec<u8>)> = std::fs::read_dir(directory.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "yaml")
+        })
+        .map(|path| (path.display().to_string(), std::fs::read(&path).unwrap()))
+        .collect();
+    let summary =
+        crate::policy::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy)
+            .unwrap();
+    assert!(
+        summary.had_previous
+            && summary.added.is_empty()
+            && summary.dropped.is_empty()
+            && summary.removed.is_empty()
+    );
+    for (path, bytes) in &before {
+        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{path}");
+    }
+    assert!(
+        std::fs::read_to_string(directory.path().join("REVIEW.md"))
+            .unwrap()
+            .contains("None: the same connections are allowed.")
+    );
+
+    // cache stops talking: its policy file goes, and the review says so.
+    let mut smaller = Graph::new();
+    for (key, stats) in graph.edges() {
+        if key
+            .server
+            .workload()
+            .is_some_and(|workload| workload.name == "cache")
+        {
+            continue;
+        }
+        smaller.apply(crate::policy::graph::Change::Edge(
+            crate::policy::graph::Edge {
+                key: key.clone(),
+                stats: stats.clone(),
+            },
+        ));
+    }
+    for (workload, info) in graph.workloads() {
+        smaller.apply(crate::policy::graph::Change::Workload {
+            workload: workload.clone(),
+            info: info.clone(),
+        });
+    }
+    let proposal = propose(&smaller, &view, &GenerateOptions::default());
+    let summary =
+        crate::policy::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy)
+            .unwrap();
+    assert_eq!(summary.removed, ["shop.allow-deployment-cache.yaml"]);
+    assert_eq!(
+        summary.dropped,
+        [
+            "shop/Deployment/cache ingress from shop pods app=web TCP/8080",
+            "shop/Deployment/web egress to shop pods app=cache TCP/8080",
+        ]
+    );
+    assert!(summary.added.is_empty());
+    assert!(
+        directory.path().join("mine.yaml").exists(),
+        "a file flow-agent did not write stays"
+    );
+    let review = std::fs::read_to_string(directory.path().join("REVIEW.md")).unwrap();
+    assert!(
+        review.contains(
+            "no longer allowed: `shop/Deployment/web egress to shop pods app=cache TCP/8080`"
+        ),
+        "{review}"
+    );
+}
