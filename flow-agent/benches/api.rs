@@ -99,6 +99,7 @@ fn records() -> Vec<FlowRecord> {
             node: "node-a".into(),
             cross_tenant: Some(index % 3 == 0),
             new_connection: true,
+            violation: false,
         })
         .collect()
 }

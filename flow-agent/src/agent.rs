@@ -27,6 +27,12 @@ use crate::{
     },
     interfaces::{InterfaceError, Link, LinkEvent, LinkMonitor, list_links, local_addresses},
     output::{FileSink, FileSinkStats, RecordSink},
+    policy::{
+        check::Monitor,
+        evaluate::{PolicyLoadError, load_policies},
+        learner::Learner,
+        store::StoreError,
+    },
     record::{FlowRecord, MonotonicClock, Protocol, Timestamp, endpoints, tcp_flag_names},
 };
 
@@ -85,6 +91,12 @@ pub enum AgentError {
     /// The output file cannot be opened.
     #[error("cannot start the output file sink")]
     OutputFile(#[source] io::Error),
+    /// The learned graph's store cannot be opened.
+    #[error("cannot open the learned graph")]
+    Learner(#[from] StoreError),
+    /// The approved policies cannot be loaded.
+    #[error("cannot load the approved policies for monitor mode")]
+    Policies(#[from] PolicyLoadError),
 }
 
 /// Totals of one agent run, returned on shutdown.
@@ -116,6 +128,10 @@ struct Agent<'a, S> {
     interval_start: Timestamp,
     sink: Sinks<S>,
     hub: Option<Arc<Hub>>,
+    learner: Option<Learner>,
+    /// The store failed: learning goes on in memory only.
+    learner_failed: bool,
+    monitor: Option<Monitor>,
     /// Names of attached interfaces, and of removed ones until the next drain
     /// has reported their last packets.
     names: HashMap<u32, String>,
@@ -177,6 +193,32 @@ pub async fn run<S: RecordSink>(
         }
         None => (None, None),
     };
+    let learner = match &config.learner {
+        Some(settings) => {
+            let (learner, recovery) = Learner::open(settings.clone())?;
+            info!(
+                state_dir = %settings.state_dir.display(),
+                snapshot_edges = recovery.snapshot_edges,
+                replayed = recovery.replayed,
+                truncated_bytes = recovery.truncated_bytes,
+                edges = learner.graph().read().map_or(0, |graph| graph.len()),
+                "learned graph recovered"
+            );
+            if let Some(hub) = &hub {
+                hub.attach_graph(learner.graph());
+            }
+            Some(learner)
+        }
+        None => None,
+    };
+    let policy_monitor = match &config.policies {
+        Some(path) => {
+            let policy_monitor = Monitor::new(load_policies(path)?);
+            info!(policies = policy_monitor.policies(), path = %path.display(), "monitor mode: flows outside the approved policies are violations");
+            Some(policy_monitor)
+        }
+        None => None,
+    };
     let datapath = Datapath::load(&config.datapath)?;
     let mut agent = Agent {
         config,
@@ -187,6 +229,9 @@ pub async fn run<S: RecordSink>(
         interval_start: Timestamp(std::time::SystemTime::now()),
         sink: (sink, (hub.clone(), file)),
         hub,
+        learner,
+        learner_failed: false,
+        monitor: policy_monitor,
         names: HashMap::new(),
         removed: Vec::new(),
         counters: DatapathCounters::default(),
@@ -442,6 +487,8 @@ impl<S: RecordSink> Agent<'_, S> {
         hub.set_status(NodeStatus {
             interfaces,
             counters: self.counters,
+            monitoring: self.monitor.is_some(),
+            violations: self.monitor.as_ref().map_or(0, Monitor::violations),
         });
     }
 
@@ -459,7 +506,7 @@ impl<S: RecordSink> Agent<'_, S> {
             None => vec![None; samples.len()],
         };
         let classified = self.tracker.classify(&samples);
-        let records: Vec<FlowRecord> = samples
+        let mut records: Vec<FlowRecord> = samples
             .iter()
             .zip(classified)
             .zip(&translations)
@@ -467,6 +514,11 @@ impl<S: RecordSink> Agent<'_, S> {
                 self.record(sample, classified, translation.as_ref(), &clock)
             })
             .collect();
+        if let Some(monitor) = &mut self.monitor {
+            for (connection, (blocked_by, count)) in monitor.mark(&mut records) {
+                warn!(connection, blocked_by, records = count, "policy violation");
+            }
+        }
         for record in &records {
             self.summary.records += 1;
             self.summary.packets += record.packets;
@@ -474,6 +526,14 @@ impl<S: RecordSink> Agent<'_, S> {
             self.aggregator.add(record, self.interval_start);
         }
         self.sink.flows(&records).map_err(AgentError::Output)?;
+        if let Some(learner) = &mut self.learner
+            && let Err(error) = learner.learn(&records, std::time::SystemTime::now())
+        {
+            if !self.learner_failed {
+                error!(error = %error_chain(&error), "cannot write the learned graph; learning goes on in memory only");
+            }
+            self.learner_failed = true;
+        }
         let interval_end = Timestamp(clock.to_system_time(MonotonicClock::monotonic_now_ns()));
         let aggregates = self.aggregator.finish(interval_end);
         self.interval_start = interval_end;
@@ -533,6 +593,7 @@ impl<S: RecordSink> Agent<'_, S> {
             node: self.config.node_name.clone(),
             cross_tenant: None,
             new_connection,
+            violation: false,
         };
         if let Some(enricher) = &self.enricher {
             enricher.annotate(&mut record, translation, first_seen);
@@ -587,6 +648,12 @@ impl<S: RecordSink> Agent<'_, S> {
         // Dropping the file sink writes what it has queued.
         let (_, (_, file_sink)) = &mut self.sink;
         drop(file_sink.take());
+        if let Some(learner) = &mut self.learner
+            && !self.learner_failed
+            && let Err(error) = learner.close()
+        {
+            error!(error = %error_chain(&error), "cannot write the learned graph's snapshot (the log has everything)");
+        }
         self.summary.api_lost_records = self.hub.as_ref().map_or(0, |hub| hub.lost_records());
         self.summary.file_dropped_records = file.map_or(0, |stats| {
             stats.dropped.load(std::sync::atomic::Ordering::Relaxed)

@@ -42,6 +42,131 @@ pub enum Command {
     Observe(Box<ObserveArgs>),
     /// Show an agent's state and counters.
     Status(ConnectArgs),
+    /// Propose least-privilege policies from learned traffic, and check
+    /// policies against it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `flow-agent policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Merge learned graphs (from agents, graph files or flow files) and write
+    /// a default deny per namespace and one policy per workload, with a
+    /// kustomization.yaml and a REVIEW.md.
+    Generate(Box<GenerateArgs>),
+    /// Report every observed connection a set of NetworkPolicies would deny
+    /// (exit status 1 when there is one).
+    Check(Box<CheckArgs>),
+}
+
+/// Where learned traffic comes from.
+#[derive(Debug, Default, Args)]
+pub struct GraphSources {
+    /// An agent's gRPC address (repeatable): its learned graph.
+    #[arg(long = "server", value_name = "ADDR")]
+    pub servers: Vec<String>,
+    /// A graph file saved with --save-graph (repeatable).
+    #[arg(long = "graph", value_name = "FILE")]
+    pub graphs: Vec<PathBuf>,
+    /// A flow file (repeatable): our JSON lines or `hubble observe -o json`.
+    #[arg(long = "flows", value_name = "FILE")]
+    pub flows: Vec<PathBuf>,
+    /// CA (PEM) to verify the agents' certificates.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Name expected in the agents' certificates.
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Bearer token.
+    #[arg(long, env = "FLOW_AGENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Kubernetes objects (`kubectl get namespaces,pods,replicasets,deployments,
+    /// statefulsets,daemonsets,jobs,cronjobs -A -o yaml`): full pod labels,
+    /// container ports and namespace labels.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// Namespace label whose value names the tenant.
+    #[arg(long, value_name = "KEY", default_value = "tenant")]
+    pub tenant_label: String,
+}
+
+impl GraphSources {
+    /// Connection flags for one server.
+    pub fn connect(&self, server: &str) -> ConnectArgs {
+        ConnectArgs {
+            server: server.to_owned(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_server_name: self.tls_server_name.clone(),
+            token: self.token.clone(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `flow-agent policy generate` flags.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Where traffic comes from.
+    #[command(flatten)]
+    pub sources: GraphSources,
+    /// Directory to write the policies into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: PathBuf,
+    /// Policy API.
+    #[arg(long, value_enum, default_value = "networkpolicy")]
+    pub format: crate::policy::generate::PolicyFormat,
+    /// Include edges between tenants (otherwise listed in REVIEW.md only).
+    #[arg(long)]
+    pub allow_cross_tenant: bool,
+    /// Namespaces that get no policies (repeatable) [default: kube-system,
+    /// kube-public, kube-node-lease].
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    pub exclude_namespaces: Vec<String>,
+    /// Also write the merged graph to this file.
+    #[arg(long, value_name = "FILE")]
+    pub save_graph: Option<PathBuf>,
+}
+
+/// How `policy check` prints its report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// A summary and one line per denied connection.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// `flow-agent policy check` flags.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// NetworkPolicy files (a directory or one file).
+    #[arg(long, value_name = "DIR")]
+    pub policies: PathBuf,
+    /// Flow files (repeatable): our JSON lines or `hubble observe -o json`.
+    #[arg(long = "flows", value_name = "FILE", required = true)]
+    pub flows: Vec<PathBuf>,
+    /// Kubernetes objects, as for `policy generate`.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// Namespace label whose value names the tenant.
+    #[arg(long, value_name = "KEY", default_value = "tenant")]
+    pub tenant_label: String,
+    /// Report format on stdout.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: ReportFormat,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -152,6 +277,20 @@ pub struct RunArgs {
     /// Rotated output files kept [default: 5].
     #[arg(long, value_name = "N", env = "FLOW_AGENT_OUTPUT_FILE_KEEP")]
     pub output_file_keep: Option<u32>,
+    /// Learn the connection graph (for `policy generate`) into this
+    /// directory, crash-safe; served by the API's GetGraph.
+    #[arg(long, value_name = "DIR", env = "FLOW_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Forget learned edges without traffic for this long [default: never].
+    #[arg(long, value_parser = duration, value_name = "DURATION", env = "FLOW_AGENT_GRAPH_EXPIRY")]
+    pub graph_expiry: Option<Duration>,
+    /// Most learned edges kept; the least recently seen go first [default: 200000].
+    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRAPH_MAX_EDGES")]
+    pub graph_max_edges: Option<usize>,
+    /// Approved NetworkPolicies (a directory of YAML): flag every connection
+    /// they would deny (`violation` on records, a log line, a counter).
+    #[arg(long, value_name = "DIR", env = "FLOW_AGENT_POLICIES")]
+    pub policies: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -185,6 +324,10 @@ impl RunArgs {
             output_file,
             output_file_max_size,
             output_file_keep,
+            state_dir,
+            graph_expiry,
+            graph_max_edges,
+            policies,
         } = self;
         let list = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
         let flag = |set: bool| set.then_some(true);
@@ -215,6 +358,10 @@ impl RunArgs {
             output_file: output_file.clone(),
             output_file_max_size: *output_file_max_size,
             output_file_keep: *output_file_keep,
+            state_dir: state_dir.clone(),
+            graph_expiry: *graph_expiry,
+            graph_max_edges: *graph_max_edges,
+            policies: policies.clone(),
         }
     }
 }
@@ -353,6 +500,10 @@ pub struct ObserveArgs {
     /// Only flows between different tenants.
     #[arg(long)]
     pub cross_tenant: bool,
+    /// Only connections the approved policies would deny (an agent in
+    /// monitor mode, `run --policies`).
+    #[arg(long)]
+    pub violations: bool,
     /// Leave out flows with either end in this namespace.
     #[arg(long, value_name = "NS")]
     pub not_namespace: Vec<String>,

@@ -18,6 +18,7 @@ use crate::{
     flows::TrackerConfig,
     interfaces::{InterfaceError, InterfaceSelector},
     output::FileSinkSettings,
+    policy::learner::LearnerSettings,
 };
 
 /// Where flow records go on stdout.
@@ -73,6 +74,8 @@ pub const DEFAULT_GRPC_SUBSCRIBER_QUEUE: usize = 65_536;
 pub const DEFAULT_OUTPUT_FILE_MAX_SIZE: u64 = 100 << 20;
 /// Default number of rotated output files kept.
 pub const DEFAULT_OUTPUT_FILE_KEEP: u32 = 5;
+/// Default bound of the learned graph.
+pub const DEFAULT_GRAPH_MAX_EDGES: usize = 200_000;
 
 const MAX_MAP_SIZE: u32 = 1 << 24;
 const MIN_SPILL_SIZE: u32 = 4096;
@@ -185,6 +188,15 @@ pub struct RunOptions {
     pub output_file_max_size: Option<u64>,
     /// Rotated output files kept.
     pub output_file_keep: Option<u32>,
+    /// Learn the connection graph into this directory.
+    pub state_dir: Option<PathBuf>,
+    /// Forget graph edges without traffic for this long.
+    #[serde(default, deserialize_with = "duration")]
+    pub graph_expiry: Option<Duration>,
+    /// Most graph edges kept.
+    pub graph_max_edges: Option<usize>,
+    /// Approved NetworkPolicies: report flows outside them (monitor mode).
+    pub policies: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -249,6 +261,10 @@ impl RunOptions {
             output_file,
             output_file_max_size,
             output_file_keep,
+            state_dir,
+            graph_expiry,
+            graph_max_edges,
+            policies,
         } = self;
         Self {
             interfaces: interfaces.or(lower.interfaces),
@@ -277,6 +293,10 @@ impl RunOptions {
             output_file: output_file.or(lower.output_file),
             output_file_max_size: output_file_max_size.or(lower.output_file_max_size),
             output_file_keep: output_file_keep.or(lower.output_file_keep),
+            state_dir: state_dir.or(lower.state_dir),
+            graph_expiry: graph_expiry.or(lower.graph_expiry),
+            graph_max_edges: graph_max_edges.or(lower.graph_max_edges),
+            policies: policies.or(lower.policies),
         }
     }
 }
@@ -304,6 +324,10 @@ pub struct RunConfig {
     pub api: Option<(ApiSettings, HubSettings)>,
     /// The rotating JSON lines file, if any.
     pub file: Option<FileSinkSettings>,
+    /// Learning, if a state directory is given.
+    pub learner: Option<LearnerSettings>,
+    /// Approved policies to monitor against.
+    pub policies: Option<PathBuf>,
 }
 
 fn invalid(key: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
@@ -358,6 +382,10 @@ impl RunConfig {
             output_file,
             output_file_max_size,
             output_file_keep,
+            state_dir,
+            graph_expiry,
+            graph_max_edges,
+            policies,
         } = options;
         let human = |duration: Duration| humantime::format_duration(duration).to_string();
 
@@ -497,6 +525,35 @@ impl RunConfig {
             max_bytes,
             keep,
         });
+        let max_edges = graph_max_edges.unwrap_or(DEFAULT_GRAPH_MAX_EDGES);
+        if max_edges == 0 || max_edges > 10_000_000 {
+            return Err(invalid(
+                "graph-max-edges",
+                max_edges,
+                "between 1 and 10000000",
+            ));
+        }
+        if let Some(expiry) = graph_expiry
+            && expiry < flush_interval
+        {
+            return Err(invalid(
+                "graph-expiry",
+                human(expiry),
+                "at least the flush interval",
+            ));
+        }
+        if state_dir.is_none() && (graph_expiry.is_some() || graph_max_edges.is_some()) {
+            return Err(invalid(
+                "graph-expiry",
+                "without --state-dir",
+                "--state-dir DIR as well: the graph is learned there",
+            ));
+        }
+        let learner = state_dir.map(|state_dir| LearnerSettings {
+            state_dir,
+            expiry: graph_expiry,
+            max_edges,
+        });
 
         Ok(Self {
             interfaces: InterfaceSelector::new(
@@ -525,6 +582,8 @@ impl RunConfig {
             }),
             api,
             file,
+            learner,
+            policies,
         })
     }
 }

@@ -217,6 +217,7 @@ mod tests {
                 node: "node-a".into(),
                 cross_tenant: None,
                 new_connection: false,
+                violation: false,
             };
             enricher.annotate(&mut record, None, now);
             record

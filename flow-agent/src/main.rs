@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use flow_agent::{
     agent::{self, error_chain},
-    cli::{Cli, Command, ConnectArgs, LogFormat, ObserveArgs, RunArgs},
+    cli::{Cli, Command, ConnectArgs, LogFormat, ObserveArgs, PolicyCommand, RunArgs},
     config::{OutputFormat, RunConfig, RunOptions},
     observe,
     output::{Discard, JsonContent, JsonLines, RecordSink},
@@ -39,6 +39,13 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&cli, args),
         Command::Observe(args) => observe(&cli, args),
         Command::Status(args) => status(&cli, args),
+        Command::Policy(PolicyCommand::Generate(args)) => generate(&cli, args),
+        Command::Policy(PolicyCommand::Check(args)) => match check(&cli, args) {
+            // Denied connections: the report says which; exit 1 for CI gates.
+            Ok(false) => return ExitCode::from(1),
+            Ok(true) => Ok(()),
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,6 +114,21 @@ fn observe(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<()> {
         observe::observe(args, &mut out, interrupt).await?;
         Ok(())
     })
+}
+
+fn generate(cli: &Cli, args: &flow_agent::cli::GenerateArgs) -> anyhow::Result<()> {
+    init_logging(cli, false)?;
+    client_runtime()?.block_on(async {
+        flow_agent::policy::command::generate(args, &mut std::io::stdout().lock()).await?;
+        Ok(())
+    })
+}
+
+/// Whether every checked connection is allowed.
+fn check(cli: &Cli, args: &flow_agent::cli::CheckArgs) -> anyhow::Result<bool> {
+    init_logging(cli, false)?;
+    let report = flow_agent::policy::command::run_check(args, &mut std::io::stdout().lock())?;
+    Ok(report.denied.is_empty())
 }
 
 fn status(cli: &Cli, args: &ConnectArgs) -> anyhow::Result<()> {

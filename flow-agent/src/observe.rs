@@ -245,6 +245,7 @@ pub fn flows_request(args: &ObserveArgs, now: SystemTime) -> GetFlowsRequest {
         protocol,
         direction,
         cross_tenant,
+        violations,
         not_namespace,
         not_workload,
         not_ip,
@@ -275,6 +276,7 @@ pub fn flows_request(args: &ObserveArgs, now: SystemTime) -> GetFlowsRequest {
         }
         .into(),
         cross_tenant_only: *cross_tenant,
+        violation_only: *violations,
     };
     let none: &[String] = &[];
     let deny = [
@@ -470,6 +472,10 @@ pub async fn status(args: &ConnectArgs, out: &mut impl Write) -> Result<(), Obse
         lost_packets,
         lost_records,
         subscribers,
+        graph_edges,
+        violations,
+        learning,
+        monitoring,
     } = status;
     let uptime = humantime::format_duration(Duration::from_secs(uptime_seconds));
     let lines = [
@@ -490,6 +496,22 @@ pub async fn status(args: &ConnectArgs, out: &mut impl Write) -> Result<(), Obse
         ("spilled", spilled.to_string()),
         ("lost packets", lost_packets.to_string()),
         ("lost records", lost_records.to_string()),
+        (
+            "learning",
+            if learning {
+                format!("yes, {graph_edges} edges")
+            } else {
+                "no".to_owned()
+            },
+        ),
+        (
+            "monitoring",
+            if monitoring {
+                format!("yes, {violations} violations")
+            } else {
+                "no".to_owned()
+            },
+        ),
     ];
     let write = |out: &mut dyn Write| -> io::Result<()> {
         for (key, value) in lines {
@@ -1011,6 +1033,7 @@ mod tests {
             node: "node-1".into(),
             cross_tenant: Some(false),
             new_connection: true,
+            violation: false,
         }
     }
 
@@ -1137,6 +1160,7 @@ mod tests {
                 protocol: vec!["tcp".into()],
                 direction: Direction::Request.into(),
                 cross_tenant_only: true,
+                violation_only: false,
             }]
         );
         assert_eq!(

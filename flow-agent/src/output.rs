@@ -462,6 +462,7 @@ mod tests {
             node: "n".into(),
             cross_tenant: None,
             new_connection: false,
+            violation: false,
         }
     }
 

@@ -239,6 +239,10 @@ pub struct FlowRecord {
     /// SYN, other protocols when first seen.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub new_connection: bool,
+    /// Monitor mode (`--policies`): the approved policies would deny this
+    /// connection (request direction only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub violation: bool,
 }
 
 /// An address in [`FlowKey`] form: IPv4 as IPv4-mapped IPv6.
@@ -365,6 +369,7 @@ mod tests {
             node: "node-a".into(),
             cross_tenant: None,
             new_connection: true,
+            violation: false,
         };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["time"], "2023-11-14T22:13:20.123456789Z");

@@ -221,6 +221,7 @@ struct Matcher {
     protocol: Vec<Protocol>,
     direction: Option<bool>,
     cross_tenant_only: bool,
+    violation_only: bool,
 }
 
 impl Matcher {
@@ -232,6 +233,7 @@ impl Matcher {
             protocol,
             direction,
             cross_tenant_only,
+            violation_only,
         } = filter;
         let protocol = protocol
             .iter()
@@ -264,6 +266,7 @@ impl Matcher {
             protocol,
             direction,
             cross_tenant_only: *cross_tenant_only,
+            violation_only: *violation_only,
         })
     }
 
@@ -278,6 +281,7 @@ impl Matcher {
                 .direction
                 .is_none_or(|is_reply| record.is_reply == is_reply)
             && (!self.cross_tenant_only || record.cross_tenant == Some(true))
+            && (!self.violation_only || record.violation)
     }
 }
 
@@ -388,6 +392,7 @@ mod tests {
             node: "node".into(),
             cross_tenant: Some(cross),
             new_connection: false,
+            violation: false,
         }
     }
 

@@ -19,7 +19,10 @@ use flow_proto::v1 as proto;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::convert;
-use crate::{aggregate::AggregateRecord, datapath::DatapathCounters, record::FlowRecord};
+use crate::{
+    aggregate::AggregateRecord, datapath::DatapathCounters, policy::graph::Graph,
+    record::FlowRecord,
+};
 
 /// A flow record in the buffer. Its identities are shared with the agent's
 /// other records; the protobuf form is made per send, so the buffer holds one
@@ -227,6 +230,10 @@ pub struct NodeStatus {
     pub interfaces: Vec<String>,
     /// Datapath counters.
     pub counters: DatapathCounters,
+    /// Monitor mode is on.
+    pub monitoring: bool,
+    /// Violations since start.
+    pub violations: u64,
 }
 
 struct State {
@@ -249,6 +256,7 @@ pub struct HubSettings {
 /// The API's record store and fan-out.
 pub struct Hub {
     state: Mutex<State>,
+    graph: std::sync::OnceLock<Arc<std::sync::RwLock<Graph>>>,
     settings: HubSettings,
     node: String,
     started: Instant,
@@ -274,6 +282,7 @@ impl Hub {
                 aggregates: Channel::new(settings.aggregate_buffer),
                 status: NodeStatus::default(),
             }),
+            graph: std::sync::OnceLock::new(),
             settings,
             node,
             started: Instant::now(),
@@ -328,6 +337,16 @@ impl Hub {
         self.lost_records.fetch_add(lost, Ordering::Relaxed);
     }
 
+    /// Serves this learned graph (set once, when learning).
+    pub fn attach_graph(&self, graph: Arc<std::sync::RwLock<Graph>>) {
+        let _ = self.graph.set(graph);
+    }
+
+    /// The learned graph, when learning.
+    pub fn graph(&self) -> Option<&Arc<std::sync::RwLock<Graph>>> {
+        self.graph.get()
+    }
+
     /// Records the agent's state.
     pub fn set_status(&self, status: NodeStatus) {
         self.state().status = status;
@@ -374,7 +393,15 @@ impl Hub {
         let NodeStatus {
             interfaces,
             counters,
+            monitoring,
+            violations,
         } = &state.status;
+        let graph_edges = self.graph().map_or(0, |graph| {
+            graph
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len() as u64
+        });
         proto::ServerStatusResponse {
             node_name: self.node.clone(),
             version: version.to_owned(),
@@ -389,6 +416,10 @@ impl Hub {
             lost_records: self.lost_records.load(Ordering::Relaxed),
             subscribers: (state.flows.subscribers.len() + state.aggregates.subscribers.len())
                 as u64,
+            graph_edges,
+            violations: *violations,
+            learning: self.graph().is_some(),
+            monitoring: *monitoring,
         }
     }
 
@@ -423,6 +454,7 @@ mod tests {
             node: "n".into(),
             cross_tenant: None,
             new_connection: false,
+            violation: false,
         }
     }
 

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, t
 
 use flow_proto::v1::{
     self as proto, GetAggregatesRequest, GetAggregatesResponse, GetFlowsRequest, GetFlowsResponse,
-    ServerStatusRequest, ServerStatusResponse,
+    GetGraphRequest, GetGraphResponse, ServerStatusRequest, ServerStatusResponse,
     flow_service_server::{FlowService, FlowServiceServer},
     get_aggregates_response, get_flows_response,
 };
@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use super::{
     access::{Access, AccessError, AccessPolicy},
-    filter::FlowMatcher,
+    convert,
+    filter::{FlowMatcher, Scope},
     hub::{Delivery, Feed, Hub},
 };
 
@@ -198,6 +199,28 @@ impl FlowService for FlowApi {
                 )),
             },
         )))
+    }
+
+    async fn get_graph(
+        &self,
+        request: Request<GetGraphRequest>,
+    ) -> Result<Response<GetGraphResponse>, Status> {
+        let scope = self.access.scope(&request)?;
+        let graph = self.hub.graph().ok_or_else(|| {
+            Status::failed_precondition("this agent is not learning: run it with --state-dir")
+        })?;
+        let graph = graph
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let response = convert::graph(&graph, |party, _| match &scope {
+            Scope::Admin => true,
+            Scope::Tenant(tenant) => party
+                .workload()
+                .and_then(|workload| graph.workload(workload))
+                .and_then(|info| info.tenant.as_ref())
+                .is_some_and(|owner| owner == tenant),
+        });
+        Ok(Response::new(response))
     }
 
     async fn server_status(

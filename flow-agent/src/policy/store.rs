@@ -323,6 +323,7 @@ mod tests {
             node: "n".into(),
             cross_tenant: Some(false),
             new_connection: true,
+            violation: false,
         }
     }
 

@@ -73,6 +73,7 @@ fn flow(source: Endpoint, destination: Endpoint, protocol: u8) -> FlowRecord {
         hook: Hook::Ingress,
         node: "n".into(),
         new_connection: true,
+        violation: false,
     }
 }
 

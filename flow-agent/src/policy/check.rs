@@ -1,0 +1,496 @@
+//! `flow-agent policy check`: every observed connection that a set of
+//! NetworkPolicies would deny, for a GitOps pipeline to gate a pull request on.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Serialize;
+
+use super::{
+    cluster::{ClusterView, PodView},
+    evaluate::{Evaluator, Subject},
+    graph::WorkloadRef,
+};
+use crate::{
+    identity::{Identity, PeerKind, Workload},
+    record::{Endpoint, FlowRecord, Protocol, Timestamp},
+};
+
+/// A connection the policies would deny.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// The client: `namespace/pod` or an address.
+    pub source: String,
+    /// The server.
+    pub destination: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Destination port.
+    pub port: u16,
+    /// Which side refuses: `egress of ns/pod`, `ingress of ns/pod`.
+    pub blocked_by: Vec<String>,
+    /// Records of it.
+    pub records: u64,
+    /// Last seen.
+    pub last_seen: Timestamp,
+}
+
+/// The result of a check.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// Records read.
+    pub records: usize,
+    /// Request records checked (replies are allowed with their connection).
+    pub checked: usize,
+    /// Records that could not be checked: no identity, or a Service address
+    /// that was never translated to a pod.
+    pub unresolved: usize,
+    /// Checked records the policies allow.
+    pub allowed: usize,
+    /// Distinct denied connections (by pods, protocol and port), sorted.
+    pub denied: Vec<Denial>,
+}
+
+impl CheckReport {
+    /// Denied records.
+    pub fn denied_records(&self) -> u64 {
+        self.denied.iter().map(|denial| denial.records).sum()
+    }
+}
+
+/// How a record's end is seen by policies.
+enum End {
+    Pod(usize),
+    Address { ip: std::net::IpAddr, host: bool },
+    Unresolved,
+}
+
+fn end_of(endpoint: &Endpoint, cluster: &mut ClusterView) -> End {
+    let Identity {
+        kind,
+        namespace,
+        pod,
+        workload,
+        labels,
+        ..
+    } = &*endpoint.identity;
+    match (kind, namespace, pod) {
+        (Some(PeerKind::Pod), Some(namespace), Some(pod)) => {
+            if let Some(index) = cluster
+                .pods()
+                .iter()
+                .position(|known| known.namespace == *namespace && known.name == *pod)
+            {
+                return End::Pod(index);
+            }
+            let Workload { kind, name } = workload.clone().unwrap_or_else(|| Workload {
+                kind: "Pod".to_owned(),
+                name: pod.clone(),
+            });
+            End::Pod(cluster.add_pod(PodView {
+                namespace: namespace.clone(),
+                name: pod.clone(),
+                labels: labels.clone(),
+                ips: vec![endpoint.ip],
+                ports: Vec::new(),
+                host_network: false,
+                workload: WorkloadRef {
+                    namespace: namespace.clone(),
+                    kind,
+                    name,
+                },
+            }))
+        }
+        (Some(PeerKind::Service), _, _) | (None, _, _) => End::Unresolved,
+        (Some(kind), _, _) => End::Address {
+            ip: endpoint.ip,
+            host: *kind == PeerKind::Host,
+        },
+    }
+}
+
+fn describe(end: &End, endpoint: &Endpoint, cluster: &ClusterView) -> String {
+    match end {
+        End::Pod(index) => {
+            let pod = &cluster.pods()[*index];
+            format!("{}/{}", pod.namespace, pod.name)
+        }
+        _ => {
+            let kind = endpoint.identity.kind.map_or("unknown", PeerKind::as_str);
+            format!("{} ({kind})", endpoint.ip)
+        }
+    }
+}
+
+/// What the policies say about one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reply: allowed with its connection.
+    Reply,
+    /// An end cannot be checked.
+    Unresolved,
+    /// Allowed.
+    Allowed,
+    /// Denied: the ends as text and which sides refuse.
+    Denied {
+        /// The client.
+        source: String,
+        /// The server.
+        destination: String,
+        /// `egress of ...`, `ingress of ...`.
+        blocked_by: Vec<String>,
+    },
+}
+
+/// The outcome of each record under `policies`, adding the pods the view
+/// lacks from the records' identities.
+pub fn outcomes(
+    records: &[FlowRecord],
+    cluster: &mut ClusterView,
+    policies: &[NetworkPolicy],
+) -> Vec<Outcome> {
+    // Resolve every end first: the evaluator borrows the finished view.
+    let resolved: Vec<Option<(End, End)>> = records
+        .iter()
+        .map(|record| {
+            (!record.is_reply).then(|| {
+                (
+                    end_of(&record.source, cluster),
+                    end_of(&record.destination, cluster),
+                )
+            })
+        })
+        .collect();
+    let evaluator = Evaluator::new(cluster, policies);
+    records
+        .iter()
+        .zip(&resolved)
+        .map(|(record, ends)| {
+            let Some((source, destination)) = ends else {
+                return Outcome::Reply;
+            };
+            let subject = |end: &End, resident: bool| match end {
+                End::Pod(index) => Some(Subject::Pod(&cluster.pods()[*index])),
+                End::Address { ip, host } => Some(Subject::Address {
+                    ip: *ip,
+                    resident_node: *host && resident,
+                }),
+                End::Unresolved => None,
+            };
+            // This node's own address reaching a pod on this node: the
+            // resident node, which policies cannot block.
+            let destination_local =
+                record.destination.identity.node.as_deref() == Some(record.node.as_str());
+            let (Some(from), Some(to)) = (
+                subject(source, destination_local),
+                subject(destination, false),
+            ) else {
+                return Outcome::Unresolved;
+            };
+            let verdict = evaluator.check(from, to, record.protocol, record.destination.port);
+            if verdict.allowed() {
+                return Outcome::Allowed;
+            }
+            let source = describe(source, &record.source, cluster);
+            let destination = describe(destination, &record.destination, cluster);
+            let mut blocked_by = Vec::new();
+            if !verdict.egress {
+                blocked_by.push(format!("egress of {source}"));
+            }
+            if !verdict.ingress {
+                blocked_by.push(format!("ingress of {destination}"));
+            }
+            Outcome::Denied {
+                source,
+                destination,
+                blocked_by,
+            }
+        })
+        .collect()
+}
+
+/// Checks every request record against `policies`.
+pub fn check(
+    records: &[FlowRecord],
+    cluster: &mut ClusterView,
+    policies: &[NetworkPolicy],
+) -> CheckReport {
+    let mut report = CheckReport {
+        records: records.len(),
+        ..CheckReport::default()
+    };
+    let mut denied: BTreeMap<(String, String, Protocol, u16), Denial> = BTreeMap::new();
+    for (record, outcome) in records.iter().zip(outcomes(records, cluster, policies)) {
+        match outcome {
+            Outcome::Reply => {}
+            Outcome::Unresolved => report.unresolved += 1,
+            Outcome::Allowed => {
+                report.checked += 1;
+                report.allowed += 1;
+            }
+            Outcome::Denied {
+                source,
+                destination,
+                blocked_by,
+            } => {
+                report.checked += 1;
+                let key = (
+                    source.clone(),
+                    destination.clone(),
+                    record.protocol,
+                    record.destination.port,
+                );
+                let entry = denied.entry(key).or_insert_with(|| Denial {
+                    source,
+                    destination,
+                    protocol: record.protocol,
+                    port: record.destination.port,
+                    blocked_by,
+                    records: 0,
+                    last_seen: record.time,
+                });
+                entry.records += 1;
+                entry.last_seen = entry.last_seen.max(record.time);
+            }
+        }
+    }
+    report.denied = denied.into_values().collect();
+    report
+}
+
+/// Pods the monitor remembers before it starts its view afresh (pod churn).
+const MONITOR_MAX_PODS: usize = 50_000;
+
+/// Monitor mode: marks records the approved policies would deny.
+#[derive(Debug)]
+pub struct Monitor {
+    policies: Vec<NetworkPolicy>,
+    cluster: ClusterView,
+    violations: u64,
+}
+
+impl Monitor {
+    /// Monitors against `policies` (validated NetworkPolicies).
+    pub fn new(policies: Vec<NetworkPolicy>) -> Self {
+        Self {
+            policies,
+            cluster: ClusterView::new(),
+            violations: 0,
+        }
+    }
+
+    /// Policies loaded.
+    pub fn policies(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Violations since start.
+    pub fn violations(&self) -> u64 {
+        self.violations
+    }
+
+    /// Sets `violation` on each request record the policies would deny;
+    /// returns the distinct violations (`source -> destination proto/port`
+    /// and why) with their record counts, for the log.
+    pub fn mark(&mut self, records: &mut [FlowRecord]) -> BTreeMap<String, (String, u64)> {
+        if self.cluster.pods().len() > MONITOR_MAX_PODS {
+            self.cluster = ClusterView::new();
+        }
+        let outcomes = outcomes(records, &mut self.cluster, &self.policies);
+        let mut distinct: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        for (record, outcome) in records.iter_mut().zip(outcomes) {
+            if let Outcome::Denied {
+                source,
+                destination,
+                blocked_by,
+            } = outcome
+            {
+                record.violation = true;
+                self.violations += 1;
+                let key = format!(
+                    "{source} -> {destination} {}/{}",
+                    record.protocol, record.destination.port
+                );
+                distinct
+                    .entry(key)
+                    .or_insert_with(|| (blocked_by.join(", "), 0))
+                    .1 += 1;
+            }
+        }
+        distinct
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        policy::{
+            generate::{GenerateOptions, PolicyFormat, propose, render},
+            graph::Graph,
+        },
+        record::Hook,
+    };
+
+    fn pod(ip: &str, port: u16, namespace: &str, name: &str) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+            identity: Arc::new(Identity {
+                kind: Some(PeerKind::Pod),
+                namespace: Some(namespace.into()),
+                pod: Some(format!("{name}-1")),
+                workload: Some(Workload {
+                    kind: "Deployment".into(),
+                    name: name.into(),
+                }),
+                tenant: Some("acme".into()),
+                labels: [("app".to_owned(), name.to_owned())].into(),
+                node: Some("n".into()),
+                note: None,
+            }),
+            service: None,
+        }
+    }
+
+    fn record(source: Endpoint, destination: Endpoint, protocol: u8) -> FlowRecord {
+        let time = Timestamp(SystemTime::now());
+        FlowRecord {
+            time,
+            first_seen: time,
+            source,
+            destination,
+            protocol: Protocol(protocol),
+            icmp: None,
+            packets: 1,
+            bytes: 60,
+            tcp_flags: Vec::new(),
+            is_reply: false,
+            interface: "veth0".into(),
+            hook: Hook::Ingress,
+            node: "n".into(),
+            cross_tenant: Some(false),
+            new_connection: true,
+            violation: false,
+        }
+    }
+
+    #[test]
+    fn generated_policies_allow_what_was_observed_and_deny_what_was_not() {
+        let observed = vec![
+            record(
+                pod("10.0.0.1", 40_000, "shop", "web"),
+                pod("10.0.0.2", 8080, "shop", "api"),
+                6,
+            ),
+            record(
+                pod("10.0.0.2", 40_001, "shop", "api"),
+                pod("10.0.1.1", 5432, "data", "db"),
+                6,
+            ),
+            record(
+                pod("10.0.0.1", 40_002, "shop", "web"),
+                pod("10.0.9.9", 53, "kube-system", "coredns"),
+                17,
+            ),
+        ];
+        let mut graph = Graph::new();
+        for record in &observed {
+            graph.observe(record);
+        }
+        let mut cluster = ClusterView::new();
+        cluster.add_graph(&graph);
+        let files = render(
+            &propose(&graph, &cluster, &GenerateOptions::default()),
+            PolicyFormat::Networkpolicy,
+        );
+        let directory = tempfile::tempdir().unwrap();
+        for (name, text) in &files {
+            std::fs::write(directory.path().join(name), text).unwrap();
+        }
+        let policies = crate::policy::evaluate::load_policies(directory.path()).unwrap();
+        let report = check(&observed, &mut cluster, &policies);
+        assert_eq!(
+            (report.checked, report.allowed, report.denied.len()),
+            (3, 3, 0)
+        );
+
+        // Pairs that never talked, and ports never used, are denied; DNS over
+        // TCP is allowed (the DNS rule is both).
+        let unobserved = vec![
+            record(
+                pod("10.0.0.2", 40_003, "shop", "api"),
+                pod("10.0.0.1", 8080, "shop", "web"),
+                6,
+            ),
+            record(
+                pod("10.0.0.1", 40_004, "shop", "web"),
+                pod("10.0.1.1", 5432, "data", "db"),
+                6,
+            ),
+            record(
+                pod("10.0.0.1", 40_005, "shop", "web"),
+                pod("10.0.0.2", 9090, "shop", "api"),
+                6,
+            ),
+            record(
+                pod("10.0.0.1", 40_006, "shop", "web"),
+                pod("10.0.9.9", 53, "kube-system", "coredns"),
+                6,
+            ),
+        ];
+        let mut reply = unobserved[0].clone();
+        reply.is_reply = true;
+        let mut all = unobserved.clone();
+        all.push(reply);
+        let report = check(&all, &mut cluster, &policies);
+        assert_eq!((report.records, report.checked, report.allowed), (5, 4, 1));
+        let denied: Vec<(String, String, u16, Vec<String>)> = report
+            .denied
+            .iter()
+            .map(|denial| {
+                (
+                    denial.source.clone(),
+                    denial.destination.clone(),
+                    denial.port,
+                    denial.blocked_by.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            denied,
+            [
+                (
+                    "shop/api-1".to_owned(),
+                    "shop/web-1".to_owned(),
+                    8080,
+                    vec![
+                        "egress of shop/api-1".to_owned(),
+                        "ingress of shop/web-1".to_owned()
+                    ]
+                ),
+                (
+                    "shop/web-1".to_owned(),
+                    "data/db-1".to_owned(),
+                    5432,
+                    vec![
+                        "egress of shop/web-1".to_owned(),
+                        "ingress of data/db-1".to_owned()
+                    ]
+                ),
+                (
+                    "shop/web-1".to_owned(),
+                    "shop/api-1".to_owned(),
+                    9090,
+                    vec![
+                        "egress of shop/web-1".to_owned(),
+                        "ingress of shop/api-1".to_owned()
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(report.denied_records(), 3);
+    }
+}

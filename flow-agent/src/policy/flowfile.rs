@@ -1,0 +1,423 @@
+//! Flow files for offline learning and checking: the agent's own JSON lines
+//! (`flow-agent run --output json`, `--output-file`, `observe -o json`) and
+//! Hubble's (`hubble observe -o json`), one object per line, told apart line
+//! by line.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::{
+    identity::{CHURN_LABELS, Identity, PeerKind, ServiceRef, Workload},
+    record::{Endpoint, FlowRecord, Hook, Icmp, Protocol, Timestamp},
+};
+
+/// Errors reading a flow file.
+#[derive(Debug, Error)]
+pub enum FlowFileError {
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not a flow.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What a flow file held.
+#[derive(Debug, Default)]
+pub struct FlowFile {
+    /// The flows, in file order.
+    pub records: Vec<FlowRecord>,
+    /// Lines that are no flow to learn from: loss markers, Hubble flows that
+    /// were dropped or are L7 duplicates.
+    pub skipped: usize,
+}
+
+/// Reads a flow file. `tenant_label` names the namespace label that says the
+/// tenant in Hubble flows (Cilium copies namespace labels onto endpoints).
+pub fn read(path: &Path, tenant_label: &str) -> Result<FlowFile, FlowFileError> {
+    let file = std::fs::File::open(path).map_err(|source| FlowFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut flows = FlowFile::default();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| FlowFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |message: String| FlowFileError::Invalid {
+            path: path.to_owned(),
+            line: index + 1,
+            message,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value =
+            serde_json::from_str(&line).map_err(|error| invalid(error.to_string()))?;
+        if value.get("lost_records").is_some() || value.get("lost_events").is_some() {
+            flows.skipped += 1;
+        } else if let Some(flow) = value.get("flow") {
+            match hubble(flow, tenant_label).map_err(invalid)? {
+                Some(record) => flows.records.push(record),
+                None => flows.skipped += 1,
+            }
+        } else {
+            let record: FlowRecord = serde_path_to_error::deserialize(value).map_err(|error| {
+                let field = error.path().to_string();
+                invalid(format!("{field}: {}", error.into_inner()))
+            })?;
+            flows.records.push(record);
+        }
+    }
+    Ok(flows)
+}
+
+fn text<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .filter(|text| !text.is_empty())
+}
+
+fn port(value: &Value, field: &str) -> Result<u16, String> {
+    match value.get(field) {
+        None | Some(Value::Null) => Ok(0),
+        Some(number) => number
+            .as_u64()
+            .and_then(|number| u16::try_from(number).ok())
+            .ok_or_else(|| format!("{field}: {number} is not a port")),
+    }
+}
+
+/// One end of a Hubble flow as an endpoint with identity.
+fn hubble_endpoint(value: Option<&Value>, ip: IpAddr, port: u16, tenant_label: &str) -> Endpoint {
+    let empty = Value::Null;
+    let value = value.unwrap_or(&empty);
+    let labels: Vec<&str> = value
+        .get("labels")
+        .and_then(Value::as_array)
+        .map(|labels| labels.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let namespace = text(value, "namespace").map(str::to_owned);
+    let pod = text(value, "pod_name").map(str::to_owned);
+    let reserved = |name: &str| labels.contains(&format!("reserved:{name}").as_str());
+    let kind = if pod.is_some() {
+        PeerKind::Pod
+    } else if reserved("host") {
+        PeerKind::Host
+    } else if reserved("remote-node") {
+        PeerKind::RemoteNode
+    } else if reserved("kube-apiserver") {
+        PeerKind::KubeApiserver
+    } else {
+        PeerKind::World
+    };
+    let namespace_label_prefix = "io.cilium.k8s.namespace.labels.";
+    let mut pod_labels = BTreeMap::new();
+    let mut tenant = None;
+    for label in &labels {
+        let Some((key, label_value)) = label
+            .strip_prefix("k8s:")
+            .and_then(|label| label.split_once('='))
+        else {
+            continue;
+        };
+        if let Some(namespace_key) = key.strip_prefix(namespace_label_prefix) {
+            if namespace_key == tenant_label {
+                tenant = Some(label_value.to_owned());
+            }
+            continue;
+        }
+        // Cilium's own labels (namespace, service account, cluster) are not
+        // the pod's.
+        if key.starts_with("io.kubernetes.pod.")
+            || key.starts_with("io.cilium.")
+            || CHURN_LABELS.contains(&key)
+        {
+            continue;
+        }
+        pod_labels.insert(key.to_owned(), label_value.to_owned());
+    }
+    let workload = value
+        .get("workloads")
+        .and_then(Value::as_array)
+        .and_then(|workloads| workloads.first())
+        .and_then(|workload| {
+            Some(Workload {
+                kind: text(workload, "kind")?.to_owned(),
+                name: text(workload, "name")?.to_owned(),
+            })
+        })
+        .or_else(|| {
+            pod.as_ref().map(|pod| Workload {
+                kind: "Pod".to_owned(),
+                name: pod.clone(),
+            })
+        });
+    let is_pod = kind == PeerKind::Pod;
+    Endpoint {
+        ip,
+        port,
+        identity: Arc::new(Identity {
+            kind: Some(kind),
+            tenant: if is_pod {
+                tenant.or_else(|| namespace.clone())
+            } else {
+                None
+            },
+            namespace,
+            pod,
+            workload: workload.filter(|_| is_pod),
+            labels: if is_pod { pod_labels } else { BTreeMap::new() },
+            node: None,
+            note: None,
+        }),
+        service: None,
+    }
+}
+
+/// A `hubble observe -o json` flow as a record; `None` for flows that teach
+/// nothing (not forwarded, L7 duplicates, no IP layer).
+fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String> {
+    if text(flow, "verdict").is_some_and(|verdict| verdict != "FORWARDED") {
+        return Ok(None);
+    }
+    if text(flow, "Type").is_some_and(|kind| kind != "L3_L4") {
+        return Ok(None);
+    }
+    let Some(ip) = flow.get("IP") else {
+        return Ok(None);
+    };
+    let address = |field: &str| -> Result<IpAddr, String> {
+        text(ip, field)
+            .ok_or_else(|| format!("flow.IP.{field}: missing"))?
+            .parse()
+            .map_err(|_| format!("flow.IP.{field}: not an address"))
+    };
+    let (source_ip, destination_ip) = (address("source")?, address("destination")?);
+    let l4 = flow.get("l4").cloned().unwrap_or(Value::Null);
+    let (protocol, ports, icmp, flags) = if let Some(tcp) = l4.get("TCP") {
+        let flags: Vec<String> = tcp
+            .get("flags")
+            .and_then(Value::as_object)
+            .map(|flags| {
+                flags
+                    .iter()
+                    .filter(|(_, set)| set.as_bool() == Some(true))
+                    .map(|(name, _)| name.to_ascii_uppercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (6, Some(tcp), None, flags)
+    } else if let Some(udp) = l4.get("UDP") {
+        (17, Some(udp), None, Vec::new())
+    } else if let Some(sctp) = l4.get("SCTP") {
+        (132, Some(sctp), None, Vec::new())
+    } else if let Some(icmp) = l4
+        .get("ICMPv4")
+        .map(|icmp| (1, icmp))
+        .or_else(|| l4.get("ICMPv6").map(|icmp| (58, icmp)))
+    {
+        let (number, fields) = icmp;
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .and_then(Value::as_u64)
+                .and_then(|value| u8::try_from(value).ok())
+                .unwrap_or(0)
+        };
+        (
+            number,
+            None,
+            Some(Icmp {
+                icmp_type: field("type"),
+                code: field("code"),
+            }),
+            Vec::new(),
+        )
+    } else {
+        return Ok(None);
+    };
+    let (source_port, destination_port) = match ports {
+        Some(ports) => (
+            port(ports, "source_port")?,
+            port(ports, "destination_port")?,
+        ),
+        None => (0, 0),
+    };
+    let time: Timestamp = serde_json::from_value(flow.get("time").cloned().unwrap_or(Value::Null))
+        .map_err(|error| format!("flow.time: {error}"))?;
+    let mut source = hubble_endpoint(flow.get("source"), source_ip, source_port, tenant_label);
+    let mut destination = hubble_endpoint(
+        flow.get("destination"),
+        destination_ip,
+        destination_port,
+        tenant_label,
+    );
+    if let Some(service) = flow.get("destination_service")
+        && let (Some(name), Some(namespace)) = (text(service, "name"), text(service, "namespace"))
+    {
+        destination.service = Some(ServiceRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            ip: destination_ip,
+            port: destination_port,
+            target_port: Some(destination_port),
+        });
+    }
+    let cross_tenant = match (&source.identity.tenant, &destination.identity.tenant) {
+        (Some(a), Some(b)) => Some(a != b),
+        _ => Some(false),
+    };
+    let is_reply = flow
+        .get("is_reply")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let new_connection = !is_reply
+        && match protocol {
+            6 => flags.iter().any(|flag| flag == "SYN") && !flags.iter().any(|flag| flag == "ACK"),
+            _ => true,
+        };
+    let node = text(flow, "node_name").unwrap_or_default().to_owned();
+    // Hubble names the node `cluster/node`; keep the node.
+    let node = node.rsplit('/').next().unwrap_or_default().to_owned();
+    for end in [&mut source, &mut destination] {
+        if end.identity.kind == Some(PeerKind::Host) {
+            Arc::make_mut(&mut end.identity).node = Some(node.clone());
+        }
+    }
+    Ok(Some(FlowRecord {
+        time,
+        first_seen: time,
+        source,
+        destination,
+        protocol: Protocol(protocol),
+        icmp,
+        packets: 1,
+        bytes: 0,
+        tcp_flags: flags,
+        is_reply,
+        interface: String::new(),
+        hook: if text(flow, "traffic_direction") == Some("INGRESS") {
+            Hook::Egress
+        } else {
+            Hook::Ingress
+        },
+        node,
+        cross_tenant,
+        new_connection,
+        violation: false,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HUBBLE: &str = r#"{"flow":{"time":"2026-11-20T10:00:00.123456789Z","verdict":"FORWARDED","IP":{"source":"10.0.1.5","destination":"10.0.2.7","ipVersion":"IPv4"},"l4":{"TCP":{"source_port":51234,"destination_port":8080,"flags":{"SYN":true}}},"source":{"ID":123,"identity":4567,"namespace":"shop","labels":["k8s:app=web","k8s:io.cilium.k8s.namespace.labels.tenant=acme","k8s:io.cilium.k8s.policy.serviceaccount=web","k8s:io.kubernetes.pod.namespace=shop","k8s:pod-template-hash=abc"],"pod_name":"web-abc-x1","workloads":[{"name":"web","kind":"Deployment"}]},"destination":{"namespace":"shop","labels":["k8s:app=api","k8s:io.kubernetes.pod.namespace=shop"],"pod_name":"api-def-y2","workloads":[{"name":"api","kind":"Deployment"}]},"Type":"L3_L4","node_name":"kind/node-1","traffic_direction":"EGRESS","is_reply":false,"destination_service":{"name":"api","namespace":"shop"},"Summary":"TCP Flags: SYN"},"node_name":"kind/node-1","time":"2026-11-20T10:00:00.123456789Z"}"#;
+
+    fn file(lines: &[&str]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), lines.join("\n") + "\n").unwrap();
+        file
+    }
+
+    #[test]
+    fn hubble_lines_become_records_with_identity_and_tenant() {
+        let dropped = HUBBLE.replace("FORWARDED", "DROPPED");
+        let world = r#"{"flow":{"time":"2026-11-20T10:00:01Z","verdict":"FORWARDED","IP":{"source":"10.0.1.5","destination":"203.0.113.9"},"l4":{"UDP":{"source_port":40000,"destination_port":53}},"source":{"namespace":"shop","labels":["k8s:app=web"],"pod_name":"web-abc-x1"},"destination":{"labels":["reserved:world"]},"Type":"L3_L4","is_reply":false}}"#;
+        let lost = r#"{"lost_events":{"source":"HUBBLE_RING_BUFFER","num_events_lost":3}}"#;
+        let flows = read(file(&[HUBBLE, &dropped, world, lost, ""]).path(), "tenant").unwrap();
+        assert_eq!((flows.records.len(), flows.skipped), (2, 2));
+        let record = &flows.records[0];
+        assert_eq!(record.source.ip, "10.0.1.5".parse::<IpAddr>().unwrap());
+        assert_eq!((record.source.port, record.destination.port), (51234, 8080));
+        assert_eq!(record.protocol, Protocol(6));
+        assert_eq!(record.source.identity.tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            record.source.identity.labels,
+            BTreeMap::from([("app".to_owned(), "web".to_owned())])
+        );
+        assert_eq!(
+            record.source.identity.workload.as_ref().unwrap().name,
+            "web"
+        );
+        // No tenant label on the destination: its namespace is its tenant.
+        assert_eq!(record.destination.identity.tenant.as_deref(), Some("shop"));
+        assert_eq!(record.destination.service.as_ref().unwrap().name, "api");
+        assert!(record.new_connection && !record.is_reply);
+        assert_eq!(record.node, "node-1");
+        let world = &flows.records[1];
+        assert_eq!(world.destination.identity.kind, Some(PeerKind::World));
+        assert_eq!(world.source.identity.workload.as_ref().unwrap().kind, "Pod");
+        assert_eq!(world.protocol, Protocol(17));
+    }
+
+    #[test]
+    fn our_own_lines_read_back_and_bad_lines_name_file_and_line() {
+        let record = r#"{"time":"2026-11-20T10:00:00Z","first_seen":"2026-11-20T10:00:00Z","source":{"ip":"10.0.0.1","port":1234},"destination":{"ip":"10.0.0.2","port":80},"protocol":"TCP","packets":1,"bytes":60,"is_reply":false,"interface":"veth0","hook":"ingress","node":"n"}"#;
+        let flows = read(
+            file(&[
+                record,
+                r#"{"lost_records":2,"time":"2026-11-20T10:00:00Z"}"#,
+            ])
+            .path(),
+            "tenant",
+        )
+        .unwrap();
+        assert_eq!((flows.records.len(), flows.skipped), (1, 1));
+        let error = read(file(&[record, "{not json"]).path(), "tenant")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.ends_with(":2: key must be a string at line 1 column 2"),
+            "{error}"
+        );
+        let error = read(
+            file(&[r#"{"time":"2026-11-20T10:00:00Z","protocol":"TCP"}"#]).path(),
+            "tenant",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(":1: ") && error.contains("first_seen"),
+            "{error}"
+        );
+        let error = read(
+            file(&[&HUBBLE.replace("\"10.0.2.7\"", "\"nowhere\"")]).path(),
+            "tenant",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("flow.IP.destination"), "{error}");
+        let error = read(Path::new("/nonexistent/flows.jsonl"), "tenant")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cannot read /nonexistent/flows.jsonl"),
+            "{error}"
+        );
+    }
+}
