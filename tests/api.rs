@@ -19,11 +19,12 @@ use std::{
 };
 
 use common::{
+    cli::{binary, cli},
     netns::Agent,
     shop::{Cluster, cluster, traffic, udp_exchange},
 };
 use flow_agent::record::FlowRecord;
-use flow_lab::{LabProcess, Node, ProcessOutput};
+use flow_lab::{LabProcess, Node};
 use flow_proto::v1::{
     EndpointFilter, FlowFilter, GetFlowsRequest, flow_service_client::FlowServiceClient,
     get_flows_response,
@@ -31,18 +32,6 @@ use flow_proto::v1::{
 use serde_json::Value;
 
 const API: &str = "127.0.0.1:4245";
-
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_flow-agent"))
-}
-
-/// Runs `flow-agent ARGS` in the node until it exits.
-fn cli(node: &Node, args: &[&str]) -> ProcessOutput {
-    LabProcess::start(&node.netns, binary(), args, None)
-        .unwrap()
-        .wait_for_exit(Duration::from_secs(60))
-        .unwrap()
-}
 
 /// `flow-agent observe --server API ARGS`, which must succeed.
 fn observe(node: &Node, args: &[&str]) -> Vec<String> {
@@ -90,16 +79,9 @@ fn follower(node: &Node, args: &[&str]) -> LabProcess {
     LabProcess::start(&node.netns, binary(), &all, Some("observe")).unwrap()
 }
 
-/// `flow-agent status` as key/value pairs.
+/// `flow-agent status` of the agent on `API`.
 fn status(node: &Node, extra: &[&str]) -> HashMap<String, String> {
-    let output = cli(node, &[&["status", "--server", API], extra].concat());
-    assert!(output.success, "status failed: {:?}", output.stderr);
-    output
-        .stdout
-        .iter()
-        .filter_map(|line| line.split_once(':'))
-        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
-        .collect()
+    common::cli::status(node, API, extra)
 }
 
 fn wait_for_subscribers(node: &Node, count: usize) {

@@ -9,6 +9,7 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod cli;
 pub mod kube_api;
 pub mod netns;
 pub mod packet;

@@ -45,6 +45,10 @@ pub struct CheckReport {
     /// Records that could not be checked: no identity, or a Service address
     /// that was never translated to a pod.
     pub unresolved: usize,
+    /// Request records of protocols without ports (ICMP): what
+    /// NetworkPolicy does with them is up to the network plugin, so they are
+    /// counted here, not judged.
+    pub unexpressible: usize,
     /// Checked records the policies allow.
     pub allowed: usize,
     /// Distinct denied connections (by pods, protocol and port), sorted.
@@ -129,6 +133,8 @@ pub enum Outcome {
     Reply,
     /// An end cannot be checked.
     Unresolved,
+    /// A protocol NetworkPolicy has no ports for (ICMP).
+    Unexpressible,
     /// Allowed.
     Allowed,
     /// Denied: the ends as text and which sides refuse.
@@ -169,6 +175,9 @@ pub fn outcomes(
             let Some((source, destination)) = ends else {
                 return Outcome::Reply;
             };
+            if !matches!(record.protocol.name(), Some("TCP" | "UDP" | "SCTP")) {
+                return Outcome::Unexpressible;
+            }
             let subject = |end: &End, resident: bool| match end {
                 End::Pod(index) => Some(Subject::Pod(&cluster.pods()[*index])),
                 End::Address { ip, host } => Some(Subject::Address {
@@ -224,6 +233,7 @@ pub fn check(
         match outcome {
             Outcome::Reply => {}
             Outcome::Unresolved => report.unresolved += 1,
+            Outcome::Unexpressible => report.unexpressible += 1,
             Outcome::Allowed => {
                 report.checked += 1;
                 report.allowed += 1;

@@ -252,13 +252,14 @@ pub fn run_check(
         ReportFormat::Text => {
             let result = writeln!(
                 out,
-                "{} records, {} connections checked: {} allowed, {} denied ({} distinct), {} not checkable",
+                "{} records, {} connections checked: {} allowed, {} denied ({} distinct); not judged: {} without identity, {} ICMP or other portless protocols",
                 report.records,
                 report.checked,
                 report.allowed,
                 report.denied_records(),
                 report.denied.len(),
-                report.unresolved
+                report.unresolved,
+                report.unexpressible,
             );
             report.denied.iter().try_fold((), |(), denial| {
                 writeln!(

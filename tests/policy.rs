@@ -1,0 +1,617 @@
+//! The policy learner end to end: the shop's pods of two tenants talk, a real
+//! agent learns the graph (crash-safe under --state-dir), `flow-agent policy
+//! generate` proposes policies from the agent and from Hubble-shaped flow
+//! files, `flow-agent policy check` proves the observed traffic allowed and
+//! every pair that never talked denied, and monitor mode flags the rest.
+//!
+//! Needs root and nft; skipped with a message otherwise.
+
+#![expect(clippy::unwrap_used, reason = "a test panics to report failure")]
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{
+    cli::cli,
+    netns::Agent,
+    shop::{cluster, tcp_client, tcp_server, traffic},
+};
+use flow_agent::record::{FlowRecord, Protocol};
+use flow_lab::Node;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::Value;
+
+const API: &str = "127.0.0.1:4245";
+
+fn path(directory: &Path, name: &str) -> String {
+    directory.join(name).to_str().unwrap().to_owned()
+}
+
+/// Edges the agent has learned and made durable, per its status.
+fn learned_edges(node: &Node) -> usize {
+    let state = common::cli::status(node, API, &[]);
+    let learning = &state["learning"];
+    learning
+        .strip_prefix("yes, ")
+        .and_then(|rest| rest.strip_suffix(" edges"))
+        .unwrap_or_else(|| panic!("not learning: {learning}"))
+        .parse()
+        .unwrap()
+}
+
+fn wait_for_edges(node: &Node, at_least: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let edges = learned_edges(node);
+        if edges >= at_least {
+            return edges;
+        }
+        assert!(Instant::now() < deadline, "only {edges} edges learned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn policy_files(directory: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn policy(directory: &Path, name: &str) -> NetworkPolicy {
+    let text = std::fs::read_to_string(directory.join(name)).unwrap();
+    yaml_serde::from_str(&text).unwrap_or_else(|error| panic!("{name}: {error}"))
+}
+
+/// `policy check`; returns (exit success, JSON report).
+fn check(node: &Node, policies: &Path, flows: &str, inventory: &str) -> (bool, Value) {
+    let output = cli(
+        node,
+        &[
+            "policy",
+            "check",
+            "--policies",
+            policies.to_str().unwrap(),
+            "--flows",
+            flows,
+            "--inventory",
+            inventory,
+            "-o",
+            "json",
+        ],
+    );
+    let report: Value = serde_json::from_str(&output.stdout.join("\n"))
+        .unwrap_or_else(|error| panic!("{error}: {:?} {:?}", output.stdout, output.stderr));
+    (output.success, report)
+}
+
+fn write_records(file: &Path, records: &[FlowRecord]) {
+    let lines: Vec<String> = records
+        .iter()
+        .map(|record| serde_json::to_string(record).unwrap())
+        .collect();
+    std::fs::write(file, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn generated_policies_allow_exactly_what_the_agent_learned() {
+    require_root!();
+    let Some(cluster) = cluster() else { return };
+    let node = &cluster.node;
+    let inventory = cluster.inventory.to_str().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    let flows = path(dir, "flows.jsonl");
+    let agent = Agent::on(
+        node,
+        "200ms",
+        &[
+            "--inventory",
+            inventory,
+            "--grpc-listen",
+            API,
+            "--state-dir",
+            &path(dir, "state"),
+            "--output-file",
+            &flows,
+        ],
+    );
+    agent.wait_for_log("gRPC API listening", Duration::from_secs(5));
+    let (via_service, cross_tenant, udp) = traffic(node);
+    // frontend → cart, cart → db, api → db.
+    wait_for_edges(node, 3);
+
+    // The same flows as Hubble prints them, for offline learning.
+    let hubble = cli(
+        node,
+        &[
+            "observe",
+            "--server",
+            API,
+            "--last",
+            "100000",
+            "-o",
+            "hubble-json",
+        ],
+    );
+    assert!(hubble.success);
+    std::fs::write(dir.join("hubble.jsonl"), hubble.stdout.join("\n") + "\n").unwrap();
+
+    let generate = |extra: &[&str], output_dir: &str| {
+        let mut args = vec![
+            "policy",
+            "generate",
+            "--inventory",
+            inventory,
+            "--output-dir",
+            output_dir,
+        ];
+        args.extend_from_slice(extra);
+        let output = cli(node, &args);
+        assert!(output.success, "{:?}", output.stderr);
+        output.stdout
+    };
+    let summary = generate(
+        &["--server", API, "--save-graph", &path(dir, "graph.json")],
+        &path(dir, "policies"),
+    );
+    assert!(
+        summary[0].contains("1 cross-tenant edges left for review"),
+        "{summary:?}"
+    );
+    generate(
+        &["--server", API, "--allow-cross-tenant"],
+        &path(dir, "policies-all"),
+    );
+    generate(
+        &[
+            "--flows",
+            &path(dir, "hubble.jsonl"),
+            "--allow-cross-tenant",
+        ],
+        &path(dir, "policies-hubble"),
+    );
+    generate(
+        &["--graph", &path(dir, "graph.json"), "--allow-cross-tenant"],
+        &path(dir, "policies-graph"),
+    );
+    let output = agent.stop();
+    assert!(output.success);
+
+    // One default deny per namespace, one policy per workload that talked.
+    let policies = dir.join("policies");
+    assert_eq!(
+        policy_files(&policies),
+        [
+            "kustomization.yaml",
+            "shop-a.allow-deployment-cart.yaml",
+            "shop-a.allow-deployment-frontend.yaml",
+            "shop-a.default-deny.yaml",
+            "shop-b.allow-deployment-api.yaml",
+            "shop-b.allow-statefulset-db.yaml",
+            "shop-b.default-deny.yaml",
+        ]
+    );
+    // cart admits frontend on the target port 8080 (the Service's port is 80),
+    // selected by its one stable label; its egress to the other tenant's db
+    // is left out without --allow-cross-tenant.
+    let cart = policy(&policies, "shop-a.allow-deployment-cart.yaml")
+        .spec
+        .unwrap();
+    assert_eq!(
+        cart.pod_selector.unwrap().match_labels.unwrap(),
+        [("app".to_owned(), "cart".to_owned())].into()
+    );
+    let ingress = cart.ingress.unwrap();
+    assert_eq!(ingress.len(), 1);
+    let from = ingress[0].from.as_ref().unwrap();
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        from[0]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app"],
+        "frontend"
+    );
+    assert!(
+        from[0].namespace_selector.is_none(),
+        "same namespace: podSelector alone"
+    );
+    let ports = ingress[0].ports.as_ref().unwrap();
+    assert_eq!(
+        (ports.len(), ports[0].protocol.as_deref()),
+        (1, Some("TCP"))
+    );
+    assert_eq!(
+        ports[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080))
+    );
+    assert!(cart.egress.is_none());
+    let review = std::fs::read_to_string(policies.join("REVIEW.md")).unwrap();
+    assert!(
+        review.contains("shop-a/Deployment/cart -> shop-b/StatefulSet/db TCP/5432"),
+        "{review}"
+    );
+    // With the flag, db admits cart from the other namespace: AND-form peer.
+    let db = policy(
+        &dir.join("policies-all"),
+        "shop-b.allow-statefulset-db.yaml",
+    )
+    .spec
+    .unwrap();
+    let peers: Vec<_> = db
+        .ingress
+        .unwrap()
+        .into_iter()
+        .flat_map(|rule| rule.from.unwrap())
+        .collect();
+    let cart_peer = peers
+        .iter()
+        .find(|peer| {
+            peer.pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app"]
+                == "cart"
+        })
+        .unwrap();
+    assert_eq!(
+        cart_peer
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
+        "shop-a"
+    );
+
+    // The same policies from the agent, from Hubble's JSON and from the saved
+    // graph: byte for byte.
+    for other in ["policies-hubble", "policies-graph"] {
+        for name in policy_files(&dir.join("policies-all")) {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("policies-all").join(&name)).unwrap(),
+                std::fs::read_to_string(dir.join(other).join(&name)).unwrap(),
+                "{other}/{name}"
+            );
+        }
+    }
+
+    // Checked against everything the agent recorded: with the cross-tenant
+    // edge allowed nothing is denied; without it, exactly that connection.
+    let (clean, report) = check(node, &dir.join("policies-all"), &flows, inventory);
+    assert!(clean, "{report:#}");
+    assert_eq!(report["denied"], serde_json::json!([]));
+    assert!(report["allowed"].as_u64().unwrap() >= 3, "{report:#}");
+    let (clean, report) = check(node, &policies, &flows, inventory);
+    assert!(!clean);
+    let denied = report["denied"].as_array().unwrap();
+    assert_eq!(denied.len(), 1, "{report:#}");
+    assert_eq!(denied[0]["source"], "shop-a/cart-5c8b-p000");
+    assert_eq!(denied[0]["destination"], "shop-b/db-0");
+    assert_eq!(
+        (denied[0]["protocol"].as_str(), denied[0]["port"].as_u64()),
+        (Some("TCP"), Some(5432))
+    );
+    assert_eq!(
+        denied[0]["blocked_by"],
+        serde_json::json!(["egress of shop-a/cart-5c8b-p000", "ingress of shop-b/db-0"])
+    );
+
+    // Least privilege, counted: every other pair of pods, on the shop's ports
+    // and a few common ones, over TCP and UDP, is denied.
+    let records = &output.records;
+    let observed: BTreeSet<(IpAddr, IpAddr, Protocol, u16)> = records
+        .iter()
+        .filter(|record| {
+            !record.is_reply
+                && record
+                    .protocol
+                    .name()
+                    .is_some_and(|name| name == "TCP" || name == "UDP")
+        })
+        .map(|record| {
+            (
+                record.source.ip,
+                record.destination.ip,
+                record.protocol,
+                record.destination.port,
+            )
+        })
+        .collect();
+    assert!(observed.contains(&(
+        IpAddr::V4(node.pods[0].ipv4),
+        IpAddr::V4(node.pods[1].ipv4),
+        Protocol(6),
+        8080
+    )));
+    let template = records
+        .iter()
+        .find(|record| record.source.port == via_service && !record.is_reply)
+        .unwrap();
+    let endpoint_of = |ip: IpAddr| {
+        records
+            .iter()
+            .flat_map(|record| [&record.source, &record.destination])
+            .find(|end| end.ip == ip && end.identity.pod.is_some())
+            .unwrap()
+            .clone()
+    };
+    let mut probes = Vec::new();
+    for from in &node.pods {
+        for to in &node.pods {
+            if from.ipv4 == to.ipv4 {
+                continue;
+            }
+            for protocol in [Protocol(6), Protocol(17)] {
+                for port in [80, 443, 5432, 8080, 9999] {
+                    let key = (IpAddr::V4(from.ipv4), IpAddr::V4(to.ipv4), protocol, port);
+                    if observed.contains(&key) {
+                        continue;
+                    }
+                    let mut probe = template.clone();
+                    probe.source = endpoint_of(IpAddr::V4(from.ipv4));
+                    probe.source.port = 50_000;
+                    probe.destination = endpoint_of(IpAddr::V4(to.ipv4));
+                    probe.destination.port = port;
+                    probe.destination.service = None;
+                    probe.protocol = protocol;
+                    probes.push(probe);
+                }
+            }
+        }
+    }
+    assert_eq!(probes.len(), 12 * 2 * 5 - 3, "{observed:?}");
+    write_records(&dir.join("unobserved.jsonl"), &probes);
+    let (clean, report) = check(
+        node,
+        &dir.join("policies-all"),
+        &path(dir, "unobserved.jsonl"),
+        inventory,
+    );
+    assert!(!clean);
+    assert_eq!(report["checked"], 117);
+    assert_eq!(report["allowed"], 0, "over-permission: {report:#}");
+    let denied_records: u64 = report["denied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|denial| denial["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(denied_records, 117);
+    let _ = (cross_tenant, udp);
+}
+
+#[test]
+fn the_learned_graph_survives_kill_9_and_a_clean_restart_compacts_it() {
+    require_root!();
+    let Some(cluster) = cluster() else { return };
+    let node = &cluster.node;
+    let inventory = cluster.inventory.to_str().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let state = path(directory.path(), "state");
+    let args = [
+        "--inventory",
+        inventory,
+        "--grpc-listen",
+        API,
+        "--state-dir",
+        state.as_str(),
+    ];
+    let agent = Agent::on(node, "100ms", &args);
+    agent.wait_for_log("gRPC API listening", Duration::from_secs(5));
+
+    // frontend sends UDP to ever new ports of cart: one new edge each, while
+    // the agent is killed.
+    let running = Arc::new(AtomicBool::new(true));
+    let target = IpAddr::V4(node.pods[1].ipv4);
+    let sender = {
+        let running = Arc::clone(&running);
+        node.pods[0].netns.spawn(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let mut port = 20_000u16;
+            while running.load(Ordering::SeqCst) && port < 60_000 {
+                for _ in 0..20 {
+                    let _ = socket.send_to(&[1u8; 16], SocketAddr::new(target, port));
+                    port += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            port - 20_000
+        })
+    };
+    let acknowledged = wait_for_edges(node, 200);
+    agent.kill();
+    running.store(false, Ordering::SeqCst);
+    let sent = sender.join().unwrap().unwrap();
+    assert!(sent as usize > acknowledged);
+
+    // Restarted on the same directory: everything the API had shown is back.
+    let agent = Agent::on(node, "100ms", &args);
+    agent.wait_for_log("learned graph recovered", Duration::from_secs(5));
+    let recovered = learned_edges(node);
+    assert!(recovered >= acknowledged, "{recovered} < {acknowledged}");
+    let log = agent
+        .stderr()
+        .into_iter()
+        .find(|line| line.contains("learned graph recovered"))
+        .unwrap();
+    assert!(
+        log.contains("snapshot_edges=0") && !log.contains("replayed=0"),
+        "{log}"
+    );
+    // A clean stop writes a snapshot; the next start replays nothing.
+    assert!(agent.stop().success);
+    let agent = Agent::on(node, "100ms", &args);
+    agent.wait_for_log("learned graph recovered", Duration::from_secs(5));
+    let log = agent
+        .stderr()
+        .into_iter()
+        .find(|line| line.contains("learned graph recovered"))
+        .unwrap();
+    assert!(
+        log.contains(&format!("snapshot_edges={recovered}")) && log.contains("replayed=0"),
+        "{log}"
+    );
+    assert_eq!(learned_edges(node), recovered);
+    assert!(agent.stop().success);
+}
+
+#[test]
+fn monitor_mode_flags_exactly_the_connections_outside_the_approved_policies() {
+    require_root!();
+    let Some(cluster) = cluster() else { return };
+    let node = &cluster.node;
+    let inventory = cluster.inventory.to_str().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    // Learn and approve.
+    let agent = Agent::on(
+        node,
+        "200ms",
+        &[
+            "--inventory",
+            inventory,
+            "--grpc-listen",
+            API,
+            "--state-dir",
+            &path(dir, "state"),
+        ],
+    );
+    agent.wait_for_log("gRPC API listening", Duration::from_secs(5));
+    traffic(node);
+    wait_for_edges(node, 3);
+    let output = cli(
+        node,
+        &[
+            "policy",
+            "generate",
+            "--server",
+            API,
+            "--inventory",
+            inventory,
+            "--allow-cross-tenant",
+            "--output-dir",
+            &path(dir, "approved"),
+        ],
+    );
+    assert!(output.success, "{:?}", output.stderr);
+    assert!(agent.stop().success);
+
+    // Monitor: the known traffic again, and api → cart, which never happened.
+    let agent = Agent::on(
+        node,
+        "200ms",
+        &[
+            "--inventory",
+            inventory,
+            "--grpc-listen",
+            API,
+            "--policies",
+            &path(dir, "approved"),
+        ],
+    );
+    agent.wait_for_log("monitor mode", Duration::from_secs(5));
+    let follower = flow_lab::LabProcess::start(
+        &node.netns,
+        common::cli::binary(),
+        &[
+            "observe",
+            "--server",
+            API,
+            "--follow",
+            "--violations",
+            "-o",
+            "json",
+        ],
+        Some("observe"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::cli::status(node, API, &[])["subscribers"] != "1" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    traffic(node);
+    let server = tcp_server(node, 1, 8080, 10, 10);
+    let intruder = tcp_client(
+        node,
+        3,
+        SocketAddr::new(IpAddr::V4(node.pods[1].ipv4), 8080),
+        10,
+        10,
+    );
+    server.join().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let state = common::cli::status(node, API, &[]);
+    let output = agent.stop();
+    let followed = follower.wait_for_exit(Duration::from_secs(10)).unwrap();
+
+    let violating: Vec<&FlowRecord> = output
+        .records
+        .iter()
+        .filter(|record| record.violation)
+        .collect();
+    assert!(!violating.is_empty());
+    for record in &violating {
+        assert_eq!(
+            (record.source.port, record.destination.port),
+            (intruder, 8080),
+            "{record:?}"
+        );
+        assert_eq!(
+            record.source.identity.workload.as_ref().unwrap().name,
+            "api"
+        );
+        assert!(!record.is_reply);
+    }
+    // Every record of the approved traffic passes.
+    assert!(
+        output
+            .records
+            .iter()
+            .filter(|record| record.source.port != intruder)
+            .all(|record| !record.violation)
+    );
+    // The API's violation stream is exactly those records, the status counts
+    // them, and the log names the connection.
+    let streamed: Vec<FlowRecord> = followed
+        .stdout
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(streamed.iter().collect::<Vec<_>>(), violating);
+    assert_eq!(
+        state["monitoring"],
+        format!("yes, {} violations", violating.len())
+    );
+    assert!(
+        output
+            .stderr
+            .iter()
+            .any(|line| line.contains("policy violation")
+                && line.contains("shop-b/api-77aa-p000 -> shop-a/cart-5c8b-p000 TCP/8080")
+                && line.contains("ingress of shop-a/cart-5c8b-p000")),
+        "{:?}",
+        output.stderr
+    );
+}
