@@ -5,7 +5,7 @@
 //! write are never touched.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io,
     path::{Path, PathBuf},
 };
@@ -258,6 +258,14 @@ pub fn review(proposal: &Proposal, format: PolicyFormat, summary: &ExportSummary
         "None: every selector selects exactly one workload's pods.",
     );
     out.push_str("\n## Per workload\n");
+    // Allowed lines start with the workload (which has no spaces): group them
+    // in one pass.
+    let mut by_workload: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in &proposal.allowed {
+        if let Some((workload, rest)) = line.split_once(' ') {
+            by_workload.entry(workload).or_default().push(rest);
+        }
+    }
     for policy in &proposal.policies {
         let labels: Vec<String> = policy
             .selection
@@ -271,14 +279,9 @@ pub fn review(proposal: &Proposal, format: PolicyFormat, summary: &ExportSummary
             policy.name,
             labels.join(",")
         ));
-        let prefix = format!("{} ", policy.workload);
-        let lines: Vec<&String> = proposal
-            .allowed
-            .iter()
-            .filter(|line| line.starts_with(&prefix))
-            .collect();
-        for line in lines {
-            out.push_str(&format!("- {}\n", &line[prefix.len()..]));
+        let workload = policy.workload.to_string();
+        for line in by_workload.get(workload.as_str()).into_iter().flatten() {
+            out.push_str(&format!("- {line}\n"));
         }
     }
     out

@@ -12,3 +12,4 @@ pub mod generate;
 pub mod graph;
 pub mod learner;
 pub mod store;
+pub mod synthetic;
