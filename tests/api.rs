@@ -993,30 +993,12 @@ fn the_agent_refuses_unsafe_or_broken_api_settings_at_start() {
     assert!(agent.stop().success);
 }
 
-fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("FLOW_AGENT_TEST_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-grpc/bin/python"),
-        PathBuf::from,
-    );
-    if python.exists() {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none(),
-        "{} is missing: `cargo xtask setup` creates it",
-        python.display()
-    );
-    eprintln!(
-        "skipping: no Python with grpcio at {}; `cargo xtask setup` creates it",
-        python.display()
-    );
-    None
-}
-
 #[test]
 fn a_python_client_generated_from_the_proto_streams_flows() {
     require_root!();
-    let Some(python) = python() else { return };
+    let Some(python) = common::cli::python() else {
+        return;
+    };
     let Some(cluster) = cluster() else { return };
     let node = &cluster.node;
     let agent = shop_agent(&cluster, "200ms", &[]);

@@ -190,6 +190,11 @@ fn generated_policies_allow_exactly_what_the_agent_learned() {
     );
     let output = agent.stop();
     assert!(output.success);
+    // Our own JSON lines, as the agent wrote them to its file.
+    generate(
+        &["--flows", &flows, "--allow-cross-tenant"],
+        &path(dir, "policies-flows"),
+    );
 
     // One default deny per namespace, one policy per workload that talked.
     let policies = dir.join("policies");
@@ -284,9 +289,34 @@ fn generated_policies_allow_exactly_what_the_agent_learned() {
         "shop-a"
     );
 
-    // The same policies from the agent, from Hubble's JSON and from the saved
-    // graph: byte for byte.
-    for other in ["policies-hubble", "policies-graph"] {
+    // Valid against the Kubernetes 1.33 OpenAPI schema, unknown fields refused.
+    if let Some(python) = common::cli::python() {
+        let validate = python.with_file_name("kubernetes-validate");
+        for set in ["policies", "policies-all"] {
+            let files: Vec<String> = policy_files(&dir.join(set))
+                .into_iter()
+                .filter(|name| name != "kustomization.yaml")
+                .map(|name| path(&dir.join(set), &name))
+                .collect();
+            let output = std::process::Command::new(&validate)
+                .args(["--strict", "-k", "1.33.0"])
+                .args(&files)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{text}");
+            assert_eq!(
+                text.matches(" passed for resource networkpolicy/").count(),
+                files.len(),
+                "{text}"
+            );
+        }
+    }
+
+    // The same policies from the agent, from Hubble's JSON, from our JSON
+    // lines and from the saved graph: byte for byte.
+    for other in ["policies-hubble", "policies-flows", "policies-graph"] {
         for name in policy_files(&dir.join("policies-all")) {
             assert_eq!(
                 std::fs::read_to_string(dir.join("policies-all").join(&name)).unwrap(),

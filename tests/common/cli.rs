@@ -17,6 +17,28 @@ pub fn cli(node: &Node, args: &[&str]) -> ProcessOutput {
         .unwrap()
 }
 
+/// The test virtualenv's Python (`cargo xtask setup` makes it), or `None`
+/// with a message; under `cargo xtask test` a missing one is a failure.
+pub fn python() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("FLOW_AGENT_TEST_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-grpc/bin/python"),
+        std::path::PathBuf::from,
+    );
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none(),
+        "{} is missing: `cargo xtask setup` creates it",
+        python.display()
+    );
+    eprintln!(
+        "skipping: no test Python at {}; `cargo xtask setup` creates it",
+        python.display()
+    );
+    None
+}
+
 /// `flow-agent status --server SERVER EXTRA` as key/value pairs.
 pub fn status(node: &Node, server: &str, extra: &[&str]) -> HashMap<String, String> {
     let output = cli(node, &[&["status", "--server", server], extra].concat());

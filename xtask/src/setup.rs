@@ -6,8 +6,9 @@
 //! - bpf-linker built against that LLVM;
 //! - iproute2 (`ip`, `tc`), util-linux (`setpriv`) and nftables (`nft`, to play
 //!   kube-proxy) for the kernel tests;
-//! - a Python virtual environment with grpcio and grpcio-tools under
-//!   `target/python-grpc`, for the test of a client generated from `proto/`.
+//! - a Python virtual environment under `target/python-grpc` with grpcio and
+//!   grpcio-tools (the test of a client generated from `proto/`) and
+//!   kubernetes-validate (generated policies against the Kubernetes schema).
 
 use std::{
     path::PathBuf,
@@ -194,11 +195,14 @@ fn ensure_test_tools() -> Result<()> {
     Ok(())
 }
 
-/// Python gRPC packages for the generated-client test, pinned.
-const PYTHON_PACKAGES: [&str; 3] = [
+/// Python packages for the tests, pinned: gRPC for the generated-client
+/// test, kubernetes-validate to check generated policies against the
+/// Kubernetes OpenAPI schema.
+const PYTHON_PACKAGES: [&str; 4] = [
     "grpcio==1.85.1",
     "grpcio-tools==1.85.1",
     "grpcio-health-checking==1.85.1",
+    "kubernetes-validate==1.37.0",
 ];
 
 /// The virtual environment's interpreter (the API test looks for it here).
@@ -208,7 +212,10 @@ pub(crate) fn python_env() -> PathBuf {
 
 fn python_ready(python: &std::path::Path) -> bool {
     Command::new(python)
-        .args(["-c", "import grpc, grpc_tools, grpc_health"])
+        .args([
+            "-c",
+            "import grpc, grpc_tools, grpc_health, kubernetes_validate",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
