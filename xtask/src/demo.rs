@@ -391,8 +391,12 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
         .context("adding Service DNAT rules (needs nftables)")?;
     node.dnat(DNS_IP, 53, "udp", node.pods[4].ipv4, 53)?;
     println!("  Services: shop-a/cart {CART_IP}:80 -> :8080, kube-system/kube-dns {DNS_IP}:53/UDP");
-    let inventory_path = std::env::temp_dir().join(format!("{}-inventory.yaml", node.netns.name));
+    let work = std::env::temp_dir().join(format!("flow-agent-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let inventory_path = work.join("inventory.yaml");
     std::fs::write(&inventory_path, inventory(&node).yaml())?;
+    let flows_path = work.join("flows.jsonl");
+    let policies_path = work.join("policies");
     let flush = format!("{}s", FLUSH.as_secs());
     let agent = match AgentProcess::start(
         agent_binary,
@@ -410,12 +414,16 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
             &inventory_path.display().to_string(),
             "--grpc-listen",
             "127.0.0.1:4245",
+            "--state-dir",
+            &work.join("state").display().to_string(),
+            "--output-file",
+            &flows_path.display().to_string(),
         ],
         false,
     ) {
         Ok(agent) => agent,
         Err(error) => {
-            let _ = std::fs::remove_file(&inventory_path);
+            let _ = std::fs::remove_dir_all(&work);
             return Err(error).context("starting flow-agent");
         }
     };
@@ -524,13 +532,83 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
         Ok(output) => println!("flow-agent observe failed: {}", output.stderr.join(" ")),
         Err(error) => println!("flow-agent observe failed: {error}"),
     }
+    // The learner's proposal, from the graph the agent learned.
+    let inventory_text = inventory_path.display().to_string();
+    let policies_text = policies_path.display().to_string();
+    let generate = [
+        "policy",
+        "generate",
+        "--server",
+        "127.0.0.1:4245",
+        "--inventory",
+        &inventory_text,
+        "--output-dir",
+        &policies_text,
+    ];
+    match LabProcess::start(&node.netns, agent_binary, &generate, None)
+        .and_then(|process| process.wait_for_exit(Duration::from_secs(30)))
+    {
+        Ok(output) if output.success => {
+            println!(
+                "\nLeast-privilege policies: flow-agent {}",
+                generate.join(" ")
+            );
+            for line in output.stdout {
+                println!("  {line}");
+            }
+            if let Ok(files) = std::fs::read_dir(&policies_path) {
+                let mut names: Vec<String> = files
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .filter(|name| !name.starts_with('.'))
+                    .collect();
+                names.sort();
+                println!("  files: {}", names.join(" "));
+            }
+        }
+        Ok(output) => println!(
+            "flow-agent policy generate failed: {}",
+            output.stderr.join(" ")
+        ),
+        Err(error) => println!("flow-agent policy generate failed: {error}"),
+    }
     let Running(flag) = &running;
     flag.store(false, Ordering::SeqCst);
     for worker in workers {
         let _ = worker.join();
     }
     let output = agent.stop().context("stopping flow-agent")?;
-    let _ = std::fs::remove_file(&inventory_path);
+    // Would the proposal have broken anything the agent saw?
+    let flows_text = flows_path.display().to_string();
+    let check = [
+        "policy",
+        "check",
+        "--policies",
+        &policies_text,
+        "--flows",
+        &flows_text,
+        "--inventory",
+        &inventory_text,
+    ];
+    if let Ok(result) = LabProcess::start(&node.netns, agent_binary, &check, None)
+        .and_then(|process| process.wait_for_exit(Duration::from_secs(30)))
+    {
+        println!("\nChecked against every flow of the run: flow-agent policy check ...");
+        for line in result.stdout {
+            println!("  {line}");
+        }
+        println!(
+            "  (cross-tenant connections stay denied until a reviewer approves them: --allow-cross-tenant)"
+        );
+    }
+    for leftover in ["inventory.yaml", "flows.jsonl"] {
+        let _ = std::fs::remove_file(work.join(leftover));
+    }
+    let _ = std::fs::remove_dir_all(work.join("state"));
+    println!(
+        "\nThe proposed policies and REVIEW.md are in {}",
+        policies_path.display()
+    );
     let last: Vec<Value> = output
         .stdout
         .iter()
