@@ -605,10 +605,6 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
         let _ = std::fs::remove_file(work.join(leftover));
     }
     let _ = std::fs::remove_dir_all(work.join("state"));
-    println!(
-        "\nThe proposed policies and REVIEW.md are in {}",
-        policies_path.display()
-    );
     let last: Vec<Value> = output
         .stdout
         .iter()
@@ -631,6 +627,10 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
                 .unwrap_or(line)
         );
     }
+    println!(
+        "\nThe proposed policies and REVIEW.md are in {}",
+        policies_path.display()
+    );
     println!("The lab is being removed.");
     std::io::stdout().flush().ok();
     Ok(())
