@@ -432,6 +432,50 @@ fn generated_policies_allow_exactly_what_the_agent_learned() {
 }
 
 #[test]
+fn check_tells_denials_from_bad_input_by_exit_status() {
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    std::fs::create_dir(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/deny.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .unwrap();
+    let flow = r#"{"time":"2026-11-20T10:00:00Z","first_seen":"2026-11-20T10:00:00Z","source":{"ip":"10.0.0.1","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web"}},"destination":{"ip":"10.0.0.2","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","workload":{"kind":"Deployment","name":"api"},"labels":{"app":"api"}},"protocol":"TCP","packets":1,"bytes":60,"is_reply":false,"interface":"veth0","hook":"ingress","node":"n"}"#;
+    std::fs::write(dir.join("flows.jsonl"), format!("{flow}\n")).unwrap();
+    let run = |policies: &str, flows: &str| {
+        let output = std::process::Command::new(common::cli::binary())
+            .args(["policy", "check", "--policies", policies, "--flows", flows])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = run(&path(dir, "policies"), &path(dir, "flows.jsonl"));
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.contains(
+            "DENIED shop/web-1 -> shop/api-1 TCP/8080 (1 records; blocked by ingress of shop/api-1)"
+        ),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(&path(dir, "policies"), &path(dir, "missing.jsonl"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("missing.jsonl"), "{stderr}");
+    std::fs::write(dir.join("policies/bad.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: shop}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 70000}]}]\n").unwrap();
+    let (code, _, stderr) = run(&path(dir, "policies"), &path(dir, "flows.jsonl"));
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("bad.yaml: document 1")
+            && stderr.contains("spec.ingress[0].ports[0].port: 70000 is not a port"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_learned_graph_survives_kill_9_and_a_clean_restart_compacts_it() {
     require_root!();
     let Some(cluster) = cluster() else { return };

@@ -44,7 +44,11 @@ fn main() -> ExitCode {
             // Denied connections: the report says which; exit 1 for CI gates.
             Ok(false) => return ExitCode::from(1),
             Ok(true) => Ok(()),
-            Err(error) => Err(error),
+            // Bad input is not a verdict: 2, so a gate tells them apart.
+            Err(error) => {
+                eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
+                return ExitCode::from(2);
+            }
         },
     };
     match result {
