@@ -689,3 +689,170 @@ fn monitor_mode_flags_exactly_the_connections_outside_the_approved_policies() {
         output.stderr
     );
 }
+
+/// Parses one connection of `nca -o txt_no_fw_rules` ("All connections" or
+/// "{protocols:TCP,UDP,dst_ports:80,8000-8002}") into the probes it allows.
+fn nca_allows(connection: &str, probes: &BTreeSet<(Protocol, u16)>) -> BTreeSet<(Protocol, u16)> {
+    if connection.trim() == "All connections" {
+        return probes.clone();
+    }
+    let mut allowed = BTreeSet::new();
+    for group in connection.split(';') {
+        let group = group.trim().trim_start_matches('{').trim_end_matches('}');
+        let (protocols, ports) = match group.split_once(",dst_ports:") {
+            Some((protocols, ports)) => (protocols, Some(ports)),
+            None => (group, None),
+        };
+        let protocols: Vec<Protocol> = protocols
+            .trim_start_matches("protocols:")
+            .split(',')
+            .map(|name| {
+                name.trim()
+                    .parse()
+                    .unwrap_or_else(|error| panic!("{connection}: {error}"))
+            })
+            .collect();
+        for (protocol, port) in probes {
+            let port_ok = ports.is_none_or(|ports| {
+                ports
+                    .split(',')
+                    .map(str::trim)
+                    .any(|range| match range.split_once('-') {
+                        Some((low, high)) => {
+                            (low.parse::<u16>().unwrap()..=high.parse().unwrap()).contains(port)
+                        }
+                        None => range.parse::<u16>().unwrap() == *port,
+                    })
+            });
+            if protocols.contains(protocol) && port_ok {
+                allowed.insert((*protocol, *port));
+            }
+        }
+    }
+    allowed
+}
+
+#[test]
+fn an_independent_analyzer_computes_the_same_connectivity_as_the_evaluator() {
+    use flow_agent::policy::{
+        evaluate::{Evaluator, Subject, load_policies},
+        generate::{GenerateOptions, PolicyFormat, propose, render},
+        graph::Party,
+        synthetic::{Shape, generate},
+    };
+    let Some(python) = common::cli::python() else {
+        return;
+    };
+    let synthetic = generate(Shape {
+        tenants: 3,
+        namespaces: 2,
+        workloads: 6,
+        edges_per_workload: 6,
+        seed: 11,
+    });
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    let proposal = propose(
+        &synthetic.graph,
+        &synthetic.cluster,
+        &GenerateOptions::default(),
+    );
+    std::fs::create_dir(dir.join("policies")).unwrap();
+    for (name, text) in render(&proposal, PolicyFormat::Networkpolicy) {
+        if name != "kustomization.yaml" {
+            std::fs::write(dir.join("policies").join(name), text).unwrap();
+        }
+    }
+    // The cluster as the analyzer reads it.
+    let cluster = &synthetic.cluster;
+    let mut namespaces = String::from("apiVersion: v1\nkind: NamespaceList\nitems:\n");
+    for namespace in cluster.namespaces() {
+        let labels = serde_json::to_string(&cluster.namespace_labels(namespace)).unwrap();
+        namespaces.push_str(&format!("- {{apiVersion: v1, kind: Namespace, metadata: {{name: {namespace}, labels: {labels}}}}}\n"));
+    }
+    let mut pods = String::from("apiVersion: v1\nkind: PodList\nitems:\n");
+    for pod in cluster.pods() {
+        let labels = serde_json::to_string(&pod.labels).unwrap();
+        pods.push_str(&format!(
+            "- {{apiVersion: v1, kind: Pod, metadata: {{name: {}, namespace: {}, labels: {labels}}}, spec: {{containers: [{{name: main, image: app}}]}}, status: {{podIP: {}}}}}\n",
+            pod.name, pod.namespace, pod.ips[0]
+        ));
+    }
+    std::fs::write(dir.join("namespaces.yaml"), namespaces).unwrap();
+    std::fs::write(dir.join("pods.yaml"), pods).unwrap();
+    let output = std::process::Command::new(python.with_file_name("nca"))
+        .args([
+            "--connectivity",
+            &path(dir, "policies"),
+            "-n",
+            &path(dir, "namespaces.yaml"),
+            "-p",
+            &path(dir, "pods.yaml"),
+            "-o",
+            "txt_no_fw_rules",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Probes: every port the graph saw, and DNS over TCP.
+    let mut probes: BTreeSet<(Protocol, u16)> = [(Protocol(6), 53)].into();
+    for (key, _) in synthetic.graph.edges() {
+        if let (Party::Workload(_), Party::Workload(_)) = (&key.client, &key.server) {
+            probes.insert((key.protocol, key.port));
+        }
+    }
+    let mut theirs: BTreeSet<(String, String, Protocol, u16)> = BTreeSet::new();
+    for line in text.lines() {
+        let Some((ends, connection)) = line.split_once(" : ") else {
+            continue;
+        };
+        let Some((source, destination)) = ends.split_once(" => ") else {
+            continue;
+        };
+        let (Some(source), Some(destination)) = (
+            source.strip_suffix("[Pod]"),
+            destination.strip_suffix("[Pod]"),
+        ) else {
+            continue;
+        };
+        for (protocol, port) in nca_allows(connection, &probes) {
+            theirs.insert((source.to_owned(), destination.to_owned(), protocol, port));
+        }
+    }
+    let policies = load_policies(&dir.join("policies")).unwrap();
+    let evaluator = Evaluator::new(cluster, &policies);
+    let mut ours = BTreeSet::new();
+    for from in cluster.pods() {
+        for to in cluster.pods() {
+            if from.name == to.name && from.namespace == to.namespace {
+                continue;
+            }
+            for (protocol, port) in &probes {
+                if evaluator
+                    .check(Subject::Pod(from), Subject::Pod(to), *protocol, *port)
+                    .allowed()
+                {
+                    ours.insert((
+                        format!("{}/{}", from.namespace, from.name),
+                        format!("{}/{}", to.namespace, to.name),
+                        *protocol,
+                        *port,
+                    ));
+                }
+            }
+        }
+    }
+    assert!(ours.len() > 100, "{}", ours.len());
+    let missing: Vec<_> = ours.difference(&theirs).take(5).collect();
+    let extra: Vec<_> = theirs.difference(&ours).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "only ours: {missing:?}; only the analyzer's: {extra:?}"
+    );
+}

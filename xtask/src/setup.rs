@@ -7,8 +7,9 @@
 //! - iproute2 (`ip`, `tc`), util-linux (`setpriv`) and nftables (`nft`, to play
 //!   kube-proxy) for the kernel tests;
 //! - a Python virtual environment under `target/python-grpc` with grpcio and
-//!   grpcio-tools (the test of a client generated from `proto/`) and
-//!   kubernetes-validate (generated policies against the Kubernetes schema).
+//!   grpcio-tools (the test of a client generated from `proto/`),
+//!   kubernetes-validate (generated policies against the Kubernetes schema)
+//!   and network-config-analyzer (an independent NetworkPolicy judge).
 
 use std::{
     path::PathBuf,
@@ -197,12 +198,14 @@ fn ensure_test_tools() -> Result<()> {
 
 /// Python packages for the tests, pinned: gRPC for the generated-client
 /// test, kubernetes-validate to check generated policies against the
-/// Kubernetes OpenAPI schema.
-const PYTHON_PACKAGES: [&str; 4] = [
+/// Kubernetes OpenAPI schema, network-config-analyzer as an independent
+/// judge of NetworkPolicy connectivity.
+const PYTHON_PACKAGES: [&str; 5] = [
     "grpcio==1.85.1",
     "grpcio-tools==1.85.1",
     "grpcio-health-checking==1.85.1",
     "kubernetes-validate==1.37.0",
+    "network-config-analyzer==2.1.0",
 ];
 
 /// The virtual environment's interpreter (the API test looks for it here).
@@ -214,7 +217,7 @@ fn python_ready(python: &std::path::Path) -> bool {
     Command::new(python)
         .args([
             "-c",
-            "import grpc, grpc_tools, grpc_health, kubernetes_validate",
+            "import grpc, grpc_tools, grpc_health, kubernetes_validate, nca",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
