@@ -13,6 +13,9 @@
 //! 8. [`agent`] ties them together for `flow-agent run`.
 //!
 //! [`observe`] is the client side: `flow-agent observe` and `flow-agent status`.
+//! [`policy`] learns the connection graph (in the agent, crash-safe), proposes
+//! least-privilege NetworkPolicies from it, checks policies against flows and
+//! flags violations in monitor mode.
 #![deny(missing_docs)]
 
 pub mod agent;
