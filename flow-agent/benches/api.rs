@@ -117,7 +117,7 @@ fn publish(records: &[FlowRecord], followers: usize) {
     let mut feeds = Vec::new();
     for index in 0..followers {
         let subscription = if index == 0 {
-            hub.subscribe_flows(0, None, true, |_| true)
+            hub.subscribe_flows(0, None, true, "bench", |_| true)
         } else {
             // A tenant, asking for its TCP flows to port 8080.
             let scope = Scope::Tenant(format!("tenant-{index}"));
@@ -133,7 +133,7 @@ fn publish(records: &[FlowRecord], followers: usize) {
                 &[],
             )
             .unwrap_or_default();
-            hub.subscribe_flows(0, None, true, move |stored| {
+            hub.subscribe_flows(0, None, true, "bench", move |stored| {
                 scope.allows(&stored.record) && matcher.matches(&stored.record)
             })
         };

@@ -26,6 +26,7 @@ use crate::{
         kubernetes::{self, KubernetesError},
     },
     interfaces::{InterfaceError, Link, LinkEvent, LinkMonitor, list_links, local_addresses},
+    metrics::{DrainReport, Health, Metrics, MetricsError},
     output::{FileSink, FileSinkStats, RecordSink},
     policy::{
         check::Monitor,
@@ -97,6 +98,9 @@ pub enum AgentError {
     /// The approved policies cannot be loaded.
     #[error("cannot load the approved policies for monitor mode")]
     Policies(#[from] PolicyLoadError),
+    /// The metrics endpoint cannot start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Totals of one agent run, returned on shutdown.
@@ -132,6 +136,11 @@ struct Agent<'a, S> {
     /// The store failed: learning goes on in memory only.
     learner_failed: bool,
     monitor: Option<Monitor>,
+    metrics: Option<Arc<Metrics>>,
+    health: Arc<Health>,
+    /// Kinds the identity source has fully listed; ready once all are.
+    synced_kinds: std::collections::BTreeSet<crate::identity::ObjectKind>,
+    file_stats: Option<Arc<FileSinkStats>>,
     /// Names of attached interfaces, and of removed ones until the next drain
     /// has reported their last packets.
     names: HashMap<u32, String>,
@@ -219,6 +228,30 @@ pub async fn run<S: RecordSink>(
         }
         None => None,
     };
+    let health = Arc::new(Health::new(config.flush_interval));
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (metrics, metrics_task) = match config.metrics {
+        Some((listen, pairs)) => {
+            let metrics = Arc::new(Metrics::new(&config.node_name, pairs));
+            let serve =
+                crate::metrics::serve(listen, Arc::clone(&metrics), Arc::clone(&health), async {
+                    let _ = metrics_stopped.await;
+                })
+                .await?;
+            (Some(metrics), Some(tokio::spawn(serve)))
+        }
+        None => (None, None),
+    };
+    // Identity from a file is complete once loaded; the API's watchers report
+    // each kind's first listing.
+    let synced_kinds = match &config.identity {
+        Some(IdentitySettings {
+            source: IdentitySource::Kubernetes,
+            ..
+        }) => std::collections::BTreeSet::new(),
+        _ => crate::identity::ObjectKind::ALL.into_iter().collect(),
+    };
+    health.set_identity_synced(synced_kinds.len() == crate::identity::ObjectKind::ALL.len());
     let datapath = Datapath::load(&config.datapath)?;
     let mut agent = Agent {
         config,
@@ -232,6 +265,10 @@ pub async fn run<S: RecordSink>(
         learner,
         learner_failed: false,
         monitor: policy_monitor,
+        metrics,
+        health,
+        synced_kinds,
+        file_stats: file_stats.clone(),
         names: HashMap::new(),
         removed: Vec::new(),
         counters: DatapathCounters::default(),
@@ -268,6 +305,10 @@ pub async fn run<S: RecordSink>(
         hub.close();
     }
     let _ = stop_api.send(());
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(API_SHUTDOWN_GRACE, task).await;
+    }
     if let Some(task) = api_task {
         match tokio::time::timeout(API_SHUTDOWN_GRACE, task).await {
             Ok(Ok(Ok(()))) => debug!("gRPC API stopped"),
@@ -316,6 +357,7 @@ impl<S: RecordSink> Agent<'_, S> {
         pressure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tokio::pin!(shutdown);
         loop {
+            self.health.turned();
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
@@ -345,6 +387,12 @@ impl<S: RecordSink> Agent<'_, S> {
         for event in events {
             if let CacheEvent::ResyncDone(kind) = &event {
                 debug!(kind = kind.as_str(), "identity resynced");
+                if self.synced_kinds.insert(*kind)
+                    && self.synced_kinds.len() == crate::identity::ObjectKind::ALL.len()
+                {
+                    info!("identity synced: every kind listed");
+                    self.health.set_identity_synced(true);
+                }
             }
             enricher.cache_mut().apply(event, now);
         }
@@ -473,8 +521,31 @@ impl<S: RecordSink> Agent<'_, S> {
         Ok(())
     }
 
-    /// Tells the API which interfaces are attached and what the counters say.
+    /// Tells the API, the probes and the metrics which interfaces are
+    /// attached and what the counters say.
     fn publish_status(&self) {
+        let attached = self.datapath.attached().count();
+        self.health.set_attached(attached);
+        if let Some(metrics) = &self.metrics {
+            let pods = self
+                .enricher
+                .as_ref()
+                .map_or(0, |enricher| enricher.cache().stats().pods);
+            let edges = self.learner.as_ref().map_or(0, |learner| {
+                learner.graph().read().map_or(0, |graph| graph.len())
+            });
+            let subscribers = self.hub.as_ref().map_or(0, |hub| hub.subscribers());
+            metrics.state(attached, pods, edges, subscribers);
+            let lost = self
+                .hub
+                .as_ref()
+                .map(|hub| hub.lost_by_client())
+                .unwrap_or_default();
+            let dropped = self.file_stats.as_ref().map_or(0, |stats| {
+                stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            metrics.losses(&lost, dropped);
+        }
         let Some(hub) = &self.hub else {
             return;
         };
@@ -534,8 +605,19 @@ impl<S: RecordSink> Agent<'_, S> {
             }
             self.learner_failed = true;
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.drain(&DrainReport {
+                records: &records,
+                counters: self.datapath.counters()?,
+                map_entries: self.datapath.map_entries(),
+                duration: started.elapsed(),
+            });
+        }
         let interval_end = Timestamp(clock.to_system_time(MonotonicClock::monotonic_now_ns()));
         let aggregates = self.aggregator.finish(interval_end);
+        if let Some(metrics) = &self.metrics {
+            metrics.aggregates(&aggregates);
+        }
         self.interval_start = interval_end;
         self.sink
             .aggregates(&aggregates)

@@ -291,6 +291,14 @@ pub struct RunArgs {
     /// they would deny (`violation` on records, a log line, a counter).
     #[arg(long, value_name = "DIR", env = "FLOW_AGENT_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// Serve Prometheus metrics on /metrics and probes on /healthz and
+    /// /readyz at this address (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR", env = "FLOW_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also export per-workload-pair traffic, keeping at most this many series
+    /// (the rest fold into `_other_`); they reveal topology [default: 0, off].
+    #[arg(long, value_name = "N", env = "FLOW_AGENT_METRICS_WORKLOAD_PAIRS")]
+    pub metrics_workload_pairs: Option<usize>,
 }
 
 impl RunArgs {
@@ -328,6 +336,8 @@ impl RunArgs {
             graph_expiry,
             graph_max_edges,
             policies,
+            metrics_listen,
+            metrics_workload_pairs,
         } = self;
         let list = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
         let flag = |set: bool| set.then_some(true);
@@ -362,6 +372,8 @@ impl RunArgs {
             graph_expiry: *graph_expiry,
             graph_max_edges: *graph_max_edges,
             policies: policies.clone(),
+            metrics_listen: *metrics_listen,
+            metrics_workload_pairs: *metrics_workload_pairs,
         }
     }
 }

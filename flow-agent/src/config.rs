@@ -197,6 +197,10 @@ pub struct RunOptions {
     pub graph_max_edges: Option<usize>,
     /// Approved NetworkPolicies: report flows outside them (monitor mode).
     pub policies: Option<PathBuf>,
+    /// Address of the Prometheus and health endpoints.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Workload-pair traffic series to keep (0: off).
+    pub metrics_workload_pairs: Option<usize>,
 }
 
 impl RunOptions {
@@ -265,6 +269,8 @@ impl RunOptions {
             graph_expiry,
             graph_max_edges,
             policies,
+            metrics_listen,
+            metrics_workload_pairs,
         } = self;
         Self {
             interfaces: interfaces.or(lower.interfaces),
@@ -297,6 +303,8 @@ impl RunOptions {
             graph_expiry: graph_expiry.or(lower.graph_expiry),
             graph_max_edges: graph_max_edges.or(lower.graph_max_edges),
             policies: policies.or(lower.policies),
+            metrics_listen: metrics_listen.or(lower.metrics_listen),
+            metrics_workload_pairs: metrics_workload_pairs.or(lower.metrics_workload_pairs),
         }
     }
 }
@@ -328,6 +336,8 @@ pub struct RunConfig {
     pub learner: Option<LearnerSettings>,
     /// Approved policies to monitor against.
     pub policies: Option<PathBuf>,
+    /// Metrics and health endpoints: address and workload-pair series kept.
+    pub metrics: Option<(SocketAddr, usize)>,
 }
 
 fn invalid(key: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
@@ -386,6 +396,8 @@ impl RunConfig {
             graph_expiry,
             graph_max_edges,
             policies,
+            metrics_listen,
+            metrics_workload_pairs,
         } = options;
         let human = |duration: Duration| humantime::format_duration(duration).to_string();
 
@@ -549,6 +561,22 @@ impl RunConfig {
                 "--state-dir DIR as well: the graph is learned there",
             ));
         }
+        let pairs = metrics_workload_pairs.unwrap_or(0);
+        if pairs > 100_000 {
+            return Err(invalid(
+                "metrics-workload-pairs",
+                pairs,
+                "at most 100000 series",
+            ));
+        }
+        if metrics_listen.is_none() && pairs > 0 {
+            return Err(invalid(
+                "metrics-workload-pairs",
+                "without --metrics-listen",
+                "--metrics-listen ADDR as well",
+            ));
+        }
+        let metrics = metrics_listen.map(|listen| (listen, pairs));
         let learner = state_dir.map(|state_dir| LearnerSettings {
             state_dir,
             expiry: graph_expiry,
@@ -584,6 +612,7 @@ impl RunConfig {
             file,
             learner,
             policies,
+            metrics,
         })
     }
 }

@@ -30,6 +30,7 @@ pub mod enrich;
 pub mod flows;
 pub mod identity;
 pub mod interfaces;
+pub mod metrics;
 pub mod observe;
 pub mod output;
 pub mod policy;

@@ -194,8 +194,15 @@ pub enum Access {
 impl Access {
     /// The scope of a request's caller, or why it is refused.
     pub fn scope<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+        self.caller(request).map(|(scope, _)| scope)
+    }
+
+    /// The caller's scope and a name for it in metrics: the matched
+    /// certificate name, `token:<tenant>` (or `token:admin`), or `local` when
+    /// access is open.
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<(Scope, String), Status> {
         let policy = match self {
-            Self::Open => return Ok(Scope::Admin),
+            Self::Open => return Ok((Scope::Admin, "local".to_owned())),
             Self::Policy(policy) => policy,
         };
         if let Some(value) = request.metadata().get("authorization") {
@@ -204,10 +211,15 @@ impl Access {
                 .ok()
                 .and_then(|value| value.strip_prefix("Bearer "))
                 .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-            return policy
+            let scope = policy
                 .token(token.trim())
                 .cloned()
-                .ok_or_else(|| Status::unauthenticated("unknown token"));
+                .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+            let name = match &scope {
+                Scope::Admin => "token:admin".to_owned(),
+                Scope::Tenant(tenant) => format!("token:{tenant}"),
+            };
+            return Ok((scope, name));
         }
         let certificates = request
             .peer_certs()
@@ -218,8 +230,12 @@ impl Access {
         let names = certificate_names(leaf.as_ref());
         names
             .iter()
-            .find_map(|name| policy.clients.get(name))
-            .cloned()
+            .find_map(|name| {
+                policy
+                    .clients
+                    .get(name)
+                    .map(|scope| (scope.clone(), name.clone()))
+            })
             .ok_or_else(|| {
                 Status::permission_denied(format!(
                     "client certificate {} is not in the access policy",

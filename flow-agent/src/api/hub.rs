@@ -7,7 +7,7 @@
 //! subscriber therefore slows neither the agent nor the other subscribers.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -81,6 +81,8 @@ type Accept<T> = Box<dyn Fn(&T) -> bool + Send>;
 struct Subscriber<T> {
     sender: mpsc::Sender<Delivery<T>>,
     accept: Accept<T>,
+    /// Who subscribed, for the loss metric.
+    client: Arc<str>,
     /// Records lost and not yet reported. Shared with the [`Feed`], which
     /// reports what is left when its stream ends.
     unreported: Arc<AtomicU64>,
@@ -90,6 +92,8 @@ struct Channel<T> {
     buffer: VecDeque<Arc<T>>,
     capacity: usize,
     subscribers: Vec<Subscriber<T>>,
+    /// Records lost, by client, since start.
+    lost_by_client: BTreeMap<Arc<str>, u64>,
 }
 
 impl<T: Timed> Channel<T> {
@@ -98,6 +102,7 @@ impl<T: Timed> Channel<T> {
             buffer: VecDeque::with_capacity(capacity.min(65_536)),
             capacity,
             subscribers: Vec::new(),
+            lost_by_client: BTreeMap::new(),
         }
     }
 
@@ -111,6 +116,13 @@ impl<T: Timed> Channel<T> {
             self.buffer.push_back(Arc::clone(&item));
         }
         let mut lost = 0;
+        let lost_by_client = &mut self.lost_by_client;
+        let mut lose = |subscriber: &Subscriber<T>| {
+            subscriber.unreported.fetch_add(1, Ordering::Relaxed);
+            *lost_by_client
+                .entry(Arc::clone(&subscriber.client))
+                .or_default() += 1;
+        };
         self.subscribers.retain_mut(|subscriber| {
             if !(subscriber.accept)(&item) {
                 return true;
@@ -125,7 +137,7 @@ impl<T: Timed> Channel<T> {
                             .fetch_sub(unreported, Ordering::Relaxed);
                     }
                     Err(TrySendError::Full(_)) => {
-                        subscriber.unreported.fetch_add(1, Ordering::Relaxed);
+                        lose(subscriber);
                         lost += 1;
                         return true;
                     }
@@ -138,7 +150,7 @@ impl<T: Timed> Channel<T> {
             {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
-                    subscriber.unreported.fetch_add(1, Ordering::Relaxed);
+                    lose(subscriber);
                     lost += 1;
                     true
                 }
@@ -157,6 +169,7 @@ impl<T: Timed> Channel<T> {
         since: Option<SystemTime>,
         follow: bool,
         queue: usize,
+        client: &str,
         accept: Accept<T>,
     ) -> Subscription<T> {
         let mut replay: Vec<Arc<T>> = self
@@ -176,6 +189,7 @@ impl<T: Timed> Channel<T> {
             self.subscribers.push(Subscriber {
                 sender,
                 accept,
+                client: Arc::from(client),
                 unreported: Arc::clone(&unreported),
             });
             Feed {
@@ -352,32 +366,55 @@ impl Hub {
         self.state().status = status;
     }
 
-    /// Subscribes to flow records.
+    /// Subscribes `client` to flow records.
     pub fn subscribe_flows(
         &self,
         number: u64,
         since: Option<SystemTime>,
         follow: bool,
+        client: &str,
         accept: impl Fn(&StoredFlow) -> bool + Send + 'static,
     ) -> Subscription<StoredFlow> {
         let queue = self.settings.subscriber_queue;
         self.state()
             .flows
-            .subscribe(number, since, follow, queue, Box::new(accept))
+            .subscribe(number, since, follow, queue, client, Box::new(accept))
     }
 
-    /// Subscribes to aggregates.
+    /// Subscribes `client` to aggregates.
     pub fn subscribe_aggregates(
         &self,
         number: u64,
         since: Option<SystemTime>,
         follow: bool,
+        client: &str,
         accept: impl Fn(&StoredAggregate) -> bool + Send + 'static,
     ) -> Subscription<StoredAggregate> {
         let queue = self.settings.subscriber_queue;
         self.state()
             .aggregates
-            .subscribe(number, since, follow, queue, Box::new(accept))
+            .subscribe(number, since, follow, queue, client, Box::new(accept))
+    }
+
+    /// Records lost since start, by client.
+    pub fn lost_by_client(&self) -> BTreeMap<String, u64> {
+        let state = self.state();
+        let mut lost = BTreeMap::new();
+        for (client, count) in state
+            .flows
+            .lost_by_client
+            .iter()
+            .chain(&state.aggregates.lost_by_client)
+        {
+            *lost.entry(client.to_string()).or_default() += count;
+        }
+        lost
+    }
+
+    /// Following subscribers.
+    pub fn subscribers(&self) -> u64 {
+        let state = self.state();
+        (state.flows.subscribers.len() + state.aggregates.subscribers.len()) as u64
     }
 
     /// Ends every following stream (after its queue drains): the agent stops.
@@ -480,32 +517,41 @@ mod tests {
         hub.publish_flows(&records);
         let at = |seconds| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
         assert_eq!(
-            ports(&hub.subscribe_flows(0, None, false, |_| true).replay),
+            ports(&hub.subscribe_flows(0, None, false, "test", |_| true).replay),
             [] as [u16; 0]
         );
         assert_eq!(
-            ports(&hub.subscribe_flows(2, None, false, |_| true).replay),
+            ports(&hub.subscribe_flows(2, None, false, "test", |_| true).replay),
             [7, 8]
         );
         assert_eq!(
-            ports(&hub.subscribe_flows(100, None, false, |_| true).replay),
+            ports(
+                &hub.subscribe_flows(100, None, false, "test", |_| true)
+                    .replay
+            ),
             [4, 5, 6, 7, 8]
         );
         assert_eq!(
-            ports(&hub.subscribe_flows(0, at(60), false, |_| true).replay),
+            ports(
+                &hub.subscribe_flows(0, at(60), false, "test", |_| true)
+                    .replay
+            ),
             [6, 7, 8]
         );
         assert_eq!(
-            ports(&hub.subscribe_flows(1, at(60), false, |_| true).replay),
+            ports(
+                &hub.subscribe_flows(1, at(60), false, "test", |_| true)
+                    .replay
+            ),
             [8]
         );
         let even = |flow: &StoredFlow| flow.record.source.port.is_multiple_of(2);
         assert_eq!(
-            ports(&hub.subscribe_flows(10, None, false, even).replay),
+            ports(&hub.subscribe_flows(10, None, false, "test", even).replay),
             [4, 6, 8]
         );
         // Sequence numbers count every record.
-        let last = hub.subscribe_flows(1, None, false, |_| true).replay;
+        let last = hub.subscribe_flows(1, None, false, "test", |_| true).replay;
         assert_eq!(last[0].sequence, 7);
         assert_eq!(last[0].message().sequence, 7);
     }
@@ -513,8 +559,14 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_loses_records_and_says_exactly_how_many() {
         let hub = hub(100, 2);
-        let mut slow = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
-        let mut fast = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
+        let mut slow = hub
+            .subscribe_flows(0, None, true, "test", |_| true)
+            .live
+            .unwrap();
+        let mut fast = hub
+            .subscribe_flows(0, None, true, "test", |_| true)
+            .live
+            .unwrap();
         let mut fast_seen = 0;
         for port in 1..=10 {
             hub.publish_flows(&[record(port, 1)]);
@@ -559,9 +611,15 @@ mod tests {
     #[tokio::test]
     async fn closed_subscribers_are_dropped_and_close_ends_streams() {
         let hub = hub(10, 4);
-        let dropped = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
+        let dropped = hub
+            .subscribe_flows(0, None, true, "test", |_| true)
+            .live
+            .unwrap();
         drop(dropped);
-        let mut kept = hub.subscribe_flows(0, None, true, |_| true).live.unwrap();
+        let mut kept = hub
+            .subscribe_flows(0, None, true, "test", |_| true)
+            .live
+            .unwrap();
         hub.publish_flows(&[record(1, 1)]);
         assert_eq!(hub.status("v").subscribers, 1);
         hub.close();

@@ -135,7 +135,7 @@ impl FlowService for FlowApi {
         &self,
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let scope = self.access.scope(&request)?;
+        let (scope, client) = self.access.caller(&request)?;
         let GetFlowsRequest {
             number: count,
             since: from,
@@ -145,11 +145,13 @@ impl FlowService for FlowApi {
         } = request.into_inner();
         let matcher = FlowMatcher::compile(&allow, &deny)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        let subscription =
-            self.hub
-                .subscribe_flows(number(count)?, since(from)?, follow, move |stored| {
-                    scope.allows(&stored.record) && matcher.matches(&stored.record)
-                });
+        let subscription = self.hub.subscribe_flows(
+            number(count)?,
+            since(from)?,
+            follow,
+            &client,
+            move |stored| scope.allows(&stored.record) && matcher.matches(&stored.record),
+        );
         Ok(Response::new(responses(
             subscription.replay,
             subscription.live,
@@ -168,23 +170,27 @@ impl FlowService for FlowApi {
         &self,
         request: Request<GetAggregatesRequest>,
     ) -> Result<Response<Self::GetAggregatesStream>, Status> {
-        let scope = self.access.scope(&request)?;
+        let (scope, client) = self.access.caller(&request)?;
         let GetAggregatesRequest {
             number: count,
             since: from,
             follow,
             tenant,
         } = request.into_inner();
-        let subscription =
-            self.hub
-                .subscribe_aggregates(number(count)?, since(from)?, follow, move |stored| {
-                    let aggregate = &stored.record;
-                    scope.allows_aggregate(aggregate)
-                        && (tenant.is_empty()
-                            || [&aggregate.source.tenant, &aggregate.destination.tenant]
-                                .into_iter()
-                                .any(|end| end.as_ref().is_some_and(|end| tenant.contains(end))))
-                });
+        let subscription = self.hub.subscribe_aggregates(
+            number(count)?,
+            since(from)?,
+            follow,
+            &client,
+            move |stored| {
+                let aggregate = &stored.record;
+                scope.allows_aggregate(aggregate)
+                    && (tenant.is_empty()
+                        || [&aggregate.source.tenant, &aggregate.destination.tenant]
+                            .into_iter()
+                            .any(|end| end.as_ref().is_some_and(|end| tenant.contains(end))))
+            },
+        );
         Ok(Response::new(responses(
             subscription.replay,
             subscription.live,
