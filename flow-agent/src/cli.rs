@@ -46,6 +46,17 @@ pub enum Command {
     /// policies against it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The agent's configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `flow-agent config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration `run` would use with these flags, environment
+    /// and file, defaults included, as a YAML file `--config` accepts.
+    Print(Box<RunArgs>),
 }
 
 /// `flow-agent policy` subcommands.

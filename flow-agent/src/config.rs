@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// Where flow records go on stdout.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// One JSON object per flow record and line.
@@ -122,6 +122,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|error| format!("{error} (use a duration such as 500ms, 5s or 2m)"))
 }
 
+#[expect(
+    clippy::ref_option,
+    reason = "serde's serialize_with passes a reference to the field"
+)]
+fn write_duration<S: Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(duration) => serializer.collect_str(&humantime::format_duration(*duration)),
+        None => serializer.serialize_none(),
+    }
+}
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let text = Option::<String>::deserialize(deserializer)?;
     text.map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
@@ -130,76 +144,124 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
 
 /// Every setting of `flow-agent run`, each optional: one layer (flags and
 /// environment, or the file). Keys in the file are the long flags' names.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunOptions {
     /// Interface globs to watch.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,
     /// Interface globs to leave alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_interfaces: Option<Vec<String>>,
     /// Start even when no interface matches yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub wait_for_interfaces: Option<bool>,
     /// How often to drain the kernel maps.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "write_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub flush_interval: Option<Duration>,
     /// Capacity of each flow map.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub map_size: Option<u32>,
     /// Spill ring buffer size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spill_size: Option<u32>,
     /// Forget a connection's direction after this much quiet.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "write_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub flow_idle_timeout: Option<Duration>,
     /// `auto`, `tcx` or `tc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attach_mode: Option<AttachMode>,
     /// `json`, `aggregates` or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputFormat>,
     /// Log from the eBPF programs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ebpf_debug: Option<bool>,
     /// Name reported as the observing node.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// Inventory file of Kubernetes objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub inventory: Option<PathBuf>,
     /// Watch the Kubernetes API for identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<bool>,
     /// Namespace label naming the tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_label: Option<String>,
     /// How long deleted pods keep their identity.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "write_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub identity_grace: Option<Duration>,
     /// Address of the gRPC API.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_listen: Option<SocketAddr>,
     /// Server certificate (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_tls_cert: Option<PathBuf>,
     /// Server key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_tls_key: Option<PathBuf>,
     /// CA of client certificates (PEM): mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_client_ca: Option<PathBuf>,
     /// Access policy mapping clients to tenants.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_access: Option<PathBuf>,
     /// Serve plaintext on a network address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_allow_plaintext: Option<bool>,
     /// Flow records kept for replay.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_buffer: Option<usize>,
     /// Queue length of each following subscriber.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_subscriber_queue: Option<usize>,
     /// JSON lines file of flow records, rotated by size.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_file: Option<PathBuf>,
     /// Rotate the output file at this size, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_file_max_size: Option<u64>,
     /// Rotated output files kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_file_keep: Option<u32>,
     /// Learn the connection graph into this directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
     /// Forget graph edges without traffic for this long.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "write_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub graph_expiry: Option<Duration>,
     /// Most graph edges kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_max_edges: Option<usize>,
     /// Approved NetworkPolicies: report flows outside them (monitor mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub policies: Option<PathBuf>,
     /// Address of the Prometheus and health endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     /// Workload-pair traffic series to keep (0: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_workload_pairs: Option<usize>,
 }
 
@@ -305,6 +367,78 @@ impl RunOptions {
             policies: policies.or(lower.policies),
             metrics_listen: metrics_listen.or(lower.metrics_listen),
             metrics_workload_pairs: metrics_workload_pairs.or(lower.metrics_workload_pairs),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Every setting as it takes effect, defaults filled in, in the file's
+    /// form: `flow-agent config print`.
+    pub fn effective(&self) -> RunOptions {
+        let Self {
+            interfaces,
+            wait_for_interfaces,
+            flush_interval,
+            datapath,
+            tracker,
+            output,
+            node_name,
+            identity,
+            api,
+            file,
+            learner,
+            policies,
+            metrics,
+        } = self;
+        let strings = |patterns: Vec<&str>| Some(patterns.into_iter().map(str::to_owned).collect());
+        let (api, hub) = match api {
+            Some((api, hub)) => (Some(api), Some(hub)),
+            None => (None, None),
+        };
+        RunOptions {
+            interfaces: strings(interfaces.patterns()),
+            exclude_interfaces: strings(interfaces.excludes()),
+            wait_for_interfaces: Some(*wait_for_interfaces),
+            flush_interval: Some(*flush_interval),
+            map_size: Some(datapath.map_entries),
+            spill_size: Some(datapath.spill_bytes),
+            flow_idle_timeout: Some(Duration::from_nanos(tracker.idle_timeout_ns)),
+            attach_mode: Some(datapath.attach_mode),
+            output: Some(*output),
+            ebpf_debug: Some(datapath.ebpf_debug),
+            node_name: Some(node_name.clone()),
+            inventory: identity
+                .as_ref()
+                .and_then(|identity| match &identity.source {
+                    IdentitySource::Inventory(path) => Some(path.clone()),
+                    IdentitySource::Kubernetes => None,
+                }),
+            kubernetes: Some(
+                identity
+                    .as_ref()
+                    .is_some_and(|identity| identity.source == IdentitySource::Kubernetes),
+            ),
+            tenant_label: identity
+                .as_ref()
+                .map(|identity| identity.tenant_label.clone()),
+            identity_grace: identity.as_ref().map(|identity| identity.grace),
+            grpc_listen: api.map(|api| api.listen),
+            grpc_tls_cert: api.and_then(|api| api.tls.as_ref().map(|(cert, _)| cert.clone())),
+            grpc_tls_key: api.and_then(|api| api.tls.as_ref().map(|(_, key)| key.clone())),
+            grpc_client_ca: api.and_then(|api| api.client_ca.clone()),
+            grpc_access: api.and_then(|api| api.access.clone()),
+            grpc_allow_plaintext: api.map(|api| api.allow_plaintext),
+            grpc_buffer: hub.map(|hub| hub.buffer),
+            grpc_subscriber_queue: hub.map(|hub| hub.subscriber_queue),
+            output_file: file.as_ref().map(|file| file.path.clone()),
+            output_file_max_size: file.as_ref().map(|file| file.max_bytes),
+            output_file_keep: file.as_ref().map(|file| file.keep),
+            state_dir: learner.as_ref().map(|learner| learner.state_dir.clone()),
+            graph_expiry: learner.as_ref().and_then(|learner| learner.expiry),
+            graph_max_edges: learner.as_ref().map(|learner| learner.max_edges),
+            policies: policies.clone(),
+            metrics_listen: metrics.map(|(listen, _)| listen),
+            metrics_workload_pairs: metrics.map(|(_, pairs)| pairs),
         }
     }
 }
@@ -783,6 +917,42 @@ mod tests {
         };
         let error = RunConfig::resolve(short_grace).unwrap_err();
         assert!(error.to_string().contains("identity-grace"), "{error}");
+    }
+
+    #[test]
+    fn the_effective_configuration_is_a_file_that_gives_the_same_configuration() {
+        let layered = RunOptions {
+            map_size: Some(4096),
+            ..options(&["veth*", "azv*"])
+        }
+        .over(file(
+            "exclude-interfaces: [veth0]\nflush-interval: 2s\ninventory: /tmp/inventory.yaml\ngrpc-listen: 127.0.0.1:4245\nstate-dir: /var/lib/flow-agent\ngraph-expiry: 30days\nmetrics-listen: 0.0.0.0:9090\n",
+        ));
+        let effective = RunConfig::resolve(layered).unwrap().effective();
+        let text = yaml_serde::to_string(&effective).unwrap();
+        for line in [
+            "interfaces:\n- veth*\n- azv*\n",
+            "exclude-interfaces:\n- veth0\n",
+            "flush-interval: 2s\n",
+            "map-size: 4096\n",
+            "flow-idle-timeout: 2m\n",
+            "attach-mode: auto\n",
+            "inventory: /tmp/inventory.yaml\n",
+            "kubernetes: false\n",
+            "tenant-label: tenant\n",
+            "grpc-buffer: 10000\n",
+            "graph-expiry: 30days\n",
+            "graph-max-edges: 200000\n",
+            "metrics-listen: 0.0.0.0:9090\n",
+            "metrics-workload-pairs: 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let again =
+            RunConfig::resolve(RunOptions::parse(&text, Path::new("printed.yaml")).unwrap())
+                .unwrap()
+                .effective();
+        assert_eq!(again, effective);
     }
 
     #[test]

@@ -99,6 +99,11 @@ impl InterfaceSelector {
     pub fn patterns(&self) -> Vec<&str> {
         self.include.iter().map(glob::Pattern::as_str).collect()
     }
+
+    /// The exclusion patterns.
+    pub fn excludes(&self) -> Vec<&str> {
+        self.exclude.iter().map(glob::Pattern::as_str).collect()
+    }
 }
 
 /// A link as rtnetlink reports it.

@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use flow_agent::{
     agent::{self, error_chain},
-    cli::{Cli, Command, ConnectArgs, LogFormat, ObserveArgs, PolicyCommand, RunArgs},
+    cli::{
+        Cli, Command, ConfigCommand, ConnectArgs, LogFormat, ObserveArgs, PolicyCommand, RunArgs,
+    },
     config::{OutputFormat, RunConfig, RunOptions},
     observe,
     output::{Discard, JsonContent, JsonLines, RecordSink},
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Observe(args) => observe(&cli, args),
         Command::Status(args) => status(&cli, args),
         Command::Policy(PolicyCommand::Generate(args)) => generate(&cli, args),
+        Command::Config(ConfigCommand::Print(args)) => print_config(args),
         Command::Policy(PolicyCommand::Check(args)) => match check(&cli, args) {
             // Denied connections: the report says which; exit 1 for CI gates.
             Ok(false) => return ExitCode::from(1),
@@ -78,12 +81,23 @@ fn init_logging(cli: &Cli, ebpf_debug: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+fn resolve(args: &RunArgs) -> anyhow::Result<RunConfig> {
     let file = match &args.config {
         Some(path) => RunOptions::load(path)?,
         None => RunOptions::default(),
     };
-    let config = RunConfig::resolve(args.options().over(file))?;
+    Ok(RunConfig::resolve(args.options().over(file))?)
+}
+
+fn print_config(args: &RunArgs) -> anyhow::Result<()> {
+    let text = yaml_serde::to_string(&resolve(args)?.effective())
+        .context("cannot print the configuration")?;
+    print!("{text}");
+    Ok(())
+}
+
+fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let config = resolve(args)?;
     init_logging(cli, config.datapath.ebpf_debug)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
