@@ -20,7 +20,12 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (nightly rust-src, LLVM, bpf-linker,
     /// iproute2); does nothing for what is present.
-    Setup,
+    Setup {
+        /// Only what building needs (the toolchain, LLVM and bpf-linker): for
+        /// container images.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Set up, then run formatting and lint checks and every test (the kernel
     /// tests need root and skip with a message without it).
     Test,
@@ -70,7 +75,8 @@ fn main() -> Result<()> {
     let Cli { command } = Cli::parse();
     std::env::set_current_dir(workspace_root()).context("cannot enter the workspace")?;
     match command {
-        Task::Setup => setup::setup(),
+        Task::Setup { build_only: false } => setup::setup(),
+        Task::Setup { build_only: true } => setup::setup_build(),
         Task::Lint => lint(),
         Task::Test => {
             setup::setup()?;

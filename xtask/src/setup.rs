@@ -258,11 +258,16 @@ fn ensure_python_grpc() -> Result<()> {
     Ok(())
 }
 
-/// Installs whatever is missing; prints nothing when all is present.
-pub(crate) fn setup() -> Result<()> {
+/// Installs what building needs: the nightly toolchain, LLVM and bpf-linker.
+pub(crate) fn setup_build() -> Result<()> {
     ensure_nightly().context("nightly toolchain")?;
     let major = nightly_llvm_major()?;
-    ensure_bpf_linker(major).context("bpf-linker")?;
+    ensure_bpf_linker(major).context("bpf-linker")
+}
+
+/// Installs whatever is missing; prints nothing when all is present.
+pub(crate) fn setup() -> Result<()> {
+    setup_build()?;
     ensure_test_tools().context("test tools")?;
     ensure_python_grpc().context("Python gRPC for the generated-client test")?;
     Ok(())
