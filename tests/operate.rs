@@ -10,6 +10,7 @@ mod common;
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -158,4 +159,166 @@ fn metrics_and_probes_report_the_agent_and_its_traffic_exactly() {
     );
     assert!(metrics.ends_with("# EOF\n"));
     assert!(agent.stop().success);
+}
+
+/// A bpffs instance mounted on a temporary directory, unmounted on drop.
+struct Bpffs {
+    directory: tempfile::TempDir,
+}
+
+impl Bpffs {
+    fn mount() -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        flow_lab::run(
+            "mount",
+            &["-t", "bpf", "bpf", directory.path().to_str().unwrap()],
+        )
+        .unwrap();
+        Self { directory }
+    }
+
+    fn pin_dir(&self) -> String {
+        self.directory
+            .path()
+            .join("flow-agent")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = flow_lab::run("umount", &[self.directory.path().to_str().unwrap()]);
+    }
+}
+
+/// Sends `count` 100-byte datagrams from pod 0's `socket` port to pod 1.
+fn send(node: &Node, source_port: u16, count: usize) {
+    let target = SocketAddr::new(IpAddr::V4(node.pods[1].ipv4), 7000);
+    node.pods[0]
+        .netns
+        .run(move || {
+            let socket = UdpSocket::bind(("0.0.0.0", source_port)).unwrap();
+            for _ in 0..count {
+                socket.send_to(&[1u8; 100], target).unwrap();
+            }
+        })
+        .unwrap();
+}
+
+fn totals(records: &[FlowRecord], source_port: u16) -> (u64, u64) {
+    records
+        .iter()
+        .filter(|record| record.source.port == source_port && record.destination.port == 7000)
+        .fold((0, 0), |(packets, bytes), record| {
+            (packets + record.packets, bytes + record.bytes)
+        })
+}
+
+fn restart_loses_nothing(mode: &str) {
+    let node = Node::new(2).unwrap();
+    let bpffs = Bpffs::mount();
+    let pin_dir = bpffs.pin_dir();
+    let glob = node.glob();
+    let args = [
+        "-i",
+        glob.as_str(),
+        "--flush-interval",
+        "200ms",
+        "--attach-mode",
+        mode,
+        "--pin-dir",
+        pin_dir.as_str(),
+    ];
+    let port = 41_000;
+
+    // Agent A counts the first 100, then stops; its programs stay attached.
+    let agent = Agent::start(&node.netns, &args);
+    send(&node, port, 100);
+    wait_until("agent A's records", || {
+        totals(&agent.records(), port).0 == 100
+    });
+    let first = agent.stop();
+    assert!(first.success);
+    assert!(
+        first
+            .stderr
+            .iter()
+            .any(|line| line.contains("programs stay attached")),
+        "{:?}",
+        first.stderr
+    );
+
+    // 150 more while no agent runs.
+    send(&node, port, 150);
+
+    // Agent B takes over the pinned maps and programs and reports them, then
+    // 50 more of its own.
+    let agent = Agent::start(&node.netns, &args);
+    send(&node, port, 50);
+    wait_until("agent B's records", || {
+        totals(&agent.records(), port).0 == 200
+    });
+    let second = agent.stop();
+    assert!(second.success);
+    let (a, b) = (totals(&first.records, port), totals(&second.records, port));
+    assert_eq!(
+        (a.0 + b.0, a.1 + b.1),
+        (300, 300 * 128),
+        "A {a:?}, B {b:?}: exactly once across the restart"
+    );
+
+    // Agent C is killed with SIGKILL between drains: the next start finds
+    // the pins consistent and reports everything C had not.
+    let slow: Vec<&str> = args
+        .iter()
+        .map(|arg| if *arg == "200ms" { "1h" } else { arg })
+        .collect();
+    let agent = Agent::start(&node.netns, &slow);
+    send(&node, port, 30);
+    agent.kill();
+    let agent = Agent::start(&node.netns, &args);
+    wait_until("agent D's records", || {
+        totals(&agent.records(), port).0 == 30
+    });
+    let fourth = agent.stop();
+    assert_eq!(totals(&fourth.records, port), (30, 30 * 128));
+
+    // Cleanup removes the pins and the programs: nothing counts any more.
+    let cleanup = common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]);
+    assert!(cleanup.success, "{:?}", cleanup.stderr);
+    assert!(
+        cleanup.stdout[0].starts_with("removed "),
+        "{:?}",
+        cleanup.stdout
+    );
+    assert!(!Path::new(&pin_dir).exists());
+    let tc = flow_lab::run_in(
+        &node.netns.name,
+        "tc",
+        &[
+            "filter",
+            "show",
+            "dev",
+            &node.pods[0].host_interface,
+            "ingress",
+        ],
+    )
+    .unwrap();
+    assert!(!tc.contains("flow_ingress"), "{tc}");
+    let again = common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]);
+    assert!(again.success, "cleanup twice is fine: {:?}", again.stderr);
+}
+
+#[test]
+fn restarts_lose_nothing_with_tcx_links_pinned() {
+    require_root!();
+    restart_loses_nothing("tcx");
+}
+
+#[test]
+fn restarts_lose_nothing_with_clsact_filters() {
+    require_root!();
+    restart_loses_nothing("tc");
 }

@@ -280,6 +280,12 @@ pub async fn run<S: RecordSink>(
     {
         return Err(AgentError::NothingAttached { interface, source });
     }
+    agent.datapath.reconcile_pins();
+    // Pinned counters carry an earlier agent's totals: count from here.
+    agent.counters = agent.datapath.counters()?;
+    if let Some(metrics) = &agent.metrics {
+        metrics.baseline(agent.counters);
+    }
     info!(
         interfaces = agent.names.len(),
         mode = ?agent.datapath.effective_attach_mode(),
@@ -720,9 +726,17 @@ impl<S: RecordSink> Agent<'_, S> {
     }
 
     fn shutdown(&mut self, file: Option<&FileSinkStats>) -> Result<RunSummary, AgentError> {
-        self.datapath.detach_all();
         let started = Instant::now();
-        let drained = self.datapath.drain_final()?;
+        let pinned = self.datapath.pinned();
+        let drained = if pinned {
+            // The programs stay attached and keep counting into the pinned
+            // maps: report up to a flip, and leave the rest to the next agent.
+            self.datapath.release_all();
+            self.datapath.drain()?
+        } else {
+            self.datapath.detach_all();
+            self.datapath.drain_final()?
+        };
         self.emit(drained, started)?;
         self.check_counters()?;
         let counters = self.counters;
@@ -755,7 +769,12 @@ impl<S: RecordSink> Agent<'_, S> {
             fragment_without_ports = counters.get(Counter::FragmentWithoutPorts),
             api_lost_records = self.summary.api_lost_records,
             file_dropped_records = self.summary.file_dropped_records,
-            "flow-agent stopped; every counted packet was reported"
+            "{}",
+            if pinned {
+                "flow-agent stopped; programs stay attached (pinned): the next agent reports what they count meanwhile"
+            } else {
+                "flow-agent stopped; every counted packet was reported"
+            }
         );
         self.summary.counters = counters;
         Ok(self.summary.clone())

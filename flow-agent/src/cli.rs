@@ -49,6 +49,30 @@ pub enum Command {
     /// The agent's configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Remove everything the agent pinned or attached: pinned links and maps,
+    /// and its clsact filters. Run after uninstalling.
+    Cleanup(CleanupArgs),
+}
+
+/// `flow-agent cleanup` flags.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The pin directory the agent used.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "FLOW_AGENT_PIN_DIR",
+        default_value = "/sys/fs/bpf/flow-agent"
+    )]
+    pub pin_dir: PathBuf,
+    /// Interfaces to remove our clsact filters from (glob, repeatable) [default: all].
+    #[arg(
+        long = "interface",
+        short = 'i',
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
+    pub interfaces: Vec<String>,
 }
 
 /// `flow-agent config` subcommands.
@@ -310,6 +334,12 @@ pub struct RunArgs {
     /// (the rest fold into `_other_`); they reveal topology [default: 0, off].
     #[arg(long, value_name = "N", env = "FLOW_AGENT_METRICS_WORKLOAD_PAIRS")]
     pub metrics_workload_pairs: Option<usize>,
+    /// Pin maps and links under this bpffs directory (e.g.
+    /// /sys/fs/bpf/flow-agent): programs stay attached when the agent exits
+    /// and the next agent reports what they counted meanwhile, exactly once.
+    /// `flow-agent cleanup` removes it all.
+    #[arg(long, value_name = "DIR", env = "FLOW_AGENT_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -349,6 +379,7 @@ impl RunArgs {
             policies,
             metrics_listen,
             metrics_workload_pairs,
+            pin_dir,
         } = self;
         let list = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
         let flag = |set: bool| set.then_some(true);
@@ -385,6 +416,7 @@ impl RunArgs {
             policies: policies.clone(),
             metrics_listen: *metrics_listen,
             metrics_workload_pairs: *metrics_workload_pairs,
+            pin_dir: pin_dir.clone(),
         }
     }
 }

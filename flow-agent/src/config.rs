@@ -263,6 +263,9 @@ pub struct RunOptions {
     /// Workload-pair traffic series to keep (0: off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_workload_pairs: Option<usize>,
+    /// Pin maps and links here (bpffs) so restarts lose nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -333,6 +336,7 @@ impl RunOptions {
             policies,
             metrics_listen,
             metrics_workload_pairs,
+            pin_dir,
         } = self;
         Self {
             interfaces: interfaces.or(lower.interfaces),
@@ -367,6 +371,7 @@ impl RunOptions {
             policies: policies.or(lower.policies),
             metrics_listen: metrics_listen.or(lower.metrics_listen),
             metrics_workload_pairs: metrics_workload_pairs.or(lower.metrics_workload_pairs),
+            pin_dir: pin_dir.or(lower.pin_dir),
         }
     }
 }
@@ -439,6 +444,7 @@ impl RunConfig {
             policies: policies.clone(),
             metrics_listen: metrics.map(|(listen, _)| listen),
             metrics_workload_pairs: metrics.map(|(_, pairs)| pairs),
+            pin_dir: datapath.pin_dir.clone(),
         }
     }
 }
@@ -532,6 +538,7 @@ impl RunConfig {
             policies,
             metrics_listen,
             metrics_workload_pairs,
+            pin_dir,
         } = options;
         let human = |duration: Duration| humantime::format_duration(duration).to_string();
 
@@ -730,6 +737,7 @@ impl RunConfig {
                 attach_mode: attach_mode.unwrap_or_default(),
                 ebpf_debug: ebpf_debug.unwrap_or(false),
                 paged_reads_only: false,
+                pin_dir: pin_dir.clone(),
             },
             tracker: TrackerConfig {
                 idle_timeout_ns: idle_timeout.as_nanos() as u64,

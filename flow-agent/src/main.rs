@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status(&cli, args),
         Command::Policy(PolicyCommand::Generate(args)) => generate(&cli, args),
         Command::Config(ConfigCommand::Print(args)) => print_config(args),
+        Command::Cleanup(args) => cleanup(&cli, args),
         Command::Policy(PolicyCommand::Check(args)) => match check(&cli, args) {
             // Denied connections: the report says which; exit 1 for CI gates.
             Ok(false) => return ExitCode::from(1),
@@ -87,6 +88,38 @@ fn resolve(args: &RunArgs) -> anyhow::Result<RunConfig> {
         None => RunOptions::default(),
     };
     Ok(RunConfig::resolve(args.options().over(file))?)
+}
+
+fn cleanup(cli: &Cli, args: &flow_agent::cli::CleanupArgs) -> anyhow::Result<()> {
+    use flow_agent::{
+        datapath::pin,
+        interfaces::{InterfaceSelector, list_links},
+    };
+    init_logging(cli, false)?;
+    let globs = if args.interfaces.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        args.interfaces.clone()
+    };
+    let selector = InterfaceSelector::new(&globs, &[])?;
+    let interfaces: Vec<String> = list_links()?
+        .into_iter()
+        .map(|link| link.name)
+        .filter(|name| selector.matches(name))
+        .collect();
+    let removed = pin::cleanup(&args.pin_dir, &interfaces)?;
+    println!(
+        "removed {} pinned links, {} pinned maps and {} filters{}",
+        removed.links,
+        removed.maps,
+        removed.filters.len(),
+        if removed.filters.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", removed.filters.join(", "))
+        }
+    );
+    Ok(())
 }
 
 fn print_config(args: &RunArgs) -> anyhow::Result<()> {

@@ -313,6 +313,12 @@ impl Metrics {
         metrics
     }
 
+    /// Datapath counters at start (pinned counters carry an earlier agent's
+    /// totals): increases are counted from here.
+    pub fn baseline(&self, counters: DatapathCounters) {
+        lock(&self.seen).datapath = counters;
+    }
+
     /// Records one drain.
     pub fn drain(&self, report: &DrainReport<'_>) {
         let DrainReport {

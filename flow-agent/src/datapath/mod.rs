@@ -19,24 +19,32 @@
 //! once. The set is updated after an ingress program is attached and before it is
 //! detached, so a change can at worst count a packet twice, never lose it.
 
+pub mod pin;
 mod sys;
 
-use std::{collections::BTreeMap, io, os::fd::AsFd as _};
+use std::{collections::BTreeMap, io, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, MapType, PerCpuArray, PerCpuHashMap,
+        RingBuf,
+    },
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle},
+        links::{FdLink, PinnedLink},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle,
+        },
     },
     util::KernelVersion,
 };
 use flow_common::{
     CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl, Direction,
-    FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, PAGED_READS_ONLY, PROGRAM_EGRESS,
-    PROGRAM_INGRESS, SPILL,
+    FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts,
+    PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
+use pin::{MapShape, PINNED_MAPS, PinDir, PinError};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
@@ -88,6 +96,9 @@ pub struct DatapathConfig {
     /// Read every header through `bpf_skb_load_bytes`, the path normally taken
     /// only by packets whose headers lie in paged data: for tests, slower.
     pub paged_reads_only: bool,
+    /// Pin maps and links under this bpffs directory, and take over what an
+    /// earlier agent pinned there: restarts lose nothing (see [`pin`]).
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Memory the two flow maps may take by default, in bytes.
@@ -118,6 +129,7 @@ impl Default for DatapathConfig {
             attach_mode: AttachMode::Auto,
             ebpf_debug: false,
             paged_reads_only: false,
+            pin_dir: None,
         }
     }
 }
@@ -191,6 +203,9 @@ pub enum DatapathError {
     /// Waiting for running programs failed.
     #[error("waiting for running BPF programs failed")]
     Barrier(#[source] io::Error),
+    /// Pinning failed.
+    #[error(transparent)]
+    Pin(#[from] PinError),
     /// Draining a flow map failed.
     #[error("draining map {map} failed")]
     Drain {
@@ -259,10 +274,20 @@ impl DatapathCounters {
     }
 }
 
+/// How a program is attached to one hook.
+enum Hook {
+    /// Owned by the program object: detached when the agent exits.
+    Owned(SchedClassifierLinkId),
+    /// A TCX link pinned in bpffs: attached until the pin is removed.
+    Pinned(PathBuf),
+    /// A clsact filter kept when the agent exits (pinning on).
+    Filter(SchedClassifierLink),
+}
+
 struct Attachment {
     name: String,
-    ingress: SchedClassifierLinkId,
-    egress: Option<SchedClassifierLinkId>,
+    ingress: Hook,
+    egress: Option<Hook>,
 }
 
 /// The loaded programs and their maps.
@@ -277,6 +302,7 @@ pub struct Datapath {
     barrier: sys::RcuBarrier,
     epoch: u32,
     attach_mode: AttachMode,
+    pins: Option<PinDir>,
     attachments: BTreeMap<u32, Attachment>,
     batch_supported: bool,
     map_entries: u32,
@@ -310,6 +336,75 @@ where
         map: name,
         source: Box::new(source),
     })
+}
+
+/// Takes over a pinned TCX link: swaps `classifier` in with `BPF_LINK_UPDATE`
+/// and leaves the link pinned.
+fn take_over_link(classifier: &mut SchedClassifier, path: &std::path::Path) -> Result<(), String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|error| error.to_string())?;
+    let link =
+        SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|error| error.to_string())?;
+    let link = classifier
+        .attach_to_link(link)
+        .map_err(|error| error.to_string())?;
+    // The pin holds the link; our descriptor can go.
+    let link = classifier
+        .take_link(link)
+        .map_err(|error| error.to_string())?;
+    drop(FdLink::try_from(link).map_err(|error| error.to_string())?);
+    Ok(())
+}
+
+/// Checks the pinned maps' shapes and returns the flow map capacity and
+/// spill size to use: those of the pinned maps when they are pinned (a
+/// different configured size takes effect after `flow-agent cleanup`).
+fn pinned_sizes(
+    pins: &PinDir,
+    map_entries: u32,
+    spill_bytes: u32,
+) -> Result<(u32, u32), DatapathError> {
+    let shape = |map_type, key: usize, value: usize| MapShape {
+        map_type,
+        key_size: key as u32,
+        value_size: value as u32,
+    };
+    let flows = shape(
+        MapType::PerCpuHash,
+        size_of::<FlowKey>(),
+        size_of::<FlowStats>(),
+    );
+    let mut entries = map_entries;
+    for name in [FLOWS_EVEN, FLOWS_ODD] {
+        if let Some(pinned) = pins.pinned_capacity(name, flows)? {
+            if pinned != map_entries {
+                warn!(
+                    map = name,
+                    pinned,
+                    configured = map_entries,
+                    "using the pinned flow map's size; run flow-agent cleanup to change it"
+                );
+            }
+            entries = pinned;
+        }
+    }
+    pins.pinned_capacity(
+        CONTROL,
+        shape(MapType::Array, 4, size_of::<DatapathControl>()),
+    )?;
+    pins.pinned_capacity(COUNTERS, shape(MapType::PerCpuArray, 4, 8))?;
+    pins.pinned_capacity(COUNTED_INTERFACES, shape(MapType::Hash, 4, 1))?;
+    pins.pinned_capacity(
+        FRAGMENTS,
+        shape(
+            MapType::LruHash,
+            size_of::<FragmentKey>(),
+            size_of::<FragmentPorts>(),
+        ),
+    )?;
+    let spill = pins
+        .pinned_capacity(SPILL, shape(MapType::RingBuf, 0, 0))?
+        .unwrap_or(spill_bytes);
+    Ok((entries, spill))
 }
 
 /// Raises RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps against it.
@@ -348,11 +443,12 @@ impl Datapath {
     /// Loads and verifies the programs and opens their maps; attaches nothing.
     pub fn load(config: &DatapathConfig) -> Result<Self, DatapathError> {
         let DatapathConfig {
-            map_entries,
-            spill_bytes,
+            mut map_entries,
+            mut spill_bytes,
             attach_mode,
             ebpf_debug,
             paged_reads_only,
+            ref pin_dir,
         } = *config;
         raise_memlock_limit();
         probe_bpf()?;
@@ -360,14 +456,26 @@ impl Datapath {
             return Err(DatapathError::TcxUnsupported(kernel_version_string()));
         }
 
+        let pins = pin_dir.as_deref().map(PinDir::open).transpose()?;
+        if let Some(pins) = &pins {
+            (map_entries, spill_bytes) = pinned_sizes(pins, map_entries, spill_bytes)?;
+        }
         let debug_flag = u8::from(ebpf_debug);
         let paged_flag = u8::from(paged_reads_only);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(FLOWS_EVEN, map_entries)
             .map_max_entries(FLOWS_ODD, map_entries)
             .map_max_entries(SPILL, spill_bytes)
             .override_global(DEBUG_LOG, &debug_flag, true)
-            .override_global(PAGED_READS_ONLY, &paged_flag, true)
+            .override_global(PAGED_READS_ONLY, &paged_flag, true);
+        if let Some(pins) = &pins {
+            // Open the pinned maps, or create and pin them.
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|error| classify(DatapathError::Load(Box::new(error))))?;
 
@@ -398,7 +506,7 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         let barrier = sys::RcuBarrier::new().map_err(DatapathError::Barrier)?;
-        Ok(Self {
+        let mut datapath = Self {
             ebpf,
             flows_even,
             flows_odd,
@@ -409,13 +517,22 @@ impl Datapath {
             barrier,
             epoch,
             attach_mode,
+            pins,
             attachments: BTreeMap::new(),
             batch_supported: true,
             map_entries,
             inserted_at_flip: 0,
             batch_keys: Vec::new(),
             batch_values: Vec::new(),
-        })
+        };
+        // Pinned counters carry an earlier agent's totals.
+        datapath.inserted_at_flip = datapath.inserted()?;
+        Ok(datapath)
+    }
+
+    /// Maps and links are pinned: they outlive this agent.
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
     }
 
     /// The classifier for one direction, for tests and benchmarks that run it
@@ -450,6 +567,8 @@ impl Datapath {
     /// Attaches both programs to each interface. All ingress programs go first,
     /// then the interfaces join the counted set, then the egress programs: no
     /// packet between two of these interfaces is counted twice or missed.
+    /// With pinning, a link or filter an earlier agent left is taken over by
+    /// swapping this agent's program in, atomically.
     ///
     /// Returns the interfaces that failed, with why; the others stay attached.
     pub fn attach_all(&mut self, interfaces: &[(u32, String)]) -> Vec<(String, DatapathError)> {
@@ -459,7 +578,7 @@ impl Datapath {
             if self.attachments.contains_key(index) {
                 continue;
             }
-            match self.attach_one(name, TcAttachType::Ingress) {
+            match self.attach_one(*index, name, TcAttachType::Ingress) {
                 Ok(ingress) => {
                     self.attachments.insert(
                         *index,
@@ -483,7 +602,7 @@ impl Datapath {
                     map: COUNTED_INTERFACES,
                     source: Box::new(source),
                 })
-                .and_then(|()| self.attach_one(&name, TcAttachType::Egress));
+                .and_then(|()| self.attach_one(index, &name, TcAttachType::Egress));
             match result {
                 Ok(egress) => {
                     if let Some(attachment) = self.attachments.get_mut(&index) {
@@ -501,14 +620,16 @@ impl Datapath {
 
     fn attach_one(
         &mut self,
+        index: u32,
         interface: &str,
         attach_type: TcAttachType,
-    ) -> Result<SchedClassifierLinkId, DatapathError> {
+    ) -> Result<Hook, DatapathError> {
         let program = match attach_type {
             TcAttachType::Egress => PROGRAM_EGRESS,
             _ => PROGRAM_INGRESS,
         };
         let mode = self.effective_attach_mode();
+        let pin_path = self.pins.as_ref().map(|pins| pins.link(index, attach_type));
         let classifier = classifier(&mut self.ebpf, program)?;
         let error = |mode, source| DatapathError::Attach {
             program,
@@ -517,31 +638,57 @@ impl Datapath {
             source: Box::new(source),
         };
         if mode == AttachMode::Tcx {
+            if let Some(path) = &pin_path
+                && path.exists()
+            {
+                match take_over_link(classifier, path) {
+                    Ok(()) => {
+                        debug!(interface, program, "took over the pinned link");
+                        return Ok(Hook::Pinned(path.clone()));
+                    }
+                    Err(takeover) => {
+                        // The interface it was attached to is gone (the index
+                        // was reused): start afresh.
+                        info!(interface, error = %takeover, "pinned link unusable; attaching anew");
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            }
             // Head of the chain: a CNI program that redirects or drops (Cilium)
             // must not hide packets from us.
-            return classifier
+            let link = classifier
                 .attach_with_options(
                     interface,
                     attach_type,
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
-                .map_err(|source| error("tcx", source));
+                .map_err(|source| error("tcx", source))?;
+            let Some(path) = pin_path else {
+                return Ok(Hook::Owned(link));
+            };
+            let link = classifier
+                .take_link(link)
+                .map_err(|source| error("tcx", source))?;
+            let link = FdLink::try_from(link).map_err(|source| {
+                DatapathError::Pin(PinError::Io {
+                    operation: "take the link to pin at",
+                    path: path.clone(),
+                    source: io::Error::other(source.to_string()),
+                })
+            })?;
+            link.pin(&path).map_err(|source| {
+                DatapathError::Pin(PinError::Io {
+                    operation: "pin",
+                    path: path.clone(),
+                    source: io::Error::other(source.to_string()),
+                })
+            })?;
+            return Ok(Hook::Pinned(path));
         }
         // Add clsact if missing; an existing qdisc (EEXIST) is left untouched and
         // is never deleted, since other programs may hang off it.
         if let Err(qdisc_error) = tc::qdisc_add_clsact(interface) {
             debug!(interface, error = %qdisc_error, "clsact not added (usually: it already exists)");
-        }
-        // A filter of ours left by an agent that was killed (netlink filters,
-        // unlike TCX links, outlive their process) would keep running: remove
-        // filters whose program carries our name, and nothing else.
-        match tc::qdisc_detach_program(interface, attach_type, program) {
-            Ok(()) => info!(
-                interface,
-                program, "removed a filter left by an earlier agent"
-            ),
-            Err(tc::TcError::IoError(error)) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => debug!(interface, %error, "could not look for earlier filters"),
         }
         // Priority 1 runs before any filter a CNI adds at a higher number; our
         // own handle keeps a CNI that replaces "prio 1 handle 1" from replacing us.
@@ -550,12 +697,43 @@ impl Datapath {
             handle: TcHandle::new(0, 0xfa),
             classid: None,
         };
-        match classifier.attach_with_options(
+        if self.pins.is_some() {
+            // Our filter from an earlier agent: replace its program in place,
+            // atomically, so counting never stops.
+            if let Ok(existing) = SchedClassifierLink::attached(
+                interface,
+                attach_type,
+                preferred.priority,
+                preferred.handle,
+                None,
+            ) && let Ok(link) = classifier.attach_to_link(existing)
+            {
+                debug!(interface, program, "took over the filter in place");
+                let link = classifier
+                    .take_link(link)
+                    .map_err(|source| error("tc", source))?;
+                return Ok(Hook::Filter(link));
+            }
+        } else {
+            // A filter of ours left by an agent that was killed (netlink
+            // filters, unlike TCX links, outlive their process) would keep
+            // running: remove filters whose program carries our name, and
+            // nothing else.
+            match tc::qdisc_detach_program(interface, attach_type, program) {
+                Ok(()) => info!(
+                    interface,
+                    program, "removed a filter left by an earlier agent"
+                ),
+                Err(tc::TcError::IoError(error)) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => debug!(interface, %error, "could not look for earlier filters"),
+            }
+        }
+        let link = match classifier.attach_with_options(
             interface,
             attach_type,
             TcAttachOptions::Netlink(preferred),
         ) {
-            Ok(link) => Ok(link),
+            Ok(link) => link,
             Err(first_error) => {
                 // Priority 1 is taken by a filter of another kind: let the kernel
                 // pick a priority ahead of the existing filters.
@@ -566,8 +744,32 @@ impl Datapath {
                         attach_type,
                         TcAttachOptions::Netlink(NlOptions::default()),
                     )
-                    .map_err(|source| error("tc", source))
+                    .map_err(|source| error("tc", source))?
             }
+        };
+        if self.pins.is_some() {
+            let link = classifier
+                .take_link(link)
+                .map_err(|source| error("tc", source))?;
+            return Ok(Hook::Filter(link));
+        }
+        Ok(Hook::Owned(link))
+    }
+
+    fn detach_hook(&mut self, hook: Hook, program: &'static str, interface: &str) {
+        let result = match hook {
+            Hook::Owned(link) => classifier(&mut self.ebpf, program)
+                .map_err(|error| error.to_string())
+                .and_then(|classifier| classifier.detach(link).map_err(|error| error.to_string())),
+            // Removing the pin releases the link: the kernel detaches it.
+            Hook::Pinned(path) => std::fs::remove_file(&path).map_err(|error| error.to_string()),
+            Hook::Filter(link) => {
+                use aya::programs::Link as _;
+                link.detach().map_err(|error| error.to_string())
+            }
+        };
+        if let Err(error) = result {
+            debug!(interface, program, %error, "detach failed (interface probably gone)");
         }
     }
 
@@ -581,20 +783,13 @@ impl Datapath {
         else {
             return;
         };
-        if let Some(egress) = egress
-            && let Ok(program) = classifier(&mut self.ebpf, PROGRAM_EGRESS)
-            && let Err(error) = program.detach(egress)
-        {
-            debug!(interface = name, %error, "egress detach failed (interface probably gone)");
+        if let Some(egress) = egress {
+            self.detach_hook(egress, PROGRAM_EGRESS, &name);
         }
         if let Err(error) = self.counted_interfaces.remove(&index) {
             debug!(interface = name, %error, "interface was not in the counted set");
         }
-        if let Ok(program) = classifier(&mut self.ebpf, PROGRAM_INGRESS)
-            && let Err(error) = program.detach(ingress)
-        {
-            debug!(interface = name, %error, "ingress detach failed (interface probably gone)");
-        }
+        self.detach_hook(ingress, PROGRAM_INGRESS, &name);
     }
 
     /// Detaches from every interface: egress programs first, then the counted
@@ -602,16 +797,75 @@ impl Datapath {
     pub fn detach_all(&mut self) {
         let indexes: Vec<u32> = self.attachments.keys().copied().collect();
         for index in &indexes {
-            if let Some(attachment) = self.attachments.get_mut(index)
-                && let Some(egress) = attachment.egress.take()
-                && let Ok(program) = classifier(&mut self.ebpf, PROGRAM_EGRESS)
-                && let Err(error) = program.detach(egress)
-            {
-                debug!(%error, "egress detach failed (interface probably gone)");
+            let egress = self
+                .attachments
+                .get_mut(index)
+                .and_then(|attachment| attachment.egress.take());
+            let name = self
+                .attachments
+                .get(index)
+                .map(|attachment| attachment.name.clone())
+                .unwrap_or_default();
+            if let Some(egress) = egress {
+                self.detach_hook(egress, PROGRAM_EGRESS, &name);
             }
         }
         for index in indexes {
             self.detach(index);
+        }
+    }
+
+    /// Leaves every program attached for the next agent (pinning on): pinned
+    /// links stay in bpffs, clsact filters stay on their qdisc. Without
+    /// pinning, detaches.
+    pub fn release_all(&mut self) {
+        if self.pins.is_none() {
+            self.detach_all();
+            return;
+        }
+        for (_, attachment) in std::mem::take(&mut self.attachments) {
+            let Attachment {
+                ingress, egress, ..
+            } = attachment;
+            for hook in [Some(ingress), egress].into_iter().flatten() {
+                match hook {
+                    // Dropping the link would detach the filter.
+                    Hook::Filter(link) => std::mem::forget(link),
+                    Hook::Pinned(_) | Hook::Owned(_) => {}
+                }
+            }
+        }
+    }
+
+    /// After the first attach with pinning: removes the pins and counted-set
+    /// entries of interfaces this agent does not attach to (gone, renamed out
+    /// of the selection), so nothing is left counting for nobody and no
+    /// interface is skipped as counted elsewhere.
+    pub fn reconcile_pins(&mut self) {
+        let Some(pins) = self.pins.clone() else {
+            return;
+        };
+        for index in pins.linked_interfaces() {
+            if self.attachments.contains_key(&index) {
+                continue;
+            }
+            // The counted set first, then the egress hook, then ingress.
+            let _ = self.counted_interfaces.remove(&index);
+            for attach_type in [TcAttachType::Egress, TcAttachType::Ingress] {
+                let path = pins.link(index, attach_type);
+                if std::fs::remove_file(&path).is_ok() {
+                    info!(index, path = %path.display(), "removed the pinned link of an interface no longer watched");
+                }
+            }
+        }
+        let stale: Vec<u32> = self
+            .counted_interfaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|index| !self.attachments.contains_key(index))
+            .collect();
+        for index in stale {
+            let _ = self.counted_interfaces.remove(&index);
         }
     }
 
