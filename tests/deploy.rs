@@ -109,6 +109,32 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind}"))
 }
 
+/// Valid against the Kubernetes schema, unknown fields refused.
+fn validate_schema(objects: &[Value]) {
+    let Some(python) = common::cli::python() else {
+        return;
+    };
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let text: Vec<String> = objects
+        .iter()
+        .map(|object| yaml_serde::to_string(object).unwrap())
+        .collect();
+    std::fs::write(file.path(), text.join("---\n")).unwrap();
+    let output = std::process::Command::new(python.with_file_name("kubernetes-validate"))
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        objects.len(),
+        "{report}"
+    );
+}
+
 fn check(directory: &Path, interfaces: &[&str]) {
     let objects = render(directory);
     // Where kubectl is installed, its Kustomize renders the same objects.
@@ -142,28 +168,7 @@ fn check(directory: &Path, interfaces: &[&str]) {
         ]
     );
 
-    // Valid against the Kubernetes schema, unknown fields refused.
-    if let Some(python) = common::cli::python() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let text: Vec<String> = objects
-            .iter()
-            .map(|object| yaml_serde::to_string(object).unwrap())
-            .collect();
-        std::fs::write(file.path(), text.join("---\n")).unwrap();
-        let output = std::process::Command::new(python.with_file_name("kubernetes-validate"))
-            .args(["--strict", "-k", "1.33.0"])
-            .arg(file.path())
-            .output()
-            .unwrap();
-        let report = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{report}");
-        assert_eq!(
-            report.matches(" passed for resource ").count(),
-            objects.len(),
-            "{report}"
-        );
-    }
+    validate_schema(&objects);
 
     // Read-only RBAC.
     for rule in find(&objects, "ClusterRole")["rules"].as_array().unwrap() {
@@ -228,6 +233,10 @@ fn check(directory: &Path, interfaces: &[&str]) {
     assert_eq!(effective.metrics_listen.unwrap().port(), 9090);
     assert_eq!(effective.grpc_listen.unwrap().port(), 4245);
     assert_eq!(effective.kubernetes, Some(true));
+    assert_eq!(
+        effective.pin_dir.as_deref(),
+        Some(Path::new("/sys/fs/bpf/flow-agent"))
+    );
     let (api, _) = config.api.unwrap();
     assert!(
         api.tls.is_some() && api.client_ca.is_some(),
@@ -246,6 +255,22 @@ fn check(directory: &Path, interfaces: &[&str]) {
 #[test]
 fn the_base_is_valid_and_least_privileged() {
     check(&deploy().join("base"), &["veth*"]);
+}
+
+#[test]
+fn the_cleanup_daemonset_is_valid_and_runs_flow_agent_cleanup() {
+    let objects = render(&deploy().join("cleanup"));
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|object| object["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["Namespace", "DaemonSet"]);
+    let pod = &find(&objects, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["initContainers"][0]["args"],
+        serde_json::json!(["cleanup", "--pin-dir", "/sys/fs/bpf/flow-agent"])
+    );
+    validate_schema(&objects);
 }
 
 #[test]
