@@ -565,6 +565,23 @@ pub(crate) fn demo(agent_binary: &Path, duration: Duration) -> Result<()> {
                 names.sort();
                 println!("  files: {}", names.join(" "));
             }
+            // The part of REVIEW.md that needs a reviewer's decision.
+            if let Ok(review) = std::fs::read_to_string(policies_path.join("REVIEW.md")) {
+                let section: Vec<&str> = review
+                    .split("\n## ")
+                    .find(|section| section.starts_with("Cross-tenant edges left out"))
+                    .map(|section| {
+                        section
+                            .lines()
+                            .filter(|line| line.starts_with("- "))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!("  REVIEW.md, cross-tenant edges left for a decision:");
+                for line in section {
+                    println!("    {line}");
+                }
+            }
         }
         Ok(output) => println!(
             "flow-agent policy generate failed: {}",
