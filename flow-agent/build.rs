@@ -2,7 +2,8 @@
 //! `-Z build-std=core`, target bpfel-unknown-none, linked by bpf-linker. The
 //! objects land in OUT_DIR and are embedded with `include_bytes_aligned!`.
 //!
-//! `cargo xtask setup` installs what this needs (nightly rust-src, LLVM, bpf-linker).
+//! The nightly is the one pinned in `flow-agent-ebpf/rust-toolchain.toml`;
+//! `cargo xtask setup` installs it with rust-src, LLVM and bpf-linker.
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
@@ -24,12 +25,26 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("{manifest_path} has no parent directory"))?
         .as_str();
+    let toolchain_file = format!("{root_dir}/rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={toolchain_file}");
+    let toolchain = std::fs::read_to_string(&toolchain_file)
+        .with_context(|| format!("read {toolchain_file}"))?;
+    let channel = pinned_channel(&toolchain)
+        .ok_or_else(|| anyhow!("{toolchain_file} names no `channel = \"...\"`"))?;
     aya_build::build_ebpf(
         [Package {
             name: name.as_str(),
             root_dir,
             ..Default::default()
         }],
-        Toolchain::default(),
+        Toolchain::Custom(channel),
     )
+}
+
+/// The value of `channel = "..."` in a rust-toolchain.toml.
+fn pinned_channel(toolchain: &str) -> Option<&str> {
+    toolchain.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "channel").then(|| value.trim().trim_matches('"'))
+    })
 }

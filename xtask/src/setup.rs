@@ -1,8 +1,9 @@
 //! `cargo xtask setup`: installs what building and testing need, and does
 //! nothing for what is already there.
 //!
-//! - the nightly toolchain with `rust-src` (the eBPF crate builds `core` itself);
-//! - LLVM development packages of the same major version as nightly's LLVM;
+//! - the nightly toolchain pinned in `flow-agent-ebpf/rust-toolchain.toml`, with
+//!   `rust-src` (the eBPF crate builds `core` itself);
+//! - LLVM development packages of the same major version as that nightly's LLVM;
 //! - bpf-linker built against that LLVM;
 //! - iproute2 (`ip`, `tc`), util-linux (`setpriv`) and nftables (`nft`, to play
 //!   kube-proxy) for the kernel tests;
@@ -81,15 +82,30 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     status(program, &install, &[("DEBIAN_FRONTEND", "noninteractive")])
 }
 
-fn ensure_nightly() -> Result<()> {
+/// The eBPF toolchain pinned in `flow-agent-ebpf/rust-toolchain.toml`, e.g.
+/// `nightly-2026-05-20` (flow-agent's build.rs reads the same file).
+fn ebpf_toolchain() -> Result<String> {
+    let path = crate::workspace_root()
+        .join("flow-agent-ebpf")
+        .join("rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(key, _)| key.trim() == "channel")
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .with_context(|| format!("{} names no `channel`", path.display()))
+}
+
+fn ensure_nightly(toolchain: &str) -> Result<()> {
     let toolchains = output("rustup", &["toolchain", "list"])?;
-    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+    if !toolchains.lines().any(|line| line.starts_with(toolchain)) {
         status(
             "rustup",
             &[
                 "toolchain",
                 "install",
-                "nightly",
+                toolchain,
                 "--profile",
                 "minimal",
                 "--component",
@@ -100,27 +116,28 @@ fn ensure_nightly() -> Result<()> {
     }
     let components = output(
         "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
+        &["component", "list", "--toolchain", toolchain, "--installed"],
     )?;
     if !components.lines().any(|line| line.starts_with("rust-src")) {
         status(
             "rustup",
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
+            &["component", "add", "rust-src", "--toolchain", toolchain],
             &[],
         )?;
     }
     Ok(())
 }
 
-/// The LLVM major version nightly rustc is built with: bpf-linker must match.
-fn nightly_llvm_major() -> Result<u32> {
-    let version = output("rustup", &["run", "nightly", "rustc", "-vV"])?;
+/// The LLVM major version the eBPF toolchain's rustc is built with:
+/// bpf-linker must match.
+fn nightly_llvm_major(toolchain: &str) -> Result<u32> {
+    let version = output("rustup", &["run", toolchain, "rustc", "-vV"])?;
     version
         .lines()
         .find_map(|line| line.strip_prefix("LLVM version: "))
         .and_then(|llvm| llvm.split('.').next())
         .and_then(|major| major.parse().ok())
-        .context("cannot find the LLVM version in `rustc +nightly -vV`")
+        .with_context(|| format!("cannot find the LLVM version in `rustc +{toolchain} -vV`"))
 }
 
 fn cargo_home() -> PathBuf {
@@ -258,10 +275,11 @@ fn ensure_python_grpc() -> Result<()> {
     Ok(())
 }
 
-/// Installs what building needs: the nightly toolchain, LLVM and bpf-linker.
+/// Installs what building needs: the pinned nightly, LLVM and bpf-linker.
 pub(crate) fn setup_build() -> Result<()> {
-    ensure_nightly().context("nightly toolchain")?;
-    let major = nightly_llvm_major()?;
+    let toolchain = ebpf_toolchain()?;
+    ensure_nightly(&toolchain).with_context(|| format!("toolchain {toolchain}"))?;
+    let major = nightly_llvm_major(&toolchain)?;
     ensure_bpf_linker(major).context("bpf-linker")
 }
 
