@@ -9,9 +9,18 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl build-essential pkg-config git \
  && rm -rf /var/lib/apt/lists/*
+# Every RUN fails when any command of a pipeline fails.
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH
-RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
-    | sh -s -- -y --profile minimal --default-toolchain 1.95.0
+# rustup-init straight from static.rust-lang.org (the host sh.rustup.rs only
+# redirects there), checked against its published SHA-256.
+RUN dist="https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu" \
+ && curl --proto '=https' --tlsv1.2 -sSfo /tmp/rustup-init "$dist/rustup-init" \
+ && echo "$(curl --proto '=https' --tlsv1.2 -sSf "$dist/rustup-init.sha256" | cut -d' ' -f1)  /tmp/rustup-init" \
+    | sha256sum --check --strict - \
+ && chmod +x /tmp/rustup-init \
+ && /tmp/rustup-init -y --no-modify-path --profile minimal --default-toolchain 1.95.0 \
+ && rm /tmp/rustup-init
 WORKDIR /src
 COPY . .
 RUN cargo xtask setup --build-only \
