@@ -245,6 +245,22 @@ pub struct FlowRecord {
     pub violation: bool,
 }
 
+impl FlowRecord {
+    /// The port the server's pods listen on, which NetworkPolicy sees: the
+    /// destination port, or the Service's target port when the destination
+    /// is still a Service address (not translated to a backend).
+    pub fn server_port(&self) -> u16 {
+        match &self.destination.service {
+            Some(crate::identity::ServiceRef {
+                ip,
+                target_port: Some(target_port),
+                ..
+            }) if *ip == self.destination.ip => *target_port,
+            _ => self.destination.port,
+        }
+    }
+}
+
 /// An address in [`FlowKey`] form: IPv4 as IPv4-mapped IPv6.
 pub fn key_address(ip: IpAddr) -> [u8; 16] {
     match ip {

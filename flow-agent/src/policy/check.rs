@@ -65,7 +65,13 @@ impl CheckReport {
 /// How a record's end is seen by policies.
 enum End {
     Pod(usize),
-    Address { ip: std::net::IpAddr, host: bool },
+    /// A Service address not translated to one backend: any pod of the
+    /// backends' workload may have served it.
+    Backends(Vec<usize>),
+    Address {
+        ip: std::net::IpAddr,
+        host: bool,
+    },
     Unresolved,
 }
 
@@ -105,6 +111,24 @@ fn end_of(endpoint: &Endpoint, cluster: &mut ClusterView) -> End {
                 },
             }))
         }
+        (Some(PeerKind::Pod), Some(namespace), None) => {
+            let pods = workload
+                .as_ref()
+                .and_then(|Workload { kind, name }| {
+                    cluster.workload(&WorkloadRef {
+                        namespace: namespace.clone(),
+                        kind: kind.clone(),
+                        name: name.clone(),
+                    })
+                })
+                .map(|view| view.pods.clone())
+                .unwrap_or_default();
+            if pods.is_empty() {
+                End::Unresolved
+            } else {
+                End::Backends(pods)
+            }
+        }
         (Some(PeerKind::Service), _, _) | (None, _, _) => End::Unresolved,
         (Some(kind), _, _) => End::Address {
             ip: endpoint.ip,
@@ -113,13 +137,13 @@ fn end_of(endpoint: &Endpoint, cluster: &mut ClusterView) -> End {
     }
 }
 
-fn describe(end: &End, endpoint: &Endpoint, cluster: &ClusterView) -> String {
-    match end {
-        End::Pod(index) => {
-            let pod = &cluster.pods()[*index];
+fn describe(pod: Option<usize>, endpoint: &Endpoint, cluster: &ClusterView) -> String {
+    match pod {
+        Some(index) => {
+            let pod = &cluster.pods()[index];
             format!("{}/{}", pod.namespace, pod.name)
         }
-        _ => {
+        None => {
             let kind = endpoint.identity.kind.map_or("unknown", PeerKind::as_str);
             format!("{} ({kind})", endpoint.ip)
         }
@@ -178,42 +202,59 @@ pub fn outcomes(
             if !matches!(record.protocol.name(), Some("TCP" | "UDP" | "SCTP")) {
                 return Outcome::Unexpressible;
             }
-            let subject = |end: &End, resident: bool| match end {
-                End::Pod(index) => Some(Subject::Pod(&cluster.pods()[*index])),
-                End::Address { ip, host } => Some(Subject::Address {
-                    ip: *ip,
-                    resident_node: *host && resident,
-                }),
-                End::Unresolved => None,
+            // Each pod (or address) an end may be, with its pod index.
+            let candidates = |end: &End, resident: bool| -> Vec<(Subject<'_>, Option<usize>)> {
+                match end {
+                    End::Pod(index) => vec![(Subject::Pod(&cluster.pods()[*index]), Some(*index))],
+                    End::Backends(pods) => pods
+                        .iter()
+                        .map(|index| (Subject::Pod(&cluster.pods()[*index]), Some(*index)))
+                        .collect(),
+                    End::Address { ip, host } => vec![(
+                        Subject::Address {
+                            ip: *ip,
+                            resident_node: *host && resident,
+                        },
+                        None,
+                    )],
+                    End::Unresolved => Vec::new(),
+                }
             };
             // This node's own address reaching a pod on this node: the
             // resident node, which policies cannot block.
             let destination_local =
                 record.destination.identity.node.as_deref() == Some(record.node.as_str());
-            let (Some(from), Some(to)) = (
-                subject(source, destination_local),
-                subject(destination, false),
-            ) else {
+            let froms = candidates(source, destination_local);
+            let tos = candidates(destination, false);
+            if froms.is_empty() || tos.is_empty() {
                 return Outcome::Unresolved;
-            };
-            let verdict = evaluator.check(from, to, record.protocol, record.destination.port);
-            if verdict.allowed() {
-                return Outcome::Allowed;
             }
-            let source = describe(source, &record.source, cluster);
-            let destination = describe(destination, &record.destination, cluster);
-            let mut blocked_by = Vec::new();
-            if !verdict.egress {
-                blocked_by.push(format!("egress of {source}"));
+            // Through an untranslated Service any backend may have served it:
+            // allowed only when every one of them would be.
+            let port = record.server_port();
+            for (from, from_pod) in &froms {
+                for (to, to_pod) in &tos {
+                    let verdict = evaluator.check(*from, *to, record.protocol, port);
+                    if verdict.allowed() {
+                        continue;
+                    }
+                    let source = describe(*from_pod, &record.source, cluster);
+                    let destination = describe(*to_pod, &record.destination, cluster);
+                    let mut blocked_by = Vec::new();
+                    if !verdict.egress {
+                        blocked_by.push(format!("egress of {source}"));
+                    }
+                    if !verdict.ingress {
+                        blocked_by.push(format!("ingress of {destination}"));
+                    }
+                    return Outcome::Denied {
+                        source,
+                        destination,
+                        blocked_by,
+                    };
+                }
             }
-            if !verdict.ingress {
-                blocked_by.push(format!("ingress of {destination}"));
-            }
-            Outcome::Denied {
-                source,
-                destination,
-                blocked_by,
-            }
+            Outcome::Allowed
         })
         .collect()
 }
@@ -248,13 +289,13 @@ pub fn check(
                     source.clone(),
                     destination.clone(),
                     record.protocol,
-                    record.destination.port,
+                    record.server_port(),
                 );
                 let entry = denied.entry(key).or_insert_with(|| Denial {
                     source,
                     destination,
                     protocol: record.protocol,
-                    port: record.destination.port,
+                    port: record.server_port(),
                     blocked_by,
                     records: 0,
                     last_seen: record.time,
@@ -385,6 +426,66 @@ mod tests {
             new_connection: true,
             violation: false,
         }
+    }
+
+    /// web reaching Service api (10.96.0.5:80) without conntrack: the
+    /// destination stays the Service address, identified as api's workload.
+    fn through_service(target_port: u16) -> FlowRecord {
+        let mut destination = pod("10.96.0.5", 80, "shop", "api");
+        let mut identity = (*destination.identity).clone();
+        identity.pod = None;
+        destination.identity = Arc::new(identity);
+        destination.service = Some(crate::identity::ServiceRef {
+            namespace: "shop".into(),
+            name: "api".into(),
+            ip: "10.96.0.5".parse().unwrap(),
+            port: 80,
+            target_port: Some(target_port),
+        });
+        record(pod("10.0.0.1", 40_010, "shop", "web"), destination, 6)
+    }
+
+    #[test]
+    fn an_untranslated_service_is_checked_on_every_backend_at_the_target_port() {
+        let observed = vec![
+            record(
+                pod("10.0.0.1", 40_000, "shop", "web"),
+                pod("10.0.0.2", 8080, "shop", "api"),
+                6,
+            ),
+            through_service(8080),
+        ];
+        let mut graph = Graph::new();
+        for record in &observed {
+            graph.observe(record);
+        }
+        assert_eq!(graph.len(), 1, "both are web -> api TCP/8080");
+        let mut cluster = ClusterView::new();
+        cluster.add_graph(&graph);
+        let files = render(
+            &propose(&graph, &cluster, &GenerateOptions::default()),
+            PolicyFormat::Networkpolicy,
+        );
+        let directory = tempfile::tempdir().unwrap();
+        for (name, text) in &files {
+            std::fs::write(directory.path().join(name), text).unwrap();
+        }
+        let policies = crate::policy::evaluate::load_policies(directory.path()).unwrap();
+        let report = check(&observed, &mut cluster, &policies);
+        assert_eq!(
+            (report.checked, report.allowed, report.unresolved),
+            (2, 2, 0)
+        );
+        // The same Service leading to a port nobody allowed is denied at its
+        // target port, named by the first backend that refuses (the view's
+        // stand-in for api's pods, then api-1).
+        let report = check(&[through_service(9090)], &mut cluster, &policies);
+        assert_eq!((report.checked, report.allowed), (1, 0));
+        let denial = &report.denied[0];
+        assert_eq!(
+            (denial.destination.as_str(), denial.port),
+            ("shop/(api)", 9090)
+        );
     }
 
     #[test]

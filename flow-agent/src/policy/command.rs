@@ -57,6 +57,14 @@ pub enum PolicyCommandError {
         /// What is wrong.
         message: String,
     },
+    /// A source names a workload or namespace Kubernetes would not accept.
+    #[error("{source_name}: {message}")]
+    InvalidName {
+        /// The agent or file.
+        source_name: String,
+        /// Which name and why.
+        message: String,
+    },
     /// Writing the policies failed.
     #[error(transparent)]
     Export(#[from] ExportError),
@@ -94,6 +102,15 @@ fn cluster_view(
     Ok(ClusterView::from_objects(inventory.objects, tenant_label))
 }
 
+fn check_names(graph: &Graph, source_name: &str) -> Result<(), PolicyCommandError> {
+    graph
+        .check_names()
+        .map_err(|message| PolicyCommandError::InvalidName {
+            source_name: source_name.to_owned(),
+            message,
+        })
+}
+
 /// Merges the graphs of every source.
 pub async fn collect(sources: &GraphSources) -> Result<Graph, PolicyCommandError> {
     let GraphSources {
@@ -122,6 +139,7 @@ pub async fn collect(sources: &GraphSources) -> Result<Graph, PolicyCommandError
                 server: server.clone(),
                 message,
             })?;
+        check_names(&graph, server)?;
         merged.merge(&graph);
     }
     for path in graphs {
@@ -132,7 +150,9 @@ pub async fn collect(sources: &GraphSources) -> Result<Graph, PolicyCommandError
         let bytes = std::fs::read(path).map_err(|error| invalid(error.to_string()))?;
         let file: GraphFile =
             serde_json::from_slice(&bytes).map_err(|error| invalid(error.to_string()))?;
-        merged.merge(&Graph::from_file(file).map_err(invalid)?);
+        let graph = Graph::from_file(file).map_err(invalid)?;
+        check_names(&graph, &path.display().to_string())?;
+        merged.merge(&graph);
     }
     for path in flows {
         let flows = flowfile::read(path, tenant_label)?;
@@ -140,6 +160,7 @@ pub async fn collect(sources: &GraphSources) -> Result<Graph, PolicyCommandError
         for record in &flows.records {
             graph.observe(record);
         }
+        check_names(&graph, &path.display().to_string())?;
         merged.merge(&graph);
     }
     Ok(merged)

@@ -191,9 +191,11 @@ fn validate_block(block: &IPBlock, field: &str, problems: &mut Vec<String>) {
     };
     for (index, except) in block.except.iter().flatten().enumerate() {
         match parse_cidr(except) {
-            Some(inner) if cidr.contains_block(&inner) => {}
+            // Kubernetes wants a strict subset: an except equal to the block
+            // is refused by the API server.
+            Some(inner) if cidr.contains_block(&inner) && !inner.contains_block(&cidr) => {}
             Some(_) => problems.push(format!(
-                "{field}.ipBlock.except[{index}]: {except} is not inside {}",
+                "{field}.ipBlock.except[{index}]: {except} is not strictly inside {}",
                 block.cidr
             )),
             None => problems.push(format!(
@@ -361,12 +363,13 @@ fn types(policy: &NetworkPolicy) -> (bool, bool) {
     let Some(spec) = &policy.spec else {
         return (false, false);
     };
+    // The API server defaults an empty list like a missing one.
     match &spec.policy_types {
-        Some(types) => (
+        Some(types) if !types.is_empty() => (
             types.iter().any(|kind| kind == "Ingress"),
             types.iter().any(|kind| kind == "Egress"),
         ),
-        None => (
+        _ => (
             true,
             spec.egress.as_ref().is_some_and(|rules| !rules.is_empty()),
         ),

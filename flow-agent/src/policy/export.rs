@@ -32,7 +32,14 @@ pub enum ExportError {
         #[source]
         source: io::Error,
     },
-    /// The previous manifest is damaged.
+    /// A policy's file name is not a plain file name (a workload or
+    /// namespace name that was not checked).
+    #[error("refusing to write {name:?}: not a plain file name")]
+    FileName {
+        /// The name.
+        name: String,
+    },
+    /// The previous export's manifest is damaged.
     #[error(
         "the previous export's manifest {path} is invalid ({message}); remove it to start afresh"
     )]
@@ -42,6 +49,15 @@ pub enum ExportError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// A name flow-agent may write or remove in the output directory: no
+/// directory part, not hidden, no control characters.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,6 +127,9 @@ pub fn export(
         }
     };
     let files = render(proposal, format);
+    if let Some(name) = files.keys().find(|name| !is_plain_file_name(name)) {
+        return Err(ExportError::FileName { name: name.clone() });
+    }
     for (name, text) in &files {
         write_file(&directory.join(name), text)?;
     }
@@ -122,7 +141,7 @@ pub fn export(
     if let Some(previous) = &previous {
         for name in &previous.files {
             // Only plain names flow-agent wrote; never a path elsewhere.
-            if files.contains_key(name) || name.contains('/') || name.starts_with('.') {
+            if files.contains_key(name) || !is_plain_file_name(name) {
                 continue;
             }
             let path = directory.join(name);

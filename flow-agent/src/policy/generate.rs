@@ -207,7 +207,11 @@ pub fn policy_name(workload: &WorkloadRef) -> String {
         return name;
     }
     let hash = crc32fast::hash(name.as_bytes());
-    format!("{}-{hash:08x}", &name[..244])
+    let cut = (0..=244)
+        .rev()
+        .find(|&index| name.is_char_boundary(index))
+        .unwrap_or(0);
+    format!("{}-{hash:08x}", &name[..cut])
 }
 
 /// Ports as port entries: runs of consecutive ports become ranges.

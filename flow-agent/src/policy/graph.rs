@@ -3,7 +3,8 @@
 //!
 //! Edges come from request-direction flow records only (replies never make an
 //! edge). A destination reached through a Service is its backend pod and target
-//! port, never the Service port: the agent translates before it records.
+//! port, never the Service port: the agent translates before it records, and
+//! where it could not, the edge takes the Service's target port.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -28,6 +29,48 @@ pub struct WorkloadRef {
     pub kind: String,
     /// Name.
     pub name: String,
+}
+
+impl WorkloadRef {
+    /// Checks the names against Kubernetes' rules before they become file
+    /// names and selectors: the namespace a DNS-1123 label, the name a
+    /// DNS-1123 subdomain, the kind an identifier. Graphs from files, flow
+    /// files and remote agents are checked with this, so a name like
+    /// `../../etc` never reaches a path.
+    pub fn check_names(&self) -> Result<(), String> {
+        let Self {
+            namespace,
+            kind,
+            name,
+        } = self;
+        if !is_dns_label(namespace) {
+            return Err(format!(
+                "namespace {namespace:?} of {kind} {name:?} is not a DNS-1123 label"
+            ));
+        }
+        if kind.is_empty() || kind.len() > 63 || !kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!("workload kind {kind:?} in {namespace} is invalid"));
+        }
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(is_dns_label) {
+            return Err(format!(
+                "{kind} name {name:?} in {namespace} is not a DNS-1123 subdomain"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Lower-case alphanumerics and '-', 1 to 63 characters, alphanumeric at both
+/// ends.
+fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
 }
 
 impl std::fmt::Display for WorkloadRef {
@@ -256,6 +299,16 @@ impl Graph {
         self.edges.is_empty()
     }
 
+    /// Checks every workload's names ([`WorkloadRef::check_names`]).
+    pub fn check_names(&self) -> Result<(), String> {
+        self.edges
+            .keys()
+            .flat_map(|EdgeKey { client, server, .. }| [client, server])
+            .filter_map(Party::workload)
+            .chain(self.workloads.keys())
+            .try_for_each(WorkloadRef::check_names)
+    }
+
     /// What is known of a workload.
     pub fn workload(&self, workload: &WorkloadRef) -> Option<&WorkloadInfo> {
         self.workloads.get(workload)
@@ -298,7 +351,7 @@ impl Graph {
             client,
             server,
             protocol: record.protocol,
-            port: record.destination.port,
+            port: record.server_port(),
         };
         let stats = EdgeStats {
             first_seen: record.first_seen,
@@ -588,6 +641,93 @@ mod tests {
         assert_eq!((stats.first_seen, stats.last_seen), (at(1), at(5)));
         assert_eq!(stats.services, BTreeSet::from(["shop/api".to_owned()]));
         assert_eq!(graph.workload(&web()).unwrap().labels["app"], "web");
+    }
+
+    #[test]
+    fn an_untranslated_service_destination_takes_the_target_port() {
+        // No conntrack: the destination is still the Service address and
+        // port, identified as the workload all backends share.
+        let mut destination = pod("10.96.0.1", 80, "shop", "api", "acme");
+        let mut identity = (*destination.identity).clone();
+        identity.pod = None;
+        destination.identity = Arc::new(identity);
+        destination.service = Some(ServiceRef {
+            namespace: "shop".into(),
+            name: "api".into(),
+            ip: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            target_port: Some(8080),
+        });
+        let request = record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            destination,
+            1,
+        );
+        assert_eq!(request.server_port(), 8080);
+        let mut graph = Graph::new();
+        graph.observe(&request);
+        let (key, _) = graph.edges().next().unwrap();
+        assert_eq!(key.server.workload().unwrap().name, "api");
+        assert_eq!(key.port, 8080, "NetworkPolicy sees the pod's port");
+        // A Service whose backends disagree on the port keeps the port seen.
+        let mut unknown = request.clone();
+        unknown.destination.service.as_mut().unwrap().target_port = None;
+        assert_eq!(unknown.server_port(), 80);
+    }
+
+    #[test]
+    fn names_kubernetes_would_refuse_are_caught_before_they_become_paths() {
+        let named = |namespace: &str, kind: &str, name: &str| WorkloadRef {
+            namespace: namespace.into(),
+            kind: kind.into(),
+            name: name.into(),
+        };
+        assert_eq!(web().check_names(), Ok(()));
+        assert_eq!(
+            named("shop", "StatefulSet", "db.v2-0").check_names(),
+            Ok(())
+        );
+        for (workload, expected) in [
+            (
+                named("../../etc", "Deployment", "web"),
+                "namespace \"../../etc\"",
+            ),
+            (named("/etc", "Deployment", "web"), "namespace \"/etc\""),
+            (named("Shop", "Deployment", "web"), "not a DNS-1123 label"),
+            (named("-shop", "Deployment", "web"), "not a DNS-1123 label"),
+            (
+                named(&"n".repeat(64), "Deployment", "web"),
+                "not a DNS-1123 label",
+            ),
+            (named("shop", "Deploy/ment", "web"), "kind \"Deploy/ment\""),
+            (named("shop", "", "web"), "kind \"\""),
+            (named("shop", "Deployment", "../x"), "name \"../x\""),
+            (
+                named("shop", "Deployment", "a\n- evil.yaml"),
+                "not a DNS-1123 subdomain",
+            ),
+            (
+                named("shop", "Deployment", "wéb"),
+                "not a DNS-1123 subdomain",
+            ),
+            (
+                named("shop", "Deployment", "a..b"),
+                "not a DNS-1123 subdomain",
+            ),
+            (named("shop", "Deployment", ""), "not a DNS-1123 subdomain"),
+        ] {
+            let error = workload.check_names().unwrap_err();
+            assert!(error.contains(expected), "{workload:?}: {error}");
+        }
+        // A graph is checked through its edges and its workload table.
+        let mut graph = Graph::new();
+        graph.observe(&record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            pod("10.0.0.2", 8080, "../x", "api", "acme"),
+            1,
+        ));
+        let error = graph.check_names().unwrap_err();
+        assert!(error.contains("../x"), "{error}");
     }
 
     #[test]

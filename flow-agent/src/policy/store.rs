@@ -243,10 +243,21 @@ impl Store {
             path: path.clone(),
             source: io::Error::other(error),
         })?;
-        self.log
+        let length = self.log.metadata().map_err(io_error("stat", &path))?.len();
+        let appended = self
+            .log
             .write_all(&line)
-            .map_err(io_error("append to", &path))?;
-        self.log.sync_data().map_err(io_error("sync", &path))?;
+            .map_err(io_error("append to", &path))
+            .and_then(|()| self.log.sync_data().map_err(io_error("sync", &path)));
+        if let Err(error) = appended {
+            // Cut a partial line (disk full, I/O error) so that the next
+            // commit does not land behind it: a bad line followed by good
+            // ones would make the log unreadable at the next start.
+            if self.log.set_len(length).is_err() {
+                tracing::warn!(path = %path.display(), "cannot cut a failed append off the graph log");
+            }
+            return Err(error);
+        }
         self.log_entries += changes.len();
         if self.log_entries >= COMPACT_AFTER.max(graph.len()) {
             self.compact(graph)?;
@@ -383,6 +394,76 @@ mod tests {
             let (_, after, _) = Store::open(copy.path()).unwrap();
             assert_eq!(after, graph);
         }
+    }
+
+    /// A tmpfs mounted for one test, unmounted when dropped.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Self {
+            let directory = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(directory.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            Self(directory)
+        }
+
+        fn resize(&self, size: &str) {
+            let status = std::process::Command::new("mount")
+                .args(["-o", &format!("remount,size={size}")])
+                .arg(self.0.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn an_append_that_fails_on_a_full_disk_is_cut_and_the_log_stays_readable() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: mounting a tmpfs needs root");
+            return;
+        }
+        let disk = Tmpfs::mount("16k");
+        let (mut store, mut graph, _) = Store::open(disk.0.path()).unwrap();
+        // What was acknowledged: only the changes of commits that succeeded.
+        let mut acknowledged = Graph::new();
+        let long = "w".repeat(250);
+        let mut failure = None;
+        for port in 1..2_000 {
+            let changes = graph.observe(&record(40_000, &long, port));
+            match store.commit(&changes, &graph) {
+                Ok(()) => changes.into_iter().for_each(|c| acknowledged.apply(c)),
+                Err(error) => {
+                    failure = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        let failure = failure.expect("a 16 KiB disk fills up");
+        assert!(failure.contains("append to"), "{failure}");
+        assert!(acknowledged.len() > 10, "{}", acknowledged.len());
+        // Space comes back; the store goes on and the log opens again.
+        disk.resize("1m");
+        let changes = graph.observe(&record(40_000, "api", 8080));
+        store.commit(&changes, &graph).unwrap();
+        changes.into_iter().for_each(|c| acknowledged.apply(c));
+        drop(store);
+        let (_, reopened, recovery) = Store::open(disk.0.path()).unwrap();
+        assert_eq!(recovery.truncated_bytes, 0);
+        assert_eq!(reopened, acknowledged);
     }
 
     #[test]

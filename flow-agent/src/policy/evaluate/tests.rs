@@ -179,6 +179,29 @@ fn ip_blocks_match_addresses_minus_except_and_never_pods() {
 }
 
 #[test]
+fn an_empty_policy_types_list_is_defaulted_like_a_missing_one() {
+    let view = cluster();
+    let (xa, ya) = (Subject::Pod(&view.pods()[0]), Subject::Pod(&view.pods()[2]));
+    // No rules and `policyTypes: []`: the API server makes it [Ingress].
+    let empty = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: []\n",
+    );
+    let evaluator = Evaluator::new(&view, &empty);
+    assert!(
+        !evaluator.check(ya, xa, TCP, 80).allowed(),
+        "ingress isolated"
+    );
+    assert!(evaluator.check(xa, ya, TCP, 80).allowed(), "egress is not");
+    // With egress rules it becomes [Ingress, Egress].
+    let with_egress = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: []\n  egress:\n  - ports: [{port: 443}]\n",
+    );
+    let evaluator = Evaluator::new(&view, &with_egress);
+    assert!(!evaluator.check(xa, ya, TCP, 80).allowed());
+    assert!(evaluator.check(xa, ya, TCP, 443).allowed());
+}
+
+#[test]
 fn omitted_policy_types_policies_union_and_icmp_needs_a_portless_rule() {
     let view = cluster();
     let only_ingress_rules = policies(
@@ -235,7 +258,11 @@ fn invalid_policies_are_refused_naming_file_document_and_field() {
         ),
         (
             "spec:\n  podSelector: {}\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]\n",
-            "except[0]: 192.168.0.0/16 is not inside",
+            "except[0]: 192.168.0.0/16 is not strictly inside",
+        ),
+        (
+            "spec:\n  podSelector: {}\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]\n",
+            "except[0]: 10.0.0.0/8 is not strictly inside",
         ),
         (
             "spec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 80, protocol: ICMP}]\n",
