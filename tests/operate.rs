@@ -216,6 +216,72 @@ fn totals(records: &[FlowRecord], source_port: u16) -> (u64, u64) {
         })
 }
 
+/// Writes what an agent killed in the middle of a drain leaves behind: a flow
+/// of pod 0's `source_port` to pod 1 in the inactive pinned map, stamped with
+/// the previous epoch, `per_cpu` datagrams of 128 bytes on every CPU. Returns
+/// the planted (packets, bytes).
+fn plant_leftover(node: &Node, pin_dir: &str, source_port: u16, per_cpu: u64) -> (u64, u64) {
+    use aya::maps::{Array, Map, MapData, PerCpuHashMap, PerCpuValues};
+    use flow_common::{DatapathControl, FlowKey, FlowStats};
+
+    let maps = Path::new(pin_dir).join("maps");
+    let control: Array<MapData, DatapathControl> = Array::try_from(Map::Array(
+        MapData::from_pin(maps.join(flow_common::CONTROL)).unwrap(),
+    ))
+    .unwrap();
+    let DatapathControl { epoch, .. } = control.get(&0, 0).unwrap();
+    let previous = epoch.wrapping_sub(1);
+    let name = if previous & 1 == 0 {
+        flow_common::FLOWS_EVEN
+    } else {
+        flow_common::FLOWS_ODD
+    };
+    let mut flows: PerCpuHashMap<MapData, FlowKey, FlowStats> = PerCpuHashMap::try_from(
+        Map::PerCpuHashMap(MapData::from_pin(maps.join(name)).unwrap()),
+    )
+    .unwrap();
+    let interface = std::ffi::CString::new(node.pods[0].host_interface.clone()).unwrap();
+    // SAFETY: a valid C string.
+    let ifindex = node
+        .netns
+        .run(move || unsafe { libc::if_nametoindex(interface.as_ptr()) })
+        .unwrap();
+    assert_ne!(ifindex, 0);
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    let now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let key = FlowKey {
+        src_addr: node.pods[0].ipv4.to_ipv6_mapped().octets(),
+        dst_addr: node.pods[1].ipv4.to_ipv6_mapped().octets(),
+        src_port: source_port,
+        dst_port: 7000,
+        protocol: 17,
+        ..FlowKey::default()
+    };
+    let slot = FlowStats {
+        packets: per_cpu,
+        bytes: per_cpu * 128,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        epoch: previous,
+        first_ifindex: ifindex,
+        ..FlowStats::default()
+    };
+    let cpus = aya::util::nr_cpus().unwrap();
+    flows
+        .insert(key, PerCpuValues::try_from(vec![slot; cpus]).unwrap(), 0)
+        .unwrap();
+    let cpus = cpus as u64;
+    (per_cpu * cpus, per_cpu * 128 * cpus)
+}
+
 fn restart_loses_nothing(mode: &str) {
     let node = Node::new(2).unwrap();
     let bpffs = Bpffs::mount();
@@ -284,6 +350,23 @@ fn restart_loses_nothing(mode: &str) {
     });
     let fourth = agent.stop();
     assert_eq!(totals(&fourth.records, port), (30, 30 * 128));
+
+    // An agent killed in the middle of a drain leaves the old epoch's slots
+    // in the map that becomes the active one at the next switch. Plant such
+    // leftovers: the next agent reports them instead of letting the programs
+    // reset them.
+    let leftover_port = 41_001;
+    let planted = plant_leftover(&node, &pin_dir, leftover_port, 5);
+    let agent = Agent::start(&node.netns, &args);
+    send(&node, leftover_port, 3);
+    wait_until("agent E's records", || {
+        totals(&agent.records(), leftover_port).0 == planted.0 + 3
+    });
+    let fifth = agent.stop();
+    assert_eq!(
+        totals(&fifth.records, leftover_port),
+        (planted.0 + 3, planted.1 + 3 * 128)
+    );
 
     // Cleanup removes the pins and the programs: nothing counts any more.
     let cleanup = common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]);

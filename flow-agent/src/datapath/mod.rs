@@ -917,16 +917,38 @@ impl Datapath {
 
     /// Moves every flow counted since the previous drain out of the kernel.
     ///
-    /// Switches the epoch, waits for programs still using the old one, then
-    /// empties the old epoch's map and the spill ring buffer.
+    /// First empties the inactive map of what an interrupted drain left there
+    /// (an agent killed in the middle of one, or a drain that failed): those
+    /// slots carry the previous epoch, and the map becomes the active one at
+    /// the switch, where the programs would reset them. Normally it is empty
+    /// and this costs one system call. Then switches the epoch, waits for
+    /// programs still using the old one, and empties the old epoch's map and
+    /// the spill ring buffer.
+    ///
+    /// A map that fails part-way is logged, not returned as an error: what was
+    /// moved out is kept, and the rest is picked up by the next drain.
     pub fn drain(&mut self) -> Result<DrainedFlows, DatapathError> {
+        let mut flows = DrainedFlows::default();
+        let leftover_epoch = self.epoch.wrapping_sub(1);
+        self.drain_map_keeping(leftover_epoch, &mut flows);
         let drained_epoch = self.epoch;
         self.advance_epoch()?;
         self.inserted_at_flip = self.inserted()?;
-        let mut flows = DrainedFlows::default();
-        self.drain_map(drained_epoch, &mut flows)?;
+        self.drain_map_keeping(drained_epoch, &mut flows);
         self.drain_spill(&mut flows);
         Ok(flows)
+    }
+
+    /// [`Self::drain_map`], logging a failure: flows already moved stay in
+    /// `flows`, the rest stays in the map for the next drain.
+    fn drain_map_keeping(&mut self, epoch: u32, flows: &mut DrainedFlows) {
+        if let Err(error) = self.drain_map(epoch, flows) {
+            warn!(
+                epoch,
+                error = %error,
+                "drain interrupted; what is left in the map is drained next time"
+            );
+        }
     }
 
     /// Drains both flow maps and the spill ring buffer. Call after
@@ -935,7 +957,7 @@ impl Datapath {
         let mut flows = self.drain()?;
         let current = self.epoch;
         self.barrier.wait().map_err(DatapathError::Barrier)?;
-        self.drain_map(current, &mut flows)?;
+        self.drain_map_keeping(current, &mut flows);
         self.drain_spill(&mut flows);
         Ok(flows)
     }
