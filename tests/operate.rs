@@ -405,3 +405,65 @@ fn restarts_lose_nothing_with_clsact_filters() {
     require_root!();
     restart_loses_nothing("tc");
 }
+
+/// Switching `--attach-mode` between restarts with pins: the programs of the
+/// other mode are released, so no packet is counted twice.
+#[test]
+fn switching_attach_mode_across_a_pinned_restart_counts_once() {
+    require_root!();
+    let node = Node::new(2).unwrap();
+    let bpffs = Bpffs::mount();
+    let pin_dir = bpffs.pin_dir();
+    let glob = node.glob();
+    let args = |mode: &'static str| {
+        vec![
+            "-i".to_owned(),
+            glob.clone(),
+            "--flush-interval".to_owned(),
+            "200ms".to_owned(),
+            "--attach-mode".to_owned(),
+            mode.to_owned(),
+            "--pin-dir".to_owned(),
+            pin_dir.clone(),
+        ]
+    };
+    let filters = || {
+        flow_lab::run_in(
+            &node.netns.name,
+            "tc",
+            &[
+                "filter",
+                "show",
+                "dev",
+                &node.pods[0].host_interface,
+                "ingress",
+            ],
+        )
+        .unwrap()
+    };
+    for (round, mode) in ["tc", "tcx", "tc"].into_iter().enumerate() {
+        let args = args(mode);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = Agent::start(&node.netns, &args);
+        let port = 42_000 + round as u16;
+        send(&node, port, 40);
+        wait_until("the round's records", || {
+            totals(&agent.records(), port).0 >= 40
+        });
+        let stopped = agent.stop();
+        assert!(stopped.success);
+        assert_eq!(
+            totals(&stopped.records, port),
+            (40, 40 * 128),
+            "{mode}: counted once"
+        );
+        let shown = filters();
+        assert_eq!(
+            shown.contains("flow_ingress"),
+            mode == "tc",
+            "round {round} ({mode}): {shown}"
+        );
+    }
+    let cleanup = common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]);
+    assert!(cleanup.success, "{:?}", cleanup.stderr);
+}

@@ -644,6 +644,7 @@ impl Datapath {
                 match take_over_link(classifier, path) {
                     Ok(()) => {
                         debug!(interface, program, "took over the pinned link");
+                        remove_our_filters(interface, attach_type, program);
                         return Ok(Hook::Pinned(path.clone()));
                     }
                     Err(takeover) => {
@@ -663,6 +664,9 @@ impl Datapath {
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .map_err(|source| error("tcx", source))?;
+            // A clsact filter of ours from an agent that ran in tc mode (or
+            // was killed) would count every packet a second time.
+            remove_our_filters(interface, attach_type, program);
             let Some(path) = pin_path else {
                 return Ok(Hook::Owned(link));
             };
@@ -709,6 +713,7 @@ impl Datapath {
             ) && let Ok(link) = classifier.attach_to_link(existing)
             {
                 debug!(interface, program, "took over the filter in place");
+                release_pinned_link(pin_path.as_deref(), interface, program);
                 let link = classifier
                     .take_link(link)
                     .map_err(|source| error("tc", source))?;
@@ -719,14 +724,7 @@ impl Datapath {
             // filters, unlike TCX links, outlive their process) would keep
             // running: remove filters whose program carries our name, and
             // nothing else.
-            match tc::qdisc_detach_program(interface, attach_type, program) {
-                Ok(()) => info!(
-                    interface,
-                    program, "removed a filter left by an earlier agent"
-                ),
-                Err(tc::TcError::IoError(error)) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => debug!(interface, %error, "could not look for earlier filters"),
-            }
+            remove_our_filters(interface, attach_type, program);
         }
         let link = match classifier.attach_with_options(
             interface,
@@ -747,6 +745,7 @@ impl Datapath {
                     .map_err(|source| error("tc", source))?
             }
         };
+        release_pinned_link(pin_path.as_deref(), interface, program);
         if self.pins.is_some() {
             let link = classifier
                 .take_link(link)
@@ -1119,6 +1118,33 @@ impl Datapath {
                 unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
             flows.add_sample(FlowSample::from_stats(key, &stats));
         }
+    }
+}
+
+/// Releases a TCX link pinned by an agent that ran in tcx mode, once a filter
+/// counts in its place: both would count every packet.
+fn release_pinned_link(path: Option<&std::path::Path>, interface: &str, program: &'static str) {
+    let Some(path) = path.filter(|path| path.exists()) else {
+        return;
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => info!(interface, program, "released a TCX link pinned in tcx mode"),
+        Err(error) => {
+            warn!(interface, %error, path = %path.display(), "cannot release a pinned TCX link");
+        }
+    }
+}
+
+/// Removes clsact filters whose program carries our name from one hook of an
+/// interface: left by an agent in tc mode, or by one that was killed.
+fn remove_our_filters(interface: &str, attach_type: TcAttachType, program: &'static str) {
+    match tc::qdisc_detach_program(interface, attach_type, program) {
+        Ok(()) => info!(
+            interface,
+            program, "removed a filter left by an earlier agent"
+        ),
+        Err(tc::TcError::IoError(error)) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => debug!(interface, %error, "could not look for earlier filters"),
     }
 }
 
