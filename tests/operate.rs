@@ -467,3 +467,33 @@ fn switching_attach_mode_across_a_pinned_restart_counts_once() {
     let cleanup = common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]);
     assert!(cleanup.success, "{:?}", cleanup.stderr);
 }
+
+/// One agent per pin directory: a second one, or a cleanup, is refused while
+/// the first runs (two drains would race on the same epoch).
+#[test]
+fn a_pin_directory_in_use_is_refused_to_a_second_agent_and_to_cleanup() {
+    require_root!();
+    let node = Node::new(1).unwrap();
+    let bpffs = Bpffs::mount();
+    let pin_dir = bpffs.pin_dir();
+    let glob = node.glob();
+    let args = ["-i", glob.as_str(), "--pin-dir", pin_dir.as_str()];
+    let agent = Agent::start(&node.netns, &args);
+    let mut second = vec!["run"];
+    second.extend_from_slice(&args);
+    for refused in [
+        common::cli::cli(&node, &second),
+        common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]),
+    ] {
+        assert!(!refused.success);
+        let stderr = refused.stderr.join("\n");
+        assert!(
+            stderr.contains("is in use by another flow-agent on this node"),
+            "{stderr}"
+        );
+    }
+    assert!(agent.stop().success);
+    let cleanup = common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]);
+    assert!(cleanup.success, "{:?}", cleanup.stderr);
+    assert!(!Path::new(&pin_dir).exists());
+}

@@ -61,6 +61,11 @@ pub enum PinError {
         #[source]
         source: io::Error,
     },
+    /// Another process holds the pin directory.
+    #[error(
+        "{0} is in use by another flow-agent on this node (one agent per pin directory); stop it first"
+    )]
+    InUse(PathBuf),
     /// A pinned map was made by an incompatible agent.
     #[error(
         "pinned map {path} does not fit this agent ({problem}): run `flow-agent cleanup --pin-dir {dir}` first (what it holds is then lost)"
@@ -86,10 +91,32 @@ fn io_error<'a>(
     }
 }
 
-/// The pin directory and its layout.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The pin directory and its layout. Holds the directory's lock while it
+/// lives: two agents draining the same maps would race on the epoch.
+#[derive(Clone, Debug)]
 pub struct PinDir {
     root: PathBuf,
+    _lock: std::sync::Arc<std::fs::File>,
+}
+
+/// Takes the exclusive `flock` of the pin directory itself (bpffs holds no
+/// regular files to lock), without waiting.
+fn lock(root: &Path) -> Result<std::fs::File, PinError> {
+    use std::os::fd::AsRawFd as _;
+    let directory = std::fs::File::open(root).map_err(io_error("open", root))?;
+    // SAFETY: a valid descriptor; flock has no other preconditions.
+    if unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(PinError::InUse(root.to_owned()));
+        }
+        return Err(PinError::Io {
+            operation: "lock",
+            path: root.to_owned(),
+            source,
+        });
+    }
+    Ok(directory)
 }
 
 /// What a pinned map must look like for this agent.
@@ -126,6 +153,7 @@ impl PinDir {
         }
         Ok(Self {
             root: root.to_owned(),
+            _lock: std::sync::Arc::new(lock(root)?),
         })
     }
 
@@ -217,6 +245,12 @@ pub struct Cleanup {
 /// Removes everything the agent pinned under `root` and every clsact filter
 /// of ours on `interfaces`. Safe to run twice; never touches anything else.
 pub fn cleanup(root: &Path, interfaces: &[String]) -> Result<Cleanup, PinError> {
+    // Refused while an agent uses the directory; held until the end.
+    let _lock = match lock(root) {
+        Ok(lock) => Some(lock),
+        Err(PinError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error),
+    };
     let mut removed = Cleanup::default();
     for interface in interfaces {
         for (attach_type, program) in [
