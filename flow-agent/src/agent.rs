@@ -411,6 +411,15 @@ impl<S: RecordSink> Agent<'_, S> {
             if self.names.contains_key(&link.index) && !self.removed.contains(&link.index) {
                 continue;
             }
+            if link.link_type == crate::interfaces::ARPHRD_LOOPBACK {
+                // A looped packet passes lo's egress and then its ingress, and
+                // egress comes first, so nothing marks it as counted.
+                warn!(
+                    interface = link.name,
+                    "skipping the loopback device: each packet would be counted twice"
+                );
+                continue;
+            }
             if !link.has_ethernet_header() {
                 warn!(
                     interface = link.name,

@@ -26,6 +26,9 @@ const NLM_F_DUMP: u16 = 0x300;
 
 /// `ARPHRD_ETHER`: an Ethernet device (veth, physical NICs, bridges).
 pub const ARPHRD_ETHER: u16 = 1;
+/// `AF_BRIDGE`: the family of bridge-port link messages.
+const AF_BRIDGE: u8 = 7;
+
 /// `ARPHRD_LOOPBACK`: the loopback device (its TC hooks see an Ethernet header).
 pub const ARPHRD_LOOPBACK: u16 = 772;
 
@@ -178,6 +181,10 @@ fn parse_messages(mut buffer: &[u8]) -> Result<Vec<Message>, InterfaceError> {
                     read_u32(body, 0).ok_or(InterfaceError::Malformed("truncated error"))?;
                 Message::Error(errno as i32)
             }
+            // Bridge-port notifications (family AF_BRIDGE) share the link
+            // group: a port leaving a bridge is an RTM_DELLINK of a link that
+            // still exists.
+            RTM_NEWLINK | RTM_DELLINK if body.first() == Some(&AF_BRIDGE) => Message::Other,
             RTM_NEWLINK | RTM_DELLINK => Message::Link {
                 message_type,
                 link: parse_link(body)?,
@@ -505,6 +512,30 @@ mod tests {
             }
         }
         body
+    }
+
+    #[test]
+    fn bridge_port_notifications_are_not_link_removals() {
+        // `ip link set veth-a nomaster`: an AF_BRIDGE RTM_DELLINK for a link
+        // that stays.
+        let mut bridge = link_body(7, ARPHRD_ETHER, Some("veth-a"));
+        bridge[0] = AF_BRIDGE;
+        let mut buffer = message(RTM_DELLINK, &bridge);
+        buffer.extend(message(RTM_NEWLINK, &bridge));
+        buffer.extend(message(
+            RTM_DELLINK,
+            &link_body(7, ARPHRD_ETHER, Some("veth-a")),
+        ));
+        let messages = parse_messages(&buffer).unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[..2], [Message::Other, Message::Other]);
+        assert!(matches!(
+            messages[2],
+            Message::Link {
+                message_type: RTM_DELLINK,
+                ..
+            }
+        ));
     }
 
     #[test]
