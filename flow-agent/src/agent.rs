@@ -601,7 +601,8 @@ impl<S: RecordSink> Agent<'_, S> {
             })
             .collect();
         if let Some(monitor) = &mut self.monitor {
-            for (connection, (blocked_by, count)) in monitor.mark(&mut records) {
+            let cache = self.enricher.as_ref().map(Enricher::cache);
+            for (connection, (blocked_by, count)) in monitor.mark(&mut records, cache) {
                 warn!(connection, blocked_by, records = count, "policy violation");
             }
         }

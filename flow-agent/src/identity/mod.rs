@@ -615,6 +615,17 @@ impl IdentityCache {
         self.pods.get(&tenure.uid).map(|entry| &entry.info)
     }
 
+    /// The pod that held `ip` at `at`, with its full labels and declared
+    /// ports (monitor mode evaluates policies against them).
+    pub fn pod_info_at(&self, ip: IpAddr, at: SystemTime) -> Option<&PodInfo> {
+        self.pod_at(ip, at)
+    }
+
+    /// A known namespace's labels.
+    pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(namespace).map(|info| &info.labels)
+    }
+
     /// The tenant of a namespace: its tenant label, or the namespace itself.
     pub fn tenant(&self, namespace: &str) -> String {
         self.namespaces

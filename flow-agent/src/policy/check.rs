@@ -12,7 +12,7 @@ use super::{
     graph::WorkloadRef,
 };
 use crate::{
-    identity::{Identity, PeerKind, Workload},
+    identity::{Identity, IdentityCache, PeerKind, Workload},
     record::{Endpoint, FlowRecord, Protocol, Timestamp},
 };
 
@@ -86,11 +86,7 @@ fn end_of(endpoint: &Endpoint, cluster: &mut ClusterView) -> End {
     } = &*endpoint.identity;
     match (kind, namespace, pod) {
         (Some(PeerKind::Pod), Some(namespace), Some(pod)) => {
-            if let Some(index) = cluster
-                .pods()
-                .iter()
-                .position(|known| known.namespace == *namespace && known.name == *pod)
-            {
+            if let Some(index) = cluster.pod_index(namespace, pod) {
                 return End::Pod(index);
             }
             let Workload { kind, name } = workload.clone().unwrap_or_else(|| Workload {
@@ -312,11 +308,16 @@ pub fn check(
 /// Pods the monitor remembers before it starts its view afresh (pod churn).
 const MONITOR_MAX_PODS: usize = 50_000;
 
+/// How long the monitor keeps what it learned of pods and namespaces before
+/// it asks the identity cache again (labels change).
+const MONITOR_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Monitor mode: marks records the approved policies would deny.
 #[derive(Debug)]
 pub struct Monitor {
     policies: Vec<NetworkPolicy>,
     cluster: ClusterView,
+    built: std::time::Instant,
     violations: u64,
 }
 
@@ -326,8 +327,54 @@ impl Monitor {
         Self {
             policies,
             cluster: ClusterView::new(),
+            built: std::time::Instant::now(),
             violations: 0,
         }
+    }
+
+    /// Adds an end's pod as the identity cache knows it: all its labels (not
+    /// only its workload's stable ones), its declared ports (named ports) and
+    /// its namespace's labels (namespace selectors).
+    fn learn_pod(&mut self, endpoint: &Endpoint, at: std::time::SystemTime, cache: &IdentityCache) {
+        let Identity {
+            kind: Some(PeerKind::Pod),
+            namespace: Some(namespace),
+            pod: Some(pod),
+            workload,
+            ..
+        } = &*endpoint.identity
+        else {
+            return;
+        };
+        if self.cluster.pod_index(namespace, pod).is_some() {
+            return;
+        }
+        let Some(info) = cache.pod_info_at(endpoint.ip, at) else {
+            return;
+        };
+        if info.namespace != *namespace || info.name != *pod {
+            return;
+        }
+        if let Some(labels) = cache.namespace_labels(namespace) {
+            self.cluster.set_namespace_labels(namespace, labels);
+        }
+        let Workload { kind, name } = workload.clone().unwrap_or_else(|| Workload {
+            kind: "Pod".to_owned(),
+            name: pod.clone(),
+        });
+        self.cluster.add_pod(PodView {
+            namespace: namespace.clone(),
+            name: pod.clone(),
+            labels: info.labels.clone(),
+            ips: info.ips.clone(),
+            ports: info.ports.clone(),
+            host_network: info.host_network,
+            workload: WorkloadRef {
+                namespace: namespace.clone(),
+                kind,
+                name,
+            },
+        });
     }
 
     /// Policies loaded.
@@ -343,9 +390,24 @@ impl Monitor {
     /// Sets `violation` on each request record the policies would deny;
     /// returns the distinct violations (`source -> destination proto/port`
     /// and why) with their record counts, for the log.
-    pub fn mark(&mut self, records: &mut [FlowRecord]) -> BTreeMap<String, (String, u64)> {
-        if self.cluster.pods().len() > MONITOR_MAX_PODS {
+    ///
+    /// With the agent's identity cache, pods are judged by their full labels,
+    /// declared ports and namespace labels; without, by what the records
+    /// carry (workload labels, namespace name).
+    pub fn mark(
+        &mut self,
+        records: &mut [FlowRecord],
+        cache: Option<&IdentityCache>,
+    ) -> BTreeMap<String, (String, u64)> {
+        if self.cluster.pods().len() > MONITOR_MAX_PODS || self.built.elapsed() > MONITOR_REFRESH {
             self.cluster = ClusterView::new();
+            self.built = std::time::Instant::now();
+        }
+        if let Some(cache) = cache {
+            for record in records.iter().filter(|record| !record.is_reply) {
+                self.learn_pod(&record.source, record.first_seen.0, cache);
+                self.learn_pod(&record.destination, record.first_seen.0, cache);
+            }
         }
         let outcomes = outcomes(records, &mut self.cluster, &self.policies);
         let mut distinct: BTreeMap<String, (String, u64)> = BTreeMap::new();
@@ -360,7 +422,8 @@ impl Monitor {
                 self.violations += 1;
                 let key = format!(
                     "{source} -> {destination} {}/{}",
-                    record.protocol, record.destination.port
+                    record.protocol,
+                    record.server_port()
                 );
                 distinct
                     .entry(key)
@@ -486,6 +549,106 @@ mod tests {
             (denial.destination.as_str(), denial.port),
             ("shop/(api)", 9090)
         );
+    }
+
+    #[test]
+    fn monitor_mode_judges_pods_by_the_identity_caches_labels_ports_and_namespaces() {
+        use std::time::Duration;
+
+        use crate::identity::{CacheEvent, IdentityConfig, inventory};
+
+        // web (namespace front, labelled team=shop) reaches api's named port
+        // `http` (8080). api's policy selects by a namespace label and a pod
+        // label that no workload template carries, and names the port.
+        let now = SystemTime::now();
+        let started = humantime::format_rfc3339_seconds(now - Duration::from_secs(60));
+        let pod = |namespace: &str, name: &str, ip: &str, labels: &str, ports: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, uid: {name}-uid, labels: {{{labels}}}}}\nspec:\n  nodeName: n\n  containers: [{{name: main, image: app{ports}}}]\nstatus:\n  phase: Running\n  startTime: \"{started}\"\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n"
+            )
+        };
+        let inventory_text = [
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: front, labels: {team: shop}}\n"
+                .to_owned(),
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: back}\n".to_owned(),
+            pod(
+                "front",
+                "web-1",
+                "10.0.0.1",
+                "app: web, canary: \"yes\"",
+                "",
+            ),
+            pod(
+                "back",
+                "api-1",
+                "10.0.0.2",
+                "app: api",
+                ", ports: [{name: http, containerPort: 8080}]",
+            ),
+        ]
+        .concat();
+        let inventory = inventory::parse(&inventory_text, "test.yaml");
+        assert!(inventory.errors.is_empty(), "{:?}", inventory.errors);
+        let mut cache = IdentityCache::new(IdentityConfig {
+            tenant_label: "tenant".to_owned(),
+            node_name: "n".to_owned(),
+            local_addresses: Vec::new(),
+            grace: Duration::from_secs(60),
+        });
+        for object in inventory.objects {
+            cache.apply(CacheEvent::Apply(object), now);
+        }
+        let policies_dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            policies_dir.path().join("api.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api, namespace: back}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: shop}}\n      podSelector: {matchLabels: {canary: \"yes\"}}\n    ports: [{port: http}]\n",
+        )
+        .unwrap();
+        let policies = crate::policy::evaluate::load_policies(policies_dir.path()).unwrap();
+        let endpoint = |ip: &str, port: u16| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            Endpoint {
+                ip,
+                port,
+                identity: Arc::new(cache.identify(ip, now)),
+                service: None,
+            }
+        };
+        let request = |port: u16| {
+            let mut record = record(endpoint("10.0.0.1", 40_000), endpoint("10.0.0.2", port), 6);
+            record.time = Timestamp(now);
+            record.first_seen = Timestamp(now);
+            record
+        };
+        assert_eq!(
+            request(8080).destination.identity.pod.as_deref(),
+            Some("api-1")
+        );
+
+        let mut monitor = Monitor::new(policies.clone());
+        let mut records = vec![request(8080), request(9090)];
+        let violations = monitor.mark(&mut records, Some(&cache));
+        assert_eq!(
+            records
+                .iter()
+                .map(|record| record.violation)
+                .collect::<Vec<_>>(),
+            [false, true],
+            "{violations:?}"
+        );
+        assert_eq!(monitor.violations(), 1);
+        assert_eq!(
+            violations.keys().collect::<Vec<_>>(),
+            ["front/web-1 -> back/api-1 TCP/9090"]
+        );
+
+        // Without the cache only the records' identities are known: neither
+        // the namespace label nor the named port, so the allowed connection
+        // looks like a violation.
+        let mut blind = Monitor::new(policies);
+        let mut records = vec![request(8080)];
+        blind.mark(&mut records, None);
+        assert!(records[0].violation);
     }
 
     #[test]

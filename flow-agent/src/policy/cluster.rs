@@ -5,7 +5,7 @@
 //! does not have.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -91,6 +91,8 @@ pub struct Selection {
 pub struct ClusterView {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<PodView>,
+    /// (namespace, name) → index in `pods`.
+    pod_index: HashMap<(String, String), usize>,
     workloads: BTreeMap<WorkloadRef, WorkloadView>,
 }
 
@@ -137,6 +139,8 @@ impl ClusterView {
             entry.tenant = Some(cache.tenant(&pod.namespace));
             entry.pods.push(index);
             entry.host_network |= pod.host_network;
+            view.pod_index
+                .insert((pod.namespace.clone(), pod.name.clone()), index);
             view.pods.push(PodView {
                 namespace: pod.namespace,
                 name: pod.name,
@@ -167,6 +171,10 @@ impl ClusterView {
             }
             self.namespace_entry(&workload.namespace);
             let index = self.pods.len();
+            self.pod_index.insert(
+                (workload.namespace.clone(), format!("({})", workload.name)),
+                index,
+            );
             self.pods.push(PodView {
                 namespace: workload.namespace.clone(),
                 name: format!("({})", workload.name),
@@ -222,9 +230,8 @@ impl ClusterView {
 
     /// The pod of this namespace and name.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodView> {
-        self.pods
-            .iter()
-            .find(|pod| pod.namespace == namespace && pod.name == name)
+        self.pod_index(namespace, name)
+            .map(|index| &self.pods[index])
     }
 
     /// Adds a pod (for checks of flows whose pods the inventory lacks).
@@ -242,8 +249,24 @@ impl ClusterView {
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect();
         }
+        self.pod_index
+            .insert((pod.namespace.clone(), pod.name.clone()), index);
         self.pods.push(pod);
         index
+    }
+
+    /// Where the pod of this namespace and name is in [`Self::pods`].
+    pub fn pod_index(&self, namespace: &str, name: &str) -> Option<usize> {
+        self.pod_index
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    /// Sets a namespace's labels (its name label is kept).
+    pub fn set_namespace_labels(&mut self, namespace: &str, labels: &BTreeMap<String, String>) {
+        let mut labels = labels.clone();
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned());
+        self.namespaces.insert(namespace.to_owned(), labels);
     }
 
     /// The smallest set of the workload's stable labels that selects its pods
