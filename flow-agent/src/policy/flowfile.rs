@@ -291,10 +291,20 @@ fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String
         (Some(a), Some(b)) => Some(a != b),
         _ => Some(false),
     };
-    let is_reply = flow
-        .get("is_reply")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    // Hubble leaves `is_reply` out when it does not know. Then only the
+    // packet itself can tell: a TCP SYN, SYN-ACK, or an ICMP echo. Anything
+    // else is skipped: taken for a request, a reply would become an edge
+    // from the server to the client's ephemeral port.
+    let has = |flag: &str| flags.iter().any(|set| set == flag);
+    let is_reply = match flow.get("is_reply").and_then(Value::as_bool) {
+        Some(known) => known,
+        None => match (protocol, icmp.map(|Icmp { icmp_type, .. }| icmp_type)) {
+            (6, _) if has("SYN") => has("ACK"),
+            (1, Some(8)) | (58, Some(128)) => false,
+            (1, Some(0)) | (58, Some(129)) => true,
+            _ => return Ok(None),
+        },
+    };
     let new_connection = !is_reply
         && match protocol {
             6 => flags.iter().any(|flag| flag == "SYN") && !flags.iter().any(|flag| flag == "ACK"),
@@ -303,8 +313,16 @@ fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String
     let node = text(flow, "node_name").unwrap_or_default().to_owned();
     // Hubble names the node `cluster/node`; keep the node.
     let node = node.rsplit('/').next().unwrap_or_default().to_owned();
-    for end in [&mut source, &mut destination] {
-        if end.identity.kind == Some(PeerKind::Host) {
+    // The node that observed the flow holds the host end, and the local end
+    // of the direction: the destination of INGRESS, the source of EGRESS
+    // (so the checker knows the node's own probes of its pods).
+    let direction = text(flow, "traffic_direction");
+    for (end, local) in [
+        (&mut source, direction == Some("EGRESS")),
+        (&mut destination, direction == Some("INGRESS")),
+    ] {
+        let is_pod = end.identity.kind == Some(PeerKind::Pod);
+        if end.identity.kind == Some(PeerKind::Host) || (local && is_pod && !node.is_empty()) {
             Arc::make_mut(&mut end.identity).node = Some(node.clone());
         }
     }
@@ -373,6 +391,55 @@ mod tests {
         assert_eq!(world.destination.identity.kind, Some(PeerKind::World));
         assert_eq!(world.source.identity.workload.as_ref().unwrap().kind, "Pod");
         assert_eq!(world.protocol, Protocol(17));
+    }
+
+    #[test]
+    fn hubble_flows_without_is_reply_are_told_by_the_packet_or_skipped() {
+        let unknown =
+            |from: &str, to: &str| HUBBLE.replace(",\"is_reply\":false", "").replace(from, to);
+        let syn = unknown("", "");
+        let syn_ack = unknown("{\"SYN\":true}", "{\"SYN\":true,\"ACK\":true}");
+        let ack = unknown("{\"SYN\":true}", "{\"ACK\":true}");
+        let echo = |icmp_type: u8| {
+            unknown(
+                "\"TCP\":{\"source_port\":51234,\"destination_port\":8080,\"flags\":{\"SYN\":true}}",
+                &format!("\"ICMPv4\":{{\"type\":{icmp_type},\"code\":0}}"),
+            )
+        };
+        let flows = read(
+            file(&[&syn, &syn_ack, &ack, &echo(8), &echo(0), &echo(3)]).path(),
+            "tenant",
+        )
+        .unwrap();
+        let replies: Vec<bool> = flows.records.iter().map(|record| record.is_reply).collect();
+        assert_eq!(replies, [false, true, false, true]);
+        assert_eq!(
+            flows
+                .records
+                .iter()
+                .map(|r| r.protocol.0)
+                .collect::<Vec<_>>(),
+            [6, 6, 1, 1]
+        );
+        assert_eq!(
+            flows.skipped, 2,
+            "a bare ACK and an unreachable say nothing"
+        );
+    }
+
+    #[test]
+    fn the_observing_node_holds_the_local_end_of_a_hubble_flow() {
+        // EGRESS: observed where the source runs.
+        let flows = read(file(&[HUBBLE]).path(), "tenant").unwrap();
+        let record = &flows.records[0];
+        assert_eq!(record.source.identity.node.as_deref(), Some("node-1"));
+        assert_eq!(record.destination.identity.node, None);
+        // INGRESS: where the destination runs.
+        let ingress = HUBBLE.replace("\"EGRESS\"", "\"INGRESS\"");
+        let flows = read(file(&[&ingress]).path(), "tenant").unwrap();
+        let record = &flows.records[0];
+        assert_eq!(record.source.identity.node, None);
+        assert_eq!(record.destination.identity.node.as_deref(), Some("node-1"));
     }
 
     #[test]
