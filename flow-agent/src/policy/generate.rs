@@ -38,7 +38,7 @@ use super::{
     cluster::{ClusterView, NAMESPACE_NAME_LABEL, Selection},
     graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
 };
-use crate::record::Protocol;
+use crate::{identity::PeerKind, record::Protocol};
 
 /// Consecutive observed ports that become one `port`/`endPort` range.
 pub const ENDPORT_MIN_RUN: usize = 3;
@@ -96,6 +96,14 @@ pub enum PeerSpec {
     },
     /// An address block.
     Cidr(String),
+    /// An address Cilium selects by entity, not by CIDR: `host` (the pod's
+    /// own node) or `kube-apiserver`. NetworkPolicy gets the address block.
+    Entity {
+        /// Cilium's entity name.
+        entity: String,
+        /// The observed address, as a block.
+        cidr: String,
+    },
 }
 
 /// A port entry of a rule.
@@ -281,6 +289,7 @@ fn peer_text(peer: &PeerSpec) -> String {
             format!("{namespace} pods {}", labels.join(","))
         }
         PeerSpec::Cidr(cidr) => cidr.clone(),
+        PeerSpec::Entity { entity, cidr } => format!("{cidr} ({entity})"),
     }
 }
 
@@ -390,7 +399,24 @@ pub fn propose(graph: &Graph, cluster: &ClusterView, options: &GenerateOptions) 
         // What each end looks like as the other's peer.
         let mut as_peer = |party: &Party, notes: &mut BTreeSet<Note>| -> Option<PeerSpec> {
             match party {
-                Party::Address { ip, .. } => Some(PeerSpec::Cidr(cidr(*ip))),
+                Party::Address { ip, kind } => Some(match kind {
+                    PeerKind::KubeApiserver => PeerSpec::Entity {
+                        entity: "kube-apiserver".to_owned(),
+                        cidr: cidr(*ip),
+                    },
+                    PeerKind::Host => PeerSpec::Entity {
+                        entity: "host".to_owned(),
+                        cidr: cidr(*ip),
+                    },
+                    PeerKind::RemoteNode if options.format == PolicyFormat::Cilium => {
+                        notes.insert(Note::Unselectable(format!(
+                            "{}: a node's address; Cilium matches it by toCIDR/fromCIDR only with policy-cidr-match-mode=nodes (otherwise allow the remote-node entity by hand, which admits every node)",
+                            edge_text(key)
+                        )));
+                        PeerSpec::Cidr(cidr(*ip))
+                    }
+                    _ => PeerSpec::Cidr(cidr(*ip)),
+                }),
                 Party::Workload(workload) if workload.kind == "Service" => {
                     notes.insert(Note::Unselectable(format!(
                         "{}: the Service's backends were not told apart; allow its pods by hand",
@@ -512,7 +538,7 @@ fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPeer {
             pod_selector: Some(match_labels(labels)),
             ip_block: None,
         },
-        PeerSpec::Cidr(cidr) => NetworkPolicyPeer {
+        PeerSpec::Cidr(cidr) | PeerSpec::Entity { cidr, .. } => NetworkPolicyPeer {
             ip_block: Some(IPBlock {
                 cidr: cidr.clone(),
                 except: None,
@@ -631,6 +657,10 @@ struct CiliumRule {
     #[serde(rename = "toCIDR", skip_serializing_if = "Option::is_none")]
     to_cidr: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    from_entities: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_entities: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     to_ports: Option<Vec<CiliumPorts>>,
 }
 
@@ -678,15 +708,24 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
                     );
                     Some(match_labels(&labels))
                 }
-                PeerSpec::Cidr(_) => None,
+                PeerSpec::Cidr(_) | PeerSpec::Entity { .. } => None,
             })
             .collect();
         let cidrs: Vec<String> = peers
             .iter()
             .filter_map(|peer| match peer {
                 PeerSpec::Cidr(cidr) => Some(cidr.clone()),
-                PeerSpec::Pods { .. } => None,
+                PeerSpec::Pods { .. } | PeerSpec::Entity { .. } => None,
             })
+            .collect();
+        let entities: Vec<String> = peers
+            .iter()
+            .filter_map(|peer| match peer {
+                PeerSpec::Entity { entity, .. } => Some(entity.clone()),
+                PeerSpec::Pods { .. } | PeerSpec::Cidr(_) => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         if !endpoints.is_empty() {
             out.push(if ingress {
@@ -713,6 +752,21 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
             } else {
                 CiliumRule {
                     to_cidr: Some(cidrs),
+                    to_ports: to_ports.clone(),
+                    ..CiliumRule::default()
+                }
+            });
+        }
+        if !entities.is_empty() {
+            out.push(if ingress {
+                CiliumRule {
+                    from_entities: Some(entities),
+                    to_ports: to_ports.clone(),
+                    ..CiliumRule::default()
+                }
+            } else {
+                CiliumRule {
+                    to_entities: Some(entities),
                     to_ports: to_ports.clone(),
                     ..CiliumRule::default()
                 }

@@ -585,3 +585,60 @@ fn exports_diff_against_the_previous_one_and_remove_only_their_own_files() {
         "{review}"
     );
 }
+
+#[test]
+fn cilium_selects_the_api_server_and_the_node_by_entity_and_flags_remote_nodes() {
+    let mut graph = Graph::new();
+    for (ip, port, kind) in [
+        ("20.1.2.3", 443, PeerKind::KubeApiserver),
+        ("10.224.0.4", 10250, PeerKind::Host),
+        ("10.224.0.5", 10250, PeerKind::RemoteNode),
+        ("203.0.113.9", 443, PeerKind::World),
+    ] {
+        graph.observe(&flow(web(40_000), address(ip, port, kind), TCP));
+    }
+    let view = view_of(&graph);
+    let cilium_options = GenerateOptions {
+        format: PolicyFormat::Cilium,
+        ..GenerateOptions::default()
+    };
+    let proposal = propose(&graph, &view, &cilium_options);
+    let text = &render(&proposal, PolicyFormat::Cilium)["shop.allow-deployment-web.yaml"];
+    let spec: serde_json::Value =
+        yaml_serde::from_str::<serde_json::Value>(text).unwrap()["spec"].clone();
+    let egress = spec["egress"].as_array().unwrap();
+    let rule_for = |port: &str, field: &str| -> Vec<String> {
+        egress
+            .iter()
+            .filter(|rule| rule["toPorts"][0]["ports"][0]["port"] == port)
+            .filter_map(|rule| rule[field].as_array())
+            .flatten()
+            .map(|value| value.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(rule_for("443", "toEntities"), ["kube-apiserver"]);
+    assert_eq!(rule_for("443", "toCIDR"), ["203.0.113.9/32"]);
+    assert_eq!(rule_for("10250", "toEntities"), ["host"]);
+    assert_eq!(rule_for("10250", "toCIDR"), ["10.224.0.5/32"]);
+    assert!(
+        proposal.notes.iter().any(|note| matches!(note, Note::Unselectable(text) if text.contains("policy-cidr-match-mode=nodes") && text.contains("10.224.0.5"))),
+        "{:?}",
+        proposal.notes
+    );
+
+    // NetworkPolicy has no entities: every address is an ipBlock, and the
+    // Cilium-only note is not there.
+    let proposal = propose(&graph, &view, &GenerateOptions::default());
+    let text = &render(&proposal, PolicyFormat::Networkpolicy)["shop.allow-deployment-web.yaml"];
+    for block in [
+        "20.1.2.3/32",
+        "10.224.0.4/32",
+        "10.224.0.5/32",
+        "203.0.113.9/32",
+    ] {
+        assert!(text.contains(&format!("cidr: {block}")), "{block}: {text}");
+    }
+    assert!(!proposal.notes.iter().any(
+        |note| matches!(note, Note::Unselectable(text) if text.contains("policy-cidr-match-mode"))
+    ));
+}
