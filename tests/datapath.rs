@@ -286,6 +286,16 @@ fn ipv6_extension_headers_are_walked() {
         assert_eq!(flow.key, key6(UDP, 5000, 53));
         assert_eq!(flow.bytes, 40 + 8 + 16 + 24 + 24 + 8 + 4);
 
+        // A 1 KiB Destination Options header puts UDP past what the direct
+        // reader reaches (1024 bytes) though the packet is all linear: read
+        // through bpf_skb_load_bytes, not called malformed.
+        let mut ip = Ipv6::new(A6, B6, UDP);
+        ip.extensions = vec![Extension::DestinationOptions(127)];
+        harness.ingress(&ip.frame(&udp(5001, 53, &[0; 4])));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key6(UDP, 5001, 53));
+        assert_eq!(flow.bytes, 40 + 1024 + 8 + 4);
+
         // Nine extension headers exceed the bounded walk: not counted, never dropped.
         let mut ip = Ipv6::new(A6, B6, UDP);
         ip.extensions = vec![Extension::DestinationOptions(0); 9];

@@ -126,8 +126,10 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let mut read_paged = paged_only;
     if !paged_only {
         result = parse::parse_linear(&linear, packet_len, &FRAGMENTS, is_gso, &mut packet);
-        // A header may lie in paged data rather than be missing.
-        read_paged = matches!(result, Err(ParseError::Malformed(_))) && linear.len() < packet_len;
+        // A header may lie in paged data, or beyond the 1024 bytes the direct
+        // reader reaches, rather than be missing.
+        read_paged = matches!(result, Err(ParseError::Malformed(_)))
+            && (linear.len() < packet_len || linear.len() > parse::LINEAR_REACH);
     }
     if read_paged {
         packet = Packet::default();

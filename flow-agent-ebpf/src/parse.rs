@@ -117,12 +117,15 @@ impl Linear {
     }
 }
 
+/// Offsets the direct reader reaches: its mask bounds them for the verifier.
+/// Headers almost always end well before; a packet whose headers do not is
+/// read again with [`Paged`].
+pub(crate) const LINEAR_REACH: usize = 1024;
+
 impl Reader for Linear {
     #[inline(always)]
     fn read<T>(&self, offset: usize) -> Option<T> {
-        // The mask bounds the offset for the verifier; headers parsed here end
-        // well before 1024 bytes.
-        let bounded = offset & 0x3ff;
+        let bounded = offset & (LINEAR_REACH - 1);
         if bounded != offset || self.start + bounded + size_of::<T>() > self.end {
             return None;
         }
