@@ -733,9 +733,12 @@ impl Datapath {
         ) {
             Ok(link) => link,
             Err(first_error) => {
-                // Priority 1 is taken by a filter of another kind: let the kernel
-                // pick a priority ahead of the existing filters.
-                debug!(interface, error = %first_error, "priority 1 unavailable, using automatic priority");
+                // Priority 1 is taken by a filter of another kind, and nothing
+                // runs ahead of priority 1: the kernel's automatic priority
+                // (49152 on an empty chain position) puts us behind it. What
+                // that filter redirects or drops is not seen; TCX (6.6+)
+                // avoids this.
+                warn!(interface, error = %first_error, "priority 1 is held by another filter; attaching behind it, packets it steers away are not counted");
                 classifier
                     .attach_with_options(
                         interface,
