@@ -369,6 +369,31 @@ fn ipv6_fragments_inherit_the_first_fragments_ports() {
         assert_eq!(flow.packets, 3);
         assert_eq!(flow.bytes, (40 + 8 + 64) + (40 + 8 + 44) + (40 + 8 + 10));
         harness.assert_counters(&[]);
+
+        // Destination Options after the Fragment header: every fragment's
+        // Fragment header names them (60), not UDP; the later fragment still
+        // joins the first's flow.
+        let mut first = Ipv6::new(A6, B6, UDP);
+        first.extensions = vec![
+            Extension::Fragment {
+                offset: 0,
+                more: true,
+                id: 0xfeed,
+            },
+            Extension::DestinationOptions(0),
+        ];
+        harness.ingress(&first.frame(&datagram[..64]));
+        let mut second = Ipv6::new(A6, B6, 60);
+        second.extensions = vec![Extension::Fragment {
+            offset: 9,
+            more: false,
+            id: 0xfeed,
+        }];
+        harness.ingress(&second.frame(&datagram[64..]));
+        let flow = harness.only_flow();
+        assert_eq!(flow.key, key6(UDP, 5000, 53));
+        assert_eq!(flow.packets, 2);
+        harness.assert_counters(&[]);
     }
 }
 

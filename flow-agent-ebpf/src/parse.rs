@@ -161,8 +161,12 @@ enum Fragment {
     /// Not fragmented.
     Whole,
     /// Offset zero, more fragments follow: carries the transport header.
-    First { id: u32 },
-    /// Non-zero offset: no transport header.
+    /// `next` is the protocol every fragment names (IPv4's protocol, the
+    /// IPv6 Fragment header's Next Header), which is not the transport
+    /// protocol when IPv6 extension headers follow the Fragment header.
+    First { id: u32, next: u8 },
+    /// Non-zero offset: no transport header; the datagram's protocol is
+    /// `Network::protocol`, as named in every fragment.
     Later { id: u32 },
 }
 
@@ -266,7 +270,10 @@ fn ipv4<R: Reader>(
     let fragment = if fragment_offset != 0 {
         Fragment::Later { id }
     } else if more_fragments {
-        Fragment::First { id }
+        Fragment::First {
+            id,
+            next: header[9],
+        }
     } else {
         Fragment::Whole
     };
@@ -332,7 +339,7 @@ fn ipv6<R: Reader>(
                 fragment = if offset_flags >> 3 != 0 {
                     Fragment::Later { id }
                 } else if offset_flags & 1 != 0 {
-                    Fragment::First { id }
+                    Fragment::First { id, next }
                 } else {
                     // An atomic fragment (RFC 6946): a whole datagram.
                     Fragment::Whole
@@ -405,8 +412,13 @@ fn transport<R: Reader>(
                 dst_port,
                 icmp_type,
                 icmp_code,
+                protocol: transport,
                 ..
             }) => {
+                // The first fragment read past any extension headers.
+                if transport != 0 {
+                    key.protocol = transport;
+                }
                 key.src_port = src_port;
                 key.dst_port = dst_port;
                 key.icmp_type = icmp_type;
@@ -460,12 +472,13 @@ fn transport<R: Reader>(
         _ => (0, 0),
     };
 
-    if let Fragment::First { id } = fragment {
+    if let Fragment::First { id, next } = fragment {
+        // Keyed by what later fragments name, holding what they lack.
         let fragment_key = FragmentKey {
             src_addr: key.src_addr,
             dst_addr: key.dst_addr,
             id,
-            protocol,
+            protocol: next,
             _pad: [0; 3],
         };
         let ports = FragmentPorts {
@@ -473,7 +486,8 @@ fn transport<R: Reader>(
             dst_port: key.dst_port,
             icmp_type: key.icmp_type,
             icmp_code: key.icmp_code,
-            _pad: [0; 2],
+            protocol,
+            _pad: 0,
         };
         // Best effort: if this fails, later fragments are counted without ports.
         let _ = fragments.insert(&fragment_key, &ports, 0);

@@ -221,8 +221,12 @@ pub struct FragmentPorts {
     pub icmp_type: u8,
     /// ICMP code of the datagram.
     pub icmp_code: u8,
+    /// Transport protocol of the datagram: later fragments name the
+    /// protocol after the Fragment header, which for IPv6 may be an
+    /// extension header. Zero in entries of agents before this field.
+    pub protocol: u8,
     /// Always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
 /// Indexes into the [`COUNTERS`] per-CPU array. Each counts packets.
@@ -340,6 +344,7 @@ mod tests {
         assert_eq!(offset_of!(FragmentKey, id), 32);
         assert_eq!(offset_of!(FragmentKey, protocol), 36);
         assert_eq!(size_of::<FragmentPorts>(), 8);
+        assert_eq!(offset_of!(FragmentPorts, protocol), 6);
     }
 
     #[test]
