@@ -497,3 +497,28 @@ fn a_pin_directory_in_use_is_refused_to_a_second_agent_and_to_cleanup() {
     assert!(cleanup.success, "{:?}", cleanup.stderr);
     assert!(!Path::new(&pin_dir).exists());
 }
+
+/// A pinned map of another shape (here a counter array from an agent that
+/// kept fewer counters) is refused with the cleanup hint, not half-used.
+#[test]
+fn a_pinned_counter_array_of_another_length_is_refused() {
+    require_root!();
+    let node = Node::new(1).unwrap();
+    let bpffs = Bpffs::mount();
+    let pin_dir = bpffs.pin_dir();
+    let maps = Path::new(&pin_dir).join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(4, 0)
+        .unwrap()
+        .pin(maps.join(flow_common::COUNTERS))
+        .unwrap();
+    let glob = node.glob();
+    let refused = common::cli::cli(&node, &["run", "-i", &glob, "--pin-dir", &pin_dir]);
+    assert!(!refused.success);
+    let stderr = refused.stderr.join("\n");
+    assert!(
+        stderr.contains("4 counters pinned, this agent keeps 9")
+            && stderr.contains("flow-agent cleanup --pin-dir"),
+        "{stderr}"
+    );
+}

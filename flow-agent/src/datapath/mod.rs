@@ -391,7 +391,20 @@ fn pinned_sizes(
         CONTROL,
         shape(MapType::Array, 4, size_of::<DatapathControl>()),
     )?;
-    pins.pinned_capacity(COUNTERS, shape(MapType::PerCpuArray, 4, 8))?;
+    // A pinned counter array of another length (an agent with fewer or more
+    // counters) would drop increments or fail every read.
+    if let Some(pinned) = pins.pinned_capacity(COUNTERS, shape(MapType::PerCpuArray, 4, 8))?
+        && pinned != Counter::COUNT
+    {
+        return Err(DatapathError::Pin(PinError::Incompatible {
+            path: pins.map(COUNTERS),
+            dir: pins.root().to_owned(),
+            problem: format!(
+                "{pinned} counters pinned, this agent keeps {}",
+                Counter::COUNT
+            ),
+        }));
+    }
     pins.pinned_capacity(COUNTED_INTERFACES, shape(MapType::Hash, 4, 1))?;
     pins.pinned_capacity(
         FRAGMENTS,
