@@ -84,6 +84,74 @@ fn udp_client(
         .unwrap()
 }
 
+/// Re-wires a node as a bridge plugin does (kubenet's cbr0, flannel's cni0):
+/// both host veths become ports of one bridge that holds the pods' gateways,
+/// so traffic between the two pods' subnets is routed by the bridge device.
+/// Returns the bridge's name.
+fn bridge_the_pods(node: &Node) -> String {
+    let bridge = format!("br{}", &node.prefix[2..]);
+    node.netns
+        .ip(&["link", "add", &bridge, "type", "bridge"])
+        .unwrap();
+    for (index, pod) in node.pods.iter().enumerate() {
+        let gateway = format!("10.{}.0.1/24", index + 1);
+        node.netns
+            .ip(&["addr", "del", &gateway, "dev", &pod.host_interface])
+            .unwrap();
+        node.netns
+            .ip(&["link", "set", &pod.host_interface, "master", &bridge])
+            .unwrap();
+        node.netns
+            .ip(&["addr", "add", &gateway, "dev", &bridge])
+            .unwrap();
+    }
+    node.netns.ip(&["link", "set", &bridge, "up"]).unwrap();
+    node.netns.wait_until_up(&bridge).unwrap();
+    bridge
+}
+
+#[test]
+fn a_packet_routed_by_a_bridge_between_two_watched_ports_is_counted_once() {
+    require_root!();
+    let node = Node::new(2).unwrap();
+    let bridge = bridge_the_pods(&node);
+    let agent = Agent::on(&node, FLUSH, &[]);
+    // The bridge is found as a master of watched ports, even one created
+    // after the agent started.
+    agent.wait_for_log(
+        "bridges whose every port is watched",
+        Duration::from_secs(5),
+    );
+    let b4 = IpAddr::V4(node.pods[1].ipv4);
+    let server = udp_echo_server(&node, 1, b4, 9000);
+    let port = udp_client(&node, 0, SocketAddr::new(b4, 9000), 25, 100, Duration::ZERO);
+    assert_eq!(server.join().unwrap().unwrap(), 25);
+    // A third port that no glob selects: the bridge is no longer trusted
+    // (its packets would be skipped uncounted), so it leaves the set.
+    node.netns
+        .ip(&[
+            "link", "add", "stray0", "type", "veth", "peer", "name", "stray1",
+        ])
+        .unwrap();
+    node.netns
+        .ip(&["link", "set", "stray0", "master", &bridge])
+        .unwrap();
+    agent.wait_for_log(
+        "what they route between ports is counted once bridges={}",
+        Duration::from_secs(5),
+    );
+    let output = agent.stop();
+    assert!(output.success);
+    let flows = totals(&output.records);
+    let a4 = node.pods[0].ipv4;
+    let (request, _) = flow(&flows, a4, port, b4, 9000, "UDP");
+    // Counted on pod A's port; skipped on pod B's, whose ingress interface
+    // is the bridge.
+    assert_eq!((request.packets, request.bytes), (25, 25 * 128));
+    let (reply, _) = flow(&flows, b4, 9000, a4, port, "UDP");
+    assert_eq!((reply.packets, reply.bytes), (25, 25 * 38));
+}
+
 #[test]
 fn udp_between_pods_on_one_node_is_counted_once_with_exact_bytes() {
     require_root!();

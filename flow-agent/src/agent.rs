@@ -145,6 +145,9 @@ struct Agent<'a, S> {
     /// has reported their last packets.
     names: HashMap<u32, String>,
     removed: Vec<u32>,
+    /// Every link's master (bridge), to find bridges all of whose ports are
+    /// attached.
+    masters: HashMap<u32, u32>,
     counters: DatapathCounters,
     summary: RunSummary,
 }
@@ -271,6 +274,10 @@ pub async fn run<S: RecordSink>(
         file_stats: file_stats.clone(),
         names: HashMap::new(),
         removed: Vec::new(),
+        masters: links
+            .iter()
+            .filter_map(|link| Some((link.index, link.master?)))
+            .collect(),
         counters: DatapathCounters::default(),
         summary: RunSummary::default(),
     };
@@ -281,6 +288,7 @@ pub async fn run<S: RecordSink>(
         return Err(AgentError::NothingAttached { interface, source });
     }
     agent.datapath.reconcile_pins();
+    agent.update_bridges();
     // Pinned counters carry an earlier agent's totals: count from here.
     agent.counters = agent.datapath.counters()?;
     if let Some(metrics) = &agent.metrics {
@@ -444,7 +452,49 @@ impl<S: RecordSink> Agent<'_, S> {
         failures
     }
 
+    /// Bridges all of whose ports are attached go into the counted set
+    /// ([`Datapath::set_bridges`]).
+    fn update_bridges(&mut self) {
+        let attached: std::collections::HashSet<u32> =
+            self.datapath.attached().map(|(index, _)| index).collect();
+        let mut complete: std::collections::BTreeMap<u32, bool> = std::collections::BTreeMap::new();
+        for (port, master) in &self.masters {
+            *complete.entry(*master).or_insert(true) &= attached.contains(port);
+        }
+        let bridges: std::collections::BTreeSet<u32> = complete
+            .into_iter()
+            .filter(|(master, all)| *all && !attached.contains(master))
+            .map(|(master, _)| master)
+            .collect();
+        if bridges != *self.datapath.bridges() {
+            info!(bridges = ?bridges, "bridges whose every port is watched: what they route between ports is counted once");
+            self.datapath.set_bridges(&bridges);
+        }
+    }
+
     fn on_link_events(&mut self, events: Vec<LinkEvent>) -> Result<(), AgentError> {
+        for event in &events {
+            match event {
+                LinkEvent::New(Link { index, master, .. }) => match master {
+                    Some(master) => {
+                        self.masters.insert(*index, *master);
+                    }
+                    None => {
+                        self.masters.remove(index);
+                    }
+                },
+                LinkEvent::Removed(Link { index, .. }) => {
+                    self.masters.remove(index);
+                }
+                LinkEvent::Resync => {}
+            }
+        }
+        let result = self.apply_link_events(events);
+        self.update_bridges();
+        result
+    }
+
+    fn apply_link_events(&mut self, events: Vec<LinkEvent>) -> Result<(), AgentError> {
         for event in events {
             match event {
                 LinkEvent::New(link) => self.on_new_link(link),
@@ -452,6 +502,10 @@ impl<S: RecordSink> Agent<'_, S> {
                 LinkEvent::Resync => {
                     warn!("link notifications overran; re-listing interfaces");
                     let links = list_links()?;
+                    self.masters = links
+                        .iter()
+                        .filter_map(|link| Some((link.index, link.master?)))
+                        .collect();
                     let present: Vec<u32> = links.iter().map(|link| link.index).collect();
                     let gone: Vec<(u32, String)> = self
                         .datapath

@@ -20,6 +20,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_MASTER: u16 = 10;
 const RTMGRP_LINK: u32 = 1;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
@@ -118,6 +119,8 @@ pub struct Link {
     pub name: String,
     /// Hardware type (`ARPHRD_*`).
     pub link_type: u16,
+    /// The bridge (or other master device) this link is a port of.
+    pub master: Option<u32>,
 }
 
 impl Link {
@@ -204,6 +207,7 @@ fn parse_link(body: &[u8]) -> Result<Link, InterfaceError> {
     let index = read_u32(body, 4).ok_or(InterfaceError::Malformed("truncated ifinfomsg"))?;
     let mut attributes = &body[IFINFOMSG_LEN..];
     let mut name = None;
+    let mut master = None;
     while attributes.len() >= 4 {
         let length = usize::from(read_u16(attributes, 0).unwrap_or(0));
         let kind = read_u16(attributes, 2).unwrap_or(0);
@@ -222,12 +226,16 @@ fn parse_link(body: &[u8]) -> Result<Link, InterfaceError> {
                     .to_owned(),
             );
         }
+        if kind == IFLA_MASTER {
+            master = read_u32(&attributes[..length], 4).filter(|&master| master != 0);
+        }
         attributes = attributes.get(align4(length)..).unwrap_or_default();
     }
     Ok(Link {
         index,
         name: name.ok_or(InterfaceError::Malformed("link without a name"))?,
         link_type,
+        master,
     })
 }
 
@@ -515,6 +523,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bridge_port_names_its_master() {
+        let mut body = link_body(7, ARPHRD_ETHER, Some("veth-a"));
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&IFLA_MASTER.to_ne_bytes());
+        body.extend_from_slice(&42u32.to_ne_bytes());
+        let messages = parse_messages(&message(RTM_NEWLINK, &body)).unwrap();
+        assert!(
+            matches!(&messages[0], Message::Link { link, .. } if link.master == Some(42)),
+            "{messages:?}"
+        );
+        // IFLA_MASTER 0 (`nomaster`) is no master.
+        let mut body = link_body(7, ARPHRD_ETHER, Some("veth-a"));
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&IFLA_MASTER.to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        let messages = parse_messages(&message(RTM_NEWLINK, &body)).unwrap();
+        assert!(
+            matches!(&messages[0], Message::Link { link, .. } if link.master.is_none()),
+            "{messages:?}"
+        );
+    }
+
+    #[test]
     fn bridge_port_notifications_are_not_link_removals() {
         // `ip link set veth-a nomaster`: an AF_BRIDGE RTM_DELLINK for a link
         // that stays.
@@ -555,7 +586,8 @@ mod tests {
                     link: Link {
                         index: 7,
                         name: "veth-a".into(),
-                        link_type: ARPHRD_ETHER
+                        link_type: ARPHRD_ETHER,
+                        master: None,
                     }
                 },
                 Message::Link {
@@ -563,7 +595,8 @@ mod tests {
                     link: Link {
                         index: 9,
                         name: "lo".into(),
-                        link_type: ARPHRD_LOOPBACK
+                        link_type: ARPHRD_LOOPBACK,
+                        master: None,
                     }
                 },
                 Message::Done,

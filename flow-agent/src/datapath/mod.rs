@@ -22,7 +22,12 @@
 pub mod pin;
 mod sys;
 
-use std::{collections::BTreeMap, io, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    os::fd::AsFd as _,
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -298,6 +303,9 @@ pub struct Datapath {
     control: Array<MapData, DatapathControl>,
     counters: PerCpuArray<MapData, u64>,
     counted_interfaces: BpfHashMap<MapData, u32, u8>,
+    /// Bridges whose every port is attached: in the counted set too (see
+    /// [`Datapath::set_bridges`]).
+    bridges: BTreeSet<u32>,
     spill: RingBuf<MapData>,
     barrier: sys::RcuBarrier,
     epoch: u32,
@@ -526,6 +534,7 @@ impl Datapath {
             control,
             counters,
             counted_interfaces,
+            bridges: BTreeSet::new(),
             spill,
             barrier,
             epoch,
@@ -852,6 +861,47 @@ impl Datapath {
         }
     }
 
+    /// Bridges in the counted set.
+    pub fn bridges(&self) -> &BTreeSet<u32> {
+        &self.bridges
+    }
+
+    /// Marks bridges whose every port is attached as counted, and unmarks the
+    /// others.
+    ///
+    /// A packet a pod sends to its gateway's address on a bridge (a routed
+    /// or DNATed connection: another subnet, a Service) is counted on the
+    /// port's ingress, passed up to the bridge device, which becomes its
+    /// ingress interface, routed, and sent out through another port: that
+    /// port's egress program skips it only if the bridge is in the counted
+    /// set. Only bridges without unwatched ports qualify, or packets of an
+    /// unwatched port would be skipped without ever being counted.
+    pub fn set_bridges(&mut self, bridges: &BTreeSet<u32>) {
+        for &index in self.bridges.difference(bridges) {
+            if !self.attachments.contains_key(&index)
+                && let Err(error) = self.counted_interfaces.remove(&index)
+            {
+                debug!(index, %error, "bridge was not in the counted set");
+            }
+        }
+        let mut kept = BTreeSet::new();
+        for &index in bridges {
+            if self.bridges.contains(&index) {
+                kept.insert(index);
+                continue;
+            }
+            match self.counted_interfaces.insert(index, 2, 0) {
+                Ok(()) => {
+                    kept.insert(index);
+                }
+                Err(error) => {
+                    warn!(index, %error, "cannot mark a bridge as counted; packets it routes between pods are counted twice")
+                }
+            }
+        }
+        self.bridges = kept;
+    }
+
     /// After the first attach with pinning: removes the pins and counted-set
     /// entries of interfaces this agent does not attach to (gone, renamed out
     /// of the selection), so nothing is left counting for nobody and no
@@ -877,7 +927,7 @@ impl Datapath {
             .counted_interfaces
             .keys()
             .filter_map(Result::ok)
-            .filter(|index| !self.attachments.contains_key(index))
+            .filter(|index| !self.attachments.contains_key(index) && !self.bridges.contains(index))
             .collect();
         for index in stale {
             let _ = self.counted_interfaces.remove(&index);
