@@ -41,6 +41,9 @@ use crate::{
 /// subscribers before their connections are dropped.
 const API_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// At most one log line about early drains per this interval.
+const EARLY_DRAIN_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How often the active flow map's fill is checked: a map that is half full is
 /// drained at once instead of at the next flush, so bursts of new flows do not
 /// spill.
@@ -145,6 +148,8 @@ struct Agent<'a, S> {
     /// has reported their last packets.
     names: HashMap<u32, String>,
     removed: Vec<u32>,
+    /// Early drains not yet logged, and when the last line was.
+    early_drains: (u64, Option<Instant>),
     /// Every link's master (bridge), to find bridges all of whose ports are
     /// attached.
     masters: HashMap<u32, u32>,
@@ -274,6 +279,7 @@ pub async fn run<S: RecordSink>(
         file_stats: file_stats.clone(),
         names: HashMap::new(),
         removed: Vec::new(),
+        early_drains: (0, None),
         masters: links
             .iter()
             .filter_map(|link| Some((link.index, link.master?)))
@@ -378,7 +384,7 @@ impl<S: RecordSink> Agent<'_, S> {
                 _ = ticker.tick() => self.flush()?,
                 _ = pressure.tick() => {
                     if self.datapath.needs_early_drain()? {
-                        debug!(map_size = self.datapath.map_entries(), "flow map half full: draining early");
+                        self.note_early_drain();
                         self.flush()?;
                         ticker.reset();
                     }
@@ -751,6 +757,22 @@ impl<S: RecordSink> Agent<'_, S> {
             enricher.annotate(&mut record, translation, first_seen);
         }
         record
+    }
+
+    /// Map pressure in the log: the first early drain, then at most one line
+    /// a minute with how many there were, never one per drain.
+    fn note_early_drain(&mut self) {
+        let (count, last) = &mut self.early_drains;
+        *count += 1;
+        if last.is_none_or(|last| last.elapsed() >= EARLY_DRAIN_LOG_INTERVAL) {
+            info!(
+                map_size = self.datapath.map_entries(),
+                early_drains = *count,
+                "flow map half full before the flush interval: draining early (a larger --map-size or a shorter --flush-interval avoids it)"
+            );
+            *count = 0;
+            *last = Some(Instant::now());
+        }
     }
 
     /// Warns when packets could not go into the flow map, and how many were lost.
