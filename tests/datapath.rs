@@ -415,6 +415,20 @@ fn gso_super_packet_counts_its_segments() {
         let flow = harness.only_flow();
         assert_eq!(flow.packets, 3);
         assert_eq!(flow.bytes, 3 * (20 + 32 + 800));
+
+        // Untrusted GSO (a VM's virtio or a tap device) comes with gso_segs 0:
+        // 2,000 payload bytes at 800 a segment are three segments, the last
+        // one short.
+        let frame = Ipv4::new(A4, B4, TCP).frame(&tcp(40001, 80, ACK, 12, &[0; 2000]));
+        let context = SkbContext {
+            gso_segs: 0,
+            gso_size: 800,
+            ..SkbContext::default()
+        };
+        harness.run(Direction::Ingress, &frame, Some(context));
+        let flow = harness.only_flow();
+        assert_eq!(flow.packets, 3);
+        assert_eq!(flow.bytes, 3 * (20 + 32) + 2000);
     }
 }
 

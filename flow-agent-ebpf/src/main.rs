@@ -104,8 +104,14 @@ fn bump(counter: Counter) {
 fn observe(ctx: &TcContext, direction: Direction) {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is valid for the whole program run.
-    let (ifindex, ingress_ifindex, gso_segs) =
-        unsafe { ((*skb).ifindex, (*skb).ingress_ifindex, (*skb).gso_segs) };
+    let (ifindex, ingress_ifindex, gso_segs, gso_size) = unsafe {
+        (
+            (*skb).ifindex,
+            (*skb).ingress_ifindex,
+            (*skb).gso_segs,
+            (*skb).gso_size,
+        )
+    };
 
     if direction == Direction::Egress
         && ingress_ifindex != 0
@@ -166,10 +172,18 @@ fn observe(ctx: &TcContext, direction: Direction) {
         fragment_without_ports: _,
     } = packet;
     // A GSO/GRO super-packet stands for `gso_segs` packets on the wire, each of
-    // which repeats the IP and transport headers.
-    let (packets, bytes) = if gso_segs > 1 {
-        let extra = u64::from(gso_segs - 1) * u64::from(headers_len);
-        (u64::from(gso_segs), u64::from(ip_len) + extra)
+    // which repeats the IP and transport headers. Untrusted GSO (SKB_GSO_DODGY:
+    // tap, virtio, packet sockets with a vnet header) arrives with gso_segs 0:
+    // the kernel computes it only when it segments, so count as it will.
+    let segments = if gso_segs == 0 && gso_size != 0 {
+        let payload = ip_len.saturating_sub(headers_len);
+        payload.div_ceil(gso_size)
+    } else {
+        gso_segs
+    };
+    let (packets, bytes) = if segments > 1 {
+        let extra = u64::from(segments - 1) * u64::from(headers_len);
+        (u64::from(segments), u64::from(ip_len) + extra)
     } else {
         (1, u64::from(ip_len))
     };
