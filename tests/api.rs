@@ -921,6 +921,23 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
         ],
     );
     assert_eq!(admin, records);
+    // Status: the admin sees the node's figures; a tenant only the node's
+    // health and its own losses, nothing that tells of other tenants.
+    let admin = status(node, &["--token", "ops-secret"]);
+    assert!(admin["interfaces"].starts_with("4 ("), "{admin:?}");
+    assert_ne!(admin["flows seen"], "0");
+    let tenant = status(node, &["--token", "globex-secret"]);
+    assert_eq!(
+        (
+            tenant["interfaces"].as_str(),
+            tenant["flows seen"].as_str(),
+            tenant["subscribers"].as_str(),
+            tenant["lost records"].as_str(),
+        ),
+        ("0 ()", "0", "0", "0"),
+        "{tenant:?}"
+    );
+    assert_eq!(tenant["node"], admin["node"]);
     let refused = observe_refused(node, &["--server", API, "--token", "guess"]);
     assert!(
         refused.contains("Unauthenticated") && refused.contains("unknown token"),

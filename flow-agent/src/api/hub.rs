@@ -124,6 +124,12 @@ impl<T: Timed> Channel<T> {
                 .or_default() += 1;
         };
         self.subscribers.retain_mut(|subscriber| {
+            // A client that went away is dropped here, not only when a
+            // record it accepts fails to send: one whose filter never
+            // matches again would otherwise stay forever.
+            if subscriber.sender.is_closed() {
+                return false;
+            }
             if !(subscriber.accept)(&item) {
                 return true;
             }
@@ -620,6 +626,12 @@ mod tests {
             .subscribe_flows(0, None, true, "test", |_| true)
             .live
             .unwrap();
+        // One whose filter never matches again is dropped all the same.
+        let never = hub
+            .subscribe_flows(0, None, true, "test", |_| false)
+            .live
+            .unwrap();
+        drop(never);
         hub.publish_flows(&[record(1, 1)]);
         assert_eq!(hub.status("v").subscribers, 1);
         hub.close();

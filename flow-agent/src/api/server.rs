@@ -233,8 +233,20 @@ impl FlowService for FlowApi {
         &self,
         request: Request<ServerStatusRequest>,
     ) -> Result<Response<ServerStatusResponse>, Status> {
-        self.access.scope(&request)?;
-        Ok(Response::new(self.hub.status(env!("CARGO_PKG_VERSION"))))
+        let (scope, client) = self.access.caller(&request)?;
+        let mut status = self.hub.status(env!("CARGO_PKG_VERSION"));
+        if let Scope::Tenant(_) = scope {
+            // Node-wide figures tell of other tenants' pods and traffic: a
+            // tenant sees the node's health and its own losses only.
+            status.interfaces.clear();
+            status.flows_seen = 0;
+            status.flows_in_buffer = 0;
+            status.subscribers = 0;
+            status.graph_edges = 0;
+            status.violations = 0;
+            status.lost_records = self.hub.lost_by_client().get(&client).copied().unwrap_or(0);
+        }
+        Ok(Response::new(status))
     }
 }
 
