@@ -329,6 +329,7 @@ pub fn aggregates_request(
                 && filter.protocol.is_empty()
                 && filter.direction == 0
                 && !filter.cross_tenant_only
+                && !filter.violation_only
                 && filter.either.as_ref().is_none_or(|either| {
                     either
                         == &EndpointFilter {
@@ -1208,9 +1209,16 @@ mod tests {
             (request.number, request.tenant),
             (3, vec!["acme".to_owned()])
         );
-        let error = aggregates_request(&observe_args(&["--aggregates", "--namespace", "x"]), now)
-            .unwrap_err();
-        assert!(error.to_string().contains("only --tenant"), "{error}");
+        for flags in [
+            ["--aggregates", "--namespace", "x"].as_slice(),
+            ["--aggregates", "--violations"].as_slice(),
+        ] {
+            let error = aggregates_request(&observe_args(flags), now).unwrap_err();
+            assert!(
+                error.to_string().contains("only --tenant"),
+                "{flags:?}: {error}"
+            );
+        }
         let error = aggregates_request(&observe_args(&["--aggregates", "-o", "hubble-json"]), now)
             .unwrap_err();
         assert!(error.to_string().contains("Hubble"), "{error}");

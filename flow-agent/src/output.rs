@@ -240,7 +240,10 @@ impl RecordSink for FileSink {
         let Some(sender) = &self.sender else {
             return Ok(());
         };
-        if pending + size > FILE_PENDING_LIMIT {
+        // The limit is on what waits behind a slow writer: a batch larger
+        // than the limit is still taken when nothing waits (one drain of a
+        // large map), so that a busy interval is not dropped on a fast disk.
+        if pending > 0 && pending + size > FILE_PENDING_LIMIT {
             self.drop_batch(count);
             return Ok(());
         }
@@ -548,6 +551,27 @@ mod tests {
             error.to_string().contains("/nonexistent-dir/flows.jsonl"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_pending_limit_is_written_when_nothing_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let mut sink = FileSink::open(FileSinkSettings {
+            path: path.clone(),
+            max_bytes: 1 << 30,
+            keep: 1,
+        })
+        .unwrap();
+        // One drain's worth beyond the limit (here one oversized record).
+        let mut big = record(10_001);
+        big.interface = "x".repeat(FILE_PENDING_LIMIT as usize + 1);
+        sink.flows(&[big]).unwrap();
+        let stats = sink.stats();
+        drop(sink);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 1);
+        assert!(std::fs::metadata(&path).unwrap().len() > FILE_PENDING_LIMIT);
     }
 
     #[test]

@@ -124,6 +124,13 @@ impl AccessPolicy {
             if name.is_empty() {
                 return Err(invalid(format!("clients[{index}].name: empty")));
             }
+            // A name given twice would silently take the later scope (a
+            // tenant turned admin by a copy-paste).
+            if policy.clients.contains_key(&name) {
+                return Err(invalid(format!(
+                    "clients[{index}].name: {name:?} is already listed"
+                )));
+            }
             policy.clients.insert(name, scope);
         }
         for (
@@ -141,6 +148,11 @@ impl AccessPolicy {
                     "tokens[{index}].sha256: {sha256:?} is not 64 hex digits"
                 ))
             })?;
+            if policy.tokens.contains_key(&digest) {
+                return Err(invalid(format!(
+                    "tokens[{index}].sha256: this token is already listed"
+                )));
+            }
             policy.tokens.insert(digest, scope);
         }
         Ok(policy)
@@ -273,6 +285,17 @@ mod tests {
             ),
             ("tokens:\n- {sha256: abc, tenant: x}\n", "tokens[0].sha256"),
             ("clientz: []\n", "clientz"),
+            (
+                "clients:\n- {name: a, tenant: x}\n- {name: a, admin: true}\n",
+                "clients[1].name: \"a\" is already listed",
+            ),
+            (
+                &format!(
+                    "tokens:\n- {{sha256: {0}, tenant: x}}\n- {{sha256: {0}, admin: true}}\n",
+                    "ab".repeat(32)
+                ),
+                "tokens[1].sha256: this token is already listed",
+            ),
         ];
         for (text, expected) in cases {
             let error = AccessPolicy::parse(text, "access.yaml")
