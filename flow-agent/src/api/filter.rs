@@ -298,6 +298,23 @@ impl FlowMatcher {
         allow: &[proto::FlowFilter],
         deny: &[proto::FlowFilter],
     ) -> Result<Self, FilterError> {
+        // Filters run on every published record, under the hub's lock: a
+        // request cannot make that arbitrarily expensive.
+        for (filters, list) in [(allow, "allow"), (deny, "deny")] {
+            if filters.len() > MAX_FILTERS {
+                return Err(FilterError {
+                    field: list.to_owned(),
+                    problem: format!("{} filters; at most {MAX_FILTERS}", filters.len()),
+                });
+            }
+        }
+        let values: usize = allow.iter().chain(deny).map(filter_values).sum();
+        if values > MAX_FILTER_VALUES {
+            return Err(FilterError {
+                field: "allow, deny".to_owned(),
+                problem: format!("{values} values in all; at most {MAX_FILTER_VALUES}"),
+            });
+        }
         let compile = |filters: &[proto::FlowFilter], list: &str| {
             filters
                 .iter()
@@ -316,6 +333,39 @@ impl FlowMatcher {
         (self.allow.is_empty() || self.allow.iter().any(|matcher| matcher.matches(record)))
             && !self.deny.iter().any(|matcher| matcher.matches(record))
     }
+}
+
+/// Most filters in `allow` or in `deny`.
+pub const MAX_FILTERS: usize = 64;
+
+/// Most values (namespaces, addresses, ports, ...) in all filters of a request.
+pub const MAX_FILTER_VALUES: usize = 1024;
+
+fn filter_values(filter: &proto::FlowFilter) -> usize {
+    let endpoint = |endpoint: Option<&proto::EndpointFilter>| {
+        endpoint.map_or(0, |endpoint| {
+            let proto::EndpointFilter {
+                namespace,
+                tenant,
+                workload,
+                pod,
+                ip,
+                port,
+                label,
+            } = endpoint;
+            namespace.len()
+                + tenant.len()
+                + workload.len()
+                + pod.len()
+                + ip.len()
+                + port.len()
+                + label.len()
+        })
+    };
+    endpoint(filter.either.as_ref())
+        + endpoint(filter.source.as_ref())
+        + endpoint(filter.destination.as_ref())
+        + filter.protocol.len()
 }
 
 /// What a caller may see: everything, or flows with one end in its tenant.
@@ -519,6 +569,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.field, "deny[1].protocol[0]");
+    }
+
+    #[test]
+    fn a_request_cannot_make_filtering_arbitrarily_expensive() {
+        let many = vec![proto::FlowFilter::default(); MAX_FILTERS + 1];
+        let error = FlowMatcher::compile(&[], &many).unwrap_err();
+        assert_eq!(error.field, "deny");
+        assert!(error.problem.contains("at most 64"), "{error}");
+        let ports =
+            |count: usize| filter(|f| f.either = either(|e| e.port = (1..=count as u32).collect()));
+        assert!(FlowMatcher::compile(&[ports(MAX_FILTER_VALUES)], &[]).is_ok());
+        let error = FlowMatcher::compile(&[ports(MAX_FILTER_VALUES)], &[ports(1)]).unwrap_err();
+        assert!(error.problem.contains("1025 values"), "{error}");
     }
 
     #[test]

@@ -177,6 +177,13 @@ impl FlowService for FlowApi {
             follow,
             tenant,
         } = request.into_inner();
+        if tenant.len() > super::filter::MAX_FILTER_VALUES {
+            return Err(Status::invalid_argument(format!(
+                "tenant: {} values; at most {}",
+                tenant.len(),
+                super::filter::MAX_FILTER_VALUES
+            )));
+        }
         let subscription = self.hub.subscribe_aggregates(
             number(count)?,
             since(from)?,
