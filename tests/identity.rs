@@ -304,3 +304,165 @@ fn inventory_changes_are_picked_up_while_running() {
         "loaded at start and once more after the change"
     );
 }
+
+/// A Service backend on another node. The request leaves through the node's
+/// uplink (which no glob selects) and the reply comes back through it,
+/// un-DNATed by conntrack before the client's veth sees it: its source is the
+/// Service address. The agent rewrites that source to the backend, so the
+/// reply pairs with the request instead of looking like a new connection
+/// from the Service.
+#[test]
+fn replies_of_a_backend_on_another_node_pair_with_the_request() {
+    use flow_lab::{
+        Node,
+        cluster::{Controller, Inventory},
+    };
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+
+    require_root!();
+    if flow_lab::run("nft", &["--version"]).is_err() {
+        assert!(std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none());
+        eprintln!("skipping: nft is not installed");
+        return;
+    }
+    const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+    let here = Node::new(1).unwrap();
+    let there = Node::new(2).unwrap();
+    let backend = there.pods[1].ipv4;
+    let uplink = format!("up{}", &here.prefix[2..]);
+    flow_lab::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &uplink,
+            "netns",
+            &here.netns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            &there.netns.name,
+        ],
+    )
+    .unwrap();
+    here.netns
+        .ip(&["addr", "add", "192.168.77.1/30", "dev", &uplink])
+        .unwrap();
+    there
+        .netns
+        .ip(&["addr", "add", "192.168.77.2/30", "dev", "uplink"])
+        .unwrap();
+    here.netns.ip(&["link", "set", &uplink, "up"]).unwrap();
+    there.netns.ip(&["link", "set", "uplink", "up"]).unwrap();
+    here.netns.wait_until_up(&uplink).unwrap();
+    there.netns.wait_until_up("uplink").unwrap();
+    here.netns
+        .ip(&["route", "add", "10.2.0.0/24", "via", "192.168.77.2"])
+        .unwrap();
+    // The other node's own first pod has 10.1.0.0/24: the client's /32 wins.
+    let client_route = format!("{}/32", here.pods[0].ipv4);
+    there
+        .netns
+        .ip(&["route", "add", &client_route, "via", "192.168.77.1"])
+        .unwrap();
+    here.dnat(SERVICE, 53, "udp", backend, 5353).unwrap();
+    let mut inventory = Inventory::new();
+    inventory
+        .namespace("apps", None)
+        .workload(
+            "apps",
+            "client",
+            Controller::Deployment { hash: "1a2b" },
+            &[("app", "client")],
+            &[&here.pods[0]],
+            "test-node",
+        )
+        .workload(
+            "apps",
+            "dns",
+            Controller::Deployment { hash: "3c4d" },
+            &[("app", "dns")],
+            &[&there.pods[1]],
+            "node-b",
+        )
+        .service(
+            "apps",
+            "dns",
+            SERVICE,
+            ("dns", 53, "UDP"),
+            "5353",
+            5353,
+            &[("dns-3c4d-p000".to_owned(), IpAddr::V4(backend))],
+        );
+    let path = std::env::temp_dir().join(format!("{}-inventory.yaml", here.netns.name));
+    std::fs::write(&path, inventory.yaml()).unwrap();
+    let agent = Agent::on(&here, "200ms", &["--inventory", path.to_str().unwrap()]);
+    agent.wait_for_log("inventory loaded", Duration::from_secs(2));
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = there.pods[1].netns.spawn(move || {
+        let socket = UdpSocket::bind((backend, 5353)).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buffer = [0u8; 512];
+        for _ in 0..3 {
+            let (_, peer) = socket.recv_from(&mut buffer).unwrap();
+            socket.send_to(&buffer[..20], peer).unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    let client_port = here.pods[0]
+        .netns
+        .run(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            let mut buffer = [0u8; 64];
+            for _ in 0..3 {
+                socket
+                    .send_to(&[5u8; 100], SocketAddr::from((SERVICE, 53)))
+                    .unwrap();
+                socket.recv_from(&mut buffer).unwrap();
+            }
+            socket.local_addr().unwrap().port()
+        })
+        .unwrap();
+    server.join().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let output = agent.stop();
+    let _ = std::fs::remove_file(&path);
+    let client = IpAddr::V4(here.pods[0].ipv4);
+    let requests = find(&output.records, |r| {
+        r.source.ip == client && r.source.port == client_port
+    });
+    let replies = find(&output.records, |r| {
+        r.destination.ip == client && r.destination.port == client_port
+    });
+    let total = |records: &[&FlowRecord]| records.iter().map(|r| r.packets).sum::<u64>();
+    assert_eq!(total(&requests), 3, "{:#?}", output.records);
+    assert_eq!(total(&replies), 3, "{:#?}", output.records);
+    for request in &requests {
+        assert!(!request.is_reply);
+        assert_eq!(
+            (request.destination.ip, request.destination.port),
+            (IpAddr::V4(backend), 5353)
+        );
+        assert_eq!(request.destination.service.as_ref().unwrap().name, "dns");
+    }
+    for reply in &replies {
+        assert!(reply.is_reply, "{reply:#?}");
+        assert!(!reply.new_connection);
+        assert_eq!(
+            (reply.source.ip, reply.source.port),
+            (IpAddr::V4(backend), 5353)
+        );
+        assert_eq!(reply.source.identity.pod.as_deref(), Some("dns-3c4d-p000"));
+        assert_eq!(
+            reply.source.identity.workload,
+            workload("Deployment", "dns")
+        );
+    }
+}

@@ -84,6 +84,11 @@ impl Enricher {
     /// Rewrites the destination of samples sent to a Service address to the
     /// backend conntrack reports, so that requests and replies (which come from
     /// the backend) pair up. Returns each sample's translation.
+    ///
+    /// Replies from a backend on another node enter through an interface that
+    /// is not watched and are un-DNATed before a pod's veth sees them: their
+    /// source is the Service address. Those get their source rewritten to the
+    /// backend the same way, so they pair with the translated request.
     pub fn translate(&mut self, samples: &mut [FlowSample]) -> Vec<Option<Translation>> {
         samples
             .iter_mut()
@@ -91,9 +96,13 @@ impl Enricher {
                 let key = &mut sample.key;
                 let protocol = Protocol(key.protocol);
                 let destination = ip_from_key(key.dst_addr);
-                let target = self
+                let Some(target) = self
                     .cache
-                    .service_target(destination, key.dst_port, protocol)?;
+                    .service_target(destination, key.dst_port, protocol)
+                else {
+                    self.translate_reply_source(key, protocol);
+                    return None;
+                };
                 let original = Tuple {
                     src: ip_from_key(key.src_addr),
                     src_port: key.src_port,
@@ -121,6 +130,38 @@ impl Enricher {
                 Some(Translation { target, backend })
             })
             .collect()
+    }
+
+    /// A sample whose source is a Service address: a reply un-DNATed by the
+    /// node. Its connection's original tuple is the client's request to the
+    /// Service; conntrack's reply source for it is the backend.
+    fn translate_reply_source(&mut self, key: &mut flow_common::FlowKey, protocol: Protocol) {
+        let source = ip_from_key(key.src_addr);
+        if self
+            .cache
+            .service_target(source, key.src_port, protocol)
+            .is_none()
+        {
+            return;
+        }
+        let original = Tuple {
+            src: ip_from_key(key.dst_addr),
+            src_port: key.dst_port,
+            dst: source,
+            dst_port: key.src_port,
+            protocol,
+        };
+        let Some(conntrack) = self.conntrack.as_mut() else {
+            return;
+        };
+        match conntrack.reply_source(&original) {
+            Ok(Some((ip, port))) if (ip, port) != (source, key.src_port) => {
+                key.src_addr = key_address(ip);
+                key.src_port = port;
+            }
+            Ok(_) => {}
+            Err(error) => debug!(%error, "conntrack lookup of a reply failed"),
+        }
     }
 
     /// Fills in both ends' identities, the Service, and whether the flow
