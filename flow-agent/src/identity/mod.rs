@@ -436,9 +436,15 @@ impl IdentityCache {
             match tenures.iter_mut().find(|tenure| tenure.uid == info.uid) {
                 Some(tenure) => {
                     tenure.start = tenure.start.min(start);
-                    if let Some(end) = end {
-                        tenure.end = Some(tenure.end.map_or(end, |old| old.min(end)));
-                    }
+                    tenure.end = match end {
+                        Some(end) => Some(tenure.end.map_or(end, |old| old.min(end))),
+                        // A live pod holds its address: a tenure closed by a
+                        // delete it came back from (a relist, an inventory
+                        // rewritten in two steps) or by an address that
+                        // dropped out of its status and returned is open
+                        // again.
+                        None => None,
+                    };
                 }
                 None => tenures.push(Tenure {
                     uid: info.uid.clone(),

@@ -287,6 +287,30 @@ fn tenant_comes_from_a_configurable_namespace_label() {
 }
 
 #[test]
+fn a_pod_deleted_and_applied_again_holds_its_address_again() {
+    let mut cache = IdentityCache::new(config());
+    let yaml = pod_yaml("shop-a", "web", "u-web", "10.1.0.7", 0, "");
+    load(&mut cache, &yaml, at(0));
+    cache.apply(
+        CacheEvent::Delete(ObjectKey {
+            kind: ObjectKind::Pod,
+            namespace: "shop-a".into(),
+            name: "web".into(),
+        }),
+        at(10),
+    );
+    // Back within the grace period (same UID): a relist, or an inventory
+    // file read while it was being rewritten.
+    load(&mut cache, &yaml, at(20));
+    let pod = |cache: &IdentityCache, t| cache.identify(ip("10.1.0.7"), at(t)).pod;
+    assert_eq!(pod(&cache, 15).as_deref(), Some("web"));
+    assert_eq!(pod(&cache, 500).as_deref(), Some("web"));
+    // And it is not forgotten when the grace period of the delete ends.
+    assert_eq!(cache.evict(at(10 + 61)), 0);
+    assert_eq!(pod(&cache, 500).as_deref(), Some("web"));
+}
+
+#[test]
 fn deleted_pod_keeps_its_identity_for_flows_seen_before_and_during_the_grace_period() {
     let mut cache = IdentityCache::new(config());
     load(
