@@ -93,6 +93,23 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// Why this reading must not replace the cache's contents, if it must
+    /// not: a file read while it was being rewritten (`kubectl get ... >
+    /// FILE` truncates it first) is empty or ends in the middle of a
+    /// document, and a resync with it would delete every pod.
+    pub fn incomplete(&self) -> Option<&'static str> {
+        if self
+            .errors
+            .iter()
+            .any(|error| matches!(error, InventoryError::Syntax { .. }))
+        {
+            return Some("a document is not valid YAML");
+        }
+        self.objects
+            .is_empty()
+            .then_some("the file holds no object identity uses")
+    }
+
     /// The events that replace the cache's contents with this inventory: a
     /// resync of every kind, so objects no longer in the file are deleted.
     pub fn into_events(self) -> Vec<CacheEvent> {
@@ -316,20 +333,24 @@ fn report(path: &Path, inventory: &Inventory) {
 pub struct InventorySource {
     path: PathBuf,
     poll: Duration,
+    /// The file's stamp before the first load: a rewrite between that load
+    /// and the first poll is not missed.
+    loaded: Option<(SystemTime, u64, u64)>,
 }
 
 impl InventorySource {
     /// Loads `path` once to check it, then returns the source and the first events.
     pub fn open(path: PathBuf, poll: Duration) -> Result<(Self, Vec<CacheEvent>), ReadError> {
+        let loaded = stamp(&path);
         let inventory = load(&path)?;
         report(&path, &inventory);
-        Ok((Self { path, poll }, inventory.into_events()))
+        Ok((Self { path, poll, loaded }, inventory.into_events()))
     }
 
     /// Runs until the receiver goes away.
     pub async fn run(self, events: mpsc::Sender<Vec<CacheEvent>>) {
-        let Self { path, poll } = self;
-        let mut last = stamp(&path);
+        let Self { path, poll, loaded } = self;
+        let mut last = loaded;
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -340,6 +361,11 @@ impl InventorySource {
             }
             last = current;
             match load(&path) {
+                Ok(inventory) if inventory.incomplete().is_some() => warn!(
+                    file = %path.display(),
+                    reason = inventory.incomplete().unwrap_or_default(),
+                    "inventory not reloaded (being rewritten?); keeping the previous one until the file changes again"
+                ),
                 Ok(inventory) => {
                     report(&path, &inventory);
                     if events.send(inventory.into_events()).await.is_err() {
@@ -358,6 +384,38 @@ impl InventorySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_caught_while_being_rewritten_is_not_applied() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("inventory.yaml");
+        let full = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: shop}\n";
+        std::fs::write(&path, full).unwrap();
+        let (source, first) =
+            InventorySource::open(path.clone(), Duration::from_millis(10)).unwrap();
+        assert!(!first.is_empty());
+        let (sender, mut receiver) = mpsc::channel(4);
+        let task = tokio::spawn(source.run(sender));
+        let quiet = |receiver: &mut mpsc::Receiver<Vec<CacheEvent>>| {
+            std::thread::sleep(Duration::from_millis(60));
+            receiver.try_recv().is_err()
+        };
+        // Truncated, then half written: neither replaces the cache.
+        std::fs::write(&path, "").unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(quiet(&mut receiver));
+        std::fs::write(&path, &full[..40]).unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(quiet(&mut receiver));
+        // Complete again: applied.
+        std::fs::write(&path, full.replace("shop", "shop2")).unwrap();
+        let events = tokio::time::timeout(Duration::from_secs(2), receiver.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(events.iter().any(|event| matches!(event, CacheEvent::Apply(Object::Namespace(namespace)) if namespace.name == "shop2")));
+        task.abort();
+    }
 
     #[test]
     fn documents_split_at_markers_and_keep_their_lines() {
