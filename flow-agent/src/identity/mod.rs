@@ -717,6 +717,20 @@ impl IdentityCache {
                 ..Identity::default()
             };
         }
+        // Before this node's addresses: kube-proxy in IPVS mode binds every
+        // ClusterIP to kube-ipvs0, so they are local addresses too.
+        if let Some((namespace, name)) = self.service_ips.get(&ip) {
+            return Identity {
+                kind: Some(PeerKind::Service),
+                namespace: Some(namespace.clone()),
+                tenant: Some(self.tenant(namespace)),
+                workload: Some(Workload {
+                    kind: "Service".to_owned(),
+                    name: name.clone(),
+                }),
+                ..Identity::default()
+            };
+        }
         let node = self.node_ips.get(&ip);
         if self.config.local_addresses.contains(&ip) || node == Some(&self.config.node_name) {
             let host_network: Vec<&str> =
@@ -738,18 +752,6 @@ impl IdentityCache {
                 kind: Some(PeerKind::RemoteNode),
                 node: Some(node.clone()),
                 note: Some("a node's address, also used by its hostNetwork pods".to_owned()),
-                ..Identity::default()
-            };
-        }
-        if let Some((namespace, name)) = self.service_ips.get(&ip) {
-            return Identity {
-                kind: Some(PeerKind::Service),
-                namespace: Some(namespace.clone()),
-                tenant: Some(self.tenant(namespace)),
-                workload: Some(Workload {
-                    kind: "Service".to_owned(),
-                    name: name.clone(),
-                }),
                 ..Identity::default()
             };
         }

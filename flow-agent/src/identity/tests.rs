@@ -440,6 +440,27 @@ endpoints:
 ";
 
 #[test]
+fn a_cluster_ip_bound_to_this_node_by_ipvs_is_the_service_not_the_host() {
+    let mut cache = IdentityCache::new(config());
+    load(&mut cache, SERVICE, at(0));
+    // kube-proxy in IPVS mode puts every ClusterIP on kube-ipvs0.
+    cache.set_local_addresses(vec![ip("192.168.0.10"), ip("10.96.0.20")]);
+    let identity = cache.identify(ip("10.96.0.20"), at(1));
+    assert_eq!(identity.kind, Some(PeerKind::Service));
+    assert_eq!(
+        identity.workload,
+        Some(Workload {
+            kind: "Service".into(),
+            name: "cart".into()
+        })
+    );
+    assert_eq!(
+        cache.identify(ip("192.168.0.10"), at(1)).kind,
+        Some(PeerKind::Host)
+    );
+}
+
+#[test]
 fn service_address_and_port_lead_to_the_target_port_and_backends() {
     let mut cache = IdentityCache::new(config());
     load(&mut cache, SERVICE, at(0));
