@@ -660,7 +660,14 @@ impl<S: RecordSink> Agent<'_, S> {
                 self.record(sample, classified, translation.as_ref(), &clock)
             })
             .collect();
-        if let Some(monitor) = &mut self.monitor {
+        // Until every kind is listed, a pod may be known before its
+        // ReplicaSet or Job: its flows would teach the graph a workload that
+        // does not exist (`Job/nightly-28391234` for `CronJob/nightly`), and
+        // the monitor would judge it by labels it does not have yet.
+        let synced = self.synced_kinds.len() == crate::identity::ObjectKind::ALL.len();
+        if let Some(monitor) = &mut self.monitor
+            && synced
+        {
             let cache = self.enricher.as_ref().map(Enricher::cache);
             for (connection, (blocked_by, count)) in monitor.mark(&mut records, cache) {
                 warn!(connection, blocked_by, records = count, "policy violation");
@@ -673,7 +680,14 @@ impl<S: RecordSink> Agent<'_, S> {
             self.aggregator.add(record, self.interval_start);
         }
         self.sink.flows(&records).map_err(AgentError::Output)?;
-        if let Some(learner) = &mut self.learner
+        if !synced && self.learner.is_some() && !records.is_empty() {
+            debug!(
+                records = records.len(),
+                "not learning before the identity is synced"
+            );
+        }
+        if synced
+            && let Some(learner) = &mut self.learner
             && let Err(error) = learner.learn(&records, std::time::SystemTime::now())
         {
             if !self.learner_failed {
