@@ -260,6 +260,8 @@ struct State {
     flows: Channel<StoredFlow>,
     aggregates: Channel<StoredAggregate>,
     status: NodeStatus,
+    /// The agent is stopping: new subscriptions get their replay only.
+    closed: bool,
 }
 
 /// Sizes of the hub.
@@ -301,6 +303,7 @@ impl Hub {
                 flows: Channel::new(settings.buffer),
                 aggregates: Channel::new(settings.aggregate_buffer),
                 status: NodeStatus::default(),
+                closed: false,
             }),
             graph: std::sync::OnceLock::new(),
             settings,
@@ -382,7 +385,9 @@ impl Hub {
         accept: impl Fn(&StoredFlow) -> bool + Send + 'static,
     ) -> Subscription<StoredFlow> {
         let queue = self.settings.subscriber_queue;
-        self.state()
+        let mut state = self.state();
+        let follow = follow && !state.closed;
+        state
             .flows
             .subscribe(number, since, follow, queue, client, Box::new(accept))
     }
@@ -397,7 +402,9 @@ impl Hub {
         accept: impl Fn(&StoredAggregate) -> bool + Send + 'static,
     ) -> Subscription<StoredAggregate> {
         let queue = self.settings.subscriber_queue;
-        self.state()
+        let mut state = self.state();
+        let follow = follow && !state.closed;
+        state
             .aggregates
             .subscribe(number, since, follow, queue, client, Box::new(accept))
     }
@@ -426,6 +433,7 @@ impl Hub {
     /// Ends every following stream (after its queue drains): the agent stops.
     pub fn close(&self) {
         let mut state = self.state();
+        state.closed = true;
         state.flows.subscribers.clear();
         state.aggregates.subscribers.clear();
     }
@@ -637,5 +645,11 @@ mod tests {
         hub.close();
         assert!(matches!(kept.next().await, Some(Delivery::Record(_))));
         assert!(kept.next().await.is_none());
+        // Once closed, a follow request gets its replay and no queue that
+        // would never end.
+        let late = hub.subscribe_flows(10, None, true, "test", |_| true);
+        assert_eq!(late.replay.len(), 1);
+        assert!(late.live.is_none());
+        assert_eq!(hub.status("v").subscribers, 0);
     }
 }
