@@ -154,6 +154,9 @@ const FILE_PENDING_LIMIT: u64 = 64 << 20;
 struct Batch {
     lines: Vec<u8>,
     records: u64,
+    /// Records dropped since the previous batch was handed over: the writer
+    /// tells of them before these lines, so the file keeps the order.
+    lost_before: u64,
 }
 
 /// Counters of a [`FileSink`], shared with its writer thread.
@@ -179,6 +182,8 @@ pub struct FileSink {
     sender: Option<std::sync::mpsc::SyncSender<Batch>>,
     writer: Option<std::thread::JoinHandle<()>>,
     stats: Arc<FileSinkStats>,
+    /// Dropped here and not yet handed to the writer to tell.
+    unsent_drops: u64,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -205,6 +210,7 @@ impl FileSink {
             sender: Some(sender),
             writer: Some(writer),
             stats,
+            unsent_drops: 0,
         })
     }
 
@@ -213,7 +219,8 @@ impl FileSink {
         Arc::clone(&self.stats)
     }
 
-    fn drop_batch(&self, records: u64) {
+    fn drop_batch(&mut self, records: u64) {
+        self.unsent_drops += records;
         let before = self.stats.dropped.fetch_add(records, Ordering::Relaxed);
         if before == 0 {
             tracing::warn!(
@@ -251,12 +258,16 @@ impl RecordSink for FileSink {
         let batch = Batch {
             lines,
             records: count,
+            lost_before: self.unsent_drops,
         };
-        if let Err(error) = sender.try_send(batch) {
-            let (std::sync::mpsc::TrySendError::Full(batch)
-            | std::sync::mpsc::TrySendError::Disconnected(batch)) = error;
-            self.stats.pending_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.drop_batch(batch.records);
+        match sender.try_send(batch) {
+            Ok(()) => self.unsent_drops = 0,
+            Err(error) => {
+                let (std::sync::mpsc::TrySendError::Full(batch)
+                | std::sync::mpsc::TrySendError::Disconnected(batch)) = error;
+                self.stats.pending_bytes.fetch_sub(size, Ordering::Relaxed);
+                self.drop_batch(batch.records);
+            }
         }
         Ok(())
     }
@@ -268,8 +279,17 @@ impl RecordSink for FileSink {
 
 impl Drop for FileSink {
     fn drop(&mut self) {
-        // Closing the channel lets the writer finish what is queued and exit.
-        drop(self.sender.take());
+        // Drops since the last batch are told at the end of the file; then
+        // closing the channel lets the writer finish what is queued and exit.
+        if let Some(sender) = self.sender.take()
+            && self.unsent_drops > 0
+        {
+            let _ = sender.send(Batch {
+                lines: Vec::new(),
+                records: 0,
+                lost_before: self.unsent_drops,
+            });
+        }
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
@@ -283,25 +303,28 @@ fn write_batches(
     receiver: &std::sync::mpsc::Receiver<Batch>,
     stats: &FileSinkStats,
 ) {
-    let mut reported_dropped = 0;
+    // Dropped records not yet told in the file, in the file's order.
+    let mut unreported = 0;
     let mut failing = false;
-    while let Ok(Batch { lines, records }) = receiver.recv() {
+    while let Ok(Batch {
+        lines,
+        records,
+        lost_before,
+    }) = receiver.recv()
+    {
         stats
             .pending_bytes
             .fetch_sub(lines.len() as u64, Ordering::Relaxed);
-        let dropped = stats.dropped.load(Ordering::Relaxed);
+        unreported += lost_before;
         let mut result = Ok(());
-        if dropped > reported_dropped {
-            let marker = serde_json::json!({
-                "lost_records": dropped - reported_dropped,
-                "time": crate::record::Timestamp(std::time::SystemTime::now()),
-            });
-            let mut line = marker.to_string().into_bytes();
-            line.push(b'\n');
-            result = file.write_lines(&line, stats);
+        if unreported > 0 {
+            result = write_loss(&mut file, unreported, stats);
             if result.is_ok() {
-                reported_dropped = dropped;
+                unreported = 0;
             }
+        }
+        if lines.is_empty() {
+            continue;
         }
         let result = result.and_then(|()| file.write_lines(&lines, stats));
         match result {
@@ -314,6 +337,7 @@ fn write_batches(
             }
             Err(error) => {
                 stats.dropped.fetch_add(records, Ordering::Relaxed);
+                unreported += records;
                 if !failing {
                     tracing::error!(path = %file.settings.path.display(), %error, "cannot write the output file; dropping records until it works again");
                     failing = true;
@@ -322,9 +346,26 @@ fn write_batches(
             }
         }
     }
+    // Records of failed writes after the last good one are told at the end.
+    if unreported > 0
+        && let Err(error) = write_loss(&mut file, unreported, stats)
+    {
+        tracing::error!(path = %file.settings.path.display(), %error, "cannot write the final loss count to the output file");
+    }
     if let Err(error) = file.flush() {
         tracing::error!(path = %file.settings.path.display(), %error, "cannot flush the output file");
     }
+}
+
+/// `{"lost_records":N,"time":...}`: N records are missing here.
+fn write_loss(file: &mut RotatingFile, count: u64, stats: &FileSinkStats) -> io::Result<()> {
+    let marker = serde_json::json!({
+        "lost_records": count,
+        "time": crate::record::Timestamp(std::time::SystemTime::now()),
+    });
+    let mut line = marker.to_string().into_bytes();
+    line.push(b'\n');
+    file.write_lines(&line, stats)
 }
 
 /// The live output file and its rotation.
@@ -572,6 +613,36 @@ mod tests {
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
         assert_eq!(stats.written.load(Ordering::Relaxed), 1);
         assert!(std::fs::metadata(&path).unwrap().len() > FILE_PENDING_LIMIT);
+    }
+
+    #[test]
+    fn losses_after_the_last_written_batch_are_told_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let mut sink = FileSink::open(FileSinkSettings {
+            path: path.clone(),
+            max_bytes: 1 << 30,
+            keep: 1,
+        })
+        .unwrap();
+        sink.flows(&[record(10_001)]).unwrap();
+        // The writer falls behind for the last batch: it is dropped.
+        sink.stats
+            .pending_bytes
+            .fetch_add(FILE_PENDING_LIMIT, Ordering::Relaxed);
+        sink.flows(&[record(10_002), record(10_003)]).unwrap();
+        sink.stats
+            .pending_bytes
+            .fetch_sub(FILE_PENDING_LIMIT, Ordering::Relaxed);
+        drop(sink);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["source"]["port"], 10_001);
+        assert_eq!(lines[1]["lost_records"], 2);
     }
 
     #[test]
