@@ -109,6 +109,7 @@ fn settings() -> HubSettings {
         buffer: RECORDS,
         aggregate_buffer: 100,
         subscriber_queue: 2 * RECORDS,
+        max_subscribers: 10_000,
     }
 }
 
@@ -118,6 +119,7 @@ fn publish(records: &[FlowRecord], followers: usize) {
     for index in 0..followers {
         let subscription = if index == 0 {
             hub.subscribe_flows(0, None, true, "bench", |_| true)
+                .unwrap()
         } else {
             // A tenant, asking for its TCP flows to port 8080.
             let scope = Scope::Tenant(format!("tenant-{index}"));
@@ -136,6 +138,7 @@ fn publish(records: &[FlowRecord], followers: usize) {
             hub.subscribe_flows(0, None, true, "bench", move |stored| {
                 scope.allows(&stored.record) && matcher.matches(&stored.record)
             })
+            .unwrap()
         };
         feeds.push(subscription.live);
     }

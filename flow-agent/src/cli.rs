@@ -302,6 +302,10 @@ pub struct RunArgs {
     /// (and is told how many); make it hold one drain's records [default: 65536].
     #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_SUBSCRIBER_QUEUE")]
     pub grpc_subscriber_queue: Option<usize>,
+    /// Following subscribers (flows and aggregates) served at once; more are
+    /// refused with RESOURCE_EXHAUSTED [default: 256].
+    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_MAX_SUBSCRIBERS")]
+    pub grpc_max_subscribers: Option<usize>,
     /// Also write flow records as JSON lines to this file (rotated by size,
     /// never blocking the agent: for log shippers).
     #[arg(long, value_name = "FILE", env = "FLOW_AGENT_OUTPUT_FILE")]
@@ -370,6 +374,7 @@ impl RunArgs {
             grpc_allow_plaintext,
             grpc_buffer,
             grpc_subscriber_queue,
+            grpc_max_subscribers,
             output_file,
             output_file_max_size,
             output_file_keep,
@@ -407,6 +412,7 @@ impl RunArgs {
             grpc_allow_plaintext: flag(*grpc_allow_plaintext),
             grpc_buffer: *grpc_buffer,
             grpc_subscriber_queue: *grpc_subscriber_queue,
+            grpc_max_subscribers: *grpc_max_subscribers,
             output_file: output_file.clone(),
             output_file_max_size: *output_file_max_size,
             output_file_keep: *output_file_keep,

@@ -70,6 +70,9 @@ pub const DEFAULT_GRPC_BUFFER: usize = 10_000;
 /// the default flow map fits, so a consumer that keeps up between drains loses
 /// nothing to bursts. Slots are allocated as used (16 bytes per queued record).
 pub const DEFAULT_GRPC_SUBSCRIBER_QUEUE: usize = 65_536;
+/// Default number of following subscribers served at once (each may hold up
+/// to a queue of records).
+pub const DEFAULT_GRPC_MAX_SUBSCRIBERS: usize = 256;
 /// Default size at which the output file is rotated.
 pub const DEFAULT_OUTPUT_FILE_MAX_SIZE: u64 = 100 << 20;
 /// Default number of rotated output files kept.
@@ -231,6 +234,9 @@ pub struct RunOptions {
     /// Queue length of each following subscriber.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_subscriber_queue: Option<usize>,
+    /// Following subscribers served at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_max_subscribers: Option<usize>,
     /// JSON lines file of flow records, rotated by size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_file: Option<PathBuf>,
@@ -327,6 +333,7 @@ impl RunOptions {
             grpc_allow_plaintext,
             grpc_buffer,
             grpc_subscriber_queue,
+            grpc_max_subscribers,
             output_file,
             output_file_max_size,
             output_file_keep,
@@ -362,6 +369,7 @@ impl RunOptions {
             grpc_allow_plaintext: grpc_allow_plaintext.or(lower.grpc_allow_plaintext),
             grpc_buffer: grpc_buffer.or(lower.grpc_buffer),
             grpc_subscriber_queue: grpc_subscriber_queue.or(lower.grpc_subscriber_queue),
+            grpc_max_subscribers: grpc_max_subscribers.or(lower.grpc_max_subscribers),
             output_file: output_file.or(lower.output_file),
             output_file_max_size: output_file_max_size.or(lower.output_file_max_size),
             output_file_keep: output_file_keep.or(lower.output_file_keep),
@@ -435,6 +443,7 @@ impl RunConfig {
             grpc_allow_plaintext: api.map(|api| api.allow_plaintext),
             grpc_buffer: hub.map(|hub| hub.buffer),
             grpc_subscriber_queue: hub.map(|hub| hub.subscriber_queue),
+            grpc_max_subscribers: hub.map(|hub| hub.max_subscribers),
             output_file: file.as_ref().map(|file| file.path.clone()),
             output_file_max_size: file.as_ref().map(|file| file.max_bytes),
             output_file_keep: file.as_ref().map(|file| file.keep),
@@ -529,6 +538,7 @@ impl RunConfig {
             grpc_allow_plaintext,
             grpc_buffer,
             grpc_subscriber_queue,
+            grpc_max_subscribers,
             output_file,
             output_file_max_size,
             output_file_keep,
@@ -644,6 +654,14 @@ impl RunConfig {
                 "between 1 and 1000000",
             ));
         }
+        let max_subscribers = grpc_max_subscribers.unwrap_or(DEFAULT_GRPC_MAX_SUBSCRIBERS);
+        if max_subscribers == 0 || max_subscribers > 10_000 {
+            return Err(invalid(
+                "grpc-max-subscribers",
+                max_subscribers,
+                "between 1 and 10000",
+            ));
+        }
         let api = grpc_listen.map(|listen| {
             (
                 ApiSettings {
@@ -657,6 +675,7 @@ impl RunConfig {
                     buffer,
                     aggregate_buffer: (buffer / 10).max(100),
                     subscriber_queue,
+                    max_subscribers,
                 },
             )
         });

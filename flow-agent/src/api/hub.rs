@@ -264,6 +264,31 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Room for one more following subscriber, counting only those still
+    /// connected.
+    fn admit(&mut self, limit: usize) -> Result<(), TooManySubscribers> {
+        self.flows
+            .subscribers
+            .retain(|subscriber| !subscriber.sender.is_closed());
+        self.aggregates
+            .subscribers
+            .retain(|subscriber| !subscriber.sender.is_closed());
+        if self.flows.subscribers.len() + self.aggregates.subscribers.len() >= limit {
+            return Err(TooManySubscribers { limit });
+        }
+        Ok(())
+    }
+}
+
+/// Every following slot is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{limit} following subscribers already (grpc-max-subscribers); try again later")]
+pub struct TooManySubscribers {
+    /// The limit.
+    pub limit: usize,
+}
+
 /// Sizes of the hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HubSettings {
@@ -273,6 +298,8 @@ pub struct HubSettings {
     pub aggregate_buffer: usize,
     /// Queue length of each following subscriber.
     pub subscriber_queue: usize,
+    /// Following subscribers (flows and aggregates together) at most.
+    pub max_subscribers: usize,
 }
 
 /// The API's record store and fan-out.
@@ -383,13 +410,16 @@ impl Hub {
         follow: bool,
         client: &str,
         accept: impl Fn(&StoredFlow) -> bool + Send + 'static,
-    ) -> Subscription<StoredFlow> {
+    ) -> Result<Subscription<StoredFlow>, TooManySubscribers> {
         let queue = self.settings.subscriber_queue;
         let mut state = self.state();
         let follow = follow && !state.closed;
-        state
+        if follow {
+            state.admit(self.settings.max_subscribers)?;
+        }
+        Ok(state
             .flows
-            .subscribe(number, since, follow, queue, client, Box::new(accept))
+            .subscribe(number, since, follow, queue, client, Box::new(accept)))
     }
 
     /// Subscribes `client` to aggregates.
@@ -400,13 +430,16 @@ impl Hub {
         follow: bool,
         client: &str,
         accept: impl Fn(&StoredAggregate) -> bool + Send + 'static,
-    ) -> Subscription<StoredAggregate> {
+    ) -> Result<Subscription<StoredAggregate>, TooManySubscribers> {
         let queue = self.settings.subscriber_queue;
         let mut state = self.state();
         let follow = follow && !state.closed;
-        state
+        if follow {
+            state.admit(self.settings.max_subscribers)?;
+        }
+        Ok(state
             .aggregates
-            .subscribe(number, since, follow, queue, client, Box::new(accept))
+            .subscribe(number, since, follow, queue, client, Box::new(accept)))
     }
 
     /// Records lost since start, by client.
@@ -516,6 +549,7 @@ mod tests {
                 buffer,
                 aggregate_buffer: 10,
                 subscriber_queue: queue,
+                max_subscribers: 8,
             },
         )
     }
@@ -531,16 +565,25 @@ mod tests {
         hub.publish_flows(&records);
         let at = |seconds| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
         assert_eq!(
-            ports(&hub.subscribe_flows(0, None, false, "test", |_| true).replay),
+            ports(
+                &hub.subscribe_flows(0, None, false, "test", |_| true)
+                    .unwrap()
+                    .replay
+            ),
             [] as [u16; 0]
         );
         assert_eq!(
-            ports(&hub.subscribe_flows(2, None, false, "test", |_| true).replay),
+            ports(
+                &hub.subscribe_flows(2, None, false, "test", |_| true)
+                    .unwrap()
+                    .replay
+            ),
             [7, 8]
         );
         assert_eq!(
             ports(
                 &hub.subscribe_flows(100, None, false, "test", |_| true)
+                    .unwrap()
                     .replay
             ),
             [4, 5, 6, 7, 8]
@@ -548,6 +591,7 @@ mod tests {
         assert_eq!(
             ports(
                 &hub.subscribe_flows(0, at(60), false, "test", |_| true)
+                    .unwrap()
                     .replay
             ),
             [6, 7, 8]
@@ -555,17 +599,25 @@ mod tests {
         assert_eq!(
             ports(
                 &hub.subscribe_flows(1, at(60), false, "test", |_| true)
+                    .unwrap()
                     .replay
             ),
             [8]
         );
         let even = |flow: &StoredFlow| flow.record.source.port.is_multiple_of(2);
         assert_eq!(
-            ports(&hub.subscribe_flows(10, None, false, "test", even).replay),
+            ports(
+                &hub.subscribe_flows(10, None, false, "test", even)
+                    .unwrap()
+                    .replay
+            ),
             [4, 6, 8]
         );
         // Sequence numbers count every record.
-        let last = hub.subscribe_flows(1, None, false, "test", |_| true).replay;
+        let last = hub
+            .subscribe_flows(1, None, false, "test", |_| true)
+            .unwrap()
+            .replay;
         assert_eq!(last[0].sequence, 7);
         assert_eq!(last[0].message().sequence, 7);
     }
@@ -575,10 +627,12 @@ mod tests {
         let hub = hub(100, 2);
         let mut slow = hub
             .subscribe_flows(0, None, true, "test", |_| true)
+            .unwrap()
             .live
             .unwrap();
         let mut fast = hub
             .subscribe_flows(0, None, true, "test", |_| true)
+            .unwrap()
             .live
             .unwrap();
         let mut fast_seen = 0;
@@ -627,16 +681,19 @@ mod tests {
         let hub = hub(10, 4);
         let dropped = hub
             .subscribe_flows(0, None, true, "test", |_| true)
+            .unwrap()
             .live
             .unwrap();
         drop(dropped);
         let mut kept = hub
             .subscribe_flows(0, None, true, "test", |_| true)
+            .unwrap()
             .live
             .unwrap();
         // One whose filter never matches again is dropped all the same.
         let never = hub
             .subscribe_flows(0, None, true, "test", |_| false)
+            .unwrap()
             .live
             .unwrap();
         drop(never);
@@ -647,9 +704,37 @@ mod tests {
         assert!(kept.next().await.is_none());
         // Once closed, a follow request gets its replay and no queue that
         // would never end.
-        let late = hub.subscribe_flows(10, None, true, "test", |_| true);
+        let late = hub
+            .subscribe_flows(10, None, true, "test", |_| true)
+            .unwrap();
         assert_eq!(late.replay.len(), 1);
         assert!(late.live.is_none());
         assert_eq!(hub.status("v").subscribers, 0);
+    }
+
+    #[test]
+    fn at_most_max_subscribers_follow_at_once() {
+        let hub = hub(10, 4);
+        // At most `max_subscribers` follow at once (8 here); those that went
+        // away free their slot, and replay-only requests need none.
+        let mut feeds: Vec<_> = (0..8)
+            .map(|_| {
+                hub.subscribe_flows(0, None, true, "test", |_| true)
+                    .unwrap()
+                    .live
+                    .unwrap()
+            })
+            .collect();
+        let full = hub
+            .subscribe_aggregates(0, None, true, "test", |_| true)
+            .err()
+            .unwrap();
+        assert_eq!(full, TooManySubscribers { limit: 8 });
+        assert!(
+            hub.subscribe_flows(5, None, false, "test", |_| true)
+                .is_ok()
+        );
+        feeds.pop();
+        assert!(hub.subscribe_flows(0, None, true, "test", |_| true).is_ok());
     }
 }

@@ -145,13 +145,16 @@ impl FlowService for FlowApi {
         } = request.into_inner();
         let matcher = FlowMatcher::compile(&allow, &deny)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        let subscription = self.hub.subscribe_flows(
-            number(count)?,
-            since(from)?,
-            follow,
-            &client,
-            move |stored| scope.allows(&stored.record) && matcher.matches(&stored.record),
-        );
+        let subscription = self
+            .hub
+            .subscribe_flows(
+                number(count)?,
+                since(from)?,
+                follow,
+                &client,
+                move |stored| scope.allows(&stored.record) && matcher.matches(&stored.record),
+            )
+            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
         Ok(Response::new(responses(
             subscription.replay,
             subscription.live,
@@ -184,20 +187,23 @@ impl FlowService for FlowApi {
                 super::filter::MAX_FILTER_VALUES
             )));
         }
-        let subscription = self.hub.subscribe_aggregates(
-            number(count)?,
-            since(from)?,
-            follow,
-            &client,
-            move |stored| {
-                let aggregate = &stored.record;
-                scope.allows_aggregate(aggregate)
-                    && (tenant.is_empty()
-                        || [&aggregate.source.tenant, &aggregate.destination.tenant]
-                            .into_iter()
-                            .any(|end| end.as_ref().is_some_and(|end| tenant.contains(end))))
-            },
-        );
+        let subscription = self
+            .hub
+            .subscribe_aggregates(
+                number(count)?,
+                since(from)?,
+                follow,
+                &client,
+                move |stored| {
+                    let aggregate = &stored.record;
+                    scope.allows_aggregate(aggregate)
+                        && (tenant.is_empty()
+                            || [&aggregate.source.tenant, &aggregate.destination.tenant]
+                                .into_iter()
+                                .any(|end| end.as_ref().is_some_and(|end| tenant.contains(end))))
+                },
+            )
+            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
         Ok(Response::new(responses(
             subscription.replay,
             subscription.live,
