@@ -5,8 +5,12 @@
 //! the initiator, SYN+ACK from the responder; an ICMP echo (or timestamp,
 //! information, address-mask) request from the initiator and its reply from the
 //! responder. Without such evidence (UDP, SCTP, a TCP connection already open when
-//! the agent started), whichever direction was seen first is the request. Weak
-//! decisions are corrected when strong evidence arrives later.
+//! the agent started or restarted, or one idle past the timeout), the end with
+//! an ephemeral port (32768 and up, Linux's and Windows' client range) talking
+//! to one below it is the initiator: servers listen low (80, 5432, NodePorts up
+//! to 32767), so a reply seen first does not turn a connection around.
+//! Otherwise whichever direction was seen first is the request. Weak decisions
+//! are corrected when strong evidence arrives later.
 
 use flow_common::{FlowKey, protocol, tcp_flag};
 use hashbrown::HashMap;
@@ -200,7 +204,9 @@ impl FlowTracker {
                     connection.last_seen_ns = connection.last_seen_ns.max(sample.last_seen_ns);
                 })
                 .or_insert(Connection {
-                    initiator: proven_initiator.unwrap_or(source),
+                    initiator: proven_initiator
+                        .or_else(|| by_ports(source, destination))
+                        .unwrap_or(source),
                     certain: proven_initiator.is_some(),
                     closing,
                     last_seen_ns: sample.last_seen_ns,
@@ -239,6 +245,27 @@ impl FlowTracker {
             now_ns.saturating_sub(connection.last_seen_ns) < timeout
         });
         before - self.connections.len()
+    }
+}
+
+/// The first port of the ephemeral range clients take their ports from
+/// (Linux `ip_local_port_range` starts here; Windows at 49152).
+const EPHEMERAL_PORTS: u16 = 32768;
+
+/// The initiator by its ports when exactly one end uses an ephemeral port and
+/// the other a lower one; ICMP (ports zero) and ambiguous pairs say nothing.
+fn by_ports(source: Endpoint, destination: Endpoint) -> Option<Endpoint> {
+    let ((_, source_port), (_, destination_port)) = (source, destination);
+    if source_port == 0 || destination_port == 0 {
+        return None;
+    }
+    match (
+        source_port >= EPHEMERAL_PORTS,
+        destination_port >= EPHEMERAL_PORTS,
+    ) {
+        (true, false) => Some(source),
+        (false, true) => Some(destination),
+        _ => None,
     }
 }
 
@@ -355,22 +382,67 @@ mod tests {
     }
 
     #[test]
+    fn without_evidence_the_ephemeral_port_tells_the_client() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        // A connection already open (an agent restart): the server's segment
+        // is seen first, yet 40000 -> 5432 is the client's direction.
+        assert_eq!(
+            replies(
+                &mut tracker,
+                &[
+                    tcp(2, 5432, 1, 40000, 5, tcp_flag::ACK),
+                    tcp(1, 40000, 2, 5432, 6, tcp_flag::ACK),
+                ]
+            ),
+            [true, false]
+        );
+        // UDP alike; a NodePort (below 32768) is a server port too.
+        assert_eq!(
+            replies(
+                &mut tracker,
+                &[sample(3, 30080, 4, 51000, protocol::UDP, 7)]
+            ),
+            [true]
+        );
+        // Both ephemeral, or both low: first sight.
+        assert_eq!(
+            replies(
+                &mut tracker,
+                &[sample(5, 50051, 6, 40001, protocol::UDP, 8)]
+            ),
+            [false]
+        );
+        assert_eq!(
+            replies(&mut tracker, &[sample(7, 53, 8, 123, protocol::UDP, 9)]),
+            [false]
+        );
+    }
+
+    #[test]
     fn tcp_mid_stream_falls_back_to_first_sight_and_syn_corrects_it() {
         let mut tracker = FlowTracker::new(CONFIG);
+        // Both ports ephemeral: nothing but the order to go by.
         assert_eq!(
-            replies(&mut tracker, &[tcp(2, 80, 1, 40000, 5, tcp_flag::ACK)]),
+            replies(&mut tracker, &[tcp(2, 40080, 1, 40000, 5, tcp_flag::ACK)]),
             [false]
         );
         // A new connection on the same tuple, opened by 1: port reuse.
         assert_eq!(
             replies(
                 &mut tracker,
-                &[tcp(1, 40000, 2, 80, 50, tcp_flag::SYN | tcp_flag::SYN_ONLY)]
+                &[tcp(
+                    1,
+                    40000,
+                    2,
+                    40080,
+                    50,
+                    tcp_flag::SYN | tcp_flag::SYN_ONLY
+                )]
             ),
             [false]
         );
         assert_eq!(
-            replies(&mut tracker, &[tcp(2, 80, 1, 40000, 60, tcp_flag::ACK)]),
+            replies(&mut tracker, &[tcp(2, 40080, 1, 40000, 60, tcp_flag::ACK)]),
             [true]
         );
     }
