@@ -669,6 +669,30 @@ impl IdentityCache {
                     owner.clone_from(&info.owner);
                     workload = Workload { kind, name };
                 }
+                None if kind == "Job" => {
+                    // A Job not seen (yet, or deleted while its pods linger)
+                    // of a known CronJob: `<cronjob>-<scheduled minute>`.
+                    let cronjob = name
+                        .rsplit_once('-')
+                        .filter(|(_, minute)| {
+                            !minute.is_empty() && minute.bytes().all(|b| b.is_ascii_digit())
+                        })
+                        .map(|(cronjob, _)| cronjob.to_owned())
+                        .filter(|cronjob| {
+                            self.owners.contains_key(&ObjectKey {
+                                kind: ObjectKind::CronJob,
+                                namespace: pod.namespace.clone(),
+                                name: cronjob.clone(),
+                            })
+                        });
+                    if let Some(cronjob) = cronjob {
+                        owner = Some(OwnerRef {
+                            kind: "CronJob".to_owned(),
+                            name: cronjob,
+                        });
+                    }
+                    workload = Workload { kind, name };
+                }
                 None => {
                     // A ReplicaSet we have not seen (yet) is named after its
                     // Deployment plus the pod-template-hash.

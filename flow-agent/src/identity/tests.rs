@@ -225,6 +225,19 @@ spec:
             "  labels: {app: report, job-name: report-2900000, batch.kubernetes.io/job-name: report-2900000, controller-uid: j1}\n  ownerReferences: [{apiVersion: batch/v1, kind: Job, name: report-2900000, uid: j1, controller: true}]",
         ),
         ("debug", "10.1.0.7", "  labels: {run: debug}"),
+        // Its Job already deleted (concurrencyPolicy: Replace) or not listed
+        // yet: the CronJob is found by the Job's name.
+        (
+            "report-29610000-zz",
+            "10.1.0.8",
+            "  labels: {app: report, job-name: report-29610000}\n  ownerReferences: [{apiVersion: batch/v1, kind: Job, name: report-29610000, uid: j2, controller: true}]",
+        ),
+        // A Job of no known CronJob stays a Job.
+        (
+            "migrate-20261127-aa",
+            "10.1.0.9",
+            "  labels: {app: migrate}\n  ownerReferences: [{apiVersion: batch/v1, kind: Job, name: migrate-20261127, uid: j3, controller: true}]",
+        ),
     ];
     for (index, (name, address, meta)) in pods.iter().enumerate() {
         load(
@@ -267,6 +280,22 @@ spec:
     assert_eq!(
         workload("10.1.0.7"),
         ("Pod".into(), "debug".into(), labels(&[("run", "debug")]))
+    );
+    assert_eq!(
+        workload("10.1.0.8"),
+        (
+            "CronJob".into(),
+            "report".into(),
+            labels(&[("app", "report")])
+        )
+    );
+    assert_eq!(
+        workload("10.1.0.9"),
+        (
+            "Job".into(),
+            "migrate-20261127".into(),
+            labels(&[("app", "migrate")])
+        )
     );
 }
 
