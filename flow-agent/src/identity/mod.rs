@@ -250,6 +250,10 @@ pub struct IdentityCache {
     pods: HashMap<String, PodEntry>,
     pod_uids: HashMap<NamespacedName, String>,
     owners: HashMap<ObjectKey, OwnerInfo>,
+    /// Namespaces and owners deleted, kept like deleted pods for the grace
+    /// period: a pod's last flows, drained after its ReplicaSet, Job or
+    /// namespace went, still name its workload and tenant.
+    retired: HashMap<ObjectKey, SystemTime>,
     services: HashMap<NamespacedName, ServiceInfo>,
     slices: HashMap<NamespacedName, EndpointSliceInfo>,
     nodes: HashMap<String, NodeInfo>,
@@ -275,6 +279,7 @@ impl IdentityCache {
             pods: HashMap::new(),
             pod_uids: HashMap::new(),
             owners: HashMap::new(),
+            retired: HashMap::new(),
             services: HashMap::new(),
             slices: HashMap::new(),
             nodes: HashMap::new(),
@@ -347,7 +352,12 @@ impl IdentityCache {
             name: name.to_owned(),
         };
         match kind {
-            ObjectKind::Namespace => self.namespaces.keys().map(|name| key("", name)).collect(),
+            ObjectKind::Namespace => self
+                .namespaces
+                .keys()
+                .map(|name| key("", name))
+                .filter(|key| !self.retired.contains_key(key))
+                .collect(),
             ObjectKind::Node => self.nodes.keys().map(|name| key("", name)).collect(),
             ObjectKind::Pod => self
                 .pod_uids
@@ -367,7 +377,7 @@ impl IdentityCache {
             _ => self
                 .owners
                 .keys()
-                .filter(|key| key.kind == kind)
+                .filter(|key| key.kind == kind && !self.retired.contains_key(key))
                 .cloned()
                 .collect(),
         }
@@ -376,6 +386,11 @@ impl IdentityCache {
     fn apply_object(&mut self, object: Object, now: SystemTime) {
         match object {
             Object::Namespace(info) => {
+                self.retired.remove(&ObjectKey {
+                    kind: ObjectKind::Namespace,
+                    namespace: String::new(),
+                    name: info.name.clone(),
+                });
                 self.namespaces.insert(info.name.clone(), info);
             }
             Object::Pod(info) => self.apply_pod(info, now),
@@ -385,6 +400,7 @@ impl IdentityCache {
                     namespace: info.namespace.clone(),
                     name: info.name.clone(),
                 };
+                self.retired.remove(&key);
                 self.owners.insert(key, info);
             }
             Object::Service(info) => {
@@ -497,7 +513,13 @@ impl IdentityCache {
         let name = (key.namespace.clone(), key.name.clone());
         match key.kind {
             ObjectKind::Namespace => {
-                self.namespaces.remove(&key.name);
+                self.retired
+                    .entry(ObjectKey {
+                        kind: ObjectKind::Namespace,
+                        namespace: String::new(),
+                        name: key.name.clone(),
+                    })
+                    .or_insert(now);
             }
             ObjectKind::Pod => {
                 if let Some(uid) = self.pod_uids.remove(&name) {
@@ -518,7 +540,9 @@ impl IdentityCache {
                 self.node_ips.retain(|_, node| *node != key.name);
             }
             _ => {
-                self.owners.remove(key);
+                if self.owners.contains_key(key) {
+                    self.retired.entry(key.clone()).or_insert(now);
+                }
             }
         }
     }
@@ -597,6 +621,20 @@ impl IdentityCache {
             tenures.retain(|tenure| !tenure.end.is_some_and(expired));
             !tenures.is_empty()
         });
+        let retired: Vec<ObjectKey> = self
+            .retired
+            .iter()
+            .filter(|(_, deleted_at)| expired(**deleted_at))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in retired {
+            self.retired.remove(&key);
+            if key.kind == ObjectKind::Namespace {
+                self.namespaces.remove(&key.name);
+            } else {
+                self.owners.remove(&key);
+            }
+        }
         let before = self.pods.len();
         self.pods
             .retain(|_, entry| !entry.deleted_at.is_some_and(expired));

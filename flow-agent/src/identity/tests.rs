@@ -316,6 +316,68 @@ fn tenant_comes_from_a_configurable_namespace_label() {
 }
 
 #[test]
+fn a_deleted_namespace_and_owner_keep_naming_their_pods_for_the_grace_period() {
+    let mut cache = IdentityCache::new(config());
+    load(&mut cache, NAMESPACES, at(0));
+    load(&mut cache, DEPLOYMENT, at(0));
+    load(
+        &mut cache,
+        &pod_yaml(
+            "shop-a",
+            "frontend-5d8f9c-x7k2p",
+            "u1",
+            "10.1.0.2",
+            0,
+            "  labels: {app: frontend, tier: web, pod-template-hash: 5d8f9c}\n  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: frontend-5d8f9c, uid: r1, controller: true}]",
+        ),
+        at(0),
+    );
+    // The whole namespace goes: pod, ReplicaSet, Deployment, namespace.
+    let delete = |cache: &mut IdentityCache, kind, namespace: &str, name: &str| {
+        cache.apply(
+            CacheEvent::Delete(ObjectKey {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
+            at(100),
+        );
+    };
+    delete(
+        &mut cache,
+        ObjectKind::Pod,
+        "shop-a",
+        "frontend-5d8f9c-x7k2p",
+    );
+    delete(
+        &mut cache,
+        ObjectKind::ReplicaSet,
+        "shop-a",
+        "frontend-5d8f9c",
+    );
+    delete(&mut cache, ObjectKind::Deployment, "shop-a", "frontend");
+    delete(&mut cache, ObjectKind::Namespace, "", "shop-a");
+    // A flow of the pod's last seconds, drained after all that.
+    let identity = cache.identify(ip("10.1.0.2"), at(99));
+    assert_eq!(
+        identity.workload,
+        Some(Workload {
+            kind: "Deployment".into(),
+            name: "frontend".into()
+        })
+    );
+    assert_eq!(identity.tenant.as_deref(), Some("acme"));
+    // A relist that no longer has them does not cut the grace short.
+    cache.apply(CacheEvent::ResyncStart(ObjectKind::Namespace), at(110));
+    cache.apply(CacheEvent::ResyncDone(ObjectKind::Namespace), at(110));
+    assert_eq!(cache.tenant("shop-a"), "acme");
+    // After the grace period they are gone.
+    cache.evict(at(100 + 61));
+    assert_eq!(cache.tenant("shop-a"), "shop-a");
+    assert_eq!(cache.stats().namespaces, 2);
+}
+
+#[test]
 fn a_pod_deleted_and_applied_again_holds_its_address_again() {
     let mut cache = IdentityCache::new(config());
     let yaml = pod_yaml("shop-a", "web", "u-web", "10.1.0.7", 0, "");
