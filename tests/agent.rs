@@ -644,27 +644,43 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
     let agent = Agent::on(&node, "1h", &["--map-size", "64"]);
     let b4 = node.pods[1].ipv4;
     resolve_neighbours(&node, IpAddr::V4(b4));
-    let ports = node.pods[0]
-        .netns
-        .run(move || {
-            // 200 sockets open at once: 200 distinct source ports, 200 flows.
-            let sockets: Vec<UdpSocket> = (0..200)
-                .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
-                .collect();
-            for socket in &sockets {
-                socket.send_to(&[0u8; 100], (b4, 9)).unwrap();
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            sockets
-                .iter()
-                .map(|socket| socket.local_addr().unwrap().port())
-                .collect::<Vec<u16>>()
-        })
-        .unwrap();
-    assert!(
-        !agent.records().is_empty(),
-        "records before any timed flush"
-    );
+    let mut ports = Vec::new();
+    // Five bursts of 40 flows: each passes half the map (the early drain's
+    // trigger) and stays under its size, and the next burst waits until
+    // this one was drained, so nothing can spill however slow the agent.
+    for burst in 1..=5 {
+        let burst_ports = node.pods[0]
+            .netns
+            .run(move || {
+                // 40 sockets open at once: 40 distinct source ports, 40 flows.
+                let sockets: Vec<UdpSocket> = (0..40)
+                    .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
+                    .collect();
+                for socket in &sockets {
+                    socket.send_to(&[0u8; 100], (b4, 9)).unwrap();
+                }
+                sockets
+                    .iter()
+                    .map(|socket| socket.local_addr().unwrap().port())
+                    .collect::<Vec<u16>>()
+            })
+            .unwrap();
+        ports.extend(burst_ports);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while agent
+            .records()
+            .iter()
+            .filter(|record| record.destination.port == 9)
+            .count()
+            < 40 * burst
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "burst {burst} was never drained early"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let output = agent.stop();
     let flows = totals(&output.records);
     for port in ports {

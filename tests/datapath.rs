@@ -643,8 +643,7 @@ fn full_map_and_full_ring_buffer_count_lost_packets() {
 fn recreated_flow_does_not_inherit_counts_from_another_cpu() {
     require_root!();
     if common::available_cpus() < 2 {
-        eprintln!("skipping: needs two CPUs");
-        return;
+        skip!("needs two CPUs");
     }
     std::thread::spawn(|| {
         let mut harness = Harness::new();
@@ -678,8 +677,7 @@ fn recreated_flow_does_not_inherit_counts_from_another_cpu() {
 fn stale_per_cpu_slots_from_an_earlier_epoch_are_reset_and_ignored() {
     require_root!();
     if common::available_cpus() < 2 {
-        eprintln!("skipping: needs two CPUs");
-        return;
+        skip!("needs two CPUs");
     }
     std::thread::spawn(|| {
         use aya::{

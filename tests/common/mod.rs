@@ -15,18 +15,31 @@ pub mod netns;
 pub mod packet;
 pub mod shop;
 
-/// Returns early (passing the test) with a printed reason when not root: the
-/// kernel tests need CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN.
+/// Returns early (passing the test) with a printed reason, or fails it under
+/// `FLOW_AGENT_TEST_STRICT` (what `cargo xtask test` and CI set): there, every
+/// test must run.
+#[macro_export]
+macro_rules! skip {
+    ($($reason:tt)*) => {{
+        let reason = format!($($reason)*);
+        assert!(
+            std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none(),
+            "{} cannot be skipped under FLOW_AGENT_TEST_STRICT: {reason}",
+            module_path!()
+        );
+        eprintln!("skipping {}: {reason}", module_path!());
+        return;
+    }};
+}
+
+/// Skips (see [`skip!`]) when not root: the kernel tests need CAP_BPF,
+/// CAP_NET_ADMIN and CAP_SYS_ADMIN.
 #[macro_export]
 macro_rules! require_root {
     () => {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!(
-                "skipping {}: needs root (BPF, network namespaces)",
-                module_path!()
-            );
-            return;
+            $crate::skip!("needs root (BPF, network namespaces)");
         }
     };
 }

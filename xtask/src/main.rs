@@ -79,6 +79,14 @@ fn main() -> Result<()> {
         Task::Setup { build_only: true } => setup::setup_build(),
         Task::Lint => lint(),
         Task::Test => {
+            // The kernel tests are most of the suite; under the strict mode
+            // set below they fail rather than skip without root.
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!(
+                    "cargo xtask test needs root (BPF, network namespaces): run it as root or with sudo -E"
+                );
+            }
             setup::setup()?;
             lint()?;
             // Every test that needs a tool setup installs must run, not skip.
