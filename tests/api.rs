@@ -404,11 +404,15 @@ fn replay_since_filters_status_and_the_rotating_file_agree_with_the_agent() {
         );
         assert_eq!(selected, expected, "{args:?}");
     }
-    assert!(replay(&["--last", "100000", "--cross-tenant"]).iter().all(
+    let crossing = replay(&["--last", "100000", "--cross-tenant"]);
+    assert!(!crossing.is_empty());
+    assert!(crossing.iter().all(
         |record| record.source.port == cross_tenant || record.destination.port == cross_tenant
     ));
+    let to_cart = replay(&["--last", "100000", "--to-port", "8080"]);
+    assert!(!to_cart.is_empty());
     assert!(
-        replay(&["--last", "100000", "--to-port", "8080"])
+        to_cart
             .iter()
             .all(|record| record.source.port == via_service
                 && record.destination.service.as_ref().unwrap().name == "cart")

@@ -142,8 +142,13 @@ fn check(directory: &Path, interfaces: &[&str]) {
         .arg("kustomize")
         .arg(directory)
         .output()
-        && output.status.success()
     {
+        assert!(
+            output.status.success(),
+            "kubectl kustomize {} refused it: {}",
+            directory.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
         let mut theirs = yaml_documents(&String::from_utf8(output.stdout).unwrap());
         let mut ours = objects.clone();
         let key = |object: &Value| format!("{}/{}", object["kind"], object["metadata"]["name"]);

@@ -44,6 +44,15 @@ fn records_carry_pod_workload_tenant_and_the_service_behind_a_cluster_ip() {
     );
     agent.wait_for_log("inventory loaded", Duration::from_secs(1));
     let (via_service, cross_tenant, udp) = traffic(node);
+    // And one datagram to the pod's gateway, an address of the node itself.
+    node.pods[0]
+        .netns
+        .run(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.send_to(&[1u8; 8], ("10.1.0.1", 9)).unwrap();
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
     let output = agent.stop();
     assert!(
         output.stderr.iter().any(|line| line.contains("objects=")
@@ -169,11 +178,23 @@ fn records_carry_pod_workload_tenant_and_the_service_behind_a_cluster_ip() {
     });
     assert!(answer[0].is_reply);
 
-    // The node's own addresses (the pods' gateways) are the host.
-    for record in find(&records, |r| {
-        r.source.ip.to_string().ends_with(".0.1") || r.destination.ip.to_string().ends_with("::1")
-    }) {
-        let host = if record.source.ip.to_string().ends_with(".0.1") {
+    // The node's own addresses (the pods' gateways, 10.N.0.1 and fd00:N::1)
+    // are the host.
+    let gateway = |ip: &IpAddr| {
+        let text = ip.to_string();
+        text.ends_with(".0.1") || (text.starts_with("fd00:") && text.ends_with("::1"))
+    };
+    let to_the_node = find(&records, |r| {
+        gateway(&r.source.ip) || gateway(&r.destination.ip)
+    });
+    assert!(
+        to_the_node
+            .iter()
+            .any(|r| r.destination.ip.to_string() == "10.1.0.1" && r.destination.port == 9),
+        "{records:#?}"
+    );
+    for record in to_the_node {
+        let host = if gateway(&record.source.ip) {
             &record.source.identity
         } else {
             &record.destination.identity

@@ -117,6 +117,7 @@ fn metrics_and_probes_report_the_agent_and_its_traffic_exactly() {
 
     // The metrics add up to exactly what the agent printed (scraped between
     // two drains: the record count must not move around the scrape).
+    let deadline = Instant::now() + Duration::from_secs(30);
     let (records, metrics) = loop {
         let before = agent.records();
         let (status, metrics) = get(&node, "/metrics");
@@ -127,6 +128,12 @@ fn metrics_and_probes_report_the_agent_and_its_traffic_exactly() {
         {
             break (after, metrics);
         }
+        assert!(
+            Instant::now() < deadline,
+            "flowagent_flow_records_total {} never matched the {} records printed",
+            value(&metrics, "flowagent_flow_records_total"),
+            after.len()
+        );
         std::thread::sleep(Duration::from_millis(30));
     };
     let packets: u64 = records.iter().map(|record| record.packets).sum();
