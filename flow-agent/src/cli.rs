@@ -233,8 +233,16 @@ pub struct RunArgs {
     )]
     pub exclude_interfaces: Vec<String>,
     /// Start even if no interface matches yet; attach when one appears.
-    #[arg(long, env = "FLOW_AGENT_WAIT_FOR_INTERFACES")]
-    pub wait_for_interfaces: bool,
+    #[arg(
+        long,
+        env = "FLOW_AGENT_WAIT_FOR_INTERFACES",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub wait_for_interfaces: Option<bool>,
     /// How often the kernel maps are drained and records emitted [default: 5s].
     #[arg(long, value_parser = duration, env = "FLOW_AGENT_FLUSH_INTERVAL")]
     pub flush_interval: Option<Duration>,
@@ -256,8 +264,16 @@ pub struct RunArgs {
     #[arg(long, value_enum, env = "FLOW_AGENT_OUTPUT")]
     pub output: Option<OutputFormat>,
     /// Log from the eBPF programs (malformed packets, map pressure).
-    #[arg(long, env = "FLOW_AGENT_EBPF_DEBUG")]
-    pub ebpf_debug: bool,
+    #[arg(
+        long,
+        env = "FLOW_AGENT_EBPF_DEBUG",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub ebpf_debug: Option<bool>,
     /// Node name in records [default: $NODE_NAME, else the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -267,8 +283,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "FLOW_AGENT_INVENTORY")]
     pub inventory: Option<PathBuf>,
     /// Identity from the Kubernetes API (in-cluster service account or kubeconfig).
-    #[arg(long, env = "FLOW_AGENT_KUBERNETES")]
-    pub kubernetes: bool,
+    #[arg(
+        long,
+        env = "FLOW_AGENT_KUBERNETES",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub kubernetes: Option<bool>,
     /// Namespace label whose value names the tenant [default: tenant]; a
     /// namespace without it is its own tenant.
     #[arg(long, value_name = "KEY", env = "FLOW_AGENT_TENANT_LABEL")]
@@ -293,8 +317,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_ACCESS")]
     pub grpc_access: Option<PathBuf>,
     /// Serve plaintext gRPC on a network address (loopback is always allowed).
-    #[arg(long, env = "FLOW_AGENT_GRPC_ALLOW_PLAINTEXT")]
-    pub grpc_allow_plaintext: bool,
+    #[arg(
+        long,
+        env = "FLOW_AGENT_GRPC_ALLOW_PLAINTEXT",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub grpc_allow_plaintext: Option<bool>,
     /// Flow records the API keeps for replay [default: 10000].
     #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_BUFFER")]
     pub grpc_buffer: Option<usize>,
@@ -387,21 +419,20 @@ impl RunArgs {
             pin_dir,
         } = self;
         let list = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
-        let flag = |set: bool| set.then_some(true);
         RunOptions {
             interfaces: list(interfaces),
             exclude_interfaces: list(exclude_interfaces),
-            wait_for_interfaces: flag(*wait_for_interfaces),
+            wait_for_interfaces: *wait_for_interfaces,
             flush_interval: *flush_interval,
             map_size: *map_size,
             spill_size: *spill_size,
             flow_idle_timeout: *flow_idle_timeout,
             attach_mode: *attach_mode,
             output: *output,
-            ebpf_debug: flag(*ebpf_debug),
+            ebpf_debug: *ebpf_debug,
             node_name: node_name.clone(),
             inventory: inventory.clone(),
-            kubernetes: flag(*kubernetes),
+            kubernetes: *kubernetes,
             tenant_label: tenant_label.clone(),
             identity_grace: *identity_grace,
             grpc_listen: *grpc_listen,
@@ -409,7 +440,7 @@ impl RunArgs {
             grpc_tls_key: grpc_tls_key.clone(),
             grpc_client_ca: grpc_client_ca.clone(),
             grpc_access: grpc_access.clone(),
-            grpc_allow_plaintext: flag(*grpc_allow_plaintext),
+            grpc_allow_plaintext: *grpc_allow_plaintext,
             grpc_buffer: *grpc_buffer,
             grpc_subscriber_queue: *grpc_subscriber_queue,
             grpc_max_subscribers: *grpc_max_subscribers,
@@ -619,6 +650,49 @@ mod tests {
         assert_eq!(options.map_size, Some(1024));
         assert_eq!(options.attach_mode, Some(AttachMode::Tc));
         assert_eq!(options.wait_for_interfaces, None);
+    }
+
+    #[test]
+    fn a_switch_set_in_the_file_can_be_turned_off_by_a_flag() {
+        let run = |args: &[&str]| {
+            let mut all = vec!["flow-agent", "run"];
+            all.extend_from_slice(args);
+            let Command::Run(args) = Cli::try_parse_from(all).unwrap().command else {
+                panic!("run expected");
+            };
+            args.options()
+        };
+        let file = RunOptions::parse(
+            "interfaces: [veth*]\nwait-for-interfaces: true\nebpf-debug: true\ngrpc-allow-plaintext: true\n",
+            std::path::Path::new("agent.yaml"),
+        )
+        .unwrap();
+        let off = run(&[
+            "--wait-for-interfaces=false",
+            "--ebpf-debug=no",
+            "--grpc-allow-plaintext=0",
+            "--kubernetes=false",
+        ]);
+        assert_eq!(
+            (
+                off.wait_for_interfaces,
+                off.ebpf_debug,
+                off.grpc_allow_plaintext,
+                off.kubernetes
+            ),
+            (Some(false), Some(false), Some(false), Some(false))
+        );
+        let layered = off.over(file.clone());
+        assert_eq!(layered.wait_for_interfaces, Some(false));
+        assert_eq!(layered.grpc_allow_plaintext, Some(false));
+        // A bare switch still means true; absent leaves the file's value.
+        assert_eq!(
+            run(&["--wait-for-interfaces"]).wait_for_interfaces,
+            Some(true)
+        );
+        assert_eq!(run(&[]).over(file).ebpf_debug, Some(true));
+        // `--switch value` is not taken as a value: `=` is needed.
+        assert!(Cli::try_parse_from(["flow-agent", "run", "--kubernetes", "false"]).is_err());
     }
 
     #[test]
