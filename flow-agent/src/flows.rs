@@ -183,7 +183,16 @@ impl FlowTracker {
                 None => None,
             };
             let key = connection_key(&sample.key);
-            if !self.connections.contains_key(&key) || sample.tcp_flags & tcp_flag::SYN_ONLY != 0 {
+            let syn = sample.tcp_flags & tcp_flag::SYN_ONLY != 0;
+            // TCP opens with a SYN: one without is a connection already open
+            // (an agent restart, an idle connection forgotten), and a SYN on
+            // a known open connection is a retransmission. A SYN after FIN or
+            // RST is the tuple reused. Other protocols open on first sight.
+            let opens = match self.connections.get(&key) {
+                None => sample.key.protocol != protocol::TCP || syn,
+                Some(connection) => syn && connection.closing,
+            };
+            if opens {
                 started.insert(key);
             }
             self.connections
@@ -485,10 +494,22 @@ mod tests {
         );
         let later = tracker.classify(&[tcp(1, 40000, 2, 80, 50, tcp_flag::ACK)]);
         assert!(!later[0].new_connection);
-        // The same tuple opened again (port reuse) is a new connection.
+        // A SYN retransmitted into a later drain is the same connection.
+        let again =
+            tracker.classify(&[tcp(1, 40000, 2, 80, 60, tcp_flag::SYN | tcp_flag::SYN_ONLY)]);
+        assert!(!again[0].new_connection);
+        // Closed, then the same tuple opened again (port reuse): new.
+        tracker.classify(&[tcp(1, 40000, 2, 80, 70, tcp_flag::FIN | tcp_flag::ACK)]);
         let reused =
             tracker.classify(&[tcp(1, 40000, 2, 80, 90, tcp_flag::SYN | tcp_flag::SYN_ONLY)]);
         assert!(reused[0].new_connection);
+        // A connection already open when the agent started is not new.
+        let mut restarted = FlowTracker::new(CONFIG);
+        let open = restarted.classify(&[tcp(1, 40001, 2, 80, 5, tcp_flag::ACK)]);
+        assert!(!open[0].is_reply && !open[0].new_connection);
+        // UDP has no handshake: first sight opens.
+        let udp = restarted.classify(&[sample(1, 40002, 2, 53, protocol::UDP, 6)]);
+        assert!(udp[0].new_connection);
     }
 
     #[test]
