@@ -1015,6 +1015,16 @@ fn bad_input_fails_with_one_line_that_says_what_to_do() {
     assert_eq!((code, stderr.len()), (1, 1), "{stderr:?}");
     assert!(stderr[0].contains("--interface"), "{stderr:?}");
 
+    // Only the loopback device selected: nothing can be attached.
+    let (code, stderr) = run_agent(&ns, &["run", "-i", "lo"]);
+    assert_eq!(code, 1, "{stderr:?}");
+    assert!(
+        stderr
+            .last()
+            .is_some_and(|line| line.contains("(lo) are all skipped: loopback")),
+        "{stderr:?}"
+    );
+
     let (code, stderr) = run_agent(&ns, &["run", "-i", "lo", "--map-size", "0"]);
     assert_eq!((code, stderr.len()), (1, 1), "{stderr:?}");
     assert!(stderr[0].contains("map-size"), "{stderr:?}");

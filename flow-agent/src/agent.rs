@@ -77,6 +77,14 @@ pub enum AgentError {
         #[source]
         source: DatapathError,
     },
+    /// Every selected interface is of a kind the agent does not attach to.
+    #[error(
+        "the selected interfaces ({interfaces}) are all skipped: loopback or without an Ethernet header (see the warnings above)"
+    )]
+    NoneAttachable {
+        /// The interfaces selected.
+        interfaces: String,
+    },
     /// Writing records failed.
     #[error("writing flow records failed")]
     Output(#[source] io::Error),
@@ -292,6 +300,15 @@ pub async fn run<S: RecordSink>(
         && let Some((interface, source)) = failures.into_iter().next()
     {
         return Err(AgentError::NothingAttached { interface, source });
+    }
+    if agent.names.is_empty() && !config.wait_for_interfaces {
+        return Err(AgentError::NoneAttachable {
+            interfaces: selected
+                .iter()
+                .map(|link| link.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
     }
     agent.datapath.reconcile_pins();
     agent.update_bridges();
@@ -686,14 +703,27 @@ impl<S: RecordSink> Agent<'_, S> {
                 "not learning before the identity is synced"
             );
         }
-        if synced
-            && let Some(learner) = &mut self.learner
-            && let Err(error) = learner.learn(&records, std::time::SystemTime::now())
-        {
-            if !self.learner_failed {
-                error!(error = %error_chain(&error), "cannot write the learned graph; learning goes on in memory only");
+        if synced && let Some(learner) = &mut self.learner {
+            match learner.learn(&records, std::time::SystemTime::now()) {
+                Err(error) => {
+                    if !self.learner_failed {
+                        error!(error = %error_chain(&error), "cannot write the learned graph; learning goes on in memory until the disk takes writes again");
+                    }
+                    self.learner_failed = true;
+                }
+                // The disk takes writes again: what the failed commits missed
+                // goes to disk with a full snapshot of the graph.
+                Ok(_) if self.learner_failed => match learner.close() {
+                    Ok(()) => {
+                        info!("the learned graph is on disk again, in full");
+                        self.learner_failed = false;
+                    }
+                    Err(error) => {
+                        debug!(error = %error_chain(&error), "snapshot of the learned graph still failing");
+                    }
+                },
+                Ok(_) => {}
             }
-            self.learner_failed = true;
         }
         if let Some(metrics) = &self.metrics {
             metrics.drain(&DrainReport {
@@ -845,10 +875,13 @@ impl<S: RecordSink> Agent<'_, S> {
         let (_, (_, file_sink)) = &mut self.sink;
         drop(file_sink.take());
         if let Some(learner) = &mut self.learner
-            && !self.learner_failed
             && let Err(error) = learner.close()
         {
-            error!(error = %error_chain(&error), "cannot write the learned graph's snapshot (the log has everything)");
+            if self.learner_failed {
+                error!(error = %error_chain(&error), "cannot write the learned graph: what failed commits missed since the last snapshot is lost");
+            } else {
+                error!(error = %error_chain(&error), "cannot write the learned graph's snapshot (the log has everything)");
+            }
         }
         self.summary.api_lost_records = self.hub.as_ref().map_or(0, |hub| hub.lost_records());
         self.summary.file_dropped_records = file.map_or(0, |stats| {

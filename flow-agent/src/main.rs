@@ -190,7 +190,10 @@ fn status(cli: &Cli, args: &ConnectArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
+/// Resolves on the first SIGINT or SIGTERM. A second one while the agent
+/// shuts down (a final drain, queued output, the API's grace period) exits
+/// at once, with status 130: what was not yet reported stays in the maps
+/// when they are pinned.
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -200,5 +203,13 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
         }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::warn!("second signal: exiting without finishing the shutdown");
+            std::process::exit(130);
+        });
     })
 }

@@ -274,7 +274,7 @@ impl Metrics {
         );
         registry.register(
             "policy_violations",
-            "Connections the approved policies would deny (monitor mode)",
+            "Request flow records the approved policies would deny (monitor mode): a connection open over several flush intervals counts once per interval",
             metrics.violations.clone(),
         );
         registry.register(
