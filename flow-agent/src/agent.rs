@@ -162,6 +162,9 @@ struct Agent<'a, S> {
     /// attached.
     masters: HashMap<u32, u32>,
     counters: DatapathCounters,
+    /// The counters when this agent started: pinned counters carry an
+    /// earlier agent's totals, which status and summary leave out.
+    baseline: DatapathCounters,
     summary: RunSummary,
 }
 
@@ -293,6 +296,7 @@ pub async fn run<S: RecordSink>(
             .filter_map(|link| Some((link.index, link.master?)))
             .collect(),
         counters: DatapathCounters::default(),
+        baseline: DatapathCounters::default(),
         summary: RunSummary::default(),
     };
     let failures = agent.attach(&selected);
@@ -314,6 +318,7 @@ pub async fn run<S: RecordSink>(
     agent.update_bridges();
     // Pinned counters carry an earlier agent's totals: count from here.
     agent.counters = agent.datapath.counters()?;
+    agent.baseline = agent.counters;
     if let Some(metrics) = &agent.metrics {
         metrics.baseline(agent.counters);
     }
@@ -649,7 +654,7 @@ impl<S: RecordSink> Agent<'_, S> {
         interfaces.sort_unstable();
         hub.set_status(NodeStatus {
             interfaces,
-            counters: self.counters,
+            counters: self.counters.since(&self.baseline),
             monitoring: self.monitor.is_some(),
             violations: self.monitor.as_ref().map_or(0, Monitor::violations),
         });
@@ -869,7 +874,7 @@ impl<S: RecordSink> Agent<'_, S> {
         };
         self.emit(drained, started)?;
         self.check_counters()?;
-        let counters = self.counters;
+        let counters = self.counters.since(&self.baseline);
         self.publish_status();
         // Dropping the file sink writes what it has queued.
         let (_, (_, file_sink)) = &mut self.sink;

@@ -267,6 +267,16 @@ impl DatapathCounters {
         values[counter as usize]
     }
 
+    /// What each counter added since `baseline` (pinned counters carry an
+    /// earlier agent's totals).
+    pub fn since(&self, baseline: &Self) -> Self {
+        let mut values = [0u64; Counter::COUNT as usize];
+        for counter in Counter::ALL {
+            values[counter as usize] = self.get(counter).saturating_sub(baseline.get(counter));
+        }
+        Self(values)
+    }
+
     /// Counters that grew since `earlier`, with the increase.
     pub fn increase_since(&self, earlier: &Self) -> Vec<(Counter, u64)> {
         Counter::ALL
@@ -1314,5 +1324,21 @@ mod tests {
         now[Counter::Lost as usize] = 1;
         let increases = DatapathCounters(now).increase_since(&DatapathCounters(earlier));
         assert_eq!(increases, [(Counter::MapFull, 3), (Counter::Lost, 1)]);
+        // Since a pinned baseline: this agent's share only, never negative.
+        let since = DatapathCounters(now).since(&DatapathCounters(earlier));
+        assert_eq!(
+            (
+                since.get(Counter::MapFull),
+                since.get(Counter::Lost),
+                since.get(Counter::Inserted)
+            ),
+            (3, 1, 0)
+        );
+        assert_eq!(
+            DatapathCounters(earlier)
+                .since(&DatapathCounters(now))
+                .get(Counter::MapFull),
+            0
+        );
     }
 }
