@@ -70,6 +70,8 @@ pub const DEFAULT_GRPC_BUFFER: usize = 10_000;
 /// the default flow map fits, so a consumer that keeps up between drains loses
 /// nothing to bursts. Slots are allocated as used (16 bytes per queued record).
 pub const DEFAULT_GRPC_SUBSCRIBER_QUEUE: usize = 65_536;
+/// Longest `flow-idle-timeout` and `identity-grace`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Default number of following subscribers served at once (each may hold up
 /// to a queue of records).
 pub const DEFAULT_GRPC_MAX_SUBSCRIBERS: usize = 256;
@@ -565,11 +567,11 @@ impl RunConfig {
         // flush intervals so long intervals keep their direction.
         let idle_timeout =
             flow_idle_timeout.unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT.max(2 * flush_interval));
-        if idle_timeout < flush_interval {
+        if idle_timeout < flush_interval || idle_timeout > MAX_TIMEOUT {
             return Err(invalid(
                 "flow-idle-timeout",
                 human(idle_timeout),
-                "at least the flush interval",
+                "at least the flush interval and at most 24h",
             ));
         }
         let map_entries = map_size.unwrap_or_else(crate::datapath::auto_map_entries);
@@ -606,6 +608,23 @@ impl RunConfig {
             (None, true) => Some(IdentitySource::Kubernetes),
             (None, false) => None,
         };
+        // Identity settings without an identity source would be ignored.
+        if source.is_none() {
+            if let Some(label) = &tenant_label {
+                return Err(invalid(
+                    "tenant-label",
+                    label,
+                    "--inventory FILE or --kubernetes as well: tenants come from the identity",
+                ));
+            }
+            if let Some(grace) = identity_grace {
+                return Err(invalid(
+                    "identity-grace",
+                    human(grace),
+                    "--inventory FILE or --kubernetes as well: it keeps deleted pods' identities",
+                ));
+            }
+        }
         let tenant_label = tenant_label.unwrap_or_else(|| DEFAULT_TENANT_LABEL.to_owned());
         if tenant_label.is_empty() {
             return Err(invalid(
@@ -616,12 +635,48 @@ impl RunConfig {
         }
         // At least two flush intervals, so late flows still resolve.
         let grace = identity_grace.unwrap_or(DEFAULT_IDENTITY_GRACE.max(2 * flush_interval));
-        if source.is_some() && grace < 2 * flush_interval {
+        if source.is_some() && (grace < 2 * flush_interval || grace > MAX_TIMEOUT) {
             return Err(invalid(
                 "identity-grace",
                 human(grace),
-                "at least two flush intervals, so late flows still resolve",
+                "at least two flush intervals (so late flows still resolve) and at most 24h",
             ));
+        }
+        // API settings without an API would be ignored.
+        if grpc_listen.is_none() {
+            let given = [
+                ("grpc-tls-cert", grpc_tls_cert.is_some()),
+                ("grpc-tls-key", grpc_tls_key.is_some()),
+                ("grpc-client-ca", grpc_client_ca.is_some()),
+                ("grpc-access", grpc_access.is_some()),
+                ("grpc-allow-plaintext", grpc_allow_plaintext.is_some()),
+                ("grpc-buffer", grpc_buffer.is_some()),
+                ("grpc-subscriber-queue", grpc_subscriber_queue.is_some()),
+                ("grpc-max-subscribers", grpc_max_subscribers.is_some()),
+            ];
+            if let Some((key, _)) = given.into_iter().find(|(_, given)| *given) {
+                return Err(invalid(
+                    key,
+                    "without --grpc-listen",
+                    "--grpc-listen ADDR as well: it configures the API",
+                ));
+            }
+        }
+        if output_file.is_none() {
+            if let Some(size) = output_file_max_size {
+                return Err(invalid(
+                    "output-file-max-size",
+                    size,
+                    "--output-file PATH as well",
+                ));
+            }
+            if let Some(keep) = output_file_keep {
+                return Err(invalid(
+                    "output-file-keep",
+                    keep,
+                    "--output-file PATH as well",
+                ));
+            }
         }
 
         let tls = match (grpc_tls_cert, grpc_tls_key) {
@@ -844,7 +899,8 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_rejected() {
-        let cases: [(RunOptions, &str); 9] = [
+        let listen = || Some("127.0.0.1:4245".parse().unwrap());
+        let cases: [(RunOptions, &str); 16] = [
             (
                 RunOptions {
                     map_size: Some(0),
@@ -878,6 +934,7 @@ mod tests {
             (
                 RunOptions {
                     grpc_tls_cert: Some("cert.pem".into()),
+                    grpc_listen: listen(),
                     ..options(&["x"])
                 },
                 "grpc-tls-cert",
@@ -885,6 +942,7 @@ mod tests {
             (
                 RunOptions {
                     grpc_client_ca: Some("ca.pem".into()),
+                    grpc_listen: listen(),
                     ..options(&["x"])
                 },
                 "grpc-client-ca",
@@ -892,6 +950,7 @@ mod tests {
             (
                 RunOptions {
                     grpc_subscriber_queue: Some(0),
+                    grpc_listen: listen(),
                     ..options(&["x"])
                 },
                 "grpc-subscriber-queue",
@@ -899,9 +958,61 @@ mod tests {
             (
                 RunOptions {
                     output_file_max_size: Some(10),
+                    output_file: Some("/tmp/flows.jsonl".into()),
                     ..options(&["x"])
                 },
                 "output-file-max-size",
+            ),
+            // Settings that would be ignored without what they configure.
+            (
+                RunOptions {
+                    output_file_keep: Some(3),
+                    ..options(&["x"])
+                },
+                "invalid output-file-keep 3: --output-file PATH as well",
+            ),
+            (
+                RunOptions {
+                    grpc_buffer: Some(100),
+                    ..options(&["x"])
+                },
+                "invalid grpc-buffer without --grpc-listen",
+            ),
+            (
+                RunOptions {
+                    grpc_allow_plaintext: Some(false),
+                    ..options(&["x"])
+                },
+                "invalid grpc-allow-plaintext without --grpc-listen",
+            ),
+            (
+                RunOptions {
+                    tenant_label: Some("team".into()),
+                    ..options(&["x"])
+                },
+                "tenant-label",
+            ),
+            (
+                RunOptions {
+                    identity_grace: Some(Duration::from_secs(60)),
+                    ..options(&["x"])
+                },
+                "identity-grace",
+            ),
+            (
+                RunOptions {
+                    flow_idle_timeout: Some(Duration::from_secs(25 * 3600)),
+                    ..options(&["x"])
+                },
+                "flow-idle-timeout",
+            ),
+            (
+                RunOptions {
+                    inventory: Some("/tmp/inventory.yaml".into()),
+                    identity_grace: Some(Duration::from_secs(25 * 3600)),
+                    ..options(&["x"])
+                },
+                "at most 24h",
             ),
         ];
         for (options, key) in cases {
