@@ -348,73 +348,94 @@ impl InventorySource {
     }
 
     /// Runs until the receiver goes away.
-    pub async fn run(self, events: mpsc::Sender<Vec<CacheEvent>>) {
-        let Self { path, poll, loaded } = self;
-        let mut last = loaded;
-        let mut ticker = tokio::time::interval(poll);
+    pub async fn run(mut self, events: mpsc::Sender<Vec<CacheEvent>>) {
+        let mut ticker = tokio::time::interval(self.poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let current = stamp(&path);
-            if current == last || current.is_none() {
-                continue;
-            }
-            last = current;
-            match load(&path) {
-                Ok(inventory) if inventory.incomplete().is_some() => warn!(
-                    file = %path.display(),
-                    reason = inventory.incomplete().unwrap_or_default(),
+            match self.check() {
+                Reload::Unchanged => {}
+                Reload::Incomplete(reason) => warn!(
+                    file = %self.path.display(),
+                    reason,
                     "inventory not reloaded (being rewritten?); keeping the previous one until the file changes again"
                 ),
-                Ok(inventory) => {
-                    report(&path, &inventory);
+                Reload::Failed(error) => warn!(
+                    error = %crate::agent::error_chain(&error),
+                    "inventory not reloaded; keeping the previous one"
+                ),
+                Reload::Changed(inventory) => {
+                    report(&self.path, &inventory);
                     if events.send(inventory.into_events()).await.is_err() {
                         return;
                     }
                 }
-                Err(error) => warn!(
-                    error = %crate::agent::error_chain(&error),
-                    "inventory not reloaded; keeping the previous one"
-                ),
             }
         }
     }
+
+    /// One look at the file: whether it changed since the last look, and
+    /// whether what it holds now may replace the cache's contents.
+    fn check(&mut self) -> Reload {
+        let current = stamp(&self.path);
+        if current == self.loaded || current.is_none() {
+            return Reload::Unchanged;
+        }
+        self.loaded = current;
+        match load(&self.path) {
+            Ok(inventory) => match inventory.incomplete() {
+                Some(reason) => Reload::Incomplete(reason),
+                None => Reload::Changed(inventory),
+            },
+            Err(error) => Reload::Failed(error),
+        }
+    }
+}
+
+/// What one look at the inventory file found.
+#[derive(Debug)]
+enum Reload {
+    Unchanged,
+    Incomplete(&'static str),
+    Failed(ReadError),
+    Changed(Inventory),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_file_caught_while_being_rewritten_is_not_applied() {
+    #[test]
+    fn a_file_caught_while_being_rewritten_is_not_applied() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("inventory.yaml");
         let full = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: shop}\n";
         std::fs::write(&path, full).unwrap();
-        let (source, first) =
-            InventorySource::open(path.clone(), Duration::from_millis(10)).unwrap();
+        let (mut source, first) =
+            InventorySource::open(path.clone(), Duration::from_secs(1)).unwrap();
         assert!(!first.is_empty());
-        let (sender, mut receiver) = mpsc::channel(4);
-        let task = tokio::spawn(source.run(sender));
-        let quiet = |receiver: &mut mpsc::Receiver<Vec<CacheEvent>>| {
-            std::thread::sleep(Duration::from_millis(60));
-            receiver.try_recv().is_err()
-        };
-        // Truncated, then half written: neither replaces the cache.
+        assert!(matches!(source.check(), Reload::Unchanged));
+        // Truncated, then half written (a valid List with a broken item):
+        // neither replaces the cache.
         std::fs::write(&path, "").unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(quiet(&mut receiver));
+        assert!(matches!(
+            source.check(),
+            Reload::Incomplete("the file holds no object identity uses")
+        ));
         std::fs::write(&path, &full[..40]).unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(quiet(&mut receiver));
-        // Complete again: applied.
+        assert!(matches!(source.check(), Reload::Incomplete(_)));
+        std::fs::write(&path, "apiVersion: v1\nkind: List\nitems: [").unwrap();
+        assert!(matches!(
+            source.check(),
+            Reload::Incomplete("a document is not valid YAML")
+        ));
+        // Complete again: applied, once.
         std::fs::write(&path, full.replace("shop", "shop2")).unwrap();
-        let events = tokio::time::timeout(Duration::from_secs(2), receiver.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(events.iter().any(|event| matches!(event, CacheEvent::Apply(Object::Namespace(namespace)) if namespace.name == "shop2")));
-        task.abort();
+        let Reload::Changed(inventory) = source.check() else {
+            panic!("the complete file is applied");
+        };
+        assert!(inventory.into_events().iter().any(|event| matches!(event, CacheEvent::Apply(Object::Namespace(namespace)) if namespace.name == "shop2")));
+        assert!(matches!(source.check(), Reload::Unchanged));
     }
 
     #[test]
