@@ -93,9 +93,16 @@ impl Health {
 
     /// `None` when live, else why not.
     pub fn liveness(&self) -> Option<String> {
-        let since = self.started.elapsed().saturating_sub(Duration::from_millis(
-            self.last_turn_ms.load(Ordering::Relaxed),
-        ));
+        self.liveness_at(Instant::now())
+    }
+
+    /// [`Self::liveness`] as seen at `now`.
+    fn liveness_at(&self, now: Instant) -> Option<String> {
+        let since =
+            now.saturating_duration_since(self.started)
+                .saturating_sub(Duration::from_millis(
+                    self.last_turn_ms.load(Ordering::Relaxed),
+                ));
         (since > self.liveness_window).then(|| {
             format!(
                 "the event loop has not turned for {}",
@@ -693,5 +700,31 @@ mod tests {
         );
         health.set_identity_synced(true);
         assert_eq!(health.readiness(), None);
+    }
+
+    #[test]
+    fn a_loop_that_stops_turning_is_not_live_after_three_intervals() {
+        // A 5 s flush: the window is 15 s (never under 10 s).
+        let health = Health::new(Duration::from_secs(5));
+        health.turned();
+        let turned =
+            health.started + Duration::from_millis(health.last_turn_ms.load(Ordering::Relaxed));
+        assert_eq!(health.liveness_at(turned + Duration::from_secs(15)), None);
+        assert_eq!(
+            health
+                .liveness_at(turned + Duration::from_secs(17))
+                .as_deref(),
+            Some("the event loop has not turned for 17s")
+        );
+        let short = Health::new(Duration::from_millis(100));
+        short.turned();
+        let turned =
+            short.started + Duration::from_millis(short.last_turn_ms.load(Ordering::Relaxed));
+        assert_eq!(short.liveness_at(turned + Duration::from_secs(9)), None);
+        assert!(
+            short
+                .liveness_at(turned + Duration::from_secs(11))
+                .is_some()
+        );
     }
 }
