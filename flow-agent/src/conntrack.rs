@@ -309,6 +309,75 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_tuples_go_as_sixteen_byte_addresses_of_family_inet6() {
+        let original = Tuple {
+            src: "fd00:1::2".parse().unwrap(),
+            src_port: 40000,
+            dst: "fd00:96::20".parse().unwrap(),
+            dst_port: 53,
+            protocol: Protocol(flow_common::protocol::UDP),
+        };
+        let message = request(&original, 9);
+        assert_eq!(message[16], libc::AF_INET6 as u8);
+        let orig = find(&message[20..], CTA_TUPLE_ORIG).unwrap();
+        let ip = find(orig, CTA_TUPLE_IP).unwrap();
+        let destination: std::net::Ipv6Addr = "fd00:96::20".parse().unwrap();
+        assert_eq!(find(ip, CTA_IP_V6_DST).unwrap(), destination.octets());
+        assert!(find(ip, CTA_IP_V4_DST).is_none());
+        let proto = find(orig, CTA_TUPLE_PROTO).unwrap();
+        assert_eq!(find(proto, CTA_PROTO_NUM).unwrap(), [17]);
+        assert_eq!(
+            find(proto, CTA_PROTO_SRC_PORT).unwrap(),
+            40000u16.to_be_bytes()
+        );
+
+        // The answer's reply tuple, written byte by byte as the kernel does
+        // (not with this module's encoder): CTA_TUPLE_REPLY { CTA_TUPLE_IP
+        // { CTA_IP_V6_SRC, CTA_IP_V6_DST }, CTA_TUPLE_PROTO { NUM, SRC, DST } }.
+        let nested = |kind: u16, payload: &[u8]| {
+            let mut out = Vec::new();
+            out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            out.extend_from_slice(&(kind | 0x8000).to_ne_bytes());
+            out.extend_from_slice(payload);
+            while out.len() % 4 != 0 {
+                out.push(0);
+            }
+            out
+        };
+        let leaf = |kind: u16, payload: &[u8]| {
+            let mut out = nested(kind, payload);
+            out[2..4].copy_from_slice(&kind.to_ne_bytes());
+            out
+        };
+        let backend: std::net::Ipv6Addr = "fd00:2::2".parse().unwrap();
+        let client: std::net::Ipv6Addr = "fd00:1::2".parse().unwrap();
+        let ip = [
+            leaf(CTA_IP_V6_SRC, &backend.octets()),
+            leaf(CTA_IP_V6_DST, &client.octets()),
+        ]
+        .concat();
+        let proto = [
+            leaf(CTA_PROTO_NUM, &[17]),
+            leaf(CTA_PROTO_SRC_PORT, &5353u16.to_be_bytes()),
+            leaf(CTA_PROTO_DST_PORT, &40000u16.to_be_bytes()),
+        ]
+        .concat();
+        let reply = nested(
+            CTA_TUPLE_REPLY,
+            &[nested(CTA_TUPLE_IP, &ip), nested(CTA_TUPLE_PROTO, &proto)].concat(),
+        );
+        let mut answer = vec![0u8; 16];
+        answer.extend_from_slice(&[libc::AF_INET6 as u8, 0, 0, 0]);
+        answer.extend_from_slice(&reply);
+        let length = answer.len() as u32;
+        answer[0..4].copy_from_slice(&length.to_ne_bytes());
+        assert_eq!(
+            parse_answer(&answer).unwrap(),
+            Some((IpAddr::V6(backend), 5353))
+        );
+    }
+
+    #[test]
     fn answer_yields_the_reply_source_and_errors_are_absence_or_errors() {
         // Build an answer the way the kernel does: header, nfgenmsg, tuples.
         let backend = Tuple {
