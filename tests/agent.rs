@@ -314,9 +314,33 @@ fn tcp_exchange(node: &Node, agent: Agent, server: IpAddr, up: usize, down: usiz
         })
         .unwrap();
     server_thread.join().unwrap().unwrap();
-    // Let the last ACKs cross before anyone reads counters.
-    std::thread::sleep(Duration::from_millis(300));
-    let after = pod_counters(node);
+    // The last ACKs may still be crossing: read the counters until two reads
+    // 50 ms apart agree (on a loaded machine that takes longer, not fails).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut after = pod_counters(node);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let again = pod_counters(node);
+        let same = (0..2).all(|pod| {
+            (
+                again[pod].in_receives,
+                again[pod].in_octets,
+                again[pod].tcp_segments_sent,
+            ) == (
+                after[pod].in_receives,
+                after[pod].in_octets,
+                after[pod].tcp_segments_sent,
+            )
+        });
+        after = again;
+        if same {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pods' counters never settled"
+        );
+    }
     let counters = [0, 1].map(|pod| IpCounters {
         in_receives: after[pod].in_receives - before[pod].in_receives,
         in_octets: after[pod].in_octets - before[pod].in_octets,
