@@ -164,6 +164,23 @@ impl Enricher {
         }
     }
 
+    /// Who is behind a Service address whose backend is unknown: the
+    /// workload all backends share, else the Service itself.
+    fn untranslated(&self, target: &ServiceTarget, at: SystemTime) -> Identity {
+        self.cache
+            .common_backend(target, at)
+            .unwrap_or_else(|| Identity {
+                kind: Some(PeerKind::Service),
+                namespace: Some(target.service.namespace.clone()),
+                tenant: Some(self.cache.tenant(&target.service.namespace)),
+                workload: Some(Workload {
+                    kind: "Service".to_owned(),
+                    name: target.service.name.clone(),
+                }),
+                ..Identity::default()
+            })
+    }
+
     /// Fills in both ends' identities, the Service, and whether the flow
     /// crosses tenants. `at` is when the flow was seen.
     pub fn annotate(
@@ -172,7 +189,22 @@ impl Enricher {
         translation: Option<&Translation>,
         at: SystemTime,
     ) {
-        record.source.identity = self.intern(self.cache.identify(record.source.ip, at));
+        let source =
+            match self
+                .cache
+                .service_target(record.source.ip, record.source.port, record.protocol)
+            {
+                // A reply still from the Service address (no conntrack, or its
+                // lookup missed): the same Service and backend identity as its
+                // request, so both fold into one aggregate.
+                Some(target) => {
+                    let identity = self.untranslated(&target, at);
+                    record.source.service = Some(target.service);
+                    identity
+                }
+                None => self.cache.identify(record.source.ip, at),
+            };
+        record.source.identity = self.intern(source);
         let destination = match translation {
             None => self.cache.identify(record.destination.ip, at),
             Some(Translation {
@@ -187,20 +219,7 @@ impl Enricher {
                 backend: None,
             }) => {
                 record.destination.service = Some(target.service.clone());
-                // Which backend served it is unknown; its workload is known when
-                // all backends share one.
-                self.cache
-                    .common_backend(target, at)
-                    .unwrap_or_else(|| Identity {
-                        kind: Some(PeerKind::Service),
-                        namespace: Some(target.service.namespace.clone()),
-                        tenant: Some(self.cache.tenant(&target.service.namespace)),
-                        workload: Some(Workload {
-                            kind: "Service".to_owned(),
-                            name: target.service.name.clone(),
-                        }),
-                        ..Identity::default()
-                    })
+                self.untranslated(target, at)
             }
         };
         record.destination.identity = self.intern(destination);
@@ -223,6 +242,95 @@ mod tests {
         identity::{CacheEvent, IdentityConfig, inventory},
         record::Endpoint,
     };
+
+    #[test]
+    fn a_reply_still_from_the_service_address_folds_into_its_requests_aggregate() {
+        let mut cache = IdentityCache::new(IdentityConfig {
+            tenant_label: "tenant".to_owned(),
+            node_name: "node-a".to_owned(),
+            local_addresses: Vec::new(),
+            grace: Duration::from_secs(60),
+        });
+        let pod = |name: &str, ip: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: {name}, labels: {{app: {name}}}}}\nspec: {{nodeName: node-b, containers: [{{name: main, image: app}}]}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}], startTime: '2020-01-01T00:00:00Z'}}\n"
+            )
+        };
+        let yaml = [
+            pod("web", "10.1.0.2"),
+            pod("cart", "10.2.0.30"),
+            "---\napiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: cart}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints: [{addresses: [10.2.0.30], conditions: {ready: true}}]\n".to_owned(),
+        ]
+        .concat();
+        let parsed = inventory::parse(&yaml, "test.yaml");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let now = SystemTime::now();
+        for object in parsed.objects {
+            cache.apply(CacheEvent::Apply(object), now);
+        }
+        let enricher = Enricher::new(cache);
+        let time = crate::record::Timestamp(now);
+        let record = |source: Endpoint, destination: Endpoint, is_reply: bool| FlowRecord {
+            time,
+            first_seen: time,
+            source,
+            destination,
+            protocol: Protocol(6),
+            icmp: None,
+            packets: 2,
+            bytes: 100,
+            tcp_flags: Vec::new(),
+            is_reply,
+            interface: "veth0".into(),
+            hook: crate::record::Hook::Ingress,
+            node: "node-a".into(),
+            cross_tenant: None,
+            new_connection: !is_reply,
+            violation: false,
+        };
+        let (client, service) = (
+            Endpoint::new("10.1.0.2".parse().unwrap(), 40_000),
+            Endpoint::new("10.96.0.20".parse().unwrap(), 80),
+        );
+        // No conntrack answer: the request keeps the Service address...
+        let mut request = record(client.clone(), service.clone(), false);
+        let target = enricher
+            .cache()
+            .service_target(service.ip, 80, Protocol(6))
+            .unwrap();
+        let translation = Translation {
+            target,
+            backend: None,
+        };
+        enricher.annotate(&mut request, Some(&translation), now);
+        // ...and so does the reply, un-DNATed by the node.
+        let mut reply = record(service, client, true);
+        enricher.annotate(&mut reply, None, now);
+        assert_eq!(reply.source.identity.pod, None);
+        assert_eq!(
+            reply.source.identity.workload,
+            request.destination.identity.workload
+        );
+        assert_eq!(
+            reply.source.service.as_ref().unwrap().target_port,
+            Some(8080)
+        );
+        let mut aggregator = crate::aggregate::Aggregator::new();
+        aggregator.add(&request, time);
+        aggregator.add(&reply, time);
+        let aggregates = aggregator.finish(time);
+        assert_eq!(aggregates.len(), 1, "{aggregates:#?}");
+        let aggregate = &aggregates[0];
+        assert_eq!(
+            (
+                aggregate.port,
+                aggregate.connections,
+                aggregate.bytes,
+                aggregate.reply_bytes
+            ),
+            (8080, 1, 100, 100)
+        );
+    }
 
     #[test]
     fn records_of_one_pod_share_one_identity() {
