@@ -566,6 +566,67 @@ fn interfaces_added_after_start_are_attached_and_removed_ones_detached() {
 }
 
 #[test]
+fn an_interface_renamed_within_the_selection_and_back_keeps_its_programs_and_name() {
+    require_root!();
+    let node = Node::new(2).unwrap();
+    let agent = Agent::on(&node, FLUSH, &[]);
+    let original = node.pods[0].host_interface.clone();
+    let renamed = format!("{original}x");
+    let rename = |from: &str, to: &str| {
+        node.netns.ip(&["link", "set", from, "down"]).unwrap();
+        node.netns.ip(&["link", "set", from, "name", to]).unwrap();
+        node.netns.ip(&["link", "set", to, "up"]).unwrap();
+        node.netns.wait_until_up(to).unwrap();
+    };
+    let b4 = IpAddr::V4(node.pods[1].ipv4);
+    let exchange = |count: usize| {
+        let server = udp_echo_server(&node, 1, b4, 9000);
+        let port = udp_client(
+            &node,
+            0,
+            SocketAddr::new(b4, 9000),
+            count,
+            100,
+            Duration::ZERO,
+        );
+        server.join().unwrap().unwrap();
+        port
+    };
+    rename(&original, &renamed);
+    let first = exchange(3);
+    rename(&renamed, &original);
+    let second = exchange(4);
+    let output = agent.stop();
+    assert!(
+        !output.stderr.iter().any(|line| line.contains("detached")),
+        "a rename within the selection keeps the programs: {:?}",
+        output.stderr
+    );
+    let interface_of = |port: u16| -> Vec<String> {
+        output
+            .records
+            .iter()
+            .filter(|record| record.source.port == port && !record.is_reply)
+            .map(|record| record.interface.clone())
+            .collect()
+    };
+    let flows = totals(&output.records);
+    let a4 = node.pods[0].ipv4;
+    assert_eq!(flow(&flows, a4, first, b4, 9000, "UDP").0.packets, 3);
+    assert_eq!(flow(&flows, a4, second, b4, 9000, "UDP").0.packets, 4);
+    assert!(
+        interface_of(first).iter().all(|name| *name == renamed),
+        "{:?}",
+        interface_of(first)
+    );
+    assert!(
+        interface_of(second).iter().all(|name| *name == original),
+        "{:?}",
+        interface_of(second)
+    );
+}
+
+#[test]
 fn sigterm_reports_every_packet_counted_before_exit() {
     require_root!();
     let node = Node::new(2).unwrap();

@@ -571,6 +571,9 @@ impl<S: RecordSink> Agent<'_, S> {
                 self.on_removed_link(link.index, &name);
             }
             Some(_) => {
+                // Renamed within the selection: the programs stay; both
+                // places that hold the name learn the new one.
+                self.datapath.rename(link.index, &link.name);
                 self.names.insert(link.index, link.name);
             }
             None if selected => {

@@ -596,6 +596,14 @@ impl Datapath {
             .map(|(index, Attachment { name, .. })| (*index, name.as_str()))
     }
 
+    /// Records an attached interface's new name (a rename within the
+    /// selection: the programs stay).
+    pub fn rename(&mut self, index: u32, name: &str) {
+        if let Some(attachment) = self.attachments.get_mut(&index) {
+            name.clone_into(&mut attachment.name);
+        }
+    }
+
     /// Attaches both programs to each interface. All ingress programs go first,
     /// then the interfaces join the counted set, then the egress programs: no
     /// packet between two of these interfaces is counted twice or missed.
