@@ -638,8 +638,29 @@ fn monitor_mode_flags_exactly_the_connections_outside_the_approved_policies() {
         10,
     );
     server.join().unwrap().unwrap();
-    std::thread::sleep(Duration::from_millis(600));
-    let state = common::cli::status(node, API, &[]);
+    // Read the status once every record of the exchange is out: the count of
+    // violating records the agent printed agrees with the status, and did
+    // not move over two flush intervals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut previous = None;
+    let state = loop {
+        let state = common::cli::status(node, API, &[]);
+        let printed = agent
+            .records()
+            .iter()
+            .filter(|record| record.violation)
+            .count();
+        let agrees = state["monitoring"] == format!("yes, {printed} violations");
+        if agrees && printed > 0 && previous == Some(printed) {
+            break state;
+        }
+        previous = Some(printed);
+        assert!(
+            Instant::now() < deadline,
+            "violations never settled: {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    };
     let output = agent.stop();
     let followed = follower.wait_for_exit(Duration::from_secs(10)).unwrap();
 
