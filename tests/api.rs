@@ -290,7 +290,16 @@ fn replay_since_filters_status_and_the_rotating_file_agree_with_the_agent() {
     std::thread::sleep(Duration::from_millis(1_500));
     let second_burst = SystemTime::now();
     let late = udp_exchange(node, 3, 2, 9998);
-    std::thread::sleep(Duration::from_millis(600));
+    // Until the late exchange's reply is printed (its request came first).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !agent
+        .records()
+        .iter()
+        .any(|record| record.destination.port == late && record.is_reply)
+    {
+        assert!(Instant::now() < deadline, "the late exchange never drained");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let records: Vec<FlowRecord> = agent.records().into_iter().filter(not_icmpv6).collect();
     let no_icmpv6 = ["--not-protocol", "ICMPv6"];
     let replay = |args: &[&str]| observe_json(node, &[args, &no_icmpv6].concat());
