@@ -730,14 +730,16 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
     let b4 = node.pods[1].ipv4;
     resolve_neighbours(&node, IpAddr::V4(b4));
     let mut ports = Vec::new();
+    // Every socket stays open to the end: 200 distinct source ports, so no
+    // later burst reuses an earlier flow.
+    let mut sockets: Vec<UdpSocket> = Vec::new();
     // Five bursts of 40 flows: each passes half the map (the early drain's
     // trigger) and stays under its size, and the next burst waits until
     // this one was drained, so nothing can spill however slow the agent.
     for burst in 1..=5 {
-        let burst_ports = node.pods[0]
+        let burst_sockets = node.pods[0]
             .netns
             .run(move || {
-                // 40 sockets open at once: 40 distinct source ports, 40 flows.
                 let sockets: Vec<UdpSocket> = (0..40)
                     .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
                     .collect();
@@ -745,12 +747,14 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
                     socket.send_to(&[0u8; 100], (b4, 9)).unwrap();
                 }
                 sockets
-                    .iter()
-                    .map(|socket| socket.local_addr().unwrap().port())
-                    .collect::<Vec<u16>>()
             })
             .unwrap();
-        ports.extend(burst_ports);
+        ports.extend(
+            burst_sockets
+                .iter()
+                .map(|socket| socket.local_addr().unwrap().port()),
+        );
+        sockets.extend(burst_sockets);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while agent
             .records()
@@ -767,6 +771,14 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
         }
     }
     let output = agent.stop();
+    drop(sockets);
+    assert_eq!(
+        ports
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        200
+    );
     let flows = totals(&output.records);
     for port in ports {
         assert_eq!(
