@@ -41,6 +41,14 @@ use crate::{
 /// subscribers before their connections are dropped.
 const API_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Each link's master (bridge), for the links that have one.
+fn masters_of(links: &[Link]) -> HashMap<u32, u32> {
+    links
+        .iter()
+        .filter_map(|link| Some((link.index, link.master?)))
+        .collect()
+}
+
 /// At most one log line about early drains per this interval.
 const EARLY_DRAIN_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -291,10 +299,7 @@ pub async fn run<S: RecordSink>(
         names: HashMap::new(),
         removed: Vec::new(),
         early_drains: (0, None),
-        masters: links
-            .iter()
-            .filter_map(|link| Some((link.index, link.master?)))
-            .collect(),
+        masters: masters_of(&links),
         counters: DatapathCounters::default(),
         baseline: DatapathCounters::default(),
         summary: RunSummary::default(),
@@ -530,10 +535,7 @@ impl<S: RecordSink> Agent<'_, S> {
                 LinkEvent::Resync => {
                     warn!("link notifications overran; re-listing interfaces");
                     let links = list_links()?;
-                    self.masters = links
-                        .iter()
-                        .filter_map(|link| Some((link.index, link.master?)))
-                        .collect();
+                    self.masters = masters_of(&links);
                     let present: Vec<u32> = links.iter().map(|link| link.index).collect();
                     let gone: Vec<(u32, String)> = self
                         .datapath

@@ -110,19 +110,7 @@ impl Enricher {
                     dst_port: key.dst_port,
                     protocol,
                 };
-                let backend = self.conntrack.as_mut().and_then(|conntrack| {
-                    match conntrack.reply_source(&original) {
-                        Ok(backend) => backend,
-                        Err(error) => {
-                            debug!(%error, "conntrack lookup failed");
-                            None
-                        }
-                    }
-                });
-                // Without DNAT (a Service address reached directly) the reply
-                // source is the Service address itself: nothing to rewrite.
-                let backend =
-                    backend.filter(|(ip, port)| (*ip, *port) != (destination, key.dst_port));
+                let backend = self.backend(&original);
                 if let Some((ip, port)) = backend {
                     key.dst_addr = key_address(ip);
                     key.dst_port = port;
@@ -151,16 +139,26 @@ impl Enricher {
             dst_port: key.src_port,
             protocol,
         };
-        let Some(conntrack) = self.conntrack.as_mut() else {
-            return;
-        };
-        match conntrack.reply_source(&original) {
-            Ok(Some((ip, port))) if (ip, port) != (source, key.src_port) => {
-                key.src_addr = key_address(ip);
-                key.src_port = port;
+        if let Some((ip, port)) = self.backend(&original) {
+            key.src_addr = key_address(ip);
+            key.src_port = port;
+        }
+    }
+
+    /// The backend conntrack says the connection with this original tuple
+    /// (a client to a Service address) went to. Without DNAT (a Service
+    /// address reached directly) the reply source is the Service address
+    /// itself: no backend to rewrite to.
+    fn backend(&mut self, original: &Tuple) -> Option<(IpAddr, u16)> {
+        let conntrack = self.conntrack.as_mut()?;
+        match conntrack.reply_source(original) {
+            Ok(backend) => {
+                backend.filter(|&(ip, port)| (ip, port) != (original.dst, original.dst_port))
             }
-            Ok(_) => {}
-            Err(error) => debug!(%error, "conntrack lookup of a reply failed"),
+            Err(error) => {
+                debug!(%error, "conntrack lookup failed");
+                None
+            }
         }
     }
 

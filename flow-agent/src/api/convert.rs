@@ -23,12 +23,14 @@ const LATEST_SECONDS: u64 = 253_402_300_799;
 /// time outside what RFC 3339 can print must not make the client panic.
 fn from_timestamp(timestamp: Option<&prost_types::Timestamp>) -> Timestamp {
     let latest = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(LATEST_SECONDS);
-    let time = match timestamp {
-        Some(timestamp) if timestamp.seconds < 0 => SystemTime::UNIX_EPOCH,
-        Some(timestamp) if timestamp.seconds as u64 > LATEST_SECONDS => latest,
-        Some(timestamp) => SystemTime::try_from(*timestamp).unwrap_or(SystemTime::UNIX_EPOCH),
-        None => SystemTime::UNIX_EPOCH,
-    };
+    let time = timestamp.map_or(SystemTime::UNIX_EPOCH, |timestamp| {
+        // Far-future seconds may not fit a SystemTime at all.
+        if timestamp.seconds > LATEST_SECONDS as i64 {
+            latest
+        } else {
+            SystemTime::try_from(*timestamp).unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+    });
     Timestamp(time.clamp(SystemTime::UNIX_EPOCH, latest))
 }
 

@@ -91,8 +91,9 @@ pub struct Selection {
 pub struct ClusterView {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<PodView>,
-    /// (namespace, name) → index in `pods`.
-    pod_index: HashMap<(String, String), usize>,
+    /// namespace → name → index in `pods` (looked up by `&str`, without
+    /// allocating, once per record end in monitor mode).
+    pod_index: HashMap<String, HashMap<String, usize>>,
     workloads: BTreeMap<WorkloadRef, WorkloadView>,
 }
 
@@ -139,8 +140,7 @@ impl ClusterView {
             entry.tenant = Some(cache.tenant(&pod.namespace));
             entry.pods.push(index);
             entry.host_network |= pod.host_network;
-            view.pod_index
-                .insert((pod.namespace.clone(), pod.name.clone()), index);
+            view.index_pod(&pod.namespace, &pod.name, index);
             view.pods.push(PodView {
                 namespace: pod.namespace,
                 name: pod.name,
@@ -171,10 +171,7 @@ impl ClusterView {
             }
             self.namespace_entry(&workload.namespace);
             let index = self.pods.len();
-            self.pod_index.insert(
-                (workload.namespace.clone(), format!("({})", workload.name)),
-                index,
-            );
+            self.index_pod(&workload.namespace, &format!("({})", workload.name), index);
             self.pods.push(PodView {
                 namespace: workload.namespace.clone(),
                 name: format!("({})", workload.name),
@@ -249,17 +246,21 @@ impl ClusterView {
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect();
         }
-        self.pod_index
-            .insert((pod.namespace.clone(), pod.name.clone()), index);
+        self.index_pod(&pod.namespace, &pod.name, index);
         self.pods.push(pod);
         index
     }
 
     /// Where the pod of this namespace and name is in [`Self::pods`].
     pub fn pod_index(&self, namespace: &str, name: &str) -> Option<usize> {
+        self.pod_index.get(namespace)?.get(name).copied()
+    }
+
+    fn index_pod(&mut self, namespace: &str, name: &str, index: usize) {
         self.pod_index
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .copied()
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned(), index);
     }
 
     /// Sets a namespace's labels (its name label is kept).

@@ -678,6 +678,16 @@ struct CiliumPort {
     protocol: String,
 }
 
+/// `values` as the `from*` field of an ingress rule or the `to*` field of an
+/// egress one: (from, to).
+fn sides<T>(ingress: bool, values: Vec<T>) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    if ingress {
+        (Some(values), None)
+    } else {
+        (None, Some(values))
+    }
+}
+
 fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
     let mut out = Vec::new();
     for RuleSpec { peers, ports } in rules {
@@ -697,79 +707,50 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
                 )
                 .collect(),
         }]);
-        let endpoints: Vec<LabelSelector> = peers
-            .iter()
-            .filter_map(|peer| match peer {
+        let (mut endpoints, mut cidrs, mut entities) = (Vec::new(), Vec::new(), BTreeSet::new());
+        for peer in peers {
+            match peer {
                 PeerSpec::Pods { namespace, labels } => {
                     let mut labels = labels.clone();
                     labels.insert(
                         "k8s:io.kubernetes.pod.namespace".to_owned(),
                         namespace.clone(),
                     );
-                    Some(match_labels(&labels))
+                    endpoints.push(match_labels(&labels));
                 }
-                PeerSpec::Cidr(_) | PeerSpec::Entity { .. } => None,
-            })
-            .collect();
-        let cidrs: Vec<String> = peers
-            .iter()
-            .filter_map(|peer| match peer {
-                PeerSpec::Cidr(cidr) => Some(cidr.clone()),
-                PeerSpec::Pods { .. } | PeerSpec::Entity { .. } => None,
-            })
-            .collect();
-        let entities: Vec<String> = peers
-            .iter()
-            .filter_map(|peer| match peer {
-                PeerSpec::Entity { entity, .. } => Some(entity.clone()),
-                PeerSpec::Pods { .. } | PeerSpec::Cidr(_) => None,
-            })
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+                PeerSpec::Cidr(cidr) => cidrs.push(cidr.clone()),
+                PeerSpec::Entity { entity, .. } => {
+                    entities.insert(entity.clone());
+                }
+            }
+        }
+        // One rule per kind of peer, on the side the direction names.
+        let rule = || CiliumRule {
+            to_ports: to_ports.clone(),
+            ..CiliumRule::default()
+        };
         if !endpoints.is_empty() {
-            out.push(if ingress {
-                CiliumRule {
-                    from_endpoints: Some(endpoints),
-                    to_ports: to_ports.clone(),
-                    ..CiliumRule::default()
-                }
-            } else {
-                CiliumRule {
-                    to_endpoints: Some(endpoints),
-                    to_ports: to_ports.clone(),
-                    ..CiliumRule::default()
-                }
+            let (from_endpoints, to_endpoints) = sides(ingress, endpoints);
+            out.push(CiliumRule {
+                from_endpoints,
+                to_endpoints,
+                ..rule()
             });
         }
         if !cidrs.is_empty() {
-            out.push(if ingress {
-                CiliumRule {
-                    from_cidr: Some(cidrs),
-                    to_ports: to_ports.clone(),
-                    ..CiliumRule::default()
-                }
-            } else {
-                CiliumRule {
-                    to_cidr: Some(cidrs),
-                    to_ports: to_ports.clone(),
-                    ..CiliumRule::default()
-                }
+            let (from_cidr, to_cidr) = sides(ingress, cidrs);
+            out.push(CiliumRule {
+                from_cidr,
+                to_cidr,
+                ..rule()
             });
         }
         if !entities.is_empty() {
-            out.push(if ingress {
-                CiliumRule {
-                    from_entities: Some(entities),
-                    to_ports: to_ports.clone(),
-                    ..CiliumRule::default()
-                }
-            } else {
-                CiliumRule {
-                    to_entities: Some(entities),
-                    to_ports: to_ports.clone(),
-                    ..CiliumRule::default()
-                }
+            let (from_entities, to_entities) = sides(ingress, entities.into_iter().collect());
+            out.push(CiliumRule {
+                from_entities,
+                to_entities,
+                ..rule()
             });
         }
     }
