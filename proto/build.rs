@@ -1,6 +1,11 @@
-//! Generates the Rust code for flow.proto with a vendored protoc: nothing to
-//! install, and the generated code is never edited by hand.
+//! Generates the Rust code for flow-agent's own API (`flowagent/v1`) and for
+//! the part of Hubble's API it serves (`hubble/`), with a vendored protoc:
+//! nothing to install, and the generated code is never edited by hand.
 use anyhow::Context as _;
+
+/// Hubble's files import each other as `flow/flow.proto`, as upstream does, so
+/// they are compiled with `hubble/` as their root.
+const HUBBLE: [&str; 2] = ["hubble/observer/observer.proto", "hubble/peer/peer.proto"];
 
 fn main() -> anyhow::Result<()> {
     let protoc = protoc_bin_vendored::protoc_bin_path().context("vendored protoc")?;
@@ -9,6 +14,10 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .compile_protos(&["flowagent/v1/flow.proto"], &["."])
         .context("compiling flowagent/v1/flow.proto")?;
-    println!("cargo:rerun-if-changed=flowagent/v1/flow.proto");
+    tonic_prost_build::configure()
+        .compile_protos(&HUBBLE, &["hubble"])
+        .context("compiling hubble/")?;
+    println!("cargo:rerun-if-changed=flowagent");
+    println!("cargo:rerun-if-changed=hubble");
     Ok(())
 }
