@@ -16,8 +16,8 @@ use std::{
 use flow_agent::{
     api::{
         filter::{FlowMatcher, Scope},
-        hub::{Hub, HubSettings},
-        server::{self, ApiSettings},
+        hub::{Hub, HubSettings, Replay},
+        server::{self, ApiSettings, Served},
     },
     identity::{Identity, PeerKind, Workload},
     output::{FileSink, FileSinkSettings, RecordSink as _},
@@ -95,6 +95,7 @@ fn records() -> Vec<FlowRecord> {
             tcp_flags: vec!["SYN".into(), "ACK".into()],
             is_reply: false,
             interface: "azv1234abcd".into(),
+            interface_index: 0,
             hook: Hook::Ingress,
             node: "node-a".into(),
             cross_tenant: Some(index % 3 == 0),
@@ -118,7 +119,7 @@ fn publish(records: &[FlowRecord], followers: usize) {
     let mut feeds = Vec::new();
     for index in 0..followers {
         let subscription = if index == 0 {
-            hub.subscribe_flows(0, None, true, "bench", |_| true)
+            hub.subscribe_flows(Replay::last(0), true, "bench", |_| true)
         } else {
             // A tenant, asking for its TCP flows to port 8080.
             let scope = Scope::Tenant(format!("tenant-{index}"));
@@ -134,7 +135,7 @@ fn publish(records: &[FlowRecord], followers: usize) {
                 &[],
             )
             .unwrap_or_default();
-            hub.subscribe_flows(0, None, true, "bench", move |stored| {
+            hub.subscribe_flows(Replay::last(0), true, "bench", move |stored| {
                 scope.allows(&stored.record) && matcher.matches(&stored.record)
             })
         };
@@ -215,13 +216,18 @@ fn grpc(records: &[FlowRecord]) {
         hub.publish_flows(records);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let api = ApiSettings {
-            listen: ADDRESS.parse().unwrap_or_else(|error| panic!("{error}")),
+            grpc: Some(ADDRESS.parse().unwrap_or_else(|error| panic!("{error}"))),
+            hubble: None,
             tls: None,
             client_ca: None,
             access: None,
             allow_plaintext: false,
         };
-        let serve = server::start(&api, Arc::clone(&hub), async {
+        let served = Served {
+            hub: Arc::clone(&hub),
+            peers: Arc::default(),
+        };
+        let serve = server::start(&api, served, async {
             let _ = stopped.await;
         })
         .await

@@ -13,7 +13,8 @@ use crate::{
     aggregate::Aggregator,
     api::{
         hub::{Hub, NodeStatus},
-        server::{self, ApiError},
+        hubble::peer::{Nodes, PeerSet},
+        server::{self, ApiError, Served},
     },
     config::{IdentitySettings, IdentitySource, RunConfig},
     datapath::{Datapath, DatapathCounters, DatapathError},
@@ -21,7 +22,7 @@ use crate::{
     enrich::{Enricher, Translation},
     flows::{Classified, FlowTracker},
     identity::{
-        CacheEvent, IdentityCache, IdentityConfig,
+        CacheEvent, IdentityCache, IdentityConfig, ObjectKind,
         inventory::{InventorySource, ReadError},
         kubernetes::{self, KubernetesError},
     },
@@ -151,6 +152,8 @@ struct Agent<'a, S> {
     interval_start: Timestamp,
     sink: Sinks<S>,
     hub: Option<Arc<Hub>>,
+    /// The cluster's nodes, for Hubble's Peer service.
+    peers: Arc<PeerSet>,
     learner: Option<Learner>,
     /// The store failed: learning goes on in memory only.
     learner_failed: bool,
@@ -218,10 +221,15 @@ pub async fn run<S: RecordSink>(
     let file_stats = file.as_ref().map(FileSink::stats);
     // The API binds before anything is attached, so a taken port fails at start.
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let peers = Arc::new(PeerSet::default());
     let (hub, mut api_task) = match &config.api {
         Some((settings, hub_settings)) => {
             let hub = Arc::new(Hub::new(config.node_name.clone(), *hub_settings));
-            let serve = server::start(settings, Arc::clone(&hub), async {
+            let served = Served {
+                hub: Arc::clone(&hub),
+                peers: Arc::clone(&peers),
+            };
+            let serve = server::start(settings, served, async {
                 let _ = api_stopped.await;
             })
             .await?;
@@ -289,6 +297,7 @@ pub async fn run<S: RecordSink>(
         interval_start: Timestamp(std::time::SystemTime::now()),
         sink: (sink, (hub.clone(), file)),
         hub,
+        peers,
         learner,
         learner_failed: false,
         monitor: policy_monitor,
@@ -341,6 +350,7 @@ pub async fn run<S: RecordSink>(
     );
 
     agent.publish_status();
+    agent.publish_peers();
 
     let result = agent
         .event_loop(&mut monitor, &mut identity_rx, &mut api_task, shutdown)
@@ -431,6 +441,13 @@ impl<S: RecordSink> Agent<'_, S> {
             return;
         };
         let now = std::time::SystemTime::now();
+        let nodes_changed = events.iter().any(|event| match event {
+            CacheEvent::Apply(object) => object.key().kind == ObjectKind::Node,
+            CacheEvent::Delete(key) => key.kind == ObjectKind::Node,
+            CacheEvent::ResyncStart(kind) | CacheEvent::ResyncDone(kind) => {
+                *kind == ObjectKind::Node
+            }
+        });
         for event in events {
             if let CacheEvent::ResyncDone(kind) = &event {
                 debug!(kind = kind.as_str(), "identity resynced");
@@ -443,6 +460,37 @@ impl<S: RecordSink> Agent<'_, S> {
             }
             enricher.cache_mut().apply(event, now);
         }
+        if nodes_changed {
+            self.publish_peers();
+        }
+    }
+
+    /// Tells Hubble's Peer service the cluster's nodes: the Node objects with
+    /// their InternalIP, and this node even before its Node object is known
+    /// (at the Hubble listen address, or at its first own address).
+    fn publish_peers(&self) {
+        let mut nodes: Nodes = self
+            .enricher
+            .iter()
+            .flat_map(|enricher| enricher.cache().nodes())
+            .map(|node| (node.name.clone(), node.internal_ip))
+            .collect();
+        let own = nodes.entry(self.config.node_name.clone()).or_default();
+        if own.is_none() {
+            let listen = self
+                .config
+                .api
+                .as_ref()
+                .and_then(|(api, _)| api.hubble.as_ref())
+                .map(|hubble| hubble.listen.ip())
+                .filter(|ip| !ip.is_unspecified());
+            *own = listen.or_else(|| {
+                local_addresses()
+                    .into_iter()
+                    .find(|ip| !ip.is_loopback() && !is_link_local(*ip))
+            });
+        }
+        self.peers.publish(nodes);
     }
 
     /// Attaches to links not yet attached; returns the failures.
@@ -801,6 +849,7 @@ impl<S: RecordSink> Agent<'_, S> {
                 .get(&first_ifindex)
                 .cloned()
                 .unwrap_or_else(|| format!("if{first_ifindex}")),
+            interface_index: first_ifindex,
             hook: first_direction.into(),
             node: self.config.node_name.clone(),
             cross_tenant: None,
@@ -958,6 +1007,13 @@ async fn start_identity(
         }
     }
     Ok(Enricher::new(cache))
+}
+
+fn is_link_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
 }
 
 /// An error and its sources on one line: `outer: inner: root`.

@@ -338,6 +338,21 @@ pub struct RunArgs {
     /// refused with RESOURCE_EXHAUSTED [default: 256].
     #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_MAX_SUBSCRIBERS")]
     pub grpc_max_subscribers: Option<usize>,
+    /// Serve Hubble's Observer and Peer APIs on this address (4244 in the
+    /// manifests), for hubble-relay, the hubble CLI and Hubble UI; TLS, the
+    /// access policy and the buffers are the --grpc-* ones.
+    #[arg(long, value_name = "ADDR", env = "FLOW_AGENT_HUBBLE_LISTEN")]
+    pub hubble_listen: Option<SocketAddr>,
+    /// TLS server name of each node's Hubble API, announced to hubble-relay;
+    /// `{node}` is the node's name with dots as dashes [default:
+    /// {node}.default.hubble-grpc.cilium.io, which hubble-relay's peer-service
+    /// name shares a wildcard certificate with].
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        env = "FLOW_AGENT_HUBBLE_TLS_SERVER_NAME"
+    )]
+    pub hubble_tls_server_name: Option<String>,
     /// Also write flow records as JSON lines to this file (rotated by size,
     /// never blocking the agent: for log shippers).
     #[arg(long, value_name = "FILE", env = "FLOW_AGENT_OUTPUT_FILE")]
@@ -407,6 +422,8 @@ impl RunArgs {
             grpc_buffer,
             grpc_subscriber_queue,
             grpc_max_subscribers,
+            hubble_listen,
+            hubble_tls_server_name,
             output_file,
             output_file_max_size,
             output_file_keep,
@@ -444,6 +461,8 @@ impl RunArgs {
             grpc_buffer: *grpc_buffer,
             grpc_subscriber_queue: *grpc_subscriber_queue,
             grpc_max_subscribers: *grpc_max_subscribers,
+            hubble_listen: *hubble_listen,
+            hubble_tls_server_name: hubble_tls_server_name.clone(),
             output_file: output_file.clone(),
             output_file_max_size: *output_file_max_size,
             output_file_keep: *output_file_keep,

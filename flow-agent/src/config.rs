@@ -13,7 +13,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::{
-    api::{hub::HubSettings, server::ApiSettings},
+    api::{
+        hub::HubSettings,
+        server::{ApiSettings, HubbleSettings},
+    },
     datapath::{AttachMode, DatapathConfig},
     flows::TrackerConfig,
     interfaces::{InterfaceError, InterfaceSelector},
@@ -75,6 +78,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Default number of following subscribers served at once (each may hold up
 /// to a queue of records).
 pub const DEFAULT_GRPC_MAX_SUBSCRIBERS: usize = 256;
+/// Default TLS server name of a node's Hubble API: Cilium's, so that one
+/// wildcard certificate (`*.default.hubble-grpc.cilium.io`) serves every node
+/// and the name hubble-relay expects of the peer service.
+pub const DEFAULT_HUBBLE_TLS_SERVER_NAME: &str = "{node}.default.hubble-grpc.cilium.io";
 /// Default size at which the output file is rotated.
 pub const DEFAULT_OUTPUT_FILE_MAX_SIZE: u64 = 100 << 20;
 /// Default number of rotated output files kept.
@@ -239,6 +246,12 @@ pub struct RunOptions {
     /// Following subscribers served at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_max_subscribers: Option<usize>,
+    /// Address of Hubble's Observer and Peer APIs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hubble_listen: Option<SocketAddr>,
+    /// TLS server name template of each node's Hubble API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hubble_tls_server_name: Option<String>,
     /// JSON lines file of flow records, rotated by size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_file: Option<PathBuf>,
@@ -336,6 +349,8 @@ impl RunOptions {
             grpc_buffer,
             grpc_subscriber_queue,
             grpc_max_subscribers,
+            hubble_listen,
+            hubble_tls_server_name,
             output_file,
             output_file_max_size,
             output_file_keep,
@@ -372,6 +387,8 @@ impl RunOptions {
             grpc_buffer: grpc_buffer.or(lower.grpc_buffer),
             grpc_subscriber_queue: grpc_subscriber_queue.or(lower.grpc_subscriber_queue),
             grpc_max_subscribers: grpc_max_subscribers.or(lower.grpc_max_subscribers),
+            hubble_listen: hubble_listen.or(lower.hubble_listen),
+            hubble_tls_server_name: hubble_tls_server_name.or(lower.hubble_tls_server_name),
             output_file: output_file.or(lower.output_file),
             output_file_max_size: output_file_max_size.or(lower.output_file_max_size),
             output_file_keep: output_file_keep.or(lower.output_file_keep),
@@ -437,7 +454,7 @@ impl RunConfig {
                 .as_ref()
                 .map(|identity| identity.tenant_label.clone()),
             identity_grace: identity.as_ref().map(|identity| identity.grace),
-            grpc_listen: api.map(|api| api.listen),
+            grpc_listen: api.and_then(|api| api.grpc),
             grpc_tls_cert: api.and_then(|api| api.tls.as_ref().map(|(cert, _)| cert.clone())),
             grpc_tls_key: api.and_then(|api| api.tls.as_ref().map(|(_, key)| key.clone())),
             grpc_client_ca: api.and_then(|api| api.client_ca.clone()),
@@ -446,6 +463,12 @@ impl RunConfig {
             grpc_buffer: hub.map(|hub| hub.buffer),
             grpc_subscriber_queue: hub.map(|hub| hub.subscriber_queue),
             grpc_max_subscribers: hub.map(|hub| hub.max_subscribers),
+            hubble_listen: api.and_then(|api| api.hubble.as_ref().map(|hubble| hubble.listen)),
+            hubble_tls_server_name: api.and_then(|api| {
+                api.hubble
+                    .as_ref()
+                    .map(|hubble| hubble.tls_server_name.clone())
+            }),
             output_file: file.as_ref().map(|file| file.path.clone()),
             output_file_max_size: file.as_ref().map(|file| file.max_bytes),
             output_file_keep: file.as_ref().map(|file| file.keep),
@@ -499,6 +522,16 @@ fn invalid(key: &'static str, value: impl ToString, expected: &'static str) -> C
     }
 }
 
+/// Dot-separated labels of letters, digits and dashes.
+fn valid_server_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 fn hostname() -> String {
     let mut buffer = [0u8; 256];
     // SAFETY: gethostname writes at most `len` bytes into the buffer.
@@ -541,6 +574,8 @@ impl RunConfig {
             grpc_buffer,
             grpc_subscriber_queue,
             grpc_max_subscribers,
+            hubble_listen,
+            hubble_tls_server_name,
             output_file,
             output_file_max_size,
             output_file_keep,
@@ -643,7 +678,7 @@ impl RunConfig {
             ));
         }
         // API settings without an API would be ignored.
-        if grpc_listen.is_none() {
+        if grpc_listen.is_none() && hubble_listen.is_none() {
             let given = [
                 ("grpc-tls-cert", grpc_tls_cert.is_some()),
                 ("grpc-tls-key", grpc_tls_key.is_some()),
@@ -657,10 +692,30 @@ impl RunConfig {
             if let Some((key, _)) = given.into_iter().find(|(_, given)| *given) {
                 return Err(invalid(
                     key,
-                    "without --grpc-listen",
-                    "--grpc-listen ADDR as well: it configures the API",
+                    "without --grpc-listen or --hubble-listen",
+                    "--grpc-listen ADDR or --hubble-listen ADDR as well: it configures the API",
                 ));
             }
+        }
+        if hubble_listen.is_none()
+            && let Some(template) = &hubble_tls_server_name
+        {
+            return Err(invalid(
+                "hubble-tls-server-name",
+                template,
+                "--hubble-listen ADDR as well: it names the Hubble API's certificate",
+            ));
+        }
+        let hubble_tls_server_name =
+            hubble_tls_server_name.unwrap_or_else(|| DEFAULT_HUBBLE_TLS_SERVER_NAME.to_owned());
+        if !hubble_tls_server_name.contains("{node}")
+            || !valid_server_name(&hubble_tls_server_name.replace("{node}", "node"))
+        {
+            return Err(invalid(
+                "hubble-tls-server-name",
+                &hubble_tls_server_name,
+                "a DNS name containing {node}, such as {node}.default.hubble-grpc.cilium.io",
+            ));
         }
         if output_file.is_none() {
             if let Some(size) = output_file_max_size {
@@ -717,10 +772,15 @@ impl RunConfig {
                 "between 1 and 10000",
             ));
         }
-        let api = grpc_listen.map(|listen| {
+        let hubble = hubble_listen.map(|listen| HubbleSettings {
+            listen,
+            tls_server_name: hubble_tls_server_name,
+        });
+        let api = (grpc_listen.is_some() || hubble.is_some()).then(|| {
             (
                 ApiSettings {
-                    listen,
+                    grpc: grpc_listen,
+                    hubble,
                     tls,
                     client_ca: grpc_client_ca,
                     access: grpc_access,
@@ -1100,7 +1160,8 @@ mod tests {
         )))
         .unwrap();
         let (api, hub) = config.api.unwrap();
-        assert_eq!(api.listen, "127.0.0.1:4245".parse().unwrap());
+        assert_eq!(api.grpc, Some("127.0.0.1:4245".parse().unwrap()));
+        assert_eq!(api.hubble, None);
         assert_eq!(
             (api.tls, api.client_ca, api.allow_plaintext),
             (None, None, false)
@@ -1114,5 +1175,56 @@ mod tests {
             (file.max_bytes, file.keep),
             (DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_OUTPUT_FILE_KEEP)
         );
+    }
+
+    #[test]
+    fn hubble_alone_is_an_api_sharing_the_grpc_settings() {
+        let config = RunConfig::resolve(
+            options(&["x"]).over(file("hubble-listen: 127.0.0.1:4244\ngrpc-buffer: 500\n")),
+        )
+        .unwrap();
+        let (api, hub) = config.api.clone().unwrap();
+        assert_eq!(api.grpc, None);
+        let hubble = api.hubble.unwrap();
+        assert_eq!(hubble.listen, "127.0.0.1:4244".parse().unwrap());
+        assert_eq!(hubble.tls_server_name, DEFAULT_HUBBLE_TLS_SERVER_NAME);
+        assert_eq!(hub.buffer, 500);
+        let printed = yaml_serde::to_string(&config.effective()).unwrap();
+        assert!(
+            printed.contains("hubble-listen: 127.0.0.1:4244\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("hubble-tls-server-name: '{node}.default.hubble-grpc.cilium.io'\n"),
+            "{printed}"
+        );
+        for (options, expected) in [
+            (
+                RunOptions {
+                    hubble_tls_server_name: Some("{node}.x".into()),
+                    ..options(&["x"])
+                },
+                "hubble-tls-server-name {node}.x: --hubble-listen ADDR as well",
+            ),
+            (
+                RunOptions {
+                    hubble_listen: Some("127.0.0.1:4244".parse().unwrap()),
+                    hubble_tls_server_name: Some("hubble.example".into()),
+                    ..options(&["x"])
+                },
+                "a DNS name containing {node}",
+            ),
+            (
+                RunOptions {
+                    hubble_listen: Some("127.0.0.1:4244".parse().unwrap()),
+                    hubble_tls_server_name: Some("{node}..example".into()),
+                    ..options(&["x"])
+                },
+                "a DNS name containing {node}",
+            ),
+        ] {
+            let error = RunConfig::resolve(options).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use flow_proto::v1::{
     ServerStatusRequest, flow_service_client::FlowServiceClient, get_aggregates_response,
     get_flows_response,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use thiserror::Error;
 use tonic::{
     Request, Status,
@@ -25,12 +25,14 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint as GrpcEndpoint, Identity},
 };
 
+use flow_proto::hubble::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+
 use crate::{
     aggregate::{AggregateRecord, Peer},
-    api::convert,
+    api::{convert, hubble},
     cli::{ConnectArgs, DirectionArg, ObserveArgs, ObserveFormat},
     identity::{Identity as EndpointIdentity, PeerKind, Workload},
-    record::{Endpoint, FlowRecord, Hook, Timestamp},
+    record::{Endpoint, FlowRecord, Timestamp},
 };
 
 /// Flows replayed when neither `--last`, `--since` nor `--follow` is given.
@@ -677,7 +679,7 @@ impl Printer {
             ObserveFormat::HubbleJson => {
                 let time = humantime::format_rfc3339_nanos(now.0).to_string();
                 let event = json!({
-                    "lost_events": {"source": "OBSERVER_EVENTS_QUEUE", "num_events_lost": count},
+                    "lost_events": {"source": "HUBBLE_RING_BUFFER", "num_events_lost": count},
                     "time": time,
                 });
                 serde_json::to_writer(&mut *out, &event)?;
@@ -842,125 +844,16 @@ fn aggregate_cells(record: &AggregateRecord) -> Vec<String> {
     ]
 }
 
-/// Hubble's endpoint object: namespace, pod name, labels as `k8s:key=value`
-/// (with the namespace label Cilium adds), workloads; non-pod peers carry
-/// Cilium's `reserved:` labels.
-fn hubble_endpoint(endpoint: &Endpoint) -> Value {
-    let EndpointIdentity {
-        kind,
-        namespace,
-        pod,
-        workload,
-        labels,
-        ..
-    } = &*endpoint.identity;
-    let mut object = Map::new();
-    let mut label_list: Vec<String> = labels
-        .iter()
-        .map(|(key, value)| format!("k8s:{key}={value}"))
-        .collect();
-    if let Some(namespace) = namespace {
-        object.insert("namespace".into(), json!(namespace));
-        if pod.is_some() {
-            label_list.push(format!("k8s:io.kubernetes.pod.namespace={namespace}"));
-        }
-    }
-    let reserved = match kind {
-        Some(PeerKind::Host) => Some("reserved:host"),
-        Some(PeerKind::RemoteNode) => Some("reserved:remote-node"),
-        Some(PeerKind::KubeApiserver) => Some("reserved:kube-apiserver"),
-        Some(PeerKind::World) => Some("reserved:world"),
-        Some(PeerKind::Pod | PeerKind::Service) | None => None,
-    };
-    label_list.extend(reserved.map(str::to_owned));
-    label_list.sort_unstable();
-    if !label_list.is_empty() {
-        object.insert("labels".into(), json!(label_list));
-    }
-    if let Some(pod) = pod {
-        object.insert("pod_name".into(), json!(pod));
-    }
-    if let Some(Workload { kind, name }) = workload {
-        object.insert("workloads".into(), json!([{"name": name, "kind": kind}]));
-    }
-    Value::Object(object)
-}
-
-/// A flow record in the shape of one line of `hubble observe -o json`.
-///
-/// `traffic_direction` is from the pod's side of the interface that saw the
-/// flow (a pod's host-side veth): what the TC ingress hook sees leaves the pod
-/// (EGRESS); replies carry their connection's direction, as Cilium reports them.
+/// A flow record in the shape of one line of `hubble observe -o json`: the
+/// Flow the agent's Hubble API sends for it (without the UUID, which only the
+/// agent knows), with the node's name and the time.
 pub fn hubble_flow(record: &FlowRecord) -> Value {
-    let FlowRecord {
-        time,
-        source,
-        destination,
-        protocol,
-        icmp,
-        tcp_flags,
-        is_reply,
-        hook,
-        node,
-        ..
-    } = record;
-    let time = humantime::format_rfc3339_nanos(time.0).to_string();
-    let ip_version = match source.ip {
-        IpAddr::V4(_) => "IPv4",
-        IpAddr::V6(_) => "IPv6",
-    };
-    let ports = json!({"source_port": source.port, "destination_port": destination.port});
-    let l4 = match (protocol.name(), icmp) {
-        (Some("TCP"), _) => {
-            let mut tcp = ports;
-            if !tcp_flags.is_empty() {
-                let flags: Map<String, Value> = tcp_flags
-                    .iter()
-                    .map(|flag| (flag.to_ascii_uppercase(), Value::Bool(true)))
-                    .collect();
-                tcp["flags"] = Value::Object(flags);
-            }
-            Some(json!({"TCP": tcp}))
-        }
-        (Some("UDP"), _) => Some(json!({"UDP": ports})),
-        (Some("SCTP"), _) => Some(json!({"SCTP": ports})),
-        (Some("ICMP"), Some(icmp)) => {
-            Some(json!({"ICMPv4": {"type": icmp.icmp_type, "code": icmp.code}}))
-        }
-        (Some("ICMPv6"), Some(icmp)) => {
-            Some(json!({"ICMPv6": {"type": icmp.icmp_type, "code": icmp.code}}))
-        }
-        _ => None,
-    };
-    let leaving_pod = matches!(hook, Hook::Ingress);
-    let direction = if leaving_pod != *is_reply {
-        "EGRESS"
-    } else {
-        "INGRESS"
-    };
-    let mut flow = Map::new();
-    flow.insert("time".into(), json!(time));
-    flow.insert("verdict".into(), json!("FORWARDED"));
-    flow.insert(
-        "IP".into(),
-        json!({"source": source.ip, "destination": destination.ip, "ipVersion": ip_version}),
-    );
-    if let Some(l4) = l4 {
-        flow.insert("l4".into(), l4);
-    }
-    flow.insert("source".into(), hubble_endpoint(source));
-    flow.insert("destination".into(), hubble_endpoint(destination));
-    flow.insert("Type".into(), json!("L3_L4"));
-    flow.insert("node_name".into(), json!(node));
-    flow.insert("traffic_direction".into(), json!(direction));
-    flow.insert("is_reply".into(), json!(is_reply));
-    if let Some(service) = &destination.service {
-        flow.insert(
-            "destination_service".into(),
-            json!({"name": service.name, "namespace": service.namespace}),
-        );
-    }
-    json!({"flow": flow, "node_name": node, "time": time})
+    let flow = hubble::convert::flow(record, None);
+    hubble::json::response(&GetFlowsResponse {
+        time: flow.time,
+        node_name: record.node.clone(),
+        response_types: Some(ResponseTypes::Flow(flow)),
+    })
 }
 
 #[cfg(test)]
@@ -973,7 +866,7 @@ mod tests {
     use crate::{
         cli::{Cli, Command},
         identity::ServiceRef,
-        record::{Icmp, Protocol},
+        record::{Hook, Icmp, Protocol},
     };
 
     fn observe_args(args: &[&str]) -> ObserveArgs {
@@ -1030,6 +923,7 @@ mod tests {
             tcp_flags: vec!["syn".into(), "ack".into()],
             is_reply: false,
             interface: "veth0".into(),
+            interface_index: 0,
             hook: Hook::Ingress,
             node: "node-1".into(),
             cross_tenant: Some(false),
@@ -1061,9 +955,13 @@ mod tests {
                 },
                 "Type": "L3_L4",
                 "node_name": "node-1",
+                "event_type": {"type": 4},
                 "traffic_direction": "EGRESS",
+                "trace_observation_point": "FROM_ENDPOINT",
                 "is_reply": false,
+                "interface": {"name": "veth0"},
                 "destination_service": {"name": "cart", "namespace": "shop-a"},
+                "emitter": {"name": "flow-agent", "version": env!("CARGO_PKG_VERSION")},
             },
             "node_name": "node-1",
             "time": "2023-11-14T22:13:20.123456789Z",
@@ -1091,13 +989,10 @@ mod tests {
         ping.destination = Endpoint::new("2.2.2.2".parse().unwrap(), 0);
         Arc::make_mut(&mut ping.destination.identity).kind = Some(PeerKind::World);
         let value = hubble_flow(&ping);
-        assert_eq!(
-            value["flow"]["l4"],
-            json!({"ICMPv4": {"type": 8, "code": 0}})
-        );
+        assert_eq!(value["flow"]["l4"], json!({"ICMPv4": {"type": 8}}));
         assert_eq!(
             value["flow"]["destination"],
-            json!({"labels": ["reserved:world"]})
+            json!({"identity": 2, "labels": ["reserved:world"]})
         );
         assert!(value["flow"].get("destination_service").is_none());
     }

@@ -228,6 +228,10 @@ pub struct FlowRecord {
     pub is_reply: bool,
     /// Interface that saw the first packet.
     pub interface: String,
+    /// Its index in the node's network namespace; 0 when unknown (records
+    /// read from files written before it was recorded).
+    #[serde(default)]
+    pub interface_index: u32,
     /// Hook of that interface.
     pub hook: Hook,
     /// Node that observed the flow.
@@ -381,6 +385,7 @@ mod tests {
             tcp_flags: vec!["SYN".into()],
             is_reply: false,
             interface: "veth1".into(),
+            interface_index: 0,
             hook: Hook::Ingress,
             node: "node-a".into(),
             cross_tenant: None,

@@ -163,6 +163,7 @@ pub fn flow(record: &FlowRecord, sequence: u64) -> proto::Flow {
         tcp_flags,
         is_reply,
         interface,
+        interface_index,
         hook,
         node,
         cross_tenant,
@@ -184,6 +185,7 @@ pub fn flow(record: &FlowRecord, sequence: u64) -> proto::Flow {
         tcp_flags: tcp_flags.clone(),
         is_reply: *is_reply,
         interface: interface.clone(),
+        interface_index: *interface_index,
         hook: match hook {
             Hook::Ingress => "ingress",
             Hook::Egress => "egress",
@@ -211,6 +213,7 @@ pub fn from_flow(flow: &proto::Flow) -> FlowRecord {
         tcp_flags,
         is_reply,
         interface,
+        interface_index,
         hook,
         node,
         cross_tenant,
@@ -233,6 +236,7 @@ pub fn from_flow(flow: &proto::Flow) -> FlowRecord {
         tcp_flags: tcp_flags.clone(),
         is_reply: *is_reply,
         interface: interface.clone(),
+        interface_index: *interface_index,
         hook: if hook == "egress" {
             Hook::Egress
         } else {

@@ -438,6 +438,7 @@ mod tests {
             tcp_flags: Vec::new(),
             is_reply,
             interface: "veth0".into(),
+            interface_index: 0,
             hook: Hook::Ingress,
             node: "node".into(),
             cross_tenant: Some(cross),

@@ -7,12 +7,12 @@
 //! subscriber therefore slows neither the agent nor the other subscribers.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use flow_proto::v1 as proto;
@@ -166,29 +166,17 @@ impl<T: Timed> Channel<T> {
         lost
     }
 
-    /// The replay (the last `number`, those since `since`, or both) and, with
-    /// `follow`, a queue registered in the same critical section, so nothing is
-    /// missed or repeated between the two.
+    /// The replay and, with `follow`, a queue registered in the same critical
+    /// section, so nothing is missed or repeated between the two.
     fn subscribe(
         &mut self,
-        number: u64,
-        since: Option<SystemTime>,
+        window: Replay,
         follow: bool,
         queue: usize,
         client: &str,
         accept: Accept<T>,
     ) -> Subscription<T> {
-        let mut replay: Vec<Arc<T>> = self
-            .buffer
-            .iter()
-            .filter(|item| since.is_none_or(|since| item.time() >= since) && accept(item))
-            .cloned()
-            .collect();
-        if number > 0 || since.is_none() {
-            let keep = usize::try_from(number).unwrap_or(usize::MAX);
-            let skip = replay.len().saturating_sub(keep);
-            replay.drain(..skip);
-        }
+        let replay = window.select(&self.buffer, &accept);
         let live = follow.then(|| {
             let (sender, receiver) = mpsc::channel(queue.max(1));
             let unreported = Arc::new(AtomicU64::new(0));
@@ -207,6 +195,53 @@ impl<T: Timed> Channel<T> {
     }
 }
 
+/// Which buffered records a subscriber gets first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// At most this many (`None`: every record in the window).
+    pub limit: Option<u64>,
+    /// The earliest `limit` instead of the last.
+    pub first: bool,
+    /// Only records at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only records at or before this time.
+    pub until: Option<SystemTime>,
+}
+
+impl Replay {
+    /// The last `count` records.
+    pub fn last(count: u64) -> Self {
+        Self {
+            limit: Some(count),
+            ..Self::default()
+        }
+    }
+
+    fn contains(&self, time: SystemTime) -> bool {
+        self.since.is_none_or(|since| time >= since) && self.until.is_none_or(|until| time <= until)
+    }
+
+    /// The accepted records of `buffer` in the window, oldest first.
+    fn select<T: Timed>(&self, buffer: &VecDeque<Arc<T>>, accept: &Accept<T>) -> Vec<Arc<T>> {
+        let limit = self.limit.map_or(usize::MAX, |limit| {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        });
+        let wanted = |item: &&Arc<T>| self.contains(item.time()) && accept(item);
+        if self.first {
+            return buffer.iter().filter(wanted).take(limit).cloned().collect();
+        }
+        let mut replay: Vec<Arc<T>> = buffer
+            .iter()
+            .rev()
+            .filter(wanted)
+            .take(limit)
+            .cloned()
+            .collect();
+        replay.reverse();
+        replay
+    }
+}
+
 /// A subscriber's view: buffered records to replay, then, when following, the
 /// feed of new ones.
 pub struct Subscription<T> {
@@ -214,6 +249,33 @@ pub struct Subscription<T> {
     pub replay: Vec<Arc<T>>,
     /// New records, when following.
     pub live: Option<Feed<T>>,
+}
+
+impl<T: Send + Sync + 'static> Subscription<T> {
+    /// The replay, then the live deliveries, each through `record` or `lost`.
+    /// The stream ends when the feed does, or at the first record for which
+    /// `record` returns `None`.
+    pub fn into_stream<R: Send + 'static>(
+        self,
+        mut record: impl FnMut(&T) -> Option<R> + Send + 'static,
+        mut lost: impl FnMut(u64) -> R + Send + 'static,
+    ) -> impl futures::Stream<Item = R> + Send + 'static {
+        use futures::StreamExt as _;
+        let Self { replay, live } = self;
+        let followed = futures::stream::unfold(live, |live| async move {
+            let mut feed = live?;
+            let delivery = feed.next().await?;
+            Some((delivery, Some(feed)))
+        });
+        futures::stream::iter(replay.into_iter().map(Delivery::Record))
+            .chain(followed)
+            .scan((), move |(), delivery| {
+                futures::future::ready(match delivery {
+                    Delivery::Record(item) => record(&item),
+                    Delivery::Lost(count) => Some(lost(count)),
+                })
+            })
+    }
 }
 
 /// A following subscriber's queue of new records.
@@ -260,8 +322,94 @@ struct State {
     flows: Channel<StoredFlow>,
     aggregates: Channel<StoredAggregate>,
     status: NodeStatus,
+    namespaces: NamespacesSeen,
+    rate: FlowRate,
     /// The agent is stopping: new subscriptions get their replay only.
     closed: bool,
+}
+
+/// How far back GetNamespaces looks.
+pub const NAMESPACE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// When each namespace last had a flow, and for which tenants: a tenant
+/// caller sees the namespaces of flows it may see.
+#[derive(Debug, Default)]
+struct NamespacesSeen {
+    /// Namespace -> when last seen, by tenant of a flow's end (`None`: any).
+    seen: HashMap<String, HashMap<Option<String>, SystemTime>>,
+}
+
+impl NamespacesSeen {
+    fn note(&mut self, aggregate: &AggregateRecord) {
+        let time = aggregate.interval_end.0;
+        let tenants = [&aggregate.source.tenant, &aggregate.destination.tenant];
+        for namespace in [
+            &aggregate.source.namespace,
+            &aggregate.destination.namespace,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let seen = self.seen.entry(namespace.clone()).or_default();
+            for tenant in std::iter::once(None).chain(tenants.into_iter().flatten().map(Some)) {
+                let last = seen.entry(tenant.cloned()).or_insert(time);
+                *last = (*last).max(time);
+            }
+        }
+    }
+
+    /// Namespaces with a flow visible to `tenant` (`None`: any) since `after`,
+    /// sorted; older entries are forgotten.
+    fn since(&mut self, after: SystemTime, tenant: Option<&str>) -> Vec<String> {
+        self.seen.retain(|_, seen| {
+            seen.retain(|_, last| *last >= after);
+            !seen.is_empty()
+        });
+        let key = tenant.map(str::to_owned);
+        let mut namespaces: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|(_, seen)| seen.contains_key(&key))
+            .map(|(namespace, _)| namespace.clone())
+            .collect();
+        namespaces.sort_unstable();
+        namespaces
+    }
+}
+
+/// Flows published per second over the last minute.
+#[derive(Debug, Default)]
+struct FlowRate {
+    batches: VecDeque<(Instant, u64)>,
+}
+
+/// The window of [`FlowRate`].
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+impl FlowRate {
+    fn note(&mut self, now: Instant, flows: u64) {
+        self.batches.push_back((now, flows));
+        while self
+            .batches
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW)
+        {
+            self.batches.pop_front();
+        }
+    }
+
+    fn per_second(&self, now: Instant, uptime: Duration) -> f64 {
+        let flows: u64 = self
+            .batches
+            .iter()
+            .filter(|(at, _)| now.duration_since(*at) <= RATE_WINDOW)
+            .map(|(_, flows)| flows)
+            .sum();
+        flows as f64
+            / uptime
+                .clamp(Duration::from_secs(1), RATE_WINDOW)
+                .as_secs_f64()
+    }
 }
 
 impl State {
@@ -309,6 +457,8 @@ pub struct Hub {
     settings: HubSettings,
     node: String,
     started: Instant,
+    /// Random: tells this agent run's records from any other's (Hubble UUIDs).
+    run: u64,
     flows_seen: AtomicU64,
     lost_records: AtomicU64,
 }
@@ -330,12 +480,15 @@ impl Hub {
                 flows: Channel::new(settings.buffer),
                 aggregates: Channel::new(settings.aggregate_buffer),
                 status: NodeStatus::default(),
+                namespaces: NamespacesSeen::default(),
+                rate: FlowRate::default(),
                 closed: false,
             }),
             graph: std::sync::OnceLock::new(),
             settings,
             node,
             started: Instant::now(),
+            run: random_u64(),
             flows_seen: AtomicU64::new(0),
             lost_records: AtomicU64::new(0),
         }
@@ -359,9 +512,20 @@ impl Hub {
         self.started.elapsed()
     }
 
+    /// This agent run's random identifier.
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    /// The hub's sizes.
+    pub fn settings(&self) -> HubSettings {
+        self.settings
+    }
+
     /// Stores a drain's records and offers them to subscribers.
     pub fn publish_flows(&self, records: &[FlowRecord]) {
         let mut state = self.state();
+        state.rate.note(Instant::now(), records.len() as u64);
         let mut lost = 0;
         for record in records {
             let sequence = self.flows_seen.fetch_add(1, Ordering::Relaxed);
@@ -378,6 +542,7 @@ impl Hub {
         let mut state = self.state();
         let mut lost = 0;
         for aggregate in aggregates {
+            state.namespaces.note(aggregate);
             let message = convert::aggregate(aggregate, &self.node);
             lost += state.aggregates.publish(Arc::new(StoredAggregate {
                 record: aggregate.clone(),
@@ -405,8 +570,7 @@ impl Hub {
     /// Subscribes `client` to flow records.
     pub fn subscribe_flows(
         &self,
-        number: u64,
-        since: Option<SystemTime>,
+        replay: Replay,
         follow: bool,
         client: &str,
         accept: impl Fn(&StoredFlow) -> bool + Send + 'static,
@@ -419,14 +583,13 @@ impl Hub {
         }
         Ok(state
             .flows
-            .subscribe(number, since, follow, queue, client, Box::new(accept)))
+            .subscribe(replay, follow, queue, client, Box::new(accept)))
     }
 
     /// Subscribes `client` to aggregates.
     pub fn subscribe_aggregates(
         &self,
-        number: u64,
-        since: Option<SystemTime>,
+        replay: Replay,
         follow: bool,
         client: &str,
         accept: impl Fn(&StoredAggregate) -> bool + Send + 'static,
@@ -439,7 +602,7 @@ impl Hub {
         }
         Ok(state
             .aggregates
-            .subscribe(number, since, follow, queue, client, Box::new(accept)))
+            .subscribe(replay, follow, queue, client, Box::new(accept)))
     }
 
     /// Records lost since start, by client.
@@ -511,12 +674,44 @@ impl Hub {
     pub fn lost_records(&self) -> u64 {
         self.lost_records.load(Ordering::Relaxed)
     }
+
+    /// Records produced since start.
+    pub fn flows_seen(&self) -> u64 {
+        self.flows_seen.load(Ordering::Relaxed)
+    }
+
+    /// Records in the replay buffer.
+    pub fn flows_buffered(&self) -> u64 {
+        self.state().flows.buffer.len() as u64
+    }
+
+    /// Flows per second over the last minute.
+    pub fn flow_rate(&self) -> f64 {
+        self.state().rate.per_second(Instant::now(), self.uptime())
+    }
+
+    /// Namespaces with flows since `after` that `tenant` may see (`None`:
+    /// every namespace), sorted.
+    pub fn namespaces_since(&self, after: SystemTime, tenant: Option<&str>) -> Vec<String> {
+        self.state().namespaces.since(after, tenant)
+    }
+}
+
+/// A random number, from the standard library's per-process hash keys (which
+/// come from the operating system's random source).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.finish()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::record::{Endpoint, Hook, Protocol, Timestamp};
 
@@ -534,6 +729,7 @@ mod tests {
             tcp_flags: Vec::new(),
             is_reply: false,
             interface: "veth0".into(),
+            interface_index: 0,
             hook: Hook::Ingress,
             node: "n".into(),
             cross_tenant: None,
@@ -566,7 +762,7 @@ mod tests {
         let at = |seconds| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
         assert_eq!(
             ports(
-                &hub.subscribe_flows(0, None, false, "test", |_| true)
+                &hub.subscribe_flows(Replay::last(0), false, "test", |_| true)
                     .unwrap()
                     .replay
             ),
@@ -574,7 +770,7 @@ mod tests {
         );
         assert_eq!(
             ports(
-                &hub.subscribe_flows(2, None, false, "test", |_| true)
+                &hub.subscribe_flows(Replay::last(2), false, "test", |_| true)
                     .unwrap()
                     .replay
             ),
@@ -582,7 +778,7 @@ mod tests {
         );
         assert_eq!(
             ports(
-                &hub.subscribe_flows(100, None, false, "test", |_| true)
+                &hub.subscribe_flows(Replay::last(100), false, "test", |_| true)
                     .unwrap()
                     .replay
             ),
@@ -590,24 +786,40 @@ mod tests {
         );
         assert_eq!(
             ports(
-                &hub.subscribe_flows(0, at(60), false, "test", |_| true)
-                    .unwrap()
-                    .replay
+                &hub.subscribe_flows(
+                    Replay {
+                        since: at(60),
+                        ..Replay::default()
+                    },
+                    false,
+                    "test",
+                    |_| true
+                )
+                .unwrap()
+                .replay
             ),
             [6, 7, 8]
         );
         assert_eq!(
             ports(
-                &hub.subscribe_flows(1, at(60), false, "test", |_| true)
-                    .unwrap()
-                    .replay
+                &hub.subscribe_flows(
+                    Replay {
+                        since: at(60),
+                        ..Replay::last(1)
+                    },
+                    false,
+                    "test",
+                    |_| true
+                )
+                .unwrap()
+                .replay
             ),
             [8]
         );
         let even = |flow: &StoredFlow| flow.record.source.port.is_multiple_of(2);
         assert_eq!(
             ports(
-                &hub.subscribe_flows(10, None, false, "test", even)
+                &hub.subscribe_flows(Replay::last(10), false, "test", even)
                     .unwrap()
                     .replay
             ),
@@ -615,7 +827,7 @@ mod tests {
         );
         // Sequence numbers count every record.
         let last = hub
-            .subscribe_flows(1, None, false, "test", |_| true)
+            .subscribe_flows(Replay::last(1), false, "test", |_| true)
             .unwrap()
             .replay;
         assert_eq!(last[0].sequence, 7);
@@ -626,12 +838,12 @@ mod tests {
     async fn a_full_queue_loses_records_and_says_exactly_how_many() {
         let hub = hub(100, 2);
         let mut slow = hub
-            .subscribe_flows(0, None, true, "test", |_| true)
+            .subscribe_flows(Replay::last(0), true, "test", |_| true)
             .unwrap()
             .live
             .unwrap();
         let mut fast = hub
-            .subscribe_flows(0, None, true, "test", |_| true)
+            .subscribe_flows(Replay::last(0), true, "test", |_| true)
             .unwrap()
             .live
             .unwrap();
@@ -680,19 +892,19 @@ mod tests {
     async fn closed_subscribers_are_dropped_and_close_ends_streams() {
         let hub = hub(10, 4);
         let dropped = hub
-            .subscribe_flows(0, None, true, "test", |_| true)
+            .subscribe_flows(Replay::last(0), true, "test", |_| true)
             .unwrap()
             .live
             .unwrap();
         drop(dropped);
         let mut kept = hub
-            .subscribe_flows(0, None, true, "test", |_| true)
+            .subscribe_flows(Replay::last(0), true, "test", |_| true)
             .unwrap()
             .live
             .unwrap();
         // One whose filter never matches again is dropped all the same.
         let never = hub
-            .subscribe_flows(0, None, true, "test", |_| false)
+            .subscribe_flows(Replay::last(0), true, "test", |_| false)
             .unwrap()
             .live
             .unwrap();
@@ -705,7 +917,7 @@ mod tests {
         // Once closed, a follow request gets its replay and no queue that
         // would never end.
         let late = hub
-            .subscribe_flows(10, None, true, "test", |_| true)
+            .subscribe_flows(Replay::last(10), true, "test", |_| true)
             .unwrap();
         assert_eq!(late.replay.len(), 1);
         assert!(late.live.is_none());
@@ -719,22 +931,25 @@ mod tests {
         // away free their slot, and replay-only requests need none.
         let mut feeds: Vec<_> = (0..8)
             .map(|_| {
-                hub.subscribe_flows(0, None, true, "test", |_| true)
+                hub.subscribe_flows(Replay::last(0), true, "test", |_| true)
                     .unwrap()
                     .live
                     .unwrap()
             })
             .collect();
         let full = hub
-            .subscribe_aggregates(0, None, true, "test", |_| true)
+            .subscribe_aggregates(Replay::last(0), true, "test", |_| true)
             .err()
             .unwrap();
         assert_eq!(full, TooManySubscribers { limit: 8 });
         assert!(
-            hub.subscribe_flows(5, None, false, "test", |_| true)
+            hub.subscribe_flows(Replay::last(5), false, "test", |_| true)
                 .is_ok()
         );
         feeds.pop();
-        assert!(hub.subscribe_flows(0, None, true, "test", |_| true).is_ok());
+        assert!(
+            hub.subscribe_flows(Replay::last(0), true, "test", |_| true)
+                .is_ok()
+        );
     }
 }

@@ -1,34 +1,44 @@
-//! The gRPC server: the FlowService, the standard health service, TLS and
-//! mutual TLS (rustls), and the access policy.
+//! The gRPC listeners: flow-agent's FlowService (`--grpc-listen`) and Hubble's
+//! Observer and Peer (`--hubble-listen`), each with the standard health
+//! service, sharing TLS and mutual TLS (rustls) and the access policy. Both
+//! serve the same hub, so the same flows, scoped the same way.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::SystemTime};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use flow_proto::v1::{
-    self as proto, GetAggregatesRequest, GetAggregatesResponse, GetFlowsRequest, GetFlowsResponse,
-    GetGraphRequest, GetGraphResponse, ServerStatusRequest, ServerStatusResponse,
-    flow_service_server::{FlowService, FlowServiceServer},
-    get_aggregates_response, get_flows_response,
+use flow_proto::{
+    hubble::{observer::observer_server::ObserverServer, peer::peer_server::PeerServer},
+    v1::flow_service_server::FlowServiceServer,
 };
-use futures::{Stream, StreamExt as _, stream};
+use futures::FutureExt as _;
 use thiserror::Error;
 use tonic::{
-    Request, Response, Status,
+    service::Routes,
     transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
+use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use super::{
     access::{Access, AccessError, AccessPolicy},
-    convert,
-    filter::{FlowMatcher, Scope},
-    hub::{Delivery, Feed, Hub},
+    flow_service::FlowApi,
+    hub::Hub,
+    hubble::{
+        observer::ObserverService,
+        peer::{PeerAddressing, PeerService, PeerSet},
+    },
 };
+
+/// The health service name `hubble status` checks (Cilium's
+/// `hubble.server.Observer`, not the gRPC service's name).
+pub const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
 
 /// Where and how to serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiSettings {
-    /// Listen address.
-    pub listen: SocketAddr,
+    /// Address of flow-agent's own API.
+    pub grpc: Option<SocketAddr>,
+    /// Hubble's API.
+    pub hubble: Option<HubbleSettings>,
     /// Server certificate and key (PEM): TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// CA that signs client certificates (PEM): mutual TLS.
@@ -37,6 +47,25 @@ pub struct ApiSettings {
     pub access: Option<PathBuf>,
     /// Serve plaintext on a non-loopback address.
     pub allow_plaintext: bool,
+}
+
+impl ApiSettings {
+    /// The addresses listened on.
+    fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.grpc
+            .into_iter()
+            .chain(self.hubble.as_ref().map(|hubble| hubble.listen))
+    }
+}
+
+/// Hubble's Observer and Peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubbleSettings {
+    /// Listen address; its port is every node's Hubble port.
+    pub listen: SocketAddr,
+    /// TLS server name of a node's Observer, `{node}` for its name: what the
+    /// Peer service announces and relays verify certificates against.
+    pub tls_server_name: String,
 }
 
 /// Errors starting the API.
@@ -82,254 +111,177 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// The FlowService implementation.
-#[derive(Debug)]
-pub struct FlowApi {
-    hub: Arc<Hub>,
-    access: Access,
+/// The services one listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Serves {
+    flows: bool,
+    hubble: bool,
 }
 
-fn number(number: i64) -> Result<u64, Status> {
-    u64::try_from(number).map_err(|_| {
-        Status::invalid_argument(format!("number: must not be negative (got {number})"))
+/// What the listeners serve: the hub, and the nodes for the Peer service.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// Flows and status.
+    pub hub: Arc<Hub>,
+    /// The cluster's nodes.
+    pub peers: Arc<PeerSet>,
+}
+
+/// Checks the settings, binds every listener, and returns the future that
+/// serves them until `shutdown` resolves. Binding happens here, so a bad
+/// address or a taken port fails at start.
+pub async fn start<F: Future<Output = ()> + Send + 'static>(
+    settings: &ApiSettings,
+    served: Served,
+    shutdown: F,
+) -> Result<impl Future<Output = Result<(), ApiError>> + Send + use<F>, ApiError> {
+    let access = access(settings)?;
+    let mut listeners: Vec<(SocketAddr, Serves)> = Vec::new();
+    for (address, serves) in settings
+        .grpc
+        .map(|address| {
+            (
+                address,
+                Serves {
+                    flows: true,
+                    hubble: false,
+                },
+            )
+        })
+        .into_iter()
+        .chain(settings.hubble.as_ref().map(|hubble| {
+            (
+                hubble.listen,
+                Serves {
+                    flows: false,
+                    hubble: true,
+                },
+            )
+        }))
+    {
+        // The same address for both: one listener serving everything.
+        match listeners.iter_mut().find(|(listen, _)| *listen == address) {
+            Some((_, both)) => both.hubble |= serves.hubble,
+            None => listeners.push((address, serves)),
+        }
+    }
+    let shutdown = shutdown.shared();
+    let mut servers = Vec::new();
+    for (address, serves) in listeners {
+        let routes = routes(settings, &served, &access, serves).await;
+        servers.push(listen(settings, address, routes, shutdown.clone()).await?);
+    }
+    Ok(async move {
+        futures::future::try_join_all(servers).await?;
+        Ok(())
     })
 }
 
-fn since(timestamp: Option<prost_types::Timestamp>) -> Result<Option<SystemTime>, Status> {
-    timestamp
-        .map(|timestamp| {
-            SystemTime::try_from(timestamp)
-                .map_err(|_| Status::invalid_argument("since: not a valid time"))
-        })
-        .transpose()
-}
-
-/// Replay then live deliveries, as a response stream.
-fn responses<T: Send + Sync + 'static, R: Send + 'static>(
-    replay: Vec<Arc<T>>,
-    live: Option<Feed<T>>,
-    record: fn(&T) -> R,
-    lost: fn(u64) -> R,
-) -> ResponseStream<R> {
-    let replay = stream::iter(replay).map(move |item| Ok(record(&item)));
-    let live = stream::unfold(live, move |live| async move {
-        let mut receiver = live?;
-        let delivery = receiver.next().await?;
-        let response = match delivery {
-            Delivery::Record(item) => record(&item),
-            Delivery::Lost(count) => lost(count),
-        };
-        Some((Ok(response), Some(receiver)))
-    });
-    Box::pin(replay.chain(live))
-}
-
-#[tonic::async_trait]
-impl FlowService for FlowApi {
-    type GetFlowsStream = ResponseStream<GetFlowsResponse>;
-    type GetAggregatesStream = ResponseStream<GetAggregatesResponse>;
-
-    async fn get_flows(
-        &self,
-        request: Request<GetFlowsRequest>,
-    ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let (scope, client) = self.access.caller(&request)?;
-        let GetFlowsRequest {
-            number: count,
-            since: from,
-            follow,
-            allow,
-            deny,
-        } = request.into_inner();
-        let matcher = FlowMatcher::compile(&allow, &deny)
-            .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        let subscription = self
-            .hub
-            .subscribe_flows(
-                number(count)?,
-                since(from)?,
-                follow,
-                &client,
-                move |stored| scope.allows(&stored.record) && matcher.matches(&stored.record),
-            )
-            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
-        Ok(Response::new(responses(
-            subscription.replay,
-            subscription.live,
-            |stored| GetFlowsResponse {
-                response: Some(get_flows_response::Response::Flow(stored.message())),
-            },
-            |count| GetFlowsResponse {
-                response: Some(get_flows_response::Response::LostRecords(
-                    proto::LostRecords { count },
-                )),
-            },
-        )))
-    }
-
-    async fn get_aggregates(
-        &self,
-        request: Request<GetAggregatesRequest>,
-    ) -> Result<Response<Self::GetAggregatesStream>, Status> {
-        let (scope, client) = self.access.caller(&request)?;
-        let GetAggregatesRequest {
-            number: count,
-            since: from,
-            follow,
-            tenant,
-        } = request.into_inner();
-        if tenant.len() > super::filter::MAX_FILTER_VALUES {
-            return Err(Status::invalid_argument(format!(
-                "tenant: {} values; at most {}",
-                tenant.len(),
-                super::filter::MAX_FILTER_VALUES
-            )));
+/// The access policy, after checking that each listener may run without one
+/// or in plaintext.
+fn access(settings: &ApiSettings) -> Result<Access, ApiError> {
+    for address in settings.addresses() {
+        if !address.ip().is_loopback() && settings.tls.is_none() && !settings.allow_plaintext {
+            return Err(ApiError::PlaintextRefused(address));
         }
-        let subscription = self
-            .hub
-            .subscribe_aggregates(
-                number(count)?,
-                since(from)?,
-                follow,
-                &client,
-                move |stored| {
-                    let aggregate = &stored.record;
-                    scope.allows_aggregate(aggregate)
-                        && (tenant.is_empty()
-                            || [&aggregate.source.tenant, &aggregate.destination.tenant]
-                                .into_iter()
-                                .any(|end| end.as_ref().is_some_and(|end| tenant.contains(end))))
-                },
-            )
-            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
-        Ok(Response::new(responses(
-            subscription.replay,
-            subscription.live,
-            |stored| GetAggregatesResponse {
-                response: Some(get_aggregates_response::Response::Aggregate(
-                    stored.message.clone(),
-                )),
-            },
-            |count| GetAggregatesResponse {
-                response: Some(get_aggregates_response::Response::LostRecords(
-                    proto::LostRecords { count },
-                )),
-            },
-        )))
     }
-
-    async fn get_graph(
-        &self,
-        request: Request<GetGraphRequest>,
-    ) -> Result<Response<GetGraphResponse>, Status> {
-        let scope = self.access.scope(&request)?;
-        let graph = self.hub.graph().ok_or_else(|| {
-            Status::failed_precondition("this agent is not learning: run it with --state-dir")
-        })?;
-        let graph = graph
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let response = convert::graph(&graph, |party, _| match &scope {
-            Scope::Admin => true,
-            Scope::Tenant(tenant) => party
-                .workload()
-                .and_then(|workload| graph.workload(workload))
-                .and_then(|info| info.tenant.as_ref())
-                .is_some_and(|owner| owner == tenant),
-        });
-        Ok(Response::new(response))
-    }
-
-    async fn server_status(
-        &self,
-        request: Request<ServerStatusRequest>,
-    ) -> Result<Response<ServerStatusResponse>, Status> {
-        let (scope, client) = self.access.caller(&request)?;
-        let mut status = self.hub.status(env!("CARGO_PKG_VERSION"));
-        if let Scope::Tenant(_) = scope {
-            // Node-wide figures tell of other tenants' pods and traffic: a
-            // tenant sees the node's health and its own losses only.
-            status.interfaces.clear();
-            status.flows_seen = 0;
-            status.flows_in_buffer = 0;
-            status.subscribers = 0;
-            status.graph_edges = 0;
-            status.violations = 0;
-            status.lost_records = self.hub.lost_by_client().get(&client).copied().unwrap_or(0);
-        }
-        Ok(Response::new(status))
+    match &settings.access {
+        Some(path) => Ok(Access::Policy(AccessPolicy::load(path)?)),
+        None => match settings
+            .addresses()
+            .find(|address| !address.ip().is_loopback() || settings.client_ca.is_some())
+        {
+            Some(address) => Err(ApiError::PolicyRequired(address)),
+            None => Ok(Access::Open),
+        },
     }
 }
 
-/// Checks the settings, binds, and returns the server future: it serves until
-/// `shutdown` resolves. Binding happens here, so a bad address fails at start.
-pub async fn start<F: Future<Output = ()> + Send + 'static>(
+/// The services of one listener, with a health service reporting them.
+async fn routes(
     settings: &ApiSettings,
-    hub: Arc<Hub>,
-    shutdown: F,
-) -> Result<impl Future<Output = Result<(), ApiError>> + Send + use<F>, ApiError> {
-    let ApiSettings {
-        listen,
-        tls,
-        client_ca,
-        access,
-        allow_plaintext,
-    } = settings.clone();
-    let loopback = listen.ip().is_loopback();
-    if !loopback && tls.is_none() && !allow_plaintext {
-        return Err(ApiError::PlaintextRefused(listen));
+    served: &Served,
+    access: &Access,
+    serves: Serves,
+) -> Routes {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let mut routes = Routes::new(health_service);
+    if serves.flows {
+        health.set_serving::<FlowServiceServer<FlowApi>>().await;
+        routes = routes.add_service(
+            FlowServiceServer::new(FlowApi::new(Arc::clone(&served.hub), access.clone()))
+                .max_encoding_message_size(16 << 20),
+        );
     }
-    let access = match access {
-        Some(path) => Access::Policy(AccessPolicy::load(&path)?),
-        None if !loopback || client_ca.is_some() => return Err(ApiError::PolicyRequired(listen)),
-        None => Access::Open,
+    if let (true, Some(hubble)) = (serves.hubble, &settings.hubble) {
+        let addressing = PeerAddressing {
+            port: hubble.listen.port(),
+            tls_server_name: settings
+                .tls
+                .as_ref()
+                .map(|_| hubble.tls_server_name.clone()),
+        };
+        for name in [HUBBLE_HEALTH_SERVICE, "observer.Observer", "peer.Peer"] {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+        routes = routes
+            .add_service(ObserverServer::new(ObserverService::new(
+                Arc::clone(&served.hub),
+                access.clone(),
+                Arc::clone(&served.peers),
+                addressing.clone(),
+            )))
+            .add_service(PeerServer::new(PeerService::new(
+                Arc::clone(&served.peers),
+                addressing,
+                access.clone(),
+            )));
+    }
+    routes
+}
+
+/// Binds `address` and returns the future serving `routes` on it.
+async fn listen<S: Future<Output = ()> + Send + 'static>(
+    settings: &ApiSettings,
+    address: SocketAddr,
+    routes: Routes,
+    shutdown: S,
+) -> Result<impl Future<Output = Result<(), ApiError>> + Send + use<S>, ApiError> {
+    let serve_error = |address, source: Box<dyn std::error::Error + Send + Sync>| ApiError::Serve {
+        address,
+        source,
     };
     let mut builder = Server::builder();
-    if let Some((cert, key)) = &tls {
+    if let Some((cert, key)) = &settings.tls {
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-        if let Some(ca) = &client_ca {
+        if let Some(ca) = &settings.client_ca {
             config = config.client_ca_root(Certificate::from_pem(read(ca)?));
         }
         builder = builder
             .tls_config(config)
-            .map_err(|source| ApiError::Serve {
-                address: listen,
-                source: Box::new(source),
-            })?;
+            .map_err(|source| serve_error(address, Box::new(source)))?;
     }
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| ApiError::Serve {
-            address: listen,
-            source: Box::new(source),
-        })?;
-    let bound = listener.local_addr().unwrap_or(listen);
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<FlowServiceServer<FlowApi>>()
-        .await;
-    let service =
-        FlowServiceServer::new(FlowApi { hub, access }).max_encoding_message_size(16 << 20);
-    let mode = match (&tls, &client_ca) {
+        .map_err(|source| serve_error(address, Box::new(source)))?;
+    let bound = listener.local_addr().unwrap_or(address);
+    let mode = match (&settings.tls, &settings.client_ca) {
         (None, _) => "plaintext",
         (Some(_), None) => "tls",
         (Some(_), Some(_)) => "mtls",
     };
     info!(address = %bound, mode, "gRPC API listening");
-    if !loopback && tls.is_none() {
+    if !bound.ip().is_loopback() && settings.tls.is_none() {
         warn!(address = %bound, "gRPC API is plaintext on a network address");
     }
-    let router = builder.add_service(health_service).add_service(service);
+    let router = builder.add_routes(routes);
     Ok(async move {
         router
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
             .await
-            .map_err(|source| ApiError::Serve {
-                address: bound,
-                source: Box::new(source),
-            })
+            .map_err(|source| serve_error(bound, Box::new(source)))
     })
 }

@@ -313,6 +313,11 @@ impl IdentityCache {
         }
     }
 
+    /// The cluster's nodes.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values()
+    }
+
     /// Replaces this node's own addresses (they change with interfaces).
     pub fn set_local_addresses(&mut self, addresses: Vec<IpAddr>) {
         self.config.local_addresses = addresses;

@@ -265,6 +265,9 @@ pub struct NodeInfo {
     pub name: String,
     /// `status.addresses` of type InternalIP and ExternalIP.
     pub addresses: Vec<IpAddr>,
+    /// The InternalIP other nodes reach it at (IPv4 first, as Cilium
+    /// announces its Hubble peers).
+    pub internal_ip: Option<IpAddr>,
 }
 
 /// Any object the cache keeps.
@@ -699,6 +702,7 @@ pub fn node(object: &Node) -> Result<NodeInfo, ObjectError> {
     let fields = Fields::new("Node", &object.metadata);
     let name = fields.required(object.metadata.name.as_ref(), "metadata.name")?;
     let mut addresses = Vec::new();
+    let mut internal = Vec::new();
     for (index, address) in object
         .status
         .as_ref()
@@ -708,14 +712,24 @@ pub fn node(object: &Node) -> Result<NodeInfo, ObjectError> {
         .enumerate()
     {
         if matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
-            addresses.push(fields.ip(
+            let ip = fields.ip(
                 &address.address,
                 format!("status.addresses[{index}].address"),
-            )?);
+            )?;
+            addresses.push(ip);
+            if address.type_ == "InternalIP" {
+                internal.push(ip);
+            }
         }
     }
+    let internal_ip = internal
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(internal.first())
+        .copied();
     Ok(NodeInfo {
         name: name.clone(),
         addresses,
+        internal_ip,
     })
 }

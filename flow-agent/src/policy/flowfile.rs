@@ -201,7 +201,9 @@ fn hubble_endpoint(value: Option<&Value>, ip: IpAddr, port: u16, tenant_label: &
 /// A `hubble observe -o json` flow as a record; `None` for flows that teach
 /// nothing (not forwarded, L7 duplicates, no IP layer).
 fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String> {
-    if text(flow, "verdict").is_some_and(|verdict| verdict != "FORWARDED") {
+    // AUDIT: audit mode let through what policy would drop (flow-agent's
+    // monitor-mode violations): the traffic happened.
+    if text(flow, "verdict").is_some_and(|verdict| !matches!(verdict, "FORWARDED" | "AUDIT")) {
         return Ok(None);
     }
     if text(flow, "Type").is_some_and(|kind| kind != "L3_L4") {
@@ -337,11 +339,22 @@ fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String
         bytes: 0,
         tcp_flags: flags,
         is_reply,
-        interface: String::new(),
-        hook: if text(flow, "traffic_direction") == Some("INGRESS") {
-            Hook::Egress
-        } else {
+        interface: flow
+            .get("interface")
+            .and_then(|interface| text(interface, "name"))
+            .unwrap_or_default()
+            .to_owned(),
+        interface_index: flow
+            .get("interface")
+            .and_then(|interface| interface.get("index"))
+            .and_then(Value::as_u64)
+            .and_then(|index| u32::try_from(index).ok())
+            .unwrap_or(0),
+        // What the pod sends is EGRESS for a request and INGRESS for a reply.
+        hook: if (direction == Some("EGRESS")) != is_reply {
             Hook::Ingress
+        } else {
+            Hook::Egress
         },
         node,
         cross_tenant,

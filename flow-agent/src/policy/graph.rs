@@ -588,6 +588,7 @@ mod tests {
             tcp_flags: Vec::new(),
             is_reply: false,
             interface: "veth0".into(),
+            interface_index: 0,
             hook: Hook::Ingress,
             node: "n".into(),
             cross_tenant: Some(false),

@@ -70,6 +70,7 @@ fn flow(source: Endpoint, destination: Endpoint, protocol: u8) -> FlowRecord {
         tcp_flags: Vec::new(),
         is_reply: false,
         interface: "veth0".into(),
+        interface_index: 0,
         hook: Hook::Ingress,
         node: "n".into(),
         new_connection: true,
