@@ -320,6 +320,44 @@ impl Node {
             .ok_or_else(|| LabError::Format("pod list".into()))
     }
 
+    /// Links the node to the calling thread's namespace (the host, where a
+    /// relay or a `policy generate` runs) with a veth pair on 100.64.S.0/30:
+    /// the node's end (`host0`, which no pod glob selects) gets 100.64.S.2 and
+    /// the host's end 100.64.S.1. Returns the node's address. `subnet` must
+    /// differ between the nodes of one test.
+    pub fn link_to_host(&self, subnet: u8) -> Result<Ipv4Addr> {
+        let host_end = format!("h{}", self.prefix);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "host0",
+                "netns",
+                &self.netns.name,
+            ],
+        )?;
+        let (host, node) = (
+            Ipv4Addr::new(100, 64, subnet, 1),
+            Ipv4Addr::new(100, 64, subnet, 2),
+        );
+        run(
+            "ip",
+            &["addr", "add", &format!("{host}/30"), "dev", &host_end],
+        )?;
+        run("ip", &["link", "set", &host_end, "up"])?;
+        self.netns
+            .ip(&["addr", "add", &format!("{node}/30"), "dev", "host0"])?;
+        self.netns.ip(&["link", "set", "host0", "up"])?;
+        self.netns.wait_until_up("host0")?;
+        Ok(node)
+    }
+
     /// Glob selecting this node's pod interfaces.
     pub fn glob(&self) -> String {
         format!("{}*", self.prefix)
