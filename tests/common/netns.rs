@@ -39,11 +39,16 @@ impl Agent {
 
     /// Starts `flow-agent run ARGS --output json` in `netns`, once attached.
     pub fn start(netns: &Netns, args: &[&str]) -> Self {
+        Self::start_as(netns, "test-node", args)
+    }
+
+    /// As [`Agent::start`], for the node named `node_name`.
+    pub fn start_as(netns: &Netns, node_name: &str, args: &[&str]) -> Self {
         let mut all = args.to_vec();
         if !args.contains(&"--output") {
             all.extend_from_slice(&["--output", "json"]);
         }
-        all.extend_from_slice(&["--node-name", "test-node"]);
+        all.extend_from_slice(&["--node-name", node_name]);
         Self(
             AgentProcess::start(env!("CARGO_BIN_EXE_flow-agent").as_ref(), netns, &all, true)
                 .unwrap(),
