@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod hubble_compat;
 mod setup;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -41,6 +42,24 @@ enum Task {
     /// Set up, then run the datapath benchmarks and compare TCP throughput with
     /// and without flow-agent (root; installs iperf3).
     Bench,
+    /// Check that proto/hubble is a wire-compatible subset of Cilium's Hubble
+    /// API: every message, field, enum value, service and method it declares
+    /// exists upstream with the same number, name, type, label and oneof, so
+    /// Hubble clients decode flow-agent's answers with upstream's schema.
+    /// Upstream's files are not in this repository: `git clone --depth 1
+    /// https://github.com/cilium/cilium`, then `--upstream cilium/api/v1`.
+    HubbleCompat {
+        /// A directory with upstream's api/v1 layout: flow/flow.proto,
+        /// observer/observer.proto, peer/peer.proto, relay/relay.proto.
+        #[arg(long, value_name = "DIR", value_parser = from_invocation_dir)]
+        upstream: PathBuf,
+    },
+}
+
+/// Resolves `path` against the directory the task was run from, as `main`
+/// enters the workspace root before running it.
+fn from_invocation_dir(path: &str) -> std::io::Result<PathBuf> {
+    std::path::absolute(path)
 }
 
 fn workspace_root() -> PathBuf {
@@ -115,6 +134,7 @@ fn main() -> Result<()> {
             let binary = prepare_agent("release")?;
             bench::bench(&binary)
         }
+        Task::HubbleCompat { upstream } => hubble_compat::run(&upstream),
     }
 }
 
