@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use common::netns::{Agent, AgentOutput, flow, totals};
+use common::{
+    netns::{Agent, AgentOutput, flow, totals},
+    packet::ping,
+};
 use flow_agent::record::Hook;
 use flow_lab::{IpCounters, Node, disable_segmentation_offload, ip_counters, transmitted};
 
@@ -418,66 +421,6 @@ fn tcp_with_segmentation_offload_counts_wire_segments() {
     // GSO super-packets count as the segments TCP sent.
     assert_eq!(request.packets, counters[0].tcp_segments_sent);
     assert_eq!(reply.packets, counters[1].tcp_segments_sent);
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Sends `count` echo requests with 56 bytes of data over a raw socket, waiting
-/// for each reply.
-fn ping(node: &Node, pod: usize, to: IpAddr, count: u16) {
-    node.pods[pod]
-        .netns
-        .run(move || {
-            use socket2::{Domain, Protocol, Socket, Type};
-            let (domain, protocol, echo, reply, reply_offset) = match to {
-                // Raw IPv4 sockets receive the IP header; IPv6 ones do not.
-                IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8, 20),
-                IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8, 0),
-            };
-            let socket = Socket::new(domain, Type::RAW, Some(protocol)).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_secs(3)))
-                .unwrap();
-            for sequence in 0..count {
-                let mut message = vec![echo, 0, 0, 0, 0x12, 0x34];
-                message.extend_from_slice(&sequence.to_be_bytes());
-                message.extend_from_slice(&[0xab; 56]);
-                if to.is_ipv4() {
-                    // The kernel fills in the ICMPv6 checksum, not the ICMP one.
-                    let sum = checksum(&message);
-                    message[2..4].copy_from_slice(&sum.to_be_bytes());
-                }
-                socket
-                    .send_to(&message, &SocketAddr::new(to, 0).into())
-                    .unwrap();
-                let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-                loop {
-                    let received = socket.recv(&mut buffer).expect("echo reply");
-                    // SAFETY: recv initialised the first `received` bytes.
-                    let bytes: Vec<u8> = buffer[..received]
-                        .iter()
-                        .map(|b| unsafe { b.assume_init() })
-                        .collect();
-                    let sequence_at = reply_offset + 6;
-                    if bytes.get(reply_offset) == Some(&reply)
-                        && bytes.get(sequence_at..sequence_at + 2) == Some(&sequence.to_be_bytes())
-                    {
-                        break;
-                    }
-                }
-            }
-        })
-        .unwrap();
 }
 
 #[test]
