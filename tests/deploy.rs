@@ -3,7 +3,9 @@
 //! kustomize` where kubectl is installed), validated against the Kubernetes
 //! 1.33 schema (kubernetes-validate, strict), and checked for what matters:
 //! least privilege, probes on the health endpoints, and an agent
-//! configuration that the agent itself accepts.
+//! configuration that the agent itself accepts. The Hubble overlay adds
+//! hubble-relay and Hubble UI: checked for being wired to the agents' Hubble
+//! port, TLS files and names, and for running unprivileged from pinned images.
 
 #![expect(clippy::unwrap_used, reason = "a test panics to report failure")]
 
@@ -12,10 +14,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use flow_agent::{
-    api::access::AccessPolicy,
+    api::{access::AccessPolicy, hubble::peer::server_name},
     config::{RunConfig, RunOptions},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -102,11 +104,24 @@ fn render(directory: &Path) -> Vec<Value> {
     objects
 }
 
-fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objects
         .iter()
-        .find(|object| object["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind}"))
+        .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn kinds_and_names(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|object| {
+            format!(
+                "{}/{}",
+                object["kind"].as_str().unwrap(),
+                object["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
 
 /// Valid against the Kubernetes schema, unknown fields refused.
@@ -135,7 +150,21 @@ fn validate_schema(objects: &[Value]) {
     );
 }
 
-fn check(directory: &Path, interfaces: &[&str]) {
+/// The agent's objects, as the base lists them.
+const AGENT_OBJECTS: [&str; 7] = [
+    "Namespace/flow-agent",
+    "ServiceAccount/flow-agent",
+    "ClusterRole/flow-agent",
+    "ClusterRoleBinding/flow-agent",
+    "ConfigMap/flow-agent-config",
+    "DaemonSet/flow-agent",
+    "Service/flow-agent",
+];
+
+/// Renders `directory` and checks the agent's part of it: the agent's objects
+/// and then `others` (`Kind/name`), valid, least privileged, and a
+/// configuration the agent accepts, which is returned with the objects.
+fn check(directory: &Path, interfaces: &[&str], others: &[&str]) -> (Vec<Value>, RunConfig) {
     let objects = render(directory);
     // Where kubectl is installed, its Kustomize renders the same objects.
     if let Ok(output) = std::process::Command::new("kubectl")
@@ -156,41 +185,27 @@ fn check(directory: &Path, interfaces: &[&str]) {
         ours.sort_by_key(key);
         assert_eq!(ours, theirs, "{}", directory.display());
     }
-    let kinds: Vec<&str> = objects
-        .iter()
-        .map(|object| object["kind"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        kinds,
-        [
-            "Namespace",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "ConfigMap",
-            "DaemonSet",
-            "Service"
-        ]
+        kinds_and_names(&objects),
+        [&AGENT_OBJECTS[..], others].concat()
     );
 
     validate_schema(&objects);
 
     // Read-only RBAC.
-    for rule in find(&objects, "ClusterRole")["rules"].as_array().unwrap() {
-        assert_eq!(
-            rule["verbs"],
-            serde_json::json!(["get", "list", "watch"]),
-            "{rule}"
-        );
+    for role in objects
+        .iter()
+        .filter(|object| object["kind"] == "ClusterRole")
+    {
+        for rule in role["rules"].as_array().unwrap() {
+            assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
+        }
     }
     // Least privilege: root with three capabilities, not privileged.
-    let pod = &find(&objects, "DaemonSet")["spec"]["template"]["spec"];
+    let pod = &find(&objects, "DaemonSet", "flow-agent")["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["priorityClassName"], "system-node-critical");
-    assert_eq!(
-        pod["tolerations"],
-        serde_json::json!([{"operator": "Exists"}])
-    );
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
     let container = &pod["containers"][0];
     let security = &container["securityContext"];
     assert_eq!(security["privileged"], false);
@@ -198,19 +213,19 @@ fn check(directory: &Path, interfaces: &[&str]) {
     assert_eq!(security["readOnlyRootFilesystem"], true);
     assert_eq!(
         security["capabilities"],
-        serde_json::json!({"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "PERFMON"]})
+        json!({"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "PERFMON"]})
     );
     assert_eq!(
         container["env"][0],
-        serde_json::json!({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+        json!({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
     );
     assert_eq!(
         container["livenessProbe"]["httpGet"],
-        serde_json::json!({"path": "/healthz", "port": "metrics"})
+        json!({"path": "/healthz", "port": "metrics"})
     );
     assert_eq!(
         container["readinessProbe"]["httpGet"],
-        serde_json::json!({"path": "/readyz", "port": "metrics"})
+        json!({"path": "/readyz", "port": "metrics"})
     );
     assert!(
         container["resources"]["requests"]["memory"].is_string()
@@ -226,7 +241,7 @@ fn check(directory: &Path, interfaces: &[&str]) {
 
     // The configuration the agent will read: valid for this very agent, with
     // the ports the probes and the Service use.
-    let data = &find(&objects, "ConfigMap")["data"];
+    let data = &find(&objects, "ConfigMap", "flow-agent-config")["data"];
     let options = RunOptions::parse(
         data["flow-agent.yaml"].as_str().unwrap(),
         Path::new("flow-agent.yaml"),
@@ -242,24 +257,25 @@ fn check(directory: &Path, interfaces: &[&str]) {
         effective.pin_dir.as_deref(),
         Some(Path::new("/sys/fs/bpf/flow-agent"))
     );
-    let (api, _) = config.api.unwrap();
+    let (api, _) = config.api.as_ref().unwrap();
     assert!(
         api.tls.is_some() && api.client_ca.is_some(),
         "the API off loopback is mTLS"
     );
     AccessPolicy::parse(data["access.yaml"].as_str().unwrap(), "access.yaml").unwrap();
-    let ports: Vec<u64> = find(&objects, "Service")["spec"]["ports"]
+    let ports: Vec<u64> = find(&objects, "Service", "flow-agent")["spec"]["ports"]
         .as_array()
         .unwrap()
         .iter()
         .map(|port| port["port"].as_u64().unwrap())
         .collect();
     assert_eq!(ports, [4245, 9090]);
+    (objects, config)
 }
 
 #[test]
 fn the_base_is_valid_and_least_privileged() {
-    check(&deploy().join("base"), &["veth*"]);
+    check(&deploy().join("base"), &["veth*"], &[]);
 }
 
 #[test]
@@ -270,15 +286,382 @@ fn the_cleanup_daemonset_is_valid_and_runs_flow_agent_cleanup() {
         .map(|object| object["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["Namespace", "DaemonSet"]);
-    let pod = &find(&objects, "DaemonSet")["spec"]["template"]["spec"];
+    let pod = &find(&objects, "DaemonSet", "flow-agent-cleanup")["spec"]["template"]["spec"];
     assert_eq!(
         pod["initContainers"][0]["args"],
-        serde_json::json!(["cleanup", "--pin-dir", "/sys/fs/bpf/flow-agent"])
+        json!(["cleanup", "--pin-dir", "/sys/fs/bpf/flow-agent"])
     );
     validate_schema(&objects);
 }
 
 #[test]
 fn the_aks_overlay_watches_azure_cilium_and_calico_interfaces() {
-    check(&deploy().join("overlays/aks"), &["azv*", "lxc*", "cali*"]);
+    check(
+        &deploy().join("overlays/aks"),
+        &["azv*", "lxc*", "cali*"],
+        &[],
+    );
+}
+
+/// The relay's client certificate name: admin in the agents' access.yaml and
+/// the CN of deploy/README.md's recipe.
+const RELAY_CLIENT_NAME: &str = "hubble-relay";
+/// The DNS name the agents' server certificate carries for Hubble.
+const HUBBLE_SERVER_SAN: &str = "*.default.hubble-grpc.cilium.io";
+/// The operator builds the agent's image (deploy/README.md, Install): the
+/// only one not pinned by digest.
+const AGENT_IMAGE: &str = "ghcr.io/flow-agent/flow-agent:";
+
+/// A certificate's DNS name covers `name`: `*` stands for one whole label,
+/// the left-most (RFC 6125), as Go's and rustls's verifiers read it.
+fn covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => pattern == name,
+    }
+}
+
+fn pod_spec<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    &find(objects, kind, name)["spec"]["template"]["spec"]
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|container| container["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// The container port a Service's `targetPort` or a probe's `port` reaches:
+/// a number as is, a name through the container's ports.
+fn container_port(container: &Value, port: &Value) -> u64 {
+    match port {
+        Value::String(name) => container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|declared| declared["name"] == *name)
+            .unwrap_or_else(|| panic!("no port {name} in {}", container["name"]))["containerPort"]
+            .as_u64()
+            .unwrap(),
+        number => number.as_u64().unwrap(),
+    }
+}
+
+/// The port of a listen address such as `:4245` or `0.0.0.0:4245`.
+fn listen_port(address: &Value) -> u64 {
+    address
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+/// The volume a file at `path` of `container` comes from, and its key there:
+/// the file mounted by itself (`subPath`) or its directory (through `items`,
+/// or every key by its name). Such mounts are read-only.
+fn mounted_file<'a>(pod: &'a Value, container: &Value, path: &str) -> (&'a Value, String) {
+    let (mount, within) = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|mount| {
+            let at = mount["mountPath"].as_str().unwrap();
+            if at == path {
+                return Some((mount, mount["subPath"].as_str()?.to_owned()));
+            }
+            let within = path.strip_prefix(at)?.strip_prefix('/')?;
+            Some((mount, within.to_owned()))
+        })
+        .unwrap_or_else(|| panic!("{path} is not mounted in {}", container["name"]));
+    assert_eq!(mount["readOnly"], true, "{mount}");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|volume| volume["name"] == mount["name"])
+        .unwrap();
+    let source = ["secret", "configMap"]
+        .iter()
+        .map(|kind| &volume[kind])
+        .find(|source| !source.is_null())
+        .unwrap_or_else(|| panic!("{volume} is neither a secret nor a ConfigMap"));
+    let key = match source["items"].as_array() {
+        Some(items) => items
+            .iter()
+            .find(|item| item["path"] == within.as_str())
+            .unwrap_or_else(|| panic!("no item {within} in {volume}"))["key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        None => within,
+    };
+    (volume, key)
+}
+
+/// Restricted Pod Security: not root, nothing to escalate to, no capability,
+/// the runtime's seccomp profile, read-only image, sized, probed.
+fn assert_unprivileged(name: &str, pod: &Value) {
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"],
+        json!({"type": "RuntimeDefault"}),
+        "{name}"
+    );
+    for container in pod["containers"].as_array().unwrap() {
+        let security = &container["securityContext"];
+        let user = security
+            .get("runAsUser")
+            .unwrap_or(&pod["securityContext"]["runAsUser"]);
+        assert!(user.as_u64().unwrap() > 0, "{name}: {container}");
+        assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(security["capabilities"], json!({"drop": ["ALL"]}), "{name}");
+        let resources = &container["resources"];
+        assert!(
+            resources["requests"]["cpu"].is_string()
+                && resources["requests"]["memory"].is_string()
+                && resources["limits"]["memory"].is_string(),
+            "{name}: {resources}"
+        );
+        assert!(
+            container["readinessProbe"].is_object() && container["livenessProbe"].is_object(),
+            "{name}: {container}"
+        );
+    }
+}
+
+#[test]
+fn the_hubble_overlay_serves_relay_and_ui_from_the_agents_hubble_port() {
+    let (objects, config) = check(
+        &deploy().join("overlays/hubble"),
+        &["veth*"],
+        &[
+            "Service/hubble-peer",
+            "ConfigMap/hubble-relay-config",
+            "Deployment/hubble-relay",
+            "Service/hubble-relay",
+            "NetworkPolicy/hubble-relay",
+            "ServiceAccount/hubble-ui",
+            "ClusterRole/hubble-ui",
+            "ClusterRoleBinding/hubble-ui",
+            "ConfigMap/hubble-ui-nginx",
+            "Deployment/hubble-ui",
+            "Service/hubble-ui",
+        ],
+    );
+
+    // The agents: Hubble on 4244, declared as their `hubble` port, under
+    // names the documented wildcard covers, the relay an admin.
+    let hubble_listen = "0.0.0.0:4244".parse().unwrap();
+    assert_eq!(config.effective().hubble_listen, Some(hubble_listen));
+    let (api, _) = config.api.as_ref().unwrap();
+    let hubble = api.hubble.as_ref().unwrap();
+    assert_eq!(hubble.listen, hubble_listen);
+    for node in [
+        "aks-nodepool1-12345678-vmss000000",
+        "ip-10-0-1-2.ec2.internal",
+    ] {
+        let name = server_name(&hubble.tls_server_name, node);
+        assert!(covers(HUBBLE_SERVER_SAN, &name), "{name}");
+    }
+    let agents = pod_spec(&objects, "DaemonSet", "flow-agent");
+    let agent = container(agents, "flow-agent");
+    assert_eq!(container_port(agent, &json!("hubble")), 4244);
+    let access = &find(&objects, "ConfigMap", "flow-agent-config")["data"]["access.yaml"];
+    let access = &yaml_documents(access.as_str().unwrap())[0];
+    assert!(
+        access["clients"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": RELAY_CLIENT_NAME, "admin": true})),
+        "{access}"
+    );
+
+    // The Peer service: every agent's Hubble port, on the caller's node.
+    let peer = &find(&objects, "Service", "hubble-peer");
+    let namespace = peer["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(namespace, "flow-agent");
+    assert_eq!(peer["spec"]["internalTrafficPolicy"], "Local");
+    let agent_labels =
+        &find(&objects, "DaemonSet", "flow-agent")["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&peer["spec"]["selector"], agent_labels);
+    let [peer_port] = peer["spec"]["ports"].as_array().unwrap().as_slice() else {
+        panic!("one port: {peer}");
+    };
+    assert_eq!(peer_port["port"], 443);
+    assert_eq!(container_port(agent, &peer_port["targetPort"]), 4244);
+
+    // The relay's configuration names that Service, and the TLS names it
+    // then expects are the agents' certificate's.
+    let relay_config = &find(&objects, "ConfigMap", "hubble-relay-config")["data"]["config.yaml"];
+    let relay_config = &yaml_documents(relay_config.as_str().unwrap())[0];
+    assert_eq!(
+        relay_config["peer-service"],
+        format!("hubble-peer.{namespace}.svc.cluster.local.:443")
+    );
+    let cluster = relay_config["cluster-name"].as_str().unwrap();
+    assert!(covers(
+        HUBBLE_SERVER_SAN,
+        &format!("hubble-peer.{cluster}.hubble-grpc.cilium.io")
+    ));
+    assert_eq!(relay_config["disable-server-tls"], true);
+
+    // The relay: its configuration and TLS files mounted where it reads
+    // them, its ports and probes those of the configuration.
+    let relay_pod = pod_spec(&objects, "Deployment", "hubble-relay");
+    let relay = container(relay_pod, "hubble-relay");
+    assert_eq!(relay["command"], json!(["hubble-relay"]));
+    assert_eq!(relay["args"], json!(["serve"]));
+    let (volume, key) = mounted_file(relay_pod, relay, "/etc/hubble-relay/config.yaml");
+    assert_eq!(
+        (&volume["configMap"]["name"], key.as_str()),
+        (&json!("hubble-relay-config"), "config.yaml")
+    );
+    for (setting, secret_key) in [
+        ("tls-hubble-client-cert-file", "tls.crt"),
+        ("tls-hubble-client-key-file", "tls.key"),
+        ("tls-hubble-server-ca-files", "ca.crt"),
+    ] {
+        let path = relay_config[setting].as_str().unwrap();
+        let (volume, key) = mounted_file(relay_pod, relay, path);
+        assert_eq!(
+            (&volume["secret"]["secretName"], key.as_str()),
+            (&json!("hubble-relay-client-certs"), secret_key),
+            "{setting}: {path}"
+        );
+    }
+    let relay_grpc = listen_port(&relay_config["listen-address"]);
+    let relay_health = listen_port(&relay_config["health-listen-address"]);
+    assert_eq!(container_port(relay, &json!("grpc")), relay_grpc);
+    for probe in ["startupProbe", "readinessProbe"] {
+        assert_eq!(
+            container_port(relay, &relay[probe]["grpc"]["port"]),
+            relay_health,
+            "{probe}"
+        );
+    }
+    assert_eq!(relay_pod["automountServiceAccountToken"], false);
+    let relay_service = find(&objects, "Service", "hubble-relay");
+    let relay_port = &relay_service["spec"]["ports"][0];
+    assert_eq!(relay_port["port"], 80);
+    assert_eq!(container_port(relay, &relay_port["targetPort"]), relay_grpc);
+
+    // The UI: nginx on the Service's port, passing /api to the backend,
+    // which reads flows from the relay's Service.
+    let ui_pod = pod_spec(&objects, "Deployment", "hubble-ui");
+    let frontend = container(ui_pod, "frontend");
+    let backend = container(ui_pod, "backend");
+    let env = |name: &str| {
+        backend["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|variable| variable["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        env("FLOWS_API_ADDR"),
+        format!(
+            "{}:{}",
+            relay_service["metadata"]["name"].as_str().unwrap(),
+            relay_port["port"]
+        )
+    );
+    let backend_port = env("EVENTS_SERVER_PORT");
+    assert_eq!(
+        container_port(backend, &json!("api")).to_string(),
+        backend_port
+    );
+    let (volume, key) = mounted_file(ui_pod, frontend, "/etc/nginx/conf.d/default.conf");
+    let nginx = &find(
+        &objects,
+        "ConfigMap",
+        volume["configMap"]["name"].as_str().unwrap(),
+    )["data"][&key];
+    let nginx = nginx.as_str().unwrap();
+    assert!(
+        nginx.contains(&format!("proxy_pass http://127.0.0.1:{backend_port};")),
+        "{nginx}"
+    );
+    let frontend_port = container_port(frontend, &json!("http"));
+    assert!(
+        nginx.contains(&format!("listen {frontend_port};")),
+        "{nginx}"
+    );
+    let ui_port = &find(&objects, "Service", "hubble-ui")["spec"]["ports"][0];
+    assert_eq!(ui_port["port"], 80);
+    assert_eq!(
+        container_port(frontend, &ui_port["targetPort"]),
+        frontend_port
+    );
+
+    // The UI's account reads namespaces and nothing else, and only the
+    // backend holds its token.
+    assert_eq!(
+        find(&objects, "ClusterRole", "hubble-ui")["rules"],
+        json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}])
+    );
+    let binding = find(&objects, "ClusterRoleBinding", "hubble-ui");
+    assert_eq!(binding["roleRef"]["name"], "hubble-ui");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "hubble-ui", "namespace": namespace}])
+    );
+    assert_eq!(ui_pod["serviceAccountName"], "hubble-ui");
+    assert_eq!(ui_pod["automountServiceAccountToken"], false);
+    let token_mounts = |container: &Value| {
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|mount| mount["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+            .count()
+    };
+    assert_eq!((token_mounts(frontend), token_mounts(backend)), (0, 1));
+
+    // Unprivileged relay and UI; third-party images pinned by tag and digest.
+    assert_unprivileged("hubble-relay", relay_pod);
+    assert_unprivileged("hubble-ui", ui_pod);
+    for workload in objects
+        .iter()
+        .filter(|object| object["kind"] == "Deployment" || object["kind"] == "DaemonSet")
+    {
+        let pod = &workload["spec"]["template"]["spec"];
+        for container in ["initContainers", "containers"]
+            .iter()
+            .flat_map(|list| pod[list].as_array().into_iter().flatten())
+        {
+            let image = container["image"].as_str().unwrap();
+            if image.starts_with(AGENT_IMAGE) {
+                continue;
+            }
+            let (reference, digest) = image
+                .split_once("@sha256:")
+                .unwrap_or_else(|| panic!("{image} is not pinned by digest"));
+            assert!(
+                digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+                "{image}"
+            );
+            assert!(
+                reference.rsplit('/').next().unwrap().contains(':'),
+                "{image} has no tag"
+            );
+        }
+    }
+
+    // deploy/README.md's recipe makes the certificates these names expect.
+    let readme = std::fs::read_to_string(deploy().join("README.md")).unwrap();
+    assert!(readme.contains(&format!("/CN={RELAY_CLIENT_NAME}\"")));
+    assert!(readme.contains(&format!("DNS:{HUBBLE_SERVER_SAN}")));
 }
