@@ -21,6 +21,7 @@ use std::{
 use common::{
     cli::{binary, cli},
     netns::Agent,
+    pki::{Pki, sha256_hex},
     shop::{Cluster, cluster, traffic, udp_exchange},
 };
 use flow_agent::record::FlowRecord;
@@ -667,112 +668,22 @@ fn a_slow_consumer_is_told_exactly_what_it_lost_and_the_fast_one_loses_nothing()
     assert_eq!(lost_before_reading, lost);
 }
 
-/// A CA, server and client certificates for the mTLS test.
-struct Pki {
-    directory: tempfile::TempDir,
-}
-
-impl Pki {
-    fn path(&self, name: &str) -> String {
-        self.directory
-            .path()
-            .join(name)
-            .to_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    fn new() -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose,
-        };
-        let directory = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: String| {
-            std::fs::write(directory.path().join(name), text).unwrap();
-        };
-        let authority = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let ca = authority("flow-agent test CA");
-        let rogue = authority("rogue CA");
-        write("ca.pem", ca.pem());
-        write("rogue-ca.pem", rogue.pem());
-        let leaf = |file: &str,
-                    common_name: &str,
-                    names: Vec<String>,
-                    purpose: ExtendedKeyUsagePurpose,
-                    issuer: &CertifiedIssuer<'_, KeyPair>| {
-            let mut params = CertificateParams::new(names).unwrap();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, common_name);
-            params.extended_key_usages = vec![purpose];
-            let key = KeyPair::generate().unwrap();
-            let certificate = params.signed_by(&key, issuer).unwrap();
-            write(&format!("{file}.pem"), certificate.pem());
-            write(&format!("{file}.key"), key.serialize_pem());
-        };
-        leaf(
-            "server",
-            "flow-agent",
-            vec!["flow-agent.test".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &ca,
-        );
-        for name in ["team-acme", "team-globex", "platform", "stranger"] {
-            leaf(
-                name,
-                name,
-                Vec::new(),
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &ca,
-            );
-        }
-        // A client certificate with a known name, from the wrong CA.
-        leaf(
-            "rogue",
-            "team-acme",
-            Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
-            &rogue,
-        );
-        write(
-            "access.yaml",
-            "clients:\n- {name: team-acme, tenant: acme}\n- {name: team-globex, tenant: globex}\n- {name: platform, admin: true}\n".into(),
-        );
-        Self { directory }
-    }
-
-    /// `observe` flags for mutual TLS as `client`.
-    fn client(&self, client: &str) -> Vec<String> {
-        [
-            "--server",
-            API,
-            "--tls-ca",
-            &self.path("ca.pem"),
-            "--tls-cert",
-            &self.path(&format!("{client}.pem")),
-            "--tls-key",
-            &self.path(&format!("{client}.key")),
-            "--tls-server-name",
-            "flow-agent.test",
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    }
-}
-
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+/// `observe` flags for mutual TLS as `client`.
+fn tls_client(pki: &Pki, client: &str) -> Vec<String> {
+    [
+        "--server",
+        API,
+        "--tls-ca",
+        &pki.path("ca.pem"),
+        "--tls-cert",
+        &pki.path(&format!("{client}.pem")),
+        "--tls-key",
+        &pki.path(&format!("{client}.key")),
+        "--tls-server-name",
+        "flow-agent.test",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 #[test]
@@ -800,7 +711,7 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
     std::thread::sleep(Duration::from_millis(600));
     let records: Vec<FlowRecord> = agent.records().into_iter().filter(not_icmpv6).collect();
     let as_client = |client: &str, extra: &[&str]| {
-        let flags = pki.client(client);
+        let flags = tls_client(&pki, client);
         let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
         args.extend_from_slice(&["-o", "json", "--last", "100000", "--not-protocol", "ICMPv6"]);
         args.extend_from_slice(extra);
@@ -853,7 +764,7 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
     // A certificate from our CA that the policy does not name is refused.
     let refused = observe_refused(
         node,
-        &pki.client("stranger")
+        &tls_client(&pki, "stranger")
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -864,7 +775,7 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
     );
     // A known name from the wrong CA, no certificate at all, and a server
     // certificate checked against the wrong CA: no connection.
-    let rogue = pki.client("rogue");
+    let rogue = tls_client(&pki, "rogue");
     let refused = observe_refused(node, &rogue.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         !refused.contains("PermissionDenied"),
@@ -883,7 +794,7 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
         ],
     );
     assert!(refused.contains("error"), "{refused}");
-    let mut wrong_ca = pki.client("team-acme");
+    let mut wrong_ca = tls_client(&pki, "team-acme");
     wrong_ca[3] = pki.path("rogue-ca.pem");
     let refused = observe_refused(
         node,

@@ -26,6 +26,7 @@ use std::{
 use common::{
     netns::Agent,
     packet::ping,
+    pki::{Pki, sha256_hex},
     shop::{tcp_client, tcp_server, udp_exchange},
 };
 use flow_agent::record::FlowRecord;
@@ -39,14 +40,6 @@ const HUBBLE_PORT: u16 = 4244;
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const ADMIN_TOKEN: &str = "hubble-admin-secret";
 const ACME_TOKEN: &str = "acme-secret";
-
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
 
 /// One lab node with its agent's inputs.
 struct LabNode {
@@ -666,9 +659,12 @@ fn replay(node: &LabNode, name: &str, whitelist: Value) -> Value {
     )
 }
 
+/// Which records a filter should select.
+type Predicate = Box<dyn Fn(&FlowRecord) -> bool>;
+
 /// Each supported FlowFilter field selects what the same predicate selects
 /// over the agent's records.
-fn filter_cases() -> Vec<(&'static str, Value, Box<dyn Fn(&FlowRecord) -> bool>)> {
+fn filter_cases() -> Vec<(&'static str, Value, Predicate)> {
     let tenant = |record: &FlowRecord, source: bool| {
         let end = if source {
             &record.source
@@ -993,7 +989,14 @@ fn get_flows_replays_filters_and_refuses_as_hubble_does() {
         everything[everything.len() - 3..]
     );
     assert_eq!(flows(&answers["first 3"]), everything[..3]);
-    let window = everything[2..everything.len() - 2].to_vec();
+    // The window is by time: a record's time is its last packet's, so the
+    // buffer is not in time order (a reply may end before its request).
+    let (from, to) = (all[2].time.0, all[all.len() - 3].time.0);
+    let window = keys(
+        all.iter()
+            .copied()
+            .filter(|record| (from..=to).contains(&record.time.0)),
+    );
     assert_eq!(flows(&answers["window"]), window);
     assert_eq!(
         flows(&answers["last 2 of the window"]),
@@ -1072,4 +1075,278 @@ fn get_flows_replays_filters_and_refuses_as_hubble_does() {
     // acme's cart talked to globex's db: both namespaces are acme's to see.
     assert_eq!(namespaces("acme namespaces"), ["shop-a", "shop-b"]);
     assert_eq!(answers["health"].messages[0]["status"], "SERVING");
+}
+
+/// A Hubble client over mutual TLS, as hubble-relay dials a node: the CA,
+/// its client certificate, and the server name the Peer service announced.
+async fn tls_channel(
+    pki: &Pki,
+    client: &str,
+    address: &str,
+    server_name: &str,
+) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |name: &str| std::fs::read(pki.path(name)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(
+            read(&format!("{client}.pem")),
+            read(&format!("{client}.key")),
+        ))
+        .domain_name(server_name);
+    Endpoint::from_shared(format!("https://{address}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        // A small window: a client that does not read is soon not sent to.
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `flowagent_api_lost_records_total` of `client`, from the agent's metrics.
+fn lost_metric(address: SocketAddr, client: &str) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let series = format!("flowagent_api_lost_records_total{{client=\"{client}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+/// Over mutual TLS, as hubble-relay: the peers carry their TLS server names,
+/// a tenant's certificate sees its tenant only, and a follower that reads
+/// slowly is told exactly what it lost, in the metrics too.
+#[test]
+fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
+    use flow_proto::hubble::{
+        flow::FlowFilter,
+        observer::{
+            GetFlowsRequest, GetNodesRequest, get_flows_response::ResponseTypes,
+            observer_client::ObserverClient,
+        },
+        peer::{NotifyRequest, peer_client::PeerClient},
+    };
+    require_root!();
+    let Some([a, _b]) = lab([31, 32]) else { return };
+    let pki = Pki::new();
+    let glob = a.node.glob();
+    let agent = Agent::start_as(
+        &a.node.netns,
+        "node-a",
+        &[
+            "-i",
+            &glob,
+            "--flush-interval",
+            "200ms",
+            "--inventory",
+            a.inventory.to_str().unwrap(),
+            "--hubble-listen",
+            "0.0.0.0:4244",
+            "--grpc-tls-cert",
+            &pki.path("server.pem"),
+            "--grpc-tls-key",
+            &pki.path("server.key"),
+            "--grpc-client-ca",
+            &pki.path("ca.pem"),
+            "--grpc-access",
+            &pki.path("access.yaml"),
+            "--grpc-subscriber-queue",
+            "1500",
+            "--metrics-listen",
+            "0.0.0.0:9090",
+        ],
+    );
+    let server_name = "node-a.default.hubble-grpc.cilium.io";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let address = a.hubble();
+    let (peers, nodes, mut slow, mut acme) = runtime.block_on(async {
+        let platform = tls_channel(&pki, "platform", &address, server_name).await;
+        let mut notify = PeerClient::new(platform.clone())
+            .notify(NotifyRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let peers = [
+            notify.message().await.unwrap().unwrap(),
+            notify.message().await.unwrap().unwrap(),
+        ];
+        let nodes = ObserverClient::new(platform.clone())
+            .get_nodes(GetNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let to_sink = GetFlowsRequest {
+            follow: true,
+            whitelist: vec![FlowFilter {
+                protocol: vec!["udp".into()],
+                destination_port: vec!["7000".into()],
+                ..FlowFilter::default()
+            }],
+            ..GetFlowsRequest::default()
+        };
+        let slow = ObserverClient::new(platform)
+            .get_flows(to_sink)
+            .await
+            .unwrap()
+            .into_inner();
+        let team = tls_channel(&pki, "team-acme", &address, server_name).await;
+        let everything = GetFlowsRequest {
+            follow: true,
+            ..GetFlowsRequest::default()
+        };
+        let acme = ObserverClient::new(team)
+            .get_flows(everything)
+            .await
+            .unwrap()
+            .into_inner();
+        (peers, nodes, slow, acme)
+    });
+    let names: Vec<(&str, &str)> = peers
+        .iter()
+        .map(|peer| {
+            (
+                peer.name.as_str(),
+                peer.tls.as_ref().unwrap().server_name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("node-a", server_name),
+            ("node-b", "node-b.default.hubble-grpc.cilium.io")
+        ]
+    );
+    let node = &nodes.nodes[0];
+    assert_eq!(
+        node.tls
+            .as_ref()
+            .map(|tls| (tls.enabled, tls.server_name.as_str())),
+        Some((true, server_name))
+    );
+    let stranger = runtime.block_on(async {
+        let channel = tls_channel(&pki, "stranger", &address, server_name).await;
+        ObserverClient::new(channel)
+            .get_nodes(GetNodesRequest {})
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(stranger.code(), tonic::Code::PermissionDenied);
+
+    // Five bursts of a thousand UDP flows frontend -> cart; the platform
+    // follower reads nothing meanwhile.
+    let target = SocketAddr::new(IpAddr::V4(a.node.pods[1].ipv4), 7000);
+    let sink = std::sync::Arc::new(
+        a.node.pods[1]
+            .netns
+            .run(move || std::net::UdpSocket::bind(target).unwrap())
+            .unwrap(),
+    );
+    let to_sink = |agent: &Agent| -> u64 {
+        agent
+            .records()
+            .iter()
+            .filter(|record| record.destination.port == 7000)
+            .map(|record| record.packets)
+            .sum()
+    };
+    for burst in 1..=5u64 {
+        a.node.pods[0]
+            .netns
+            .run(move || {
+                for _ in 0..1_000 {
+                    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                    socket.send_to(&[7u8; 32], target).unwrap();
+                }
+            })
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while to_sink(&agent) != 1_000 * burst {
+            assert!(Instant::now() < deadline, "burst {burst} never drained");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let metrics = SocketAddr::new(IpAddr::V4(a.address), 9090);
+    // The metrics are updated after each drain: read them once they settle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lost_reported_by_metrics = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = lost_metric(metrics, "platform");
+        if now > 0 && now == lost_reported_by_metrics {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow follower's losses never settled"
+        );
+        lost_reported_by_metrics = now;
+    }
+    // Read on, then stop the agent: the streams end once delivered.
+    let reading = runtime.spawn(async move {
+        let (mut received, mut lost) = (0, 0);
+        while let Some(message) = slow.message().await.unwrap() {
+            match message.response_types {
+                Some(ResponseTypes::Flow(_)) => received += 1,
+                Some(ResponseTypes::LostEvents(events)) => lost += events.num_events_lost,
+                _ => {}
+            }
+        }
+        let (mut acme_received, mut acme_lost, mut foreign) = (0, 0, 0);
+        while let Some(message) = acme.message().await.unwrap() {
+            match message.response_types {
+                Some(ResponseTypes::Flow(flow)) => {
+                    acme_received += 1;
+                    let namespaces = [
+                        flow.source.unwrap().namespace,
+                        flow.destination.unwrap().namespace,
+                    ];
+                    if !namespaces.iter().any(|namespace| namespace == "shop-a") {
+                        foreign += 1;
+                    }
+                }
+                Some(ResponseTypes::LostEvents(events)) => acme_lost += events.num_events_lost,
+                _ => {}
+            }
+        }
+        (received, lost, (acme_received, acme_lost, foreign))
+    });
+    let output = agent.stop();
+    drop(sink);
+    let total = output
+        .records
+        .iter()
+        .filter(|record| record.destination.port == 7000 && record.protocol.to_string() == "UDP")
+        .count() as u64;
+    let acme_total = output
+        .records
+        .iter()
+        .filter(|record| {
+            [&record.source, &record.destination]
+                .iter()
+                .any(|end| end.identity.tenant.as_deref() == Some("acme"))
+        })
+        .count() as u64;
+    let (received, lost, (acme_received, acme_lost, acme_foreign)) =
+        runtime.block_on(reading).unwrap();
+    eprintln!("slow follower: received {received}, told of {lost} lost, of {total} records");
+    assert!(
+        lost > 0,
+        "the slow follower should have fallen behind (received {received})"
+    );
+    assert_eq!(received + lost, total);
+    assert_eq!(lost, lost_reported_by_metrics);
+    assert_eq!(acme_foreign, 0, "team-acme saw only acme's flows");
+    assert!(acme_received > 0);
+    assert_eq!(acme_received + acme_lost, acme_total);
 }

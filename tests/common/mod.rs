@@ -13,6 +13,7 @@ pub mod cli;
 pub mod kube_api;
 pub mod netns;
 pub mod packet;
+pub mod pki;
 pub mod shop;
 
 /// Returns early (passing the test) with a printed reason, or fails it under
