@@ -179,8 +179,84 @@ fn extract(line: &str, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Hubble followers each on its own connection, as relays and CLIs follow:
+/// the agent's resident memory per follower.
+fn hubble_followers(agent_binary: &Path) -> Result<()> {
+    use flow_proto::hubble::observer::{GetFlowsRequest, observer_client::ObserverClient};
+    use sha2::Digest as _;
+    const FOLLOWERS: usize = 200;
+    const TOKEN: &str = "bench-admin";
+    let node = Node::new(1)?;
+    let address = node.link_to_host(60)?;
+    let access = std::env::temp_dir().join(format!("{}-access.yaml", node.netns.name));
+    let digest: String = sha2::Sha256::digest(TOKEN.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    std::fs::write(
+        &access,
+        format!("tokens:\n- {{sha256: {digest}, admin: true}}\n"),
+    )?;
+    let agent = AgentProcess::start(
+        agent_binary,
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--output",
+            "none",
+            "--hubble-listen",
+            "0.0.0.0:4244",
+            "--grpc-allow-plaintext",
+            "--grpc-access",
+            access.to_str().context("temporary path")?,
+            "--grpc-max-subscribers",
+            "1000",
+        ],
+        false,
+    )?;
+    let idle_kib = resident_kib(agent.pid())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let streams = runtime.block_on(async {
+        let mut streams = Vec::new();
+        for _ in 0..FOLLOWERS {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{address}:4244"))?
+                    .connect()
+                    .await?;
+            let mut request = tonic::Request::new(GetFlowsRequest {
+                follow: true,
+                ..GetFlowsRequest::default()
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+            streams.push(
+                ObserverClient::new(channel)
+                    .get_flows(request)
+                    .await?
+                    .into_inner(),
+            );
+        }
+        anyhow::Ok(streams)
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let following_kib = resident_kib(agent.pid())?;
+    drop(streams);
+    drop(runtime);
+    agent.stop()?;
+    let _ = std::fs::remove_file(&access);
+    println!(
+        "Hubble followers: agent resident memory {idle_kib} KiB idle, {following_kib} KiB with {FOLLOWERS} following GetFlows streams, each on its own connection: {:.1} KiB per follower",
+        following_kib.saturating_sub(idle_kib) as f64 / FOLLOWERS as f64
+    );
+    Ok(())
+}
+
 pub(crate) fn bench(agent_binary: &Path) -> Result<()> {
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "datapath"])?;
+    crate::cargo(&["bench", "--package", "flow-agent", "--bench", "api"])?;
     agent_at_100k_flows(agent_binary)?;
+    hubble_followers(agent_binary)?;
     throughput(agent_binary)
 }

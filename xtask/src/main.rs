@@ -39,7 +39,8 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// Set up, then run the datapath benchmarks and compare TCP throughput with
+    /// Set up, then run the datapath and API benchmarks, a real agent at 100k
+    /// flows and with 200 Hubble followers, and compare TCP throughput with
     /// and without flow-agent (root; installs iperf3).
     Bench,
     /// Check that proto/hubble is a wire-compatible subset of Cilium's Hubble

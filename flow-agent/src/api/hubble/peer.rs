@@ -266,6 +266,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_goes_away_leaves_nothing_behind() {
+        let peers = Arc::new(PeerSet::default());
+        peers.publish(nodes(&[("node-a", "10.0.0.1")]));
+        let service = PeerService::new(
+            Arc::clone(&peers),
+            PeerAddressing {
+                port: 4244,
+                tls_server_name: None,
+            },
+            Access::Open,
+        );
+        let mut stream = service
+            .notify(Request::new(NotifyRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.next().await.is_some());
+        assert_eq!(peers.sender.receiver_count(), 1);
+        drop(stream);
+        assert_eq!(peers.sender.receiver_count(), 0);
+        // Publishing with no one listening is fine, and so is a new client.
+        peers.publish(nodes(&[("node-b", "10.0.0.2")]));
+        let mut again = service
+            .notify(Request::new(NotifyRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let change = again.next().await.unwrap().unwrap();
+        assert_eq!(summary(&change), "PEER_ADDED node-b 10.0.0.2:4244");
+    }
+
+    #[tokio::test]
     async fn without_tls_no_server_name_is_announced() {
         let peers = Arc::new(PeerSet::default());
         peers.publish(nodes(&[("node-a", "10.0.0.1")]));
