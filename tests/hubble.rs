@@ -7,7 +7,9 @@
 //!
 //! Needs root, nft and the test virtualenv. The lab pods' IPv6 neighbour
 //! discovery adds ICMPv6 records at any time, so comparisons leave ICMPv6 out
-//! on both sides.
+//! on both sides. With `FLOW_AGENT_HUBBLE_PROTO=DIR` the Python client's stubs
+//! come from another copy of the definitions, such as a checkout's
+//! `cilium/api/v1`, and every assertion must still hold.
 
 #![expect(clippy::unwrap_used, reason = "a test panics to report failure")]
 
@@ -332,7 +334,13 @@ impl Client {
 
     fn command(&self, calls: &[Value]) -> Command {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/hubble_client.py");
-        let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/hubble");
+        // FLOW_AGENT_HUBBLE_PROTO=DIR runs the same calls with stubs
+        // generated from another copy of the definitions, such as Cilium's
+        // own api/v1: the answers must not change.
+        let proto = std::env::var_os("FLOW_AGENT_HUBBLE_PROTO").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/hubble"),
+            PathBuf::from,
+        );
         let mut command = Command::new(&self.python);
         command.args([
             script.to_str().unwrap(),
