@@ -541,7 +541,23 @@ fn a_relay_sees_every_nodes_flows_and_peers() {
     assert_ne!(inventory, without_b);
     std::fs::write(&a.inventory, without_b).unwrap();
     let answers = background.finish();
+    let replayed = client.run(&[call(&a, "replay-a", "Observer/GetFlows", json!({}))]);
     drop((agent_a.stop(), agent_b.stop()));
+
+    // A flow keeps its uuid when it is replayed.
+    let uuids = |answer: &Answer| -> BTreeMap<FlowKey, String> {
+        answer
+            .messages
+            .iter()
+            .filter_map(|message| message.get("flow"))
+            .map(|flow| (hubble_key(flow), flow["uuid"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let (followed, replayed) = (uuids(&answers["follow-a"]), uuids(&replayed["replay-a"]));
+    assert!(!followed.is_empty());
+    for (key, uuid) in &followed {
+        assert_eq!(replayed.get(key), Some(uuid), "{key:?}");
+    }
 
     // Every record, once, as a Flow of its node, in the agent's order.
     for (name, records, node) in [
