@@ -1,7 +1,9 @@
-//! The flow API's costs: publishing into the hub with 0, 1 and 4 following
+//! The flow APIs' costs: publishing into the hub with 0, 1 and 4 following
 //! subscribers (one of them tenant-scoped and filtered), the memory of the
-//! replay buffer, gRPC streaming to one client (replay and follow), and the
-//! rotating file sink. Prints figures; asserts nothing.
+//! replay buffer, gRPC streaming to one client (replay and follow) through
+//! flow-agent's FlowService and through Hubble's Observer, the cost of a
+//! five-field Hubble filter per flow, and the rotating file sink. Prints
+//! figures (medians of interleaved rounds); asserts nothing.
 //!
 //! `cargo bench -p flow-agent --bench api` (no root needed; listens on
 //! 127.0.0.1:47110).
@@ -16,12 +18,18 @@ use std::{
 use flow_agent::{
     api::{
         filter::{FlowMatcher, Scope},
-        hub::{Hub, HubSettings, Replay},
-        server::{self, ApiSettings, Served},
+        hub::{Hub, HubSettings, Replay, StoredFlow},
+        hubble::filter::HubbleMatcher,
+        server::{self, ApiSettings, HubbleSettings, Served},
     },
     identity::{Identity, PeerKind, Workload},
     output::{FileSink, FileSinkSettings, RecordSink as _},
     record::{Endpoint, FlowRecord, Hook, Protocol, Timestamp},
+};
+use flow_proto::hubble::{
+    self,
+    flow::FlowFilter as HubbleFlowFilter,
+    observer::{get_flows_response::ResponseTypes, observer_client::ObserverClient},
 };
 use flow_proto::v1::{
     EndpointFilter, FlowFilter, GetFlowsRequest, flow_service_client::FlowServiceClient,
@@ -160,13 +168,28 @@ fn publish(records: &[FlowRecord], followers: usize) {
     drop(feeds);
 }
 
-async fn stream(follow: bool, hub: &Arc<Hub>, records: &[FlowRecord]) -> (usize, usize, Duration) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{ADDRESS}"))
+/// Publishes the records in the background, as drains do.
+fn publish_in_background(hub: &Arc<Hub>, records: &[FlowRecord]) {
+    let hub = Arc::clone(hub);
+    let records = records.to_vec();
+    tokio::task::spawn_blocking(move || {
+        for batch in records.chunks(10_000) {
+            hub.publish_flows(batch);
+        }
+    });
+}
+
+async fn channel() -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{ADDRESS}"))
         .unwrap_or_else(|error| panic!("{error}"))
         .connect()
         .await
-        .unwrap_or_else(|error| panic!("connect: {error}"));
-    let mut client = FlowServiceClient::new(channel).max_decoding_message_size(16 << 20);
+        .unwrap_or_else(|error| panic!("connect: {error}"))
+}
+
+/// FlowService GetFlows: (records received, bytes on the wire, elapsed).
+async fn stream(follow: bool, hub: &Arc<Hub>, records: &[FlowRecord]) -> (usize, usize, Duration) {
+    let mut client = FlowServiceClient::new(channel().await).max_decoding_message_size(16 << 20);
     let request = GetFlowsRequest {
         number: if follow { 0 } else { RECORDS as i64 },
         follow,
@@ -179,13 +202,7 @@ async fn stream(follow: bool, hub: &Arc<Hub>, records: &[FlowRecord]) -> (usize,
         .into_inner();
     let began = Instant::now();
     if follow {
-        let hub = Arc::clone(hub);
-        let records = records.to_vec();
-        tokio::task::spawn_blocking(move || {
-            for batch in records.chunks(10_000) {
-                hub.publish_flows(batch);
-            }
-        });
+        publish_in_background(hub, records);
     }
     let (mut received, mut bytes, mut lost) = (0, 0, 0);
     while received + lost < RECORDS {
@@ -205,6 +222,51 @@ async fn stream(follow: bool, hub: &Arc<Hub>, records: &[FlowRecord]) -> (usize,
     (received, bytes, began.elapsed())
 }
 
+/// Hubble's GetFlows, as hubble-relay asks: (flows received, bytes, elapsed).
+async fn hubble_stream(
+    follow: bool,
+    hub: &Arc<Hub>,
+    records: &[FlowRecord],
+) -> (usize, usize, Duration) {
+    let mut client = ObserverClient::new(channel().await).max_decoding_message_size(16 << 20);
+    let request = hubble::observer::GetFlowsRequest {
+        number: if follow { 0 } else { RECORDS as u64 },
+        follow,
+        ..hubble::observer::GetFlowsRequest::default()
+    };
+    let mut responses = client
+        .get_flows(request)
+        .await
+        .unwrap_or_else(|status| panic!("{status}"))
+        .into_inner();
+    let began = Instant::now();
+    if follow {
+        publish_in_background(hub, records);
+    }
+    let (mut received, mut bytes, mut lost) = (0, 0, 0);
+    while received + lost < RECORDS {
+        let Ok(Some(message)) = responses.message().await else {
+            break;
+        };
+        bytes += message.encoded_len();
+        match message.response_types {
+            Some(ResponseTypes::Flow(_)) => received += 1,
+            Some(ResponseTypes::LostEvents(events)) => lost += events.num_events_lost as usize,
+            _ => {}
+        }
+    }
+    assert_eq!(lost, 0, "the bench's queue holds everything");
+    (received, bytes, began.elapsed())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Rounds of each streaming case, interleaved.
+const ROUNDS: usize = 3;
+
 fn grpc(records: &[FlowRecord]) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -215,9 +277,14 @@ fn grpc(records: &[FlowRecord]) {
         let hub = Arc::new(Hub::new("node-a".into(), settings()));
         hub.publish_flows(records);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let address = ADDRESS.parse().unwrap_or_else(|error| panic!("{error}"));
+        // Both APIs on one listener.
         let api = ApiSettings {
-            grpc: Some(ADDRESS.parse().unwrap_or_else(|error| panic!("{error}"))),
-            hubble: None,
+            grpc: Some(address),
+            hubble: Some(HubbleSettings {
+                listen: address,
+                tls_server_name: "{node}.default.hubble-grpc.cilium.io".into(),
+            }),
             tls: None,
             client_ca: None,
             access: None,
@@ -233,21 +300,92 @@ fn grpc(records: &[FlowRecord]) {
         .await
         .unwrap_or_else(|error| panic!("{error}"));
         let server = tokio::spawn(serve);
-        for follow in [false, true] {
-            let (received, bytes, elapsed) = stream(follow, &hub, records).await;
+        let cases = [
+            ("FlowService replay", false, false),
+            ("FlowService follow (publish while streaming)", false, true),
+            ("Hubble GetFlows replay", true, false),
+            ("Hubble GetFlows follow (publish while streaming)", true, true),
+        ];
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        let mut wire = vec![0; cases.len()];
+        for _ in 0..ROUNDS {
+            for (index, (_, hubble, follow)) in cases.iter().enumerate() {
+                let (received, bytes, elapsed) = if *hubble {
+                    hubble_stream(*follow, &hub, records).await
+                } else {
+                    stream(*follow, &hub, records).await
+                };
+                rates[index].push(received as f64 / elapsed.as_secs_f64());
+                wire[index] = bytes / received.max(1);
+            }
+        }
+        for (index, (name, _, _)) in cases.iter().enumerate() {
             println!(
-                "grpc {} to one client: {received} records in {:.0} ms: {:.0} records/s, {:.1} MB/s, {} bytes/record on the wire",
-                if follow { "follow (publish while streaming)" } else { "replay" },
-                elapsed.as_secs_f64() * 1e3,
-                received as f64 / elapsed.as_secs_f64(),
-                bytes as f64 / elapsed.as_secs_f64() / 1e6,
-                bytes / received.max(1)
+                "grpc {name} to one client, {RECORDS} records: median {:.0} records/s over {ROUNDS} interleaved rounds, {} bytes/record on the wire",
+                median(rates[index].clone()),
+                wire[index]
             );
         }
         let _ = stop.send(());
         hub.close();
         let _ = server.await;
     });
+}
+
+/// The cost per flow of a five-field Hubble filter over a follower that
+/// accepts everything, medians of interleaved rounds: one filter that every
+/// flow passes, so every field is evaluated (the worst case), and one that
+/// selects a namespace's flows, as Hubble UI does, so most flows stop at
+/// the first field.
+fn hubble_filter(records: &[FlowRecord]) {
+    let stored: Vec<StoredFlow> = records
+        .iter()
+        .enumerate()
+        .map(|(sequence, record)| StoredFlow {
+            record: record.clone(),
+            sequence: sequence as u64,
+        })
+        .collect();
+    let filter = |namespace: &str| HubbleFlowFilter {
+        source_pod: vec![format!("{namespace}/app-")],
+        destination_label: vec!["app, version notin (v0, v2)".into()],
+        destination_port: vec!["8080".into()],
+        protocol: vec!["tcp".into()],
+        reply: vec![false],
+        ..HubbleFlowFilter::default()
+    };
+    let compile = |filters: &[HubbleFlowFilter]| {
+        HubbleMatcher::compile(filters, &[], 1).unwrap_or_else(|error| panic!("{error}"))
+    };
+    let cases = [
+        ("every field evaluated", compile(&[filter("")])),
+        ("one namespace", compile(&[filter("tenant-3")])),
+        ("no filter", compile(&[])),
+    ];
+    let time = |matcher: &HubbleMatcher| {
+        let began = Instant::now();
+        let matched = stored.iter().filter(|flow| matcher.matches(flow)).count();
+        (began.elapsed().as_nanos() as f64 / stored.len() as f64, matched)
+    };
+    let mut costs: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut selected = vec![0; cases.len()];
+    for _ in 0..7 {
+        for (index, (_, matcher)) in cases.iter().enumerate() {
+            let (cost, matched) = time(matcher);
+            costs[index].push(cost);
+            selected[index] = matched;
+        }
+    }
+    let baseline = median(costs[2].clone());
+    for (index, (name, _)) in cases.iter().enumerate().take(2) {
+        let cost = median(costs[index].clone());
+        println!(
+            "hubble filter of 5 fields (source_pod, destination_label selector, destination_port, protocol, reply), {name}: {cost:.0} ns/flow against {baseline:.0} with no filter, so {:.0} ns/flow for the filter ({} of {} flows selected; median of 7 interleaved rounds)",
+            cost - baseline,
+            selected[index],
+            stored.len()
+        );
+    }
 }
 
 fn file_sink(records: &[FlowRecord]) {
@@ -287,5 +425,6 @@ fn main() {
         publish(&records, followers);
     }
     grpc(&records);
+    hubble_filter(&records);
     file_sink(&records);
 }
