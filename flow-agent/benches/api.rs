@@ -365,7 +365,10 @@ fn hubble_filter(records: &[FlowRecord]) {
     let time = |matcher: &HubbleMatcher| {
         let began = Instant::now();
         let matched = stored.iter().filter(|flow| matcher.matches(flow)).count();
-        (began.elapsed().as_nanos() as f64 / stored.len() as f64, matched)
+        (
+            began.elapsed().as_nanos() as f64 / stored.len() as f64,
+            matched,
+        )
     };
     let mut costs: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut selected = vec![0; cases.len()];
