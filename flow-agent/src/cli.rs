@@ -96,11 +96,55 @@ pub enum PolicyCommand {
 }
 
 /// Where learned traffic comes from.
+///
+/// Flags that only some sources use are refused without them, by the
+/// policy commands (clap's `requires` errors span lines that the binary's
+/// one-line errors would cut).
 #[derive(Debug, Default, Args)]
 pub struct GraphSources {
     /// An agent's gRPC address (repeatable): its learned graph.
     #[arg(long = "server", value_name = "ADDR")]
     pub servers: Vec<String>,
+    /// Every agent of the cluster, found through the Kubernetes API
+    /// (in-cluster service account or kubeconfig): the ready endpoints of
+    /// their headless Service, or their pods with --agents-selector.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The agents' headless Service [default: flow-agent/flow-agent].
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        conflicts_with = "agents_selector"
+    )]
+    pub agents_service: Option<NamespacedName>,
+    /// The name of the Service's gRPC port [default: grpc].
+    #[arg(long, value_name = "NAME", conflicts_with = "agents_selector")]
+    pub agents_port_name: Option<String>,
+    /// Find the agents as the running pods with these labels (`key=value,...`)
+    /// instead of through their Service.
+    #[arg(long, value_name = "LABELS")]
+    pub agents_selector: Option<String>,
+    /// Namespace of the --agents-selector pods [default: flow-agent].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub agents_namespace: Option<String>,
+    /// gRPC port of the --agents-selector pods [default: 4245].
+    #[arg(long, value_name = "PORT")]
+    pub agents_port: Option<u16>,
+    /// Agents asked at once; each graph is merged as it arrives and dropped,
+    /// so memory holds at most this many graphs [default: 16, at most 256].
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
+    pub concurrency: Option<u16>,
+    /// How long one agent may take to connect and send its graph [default: 10s].
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub agent_timeout: Option<Duration>,
+    /// Fail (exit status 2) when an agent does not answer, instead of
+    /// finishing with the others (exit status 3).
+    #[arg(long)]
+    pub require_all_nodes: bool,
     /// A graph file saved with --save-graph (repeatable).
     #[arg(long = "graph", value_name = "FILE")]
     pub graphs: Vec<PathBuf>,
@@ -116,7 +160,9 @@ pub struct GraphSources {
     /// Client key (PEM) for mutual TLS.
     #[arg(long, value_name = "FILE", env = "FLOW_AGENT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Name expected in the agents' certificates.
+    /// Name expected in the agents' certificates; with --kubernetes, `{node}`
+    /// stands for each agent's node name with dots as dashes
+    /// (`{node}.flow-agent.example`), so one template fits every agent.
     #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
     /// Bearer token.
@@ -132,9 +178,42 @@ pub struct GraphSources {
     pub tenant_label: String,
 }
 
+/// A namespaced object's name, `NAMESPACE/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespacedName {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::str::FromStr for NamespacedName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(Self {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(format!("expected NAMESPACE/NAME, got {text:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 impl GraphSources {
-    /// Connection flags for one server.
-    pub fn connect(&self, server: &str) -> ConnectArgs {
+    /// Connection flags for one server, under `timeout`.
+    pub fn connect(&self, server: &str, timeout: Duration) -> ConnectArgs {
         ConnectArgs {
             server: server.to_owned(),
             tls_ca: self.tls_ca.clone(),
@@ -142,13 +221,18 @@ impl GraphSources {
             tls_key: self.tls_key.clone(),
             tls_server_name: self.tls_server_name.clone(),
             token: self.token.clone(),
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: timeout,
         }
     }
 }
 
 /// `flow-agent policy generate` flags.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 with every agent's graph, 3 when some agents did not \
+answer (named on stderr and in REVIEW.md; the policies lack their nodes' traffic), 2 on \
+an error: bad input, no agent answering at all, or any agent missing with --require-all-nodes."
+)]
 pub struct GenerateArgs {
     /// Where traffic comes from.
     #[command(flatten)]
@@ -183,19 +267,19 @@ pub enum ReportFormat {
 
 /// `flow-agent policy check` flags.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when everything checked is allowed, 1 when anything \
+would be denied, 3 when nothing is denied but some agents did not answer (named on \
+stderr), 2 on an error: bad input, no agent answering at all, or any agent missing with \
+--require-all-nodes."
+)]
 pub struct CheckArgs {
     /// NetworkPolicy files (a directory or one file).
     #[arg(long, value_name = "DIR")]
     pub policies: PathBuf,
-    /// Flow files (repeatable): our JSON lines or `hubble observe -o json`.
-    #[arg(long = "flows", value_name = "FILE", required = true)]
-    pub flows: Vec<PathBuf>,
-    /// Kubernetes objects, as for `policy generate`.
-    #[arg(long, value_name = "FILE")]
-    pub inventory: Option<PathBuf>,
-    /// Namespace label whose value names the tenant.
-    #[arg(long, value_name = "KEY", default_value = "tenant")]
-    pub tenant_label: String,
+    /// What to check: every request in flow files, every edge agents learned.
+    #[command(flatten)]
+    pub sources: GraphSources,
     /// Report format on stdout.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: ReportFormat,
@@ -712,6 +796,96 @@ mod tests {
         assert_eq!(run(&[]).over(file).ebpf_debug, Some(true));
         // `--switch value` is not taken as a value: `=` is needed.
         assert!(Cli::try_parse_from(["flow-agent", "run", "--kubernetes", "false"]).is_err());
+    }
+
+    #[test]
+    fn agent_flags_parse_and_contradictions_are_refused() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["flow-agent", "policy", "generate", "--output-dir", "out"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        let Command::Policy(PolicyCommand::Generate(args)) = parse(&[
+            "--kubernetes",
+            "--agents-service",
+            "monitoring/agents",
+            "--concurrency",
+            "256",
+            "--agent-timeout",
+            "3s",
+            "--require-all-nodes",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("generate expected");
+        };
+        let GraphSources {
+            kubernetes,
+            agents_service,
+            concurrency,
+            agent_timeout,
+            require_all_nodes,
+            ..
+        } = &args.sources;
+        assert_eq!(
+            (
+                *kubernetes,
+                agents_service.as_ref().map(ToString::to_string),
+                *concurrency,
+                *agent_timeout,
+                *require_all_nodes
+            ),
+            (
+                true,
+                Some("monitoring/agents".to_owned()),
+                Some(256),
+                Some(Duration::from_secs(3)),
+                true
+            )
+        );
+        let refused = |args: &[&str], naming: &str| {
+            let error = parse(args).unwrap_err().to_string();
+            assert!(error.contains(naming), "{args:?}: {error}");
+        };
+        refused(
+            &[
+                "--kubernetes",
+                "--agents-selector",
+                "a=b",
+                "--agents-port-name",
+                "grpc",
+            ],
+            "'--agents-selector <LABELS>' cannot be used with '--agents-port-name <NAME>'",
+        );
+        refused(
+            &["--kubernetes", "--concurrency", "0"],
+            "0 is not in 1..=256",
+        );
+        refused(
+            &["--kubernetes", "--concurrency", "257"],
+            "257 is not in 1..=256",
+        );
+        refused(
+            &["--kubernetes", "--agents-service", "flow-agent"],
+            "expected NAMESPACE/NAME, got \"flow-agent\"",
+        );
+        // `policy check` takes the same sources.
+        assert!(
+            Cli::try_parse_from([
+                "flow-agent",
+                "policy",
+                "check",
+                "--policies",
+                "p",
+                "--kubernetes",
+                "--agents-selector",
+                "app=flow-agent",
+                "--agents-port",
+                "4250"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -41,25 +41,43 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&cli, args),
         Command::Observe(args) => observe(&cli, args),
         Command::Status(args) => status(&cli, args),
-        Command::Policy(PolicyCommand::Generate(args)) => generate(&cli, args),
         Command::Config(ConfigCommand::Print(args)) => print_config(args),
         Command::Cleanup(args) => cleanup(&cli, args),
-        Command::Policy(PolicyCommand::Check(args)) => match check(&cli, args) {
-            // Denied connections: the report says which; exit 1 for CI gates.
-            Ok(false) => return ExitCode::from(1),
-            Ok(true) => Ok(()),
-            // Bad input is not a verdict: 2, so a gate tells them apart.
-            Err(error) => {
-                eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
-                return ExitCode::from(2);
-            }
-        },
+        Command::Policy(PolicyCommand::Generate(args)) => {
+            return policy_exit(generate(&cli, args));
+        }
+        Command::Policy(PolicyCommand::Check(args)) => return policy_exit(check(&cli, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a policy command ended.
+enum PolicyEnd {
+    /// With every source.
+    Complete,
+    /// Without some agents' graphs.
+    Partial,
+    /// The policies would deny something checked.
+    Denied,
+}
+
+/// The policy commands' exit statuses, for CI gates: 1 when the policies
+/// would deny something (check), 3 for a result without some agents'
+/// graphs, 2 for an error (bad input is not a verdict).
+fn policy_exit(result: anyhow::Result<PolicyEnd>) -> ExitCode {
+    match result {
+        Ok(PolicyEnd::Complete) => ExitCode::SUCCESS,
+        Ok(PolicyEnd::Denied) => ExitCode::from(1),
+        Ok(PolicyEnd::Partial) => ExitCode::from(3),
+        Err(error) => {
+            eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
+            ExitCode::from(2)
         }
     }
 }
@@ -167,19 +185,41 @@ fn observe(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<()> {
     })
 }
 
-fn generate(cli: &Cli, args: &flow_agent::cli::GenerateArgs) -> anyhow::Result<()> {
+fn generate(cli: &Cli, args: &flow_agent::cli::GenerateArgs) -> anyhow::Result<PolicyEnd> {
     init_logging(cli, false)?;
     client_runtime()?.block_on(async {
-        flow_agent::policy::command::generate(args, &mut std::io::stdout().lock()).await?;
-        Ok(())
+        let missing = flow_agent::policy::command::generate(
+            args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr(),
+        )
+        .await?;
+        Ok(if missing.is_empty() {
+            PolicyEnd::Complete
+        } else {
+            PolicyEnd::Partial
+        })
     })
 }
 
-/// Whether every checked connection is allowed.
-fn check(cli: &Cli, args: &flow_agent::cli::CheckArgs) -> anyhow::Result<bool> {
+/// A denial outranks missing agents: what was checked already fails.
+fn check(cli: &Cli, args: &flow_agent::cli::CheckArgs) -> anyhow::Result<PolicyEnd> {
     init_logging(cli, false)?;
-    let report = flow_agent::policy::command::run_check(args, &mut std::io::stdout().lock())?;
-    Ok(report.denied.is_empty())
+    client_runtime()?.block_on(async {
+        let outcome = flow_agent::policy::command::run_check(
+            args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr(),
+        )
+        .await?;
+        Ok(if outcome.denies() {
+            PolicyEnd::Denied
+        } else if outcome.missing_agents.is_empty() {
+            PolicyEnd::Complete
+        } else {
+            PolicyEnd::Partial
+        })
+    })
 }
 
 fn status(cli: &Cli, args: &ConnectArgs) -> anyhow::Result<()> {

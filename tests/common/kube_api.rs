@@ -1,7 +1,9 @@
 //! A small HTTP server that speaks the part of the Kubernetes API a watcher uses:
 //! list (JSON `...List`) and watch (chunked stream of `{"type", "object"}`
 //! events), per resource path. Tests set each collection's objects and push
-//! watch events, including errors that force a relist.
+//! watch events, including errors that force a relist. More collections
+//! (a namespaced path) can be added, their lists' queries read back, and a
+//! list made to fail with a status code.
 
 use std::{
     collections::HashMap,
@@ -34,11 +36,30 @@ pub const COLLECTIONS: [(&str, &str, &str); 11] = [
     ("/apis/batch/v1/cronjobs", "batch/v1", "CronJobList"),
 ];
 
-#[derive(Default)]
 struct Collection {
+    api_version: String,
+    list_kind: String,
     objects: Vec<Value>,
     lists_served: usize,
     watches_started: usize,
+    /// The query string of each list.
+    queries: Vec<String>,
+    /// Answer lists with this HTTP status instead.
+    failure: Option<u16>,
+}
+
+impl Collection {
+    fn new(api_version: &str, list_kind: &str) -> Self {
+        Self {
+            api_version: api_version.to_owned(),
+            list_kind: list_kind.to_owned(),
+            objects: Vec::new(),
+            lists_served: 0,
+            watches_started: 0,
+            queries: Vec::new(),
+            failure: None,
+        }
+    }
 }
 
 struct State {
@@ -65,7 +86,9 @@ impl KubeApi {
             collections: Mutex::new(
                 COLLECTIONS
                     .iter()
-                    .map(|(path, _, _)| ((*path).to_owned(), Collection::default()))
+                    .map(|(path, api_version, list_kind)| {
+                        ((*path).to_owned(), Collection::new(api_version, list_kind))
+                    })
                     .collect(),
             ),
             events,
@@ -86,6 +109,32 @@ impl KubeApi {
     pub fn set(&self, path: &str, objects: Vec<Value>) {
         let mut collections = self.state.collections.lock().unwrap();
         collections.get_mut(path).unwrap().objects = objects;
+    }
+
+    /// Serves another collection (e.g. a namespaced path,
+    /// `/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices`).
+    pub fn add(&self, path: &str, api_version: &str, list_kind: &str) {
+        self.state
+            .collections
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), Collection::new(api_version, list_kind));
+    }
+
+    /// Makes lists of `path` fail with this HTTP status (`None`: answer again).
+    pub fn fail(&self, path: &str, code: Option<u16>) {
+        self.state
+            .collections
+            .lock()
+            .unwrap()
+            .get_mut(path)
+            .unwrap()
+            .failure = code;
+    }
+
+    /// The query strings `path` was listed with, in order.
+    pub fn queries(&self, path: &str) -> Vec<String> {
+        self.state.collections.lock().unwrap()[path].queries.clone()
     }
 
     /// How many times `path` was listed.
@@ -139,8 +188,7 @@ async fn serve(state: Arc<State>, stream: TcpStream) {
             .unwrap_or("/")
             .to_owned();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let Some((_, api_version, list_kind)) = COLLECTIONS.iter().find(|(p, _, _)| *p == path)
-        else {
+        if !state.collections.lock().unwrap().contains_key(path) {
             let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}"#;
             let response = format!(
                 "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -187,20 +235,39 @@ async fn serve(state: Arc<State>, stream: TcpStream) {
             }
             return;
         }
-        let body = {
+        let (code, body) = {
             let mut collections = state.collections.lock().unwrap();
             let collection = collections.get_mut(path).unwrap();
             collection.lists_served += 1;
-            json!({
-                "apiVersion": api_version,
-                "kind": list_kind,
-                "metadata": {"resourceVersion": format!("{}", collection.lists_served * 100)},
-                "items": collection.objects,
-            })
-            .to_string()
+            collection.queries.push(query.to_owned());
+            match collection.failure {
+                Some(code) => (
+                    code,
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Status",
+                        "status": "Failure",
+                        "code": code,
+                        "reason": "Forbidden",
+                        "message": format!("the test refuses {path}"),
+                    })
+                    .to_string(),
+                ),
+                None => (
+                    200,
+                    json!({
+                        "apiVersion": collection.api_version,
+                        "kind": collection.list_kind,
+                        "metadata": {"resourceVersion": format!("{}", collection.lists_served * 100)},
+                        "items": collection.objects,
+                    })
+                    .to_string(),
+                ),
+            }
         };
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            if code == 200 { "OK" } else { "Refused" },
             body.len()
         );
         if writer.write_all(response.as_bytes()).await.is_err() {

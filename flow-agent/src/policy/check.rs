@@ -1,7 +1,7 @@
 //! `flow-agent policy check`: every observed connection that a set of
 //! NetworkPolicies would deny, for a GitOps pipeline to gate a pull request on.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{
     cluster::{ClusterView, PodView},
     evaluate::{Evaluator, Subject},
-    graph::WorkloadRef,
+    graph::{Graph, Party, WorkloadRef},
 };
 use crate::{
     identity::{Identity, IdentityCache, PeerKind, Workload},
@@ -168,6 +168,18 @@ pub enum Outcome {
     },
 }
 
+/// A request to judge: a request record, or a learned edge.
+struct Request<'a> {
+    source: &'a Endpoint,
+    destination: &'a Endpoint,
+    protocol: Protocol,
+    /// The server's port (the target port behind a Service).
+    port: u16,
+    /// A host address at the source is the destination pod's own node, whose
+    /// traffic policies cannot block.
+    resident_source: bool,
+}
+
 /// The outcome of each record under `policies`, adding the pods the view
 /// lacks from the records' identities.
 pub fn outcomes(
@@ -175,84 +187,113 @@ pub fn outcomes(
     cluster: &mut ClusterView,
     policies: &[NetworkPolicy],
 ) -> Vec<Outcome> {
-    // Resolve every end first: the evaluator borrows the finished view.
-    let resolved: Vec<Option<(End, End)>> = records
+    let requests: Vec<Option<Request<'_>>> = records
         .iter()
         .map(|record| {
-            (!record.is_reply).then(|| {
+            (!record.is_reply).then(|| Request {
+                source: &record.source,
+                destination: &record.destination,
+                protocol: record.protocol,
+                port: record.server_port(),
+                resident_source: record.destination.identity.node.as_deref()
+                    == Some(record.node.as_str()),
+            })
+        })
+        .collect();
+    judge_all(&requests, cluster, policies)
+}
+
+/// The outcome of each request (`None`: a reply).
+fn judge_all(
+    requests: &[Option<Request<'_>>],
+    cluster: &mut ClusterView,
+    policies: &[NetworkPolicy],
+) -> Vec<Outcome> {
+    // Resolve every end first: the evaluator borrows the finished view.
+    let resolved: Vec<Option<(End, End)>> = requests
+        .iter()
+        .map(|request| {
+            request.as_ref().map(|request| {
                 (
-                    end_of(&record.source, cluster),
-                    end_of(&record.destination, cluster),
+                    end_of(request.source, cluster),
+                    end_of(request.destination, cluster),
                 )
             })
         })
         .collect();
     let evaluator = Evaluator::new(cluster, policies);
-    records
+    requests
         .iter()
         .zip(&resolved)
-        .map(|(record, ends)| {
-            let Some((source, destination)) = ends else {
-                return Outcome::Reply;
-            };
-            if !matches!(record.protocol.name(), Some("TCP" | "UDP" | "SCTP")) {
-                return Outcome::Unexpressible;
-            }
-            // Each pod (or address) an end may be, with its pod index.
-            let candidates = |end: &End, resident: bool| -> Vec<(Subject<'_>, Option<usize>)> {
-                match end {
-                    End::Pod(index) => vec![(Subject::Pod(&cluster.pods()[*index]), Some(*index))],
-                    End::Backends(pods) => pods
-                        .iter()
-                        .map(|index| (Subject::Pod(&cluster.pods()[*index]), Some(*index)))
-                        .collect(),
-                    End::Address { ip, host } => vec![(
-                        Subject::Address {
-                            ip: *ip,
-                            resident_node: *host && resident,
-                        },
-                        None,
-                    )],
-                    End::Unresolved => Vec::new(),
-                }
-            };
-            // This node's own address reaching a pod on this node: the
-            // resident node, which policies cannot block.
-            let destination_local =
-                record.destination.identity.node.as_deref() == Some(record.node.as_str());
-            let froms = candidates(source, destination_local);
-            let tos = candidates(destination, false);
-            if froms.is_empty() || tos.is_empty() {
-                return Outcome::Unresolved;
-            }
-            // Through an untranslated Service any backend may have served it:
-            // allowed only when every one of them would be.
-            let port = record.server_port();
-            for (from, from_pod) in &froms {
-                for (to, to_pod) in &tos {
-                    let verdict = evaluator.check(*from, *to, record.protocol, port);
-                    if verdict.allowed() {
-                        continue;
-                    }
-                    let source = describe(*from_pod, &record.source, cluster);
-                    let destination = describe(*to_pod, &record.destination, cluster);
-                    let mut blocked_by = Vec::new();
-                    if !verdict.egress {
-                        blocked_by.push(format!("egress of {source}"));
-                    }
-                    if !verdict.ingress {
-                        blocked_by.push(format!("ingress of {destination}"));
-                    }
-                    return Outcome::Denied {
-                        source,
-                        destination,
-                        blocked_by,
-                    };
-                }
-            }
-            Outcome::Allowed
+        .map(|(request, ends)| match (request, ends) {
+            (Some(request), Some(ends)) => judge(&evaluator, cluster, request, ends),
+            _ => Outcome::Reply,
         })
         .collect()
+}
+
+/// Each pod (or address) an end may be, with its pod index.
+fn candidates<'a>(
+    end: &End,
+    resident: bool,
+    cluster: &'a ClusterView,
+) -> Vec<(Subject<'a>, Option<usize>)> {
+    match end {
+        End::Pod(index) => vec![(Subject::Pod(&cluster.pods()[*index]), Some(*index))],
+        End::Backends(pods) => pods
+            .iter()
+            .map(|index| (Subject::Pod(&cluster.pods()[*index]), Some(*index)))
+            .collect(),
+        End::Address { ip, host } => vec![(
+            Subject::Address {
+                ip: *ip,
+                resident_node: *host && resident,
+            },
+            None,
+        )],
+        End::Unresolved => Vec::new(),
+    }
+}
+
+fn judge(
+    evaluator: &Evaluator<'_>,
+    cluster: &ClusterView,
+    request: &Request<'_>,
+    (source, destination): &(End, End),
+) -> Outcome {
+    if !matches!(request.protocol.name(), Some("TCP" | "UDP" | "SCTP")) {
+        return Outcome::Unexpressible;
+    }
+    let froms = candidates(source, request.resident_source, cluster);
+    let tos = candidates(destination, false, cluster);
+    if froms.is_empty() || tos.is_empty() {
+        return Outcome::Unresolved;
+    }
+    // Through an untranslated Service any backend may have served it:
+    // allowed only when every one of them would be.
+    for (from, from_pod) in &froms {
+        for (to, to_pod) in &tos {
+            let verdict = evaluator.check(*from, *to, request.protocol, request.port);
+            if verdict.allowed() {
+                continue;
+            }
+            let source = describe(*from_pod, request.source, cluster);
+            let destination = describe(*to_pod, request.destination, cluster);
+            let mut blocked_by = Vec::new();
+            if !verdict.egress {
+                blocked_by.push(format!("egress of {source}"));
+            }
+            if !verdict.ingress {
+                blocked_by.push(format!("ingress of {destination}"));
+            }
+            return Outcome::Denied {
+                source,
+                destination,
+                blocked_by,
+            };
+        }
+    }
+    Outcome::Allowed
 }
 
 /// Checks every request record against `policies`.
@@ -302,6 +343,144 @@ pub fn check(
         }
     }
     report.denied = denied.into_values().collect();
+    report
+}
+
+/// A learned edge the policies would deny.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EdgeDenial {
+    /// The client: `namespace/Kind/name` or an address and its kind.
+    pub client: String,
+    /// The server.
+    pub server: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Server port.
+    pub port: u16,
+    /// Which side refuses, naming the first pod that does: `egress of
+    /// ns/pod`, `ingress of ns/pod` (`ns/(name)` stands for a workload's pods
+    /// the inventory does not list).
+    pub blocked_by: Vec<String>,
+    /// Connections the agents counted on it.
+    pub connections: u64,
+    /// Last seen.
+    pub last_seen: Timestamp,
+}
+
+/// The result of checking learned edges (from agents or graph files).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EdgeCheckReport {
+    /// Edges read.
+    pub edges: usize,
+    /// Edges judged.
+    pub checked: usize,
+    /// Edges with an end that cannot be judged: a Service whose backends
+    /// were not told apart.
+    pub unresolved: usize,
+    /// Edges of protocols without ports (ICMP), counted apart as for records.
+    pub unexpressible: usize,
+    /// Judged edges the policies allow.
+    pub allowed: usize,
+    /// Denied edges, in the graph's order.
+    pub denied: Vec<EdgeDenial>,
+}
+
+/// An edge's end as a request's end: a workload stands for every one of
+/// its pods (all must be allowed), an address for itself.
+fn edge_end(party: &Party, graph: &Graph) -> Endpoint {
+    let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let (ip, identity) = match party {
+        Party::Workload(workload) => {
+            let info = graph.workload(workload);
+            let kind = if workload.kind == "Service" {
+                PeerKind::Service
+            } else {
+                PeerKind::Pod
+            };
+            let identity = Identity {
+                kind: Some(kind),
+                namespace: Some(workload.namespace.clone()),
+                workload: Some(Workload {
+                    kind: workload.kind.clone(),
+                    name: workload.name.clone(),
+                }),
+                tenant: info.and_then(|info| info.tenant.clone()),
+                labels: info.map(|info| info.labels.clone()).unwrap_or_default(),
+                ..Identity::default()
+            };
+            (unspecified, identity)
+        }
+        Party::Address { ip, kind } => (
+            *ip,
+            Identity {
+                kind: Some(*kind),
+                ..Identity::default()
+            },
+        ),
+    };
+    Endpoint {
+        ip,
+        port: 0,
+        identity: Arc::new(identity),
+        service: None,
+    }
+}
+
+/// Checks every learned edge against `policies`, as a request between any
+/// pod of its client and any pod of its server. The workloads the view
+/// lacks are added with their learned labels.
+pub fn check_edges(
+    graph: &Graph,
+    cluster: &mut ClusterView,
+    policies: &[NetworkPolicy],
+) -> EdgeCheckReport {
+    cluster.add_graph(graph);
+    let ends: Vec<(Endpoint, Endpoint)> = graph
+        .edges()
+        .map(|(key, _)| (edge_end(&key.client, graph), edge_end(&key.server, graph)))
+        .collect();
+    let requests: Vec<Option<Request<'_>>> = graph
+        .edges()
+        .zip(&ends)
+        .map(|((key, _), (source, destination))| {
+            Some(Request {
+                source,
+                destination,
+                protocol: key.protocol,
+                port: key.port,
+                // An agent sees its node's own address as `host` only on
+                // that node, so a host client reached a pod of its own node.
+                resident_source: true,
+            })
+        })
+        .collect();
+    let mut report = EdgeCheckReport {
+        edges: graph.len(),
+        ..EdgeCheckReport::default()
+    };
+    for ((key, stats), outcome) in graph.edges().zip(judge_all(&requests, cluster, policies)) {
+        match outcome {
+            Outcome::Reply => {}
+            Outcome::Unresolved => report.unresolved += 1,
+            Outcome::Unexpressible => report.unexpressible += 1,
+            Outcome::Allowed => {
+                report.checked += 1;
+                report.allowed += 1;
+            }
+            Outcome::Denied { blocked_by, .. } => {
+                report.checked += 1;
+                report.denied.push(EdgeDenial {
+                    client: key.client.to_string(),
+                    server: key.server.to_string(),
+                    protocol: key.protocol,
+                    port: key.port,
+                    blocked_by,
+                    connections: stats.connections,
+                    last_seen: stats.last_seen,
+                });
+            }
+        }
+    }
     report
 }
 
@@ -437,14 +616,11 @@ impl Monitor {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Arc, time::SystemTime};
+    use std::time::SystemTime;
 
     use super::*;
     use crate::{
-        policy::{
-            generate::{GenerateOptions, PolicyFormat, propose, render},
-            graph::Graph,
-        },
+        policy::generate::{GenerateOptions, PolicyFormat, propose, render},
         record::Hook,
     };
 
@@ -650,6 +826,82 @@ mod tests {
         let mut records = vec![request(8080)];
         blind.mark(&mut records, None);
         assert!(records[0].violation);
+    }
+
+    #[test]
+    fn learned_edges_are_judged_for_every_pod_of_their_workloads() {
+        let learned = |records: &[FlowRecord]| {
+            let mut graph = Graph::new();
+            for record in records {
+                graph.observe(record);
+            }
+            graph
+        };
+        let observed = learned(&[
+            record(
+                pod("10.0.0.1", 40_000, "shop", "web"),
+                pod("10.0.0.2", 8080, "shop", "api"),
+                6,
+            ),
+            record(
+                pod("10.0.0.2", 40_001, "shop", "api"),
+                pod("10.0.1.1", 5432, "data", "db"),
+                6,
+            ),
+            record(
+                pod("10.0.0.1", 40_002, "shop", "web"),
+                pod("10.0.0.2", 0, "shop", "api"),
+                1,
+            ),
+        ]);
+        let mut cluster = ClusterView::new();
+        cluster.add_graph(&observed);
+        let files = render(
+            &propose(&observed, &cluster, &GenerateOptions::default()),
+            PolicyFormat::Networkpolicy,
+        );
+        let directory = tempfile::tempdir().unwrap();
+        for (name, text) in &files {
+            std::fs::write(directory.path().join(name), text).unwrap();
+        }
+        let policies = crate::policy::evaluate::load_policies(directory.path()).unwrap();
+        let report = check_edges(&observed, &mut ClusterView::new(), &policies);
+        assert_eq!(
+            report,
+            EdgeCheckReport {
+                edges: 3,
+                checked: 2,
+                unresolved: 0,
+                unexpressible: 1,
+                allowed: 2,
+                denied: Vec::new(),
+            }
+        );
+
+        // An edge nobody allowed: web reaching db directly.
+        let mut unobserved = record(
+            pod("10.0.0.1", 40_003, "shop", "web"),
+            pod("10.0.1.1", 5432, "data", "db"),
+            6,
+        );
+        unobserved.time = Timestamp(SystemTime::UNIX_EPOCH);
+        let report = check_edges(&learned(&[unobserved]), &mut cluster, &policies);
+        assert_eq!((report.edges, report.checked, report.allowed), (1, 1, 0));
+        assert_eq!(
+            report.denied,
+            [EdgeDenial {
+                client: "shop/Deployment/web".to_owned(),
+                server: "data/Deployment/db".to_owned(),
+                protocol: Protocol(6),
+                port: 5432,
+                blocked_by: vec![
+                    "egress of shop/(web)".to_owned(),
+                    "ingress of data/(db)".to_owned()
+                ],
+                connections: 1,
+                last_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            }]
+        );
     }
 
     #[test]

@@ -5,30 +5,51 @@ use std::{
     path::PathBuf,
 };
 
+use serde::Serialize;
 use thiserror::Error;
 
 use super::{
-    check::{CheckReport, check},
+    agents::{self, Agent, DiscoveryError, Lookup, Missing, Roster},
+    check::{CheckReport, EdgeCheckReport, check, check_edges},
     cluster::ClusterView,
     evaluate::{PolicyLoadError, load_policies},
-    export::{ExportError, export},
+    export::{ExportError, export_partial},
+    fetch::{self, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT},
     flowfile::{self, FlowFileError},
     generate::{DEFAULT_EXCLUDED_NAMESPACES, GenerateOptions, propose},
     graph::{Graph, GraphFile},
 };
 use crate::{
-    api::convert,
-    cli::{CheckArgs, GenerateArgs, GraphSources, ReportFormat},
+    cli::{CheckArgs, GenerateArgs, GraphSources, NamespacedName, ReportFormat},
     identity::inventory::{self, ReadError},
-    observe::{self, ObserveError},
 };
 
 /// Errors of the policy commands.
 #[derive(Debug, Error)]
 pub enum PolicyCommandError {
     /// No traffic source was given.
-    #[error("give at least one --server, --graph or --flows")]
+    #[error("give at least one --kubernetes, --server, --graph or --flows")]
     NoSource,
+    /// Flags that do not work together.
+    #[error("{0}")]
+    Usage(String),
+    /// The agents cannot be found.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// Agents were asked and none answered.
+    #[error("none of the {asked} agents answered")]
+    NoAgentAnswered {
+        /// Agents asked or known to be missing.
+        asked: usize,
+    },
+    /// `--require-all-nodes`, and some agents did not answer.
+    #[error("{missing} of {asked} agents did not answer (--require-all-nodes)")]
+    Incomplete {
+        /// Agents that did not.
+        missing: usize,
+        /// Agents asked or known to be missing.
+        asked: usize,
+    },
     /// A flow file is invalid.
     #[error(transparent)]
     Flows(#[from] FlowFileError),
@@ -46,17 +67,6 @@ pub enum PolicyCommandError {
     /// The inventory has invalid objects.
     #[error("invalid inventory: {0}")]
     Inventory(String),
-    /// An agent cannot be reached or refused.
-    #[error(transparent)]
-    Agent(#[from] ObserveError),
-    /// An agent sent a graph that does not decode.
-    #[error("{server} sent an invalid graph: {message}")]
-    AgentGraph {
-        /// The agent.
-        server: String,
-        /// What is wrong.
-        message: String,
-    },
     /// A source names a workload or namespace Kubernetes would not accept.
     #[error("{source_name}: {message}")]
     InvalidName {
@@ -111,38 +121,186 @@ fn check_names(graph: &Graph, source_name: &str) -> Result<(), PolicyCommandErro
         })
 }
 
-/// Merges the graphs of every source.
-pub async fn collect(sources: &GraphSources) -> Result<Graph, PolicyCommandError> {
+/// The merged graph, and which agents it lacks.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The merged graph.
+    pub graph: Graph,
+    /// Agents asked, or known to be missing.
+    pub asked: usize,
+    /// Agents whose graph is missing, sorted.
+    pub missing: Vec<Missing>,
+}
+
+impl Collected {
+    /// The missing agents as REVIEW.md and reports name them.
+    pub fn missing_lines(&self) -> Vec<String> {
+        self.missing.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// Refuses flags that the sources given would ignore.
+fn check_usage(sources: &GraphSources) -> Result<(), PolicyCommandError> {
     let GraphSources {
         servers,
+        kubernetes,
+        agents_service,
+        agents_port_name,
+        agents_selector,
+        agents_namespace,
+        agents_port,
+        concurrency,
+        agent_timeout,
+        require_all_nodes,
         graphs,
         flows,
-        tenant_label,
+        tls_server_name,
         ..
     } = sources;
-    if servers.is_empty() && graphs.is_empty() && flows.is_empty() {
+    let agents = *kubernetes || !servers.is_empty();
+    if !agents && graphs.is_empty() && flows.is_empty() {
         return Err(PolicyCommandError::NoSource);
     }
-    let mut merged = Graph::new();
-    for server in servers {
-        let mut client = observe::connect(&sources.connect(server)).await?;
-        let response = client
-            .get_graph(flow_proto::v1::GetGraphRequest {})
-            .await
-            .map_err(|status| ObserveError::Rpc {
-                server: server.clone(),
-                status: Box::new(status),
-            })?
-            .into_inner();
-        let graph =
-            convert::from_graph(&response).map_err(|message| PolicyCommandError::AgentGraph {
-                server: server.clone(),
-                message,
-            })?;
-        check_names(&graph, server)?;
-        merged.merge(&graph);
+    let node_template = tls_server_name
+        .as_ref()
+        .is_some_and(|name| name.contains("{node}"));
+    let ignored = [
+        (
+            !kubernetes
+                && (agents_service.is_some()
+                    || agents_port_name.is_some()
+                    || agents_selector.is_some()),
+            "--agents-service, --agents-port-name and --agents-selector need --kubernetes",
+        ),
+        (
+            agents_selector.is_none() && (agents_namespace.is_some() || agents_port.is_some()),
+            "--agents-namespace and --agents-port go with --agents-selector (a Service's endpoints say where its agents are)",
+        ),
+        (
+            !agents && (concurrency.is_some() || agent_timeout.is_some() || *require_all_nodes),
+            "--concurrency, --agent-timeout and --require-all-nodes need agents: --kubernetes or --server",
+        ),
+        (
+            node_template && !kubernetes,
+            "--tls-server-name with {node} needs --kubernetes, which says each agent's node",
+        ),
+    ];
+    match ignored.iter().find(|(refused, _)| *refused) {
+        Some((_, message)) => Err(PolicyCommandError::Usage((*message).to_owned())),
+        None => Ok(()),
     }
-    for path in graphs {
+}
+
+/// Where `--kubernetes` finds the agents.
+fn lookup(sources: &GraphSources) -> Lookup {
+    let GraphSources {
+        agents_service,
+        agents_port_name,
+        agents_selector,
+        agents_namespace,
+        agents_port,
+        ..
+    } = sources;
+    match agents_selector {
+        Some(selector) => Lookup::Pods {
+            namespace: agents_namespace
+                .clone()
+                .unwrap_or_else(|| agents::DEFAULT_NAMESPACE.to_owned()),
+            selector: selector.clone(),
+            port: agents_port.unwrap_or(agents::DEFAULT_PORT),
+        },
+        None => Lookup::Service {
+            service: agents_service.clone().unwrap_or_else(|| {
+                let (namespace, name) = agents::DEFAULT_SERVICE;
+                NamespacedName {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                }
+            }),
+            port_name: agents_port_name
+                .clone()
+                .unwrap_or_else(|| agents::DEFAULT_PORT_NAME.to_owned()),
+        },
+    }
+}
+
+/// The agents of `--server` and `--kubernetes`.
+async fn roster(sources: &GraphSources) -> Result<Roster, PolicyCommandError> {
+    let mut roster = Roster::default();
+    roster.extend(Roster {
+        agents: sources
+            .servers
+            .iter()
+            .map(|server| Agent {
+                address: server.clone(),
+                node: None,
+            })
+            .collect(),
+        missing: Vec::new(),
+    });
+    if sources.kubernetes {
+        let client = agents::client().await?;
+        roster.extend(agents::discover(&client, &lookup(sources)).await?);
+    }
+    Ok(roster)
+}
+
+fn warn(warnings: &mut impl Write, missing: &Missing) {
+    // Nowhere to report a failing stderr: the run goes on.
+    let _ = writeln!(warnings, "flow-agent: warning: {missing}");
+}
+
+/// Merges the graphs of every agent (`--server`, `--kubernetes`), naming
+/// each that does not answer on `warnings` as it fails.
+async fn merge_agents(
+    sources: &GraphSources,
+    warnings: &mut impl Write,
+) -> Result<Collected, PolicyCommandError> {
+    let Roster { agents, missing } = roster(sources).await?;
+    let asked = agents.len() + missing.len();
+    if asked == 0 {
+        return Ok(Collected::default());
+    }
+    missing.iter().for_each(|missing| warn(warnings, missing));
+    let timeout = sources.agent_timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let mut merged = Graph::new();
+    let fetched = fetch::merge_agents(
+        agents,
+        sources.concurrency.map_or(DEFAULT_CONCURRENCY, usize::from),
+        timeout,
+        &mut merged,
+        |agent| fetch::fetch_graph(sources, agent, timeout),
+        |missing| warn(warnings, missing),
+    )
+    .await;
+    let mut all_missing = missing;
+    all_missing.extend(fetched.missing);
+    all_missing.sort();
+    if fetched.answered == 0 {
+        return Err(PolicyCommandError::NoAgentAnswered { asked });
+    }
+    if sources.require_all_nodes && !all_missing.is_empty() {
+        return Err(PolicyCommandError::Incomplete {
+            missing: all_missing.len(),
+            asked,
+        });
+    }
+    Ok(Collected {
+        graph: merged,
+        asked,
+        missing: all_missing,
+    })
+}
+
+/// Merges the graphs of agents and graph files: what was learned, without
+/// the flow files (which `policy check` judges record by record).
+async fn collect_learned(
+    sources: &GraphSources,
+    warnings: &mut impl Write,
+) -> Result<Collected, PolicyCommandError> {
+    check_usage(sources)?;
+    let mut collected = merge_agents(sources, warnings).await?;
+    for path in &sources.graphs {
         let invalid = |message: String| PolicyCommandError::GraphFile {
             path: path.clone(),
             message,
@@ -152,22 +310,37 @@ pub async fn collect(sources: &GraphSources) -> Result<Graph, PolicyCommandError
             serde_json::from_slice(&bytes).map_err(|error| invalid(error.to_string()))?;
         let graph = Graph::from_file(file).map_err(invalid)?;
         check_names(&graph, &path.display().to_string())?;
-        merged.merge(&graph);
+        fetch::merge(&mut collected.graph, &graph);
     }
-    for path in flows {
-        let flows = flowfile::read(path, tenant_label)?;
+    Ok(collected)
+}
+
+/// Merges the graphs of every source; agents that do not answer are named
+/// on `warnings` and in the result.
+pub async fn collect(
+    sources: &GraphSources,
+    warnings: &mut impl Write,
+) -> Result<Collected, PolicyCommandError> {
+    let mut collected = collect_learned(sources, warnings).await?;
+    for path in &sources.flows {
+        let flows = flowfile::read(path, &sources.tenant_label)?;
         let mut graph = Graph::new();
         for record in &flows.records {
             graph.observe(record);
         }
         check_names(&graph, &path.display().to_string())?;
-        merged.merge(&graph);
+        fetch::merge(&mut collected.graph, &graph);
     }
-    Ok(merged)
+    Ok(collected)
 }
 
-/// `policy generate`: prints a summary to `out`.
-pub async fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), PolicyCommandError> {
+/// `policy generate`: prints a summary to `out` and each agent that did not
+/// answer to `warnings`; returns those agents.
+pub async fn generate(
+    args: &GenerateArgs,
+    out: &mut impl Write,
+    warnings: &mut impl Write,
+) -> Result<Vec<Missing>, PolicyCommandError> {
     let GenerateArgs {
         sources,
         output_dir,
@@ -176,17 +349,12 @@ pub async fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), P
         exclude_namespaces,
         save_graph,
     } = args;
-    let graph = collect(sources).await?;
+    let collected = collect(sources, warnings).await?;
+    let graph = &collected.graph;
     let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
-    cluster.add_graph(&graph);
+    cluster.add_graph(graph);
     if let Some(path) = save_graph {
-        let text = serde_json::to_string_pretty(&graph.to_file()).map_err(|error| {
-            PolicyCommandError::Write {
-                path: path.clone(),
-                source: io::Error::other(error),
-            }
-        })?;
-        std::fs::write(path, text + "\n").map_err(write_error(path))?;
+        write_graph(path, graph)?;
     }
     let options = GenerateOptions {
         format: *format,
@@ -200,8 +368,8 @@ pub async fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), P
             exclude_namespaces.iter().cloned().collect()
         },
     };
-    let proposal = propose(&graph, &cluster, &options);
-    let summary = export(output_dir, &proposal, *format)?;
+    let proposal = propose(graph, &cluster, &options);
+    let summary = export_partial(output_dir, &proposal, *format, &collected.missing_lines())?;
     let excluded = proposal
         .notes
         .iter()
@@ -236,32 +404,89 @@ pub async fn generate(args: &GenerateArgs, out: &mut impl Write) -> Result<(), P
         output_dir.display()
     )
     .map_err(write_error("-"))?;
-    Ok(())
+    print_coverage(&collected, out).map_err(write_error("-"))?;
+    Ok(collected.missing)
 }
 
-/// `policy check`: returns the report (the caller exits non-zero when it
-/// denies anything).
-pub fn run_check(
+fn write_graph(path: &PathBuf, graph: &Graph) -> Result<(), PolicyCommandError> {
+    let text = serde_json::to_string_pretty(&graph.to_file()).map_err(|error| {
+        PolicyCommandError::Write {
+            path: path.clone(),
+            source: io::Error::other(error),
+        }
+    })?;
+    std::fs::write(path, text + "\n").map_err(write_error(path))
+}
+
+/// How many agents' graphs the result has, when agents were asked.
+fn print_coverage(collected: &Collected, out: &mut impl Write) -> io::Result<()> {
+    let Collected { asked, missing, .. } = collected;
+    match (asked, missing.len()) {
+        (0, _) => Ok(()),
+        (asked, 0) => writeln!(out, "graphs from {asked} of {asked} agents"),
+        (asked, missing) => writeln!(
+            out,
+            "graphs from {} of {asked} agents; {missing} did not answer (listed in REVIEW.md): the policies lack their nodes' traffic",
+            asked - missing
+        ),
+    }
+}
+
+/// What `policy check` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CheckOutcome {
+    /// The requests of the flow files.
+    #[serde(flatten)]
+    pub records: CheckReport,
+    /// The edges of agents and graph files, when there were some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edges: Option<EdgeCheckReport>,
+    /// Agents whose edges were not checked, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_agents: Vec<String>,
+}
+
+impl CheckOutcome {
+    /// Whether the policies would deny anything checked.
+    pub fn denies(&self) -> bool {
+        !self.records.denied.is_empty()
+            || self
+                .edges
+                .as_ref()
+                .is_some_and(|edges| !edges.denied.is_empty())
+    }
+}
+
+/// `policy check`: judges every request of the flow files and every edge
+/// of the agents and graph files; prints the report to `out` and each agent
+/// that did not answer to `warnings`. The caller exits non-zero when it
+/// denies anything.
+pub async fn run_check(
     args: &CheckArgs,
     out: &mut impl Write,
-) -> Result<CheckReport, PolicyCommandError> {
+    warnings: &mut impl Write,
+) -> Result<CheckOutcome, PolicyCommandError> {
     let CheckArgs {
         policies,
-        flows,
-        inventory,
-        tenant_label,
+        sources,
         output,
         report: report_path,
     } = args;
     let policies = load_policies(policies)?;
-    let mut cluster = cluster_view(inventory.as_ref(), tenant_label)?;
+    let learned = collect_learned(sources, warnings).await?;
+    let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
     let mut records = Vec::new();
-    for path in flows {
-        records.extend(flowfile::read(path, tenant_label)?.records);
+    for path in &sources.flows {
+        records.extend(flowfile::read(path, &sources.tenant_label)?.records);
     }
-    let report = check(&records, &mut cluster, &policies);
+    let outcome = CheckOutcome {
+        records: check(&records, &mut cluster, &policies),
+        edges: (learned.asked > 0 || !sources.graphs.is_empty())
+            .then(|| check_edges(&learned.graph, &mut cluster, &policies)),
+        missing_agents: learned.missing_lines(),
+    };
     let json =
-        serde_json::to_string_pretty(&report).map_err(|error| PolicyCommandError::Write {
+        serde_json::to_string_pretty(&outcome).map_err(|error| PolicyCommandError::Write {
             path: "-".into(),
             source: io::Error::other(error),
         })?;
@@ -270,33 +495,153 @@ pub fn run_check(
     }
     match output {
         ReportFormat::Json => writeln!(out, "{json}"),
-        ReportFormat::Text => {
-            let result = writeln!(
-                out,
-                "{} records, {} connections checked: {} allowed, {} denied ({} distinct); not judged: {} without identity, {} ICMP or other portless protocols",
-                report.records,
-                report.checked,
-                report.allowed,
-                report.denied_records(),
-                report.denied.len(),
-                report.unresolved,
-                report.unexpressible,
-            );
-            report.denied.iter().try_fold((), |(), denial| {
-                writeln!(
-                    out,
-                    "DENIED {} -> {} {}/{} ({} records; blocked by {})",
-                    denial.source,
-                    denial.destination,
-                    denial.protocol,
-                    denial.port,
-                    denial.records,
-                    denial.blocked_by.join(", ")
-                )
-            })
-            .and(result)
-        }
+        ReportFormat::Text => print_check(&outcome, !sources.flows.is_empty(), out),
     }
     .map_err(write_error("-"))?;
-    Ok(report)
+    Ok(outcome)
+}
+
+/// The text report: a summary per kind of source, one line per denial.
+fn print_check(outcome: &CheckOutcome, flows: bool, out: &mut impl Write) -> io::Result<()> {
+    let CheckOutcome {
+        records: report,
+        edges,
+        missing_agents,
+    } = outcome;
+    if flows {
+        writeln!(
+            out,
+            "{} records, {} connections checked: {} allowed, {} denied ({} distinct); not judged: {} without identity, {} ICMP or other portless protocols",
+            report.records,
+            report.checked,
+            report.allowed,
+            report.denied_records(),
+            report.denied.len(),
+            report.unresolved,
+            report.unexpressible,
+        )?;
+        for denial in &report.denied {
+            writeln!(
+                out,
+                "DENIED {} -> {} {}/{} ({} records; blocked by {})",
+                denial.source,
+                denial.destination,
+                denial.protocol,
+                denial.port,
+                denial.records,
+                denial.blocked_by.join(", ")
+            )?;
+        }
+    }
+    if let Some(edges) = edges {
+        writeln!(
+            out,
+            "{} learned edges, {} checked: {} allowed, {} denied; not judged: {} through untranslated Services, {} ICMP or other portless protocols",
+            edges.edges,
+            edges.checked,
+            edges.allowed,
+            edges.denied.len(),
+            edges.unresolved,
+            edges.unexpressible,
+        )?;
+        for denial in &edges.denied {
+            writeln!(
+                out,
+                "DENIED {} -> {} {}/{} ({} connections; blocked by {})",
+                denial.client,
+                denial.server,
+                denial.protocol,
+                denial.port,
+                denial.connections,
+                denial.blocked_by.join(", ")
+            )?;
+        }
+    }
+    if !missing_agents.is_empty() {
+        writeln!(
+            out,
+            "{} agents did not answer: their nodes' edges were not checked",
+            missing_agents.len()
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command, PolicyCommand};
+
+    fn usage(args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["flow-agent", "policy", "generate", "--output-dir", "out"];
+        all.extend_from_slice(args);
+        let Command::Policy(PolicyCommand::Generate(args)) =
+            Cli::try_parse_from(all).unwrap().command
+        else {
+            panic!("generate expected");
+        };
+        check_usage(&args.sources).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn flags_the_sources_would_ignore_are_refused_naming_them() {
+        for accepted in [
+            &["--flows", "a.jsonl"][..],
+            &["--server", "node-1:4245", "--concurrency", "2"],
+            &[
+                "--kubernetes",
+                "--agents-service",
+                "a/b",
+                "--require-all-nodes",
+            ],
+            &[
+                "--kubernetes",
+                "--agents-selector",
+                "app=a",
+                "--agents-port",
+                "1",
+            ],
+            &["--kubernetes", "--tls-server-name", "{node}.agents.example"],
+        ] {
+            assert_eq!(usage(accepted), Ok(()), "{accepted:?}");
+        }
+        let needs_kubernetes = Err(
+            "--agents-service, --agents-port-name and --agents-selector need --kubernetes"
+                .to_owned(),
+        );
+        assert_eq!(
+            usage(&["--server", "x:1", "--agents-selector", "app=a"]),
+            needs_kubernetes
+        );
+        assert_eq!(
+            usage(&["--server", "x:1", "--agents-service", "a/b"]),
+            needs_kubernetes
+        );
+        assert_eq!(
+            usage(&["--kubernetes", "--agents-port", "4245"]),
+            Err("--agents-namespace and --agents-port go with --agents-selector (a Service's endpoints say where its agents are)".to_owned())
+        );
+        let needs_agents = Err(
+            "--concurrency, --agent-timeout and --require-all-nodes need agents: --kubernetes or --server"
+                .to_owned(),
+        );
+        assert_eq!(usage(&["--flows", "a", "--concurrency", "4"]), needs_agents);
+        assert_eq!(
+            usage(&["--graph", "g", "--require-all-nodes"]),
+            needs_agents
+        );
+        assert_eq!(
+            usage(&["--server", "x:1", "--tls-server-name", "{node}.x"]),
+            Err(
+                "--tls-server-name with {node} needs --kubernetes, which says each agent's node"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            usage(&[]),
+            Err("give at least one --kubernetes, --server, --graph or --flows".to_owned())
+        );
+    }
 }
