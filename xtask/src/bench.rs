@@ -256,6 +256,7 @@ fn hubble_followers(agent_binary: &Path) -> Result<()> {
 pub(crate) fn bench(agent_binary: &Path) -> Result<()> {
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "datapath"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "api"])?;
+    crate::cargo(&["bench", "--package", "flow-agent", "--bench", "agents"])?;
     agent_at_100k_flows(agent_binary)?;
     hubble_followers(agent_binary)?;
     throughput(agent_binary)
