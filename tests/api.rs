@@ -20,7 +20,7 @@ use std::{
 
 use common::{
     cli::{binary, cli},
-    netns::Agent,
+    netns::{Agent, udp_bursts},
     pki::{Pki, sha256_hex},
     shop::{Cluster, cluster, traffic, udp_exchange},
 };
@@ -611,29 +611,7 @@ fn a_slow_consumer_is_told_exactly_what_it_lost_and_the_fast_one_loses_nothing()
             .filter(|record| record.destination.port == 7000)
             .collect()
     };
-    for burst in 1..=5u64 {
-        node.pods[0]
-            .netns
-            .run(move || {
-                for _ in 0..1_000 {
-                    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-                    socket.send_to(&[7u8; 32], target).unwrap();
-                }
-            })
-            .unwrap();
-        // The next burst starts only once this one is drained and printed,
-        // so no drain holds more than one burst (1000 records or fewer).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while to_sink(&agent)
-            .iter()
-            .map(|record| record.packets)
-            .sum::<u64>()
-            != 1_000 * burst
-        {
-            assert!(Instant::now() < deadline, "burst {burst} never drained");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    udp_bursts(&agent, &node, 0, target, 5);
     let sent = to_sink(&agent);
     fast.wait_for_stdout(|lines| lines.len() >= sent.len(), Duration::from_secs(10))
         .unwrap();

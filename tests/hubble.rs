@@ -26,7 +26,7 @@ use std::{
 };
 
 use common::{
-    netns::Agent,
+    netns::{Agent, udp_bursts},
     packet::ping,
     pki::{Pki, sha256_hex},
     shop::{tcp_client, tcp_server, udp_exchange},
@@ -1276,30 +1276,7 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
             .run(move || std::net::UdpSocket::bind(target).unwrap())
             .unwrap(),
     );
-    let to_sink = |agent: &Agent| -> u64 {
-        agent
-            .records()
-            .iter()
-            .filter(|record| record.destination.port == 7000)
-            .map(|record| record.packets)
-            .sum()
-    };
-    for burst in 1..=5u64 {
-        a.node.pods[0]
-            .netns
-            .run(move || {
-                for _ in 0..1_000 {
-                    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-                    socket.send_to(&[7u8; 32], target).unwrap();
-                }
-            })
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while to_sink(&agent) != 1_000 * burst {
-            assert!(Instant::now() < deadline, "burst {burst} never drained");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    udp_bursts(&agent, &a.node, 0, target, 5);
     let metrics = SocketAddr::new(IpAddr::V4(a.address), 9090);
     // The metrics are updated after each drain: read them once they settle.
     let deadline = Instant::now() + Duration::from_secs(10);

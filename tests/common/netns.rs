@@ -1,7 +1,11 @@
 //! The lab (flow-lab) plus what only tests need: a running agent whose records
 //! are parsed, and totals over records.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use flow_agent::record::FlowRecord;
 use flow_lab::AgentProcess;
@@ -143,4 +147,37 @@ pub fn flow<'a>(
             flows.keys().collect::<Vec<_>>()
         )
     })
+}
+
+/// Sends `bursts` bursts of a thousand 32-byte datagrams, each from a fresh
+/// socket (a flow of its own), from pod `from` to `target`; each burst starts
+/// once the agent has printed the one before, so no drain holds more than
+/// one burst.
+pub fn udp_bursts(agent: &Agent, node: &Node, from: usize, target: SocketAddr, bursts: u64) {
+    let to_target = |agent: &Agent| -> u64 {
+        agent
+            .records()
+            .iter()
+            .filter(|record| {
+                record.destination.ip == target.ip() && record.destination.port == target.port()
+            })
+            .map(|record| record.packets)
+            .sum()
+    };
+    for burst in 1..=bursts {
+        node.pods[from]
+            .netns
+            .run(move || {
+                for _ in 0..1_000 {
+                    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                    socket.send_to(&[7u8; 32], target).unwrap();
+                }
+            })
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while to_target(agent) != 1_000 * burst {
+            assert!(Instant::now() < deadline, "burst {burst} never drained");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

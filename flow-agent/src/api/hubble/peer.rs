@@ -218,23 +218,28 @@ mod tests {
         format!("{kind} {} {}{tls}", change.name, change.address)
     }
 
+    /// A Notify stream of a service over `peers`.
+    async fn notify(peers: &Arc<PeerSet>, port: u16, tls: Option<&str>) -> NotifyStream {
+        let service = PeerService::new(
+            Arc::clone(peers),
+            PeerAddressing {
+                port,
+                tls_server_name: tls.map(str::to_owned),
+            },
+            Access::Open,
+        );
+        service
+            .notify(Request::new(NotifyRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     #[tokio::test]
     async fn notify_sends_every_node_then_each_change_and_ends_with_the_agent() {
         let peers = Arc::new(PeerSet::default());
         peers.publish(nodes(&[("node-b", "10.0.0.2"), ("node-a", "fd00::1")]));
-        let service = PeerService::new(
-            Arc::clone(&peers),
-            PeerAddressing {
-                port: 4244,
-                tls_server_name: Some("{node}.default.hubble-grpc.cilium.io".to_owned()),
-            },
-            Access::Open,
-        );
-        let mut stream = service
-            .notify(Request::new(NotifyRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = notify(&peers, 4244, Some("{node}.default.hubble-grpc.cilium.io")).await;
         let mut next = async || summary(&stream.next().await.unwrap().unwrap());
         assert_eq!(
             next().await,
@@ -260,7 +265,7 @@ mod tests {
             next().await,
             "PEER_ADDED node.c  node-c.default.hubble-grpc.cilium.io"
         );
-        drop(service);
+        // The agent stops: its set goes away, and so does the stream.
         drop(peers);
         assert!(stream.next().await.is_none());
     }
@@ -269,30 +274,14 @@ mod tests {
     async fn a_client_that_goes_away_leaves_nothing_behind() {
         let peers = Arc::new(PeerSet::default());
         peers.publish(nodes(&[("node-a", "10.0.0.1")]));
-        let service = PeerService::new(
-            Arc::clone(&peers),
-            PeerAddressing {
-                port: 4244,
-                tls_server_name: None,
-            },
-            Access::Open,
-        );
-        let mut stream = service
-            .notify(Request::new(NotifyRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = notify(&peers, 4244, None).await;
         assert!(stream.next().await.is_some());
         assert_eq!(peers.sender.receiver_count(), 1);
         drop(stream);
         assert_eq!(peers.sender.receiver_count(), 0);
         // Publishing with no one listening is fine, and so is a new client.
         peers.publish(nodes(&[("node-b", "10.0.0.2")]));
-        let mut again = service
-            .notify(Request::new(NotifyRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut again = notify(&peers, 4244, None).await;
         let change = again.next().await.unwrap().unwrap();
         assert_eq!(summary(&change), "PEER_ADDED node-b 10.0.0.2:4244");
     }
@@ -301,20 +290,12 @@ mod tests {
     async fn without_tls_no_server_name_is_announced() {
         let peers = Arc::new(PeerSet::default());
         peers.publish(nodes(&[("node-a", "10.0.0.1")]));
-        let service = PeerService::new(
-            Arc::clone(&peers),
-            PeerAddressing {
-                port: 4245,
-                tls_server_name: None,
-            },
-            Access::Open,
-        );
-        let mut stream = service
-            .notify(Request::new(NotifyRequest {}))
+        let change = notify(&peers, 4245, None)
+            .await
+            .next()
             .await
             .unwrap()
-            .into_inner();
-        let change = stream.next().await.unwrap().unwrap();
+            .unwrap();
         assert_eq!(summary(&change), "PEER_ADDED node-a 10.0.0.1:4245");
     }
 }
