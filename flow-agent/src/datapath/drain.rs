@@ -1,0 +1,358 @@
+//! Draining: the epoch switch, and the flow maps and spill ring buffer
+//! emptied into [`DrainedFlows`].
+//!
+//! # Draining without losing a packet
+//!
+//! The programs count into the flow map of the current epoch (see
+//! [`flow_common`]). [`Datapath::drain`] switches the epoch, waits one RCU grace
+//! period so that no program can still be adding to the previous epoch's map,
+//! then moves every entry out of that map (read keys and values, delete). Because
+//! nothing writes the drained map any more, reading and deleting cannot race with
+//! a packet: each packet is in exactly one drain.
+
+use std::io;
+
+use aya::maps::{MapData, MapError, PerCpuHashMap};
+use flow_common::{CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats};
+use tracing::{debug, warn};
+
+use super::{
+    Datapath, DatapathError,
+    sys::{self, BatchMap},
+};
+use crate::drain::{DrainedFlows, FlowSample};
+
+/// Entries moved out per batched call.
+const BATCH: usize = 4096;
+
+/// Buffers for batched draining, kept across drains.
+#[derive(Debug, Default)]
+pub(super) struct BatchBuffers {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl Datapath {
+    /// Whether the active flow map is at least half full: time to drain early
+    /// rather than let new flows spill. One map read; cheap to poll.
+    pub fn needs_early_drain(&self) -> Result<bool, DatapathError> {
+        let filled = self.inserted()?.saturating_sub(self.inserted_at_flip);
+        Ok(filled >= u64::from(self.map_entries / 2))
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Moves every flow counted since the previous drain out of the kernel.
+    ///
+    /// First empties the inactive map of what an interrupted drain left there
+    /// (an agent killed in the middle of one, or a drain that failed): those
+    /// slots carry the previous epoch, and the map becomes the active one at
+    /// the switch, where the programs would reset them. Normally it is empty
+    /// and this costs one system call. Then switches the epoch, waits for
+    /// programs still using the old one, and empties the old epoch's map and
+    /// the spill ring buffer.
+    ///
+    /// A map that fails part-way is logged, not returned as an error: what was
+    /// moved out is kept, and the rest is picked up by the next drain.
+    pub fn drain(&mut self) -> Result<DrainedFlows, DatapathError> {
+        let mut flows = DrainedFlows::default();
+        let leftover_epoch = self.epoch.wrapping_sub(1);
+        self.drain_map_keeping(leftover_epoch, &mut flows);
+        let drained_epoch = self.epoch;
+        self.advance_epoch()?;
+        self.inserted_at_flip = self.inserted()?;
+        self.drain_map_keeping(drained_epoch, &mut flows);
+        self.drain_spill(&mut flows);
+        Ok(flows)
+    }
+
+    /// [`Self::drain_map`], logging a failure: flows already moved stay in
+    /// `flows`, the rest stays in the map for the next drain.
+    fn drain_map_keeping(&mut self, epoch: u32, flows: &mut DrainedFlows) {
+        if let Err(error) = self.drain_map(epoch, flows) {
+            warn!(
+                epoch,
+                error = %error,
+                "drain interrupted; what is left in the map is drained next time"
+            );
+        }
+    }
+
+    /// Drains both flow maps and the spill ring buffer. Call after
+    /// [`Datapath::detach_all`] so that nothing is counted afterwards.
+    pub fn drain_final(&mut self) -> Result<DrainedFlows, DatapathError> {
+        let mut flows = self.drain()?;
+        let current = self.epoch;
+        self.barrier.wait().map_err(DatapathError::Barrier)?;
+        self.drain_map_keeping(current, &mut flows);
+        self.drain_spill(&mut flows);
+        Ok(flows)
+    }
+
+    fn advance_epoch(&mut self) -> Result<(), DatapathError> {
+        let next = self.epoch.wrapping_add(1);
+        self.control
+            .set(
+                0,
+                DatapathControl {
+                    epoch: next,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(|source| DatapathError::Map {
+                operation: "write",
+                map: CONTROL,
+                source: Box::new(source),
+            })?;
+        self.epoch = next;
+        self.barrier.wait().map_err(DatapathError::Barrier)
+    }
+
+    fn drain_map(&mut self, epoch: u32, flows: &mut DrainedFlows) -> Result<(), DatapathError> {
+        let name = if epoch & 1 == 0 {
+            FLOWS_EVEN
+        } else {
+            FLOWS_ODD
+        };
+        if self.batch_supported {
+            match self.drain_map_batched(epoch, flows) {
+                Ok(()) => return Ok(()),
+                Err(error) if batch_ops_unsupported(&error) => {
+                    debug!(%error, "batched drain unsupported, draining key by key");
+                    self.batch_supported = false;
+                }
+                Err(source) => return Err(DatapathError::Drain { map: name, source }),
+            }
+        }
+        self.drain_map_by_key(epoch, flows)
+    }
+
+    fn flows_map(
+        &mut self,
+        epoch: u32,
+    ) -> (
+        &'static str,
+        &mut PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    ) {
+        if epoch & 1 == 0 {
+            (FLOWS_EVEN, &mut self.flows_even)
+        } else {
+            (FLOWS_ODD, &mut self.flows_odd)
+        }
+    }
+
+    fn drain_map_batched(&mut self, epoch: u32, flows: &mut DrainedFlows) -> io::Result<()> {
+        let Self {
+            flows_even,
+            flows_odd,
+            batch_buffers,
+            ..
+        } = self;
+        let map = if epoch & 1 == 0 {
+            &*flows_even
+        } else {
+            &*flows_odd
+        };
+        drain_batched(&BatchMap::per_cpu_hash(map)?, epoch, batch_buffers, flows)
+    }
+
+    fn drain_map_by_key(
+        &mut self,
+        epoch: u32,
+        flows: &mut DrainedFlows,
+    ) -> Result<(), DatapathError> {
+        let (name, map) = self.flows_map(epoch);
+        let keys = map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                operation: "list keys of",
+                map: name,
+                source: Box::new(source),
+            })?;
+        for key in keys {
+            match map.get(&key, 0) {
+                Ok(values) => flows.add_slots(key, &values, epoch),
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        operation: "read",
+                        map: name,
+                        source: Box::new(source),
+                    });
+                }
+            }
+            if let Err(source) = map.remove(&key)
+                && !matches!(source, MapError::KeyNotFound)
+            {
+                return Err(DatapathError::Map {
+                    operation: "delete from",
+                    map: name,
+                    source: Box::new(source),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_spill(&mut self, flows: &mut DrainedFlows) {
+        while let Some(item) = self.spill.next() {
+            if item.len() < size_of::<FlowEvent>() {
+                warn!(len = item.len(), "short spill record ignored");
+                continue;
+            }
+            // SAFETY: the record holds a FlowEvent written by the programs.
+            let FlowEvent { key, stats } =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+            flows.add_sample(FlowSample::from_stats(key, &stats));
+        }
+    }
+}
+
+/// Whether a batched drain failed because the kernel has no batch operations
+/// for the map: then the map is drained key by key.
+fn batch_ops_unsupported(error: &io::Error) -> bool {
+    // 524 is ENOTSUPP: the kernel predates batch operations (5.6).
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    )
+}
+
+/// Moves every entry out of a flow map, [`BATCH`] entries per call.
+fn drain_batched(
+    map: &BatchMap<'_, FlowKey, FlowStats>,
+    epoch: u32,
+    buffers: &mut BatchBuffers,
+    flows: &mut DrainedFlows,
+) -> io::Result<()> {
+    let cpus = map.cpus();
+    let stride = BatchMap::<FlowKey, FlowStats>::value_stride();
+    let key_size = size_of::<FlowKey>();
+    let BatchBuffers { keys, values } = buffers;
+    keys.resize(BATCH * key_size, 0);
+    values.resize(BATCH * stride * cpus, 0);
+    let mut token = None;
+    let mut slots = Vec::with_capacity(cpus);
+    loop {
+        let sys::Batch { count, done } =
+            sys::lookup_and_delete_batch(map, &mut token, keys, values, BATCH as u32)?;
+        for entry in 0..count.min(BATCH) {
+            // SAFETY: `keys` holds BATCH keys and entry < BATCH, so the slice
+            // holds a whole FlowKey; FlowKey is Pod: any bytes are a value.
+            let key: FlowKey =
+                unsafe { std::ptr::read_unaligned(keys[entry * key_size..].as_ptr().cast()) };
+            slots.clear();
+            for cpu in 0..cpus {
+                let offset = (entry * cpus + cpu) * stride;
+                // SAFETY: as above, `values` holds `cpus` FlowStats slots per entry.
+                slots.push(unsafe { std::ptr::read_unaligned(values[offset..].as_ptr().cast()) });
+            }
+            flows.add_slots(key, &slots, epoch);
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd as _;
+
+    use super::*;
+    use crate::datapath::sys::fake;
+
+    const CPUS: usize = 2;
+    const EPOCH: u32 = 7;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_port: port,
+            ..FlowKey::default()
+        }
+    }
+
+    fn slot(packets: u64, epoch: u32) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: 1_000 + packets,
+            last_seen_ns: 2_000,
+            epoch,
+            ..FlowStats::default()
+        }
+    }
+
+    fn drain_with(fake: fake::Bpf) -> (io::Result<()>, DrainedFlows) {
+        let _fake = fake::replace(fake);
+        let stdin = io::stdin();
+        // SAFETY: the fake kernels write per-CPU FlowKey -> FlowStats entries
+        // of CPUS slots (sys::fake::answer_batch), within the capacity asked.
+        let map = unsafe { BatchMap::from_raw(stdin.as_fd(), CPUS) };
+        let mut flows = DrainedFlows::default();
+        let result = drain_batched(&map, EPOCH, &mut BatchBuffers::default(), &mut flows);
+        (result, flows)
+    }
+
+    #[test]
+    fn a_kernel_without_batch_operations_sends_the_drain_key_by_key() {
+        let unsupported: [fake::Bpf; 3] = [
+            // ENOTSUPP: before Linux 5.6.
+            |_, _| fake::errno(524),
+            |_, _| fake::errno(libc::EINVAL),
+            |_, _| fake::errno(libc::EOPNOTSUPP),
+        ];
+        for kernel in unsupported {
+            let (result, flows) = drain_with(kernel);
+            let error = result.err().unwrap();
+            assert!(batch_ops_unsupported(&error), "{error}");
+            assert!(flows.is_empty());
+        }
+        // Any other errno is a failed drain, and keeps its errno.
+        let (result, _) = drain_with(|_, _| fake::errno(libc::EFAULT));
+        let error = result.err().unwrap();
+        assert!(!batch_ops_unsupported(&error));
+        assert_eq!(error.raw_os_error(), Some(libc::EFAULT));
+    }
+
+    #[test]
+    fn batches_are_drained_to_the_end_summing_each_flows_cpu_slots() {
+        let (result, flows) = drain_with(|command, attr| {
+            assert_eq!(command, sys::BpfCmd::MapLookupAndDeleteBatch);
+            if attr.batch().in_batch == 0 {
+                // SAFETY: from drain_batched, on CPUS CPUs.
+                unsafe {
+                    fake::answer_batch(
+                        attr,
+                        &[
+                            (key(1), &[slot(2, EPOCH), slot(3, EPOCH)]),
+                            (key(2), &[slot(1, EPOCH), slot(0, 0)]),
+                        ],
+                    );
+                }
+                Ok(0)
+            } else {
+                // The second call goes on from the first call's token and
+                // reaches the end.
+                // SAFETY: as above.
+                unsafe {
+                    fake::answer_batch(attr, &[(key(3), &[slot(4, EPOCH - 1), slot(5, EPOCH)])])
+                };
+                fake::errno(libc::ENOENT)
+            }
+        });
+        result.unwrap();
+        assert_eq!(flows.stale_slots(), 1);
+        let totals: Vec<(u16, u64, u64)> = flows
+            .into_samples()
+            .into_iter()
+            .map(|sample| (sample.key.src_port, sample.packets, sample.bytes))
+            .collect();
+        assert_eq!(totals, [(2, 1, 100), (1, 5, 500), (3, 5, 500)]);
+    }
+}
