@@ -12,6 +12,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::{self, *};
 use flow_agent::{
@@ -146,6 +148,41 @@ fn udp_datagram_bytes_count_ip_length() {
         assert_eq!(flow.first_ifindex, 1, "BPF_PROG_TEST_RUN runs on loopback");
         assert!(flow.first_seen_ns <= flow.last_seen_ns);
         harness.assert_counters(&[(Counter::Inserted, 1)]);
+    }
+}
+
+#[test]
+fn packet_times_come_from_the_monotonic_clock_with_either_clock() {
+    use flow_agent::record::MonotonicClock;
+    require_root!();
+    // The coarse clock (Linux 5.11+) lags CLOCK_MONOTONIC by at most a tick:
+    // 10 ms at CONFIG_HZ=100, the slowest.
+    const TICK_NS: u64 = 10_000_000;
+    const GAP: Duration = Duration::from_millis(30);
+    for precise_clock in [false, true] {
+        let mut harness = Harness::with(DatapathConfig {
+            precise_clock,
+            ..DatapathConfig::default()
+        });
+        let frame = Ipv4::new(A4, B4, UDP).frame(&udp(5000, 53, &[7; 10]));
+        let before = MonotonicClock::monotonic_now_ns();
+        harness.ingress(&frame);
+        std::thread::sleep(GAP);
+        harness.ingress(&frame);
+        let after = MonotonicClock::monotonic_now_ns();
+        let flow = harness.only_flow();
+        let slack = if precise_clock { 0 } else { TICK_NS };
+        assert!(
+            before - slack <= flow.first_seen_ns && flow.last_seen_ns <= after,
+            "precise {precise_clock}: {before} <= {} <= {} <= {after}",
+            flow.first_seen_ns,
+            flow.last_seen_ns
+        );
+        let gap = flow.last_seen_ns - flow.first_seen_ns;
+        assert!(
+            gap + slack >= GAP.as_nanos() as u64,
+            "precise {precise_clock}: {gap} ns between packets {GAP:?} apart"
+        );
     }
 }
 

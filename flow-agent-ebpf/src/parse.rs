@@ -6,7 +6,7 @@
 //! `Linear` first and fall back to `Paged` only when a header lies beyond the
 //! linear area. Every read is checked; nothing here writes to the packet.
 
-use aya_ebpf::{maps::LruHashMap, programs::TcContext};
+use aya_ebpf::{helpers::bpf_skb_load_bytes, maps::LruHashMap, programs::TcContext};
 use flow_common::{FlowKey, FragmentKey, FragmentPorts, protocol, tcp_flag};
 
 const ETH_HLEN: usize = 14;
@@ -89,11 +89,29 @@ impl From<Malformed> for ParseError {
     }
 }
 
-/// Where packet bytes are read from.
+/// Where packet bytes are read from: a checked window of `N` bytes at an
+/// offset, whose fields are then read without further checks.
 pub(crate) trait Reader {
-    /// Reads a `T` at `offset` from the start of the frame, or `None` when the
-    /// bytes are not available to this reader.
-    fn read<T>(&self, offset: usize) -> Option<T>;
+    /// `N` bytes of the frame.
+    type Window<const N: usize>: Window<N>;
+
+    /// The `N` bytes at `offset` from the start of the frame, or `None` when
+    /// they are not available to this reader.
+    fn window<const N: usize>(&self, offset: usize) -> Option<Self::Window<N>>;
+}
+
+/// `N` bytes of a packet, known to be readable. Field offsets are constants,
+/// checked against `N` at compile time. Multi-byte fields are read as they
+/// lie in memory (network order) unless the name says big-endian.
+pub(crate) trait Window<const N: usize> {
+    /// The byte at `AT`.
+    fn u8<const AT: usize>(&self) -> u8;
+    /// The big-endian 16-bit field at `AT`, in host order.
+    fn be16<const AT: usize>(&self) -> u16;
+    /// The four bytes at `AT` as they lie in memory.
+    fn raw32<const AT: usize>(&self) -> u32;
+    /// The eight bytes at `AT` as they lie in memory.
+    fn raw64<const AT: usize>(&self) -> u64;
 }
 
 /// The linear part of the packet, read directly: the fast path, and what almost
@@ -123,14 +141,74 @@ impl Linear {
 pub(crate) const LINEAR_REACH: usize = 1024;
 
 impl Reader for Linear {
+    type Window<const N: usize> = LinearWindow<N>;
+
     #[inline(always)]
-    fn read<T>(&self, offset: usize) -> Option<T> {
+    fn window<const N: usize>(&self, offset: usize) -> Option<LinearWindow<N>> {
         let bounded = offset & (LINEAR_REACH - 1);
-        if bounded != offset || self.start + bounded + size_of::<T>() > self.end {
+        if bounded != offset || self.start + bounded + N > self.end {
             return None;
         }
-        // SAFETY: the read lies within the packet's linear data.
-        Some(unsafe { core::ptr::read_unaligned((self.start + bounded) as *const T) })
+        Some(LinearWindow {
+            address: self.start + bounded,
+        })
+    }
+}
+
+/// `N` bytes of the linear area, checked against `data_end`.
+pub(crate) struct LinearWindow<const N: usize> {
+    address: usize,
+}
+
+/// One load of `$width` at `$at` bytes past `$address`, as a single BPF
+/// instruction. Packet headers carry no alignment guarantee, and LLVM's BPF
+/// backend splits every load it cannot prove aligned into byte loads, shifts
+/// and ors (a 32-bit field costs 11 instructions instead of 1). The kernel
+/// accepts unaligned packet loads where the CPU does them efficiently (x86-64
+/// and arm64): the verifier checks packet alignment only on the other
+/// architectures, and there it rejects the program at load, never a packet.
+macro_rules! packet_load {
+    ($width:literal, $address:expr, $at:expr) => {{
+        let value: u64;
+        // SAFETY: the window check put [address, address + N) within the
+        // linear data, and the caller asserts `at + width <= N` at compile
+        // time; the instruction only reads.
+        unsafe {
+            core::arch::asm!(
+                concat!("{value} = *(", $width, " *)({address} + {at})"),
+                address = in(reg) $address,
+                at = const $at,
+                value = lateout(reg) value,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        value
+    }};
+}
+
+impl<const N: usize> Window<N> for LinearWindow<N> {
+    #[inline(always)]
+    fn u8<const AT: usize>(&self) -> u8 {
+        const { assert!(AT < N) };
+        packet_load!("u8", self.address, AT) as u8
+    }
+
+    #[inline(always)]
+    fn be16<const AT: usize>(&self) -> u16 {
+        const { assert!(AT + 2 <= N) };
+        u16::from_be(packet_load!("u16", self.address, AT) as u16)
+    }
+
+    #[inline(always)]
+    fn raw32<const AT: usize>(&self) -> u32 {
+        const { assert!(AT + 4 <= N) };
+        packet_load!("u32", self.address, AT) as u32
+    }
+
+    #[inline(always)]
+    fn raw64<const AT: usize>(&self) -> u64 {
+        const { assert!(AT + 8 <= N) };
+        packet_load!("u64", self.address, AT)
     }
 }
 
@@ -138,21 +216,75 @@ impl Reader for Linear {
 pub(crate) struct Paged<'a>(pub(crate) &'a TcContext);
 
 impl Reader for Paged<'_> {
+    type Window<const N: usize> = Copied<N>;
+
     #[inline(always)]
-    fn read<T>(&self, offset: usize) -> Option<T> {
+    fn window<const N: usize>(&self, offset: usize) -> Option<Copied<N>> {
         let Self(ctx) = self;
-        ctx.load::<T>(offset).ok()
+        let mut copy = Copied([0; N]);
+        let length = u32::try_from(N).ok()?;
+        // SAFETY: the helper writes at most `length` = N bytes into `copy`,
+        // which holds N, and reads only the packet.
+        let result = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                offset as u32,
+                copy.0.as_mut_ptr().cast(),
+                length,
+            )
+        };
+        (result == 0).then_some(copy)
+    }
+}
+
+/// `N` bytes copied to the stack, aligned so that fields at aligned offsets
+/// are single loads.
+#[repr(C, align(8))]
+pub(crate) struct Copied<const N: usize>([u8; N]);
+
+impl<const N: usize> Window<N> for Copied<N> {
+    #[inline(always)]
+    fn u8<const AT: usize>(&self) -> u8 {
+        const { assert!(AT < N) };
+        self.0[AT]
+    }
+
+    #[inline(always)]
+    fn be16<const AT: usize>(&self) -> u16 {
+        const { assert!(AT + 2 <= N) };
+        u16::from_be_bytes([self.0[AT], self.0[AT + 1]])
+    }
+
+    #[inline(always)]
+    fn raw32<const AT: usize>(&self) -> u32 {
+        const { assert!(AT + 4 <= N) };
+        u32::from_ne_bytes([self.0[AT], self.0[AT + 1], self.0[AT + 2], self.0[AT + 3]])
+    }
+
+    #[inline(always)]
+    fn raw64<const AT: usize>(&self) -> u64 {
+        const { assert!(AT + 8 <= N) };
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.0[AT..AT + 8]);
+        u64::from_ne_bytes(bytes)
     }
 }
 
 #[inline(always)]
-fn load<T, R: Reader>(reader: &R, offset: usize, reason: Malformed) -> Result<T, ParseError> {
-    reader.read(offset).ok_or(ParseError::Malformed(reason))
+fn window<const N: usize, R: Reader>(
+    reader: &R,
+    offset: usize,
+    reason: Malformed,
+) -> Result<R::Window<N>, ParseError> {
+    reader.window(offset).ok_or(ParseError::Malformed(reason))
 }
 
+/// Source and destination ports, in host order, from the first four bytes of
+/// a TCP, UDP or SCTP header as they lie in memory.
 #[inline(always)]
-const fn be16(bytes: [u8; 2]) -> u16 {
-    u16::from_be_bytes(bytes)
+fn ports(raw: u32) -> (u16, u16) {
+    let [source, destination] = [raw as u16, (raw >> 16) as u16];
+    (u16::from_be(source), u16::from_be(destination))
 }
 
 /// Where the fragment of a datagram is.
@@ -179,10 +311,20 @@ struct Network {
     fragment: Fragment,
 }
 
+/// An address from its two 64-bit halves as they lie in memory.
 #[inline(always)]
-fn ipv4_mapped(address: [u8; 4]) -> [u8; 16] {
-    let [a, b, c, d] = address;
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+fn address(low: u64, high: u64) -> [u8; 16] {
+    (u128::from(low) | u128::from(high) << 64).to_ne_bytes()
+}
+
+/// `::ffff:a.b.c.d` from the four bytes of an IPv4 address as they lie in
+/// memory.
+#[inline(always)]
+fn ipv4_mapped(raw: u32) -> [u8; 16] {
+    address(
+        0,
+        u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]) | u64::from(raw) << 32,
+    )
 }
 
 /// Parses the linear area into `packet`, which must start zeroed. Inlined: this
@@ -220,14 +362,14 @@ fn parse<R: Reader>(
     is_gso: bool,
     packet: &mut Packet,
 ) -> Result<(), ParseError> {
-    let mut ethertype = be16(load(ctx, 12, Malformed::EthernetTruncated)?);
+    let mut ethertype = window::<ETH_HLEN, R>(ctx, 0, Malformed::EthernetTruncated)?.be16::<12>();
     let mut l3_offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
         // Tag control information (2 bytes), then the encapsulated ethertype.
-        ethertype = be16(load(ctx, l3_offset + 2, Malformed::VlanTruncated)?);
+        ethertype = window::<4, R>(ctx, l3_offset, Malformed::VlanTruncated)?.be16::<2>();
         l3_offset += 4;
     }
     let network = match ethertype {
@@ -246,13 +388,14 @@ fn ipv4<R: Reader>(
     is_gso: bool,
     key: &mut FlowKey,
 ) -> Result<Network, ParseError> {
-    let header: [u8; 20] = load(ctx, l3_offset, Malformed::Ipv4Truncated)?;
-    if header[0] >> 4 != 4 {
+    let header = window::<20, R>(ctx, l3_offset, Malformed::Ipv4Truncated)?;
+    let version_ihl = header.u8::<0>();
+    if version_ihl >> 4 != 4 {
         return Err(Malformed::Ipv4BadVersion.into());
     }
-    let header_len = usize::from(header[0] & 0x0f) * 4;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
     let available = packet_len.saturating_sub(l3_offset);
-    let total_len = match usize::from(be16([header[2], header[3]])) {
+    let total_len = match usize::from(header.be16::<2>()) {
         // BIG TCP (Linux 6.3+) leaves the total length of a >64 KiB GSO packet zero.
         0 if is_gso => available,
         total_len => total_len,
@@ -263,24 +406,22 @@ fn ipv4<R: Reader>(
     if total_len > available {
         return Err(Malformed::Ipv4BadTotalLength.into());
     }
-    let flags_offset = be16([header[6], header[7]]);
+    let flags_offset = header.be16::<6>();
     let more_fragments = flags_offset & 0x2000 != 0;
     let fragment_offset = flags_offset & 0x1fff;
-    let id = u32::from(be16([header[4], header[5]]));
+    let id = u32::from(header.be16::<4>());
+    let protocol = header.u8::<9>();
     let fragment = if fragment_offset != 0 {
         Fragment::Later { id }
     } else if more_fragments {
-        Fragment::First {
-            id,
-            next: header[9],
-        }
+        Fragment::First { id, next: protocol }
     } else {
         Fragment::Whole
     };
-    key.src_addr = ipv4_mapped([header[12], header[13], header[14], header[15]]);
-    key.dst_addr = ipv4_mapped([header[16], header[17], header[18], header[19]]);
+    key.src_addr = ipv4_mapped(header.raw32::<12>());
+    key.dst_addr = ipv4_mapped(header.raw32::<16>());
     Ok(Network {
-        protocol: header[9],
+        protocol,
         l3_offset,
         l4_offset: l3_offset + header_len,
         ip_len: total_len,
@@ -296,13 +437,14 @@ fn ipv6<R: Reader>(
     is_gso: bool,
     key: &mut FlowKey,
 ) -> Result<Network, ParseError> {
-    // Version, traffic class, flow label, payload length, next header, hop limit.
-    let header: [u8; 8] = load(ctx, l3_offset, Malformed::Ipv6Truncated)?;
-    if header[0] >> 4 != 6 {
+    // Version, traffic class, flow label, payload length, next header, hop
+    // limit, then the two addresses.
+    let header = window::<IPV6_HLEN, R>(ctx, l3_offset, Malformed::Ipv6Truncated)?;
+    if header.u8::<0>() >> 4 != 6 {
         return Err(Malformed::Ipv6BadVersion.into());
     }
     let available = packet_len.saturating_sub(l3_offset);
-    let ip_len = match usize::from(be16([header[4], header[5]])) {
+    let ip_len = match usize::from(header.be16::<4>()) {
         // BIG TCP and jumbograms carry a zero payload length.
         0 if is_gso => available,
         payload_len => IPV6_HLEN + payload_len,
@@ -310,32 +452,30 @@ fn ipv6<R: Reader>(
     if ip_len > available {
         return Err(Malformed::Ipv6BadPayloadLength.into());
     }
-    key.src_addr = load(ctx, l3_offset + 8, Malformed::Ipv6Truncated)?;
-    key.dst_addr = load(ctx, l3_offset + 24, Malformed::Ipv6Truncated)?;
+    key.src_addr = address(header.raw64::<8>(), header.raw64::<16>());
+    key.dst_addr = address(header.raw64::<24>(), header.raw64::<32>());
 
     let end = l3_offset + ip_len;
-    let mut next = header[6];
+    let mut next = header.u8::<6>();
     let mut offset = l3_offset + IPV6_HLEN;
     let mut fragment = Fragment::Whole;
     for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
         let header_len = match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let [next_header, len]: [u8; 2] =
-                    load(ctx, offset, Malformed::Ipv6ExtensionTruncated)?;
-                next = next_header;
-                (usize::from(len) + 1) * 8
+                let extension = window::<2, R>(ctx, offset, Malformed::Ipv6ExtensionTruncated)?;
+                next = extension.u8::<0>();
+                (usize::from(extension.u8::<1>()) + 1) * 8
             }
             NEXTHDR_AUTH => {
-                let [next_header, len]: [u8; 2] =
-                    load(ctx, offset, Malformed::Ipv6ExtensionTruncated)?;
-                next = next_header;
-                (usize::from(len) + 2) * 4
+                let extension = window::<2, R>(ctx, offset, Malformed::Ipv6ExtensionTruncated)?;
+                next = extension.u8::<0>();
+                (usize::from(extension.u8::<1>()) + 2) * 4
             }
             NEXTHDR_FRAGMENT => {
-                let bytes: [u8; 8] = load(ctx, offset, Malformed::Ipv6ExtensionTruncated)?;
-                next = bytes[0];
-                let offset_flags = be16([bytes[2], bytes[3]]);
-                let id = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+                let extension = window::<8, R>(ctx, offset, Malformed::Ipv6ExtensionTruncated)?;
+                next = extension.u8::<0>();
+                let offset_flags = extension.be16::<2>();
+                let id = u32::from_be(extension.raw32::<4>());
                 fragment = if offset_flags >> 3 != 0 {
                     Fragment::Later { id }
                 } else if offset_flags & 1 != 0 {
@@ -432,14 +572,13 @@ fn transport<R: Reader>(
 
     let (transport_len, tcp_flags) = match protocol {
         protocol::TCP => {
-            let header: [u8; 14] = load(ctx, l4_offset, Malformed::TransportTruncated)?;
-            let data_offset = usize::from(header[12] >> 4) * 4;
+            let header = window::<14, R>(ctx, l4_offset, Malformed::TransportTruncated)?;
+            let data_offset = usize::from(header.u8::<12>() >> 4) * 4;
             if data_offset < 20 || l4_offset + data_offset > datagram_end {
                 return Err(Malformed::TcpBadDataOffset.into());
             }
-            key.src_port = be16([header[0], header[1]]);
-            key.dst_port = be16([header[2], header[3]]);
-            let flags = u16::from(header[13]);
+            (key.src_port, key.dst_port) = ports(header.raw32::<0>());
+            let flags = u16::from(header.u8::<13>());
             let synthetic = match (flags & tcp_flag::SYN != 0, flags & tcp_flag::ACK != 0) {
                 (true, false) => tcp_flag::SYN_ONLY,
                 (true, true) => tcp_flag::SYN_ACK,
@@ -450,23 +589,21 @@ fn transport<R: Reader>(
         protocol::UDP | protocol::SCTP => {
             // UDP header is 8 bytes, the SCTP common header 12; both start with ports.
             let needed = if protocol == protocol::UDP { 8 } else { 12 };
-            let ports: [u8; 4] = load(ctx, l4_offset, Malformed::TransportTruncated)?;
+            let header = window::<4, R>(ctx, l4_offset, Malformed::TransportTruncated)?;
             if l4_offset + needed > datagram_end {
                 return Err(Malformed::TransportTruncated.into());
             }
-            key.src_port = be16([ports[0], ports[1]]);
-            key.dst_port = be16([ports[2], ports[3]]);
+            (key.src_port, key.dst_port) = ports(header.raw32::<0>());
             (needed, 0)
         }
         protocol::ICMP | protocol::ICMPV6 => {
-            let [icmp_type, icmp_code]: [u8; 2] =
-                load(ctx, l4_offset, Malformed::TransportTruncated)?;
+            let header = window::<2, R>(ctx, l4_offset, Malformed::TransportTruncated)?;
             // Type, code and checksum.
             if l4_offset + 4 > datagram_end {
                 return Err(Malformed::TransportTruncated.into());
             }
-            key.icmp_type = icmp_type;
-            key.icmp_code = icmp_code;
+            key.icmp_type = header.u8::<0>();
+            key.icmp_code = header.u8::<1>();
             (4, 0)
         }
         _ => (0, 0),

@@ -199,10 +199,29 @@ fn drain_100k() {
     );
 }
 
+/// Loads the programs as the agent does and pins `flow_ingress` at `path` (a
+/// bpffs file), for harnesses outside the project (NetObserv's side by side:
+/// `cargo xtask bench --peer-netobserv`). The pin keeps the program and its
+/// maps alive after this process exits; removing it frees them.
+fn pin_ingress(path: &str) {
+    let mut datapath = Datapath::load(&DatapathConfig {
+        map_entries: 131_072,
+        ..DatapathConfig::default()
+    })
+    .unwrap();
+    let classifier = datapath.classifier_mut(Direction::Ingress).unwrap();
+    classifier.pin(path).unwrap();
+    println!("pinned flow_ingress at {path}");
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipping datapath benchmarks: needs root");
+        return;
+    }
+    if let Some(path) = std::env::var_os("FLOW_AGENT_BENCH_PIN") {
+        pin_ingress(&path.to_string_lossy());
         return;
     }
     per_packet_cost();

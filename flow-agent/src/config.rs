@@ -871,6 +871,7 @@ impl RunConfig {
                 attach_mode: attach_mode.unwrap_or_default(),
                 ebpf_debug: ebpf_debug.unwrap_or(false),
                 paged_reads_only: false,
+                precise_clock: false,
                 pin_dir: pin_dir.clone(),
             },
             tracker: TrackerConfig {

@@ -43,6 +43,9 @@ pub const DEBUG_LOG: &str = "DEBUG_LOG";
 /// Name of the read-only global that makes the programs read every header
 /// through `bpf_skb_load_bytes` (tests of the paged-data parser).
 pub const PAGED_READS_ONLY: &str = "PAGED_READS_ONLY";
+/// Name of the read-only global that makes the programs time packets with the
+/// coarse monotonic clock (`bpf_ktime_get_coarse_ns`, Linux 5.11+).
+pub const COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// Name of the ingress classifier in the eBPF object.
 pub const PROGRAM_INGRESS: &str = "flow_ingress";
 /// Name of the egress classifier in the eBPF object.
@@ -126,7 +129,10 @@ impl Direction {
 /// (`::ffff:a.b.c.d`) so both families share one key type. Ports are in host byte
 /// order and zero for protocols without ports. For ICMP and ICMPv6 the type and
 /// code take the place of the ports.
-#[repr(C)]
+///
+/// Aligned to 8 (its size is a multiple of 8 already, so no byte changes):
+/// the programs zero and fill it with 8-byte stores instead of narrower ones.
+#[repr(C, align(8))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Source address, network byte order.

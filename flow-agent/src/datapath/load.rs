@@ -11,10 +11,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, MapError, MapType},
     programs::SchedClassifier,
+    util::KernelVersion,
 };
 use flow_common::{
-    CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl, Direction,
-    FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey, FlowStats, FragmentKey, FragmentPorts,
+    COARSE_CLOCK, CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl,
+    Direction, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey, FlowStats, FragmentKey, FragmentPorts,
     PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use tracing::{debug, warn};
@@ -42,6 +43,9 @@ pub struct DatapathConfig {
     /// Read every header through `bpf_skb_load_bytes`, the path normally taken
     /// only by packets whose headers lie in paged data: for tests, slower.
     pub paged_reads_only: bool,
+    /// Time packets with the precise clock even where the coarse one exists
+    /// (Linux 5.11+): the path older kernels take, for tests; slower.
+    pub precise_clock: bool,
     /// Pin maps and links under this bpffs directory, and take over what an
     /// earlier agent pinned there: restarts lose nothing (see [`pin`](super::pin)).
     pub pin_dir: Option<PathBuf>,
@@ -75,6 +79,7 @@ impl Default for DatapathConfig {
             attach_mode: AttachMode::Auto,
             ebpf_debug: false,
             paged_reads_only: false,
+            precise_clock: false,
             pin_dir: None,
         }
     }
@@ -212,7 +217,15 @@ struct ObjectSettings<'a> {
     spill_bytes: u32,
     ebpf_debug: bool,
     paged_reads_only: bool,
+    coarse_clock: bool,
     pins: Option<&'a PinDir>,
+}
+
+/// Whether `bpf_ktime_get_coarse_ns` exists: Linux 5.11+. A packet's time then
+/// costs a few nanoseconds instead of about 25, at the kernel tick's
+/// resolution (1-4 ms).
+fn coarse_clock_supported() -> bool {
+    KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(5, 11, 0))
 }
 
 /// Loads the eBPF object with the maps sized, its globals set and, with
@@ -223,17 +236,20 @@ fn load_object(settings: ObjectSettings<'_>) -> Result<Ebpf, DatapathError> {
         spill_bytes,
         ebpf_debug,
         paged_reads_only,
+        coarse_clock,
         pins,
     } = settings;
     let debug_flag = u8::from(ebpf_debug);
     let paged_flag = u8::from(paged_reads_only);
+    let clock_flag = u8::from(coarse_clock);
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(FLOWS_EVEN, map_entries)
         .map_max_entries(FLOWS_ODD, map_entries)
         .map_max_entries(SPILL, spill_bytes)
         .override_global(DEBUG_LOG, &debug_flag, true)
-        .override_global(PAGED_READS_ONLY, &paged_flag, true);
+        .override_global(PAGED_READS_ONLY, &paged_flag, true)
+        .override_global(COARSE_CLOCK, &clock_flag, true);
     if let Some(pins) = pins {
         // Open the pinned maps, or create and pin them.
         for name in PINNED_MAPS {
@@ -267,6 +283,7 @@ impl Datapath {
             attach_mode,
             ebpf_debug,
             paged_reads_only,
+            precise_clock,
             ref pin_dir,
         } = *config;
         raise_memlock_limit();
@@ -284,6 +301,7 @@ impl Datapath {
             spill_bytes,
             ebpf_debug,
             paged_reads_only,
+            coarse_clock: !precise_clock && coarse_clock_supported(),
             pins: pins.as_ref(),
         })?;
         if ebpf_debug {
