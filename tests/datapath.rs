@@ -797,3 +797,48 @@ fn drop_all_testkit_program_really_drops() {
         .unwrap();
     assert_eq!(result.return_value, 2, "TC_ACT_SHOT");
 }
+
+#[test]
+fn an_almost_empty_drain_moves_out_just_the_listed_keys_and_a_busy_one_walks() {
+    use flow_agent::datapath::DrainStrategy;
+    require_root!();
+    let mut harness = Harness::new();
+    let frames = |count: u16, first_port: u16| -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|index| Ipv4::new(A4, B4, UDP).frame(&udp(first_port + index, 53, &[1; 8])))
+            .collect()
+    };
+    let mut run_all = |frames: &[Vec<u8>]| {
+        for frame in frames {
+            harness.ingress(frame);
+        }
+        let samples = harness.drain();
+        (samples, harness.datapath.last_drain())
+    };
+    // The first drain of each map walks it: an earlier agent's pinned map
+    // could hold flows no record lists.
+    let (samples, strategy) = run_all(&frames(2, 1000));
+    assert_eq!((samples.len(), strategy), (2, DrainStrategy::Walked));
+    let (samples, _) = run_all(&frames(3, 2000));
+    assert_eq!(samples.len(), 3);
+    // From then on a few new flows, and flows that existed before in the
+    // other epoch too, are moved out by their keys.
+    let (samples, strategy) = run_all(&frames(3, 3000));
+    assert_eq!((samples.len(), strategy), (3, DrainStrategy::Keyed(3)));
+    let (samples, strategy) = run_all(&[]);
+    assert_eq!((samples.len(), strategy), (0, DrainStrategy::Keyed(0)));
+    // More new flows than a keyed drain takes: the map is walked, and every
+    // flow is there, counted once.
+    let many = frames(1_100, 10_000);
+    let (samples, strategy) = run_all(&many);
+    assert_eq!((samples.len(), strategy), (1_100, DrainStrategy::Walked));
+    assert!(samples.iter().all(|sample| sample.packets == 1));
+    // More than the ring lists (about 1,170): the unlisted ones are counted,
+    // and the map is walked.
+    let (samples, strategy) = run_all(&frames(2_000, 20_000));
+    assert_eq!((samples.len(), strategy), (2_000, DrainStrategy::Walked));
+    // And the next almost empty drain of that map is keyed again.
+    let _ = run_all(&frames(1, 40_000));
+    let (samples, strategy) = run_all(&frames(2, 41_000));
+    assert_eq!((samples.len(), strategy), (2, DrainStrategy::Keyed(2)));
+}

@@ -27,6 +27,7 @@ use aya_log_ebpf::debug;
 use flow_common::{
     Counter, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_SPILL_BYTES, DatapathControl, Direction,
     FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts,
+    NEW_FLOWS_BYTES, NewFlow,
 };
 
 use crate::parse::{Linear, Packet, Paged, ParseError};
@@ -79,6 +80,15 @@ static COUNTED_INTERFACES: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 
 
 #[map]
 static SPILL: RingBuf = RingBuf::with_byte_size(DEFAULT_SPILL_BYTES, 0);
+
+/// Every flow created in a flow map, with its epoch, for the drain (see
+/// [`NewFlow`]).
+#[map]
+static NEW_FLOWS: RingBuf = RingBuf::with_byte_size(NEW_FLOWS_BYTES, 0);
+
+/// Flows created while [`NEW_FLOWS`] was full, by epoch parity.
+#[map]
+static UNLOGGED_FLOWS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
@@ -258,6 +268,7 @@ fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
     let counter = match flows.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             bump(Counter::Inserted);
+            log_new_flow(key, epoch);
             return;
         }
         Err(error) if error == -EEXIST => {
@@ -289,6 +300,31 @@ fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
             bump(Counter::Spilled);
         }
         None => bump(Counter::Lost),
+    }
+}
+
+/// Tells the drain that `epoch`'s map holds `key`; when the ring is full,
+/// counts it instead, and the drain walks that map.
+#[inline(always)]
+fn log_new_flow(key: &FlowKey, epoch: u32) {
+    match NEW_FLOWS.reserve::<NewFlow>(0) {
+        Some(mut entry) => {
+            let record = entry.as_mut_ptr();
+            // SAFETY: the reserved entry is sized and aligned for a NewFlow;
+            // every field is written before it is submitted.
+            unsafe {
+                (&raw mut (*record).key).write(*key);
+                (&raw mut (*record).epoch).write(epoch);
+                (&raw mut (*record)._pad).write(0);
+            }
+            entry.submit(0);
+        }
+        None => {
+            if let Some(value) = UNLOGGED_FLOWS.get_ptr_mut(epoch & 1) {
+                // SAFETY: per-CPU slot; TC programs do not preempt each other on one CPU.
+                unsafe { *value += 1 }
+            }
+        }
     }
 }
 

@@ -158,13 +158,7 @@ fn drain_100k() {
     let loaded_map = kernel_map_bytes();
     let mut durations = Vec::new();
     for round in 0..3 {
-        let classifier = datapath.classifier_mut(Direction::Ingress).unwrap();
-        for flow in 0..FLOWS {
-            let mut frame = udp_frame((flow % 60_000) as u16 + 1);
-            // Vary the destination address too, to get past 65535 distinct ports.
-            frame[33] = (flow / 60_000) as u8 + 2;
-            run(classifier, &frame, 1);
-        }
+        insert_flows(&mut datapath, FLOWS);
         let full_map = kernel_map_bytes();
         let started = Instant::now();
         let drained = datapath.drain().unwrap();
@@ -199,6 +193,49 @@ fn drain_100k() {
     );
 }
 
+/// Inserts `count` flows through the ingress classifier (one run each).
+fn insert_flows(datapath: &mut Datapath, count: u32) {
+    let classifier = datapath.classifier_mut(Direction::Ingress).unwrap();
+    for flow in 0..count {
+        let mut frame = udp_frame((flow % 60_000) as u16 + 1);
+        // Vary the destination address too, to get past 65535 distinct ports.
+        frame[33] = (flow / 60_000) as u8 + 2;
+        run(classifier, &frame, 1);
+    }
+}
+
+/// What a drain of an almost empty map (two flows) costs, whatever the map's
+/// capacity and whatever the interval before: after an idle interval, and
+/// right after an interval of 100k flows (whose map the next drain walks
+/// again). Medians of 5 rounds.
+fn almost_empty_drain() {
+    println!("drain of an almost empty map (2 flows), median of 5:");
+    for capacity in [65_536, 1_048_576] {
+        let mut datapath = Datapath::load(&DatapathConfig {
+            map_entries: capacity,
+            ..DatapathConfig::default()
+        })
+        .unwrap();
+        let (mut idle, mut after_busy) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            for (busy, times) in [(0, &mut idle), (100_000, &mut after_busy)] {
+                insert_flows(&mut datapath, busy);
+                datapath.drain().unwrap();
+                insert_flows(&mut datapath, 2);
+                let started = Instant::now();
+                let drained = datapath.drain().unwrap();
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(drained.len(), 2, "both flows drained");
+            }
+        }
+        println!(
+            "  map of {capacity} entries: {:.1} ms after an idle interval, {:.1} ms after 100000 flows",
+            median(idle),
+            median(after_busy)
+        );
+    }
+}
+
 /// Loads the programs as the agent does and pins `flow_ingress` at `path` (a
 /// bpffs file), for harnesses outside the project (NetObserv's side by side:
 /// `cargo xtask bench --peer-netobserv`). The pin keeps the program and its
@@ -226,4 +263,5 @@ fn main() {
     }
     per_packet_cost();
     drain_100k();
+    almost_empty_drain();
 }

@@ -36,6 +36,11 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const COUNTED_INTERFACES: &str = "COUNTED_INTERFACES";
 /// Name of the ring buffer that carries [`FlowEvent`]s when a flow map is full.
 pub const SPILL: &str = "SPILL";
+/// Name of the ring buffer listing the flows each epoch created ([`NewFlow`]).
+pub const NEW_FLOWS: &str = "NEW_FLOWS";
+/// Name of the per-CPU array counting, per epoch parity, the flows created
+/// while [`NEW_FLOWS`] was full: the drain then walks that map.
+pub const UNLOGGED_FLOWS: &str = "UNLOGGED_FLOWS";
 /// Name of the LRU map that remembers the ports of fragmented datagrams.
 pub const FRAGMENTS: &str = "FRAGMENTS";
 /// Name of the read-only global that enables debug logging from the programs.
@@ -58,6 +63,10 @@ pub const DEFAULT_FLOW_MAP_ENTRIES: u32 = 65_536;
 pub const FRAGMENT_MAP_ENTRIES: u32 = 4_096;
 /// Default size of the spill ring buffer in bytes (a power of two, multiple of the page size).
 pub const DEFAULT_SPILL_BYTES: u32 = 256 * 1024;
+/// Size of [`NEW_FLOWS`]: 1,170 [`NewFlow`] records (48 bytes and an 8-byte
+/// header each). A drain of fewer new flows reads just their keys; with more,
+/// it walks the map.
+pub const NEW_FLOWS_BYTES: u32 = 64 * 1024;
 
 /// IANA protocol numbers the datapath parses.
 pub mod protocol {
@@ -189,6 +198,20 @@ pub struct FlowEvent {
     pub stats: FlowStats,
 }
 
+/// A flow the programs created in a flow map, sent through [`NEW_FLOWS`]: the
+/// drain of an almost empty map moves out exactly these keys instead of
+/// walking every bucket, so it costs the same whatever the map's capacity.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewFlow {
+    /// The flow.
+    pub key: FlowKey,
+    /// The epoch whose map holds it.
+    pub epoch: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
 /// Control block written by userspace, read by the programs on every packet.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -302,6 +325,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::NewFlow {}
     unsafe impl aya::Pod for super::DatapathControl {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentPorts {}
@@ -345,6 +369,8 @@ mod tests {
     fn event_control_and_fragment_layouts() {
         assert_eq!(size_of::<FlowEvent>(), 88);
         assert_eq!(offset_of!(FlowEvent, stats), 40);
+        assert_eq!(size_of::<NewFlow>(), 48);
+        assert_eq!(offset_of!(NewFlow, epoch), 40);
         assert_eq!(size_of::<DatapathControl>(), 8);
         assert_eq!(size_of::<FragmentKey>(), 40);
         assert_eq!(offset_of!(FragmentKey, id), 32);

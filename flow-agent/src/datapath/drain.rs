@@ -12,8 +12,10 @@
 
 use std::io;
 
-use aya::maps::{MapData, MapError, PerCpuHashMap};
-use flow_common::{CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats};
+use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
+use flow_common::{
+    CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, NewFlow,
+};
 use tracing::{debug, warn};
 
 use super::{
@@ -24,6 +26,54 @@ use crate::drain::{DrainedFlows, FlowSample};
 
 /// Entries moved out per batched call.
 const BATCH: usize = 4096;
+
+/// A drain with at most this many new flows listed moves out just those keys
+/// (two system calls each); with more it walks the map, which costs the same
+/// whatever the map holds but grows with its capacity.
+const KEYED_DRAIN_LIMIT: usize = 1024;
+
+/// How a flow map was emptied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainStrategy {
+    /// Every bucket walked (batched, or key by key on old kernels).
+    Walked,
+    /// Just the keys the programs listed in `NEW_FLOWS`: this many.
+    Keyed(usize),
+}
+
+/// What the drain knows of the flow maps' keys from the `NEW_FLOWS` records.
+///
+/// Every flow the programs create is either listed there with its epoch, or
+/// counted in `UNLOGGED_FLOWS` (ring full). A map whose drained epoch has no
+/// unlisted flow and few listed ones is emptied key by key: an almost empty
+/// drain then costs the same at 65,536 entries as at 16 million.
+#[derive(Debug)]
+pub(super) struct FlowLog {
+    /// Keys the active epoch created, read from the ring at the previous drain.
+    pending: (u32, Vec<FlowKey>),
+    /// Per epoch parity: the map may hold keys no record lists. True at start
+    /// (pinned maps carry an earlier agent's flows) and after a drain of that
+    /// map failed part-way: it is walked then.
+    unlisted: [bool; 2],
+    /// How the last drain emptied its map.
+    last: DrainStrategy,
+}
+
+impl Default for FlowLog {
+    fn default() -> Self {
+        Self {
+            pending: (0, Vec::new()),
+            unlisted: [true, true],
+            last: DrainStrategy::Walked,
+        }
+    }
+}
+
+/// Which of the two maps, and of the two `UNLOGGED_FLOWS` entries, an epoch
+/// uses.
+fn parity(epoch: u32) -> usize {
+    (epoch & 1) as usize
+}
 
 /// Buffers for batched draining, kept across drains.
 #[derive(Debug, Default)]
@@ -48,37 +98,111 @@ impl Datapath {
     /// Moves every flow counted since the previous drain out of the kernel.
     ///
     /// First empties the inactive map of what an interrupted drain left there
-    /// (an agent killed in the middle of one, or a drain that failed): those
-    /// slots carry the previous epoch, and the map becomes the active one at
-    /// the switch, where the programs would reset them. Normally it is empty
-    /// and this costs one system call. Then switches the epoch, waits for
-    /// programs still using the old one, and empties the old epoch's map and
-    /// the spill ring buffer.
+    /// (an agent killed in the middle of one, or a drain that failed), when it
+    /// may hold any: those slots carry the previous epoch, and the map becomes
+    /// the active one at the switch, where the programs would reset them. Then
+    /// switches the epoch, waits for programs still using the old one, and
+    /// empties the old epoch's map (see [`FlowLog`]) and the spill ring buffer.
     ///
     /// A map that fails part-way is logged, not returned as an error: what was
     /// moved out is kept, and the rest is picked up by the next drain.
     pub fn drain(&mut self) -> Result<DrainedFlows, DatapathError> {
         let mut flows = DrainedFlows::default();
-        let leftover_epoch = self.epoch.wrapping_sub(1);
-        self.drain_map_keeping(leftover_epoch, &mut flows);
+        let inactive = self.epoch.wrapping_sub(1);
+        if self.flow_log.unlisted[parity(inactive)] {
+            match self.drain_map(inactive, &mut flows) {
+                Ok(()) => self.listed_again(inactive),
+                Err(error) => interrupted(inactive, &error),
+            }
+        }
         let drained_epoch = self.epoch;
         self.advance_epoch()?;
         self.inserted_at_flip = self.inserted()?;
-        self.drain_map_keeping(drained_epoch, &mut flows);
+        self.drain_epoch(drained_epoch, &mut flows);
         self.drain_spill(&mut flows);
         Ok(flows)
     }
 
-    /// [`Self::drain_map`], logging a failure: flows already moved stay in
-    /// `flows`, the rest stays in the map for the next drain.
-    fn drain_map_keeping(&mut self, epoch: u32, flows: &mut DrainedFlows) {
-        if let Err(error) = self.drain_map(epoch, flows) {
-            warn!(
-                epoch,
-                error = %error,
-                "drain interrupted; what is left in the map is drained next time"
-            );
+    /// How the last drain emptied its map.
+    pub fn last_drain(&self) -> DrainStrategy {
+        self.flow_log.last
+    }
+
+    /// Empties a quiescent epoch's map: just the keys the programs listed, or
+    /// the whole map when it may hold others or the list is long. A failure is
+    /// logged, and the map is walked next time.
+    fn drain_epoch(&mut self, epoch: u32, flows: &mut DrainedFlows) {
+        let keys = self.listed_keys(epoch);
+        let fully_listed =
+            !self.flow_log.unlisted[parity(epoch)] && self.unlogged(epoch) == Some(0);
+        let result = if fully_listed && keys.len() <= KEYED_DRAIN_LIMIT {
+            self.drain_keys(epoch, &keys, flows)
+                .map(|()| DrainStrategy::Keyed(keys.len()))
+        } else {
+            self.drain_map(epoch, flows).map(|()| DrainStrategy::Walked)
+        };
+        match result {
+            Ok(strategy) => {
+                self.flow_log.last = strategy;
+                self.listed_again(epoch);
+            }
+            Err(error) => {
+                self.flow_log.unlisted[parity(epoch)] = true;
+                interrupted(epoch, &error);
+            }
         }
+    }
+
+    /// The keys `epoch` created, as listed: those read at the previous drain
+    /// and those in the ring now. Records of the active epoch are kept for the
+    /// next drain; older ones belong to maps walked since.
+    fn listed_keys(&mut self, epoch: u32) -> Vec<FlowKey> {
+        let (pending_epoch, pending) = std::mem::take(&mut self.flow_log.pending);
+        let mut keys = if pending_epoch == epoch {
+            pending
+        } else {
+            Vec::new()
+        };
+        let mut next = Vec::new();
+        while let Some(item) = self.new_flows.next() {
+            if item.len() < size_of::<NewFlow>() {
+                warn!(len = item.len(), "short new-flow record ignored");
+                continue;
+            }
+            // SAFETY: the record holds a NewFlow written by the programs.
+            let NewFlow { key, epoch: of, .. } =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewFlow>()) };
+            if of == epoch {
+                keys.push(key);
+            } else if of == self.epoch {
+                next.push(key);
+            }
+        }
+        self.flow_log.pending = (self.epoch, next);
+        keys
+    }
+
+    /// Flows `epoch` created that no record lists; `None` when unreadable.
+    fn unlogged(&self, epoch: u32) -> Option<u64> {
+        self.unlogged_flows
+            .get(&(parity(epoch) as u32), 0)
+            .ok()
+            .map(|values| values.iter().sum())
+    }
+
+    /// After `epoch`'s map was emptied whole: it holds nothing unlisted, and
+    /// its count of unlisted flows starts again (no program writes that count
+    /// until the map is active again).
+    fn listed_again(&mut self, epoch: u32) {
+        let zeros = aya::util::nr_cpus()
+            .ok()
+            .and_then(|cpus| PerCpuValues::try_from(vec![0u64; cpus]).ok());
+        let reset = zeros.is_some_and(|zeros| {
+            self.unlogged_flows
+                .set(parity(epoch) as u32, zeros, 0)
+                .is_ok()
+        });
+        self.flow_log.unlisted[parity(epoch)] = !reset;
     }
 
     /// Drains both flow maps and the spill ring buffer. Call after
@@ -87,7 +211,7 @@ impl Datapath {
         let mut flows = self.drain()?;
         let current = self.epoch;
         self.barrier.wait().map_err(DatapathError::Barrier)?;
-        self.drain_map_keeping(current, &mut flows);
+        self.drain_epoch(current, &mut flows);
         self.drain_spill(&mut flows);
         Ok(flows)
     }
@@ -160,6 +284,7 @@ impl Datapath {
         drain_batched(&BatchMap::per_cpu_hash(map)?, epoch, batch_buffers, flows)
     }
 
+    /// Walks a map key by key (kernels without batch operations).
     fn drain_map_by_key(
         &mut self,
         epoch: u32,
@@ -174,26 +299,32 @@ impl Datapath {
                 map: name,
                 source: Box::new(source),
             })?;
+        self.drain_keys(epoch, &keys, flows)
+    }
+
+    /// Moves these keys' entries out of `epoch`'s map: read, then delete.
+    fn drain_keys(
+        &mut self,
+        epoch: u32,
+        keys: &[FlowKey],
+        flows: &mut DrainedFlows,
+    ) -> Result<(), DatapathError> {
+        let (name, map) = self.flows_map(epoch);
+        let failed = |operation, source| DatapathError::Map {
+            operation,
+            map: name,
+            source: Box::new(source),
+        };
         for key in keys {
-            match map.get(&key, 0) {
-                Ok(values) => flows.add_slots(key, &values, epoch),
+            match map.get(key, 0) {
+                Ok(values) => flows.add_slots(*key, &values, epoch),
                 Err(MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(DatapathError::Map {
-                        operation: "read",
-                        map: name,
-                        source: Box::new(source),
-                    });
-                }
+                Err(source) => return Err(failed("read", source)),
             }
-            if let Err(source) = map.remove(&key)
+            if let Err(source) = map.remove(key)
                 && !matches!(source, MapError::KeyNotFound)
             {
-                return Err(DatapathError::Map {
-                    operation: "delete from",
-                    map: name,
-                    source: Box::new(source),
-                });
+                return Err(failed("delete from", source));
             }
         }
         Ok(())
@@ -211,6 +342,16 @@ impl Datapath {
             flows.add_sample(FlowSample::from_stats(key, &stats));
         }
     }
+}
+
+/// Logs a drain that stopped part-way: what it moved out is kept, the rest
+/// is drained next time.
+fn interrupted(epoch: u32, error: &DatapathError) {
+    warn!(
+        epoch,
+        error = %error,
+        "drain interrupted; what is left in the map is drained next time"
+    );
 }
 
 /// Whether a batched drain failed because the kernel has no batch operations

@@ -16,13 +16,14 @@ use aya::{
 use flow_common::{
     COARSE_CLOCK, CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl,
     Direction, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey, FlowStats, FragmentKey, FragmentPorts,
-    PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
+    NEW_FLOWS, PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL, UNLOGGED_FLOWS,
 };
 use tracing::{debug, warn};
 
 use super::{
     AttachMode, Datapath, DatapathError, EBPF_OBJECT,
     attach::{kernel_version_string, tcx_supported},
+    drain,
     error::{classify, root_io_error},
     logger::start_ebpf_logger,
     pin::{MapShape, PINNED_MAPS, PinDir, PinError},
@@ -151,6 +152,8 @@ fn pinned_sizes(
         }));
     }
     pins.pinned_capacity(COUNTED_INTERFACES, shape(MapType::Hash, 4, 1))?;
+    pins.pinned_capacity(NEW_FLOWS, shape(MapType::RingBuf, 0, 0))?;
+    pins.pinned_capacity(UNLOGGED_FLOWS, shape(MapType::PerCpuArray, 4, 8))?;
     pins.pinned_capacity(
         FRAGMENTS,
         shape(
@@ -327,6 +330,8 @@ impl Datapath {
         let counted_interfaces =
             typed(take_map(&mut ebpf, COUNTED_INTERFACES)?, COUNTED_INTERFACES)?;
         let spill = typed(take_map(&mut ebpf, SPILL)?, SPILL)?;
+        let new_flows = typed(take_map(&mut ebpf, NEW_FLOWS)?, NEW_FLOWS)?;
+        let unlogged_flows = typed(take_map(&mut ebpf, UNLOGGED_FLOWS)?, UNLOGGED_FLOWS)?;
         let DatapathControl { epoch, .. } =
             control.get(&0, 0).map_err(|source| DatapathError::Map {
                 operation: "read",
@@ -343,6 +348,9 @@ impl Datapath {
             counted_interfaces,
             bridges: BTreeSet::new(),
             spill,
+            new_flows,
+            unlogged_flows,
+            flow_log: drain::FlowLog::default(),
             barrier,
             epoch,
             attach_mode,

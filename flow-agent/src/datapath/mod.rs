@@ -28,6 +28,7 @@ use pin::PinDir;
 pub use self::{
     attach::AttachMode,
     counters::DatapathCounters,
+    drain::DrainStrategy,
     error::DatapathError,
     load::{DEFAULT_FLOW_MAP_BUDGET, DatapathConfig, auto_map_entries, bytes_per_map_entry},
 };
@@ -53,6 +54,11 @@ pub struct Datapath {
     /// [`Datapath::set_bridges`]).
     bridges: BTreeSet<u32>,
     spill: RingBuf<MapData>,
+    /// The flows each epoch created, and how many went unlisted.
+    new_flows: RingBuf<MapData>,
+    unlogged_flows: PerCpuArray<MapData, u64>,
+    /// What the drain knows of each map's keys from them.
+    flow_log: drain::FlowLog,
     barrier: sys::RcuBarrier,
     epoch: u32,
     attach_mode: AttachMode,
