@@ -259,5 +259,6 @@ pub(crate) fn bench(agent_binary: &Path) -> Result<()> {
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "agents"])?;
     agent_at_100k_flows(agent_binary)?;
     hubble_followers(agent_binary)?;
+    crate::packets::small_packets(agent_binary)?;
     throughput(agent_binary)
 }

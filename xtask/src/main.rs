@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod hubble_compat;
+mod packets;
 mod setup;
 
 use std::{path::PathBuf, process::Command, time::Duration};
