@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use flow_lab::{AgentProcess, Node};
 
+use crate::peer::PeerBench;
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -253,8 +255,22 @@ fn hubble_followers(agent_binary: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn bench(agent_binary: &Path) -> Result<()> {
-    crate::cargo(&["bench", "--package", "flow-agent", "--bench", "datapath"])?;
+/// Runs every benchmark; with `peer`, our classifier beside NetObserv's too.
+pub(crate) fn bench(agent_binary: &Path, peer: Option<&PeerBench>) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let datapath = ["bench", "--package", "flow-agent", "--bench", "datapath"];
+    match peer {
+        Some(peer) => {
+            peer.existing_flow()?;
+            let object = PeerBench::object();
+            crate::setup::status(
+                &cargo,
+                &datapath,
+                &[("FLOW_AGENT_BENCH_PEER_OBJECT", &object.to_string_lossy())],
+            )?;
+        }
+        None => crate::setup::status(&cargo, &datapath, &[])?,
+    }
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "api"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "agents"])?;
     agent_at_100k_flows(agent_binary)?;

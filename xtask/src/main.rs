@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod hubble_compat;
 mod packets;
+mod peer;
 mod setup;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -41,9 +42,21 @@ enum Task {
         seconds: u64,
     },
     /// Set up, then run the datapath and API benchmarks, a real agent at 100k
-    /// flows and with 200 Hubble followers, and compare TCP throughput with
-    /// and without flow-agent (root; installs iperf3).
-    Bench,
+    /// flows and with 200 Hubble followers, and compare small-packet rates
+    /// and TCP throughput with and without flow-agent (root; installs
+    /// iperf3).
+    Bench {
+        /// NetObserv's eBPF sources (netobserv-ebpf-agent's bpf/ folder, or
+        /// the repository): also measure our classifier beside NetObserv's
+        /// program in the shared BPF_PROG_TEST_RUN harness, for a packet of an
+        /// existing flow and one that creates a flow.
+        #[arg(long, value_name = "DIR", value_parser = from_invocation_dir)]
+        peer_netobserv: Option<PathBuf>,
+        /// The harness's folder (with run.sh), if not
+        /// ../shared/bench/peer-netobserv beside the workspace.
+        #[arg(long, value_name = "DIR", value_parser = from_invocation_dir, requires = "peer_netobserv")]
+        peer_harness: Option<PathBuf>,
+    },
     /// Check that proto/hubble is a wire-compatible subset of Cilium's Hubble
     /// API: every message, field, enum value, service and method it declares
     /// exists upstream with the same number, name, type, label and oneof, so
@@ -131,10 +144,16 @@ fn main() -> Result<()> {
             let binary = prepare_agent("debug")?;
             demo::demo(&binary, Duration::from_secs(seconds))
         }
-        Task::Bench => {
+        Task::Bench {
+            peer_netobserv,
+            peer_harness,
+        } => {
+            let peer = peer_netobserv
+                .map(|dir| peer::PeerBench::new(&dir, peer_harness))
+                .transpose()?;
             setup::ensure_program("iperf3", "iperf3")?;
             let binary = prepare_agent("release")?;
-            bench::bench(&binary)
+            bench::bench(&binary, peer.as_ref())
         }
         Task::HubbleCompat { upstream } => hubble_compat::run(&upstream),
     }
