@@ -26,8 +26,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use flow_common::{
     Counter, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_SPILL_BYTES, DatapathControl, Direction,
-    FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts,
-    NEW_FLOWS_BYTES, NewFlow,
+    FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts, NewFlowLog,
 };
 
 use crate::parse::{Linear, Packet, Paged, ParseError};
@@ -81,14 +80,10 @@ static COUNTED_INTERFACES: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 
 #[map]
 static SPILL: RingBuf = RingBuf::with_byte_size(DEFAULT_SPILL_BYTES, 0);
 
-/// Every flow created in a flow map, with its epoch, for the drain (see
-/// [`NewFlow`]).
+/// Every flow created in a flow map, per CPU and epoch parity, for the drain
+/// (see [`NewFlowLog`]).
 #[map]
-static NEW_FLOWS: RingBuf = RingBuf::with_byte_size(NEW_FLOWS_BYTES, 0);
-
-/// Flows created while [`NEW_FLOWS`] was full, by epoch parity.
-#[map]
-static UNLOGGED_FLOWS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static NEW_FLOW_LOG: PerCpuArray<NewFlowLog> = PerCpuArray::with_max_entries(2, 0);
 
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
@@ -303,28 +298,29 @@ fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
     }
 }
 
-/// Tells the drain that `epoch`'s map holds `key`; when the ring is full,
-/// counts it instead, and the drain walks that map.
+/// Tells the drain that `epoch`'s map holds `key`: appends it to this CPU's
+/// log for the epoch, started afresh at the epoch's first new flow. Once the
+/// log is full it is marked overflowed, and the drain walks that map.
 #[inline(always)]
 fn log_new_flow(key: &FlowKey, epoch: u32) {
-    match NEW_FLOWS.reserve::<NewFlow>(0) {
-        Some(mut entry) => {
-            let record = entry.as_mut_ptr();
-            // SAFETY: the reserved entry is sized and aligned for a NewFlow;
-            // every field is written before it is submitted.
-            unsafe {
-                (&raw mut (*record).key).write(*key);
-                (&raw mut (*record).epoch).write(epoch);
-                (&raw mut (*record)._pad).write(0);
-            }
-            entry.submit(0);
+    let Some(log) = NEW_FLOW_LOG.get_ptr_mut(epoch & 1) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of an array element, valid until the program
+    // exits; TC programs do not preempt each other on one CPU, and userspace
+    // reads this parity only once no program uses its epoch.
+    let log = unsafe { &mut *log };
+    if log.epoch != epoch {
+        log.epoch = epoch;
+        log.len = 0;
+    }
+    let len = log.len;
+    match log.keys.get_mut(len as usize) {
+        Some(slot) => {
+            *slot = *key;
+            log.len = len + 1;
         }
-        None => {
-            if let Some(value) = UNLOGGED_FLOWS.get_ptr_mut(epoch & 1) {
-                // SAFETY: per-CPU slot; TC programs do not preempt each other on one CPU.
-                unsafe { *value += 1 }
-            }
-        }
+        None => log.len = NewFlowLog::OVERFLOWED,
     }
 }
 

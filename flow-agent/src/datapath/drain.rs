@@ -12,10 +12,8 @@
 
 use std::io;
 
-use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
-use flow_common::{
-    CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, NewFlow,
-};
+use aya::maps::{MapData, MapError, PerCpuHashMap};
+use flow_common::{CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats};
 use tracing::{debug, warn};
 
 use super::{
@@ -37,21 +35,20 @@ const KEYED_DRAIN_LIMIT: usize = 1024;
 pub enum DrainStrategy {
     /// Every bucket walked (batched, or key by key on old kernels).
     Walked,
-    /// Just the keys the programs listed in `NEW_FLOWS`: this many.
+    /// Just the keys the programs listed in `NEW_FLOW_LOG`: this many.
     Keyed(usize),
 }
 
-/// What the drain knows of the flow maps' keys from the `NEW_FLOWS` records.
+/// What the drain knows of the flow maps' keys from `NEW_FLOW_LOG`.
 ///
-/// Every flow the programs create is either listed there with its epoch, or
-/// counted in `UNLOGGED_FLOWS` (ring full). A map whose drained epoch has no
-/// unlisted flow and few listed ones is emptied key by key: an almost empty
-/// drain then costs the same at 65,536 entries as at 16 million.
+/// Every flow the programs create is listed in its CPU's log for the epoch,
+/// unless that log overflowed (see [`flow_common::NewFlowLog`]). A map whose
+/// drained epoch has no unlisted flow and few listed ones is emptied key by
+/// key: an almost empty drain then costs the same at 65,536 entries as at 16
+/// million.
 #[derive(Debug)]
 pub(super) struct FlowLog {
-    /// Keys the active epoch created, read from the ring at the previous drain.
-    pending: (u32, Vec<FlowKey>),
-    /// Per epoch parity: the map may hold keys no record lists. True at start
+    /// Per epoch parity: the map may hold keys no log lists. True at start
     /// (pinned maps carry an earlier agent's flows) and after a drain of that
     /// map failed part-way: it is walked then.
     unlisted: [bool; 2],
@@ -62,14 +59,13 @@ pub(super) struct FlowLog {
 impl Default for FlowLog {
     fn default() -> Self {
         Self {
-            pending: (0, Vec::new()),
             unlisted: [true, true],
             last: DrainStrategy::Walked,
         }
     }
 }
 
-/// Which of the two maps, and of the two `UNLOGGED_FLOWS` entries, an epoch
+/// Which of the two maps, and of the two `NEW_FLOW_LOG` entries, an epoch
 /// uses.
 fn parity(epoch: u32) -> usize {
     (epoch & 1) as usize
@@ -111,7 +107,7 @@ impl Datapath {
         let inactive = self.epoch.wrapping_sub(1);
         if self.flow_log.unlisted[parity(inactive)] {
             match self.drain_map(inactive, &mut flows) {
-                Ok(()) => self.listed_again(inactive),
+                Ok(()) => self.flow_log.unlisted[parity(inactive)] = false,
                 Err(error) => interrupted(inactive, &error),
             }
         }
@@ -132,19 +128,20 @@ impl Datapath {
     /// the whole map when it may hold others or the list is long. A failure is
     /// logged, and the map is walked next time.
     fn drain_epoch(&mut self, epoch: u32, flows: &mut DrainedFlows) {
-        let keys = self.listed_keys(epoch);
-        let fully_listed =
-            !self.flow_log.unlisted[parity(epoch)] && self.unlogged(epoch) == Some(0);
-        let result = if fully_listed && keys.len() <= KEYED_DRAIN_LIMIT {
-            self.drain_keys(epoch, &keys, flows)
-                .map(|()| DrainStrategy::Keyed(keys.len()))
-        } else {
-            self.drain_map(epoch, flows).map(|()| DrainStrategy::Walked)
+        let listed = match self.flow_log.unlisted[parity(epoch)] {
+            true => None,
+            false => self.listed_keys(epoch),
+        };
+        let result = match listed {
+            Some(keys) => self
+                .drain_keys(epoch, &keys, flows)
+                .map(|()| DrainStrategy::Keyed(keys.len())),
+            None => self.drain_map(epoch, flows).map(|()| DrainStrategy::Walked),
         };
         match result {
             Ok(strategy) => {
                 self.flow_log.last = strategy;
-                self.listed_again(epoch);
+                self.flow_log.unlisted[parity(epoch)] = false;
             }
             Err(error) => {
                 self.flow_log.unlisted[parity(epoch)] = true;
@@ -153,56 +150,27 @@ impl Datapath {
         }
     }
 
-    /// The keys `epoch` created, as listed: those read at the previous drain
-    /// and those in the ring now. Records of the active epoch are kept for the
-    /// next drain; older ones belong to maps walked since.
-    fn listed_keys(&mut self, epoch: u32) -> Vec<FlowKey> {
-        let (pending_epoch, pending) = std::mem::take(&mut self.flow_log.pending);
-        let mut keys = if pending_epoch == epoch {
-            pending
-        } else {
-            Vec::new()
-        };
-        let mut next = Vec::new();
-        while let Some(item) = self.new_flows.next() {
-            if item.len() < size_of::<NewFlow>() {
-                warn!(len = item.len(), "short new-flow record ignored");
-                continue;
+    /// Every key `epoch` created, from each CPU's log, when there are at most
+    /// [`KEYED_DRAIN_LIMIT`]; `None` when there are more, a CPU's log
+    /// overflowed, or the logs cannot be read: the map is walked then. Call
+    /// only once no program uses `epoch` (a CPU's log is rewritten at the next
+    /// epoch of the same parity).
+    fn listed_keys(&self, epoch: u32) -> Option<Vec<FlowKey>> {
+        let logs = match self.new_flow_log.get(&(parity(epoch) as u32), 0) {
+            Ok(logs) => logs,
+            Err(error) => {
+                warn!(%error, "cannot read the new-flow log; walking the map");
+                return None;
             }
-            // SAFETY: the record holds a NewFlow written by the programs.
-            let NewFlow { key, epoch: of, .. } =
-                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewFlow>()) };
-            if of == epoch {
-                keys.push(key);
-            } else if of == self.epoch {
-                next.push(key);
+        };
+        let mut keys = Vec::new();
+        for log in logs.iter() {
+            keys.extend_from_slice(log.keys_of(epoch)?);
+            if keys.len() > KEYED_DRAIN_LIMIT {
+                return None;
             }
         }
-        self.flow_log.pending = (self.epoch, next);
-        keys
-    }
-
-    /// Flows `epoch` created that no record lists; `None` when unreadable.
-    fn unlogged(&self, epoch: u32) -> Option<u64> {
-        self.unlogged_flows
-            .get(&(parity(epoch) as u32), 0)
-            .ok()
-            .map(|values| values.iter().sum())
-    }
-
-    /// After `epoch`'s map was emptied whole: it holds nothing unlisted, and
-    /// its count of unlisted flows starts again (no program writes that count
-    /// until the map is active again).
-    fn listed_again(&mut self, epoch: u32) {
-        let zeros = aya::util::nr_cpus()
-            .ok()
-            .and_then(|cpus| PerCpuValues::try_from(vec![0u64; cpus]).ok());
-        let reset = zeros.is_some_and(|zeros| {
-            self.unlogged_flows
-                .set(parity(epoch) as u32, zeros, 0)
-                .is_ok()
-        });
-        self.flow_log.unlisted[parity(epoch)] = !reset;
+        Some(keys)
     }
 
     /// Drains both flow maps and the spill ring buffer. Call after

@@ -16,7 +16,7 @@ use aya::{
 use flow_common::{
     COARSE_CLOCK, CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl,
     Direction, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey, FlowStats, FragmentKey, FragmentPorts,
-    NEW_FLOWS, PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL, UNLOGGED_FLOWS,
+    NEW_FLOW_LOG, NewFlowLog, PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use tracing::{debug, warn};
 
@@ -152,8 +152,10 @@ fn pinned_sizes(
         }));
     }
     pins.pinned_capacity(COUNTED_INTERFACES, shape(MapType::Hash, 4, 1))?;
-    pins.pinned_capacity(NEW_FLOWS, shape(MapType::RingBuf, 0, 0))?;
-    pins.pinned_capacity(UNLOGGED_FLOWS, shape(MapType::PerCpuArray, 4, 8))?;
+    pins.pinned_capacity(
+        NEW_FLOW_LOG,
+        shape(MapType::PerCpuArray, 4, size_of::<NewFlowLog>()),
+    )?;
     pins.pinned_capacity(
         FRAGMENTS,
         shape(
@@ -330,8 +332,7 @@ impl Datapath {
         let counted_interfaces =
             typed(take_map(&mut ebpf, COUNTED_INTERFACES)?, COUNTED_INTERFACES)?;
         let spill = typed(take_map(&mut ebpf, SPILL)?, SPILL)?;
-        let new_flows = typed(take_map(&mut ebpf, NEW_FLOWS)?, NEW_FLOWS)?;
-        let unlogged_flows = typed(take_map(&mut ebpf, UNLOGGED_FLOWS)?, UNLOGGED_FLOWS)?;
+        let new_flow_log = typed(take_map(&mut ebpf, NEW_FLOW_LOG)?, NEW_FLOW_LOG)?;
         let DatapathControl { epoch, .. } =
             control.get(&0, 0).map_err(|source| DatapathError::Map {
                 operation: "read",
@@ -348,8 +349,7 @@ impl Datapath {
             counted_interfaces,
             bridges: BTreeSet::new(),
             spill,
-            new_flows,
-            unlogged_flows,
+            new_flow_log,
             flow_log: drain::FlowLog::default(),
             barrier,
             epoch,

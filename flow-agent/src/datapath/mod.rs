@@ -22,7 +22,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use flow_common::{DatapathControl, FlowKey, FlowStats};
+use flow_common::{DatapathControl, FlowKey, FlowStats, NewFlowLog};
 use pin::PinDir;
 
 pub use self::{
@@ -54,10 +54,9 @@ pub struct Datapath {
     /// [`Datapath::set_bridges`]).
     bridges: BTreeSet<u32>,
     spill: RingBuf<MapData>,
-    /// The flows each epoch created, and how many went unlisted.
-    new_flows: RingBuf<MapData>,
-    unlogged_flows: PerCpuArray<MapData, u64>,
-    /// What the drain knows of each map's keys from them.
+    /// The flows each CPU created in each epoch.
+    new_flow_log: PerCpuArray<MapData, NewFlowLog>,
+    /// What the drain knows of each map's keys from it.
     flow_log: drain::FlowLog,
     barrier: sys::RcuBarrier,
     epoch: u32,

@@ -25,8 +25,8 @@ use aya::{
     programs::{TcAttachType, tc},
 };
 use flow_common::{
-    CONTROL, COUNTED_INTERFACES, COUNTERS, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, NEW_FLOWS,
-    PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL, UNLOGGED_FLOWS,
+    CONTROL, COUNTED_INTERFACES, COUNTERS, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, NEW_FLOW_LOG,
+    PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use thiserror::Error;
 
@@ -34,15 +34,14 @@ use thiserror::Error;
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
 /// Maps that are pinned, and so shared between successive agents.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 8] = [
     FLOWS_EVEN,
     FLOWS_ODD,
     CONTROL,
     COUNTERS,
     COUNTED_INTERFACES,
     SPILL,
-    NEW_FLOWS,
-    UNLOGGED_FLOWS,
+    NEW_FLOW_LOG,
     FRAGMENTS,
 ];
 
