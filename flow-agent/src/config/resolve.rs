@@ -1,0 +1,578 @@
+//! [`RunConfig::resolve`]: merged options validated and filled with defaults,
+//! one group of related options at a time.
+//!
+//! Each group takes its options by value, so that an option added to
+//! [`RunOptions`] and not resolved here fails to compile. A setting that
+//! only means something beside another (TLS without an API, a rotation size
+//! without a file) is refused rather than ignored.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use super::{
+    CLOSED_CONNECTION_TIMEOUT, ConfigError, DEFAULT_FLOW_IDLE_TIMEOUT, DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_GRAPH_MAX_EDGES, DEFAULT_GRPC_BUFFER, DEFAULT_GRPC_MAX_SUBSCRIBERS,
+    DEFAULT_GRPC_SUBSCRIBER_QUEUE, DEFAULT_HUBBLE_TLS_SERVER_NAME, DEFAULT_IDENTITY_GRACE,
+    DEFAULT_OUTPUT_FILE_KEEP, DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_TENANT_LABEL, IdentitySettings,
+    IdentitySource, MAX_MAP_SIZE, MAX_SPILL_SIZE, MAX_TIMEOUT, MIN_SPILL_SIZE, RunConfig,
+    RunOptions,
+};
+use crate::{
+    api::{
+        hub::HubSettings,
+        server::{ApiSettings, HubbleSettings},
+    },
+    datapath::{AttachMode, DatapathConfig},
+    flows::TrackerConfig,
+    interfaces::InterfaceSelector,
+    output::FileSinkSettings,
+    policy::learner::LearnerSettings,
+};
+
+impl RunConfig {
+    /// Validates merged options and fills in defaults.
+    pub fn resolve(options: RunOptions) -> Result<Self, ConfigError> {
+        let RunOptions {
+            interfaces,
+            exclude_interfaces,
+            wait_for_interfaces,
+            flush_interval,
+            map_size,
+            spill_size,
+            flow_idle_timeout,
+            attach_mode,
+            output,
+            ebpf_debug,
+            node_name,
+            inventory,
+            kubernetes,
+            tenant_label,
+            identity_grace,
+            grpc_listen,
+            grpc_tls_cert,
+            grpc_tls_key,
+            grpc_client_ca,
+            grpc_access,
+            grpc_allow_plaintext,
+            grpc_buffer,
+            grpc_subscriber_queue,
+            grpc_max_subscribers,
+            hubble_listen,
+            hubble_tls_server_name,
+            output_file,
+            output_file_max_size,
+            output_file_keep,
+            state_dir,
+            graph_expiry,
+            graph_max_edges,
+            policies,
+            metrics_listen,
+            metrics_workload_pairs,
+            pin_dir,
+        } = options;
+        let flush_interval = resolve_flush_interval(flush_interval)?;
+        let tracker = resolve_tracker(flow_idle_timeout, flush_interval)?;
+        let datapath = DatapathOptions {
+            map_size,
+            spill_size,
+            attach_mode,
+            ebpf_debug,
+            pin_dir,
+        }
+        .resolve()?;
+        let identity = IdentityOptions {
+            inventory,
+            kubernetes,
+            tenant_label,
+            identity_grace,
+        }
+        .resolve(flush_interval)?;
+        let api = ApiOptions {
+            grpc_listen,
+            grpc_tls_cert,
+            grpc_tls_key,
+            grpc_client_ca,
+            grpc_access,
+            grpc_allow_plaintext,
+            grpc_buffer,
+            grpc_subscriber_queue,
+            grpc_max_subscribers,
+            hubble_listen,
+            hubble_tls_server_name,
+        }
+        .resolve()?;
+        let file = FileOptions {
+            output_file,
+            output_file_max_size,
+            output_file_keep,
+        }
+        .resolve()?;
+        let learner = LearnerOptions {
+            state_dir,
+            graph_expiry,
+            graph_max_edges,
+        }
+        .resolve(flush_interval)?;
+        Ok(Self {
+            interfaces: InterfaceSelector::new(
+                &interfaces.unwrap_or_default(),
+                &exclude_interfaces.unwrap_or_default(),
+            )?,
+            wait_for_interfaces: wait_for_interfaces.unwrap_or(false),
+            flush_interval,
+            datapath,
+            tracker,
+            output: output.unwrap_or_default(),
+            node_name: node_name
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(hostname),
+            identity,
+            api,
+            file,
+            learner,
+            policies,
+            metrics: resolve_metrics(metrics_listen, metrics_workload_pairs)?,
+        })
+    }
+}
+
+fn human(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+fn resolve_flush_interval(flush_interval: Option<Duration>) -> Result<Duration, ConfigError> {
+    let flush_interval = flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL);
+    if flush_interval < Duration::from_millis(50) || flush_interval > Duration::from_secs(3600) {
+        return Err(invalid(
+            "flush-interval",
+            human(flush_interval),
+            "between 50ms and 1h",
+        ));
+    }
+    Ok(flush_interval)
+}
+
+/// Without an explicit idle timeout, connections are remembered for at least
+/// two flush intervals, so that long intervals keep their direction.
+fn resolve_tracker(
+    flow_idle_timeout: Option<Duration>,
+    flush_interval: Duration,
+) -> Result<TrackerConfig, ConfigError> {
+    let idle_timeout =
+        flow_idle_timeout.unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT.max(2 * flush_interval));
+    if idle_timeout < flush_interval || idle_timeout > MAX_TIMEOUT {
+        return Err(invalid(
+            "flow-idle-timeout",
+            human(idle_timeout),
+            "at least the flush interval and at most 24h",
+        ));
+    }
+    Ok(TrackerConfig {
+        idle_timeout_ns: idle_timeout.as_nanos() as u64,
+        closed_timeout_ns: CLOSED_CONNECTION_TIMEOUT.as_nanos() as u64,
+    })
+}
+
+struct DatapathOptions {
+    map_size: Option<u32>,
+    spill_size: Option<u32>,
+    attach_mode: Option<AttachMode>,
+    ebpf_debug: Option<bool>,
+    pin_dir: Option<PathBuf>,
+}
+
+impl DatapathOptions {
+    fn resolve(self) -> Result<DatapathConfig, ConfigError> {
+        let map_entries = self
+            .map_size
+            .unwrap_or_else(crate::datapath::auto_map_entries);
+        if map_entries == 0 || map_entries > MAX_MAP_SIZE {
+            return Err(invalid(
+                "map-size",
+                map_entries,
+                "between 1 and 16777216 flows",
+            ));
+        }
+        let spill_bytes = self.spill_size.unwrap_or(flow_common::DEFAULT_SPILL_BYTES);
+        if !spill_bytes.is_power_of_two()
+            || !(MIN_SPILL_SIZE..=MAX_SPILL_SIZE).contains(&spill_bytes)
+        {
+            return Err(invalid(
+                "spill-size",
+                spill_bytes,
+                "a power of two between 4096 and 1073741824 bytes",
+            ));
+        }
+        Ok(DatapathConfig {
+            map_entries,
+            spill_bytes,
+            attach_mode: self.attach_mode.unwrap_or_default(),
+            ebpf_debug: self.ebpf_debug.unwrap_or(false),
+            paged_reads_only: false,
+            precise_clock: false,
+            pin_dir: self.pin_dir,
+        })
+    }
+}
+
+struct IdentityOptions {
+    inventory: Option<PathBuf>,
+    kubernetes: Option<bool>,
+    tenant_label: Option<String>,
+    identity_grace: Option<Duration>,
+}
+
+impl IdentityOptions {
+    fn resolve(self, flush_interval: Duration) -> Result<Option<IdentitySettings>, ConfigError> {
+        let Some(source) = self.source()? else {
+            return self.without_source().map(|()| None);
+        };
+        let tenant_label = self
+            .tenant_label
+            .unwrap_or_else(|| DEFAULT_TENANT_LABEL.to_owned());
+        if tenant_label.is_empty() {
+            return Err(invalid(
+                "tenant-label",
+                "\"\"",
+                "a namespace label key, such as tenant",
+            ));
+        }
+        // At least two flush intervals, so late flows still resolve.
+        let grace = self
+            .identity_grace
+            .unwrap_or(DEFAULT_IDENTITY_GRACE.max(2 * flush_interval));
+        if grace < 2 * flush_interval || grace > MAX_TIMEOUT {
+            return Err(invalid(
+                "identity-grace",
+                human(grace),
+                "at least two flush intervals (so late flows still resolve) and at most 24h",
+            ));
+        }
+        Ok(Some(IdentitySettings {
+            source,
+            tenant_label,
+            grace,
+        }))
+    }
+
+    fn source(&self) -> Result<Option<IdentitySource>, ConfigError> {
+        match (&self.inventory, self.kubernetes.unwrap_or(false)) {
+            (Some(_), true) => Err(invalid(
+                "inventory",
+                "together with kubernetes",
+                "one identity source: --inventory FILE or --kubernetes",
+            )),
+            (Some(path), false) => Ok(Some(IdentitySource::Inventory(path.clone()))),
+            (None, true) => Ok(Some(IdentitySource::Kubernetes)),
+            (None, false) => Ok(None),
+        }
+    }
+
+    /// Identity settings without an identity source would be ignored.
+    fn without_source(&self) -> Result<(), ConfigError> {
+        if let Some(label) = &self.tenant_label {
+            return Err(invalid(
+                "tenant-label",
+                label,
+                "--inventory FILE or --kubernetes as well: tenants come from the identity",
+            ));
+        }
+        if let Some(grace) = self.identity_grace {
+            return Err(invalid(
+                "identity-grace",
+                human(grace),
+                "--inventory FILE or --kubernetes as well: it keeps deleted pods' identities",
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct ApiOptions {
+    grpc_listen: Option<SocketAddr>,
+    grpc_tls_cert: Option<PathBuf>,
+    grpc_tls_key: Option<PathBuf>,
+    grpc_client_ca: Option<PathBuf>,
+    grpc_access: Option<PathBuf>,
+    grpc_allow_plaintext: Option<bool>,
+    grpc_buffer: Option<usize>,
+    grpc_subscriber_queue: Option<usize>,
+    grpc_max_subscribers: Option<usize>,
+    hubble_listen: Option<SocketAddr>,
+    hubble_tls_server_name: Option<String>,
+}
+
+impl ApiOptions {
+    fn resolve(self) -> Result<Option<(ApiSettings, HubSettings)>, ConfigError> {
+        self.without_listener()?;
+        let hubble_tls_server_name = self.hubble_tls_server_name()?;
+        let tls = self.tls()?;
+        let hub = self.hub()?;
+        let hubble = self.hubble_listen.map(|listen| HubbleSettings {
+            listen,
+            tls_server_name: hubble_tls_server_name,
+        });
+        if self.grpc_listen.is_none() && hubble.is_none() {
+            return Ok(None);
+        }
+        let api = ApiSettings {
+            grpc: self.grpc_listen,
+            hubble,
+            tls,
+            client_ca: self.grpc_client_ca,
+            access: self.grpc_access,
+            allow_plaintext: self.grpc_allow_plaintext.unwrap_or(false),
+        };
+        Ok(Some((api, hub)))
+    }
+
+    /// API settings without an API would be ignored.
+    fn without_listener(&self) -> Result<(), ConfigError> {
+        if self.grpc_listen.is_some() || self.hubble_listen.is_some() {
+            return Ok(());
+        }
+        let given = [
+            ("grpc-tls-cert", self.grpc_tls_cert.is_some()),
+            ("grpc-tls-key", self.grpc_tls_key.is_some()),
+            ("grpc-client-ca", self.grpc_client_ca.is_some()),
+            ("grpc-access", self.grpc_access.is_some()),
+            ("grpc-allow-plaintext", self.grpc_allow_plaintext.is_some()),
+            ("grpc-buffer", self.grpc_buffer.is_some()),
+            (
+                "grpc-subscriber-queue",
+                self.grpc_subscriber_queue.is_some(),
+            ),
+            ("grpc-max-subscribers", self.grpc_max_subscribers.is_some()),
+        ];
+        match given.into_iter().find(|(_, given)| *given) {
+            Some((key, _)) => Err(invalid(
+                key,
+                "without --grpc-listen or --hubble-listen",
+                "--grpc-listen ADDR or --hubble-listen ADDR as well: it configures the API",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn hubble_tls_server_name(&self) -> Result<String, ConfigError> {
+        if self.hubble_listen.is_none()
+            && let Some(template) = &self.hubble_tls_server_name
+        {
+            return Err(invalid(
+                "hubble-tls-server-name",
+                template,
+                "--hubble-listen ADDR as well: it names the Hubble API's certificate",
+            ));
+        }
+        let name = self
+            .hubble_tls_server_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HUBBLE_TLS_SERVER_NAME.to_owned());
+        if !name.contains("{node}") || !valid_server_name(&name.replace("{node}", "node")) {
+            return Err(invalid(
+                "hubble-tls-server-name",
+                &name,
+                "a DNS name containing {node}, such as {node}.default.hubble-grpc.cilium.io",
+            ));
+        }
+        Ok(name)
+    }
+
+    fn tls(&self) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+        let tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "grpc-tls-cert",
+                    "without its key",
+                    "both --grpc-tls-cert and --grpc-tls-key",
+                ));
+            }
+        };
+        if self.grpc_client_ca.is_some() && tls.is_none() {
+            return Err(invalid(
+                "grpc-client-ca",
+                "without TLS",
+                "--grpc-tls-cert and --grpc-tls-key as well: client certificates need TLS",
+            ));
+        }
+        Ok(tls)
+    }
+
+    fn hub(&self) -> Result<HubSettings, ConfigError> {
+        let buffer = self.grpc_buffer.unwrap_or(DEFAULT_GRPC_BUFFER);
+        if buffer > 10_000_000 {
+            return Err(invalid("grpc-buffer", buffer, "at most 10000000 records"));
+        }
+        let subscriber_queue = self
+            .grpc_subscriber_queue
+            .unwrap_or(DEFAULT_GRPC_SUBSCRIBER_QUEUE);
+        if subscriber_queue == 0 || subscriber_queue > 1_000_000 {
+            return Err(invalid(
+                "grpc-subscriber-queue",
+                subscriber_queue,
+                "between 1 and 1000000",
+            ));
+        }
+        let max_subscribers = self
+            .grpc_max_subscribers
+            .unwrap_or(DEFAULT_GRPC_MAX_SUBSCRIBERS);
+        if max_subscribers == 0 || max_subscribers > 10_000 {
+            return Err(invalid(
+                "grpc-max-subscribers",
+                max_subscribers,
+                "between 1 and 10000",
+            ));
+        }
+        Ok(HubSettings {
+            buffer,
+            aggregate_buffer: (buffer / 10).max(100),
+            subscriber_queue,
+            max_subscribers,
+        })
+    }
+}
+
+struct FileOptions {
+    output_file: Option<PathBuf>,
+    output_file_max_size: Option<u64>,
+    output_file_keep: Option<u32>,
+}
+
+impl FileOptions {
+    fn resolve(self) -> Result<Option<FileSinkSettings>, ConfigError> {
+        let Some(path) = self.output_file else {
+            if let Some(size) = self.output_file_max_size {
+                return Err(invalid(
+                    "output-file-max-size",
+                    size,
+                    "--output-file PATH as well",
+                ));
+            }
+            if let Some(keep) = self.output_file_keep {
+                return Err(invalid(
+                    "output-file-keep",
+                    keep,
+                    "--output-file PATH as well",
+                ));
+            }
+            return Ok(None);
+        };
+        let max_bytes = self
+            .output_file_max_size
+            .unwrap_or(DEFAULT_OUTPUT_FILE_MAX_SIZE);
+        if max_bytes < 4096 {
+            return Err(invalid(
+                "output-file-max-size",
+                max_bytes,
+                "at least 4096 bytes",
+            ));
+        }
+        let keep = self.output_file_keep.unwrap_or(DEFAULT_OUTPUT_FILE_KEEP);
+        if keep > 1000 {
+            return Err(invalid("output-file-keep", keep, "at most 1000 files"));
+        }
+        Ok(Some(FileSinkSettings {
+            path,
+            max_bytes,
+            keep,
+        }))
+    }
+}
+
+struct LearnerOptions {
+    state_dir: Option<PathBuf>,
+    graph_expiry: Option<Duration>,
+    graph_max_edges: Option<usize>,
+}
+
+impl LearnerOptions {
+    fn resolve(self, flush_interval: Duration) -> Result<Option<LearnerSettings>, ConfigError> {
+        let max_edges = self.graph_max_edges.unwrap_or(DEFAULT_GRAPH_MAX_EDGES);
+        if max_edges == 0 || max_edges > 10_000_000 {
+            return Err(invalid(
+                "graph-max-edges",
+                max_edges,
+                "between 1 and 10000000",
+            ));
+        }
+        if let Some(expiry) = self.graph_expiry
+            && expiry < flush_interval
+        {
+            return Err(invalid(
+                "graph-expiry",
+                human(expiry),
+                "at least the flush interval",
+            ));
+        }
+        let Some(state_dir) = self.state_dir else {
+            if self.graph_expiry.is_some() || self.graph_max_edges.is_some() {
+                return Err(invalid(
+                    "graph-expiry",
+                    "without --state-dir",
+                    "--state-dir DIR as well: the graph is learned there",
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(LearnerSettings {
+            state_dir,
+            expiry: self.graph_expiry,
+            max_edges,
+        }))
+    }
+}
+
+fn resolve_metrics(
+    metrics_listen: Option<SocketAddr>,
+    metrics_workload_pairs: Option<usize>,
+) -> Result<Option<(SocketAddr, usize)>, ConfigError> {
+    let pairs = metrics_workload_pairs.unwrap_or(0);
+    if pairs > 100_000 {
+        return Err(invalid(
+            "metrics-workload-pairs",
+            pairs,
+            "at most 100000 series",
+        ));
+    }
+    match metrics_listen {
+        None if pairs > 0 => Err(invalid(
+            "metrics-workload-pairs",
+            "without --metrics-listen",
+            "--metrics-listen ADDR as well",
+        )),
+        listen => Ok(listen.map(|listen| (listen, pairs))),
+    }
+}
+
+fn invalid(key: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+/// Dot-separated labels of letters, digits and dashes.
+fn valid_server_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let ret = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if ret != 0 {
+        return "unknown".to_owned();
+    }
+    let end = buffer
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
