@@ -10,10 +10,13 @@
 //! Figures are printed, never asserted.
 #![expect(clippy::unwrap_used, reason = "a benchmark aborts on failure")]
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use flow_agent::datapath::{Datapath, DatapathConfig, TESTKIT_OBJECT};
@@ -208,30 +211,44 @@ fn insert_flows(datapath: &mut Datapath, count: u32) {
 /// capacity and whatever the interval before: after an idle interval, and
 /// right after an interval of 100k flows (whose map the next drain walks
 /// again). Medians of 5 rounds.
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut now) };
+    assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Wall time includes one RCU grace period, during which the drain sleeps:
+/// its CPU time is what it costs the node.
 fn almost_empty_drain() {
-    println!("drain of an almost empty map (2 flows), median of 5:");
+    println!("drain of an almost empty map (2 flows), median of 5, wall time (CPU time):");
     for capacity in [65_536, 1_048_576] {
         let mut datapath = Datapath::load(&DatapathConfig {
             map_entries: capacity,
             ..DatapathConfig::default()
         })
         .unwrap();
-        let (mut idle, mut after_busy) = (Vec::new(), Vec::new());
+        let mut times: [Vec<f64>; 4] = Default::default();
         for _ in 0..5 {
-            for (busy, times) in [(0, &mut idle), (100_000, &mut after_busy)] {
+            for (busy, wall, cpu) in [(0, 0, 1), (100_000, 2, 3)] {
                 insert_flows(&mut datapath, busy);
                 datapath.drain().unwrap();
                 insert_flows(&mut datapath, 2);
-                let started = Instant::now();
+                let (started, cpu_started) = (Instant::now(), thread_cpu_time());
                 let drained = datapath.drain().unwrap();
-                times.push(started.elapsed().as_secs_f64() * 1e3);
+                times[cpu].push((thread_cpu_time() - cpu_started).as_secs_f64() * 1e3);
+                times[wall].push(started.elapsed().as_secs_f64() * 1e3);
                 assert_eq!(drained.len(), 2, "both flows drained");
             }
         }
+        let [idle, idle_cpu, busy, busy_cpu] = times.map(median);
         println!(
-            "  map of {capacity} entries: {:.1} ms after an idle interval, {:.1} ms after 100000 flows",
-            median(idle),
-            median(after_busy)
+            "  map of {capacity} entries: {idle:.1} ms ({idle_cpu:.2} ms) after an idle interval, {busy:.1} ms ({busy_cpu:.2} ms) after 100000 flows"
         );
     }
 }
@@ -251,6 +268,132 @@ fn pin_ingress(path: &str) {
     println!("pinned flow_ingress at {path}");
 }
 
+/// NetObserv's TC ingress program from an object the peer harness built,
+/// configured as that harness configures it: its agent's default globals
+/// (sampling off, every optional feature off) and map sizes, but a flow map
+/// of `capacity` entries. The object pins its maps by name, so they go to
+/// `pins`, a bpffs directory the caller removes.
+fn load_peer(object: &str, capacity: u32, pins: &Path) -> Ebpf {
+    let page = 4096;
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(pins)
+        .map_max_entries("aggregated_flows", capacity)
+        .override_global("dns_port", &53u16, true)
+        .override_global("network_events_monitoring_groupid", &10u8, true);
+    for map in [
+        "aggregated_flows_dns",
+        "aggregated_flows_network_events",
+        "aggregated_flows_pkt_drop",
+        "aggregated_flows_xlat",
+        "additional_flow_metrics",
+        "dns_flows",
+        "filter_map",
+        "peer_filter_map",
+        "ipsec_ingress_map",
+        "ipsec_egress_map",
+    ] {
+        loader.map_max_entries(map, 1);
+    }
+    for ring in ["direct_flows", "ssl_data_event_map", "packet_record"] {
+        loader.map_max_entries(ring, page);
+    }
+    let mut peer = loader.load_file(object).unwrap();
+    let program: &mut SchedClassifier = peer
+        .program_mut("tc_ingress_flow_parse")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load().unwrap();
+    peer
+}
+
+/// Median ns of single runs of (new flow, existing flow) for flow-agent and
+/// the peer, interleaved packet by packet, and of the empty program.
+struct NewFlowRuns {
+    ours: (f64, f64),
+    peer: (f64, f64),
+    floor: f64,
+}
+
+fn new_flow_runs(object: &str, ours_capacity: u32, peer_capacity: u32) -> NewFlowRuns {
+    // Below either map's capacity, so every insert succeeds.
+    const FLOWS: u16 = 4000;
+    let pins =
+        Path::new("/sys/fs/bpf").join(format!("flow-agent-bench-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&pins).unwrap();
+    let mut peer = load_peer(object, peer_capacity, &pins);
+    let peer: &mut SchedClassifier = peer
+        .program_mut("tc_ingress_flow_parse")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut datapath = Datapath::load(&DatapathConfig {
+        map_entries: ours_capacity,
+        ..DatapathConfig::default()
+    })
+    .unwrap();
+    let ours = datapath.classifier_mut(Direction::Ingress).unwrap();
+    let mut testkit = Ebpf::load(TESTKIT_OBJECT).unwrap();
+    let floor: &mut SchedClassifier = testkit
+        .program_mut("pass_through")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    floor.load().unwrap();
+
+    let existing = udp_frame(1);
+    let mut runs: [Vec<f64>; 5] = Default::default();
+    for flow in 0..FLOWS {
+        let frame = udp_frame(10_000 + flow);
+        for (times, program, frame) in [
+            (0, &*ours, &frame),
+            (1, &*ours, &existing),
+            (2, &*peer, &frame),
+            (3, &*peer, &existing),
+            (4, &*floor, &existing),
+        ] {
+            runs[times].push(run(program, frame, 1).as_nanos() as f64);
+        }
+    }
+    std::fs::remove_dir_all(&pins).unwrap();
+    let [ours_new, ours_old, peer_new, peer_old, floor] = runs.map(median);
+    NewFlowRuns {
+        ours: (ours_new, ours_old),
+        peer: (peer_new, peer_old),
+        floor,
+    }
+}
+
+/// The cost of a packet that creates a flow, beside NetObserv's program: each
+/// with its agent's default flow map, then both with ours.
+fn new_flow_beside_peer(object: &str) {
+    let ours_default = DatapathConfig::default().map_entries;
+    println!(
+        "new flow beside NetObserv (single runs of 4000 new IPv4/UDP flows, interleaved, medians above an empty program):"
+    );
+    for (label, peer_capacity) in [("its default", 5000), ("ours", ours_default)] {
+        let NewFlowRuns { ours, peer, floor } = new_flow_runs(object, ours_default, peer_capacity);
+        println!(
+            "  flow maps of {ours_default} entries (flow-agent) and {peer_capacity} ({label}, NetObserv); empty program {floor:.0} ns:"
+        );
+        println!(
+            "    flow-agent: new flow {:.0} ns, existing flow {:.0} ns",
+            ours.0 - floor,
+            ours.1 - floor
+        );
+        println!(
+            "    NetObserv tc_ingress_flow_parse: new flow {:.0} ns, existing flow {:.0} ns",
+            peer.0 - floor,
+            peer.1 - floor
+        );
+        println!(
+            "    new-flow ratio flow-agent / NetObserv: {:.2}",
+            (ours.0 - floor) / (peer.0 - floor)
+        );
+    }
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -260,6 +403,9 @@ fn main() {
     if let Some(path) = std::env::var_os("FLOW_AGENT_BENCH_PIN") {
         pin_ingress(&path.to_string_lossy());
         return;
+    }
+    if let Some(object) = std::env::var_os("FLOW_AGENT_BENCH_PEER_OBJECT") {
+        new_flow_beside_peer(&object.to_string_lossy());
     }
     per_packet_cost();
     drain_100k();

@@ -68,6 +68,7 @@ impl PeerBench {
     /// output and our ratio to the peer for every packet.
     pub(crate) fn existing_flow(&self) -> Result<()> {
         ensure_bpffs()?;
+        ensure_harness_tools()?;
         let pin = Pin(PathBuf::from(format!(
             "/sys/fs/bpf/flow-agent-bench-ingress-{}",
             std::process::id()
@@ -110,6 +111,21 @@ impl Drop for Pin {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// What the harness's README asks for: clang 22 and llvm-strip for the
+/// peer's object, gcc and libbpf for the runner, python3 for the packets.
+fn ensure_harness_tools() -> Result<()> {
+    for (program, package) in [
+        ("clang-22", "clang-22"),
+        ("llvm-strip-22", "llvm-22"),
+        ("gcc", "gcc"),
+        ("python3", "python3"),
+    ] {
+        crate::setup::ensure_program(program, package)?;
+    }
+    crate::setup::ensure_file("/usr/include/bpf/libbpf.h", "libbpf-dev")?;
+    crate::setup::ensure_file("/usr/include/libelf.h", "libelf-dev")
 }
 
 fn ensure_bpffs() -> Result<()> {

@@ -298,3 +298,11 @@ pub(crate) fn ensure_program(program: &str, package: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Installs a Debian package providing `path` if it is missing.
+pub(crate) fn ensure_file(path: &str, package: &str) -> Result<()> {
+    if !std::path::Path::new(path).exists() {
+        apt_install(&[package])?;
+    }
+    Ok(())
+}
