@@ -106,6 +106,17 @@ impl<T: Timed> Channel<T> {
         }
     }
 
+    /// How many of the first `count` items of a batch no one would see: with
+    /// no subscriber, those the buffer would drop again before the batch
+    /// ends. They need not be copied.
+    fn unseen(&self, count: usize) -> usize {
+        if self.subscribers.is_empty() {
+            count.saturating_sub(self.capacity)
+        } else {
+            0
+        }
+    }
+
     /// Stores a record and offers it to every subscriber that accepts it.
     /// Returns how many deliveries were lost.
     fn publish(&mut self, item: Arc<T>) -> u64 {
@@ -526,8 +537,10 @@ impl Hub {
     pub fn publish_flows(&self, records: &[FlowRecord]) {
         let mut state = self.state();
         state.rate.note(Instant::now(), records.len() as u64);
+        let unseen = state.flows.unseen(records.len());
+        self.flows_seen.fetch_add(unseen as u64, Ordering::Relaxed);
         let mut lost = 0;
-        for record in records {
+        for record in &records[unseen..] {
             let sequence = self.flows_seen.fetch_add(1, Ordering::Relaxed);
             lost += state.flows.publish(Arc::new(StoredFlow {
                 record: record.clone(),
@@ -540,9 +553,12 @@ impl Hub {
     /// Stores an interval's aggregates and offers them to subscribers.
     pub fn publish_aggregates(&self, aggregates: &[AggregateRecord]) {
         let mut state = self.state();
-        let mut lost = 0;
         for aggregate in aggregates {
             state.namespaces.note(aggregate);
+        }
+        let unseen = state.aggregates.unseen(aggregates.len());
+        let mut lost = 0;
+        for aggregate in &aggregates[unseen..] {
             let message = convert::aggregate(aggregate, &self.node);
             lost += state.aggregates.publish(Arc::new(StoredAggregate {
                 record: aggregate.clone(),
@@ -752,6 +768,24 @@ mod tests {
 
     fn ports(items: &[Arc<StoredFlow>]) -> Vec<u16> {
         items.iter().map(|item| item.record.source.port).collect()
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_buffer_keeps_its_last_records_and_counts_them_all() {
+        let hub = hub(3, 4);
+        let records: Vec<FlowRecord> = (1..=7).map(|n| record(n, 10)).collect();
+        hub.publish_flows(&records[..2]);
+        hub.publish_flows(&records[2..]);
+        let replay = hub
+            .subscribe_flows(Replay::last(100), false, "test", |_| true)
+            .unwrap()
+            .replay;
+        assert_eq!(ports(&replay), [5, 6, 7]);
+        assert_eq!(
+            replay.iter().map(|item| item.sequence).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
+        assert_eq!(hub.flows_seen(), 7);
     }
 
     #[test]
