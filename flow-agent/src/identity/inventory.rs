@@ -347,13 +347,30 @@ impl InventorySource {
         Ok((Self { path, poll, loaded }, inventory.into_events()))
     }
 
-    /// Runs until the receiver goes away.
+    /// Runs until the receiver goes away. Each look at the file (a stat, and
+    /// when it changed a read and a parse) blocks, so it runs through
+    /// `spawn_blocking`, off the runtime's workers.
     pub async fn run(mut self, events: mpsc::Sender<Vec<CacheEvent>>) {
         let mut ticker = tokio::time::interval(self.poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match self.check() {
+            let looked = tokio::task::spawn_blocking(move || {
+                let reload = self.check();
+                (self, reload)
+            })
+            .await;
+            let reload = match looked {
+                Ok((source, reload)) => {
+                    self = source;
+                    reload
+                }
+                Err(error) => {
+                    warn!(%error, "inventory file no longer watched: its reader failed");
+                    return;
+                }
+            };
+            match reload {
                 Reload::Unchanged => {}
                 Reload::Incomplete(reason) => warn!(
                     file = %self.path.display(),
