@@ -1,8 +1,10 @@
 //! Turns what the kernel counted (per-CPU slots, spill events) into one total per
 //! flow for one drain.
 
+use std::hash::BuildHasher as _;
+
 use flow_common::{Direction, FlowKey, FlowStats};
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// What one flow did during one drain interval, summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,10 +78,27 @@ impl FlowSample {
 }
 
 /// The flows of one drain.
-#[derive(Debug, Default)]
+///
+/// The samples sit in one vector, in the order they arrived, and a table of
+/// positions finds a flow's sample by its key: a million flows take the
+/// samples' 80 bytes each and 5 for the table, where a map from key to sample
+/// would hold each key twice, and its growth would copy the lot.
+#[derive(Default)]
 pub struct DrainedFlows {
-    flows: HashMap<FlowKey, FlowSample>,
+    samples: Vec<FlowSample>,
+    /// Positions in `samples`, hashed by the sample's key.
+    positions: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     stale_slots: u64,
+}
+
+impl std::fmt::Debug for DrainedFlows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainedFlows")
+            .field("flows", &self.samples.len())
+            .field("stale_slots", &self.stale_slots)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DrainedFlows {
@@ -101,20 +120,40 @@ impl DrainedFlows {
 
     /// Adds one sample, merging it into the flow's total.
     pub fn add_sample(&mut self, sample: FlowSample) {
-        self.flows
-            .entry(sample.key)
-            .and_modify(|total| total.merge(&sample))
-            .or_insert(sample);
+        let Self {
+            samples,
+            positions,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one(sample.key);
+        let entry = positions.entry(
+            hash,
+            |&position| samples[position as usize].key == sample.key,
+            |&position| hasher.hash_one(samples[position as usize].key),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(entry) => {
+                samples[*entry.get() as usize].merge(&sample);
+            }
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                // A flow map holds at most 2^32 - 1 entries (BPF's u32
+                // max_entries), and a drain reads two maps and a ring.
+                let position = u32::try_from(samples.len()).unwrap_or(u32::MAX);
+                entry.insert(position);
+                samples.push(sample);
+            }
+        }
     }
 
     /// Number of distinct flows.
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.samples.len()
     }
 
     /// No flow had traffic.
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.samples.is_empty()
     }
 
     /// Slots that carried counts from another epoch and were ignored.
@@ -124,9 +163,13 @@ impl DrainedFlows {
 
     /// Merges another drain's flows into this one.
     pub fn extend(&mut self, other: Self) {
-        let Self { flows, stale_slots } = other;
+        let Self {
+            samples,
+            stale_slots,
+            ..
+        } = other;
         self.stale_slots += stale_slots;
-        for sample in flows.into_values() {
+        for sample in samples {
             self.add_sample(sample);
         }
     }
@@ -134,9 +177,50 @@ impl DrainedFlows {
     /// The samples, ordered by first packet (then key), so that the earlier
     /// direction of a connection comes first.
     pub fn into_samples(self) -> Vec<FlowSample> {
-        let mut samples: Vec<FlowSample> = self.flows.into_values().collect();
-        samples.sort_unstable_by_key(|sample| (sample.first_seen_ns, sample.key));
+        let Self {
+            mut samples,
+            positions,
+            ..
+        } = self;
+        drop(positions);
+        // Sorting 16-byte (first packet, position) pairs, then moving each
+        // 80-byte sample once, costs less than sorting the samples.
+        let mut order: Vec<(u64, u32)> = samples
+            .iter()
+            .zip(0..)
+            .map(|(sample, position)| (sample.first_seen_ns, position))
+            .collect();
+        order.sort_unstable_by(|(a_seen, a), (b_seen, b)| {
+            a_seen
+                .cmp(b_seen)
+                .then_with(|| samples[*a as usize].key.cmp(&samples[*b as usize].key))
+        });
+        let mut sources: Vec<u32> = order.into_iter().map(|(_, position)| position).collect();
+        permute(&mut samples, &mut sources);
         samples
+    }
+}
+
+/// Reorders `items` so that the item at `sources[i]` ends at `i`, moving
+/// each item once: each cycle of the permutation is walked with one item
+/// held aside. `sources` is used up (each visited entry points at itself).
+fn permute<T: Copy>(items: &mut [T], sources: &mut [u32]) {
+    for start in 0..items.len() {
+        if sources[start] as usize == start {
+            continue;
+        }
+        let held = items[start];
+        let mut hole = start;
+        loop {
+            let source = sources[hole] as usize;
+            sources[hole] = hole as u32;
+            if source == start {
+                items[hole] = held;
+                break;
+            }
+            items[hole] = items[source];
+            hole = source;
+        }
     }
 }
 
@@ -197,6 +281,28 @@ mod tests {
         assert_eq!(flows.stale_slots(), 1);
         let samples = flows.into_samples();
         assert_eq!(samples[0].packets, 2);
+    }
+
+    #[test]
+    fn a_permutation_moves_each_item_to_its_place() {
+        let mut items = ['a', 'b', 'c', 'd', 'e'];
+        let mut sources = [3, 0, 4, 1, 2];
+        permute(&mut items, &mut sources);
+        assert_eq!(items, ['d', 'a', 'e', 'b', 'c']);
+    }
+
+    #[test]
+    fn samples_come_out_by_first_packet_then_key() {
+        let mut flows = DrainedFlows::default();
+        for (port, first) in [(5, 30), (4, 10), (3, 30), (2, 20), (1, 10)] {
+            flows.add_slots(key(port), &[slot(1, 1, first, first, 7)], 1);
+        }
+        let order: Vec<(u64, u16)> = flows
+            .into_samples()
+            .iter()
+            .map(|sample| (sample.first_seen_ns, sample.key.src_port))
+            .collect();
+        assert_eq!(order, [(10, 1), (10, 4), (20, 2), (30, 3), (30, 5)]);
     }
 
     #[test]

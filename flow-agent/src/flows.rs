@@ -12,8 +12,10 @@
 //! Otherwise whichever direction was seen first is the request. Weak decisions
 //! are corrected when strong evidence arrives later.
 
+use std::hash::BuildHasher as _;
+
 use flow_common::{FlowKey, protocol, tcp_flag};
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable, hash_table};
 
 use crate::drain::FlowSample;
 
@@ -38,18 +40,34 @@ enum Role {
     Reply,
 }
 
+/// What the tracker remembers of one connection: 16 bytes, beside its
+/// 40-byte key, since a node may track a million.
 #[derive(Clone, Copy, Debug)]
 struct Connection {
-    initiator: Endpoint,
+    last_seen_ns: u64,
+    /// The drain ([`FlowTracker::drains`]) in which the connection last
+    /// opened.
+    opened_in: u32,
+    /// The initiator is the key's `low` end (else its `high` end).
+    initiator_is_low: bool,
     /// Decided by SYN or ICMP type rather than first sight.
     certain: bool,
     /// FIN or RST seen: forget the connection soon after it goes quiet.
     closing: bool,
-    last_seen_ns: u64,
+}
+
+impl Connection {
+    fn initiator(&self, key: &ConnectionKey) -> Endpoint {
+        if self.initiator_is_low {
+            key.low
+        } else {
+            key.high
+        }
+    }
 }
 
 /// How long connections are remembered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackerConfig {
     /// A connection without traffic for this long is forgotten.
     pub idle_timeout_ns: u64,
@@ -68,10 +86,29 @@ pub struct Classified {
 }
 
 /// Remembers the initiator of each live connection.
-#[derive(Debug)]
+///
+/// Connections sit in one vector, found through a table of positions: a
+/// million take 56 bytes each and 5 for the table, and a drain's second
+/// look at a sample's connection is an index, not a second hash lookup.
+#[derive(Default)]
 pub struct FlowTracker {
-    connections: HashMap<ConnectionKey, Connection>,
+    connections: Vec<(ConnectionKey, Connection)>,
+    /// Positions in `connections`, hashed by key.
+    positions: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     config: TrackerConfig,
+    /// Drains classified so far, wrapping. A connection whose `opened_in` is
+    /// the current number opened in the current drain.
+    drains: u32,
+}
+
+impl std::fmt::Debug for FlowTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTracker")
+            .field("connections", &self.connections.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// ICMP request types and their replies (RFC 792, RFC 4443).
@@ -149,8 +186,8 @@ impl FlowTracker {
     /// An empty tracker.
     pub fn new(config: TrackerConfig) -> Self {
         Self {
-            connections: HashMap::new(),
             config,
+            ..Self::default()
         }
     }
 
@@ -168,74 +205,129 @@ impl FlowTracker {
     /// it is the reply direction and whether it opened a connection. Returns
     /// one decision per sample, in order.
     pub fn classify(&mut self, samples: &[FlowSample]) -> Vec<Classified> {
+        self.drains = self.drains.wrapping_add(1);
+        self.reserve(samples.len());
         // First pass: learn initiators, so that strong evidence anywhere in the
         // drain decides every record of the connection.
-        let mut started = hashbrown::HashSet::new();
-        for sample in samples {
-            let source = (sample.key.src_addr, sample.key.src_port);
-            let destination = (sample.key.dst_addr, sample.key.dst_port);
-            let evidence = evidence(sample);
-            let closing = sample.key.protocol == protocol::TCP
-                && sample.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0;
-            let proven_initiator = match evidence {
-                Some(Role::Request) => Some(source),
-                Some(Role::Reply) => Some(destination),
-                None => None,
-            };
-            let key = connection_key(&sample.key);
-            let syn = sample.tcp_flags & tcp_flag::SYN_ONLY != 0;
-            // TCP opens with a SYN: one without is a connection already open
-            // (an agent restart, an idle connection forgotten), and a SYN on
-            // a known open connection is a retransmission. A SYN after FIN or
-            // RST is the tuple reused. Other protocols open on first sight.
-            let opens = match self.connections.get(&key) {
-                None => sample.key.protocol != protocol::TCP || syn,
-                Some(connection) => syn && connection.closing,
-            };
-            if opens {
-                started.insert(key);
-            }
-            self.connections
-                .entry(key)
-                .and_modify(|connection| {
-                    if let Some(initiator) = proven_initiator {
-                        // A new SYN on a known tuple is a new connection (port
-                        // reuse); otherwise strong evidence corrects first sight.
-                        if !connection.certain || evidence == Some(Role::Request) {
-                            connection.initiator = initiator;
-                            connection.certain = true;
-                        }
-                        if evidence == Some(Role::Request) {
-                            connection.closing = false;
-                        }
-                    }
-                    connection.closing |= closing;
-                    connection.last_seen_ns = connection.last_seen_ns.max(sample.last_seen_ns);
-                })
-                .or_insert(Connection {
-                    initiator: proven_initiator
-                        .or_else(|| by_ports(source, destination))
-                        .unwrap_or(source),
-                    certain: proven_initiator.is_some(),
-                    closing,
-                    last_seen_ns: sample.last_seen_ns,
-                });
-        }
+        let positions: Vec<u32> = samples.iter().map(|sample| self.learn(sample)).collect();
         samples
             .iter()
-            .map(|sample| {
+            .zip(positions)
+            .map(|(sample, position)| {
                 let source = (sample.key.src_addr, sample.key.src_port);
-                let key = connection_key(&sample.key);
-                let is_reply = self
-                    .connections
-                    .get(&key)
-                    .is_some_and(|connection| connection.initiator != source);
+                let (key, connection) = &self.connections[position as usize];
+                let is_reply = connection.initiator(key) != source;
                 Classified {
                     is_reply,
-                    new_connection: !is_reply && started.contains(&key),
+                    new_connection: !is_reply && connection.opened_in == self.drains,
                 }
             })
             .collect()
+    }
+
+    /// Room for `additional` more connections: a drain's connections are at
+    /// most its samples, and making room once spares the table its growth,
+    /// each doubling of which hashes every key again.
+    fn reserve(&mut self, additional: usize) {
+        let Self {
+            connections,
+            positions,
+            hasher,
+            ..
+        } = self;
+        connections.reserve(additional);
+        positions.reserve(additional, |&position| {
+            hasher.hash_one(connections[position as usize].0)
+        });
+    }
+
+    /// What one sample teaches about its connection; returns the
+    /// connection's position.
+    fn learn(&mut self, sample: &FlowSample) -> u32 {
+        let source = (sample.key.src_addr, sample.key.src_port);
+        let destination = (sample.key.dst_addr, sample.key.dst_port);
+        let evidence = evidence(sample);
+        let closing = sample.key.protocol == protocol::TCP
+            && sample.tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0;
+        let proven_initiator = match evidence {
+            Some(Role::Request) => Some(source),
+            Some(Role::Reply) => Some(destination),
+            None => None,
+        };
+        let key = connection_key(&sample.key);
+        let syn = sample.tcp_flags & tcp_flag::SYN_ONLY != 0;
+        let drain = self.drains;
+        let (position, known) = self.find_or_insert(key, || {
+            // TCP opens with a SYN: one without is a connection already
+            // open (an agent restart, an idle connection forgotten). Other
+            // protocols open on first sight.
+            let opens = sample.key.protocol != protocol::TCP || syn;
+            let initiator = proven_initiator
+                .or_else(|| by_ports(source, destination))
+                .unwrap_or(source);
+            Connection {
+                last_seen_ns: sample.last_seen_ns,
+                // Never this drain's number unless it opens now.
+                opened_in: if opens { drain } else { drain.wrapping_sub(1) },
+                initiator_is_low: initiator == key.low,
+                certain: proven_initiator.is_some(),
+                closing,
+            }
+        });
+        if !known {
+            return position;
+        }
+        let connection = &mut self.connections[position as usize].1;
+        // A SYN on a known open connection is a retransmission; after FIN
+        // or RST it is the tuple reused.
+        if syn && connection.closing {
+            connection.opened_in = drain;
+        }
+        if let Some(initiator) = proven_initiator {
+            // A new SYN on a known tuple is a new connection (port reuse);
+            // otherwise strong evidence corrects first sight.
+            if !connection.certain || evidence == Some(Role::Request) {
+                connection.initiator_is_low = initiator == key.low;
+                connection.certain = true;
+            }
+            if evidence == Some(Role::Request) {
+                connection.closing = false;
+            }
+        }
+        connection.closing |= closing;
+        connection.last_seen_ns = connection.last_seen_ns.max(sample.last_seen_ns);
+        position
+    }
+
+    /// The position of `key`'s connection, made by `make` when unknown, and
+    /// whether it was known.
+    fn find_or_insert(
+        &mut self,
+        key: ConnectionKey,
+        make: impl FnOnce() -> Connection,
+    ) -> (u32, bool) {
+        let Self {
+            connections,
+            positions,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one(key);
+        match positions.entry(
+            hash,
+            |&position| connections[position as usize].0 == key,
+            |&position| hasher.hash_one(connections[position as usize].0),
+        ) {
+            hash_table::Entry::Occupied(found) => (*found.get(), true),
+            hash_table::Entry::Vacant(vacant) => {
+                // Connections are fewer than the samples of the drains that
+                // made them, and a drain's samples fit in memory.
+                let position = u32::try_from(connections.len()).unwrap_or(u32::MAX);
+                vacant.insert(position);
+                connections.push((key, make()));
+                (position, false)
+            }
+        }
     }
 
     /// Forgets connections that have been quiet for too long; returns how many.
@@ -245,15 +337,57 @@ impl FlowTracker {
             closed_timeout_ns,
         } = self.config;
         let before = self.connections.len();
-        self.connections.retain(|_, connection| {
+        let mut position = 0;
+        while let Some((_, connection)) = self.connections.get(position) {
             let timeout = if connection.closing {
                 closed_timeout_ns
             } else {
                 idle_timeout_ns
             };
-            now_ns.saturating_sub(connection.last_seen_ns) < timeout
-        });
+            if now_ns.saturating_sub(connection.last_seen_ns) < timeout {
+                position += 1;
+            } else {
+                // The last connection takes its place: look at it next.
+                self.remove(position);
+            }
+        }
+        // After a burst, give back what a tracker a quarter as full needs.
+        if self.connections.len() < self.connections.capacity() / 4 {
+            let Self {
+                connections,
+                positions,
+                hasher,
+                ..
+            } = self;
+            connections.shrink_to(connections.len() * 2);
+            positions.shrink_to(connections.len() * 2, |&position| {
+                hasher.hash_one(connections[position as usize].0)
+            });
+        }
         before - self.connections.len()
+    }
+
+    /// Removes the connection at `position`; the last one moves there.
+    fn remove(&mut self, position: usize) {
+        let Self {
+            connections,
+            positions,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one(connections[position].0);
+        if let Ok(found) = positions.find_entry(hash, |&found| found as usize == position) {
+            found.remove();
+        }
+        let last = connections.len() - 1;
+        if position != last {
+            let hash = hasher.hash_one(connections[last].0);
+            if let Some(moved) = positions.find_mut(hash, |&found| found as usize == last) {
+                // `position` is below `last`, which fits in a u32.
+                *moved = position as u32;
+            }
+        }
+        connections.swap_remove(position);
     }
 }
 
@@ -510,6 +644,37 @@ mod tests {
         // UDP has no handshake: first sight opens.
         let udp = restarted.classify(&[sample(1, 40002, 2, 53, protocol::UDP, 6)]);
         assert!(udp[0].new_connection);
+    }
+
+    #[test]
+    fn connections_left_after_an_eviction_keep_their_initiators() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        tracker.classify(&[
+            tcp(
+                1,
+                40000,
+                2,
+                80,
+                10,
+                tcp_flag::SYN_ONLY | tcp_flag::SYN | tcp_flag::FIN,
+            ),
+            sample(3, 40001, 4, 53, protocol::UDP, 500),
+            tcp(5, 40002, 6, 443, 500, tcp_flag::SYN_ONLY | tcp_flag::SYN),
+        ]);
+        // The closed connection goes; the last one takes its place.
+        assert_eq!(tracker.evict_idle(200), 1);
+        assert_eq!(tracker.len(), 2);
+        assert_eq!(
+            replies(
+                &mut tracker,
+                &[
+                    tcp(6, 443, 5, 40002, 600, tcp_flag::ACK),
+                    sample(4, 53, 3, 40001, protocol::UDP, 600),
+                ]
+            ),
+            [true, true]
+        );
+        assert_eq!(tracker.len(), 2);
     }
 
     #[test]
