@@ -44,14 +44,44 @@ impl<W: Write> JsonLines<W> {
         Self { writer, content }
     }
 
-    fn write<T: Serialize>(&mut self, items: &[T]) -> io::Result<()> {
+    /// Writes `items` in order, [`PAIRED_CHUNK`] at a time on this thread
+    /// while a helper serializes the next chunk into a buffer: a large drain's
+    /// JSON takes about half the time where a second core is free.
+    fn write<T: Serialize + Sync>(&mut self, items: &[T]) -> io::Result<()> {
         let Self { writer, .. } = self;
-        for item in items {
-            serde_json::to_writer(&mut *writer, item)?;
-            writer.write_all(b"\n")?;
+        let mut buffer = Vec::new();
+        for pair in items.chunks(2 * PAIRED_CHUNK) {
+            if pair.len() <= PAIRED_CHUNK {
+                serialize(pair, &mut *writer)?;
+                continue;
+            }
+            let (first, second) = pair.split_at(PAIRED_CHUNK);
+            buffer.clear();
+            std::thread::scope(|scope| {
+                let helper = scope.spawn(|| serialize(second, &mut buffer));
+                let written = serialize(first, &mut *writer);
+                let helped = helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                written.and(helped)
+            })?;
+            writer.write_all(&buffer)?;
         }
         writer.flush()
     }
+}
+
+/// Records a [`JsonLines`] sink serializes on one thread while a helper does
+/// as many: past this, a thread's start is a small part of the work.
+const PAIRED_CHUNK: usize = 2_048;
+
+/// `items` as JSON lines.
+fn serialize<T: Serialize>(items: &[T], writer: &mut impl Write) -> io::Result<()> {
+    for item in items {
+        serde_json::to_writer(&mut *writer, item)?;
+        writer.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 impl<W: Write> RecordSink for JsonLines<W> {
