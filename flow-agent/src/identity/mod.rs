@@ -16,11 +16,14 @@ pub mod kubernetes;
 pub mod model;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
 
+// hashbrown's default hasher (foldhash): every flow's ends are looked up
+// here, several times, and SipHash made that the larger part of a lookup.
+use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use self::model::{
@@ -164,6 +167,29 @@ pub struct ServiceTarget {
     pub backends: Vec<(IpAddr, u16)>,
 }
 
+/// Who an address belonged to at some moment, as [`IdentityCache::holder`]
+/// finds it: enough to tell two answers apart without building them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// The pod of one of the address's tenures (its position in the history).
+    Pod {
+        /// The address.
+        ip: IpAddr,
+        /// Position of the tenure.
+        tenure: u32,
+    },
+    /// The API server.
+    KubeApiserver,
+    /// A Service's virtual address.
+    Service(IpAddr),
+    /// This node.
+    Host,
+    /// Another node's address.
+    RemoteNode(IpAddr),
+    /// Outside the cluster.
+    World,
+}
+
 /// Settings of the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityConfig {
@@ -227,6 +253,11 @@ struct Tenure {
 }
 
 impl Tenure {
+    /// Whether `t` lies inside this tenure ([`Tenure::distance`] is zero).
+    fn contains(&self, t: SystemTime) -> bool {
+        t >= self.start && self.end.is_none_or(|end| t < end)
+    }
+
     /// How far `t` lies outside this tenure (zero inside).
     fn distance(&self, t: SystemTime) -> Duration {
         if t < self.start {
@@ -268,6 +299,9 @@ pub struct IdentityCache {
     /// This node's hostNetwork pods, as `namespace/name`.
     host_network_pods: BTreeSet<String>,
     resync: HashMap<ObjectKind, HashSet<ObjectKey>>,
+    /// Changes so far: answers (and [`Holder`]s) found at one generation
+    /// hold until it changes.
+    generation: u64,
 }
 
 impl IdentityCache {
@@ -291,6 +325,7 @@ impl IdentityCache {
             apiserver_ips: HashSet::new(),
             host_network_pods: BTreeSet::new(),
             resync: HashMap::new(),
+            generation: 0,
         }
     }
 
@@ -320,11 +355,21 @@ impl IdentityCache {
 
     /// Replaces this node's own addresses (they change with interfaces).
     pub fn set_local_addresses(&mut self, addresses: Vec<IpAddr>) {
-        self.config.local_addresses = addresses;
+        if addresses != self.config.local_addresses {
+            self.generation += 1;
+            self.config.local_addresses = addresses;
+        }
+    }
+
+    /// Changes so far: what was looked up at one generation still holds
+    /// while it is the same (callers that remember answers check it).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Applies a change observed at `now`.
     pub fn apply(&mut self, event: CacheEvent, now: SystemTime) {
+        self.generation += 1;
         match event {
             CacheEvent::Apply(object) => {
                 let key = object.key();
@@ -382,7 +427,7 @@ impl IdentityCache {
             _ => self
                 .owners
                 .keys()
-                .filter(|key| key.kind == kind && !self.retired.contains_key(key))
+                .filter(|key| key.kind == kind && !self.retired.contains_key(*key))
                 .cloned()
                 .collect(),
         }
@@ -622,8 +667,11 @@ impl IdentityCache {
     pub fn evict(&mut self, now: SystemTime) -> usize {
         let grace = self.config.grace;
         let expired = |end: SystemTime| now.duration_since(end).is_ok_and(|age| age > grace);
+        let mut changed = false;
         self.tenures.retain(|_, tenures| {
+            let before = tenures.len();
             tenures.retain(|tenure| !tenure.end.is_some_and(expired));
+            changed |= tenures.len() != before;
             !tenures.is_empty()
         });
         let retired: Vec<ObjectKey> = self
@@ -632,6 +680,7 @@ impl IdentityCache {
             .filter(|(_, deleted_at)| expired(**deleted_at))
             .map(|(key, _)| key.clone())
             .collect();
+        changed |= !retired.is_empty();
         for key in retired {
             self.retired.remove(&key);
             if key.kind == ObjectKind::Namespace {
@@ -643,24 +692,53 @@ impl IdentityCache {
         let before = self.pods.len();
         self.pods
             .retain(|_, entry| !entry.deleted_at.is_some_and(expired));
-        before - self.pods.len()
+        let forgotten = before - self.pods.len();
+        if changed || forgotten > 0 {
+            self.generation += 1;
+        }
+        forgotten
     }
 
     /// The pod that held `ip` at time `at`.
     fn pod_at(&self, ip: IpAddr, at: SystemTime) -> Option<&PodInfo> {
+        let tenure = self.tenure_at(ip, at)?;
+        self.tenure_pod(ip, tenure)
+    }
+
+    /// Which of `ip`'s tenures covers `at` (its position in the address's
+    /// history), if its pod is still known.
+    fn tenure_at(&self, ip: IpAddr, at: SystemTime) -> Option<u32> {
+        let position = self.nearest_tenure(ip, at)?;
+        self.tenure_pod(ip, position)?;
+        Some(position)
+    }
+
+    /// Which of `ip`'s tenures covers `at`, or is nearest within the clock
+    /// slack, whether or not its pod is still known: with a holder already
+    /// resolved for this tenure ([`Holder::Pod`]), the pod is known, and
+    /// [`IdentityCache::holder`] would find the same.
+    pub fn nearest_tenure(&self, ip: IpAddr, at: SystemTime) -> Option<u32> {
         let tenures = self.tenures.get(&ip)?;
         let inside = tenures
             .iter()
-            .filter(|tenure| tenure.distance(at).is_zero())
-            .max_by_key(|tenure| tenure.start);
-        let tenure = match inside {
-            Some(tenure) => tenure,
+            .enumerate()
+            .filter(|(_, tenure)| tenure.contains(at))
+            .max_by_key(|(_, tenure)| tenure.start);
+        let (position, _) = match inside {
+            Some(found) => found,
             // Clocks disagree a little: take the nearest tenure within the slack.
             None => tenures
                 .iter()
-                .filter(|tenure| tenure.distance(at) <= CLOCK_SLACK)
-                .min_by_key(|tenure| tenure.distance(at))?,
+                .enumerate()
+                .filter(|(_, tenure)| tenure.distance(at) <= CLOCK_SLACK)
+                .min_by_key(|(_, tenure)| tenure.distance(at))?,
         };
+        u32::try_from(position).ok()
+    }
+
+    /// The pod of one of `ip`'s tenures.
+    fn tenure_pod(&self, ip: IpAddr, tenure: u32) -> Option<&PodInfo> {
+        let tenure = self.tenures.get(&ip)?.get(tenure as usize)?;
         self.pods.get(&tenure.uid).map(|entry| &entry.info)
     }
 
@@ -775,57 +853,93 @@ impl IdentityCache {
 
     /// Who held `ip` at time `at`.
     pub fn identify(&self, ip: IpAddr, at: SystemTime) -> Identity {
-        if let Some(pod) = self.pod_at(ip, at) {
-            return self.pod_identity(pod);
+        self.holder_identity(self.holder(ip, at))
+    }
+
+    /// What [`IdentityCache::identify`] would answer for `ip` at `at`, as a
+    /// small key: two addresses and times with the same holder get equal
+    /// identities, as long as the cache does not change. Finding the holder
+    /// costs a few lookups and no allocation; callers that resolve many
+    /// flows keep the identity of each holder.
+    pub fn holder(&self, ip: IpAddr, at: SystemTime) -> Holder {
+        if let Some(tenure) = self.tenure_at(ip, at) {
+            return Holder::Pod { ip, tenure };
         }
         if self.apiserver_ips.contains(&ip) {
-            return Identity {
-                kind: Some(PeerKind::KubeApiserver),
-                ..Identity::default()
-            };
+            return Holder::KubeApiserver;
         }
         // Before this node's addresses: kube-proxy in IPVS mode binds every
         // ClusterIP to kube-ipvs0, so they are local addresses too.
-        if let Some((namespace, name)) = self.service_ips.get(&ip) {
-            return Identity {
-                kind: Some(PeerKind::Service),
-                namespace: Some(namespace.clone()),
-                tenant: Some(self.tenant(namespace)),
-                workload: Some(Workload {
-                    kind: "Service".to_owned(),
-                    name: name.clone(),
-                }),
-                ..Identity::default()
-            };
+        if self.service_ips.contains_key(&ip) {
+            return Holder::Service(ip);
         }
         let node = self.node_ips.get(&ip);
         if self.config.local_addresses.contains(&ip) || node == Some(&self.config.node_name) {
-            let host_network: Vec<&str> =
-                self.host_network_pods.iter().map(String::as_str).collect();
-            return Identity {
-                kind: Some(PeerKind::Host),
-                node: Some(self.config.node_name.clone()),
-                note: (!host_network.is_empty()).then(|| {
-                    format!(
-                        "this node's address, shared by its hostNetwork pods: {}",
-                        host_network.join(", ")
-                    )
-                }),
-                ..Identity::default()
-            };
+            return Holder::Host;
         }
-        if let Some(node) = node {
-            return Identity {
+        if node.is_some() {
+            return Holder::RemoteNode(ip);
+        }
+        Holder::World
+    }
+
+    /// The identity of a holder found by [`IdentityCache::holder`] since the
+    /// cache last changed.
+    pub fn holder_identity(&self, holder: Holder) -> Identity {
+        match holder {
+            Holder::Pod { ip, tenure } => match self.tenure_pod(ip, tenure) {
+                Some(pod) => self.pod_identity(pod),
+                None => Identity::default(),
+            },
+            Holder::KubeApiserver => Identity {
+                kind: Some(PeerKind::KubeApiserver),
+                ..Identity::default()
+            },
+            Holder::Service(ip) => match self.service_ips.get(&ip) {
+                Some((namespace, name)) => Identity {
+                    kind: Some(PeerKind::Service),
+                    namespace: Some(namespace.clone()),
+                    tenant: Some(self.tenant(namespace)),
+                    workload: Some(Workload {
+                        kind: "Service".to_owned(),
+                        name: name.clone(),
+                    }),
+                    ..Identity::default()
+                },
+                None => Identity::default(),
+            },
+            Holder::Host => {
+                let host_network: Vec<&str> =
+                    self.host_network_pods.iter().map(String::as_str).collect();
+                Identity {
+                    kind: Some(PeerKind::Host),
+                    node: Some(self.config.node_name.clone()),
+                    note: (!host_network.is_empty()).then(|| {
+                        format!(
+                            "this node's address, shared by its hostNetwork pods: {}",
+                            host_network.join(", ")
+                        )
+                    }),
+                    ..Identity::default()
+                }
+            }
+            Holder::RemoteNode(ip) => Identity {
                 kind: Some(PeerKind::RemoteNode),
-                node: Some(node.clone()),
+                node: self.node_ips.get(&ip).cloned(),
                 note: Some("a node's address, also used by its hostNetwork pods".to_owned()),
                 ..Identity::default()
-            };
+            },
+            Holder::World => Identity {
+                kind: Some(PeerKind::World),
+                ..Identity::default()
+            },
         }
-        Identity {
-            kind: Some(PeerKind::World),
-            ..Identity::default()
-        }
+    }
+
+    /// Whether `ip` is a Service's virtual address: most are not, and this
+    /// tells so without building a key of address, port and protocol.
+    pub fn is_service_address(&self, ip: IpAddr) -> bool {
+        self.service_ips.contains_key(&ip)
     }
 
     /// The Service behind a virtual address and port, with its backends.
