@@ -1,24 +1,58 @@
 //! Gives flow records their identities: Service translation (with conntrack),
 //! then who each end was when the flow was seen.
 
-use std::{cell::RefCell, collections::HashSet, net::IpAddr, sync::Arc, time::SystemTime};
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashSet,
+    net::IpAddr,
+    sync::Arc,
+    time::SystemTime,
+};
 
+use hashbrown::{Equivalent, HashMap};
 use tracing::{debug, warn};
 
 use crate::{
     conntrack::{Conntrack, Tuple},
     drain::FlowSample,
-    identity::{Identity, IdentityCache, PeerKind, ServiceTarget, Workload},
+    identity::{Holder, Identity, IdentityCache, PeerKind, ServiceTarget, Workload},
     record::{FlowRecord, Protocol, ip_from_key, key_address},
 };
 
 /// How a sample addressed to a Service was translated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Translation {
-    /// The Service and its backends.
-    pub target: ServiceTarget,
+    /// The Service and its backends (shared by the samples sent to it).
+    pub target: Arc<ServiceTarget>,
     /// The backend conntrack says the connection went to, if it knows.
     pub backend: Option<(IpAddr, u16)>,
+}
+
+/// The translations of one drain's samples, by the samples' positions. Most
+/// samples are not addressed to a Service: only those that are have one.
+#[derive(Debug, Default)]
+pub struct Translations {
+    /// Ordered by position.
+    by_sample: Vec<(usize, Translation)>,
+}
+
+impl Translations {
+    /// The translations and the positions of their samples, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Translation)> {
+        self.by_sample
+            .iter()
+            .map(|(position, translation)| (*position, translation))
+    }
+
+    /// Samples with a translation.
+    pub fn len(&self) -> usize {
+        self.by_sample.len()
+    }
+
+    /// No sample was addressed to a Service.
+    pub fn is_empty(&self) -> bool {
+        self.by_sample.is_empty()
+    }
 }
 
 /// Interned identities kept at most: past this the set starts afresh (records
@@ -33,6 +67,45 @@ pub struct Enricher {
     /// One shared copy per distinct identity, so the records of a pod (in the
     /// API's buffer, the aggregator, the sinks) do not each own one.
     interned: RefCell<HashSet<Arc<Identity>>>,
+    /// The cache's generation the memos below were made at: they hold
+    /// until it changes.
+    generation: Cell<u64>,
+    /// The identity of each holder met since the cache last changed: the
+    /// records of one pod resolve it once, not once each.
+    resolved: RefCell<HashMap<Holder, Resolved>>,
+    /// Who is behind a Service whose backend is unknown, by the Service's
+    /// address and the holders of its backends, since the cache last
+    /// changed.
+    untranslated: RefCell<HashMap<(IpAddr, Vec<Holder>), Resolved>>,
+    /// A number for each tenant met since the cache last changed.
+    tenants: RefCell<HashMap<String, u32>>,
+    /// The Service ports met since the cache last changed, by address, port
+    /// and protocol (`None`: a Service address, not one of its ports).
+    targets: RefCell<HashMap<ServicePort, Option<Arc<ServiceTarget>>>>,
+    /// The backends' holders of the Service being resolved (kept to spare
+    /// an allocation per record).
+    holders: RefCell<Vec<Holder>>,
+}
+
+/// A virtual address, port and protocol that may be a Service's.
+type ServicePort = (IpAddr, u16, Protocol);
+
+/// An identity, shared, and the number of its tenant: whether a flow crosses
+/// tenants is then told without reading either identity.
+#[derive(Clone, Debug)]
+struct Resolved {
+    identity: Arc<Identity>,
+    tenant: Option<u32>,
+}
+
+/// A key of [`Enricher::untranslated`] looked up without building it.
+#[derive(Hash)]
+struct UntranslatedKey<'a>(IpAddr, &'a [Holder]);
+
+impl Equivalent<(IpAddr, Vec<Holder>)> for UntranslatedKey<'_> {
+    fn equivalent(&self, key: &(IpAddr, Vec<Holder>)) -> bool {
+        self.0 == key.0 && self.1 == key.1.as_slice()
+    }
 }
 
 impl Enricher {
@@ -45,10 +118,27 @@ impl Enricher {
                 None
             }
         };
+        Self::with_conntrack(cache, conntrack)
+    }
+
+    /// Uses `cache` and never asks conntrack: connections to Services
+    /// resolve to their workload. For benchmarks, whose figures should not
+    /// depend on the host's conntrack table.
+    pub fn without_conntrack(cache: IdentityCache) -> Self {
+        Self::with_conntrack(cache, None)
+    }
+
+    fn with_conntrack(cache: IdentityCache, conntrack: Option<Conntrack>) -> Self {
         Self {
+            generation: Cell::new(cache.generation()),
             cache,
             conntrack,
             interned: RefCell::new(HashSet::new()),
+            resolved: RefCell::default(),
+            untranslated: RefCell::default(),
+            tenants: RefCell::default(),
+            targets: RefCell::default(),
+            holders: RefCell::default(),
         }
     }
 
@@ -71,9 +161,71 @@ impl Enricher {
         self.interned.borrow().len()
     }
 
-    /// The cache, to apply source events to.
+    /// The cache, to apply source events to. What was resolved against it
+    /// is forgotten once it changes ([`IdentityCache::generation`]).
     pub fn cache_mut(&mut self) -> &mut IdentityCache {
         &mut self.cache
+    }
+
+    /// Forgets what was resolved if the cache changed since.
+    fn check_generation(&self) {
+        let generation = self.cache.generation();
+        if self.generation.replace(generation) != generation {
+            self.resolved.borrow_mut().clear();
+            self.untranslated.borrow_mut().clear();
+            self.tenants.borrow_mut().clear();
+            self.targets.borrow_mut().clear();
+        }
+    }
+
+    /// The Service behind a virtual address and port, shared.
+    fn service_target(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<Arc<ServiceTarget>> {
+        if !self.cache.is_service_address(ip) {
+            return None;
+        }
+        let key = (ip, port, protocol);
+        if let Some(target) = self.targets.borrow().get(&key) {
+            return target.clone();
+        }
+        let target = self.cache.service_target(ip, port, protocol).map(Arc::new);
+        self.targets.borrow_mut().insert(key, target.clone());
+        target
+    }
+
+    /// `identity` shared, with its tenant's number.
+    fn resolve(&self, identity: Identity) -> Resolved {
+        let tenant = identity.tenant.as_ref().map(|tenant| {
+            let mut tenants = self.tenants.borrow_mut();
+            let next = u32::try_from(tenants.len()).unwrap_or(u32::MAX);
+            *tenants.entry_ref(tenant.as_str()).or_insert(next)
+        });
+        Resolved {
+            identity: self.intern(identity),
+            tenant,
+        }
+    }
+
+    /// Who held `ip` at `at`.
+    fn identity_of(&self, ip: IpAddr, at: SystemTime) -> Resolved {
+        // Most ends are pods met before in this drain: their tenure finds
+        // them without the rest of the holder's lookups.
+        if let Some(tenure) = self.cache.nearest_tenure(ip, at)
+            && let Some(resolved) = self.resolved.borrow().get(&Holder::Pod { ip, tenure })
+        {
+            return resolved.clone();
+        }
+        let holder = self.cache.holder(ip, at);
+        if let Some(resolved) = self.resolved.borrow().get(&holder) {
+            return resolved.clone();
+        }
+        let resolved = self.resolve(self.cache.holder_identity(holder));
+        self.resolved.borrow_mut().insert(holder, resolved.clone());
+        resolved
     }
 
     /// The cache.
@@ -89,17 +241,16 @@ impl Enricher {
     /// is not watched and are un-DNATed before a pod's veth sees them: their
     /// source is the Service address. Those get their source rewritten to the
     /// backend the same way, so they pair with the translated request.
-    pub fn translate(&mut self, samples: &mut [FlowSample]) -> Vec<Option<Translation>> {
-        samples
+    pub fn translate(&mut self, samples: &mut [FlowSample]) -> Translations {
+        self.check_generation();
+        let by_sample = samples
             .iter_mut()
-            .map(|sample| {
+            .enumerate()
+            .filter_map(|(position, sample)| {
                 let key = &mut sample.key;
                 let protocol = Protocol(key.protocol);
                 let destination = ip_from_key(key.dst_addr);
-                let Some(target) = self
-                    .cache
-                    .service_target(destination, key.dst_port, protocol)
-                else {
+                let Some(target) = self.service_target(destination, key.dst_port, protocol) else {
                     self.translate_reply_source(key, protocol);
                     return None;
                 };
@@ -115,9 +266,10 @@ impl Enricher {
                     key.dst_addr = key_address(ip);
                     key.dst_port = port;
                 }
-                Some(Translation { target, backend })
+                Some((position, Translation { target, backend }))
             })
-            .collect()
+            .collect();
+        Translations { by_sample }
     }
 
     /// A sample whose source is a Service address: a reply un-DNATed by the
@@ -126,7 +278,6 @@ impl Enricher {
     fn translate_reply_source(&mut self, key: &mut flow_common::FlowKey, protocol: Protocol) {
         let source = ip_from_key(key.src_addr);
         if self
-            .cache
             .service_target(source, key.src_port, protocol)
             .is_none()
         {
@@ -163,8 +314,30 @@ impl Enricher {
     }
 
     /// Who is behind a Service address whose backend is unknown: the
-    /// workload all backends share, else the Service itself.
-    fn untranslated(&self, target: &ServiceTarget, at: SystemTime) -> Identity {
+    /// workload all backends share, else the Service itself. Shared.
+    fn untranslated(&self, target: &ServiceTarget, at: SystemTime) -> Resolved {
+        // The answer depends on who held the backends' addresses, and on the
+        // Service (its address names it).
+        let mut holders = self.holders.borrow_mut();
+        holders.clear();
+        holders.extend(
+            target
+                .backends
+                .iter()
+                .map(|(ip, _)| self.cache.holder(*ip, at)),
+        );
+        let key = UntranslatedKey(target.service.ip, &holders);
+        if let Some(resolved) = self.untranslated.borrow().get(&key) {
+            return resolved.clone();
+        }
+        let resolved = self.resolve(self.untranslated_identity(target, at));
+        self.untranslated
+            .borrow_mut()
+            .insert((target.service.ip, holders.clone()), resolved.clone());
+        resolved
+    }
+
+    fn untranslated_identity(&self, target: &ServiceTarget, at: SystemTime) -> Identity {
         self.cache
             .common_backend(target, at)
             .unwrap_or_else(|| Identity {
@@ -187,30 +360,28 @@ impl Enricher {
         translation: Option<&Translation>,
         at: SystemTime,
     ) {
+        self.check_generation();
         let source =
-            match self
-                .cache
-                .service_target(record.source.ip, record.source.port, record.protocol)
-            {
+            match self.service_target(record.source.ip, record.source.port, record.protocol) {
                 // A reply still from the Service address (no conntrack, or its
                 // lookup missed): the same Service and backend identity as its
                 // request, so both fold into one aggregate.
                 Some(target) => {
                     let identity = self.untranslated(&target, at);
-                    record.source.service = Some(target.service);
+                    record.source.service = Some(target.service.clone());
                     identity
                 }
-                None => self.cache.identify(record.source.ip, at),
+                None => self.identity_of(record.source.ip, at),
             };
-        record.source.identity = self.intern(source);
+        record.source.identity = source.identity;
         let destination = match translation {
-            None => self.cache.identify(record.destination.ip, at),
+            None => self.identity_of(record.destination.ip, at),
             Some(Translation {
                 target,
                 backend: Some(_),
             }) => {
                 record.destination.service = Some(target.service.clone());
-                self.cache.identify(record.destination.ip, at)
+                self.identity_of(record.destination.ip, at)
             }
             Some(Translation {
                 target,
@@ -220,11 +391,8 @@ impl Enricher {
                 self.untranslated(target, at)
             }
         };
-        record.destination.identity = self.intern(destination);
-        record.cross_tenant = match (
-            &record.source.identity.tenant,
-            &record.destination.identity.tenant,
-        ) {
+        record.destination.identity = destination.identity;
+        record.cross_tenant = match (source.tenant, destination.tenant) {
             (Some(source), Some(destination)) => Some(source != destination),
             _ => Some(false),
         };
@@ -298,7 +466,7 @@ mod tests {
             .service_target(service.ip, 80, Protocol(6))
             .unwrap();
         let translation = Translation {
-            target,
+            target: Arc::new(target),
             backend: None,
         };
         enricher.annotate(&mut request, Some(&translation), now);

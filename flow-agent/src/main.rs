@@ -147,6 +147,10 @@ fn print_config(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records are written to stdout this many bytes at a time, not a line at a
+/// time.
+const STDOUT_BUFFER: usize = 64 * 1024;
+
 fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let config = resolve(args)?;
     init_logging(cli, config.datapath.ebpf_debug)?;
@@ -157,8 +161,10 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        let stdout = || std::io::stdout().lock();
-        let sink: Box<dyn RecordSink> = match config.output {
+        // Written from the agent's drain thread, a buffer at a time (the
+        // sink flushes after each batch).
+        let stdout = || std::io::BufWriter::with_capacity(STDOUT_BUFFER, std::io::stdout());
+        let sink: Box<dyn RecordSink + Send> = match config.output {
             OutputFormat::Json => Box::new(JsonLines::new(stdout(), JsonContent::Flows)),
             OutputFormat::Aggregates => Box::new(JsonLines::new(stdout(), JsonContent::Aggregates)),
             OutputFormat::None => Box::new(Discard),

@@ -126,11 +126,12 @@ impl Health {
     }
 }
 
-/// What one drain reports to the metrics.
+/// What one drain reports to the metrics, once its records are counted
+/// ([`Metrics::records`]).
 #[derive(Debug)]
-pub struct DrainReport<'a> {
-    /// The drain's records.
-    pub records: &'a [FlowRecord],
+pub struct DrainReport {
+    /// Flows (records) the drain produced.
+    pub flows: usize,
     /// Datapath counters after the drain.
     pub counters: DatapathCounters,
     /// Flow map capacity.
@@ -326,16 +327,11 @@ impl Metrics {
         lock(&self.seen).datapath = counters;
     }
 
-    /// Records one drain.
-    pub fn drain(&self, report: &DrainReport<'_>) {
-        let DrainReport {
-            records,
-            counters,
-            map_entries,
-            duration,
-        } = report;
+    /// Counts records, as a drain hands them to the sinks (a large drain
+    /// does so in several batches).
+    pub fn records(&self, records: &[FlowRecord]) {
         self.records.inc_by(records.len() as u64);
-        for record in *records {
+        for record in records {
             self.packets.inc_by(record.packets);
             self.bytes.inc_by(record.bytes);
             for end in [&record.source, &record.destination] {
@@ -347,8 +343,19 @@ impl Metrics {
                 self.violations.inc();
             }
         }
+    }
+
+    /// Reports one drain: the map's fill, its duration and the datapath
+    /// counters.
+    pub fn drain(&self, report: &DrainReport) {
+        let DrainReport {
+            flows,
+            counters,
+            map_entries,
+            duration,
+        } = report;
         self.fill_ratio
-            .set(records.len() as f64 / f64::from((*map_entries).max(1)));
+            .set(*flows as f64 / f64::from((*map_entries).max(1)));
         self.drain_seconds.observe(duration.as_secs_f64());
         let mut seen = lock(&self.seen);
         for (counter, increase) in counters.increase_since(&seen.datapath) {
@@ -577,15 +584,17 @@ mod tests {
         let mut counters = DatapathCounters::default();
         counters.0[DatapathCounter::MapFull as usize] = 3;
         let records = [record(5, 500, false), record(2, 120, true)];
+        metrics.records(&records);
         metrics.drain(&DrainReport {
-            records: &records,
+            flows: records.len(),
             counters,
             map_entries: 4,
             duration: Duration::from_millis(3),
         });
         counters.0[DatapathCounter::MapFull as usize] = 10;
+        metrics.records(&records[..1]);
         metrics.drain(&DrainReport {
-            records: &records[..1],
+            flows: 1,
             counters,
             map_entries: 4,
             duration: Duration::from_millis(300),

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use flow_common::{Direction, FlowKey, protocol, tcp_flag};
+use flow_common::{Direction, protocol, tcp_flag};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, ServiceRef};
@@ -282,46 +282,38 @@ pub fn ip_from_key(address: [u8; 16]) -> IpAddr {
     }
 }
 
+/// TCP header flags and their names, in header order.
+const TCP_FLAG_NAMES: [(u16, &str); 8] = [
+    (tcp_flag::FIN, "FIN"),
+    (tcp_flag::SYN, "SYN"),
+    (tcp_flag::RST, "RST"),
+    (tcp_flag::PSH, "PSH"),
+    (tcp_flag::ACK, "ACK"),
+    (tcp_flag::URG, "URG"),
+    (tcp_flag::ECE, "ECE"),
+    (tcp_flag::CWR, "CWR"),
+];
+
 /// Names of the TCP header flags set in `flags` (the synthetic bits are left out).
 pub fn tcp_flag_names(flags: u16) -> Vec<String> {
-    const NAMES: [(u16, &str); 8] = [
-        (tcp_flag::FIN, "FIN"),
-        (tcp_flag::SYN, "SYN"),
-        (tcp_flag::RST, "RST"),
-        (tcp_flag::PSH, "PSH"),
-        (tcp_flag::ACK, "ACK"),
-        (tcp_flag::URG, "URG"),
-        (tcp_flag::ECE, "ECE"),
-        (tcp_flag::CWR, "CWR"),
-    ];
-    NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, name)| (*name).to_owned())
-        .collect()
+    let mut names = Vec::new();
+    write_tcp_flag_names(flags, &mut names);
+    names
 }
 
-/// The two endpoints and ICMP fields of a key.
-pub fn endpoints(key: &FlowKey) -> (Endpoint, Endpoint, Option<Icmp>) {
-    let FlowKey {
-        src_addr,
-        dst_addr,
-        src_port,
-        dst_port,
-        protocol,
-        icmp_type,
-        icmp_code,
-        _pad,
-    } = *key;
-    let icmp = Protocol(protocol).is_icmp().then_some(Icmp {
-        icmp_type,
-        code: icmp_code,
-    });
-    (
-        Endpoint::new(ip_from_key(src_addr), src_port),
-        Endpoint::new(ip_from_key(dst_addr), dst_port),
-        icmp,
-    )
+/// [`tcp_flag_names`] written over `names`, reusing its strings: a record
+/// rewritten for another flow allocates nothing for its flags.
+pub fn write_tcp_flag_names(flags: u16, names: &mut Vec<String>) {
+    let mut kept = 0;
+    for (_, name) in TCP_FLAG_NAMES.iter().filter(|(bit, _)| flags & bit != 0) {
+        match names.get_mut(kept) {
+            Some(slot) if slot == name => {}
+            Some(slot) => (*name).clone_into(slot),
+            None => names.push((*name).to_owned()),
+        }
+        kept += 1;
+    }
+    names.truncate(kept);
 }
 
 #[cfg(test)]
@@ -367,6 +359,17 @@ mod tests {
     fn tcp_flags_are_named_in_header_order_without_synthetic_bits() {
         let flags = tcp_flag::ACK | tcp_flag::SYN | tcp_flag::SYN_ACK | tcp_flag::FIN;
         assert_eq!(tcp_flag_names(flags), ["FIN", "SYN", "ACK"]);
+    }
+
+    #[test]
+    fn tcp_flag_names_written_over_a_record_replace_the_old_ones() {
+        let mut names = tcp_flag_names(tcp_flag::SYN | tcp_flag::ACK);
+        write_tcp_flag_names(tcp_flag::FIN | tcp_flag::PSH | tcp_flag::ACK, &mut names);
+        assert_eq!(names, ["FIN", "PSH", "ACK"]);
+        write_tcp_flag_names(tcp_flag::RST, &mut names);
+        assert_eq!(names, ["RST"]);
+        write_tcp_flag_names(tcp_flag::SYN_ONLY, &mut names);
+        assert!(names.is_empty());
     }
 
     #[test]
