@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: the datapath benchmarks (`cargo bench`) and TCP
+//! `cargo xtask bench`: the datapath, API, agents and pipeline benchmarks
+//! (`cargo bench`), large drains of a real agent ([`crate::drains`]), and TCP
 //! throughput between two lab pods with and without flow-agent attached.
 //! Prints figures; asserts nothing.
 
@@ -111,76 +112,6 @@ fn resident_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
-/// The real agent with 100k flows in one interval: its drain time (from its
-/// debug log) and resident memory.
-fn agent_at_100k_flows(agent_binary: &Path) -> Result<()> {
-    const PORTS: u16 = 50_000;
-    let node = Node::new(2)?;
-    let agent = AgentProcess::start(
-        agent_binary,
-        &node.netns,
-        &[
-            "-i",
-            &node.glob(),
-            "--output",
-            "none",
-            "--flush-interval",
-            "4s",
-            "--map-size",
-            "262144",
-            "--log-level",
-            "flow_agent=debug",
-        ],
-        false,
-    )?;
-    let idle_kib = resident_kib(agent.pid())?;
-    let (b4, b6) = (node.pods[1].ipv4, node.pods[1].ipv6);
-    node.pods[0].netns.run(move || -> std::io::Result<()> {
-        let v4 = std::net::UdpSocket::bind("0.0.0.0:40000")?;
-        let v6 = std::net::UdpSocket::bind("[::]:40001")?;
-        for port in 1..=PORTS {
-            v4.send_to(&[0u8; 16], (b4, port))?;
-            v6.send_to(&[0u8; 16], (b6, port))?;
-        }
-        Ok(())
-    })??;
-    // Wait for the drain that carries them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let line = loop {
-        let lines = agent.stderr();
-        if let Some(line) = lines.iter().find(|line| {
-            line.contains("drained") && extract(line, "flows=").is_some_and(|n| n >= 100_000)
-        }) {
-            break line.clone();
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("no drain of 100k flows seen");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let busy_kib = resident_kib(agent.pid())?;
-    agent.stop()?;
-    println!(
-        "flow-agent with {} flows in one interval:",
-        extract(&line, "flows=").unwrap_or(0)
-    );
-    println!(
-        "  drain + records: {:.1} ms (agent's own measurement)",
-        extract(&line, "elapsed_us=").unwrap_or(0) as f64 / 1e3
-    );
-    println!("  resident memory: {idle_kib} KiB idle, {busy_kib} KiB after the 100k-flow drain");
-    Ok(())
-}
-
-fn extract(line: &str, field: &str) -> Option<u64> {
-    let start = line.find(field)? + field.len();
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Hubble followers each on its own connection, as relays and CLIs follow:
 /// the agent's resident memory per follower.
 fn hubble_followers(agent_binary: &Path) -> Result<()> {
@@ -273,7 +204,8 @@ pub(crate) fn bench(agent_binary: &Path, peer: Option<&PeerBench>) -> Result<()>
     }
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "api"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "agents"])?;
-    agent_at_100k_flows(agent_binary)?;
+    crate::cargo(&["bench", "--package", "flow-agent", "--bench", "pipeline"])?;
+    crate::drains::large_drains(agent_binary)?;
     hubble_followers(agent_binary)?;
     crate::packets::small_packets(agent_binary)?;
     throughput(agent_binary)

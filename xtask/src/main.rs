@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod drains;
 mod hubble_compat;
 mod packets;
 mod peer;
@@ -41,8 +42,8 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// Set up, then run the datapath and API benchmarks, a real agent at 100k
-    /// flows and with 200 Hubble followers, and compare small-packet rates
+    /// Set up, then run the datapath, API and pipeline benchmarks, a real
+    /// agent draining 100k and 1M flows and with 200 Hubble followers, and compare small-packet rates
     /// and TCP throughput with and without flow-agent (root; installs
     /// iperf3).
     Bench {
@@ -56,6 +57,9 @@ enum Task {
         /// ../shared/bench/peer-netobserv beside the workspace.
         #[arg(long, value_name = "DIR", value_parser = from_invocation_dir, requires = "peer_netobserv")]
         peer_harness: Option<PathBuf>,
+        /// Only the real agent's large drains (100k and 1M flows).
+        #[arg(long, conflicts_with = "peer_netobserv")]
+        drains: bool,
     },
     /// Check that proto/hubble is a wire-compatible subset of Cilium's Hubble
     /// API: every message, field, enum value, service and method it declares
@@ -144,9 +148,11 @@ fn main() -> Result<()> {
             let binary = prepare_agent("debug")?;
             demo::demo(&binary, Duration::from_secs(seconds))
         }
+        Task::Bench { drains: true, .. } => drains::large_drains(&prepare_agent("release")?),
         Task::Bench {
             peer_netobserv,
             peer_harness,
+            drains: false,
         } => {
             let peer = peer_netobserv
                 .map(|dir| peer::PeerBench::new(&dir, peer_harness))
@@ -171,10 +177,10 @@ fn prepare_agent(profile: &str) -> Result<PathBuf> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("this creates network namespaces and loads BPF programs: run it as root");
     }
-    let binary = workspace_root()
-        .join("target")
-        .join(profile)
-        .join("flow-agent");
+    // Where cargo put it: CARGO_TARGET_DIR, when set, is cargo's too.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let binary = target.join(profile).join("flow-agent");
     if !Command::new(&binary).arg("--version").status()?.success() {
         bail!("{} does not run", binary.display());
     }
