@@ -103,15 +103,21 @@ impl DrainThread {
         let (commands, inbox) = mpsc::channel();
         let (started_sender, started) = oneshot::channel();
         let (finished_sender, finished) = oneshot::channel();
+        // What the datapath runs asynchronously (the eBPF programs' log
+        // reader) is spawned on the agent's runtime, not run here.
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("flow-drain".into())
-            .spawn(move || match Agent::start(start) {
-                Ok(agent) => {
-                    let _ = started_sender.send(Ok(()));
-                    let _ = finished_sender.send(agent.run(&inbox));
-                }
-                Err(error) => {
-                    let _ = started_sender.send(Err(error));
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                match Agent::start(start) {
+                    Ok(agent) => {
+                        let _ = started_sender.send(Ok(()));
+                        let _ = finished_sender.send(agent.run(&inbox));
+                    }
+                    Err(error) => {
+                        let _ = started_sender.send(Err(error));
+                    }
                 }
             })
             .map_err(AgentError::DrainThread)?;
