@@ -541,6 +541,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn json_lines_keep_the_order_of_a_batch_serialized_in_paired_chunks() {
+        // Two full pairs, then a first chunk and part of a second.
+        let count = 5 * PAIRED_CHUNK + 7;
+        let records: Vec<FlowRecord> = (0..count).map(|n| record(n as u16)).collect();
+        let mut sink = JsonLines::new(Vec::new(), JsonContent::Flows);
+        sink.flows(&records).unwrap();
+        sink.flows(&records[..3]).unwrap();
+        let text = String::from_utf8(sink.writer).unwrap();
+        let ports: Vec<u64> = text
+            .lines()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value["source"]["port"].as_u64().unwrap()
+            })
+            .collect();
+        let expected: Vec<u64> = (0..count as u64).chain(0..3).collect();
+        assert_eq!(ports, expected);
+    }
+
     fn ports(path: &std::path::Path) -> Vec<u16> {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         text.lines()
