@@ -1,7 +1,7 @@
 //! The real agent draining large intervals: 100,000 and then 1,000,000 UDP
 //! flows sent from a lab pod in one flush interval each, with identities
-//! from an inventory of 5,000 pods and records printed as JSON lines (to
-//! /dev/null). Reports each drain's time as the agent measures it (the
+//! from an inventory of 5,000 pods and records built, then also printed as
+//! JSON lines (to /dev/null). Reports each drain's time as the agent measures it (the
 //! kernel's part and the whole), per flow, the near-empty drain that
 //! follows each, and the agent's peak resident memory. Prints figures;
 //! asserts nothing.
@@ -196,14 +196,23 @@ fn burst(
     Ok(seen)
 }
 
-/// Runs the agent through a 100k-flow and a 1M-flow interval and prints
-/// what each drain cost, as "figure (target)".
+/// Runs the agent through a 100k-flow and a 1M-flow interval, with records
+/// built but not printed (`--output none`: they still go through aggregates
+/// and the sinks' interface), then printed as JSON lines, and prints what
+/// each drain cost, as "figure (target)".
 pub(crate) fn large_drains(agent_binary: &Path) -> Result<()> {
+    for output in ["none", "json"] {
+        agent_draining(agent_binary, output)?;
+    }
+    Ok(())
+}
+
+fn agent_draining(agent_binary: &Path, output: &str) -> Result<()> {
     let node = Node::new(2)?;
     let inventory_path = std::env::temp_dir().join(format!("{}-inventory.yaml", node.netns.name));
     std::fs::write(&inventory_path, inventory(&node))?;
     let command = format!(
-        "exec {} run -i '{}' --output json --flush-interval {FLUSH_INTERVAL} --map-size {MAP_SIZE} --inventory {} --node-name {NODE_NAME} --log-level flow_agent=debug > /dev/null",
+        "exec {} run -i '{}' --output {output} --flush-interval {FLUSH_INTERVAL} --map-size {MAP_SIZE} --inventory {} --node-name {NODE_NAME} --log-level flow_agent=debug > /dev/null",
         agent_binary.display(),
         node.glob(),
         inventory_path.display(),
@@ -212,7 +221,7 @@ pub(crate) fn large_drains(agent_binary: &Path) -> Result<()> {
     agent.wait_for_log("flow-agent started", Duration::from_secs(30))?;
     let idle_kib = status_kib(agent.pid(), "VmRSS:")?;
     println!(
-        "flow-agent draining large intervals: UDP flows from a lab pod, identity from an inventory of {INVENTORY_PODS} pods, records as JSON lines (to /dev/null), flush interval {FLUSH_INTERVAL}, map size {MAP_SIZE}; figure (target):"
+        "flow-agent draining large intervals: UDP flows from a lab pod, identity from an inventory of {INVENTORY_PODS} pods, --output {output} (to /dev/null), flush interval {FLUSH_INTERVAL}, map size {MAP_SIZE}; figure (target):"
     );
     // Each burst starts right after a drain, so that it fits in one interval.
     let (seen, _) = drain_after(&agent, 0)?;
