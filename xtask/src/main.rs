@@ -129,6 +129,7 @@ fn main() -> Result<()> {
             lint()?;
             // Every test that needs a tool setup installs must run, not skip.
             let python = setup::python_env().join("bin").join("python");
+            let ci_venv = setup::ci_python_env();
             setup::status(
                 &std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
                 &[
@@ -140,6 +141,7 @@ fn main() -> Result<()> {
                 ],
                 &[
                     ("FLOW_AGENT_TEST_PYTHON", &python.to_string_lossy()),
+                    ("FLOW_AGENT_TEST_CI_VENV", &ci_venv.to_string_lossy()),
                     ("FLOW_AGENT_TEST_STRICT", "1"),
                 ],
             )

