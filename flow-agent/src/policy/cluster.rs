@@ -94,6 +94,9 @@ pub struct ClusterView {
     /// namespace → name → index in `pods` (looked up by `&str`, without
     /// allocating, once per record end in monitor mode).
     pod_index: HashMap<String, HashMap<String, usize>>,
+    /// namespace → indexes in `pods`, ascending: a selector is compared with
+    /// its namespace's pods only, not with every pod of the cluster.
+    namespace_pods: HashMap<String, Vec<usize>>,
     workloads: BTreeMap<WorkloadRef, WorkloadView>,
 }
 
@@ -256,11 +259,17 @@ impl ClusterView {
         self.pod_index.get(namespace)?.get(name).copied()
     }
 
+    /// Indexes the pod about to be pushed at `index`; every push goes
+    /// through here.
     fn index_pod(&mut self, namespace: &str, name: &str, index: usize) {
         self.pod_index
             .entry(namespace.to_owned())
             .or_default()
             .insert(name.to_owned(), index);
+        self.namespace_pods
+            .entry(namespace.to_owned())
+            .or_default()
+            .push(index);
     }
 
     /// Sets a namespace's labels (its name label is kept).
@@ -280,9 +289,12 @@ impl ClusterView {
             return None;
         }
         let others: Vec<&PodView> = self
-            .pods
-            .iter()
-            .filter(|pod| pod.namespace == workload.namespace && pod.workload != *workload)
+            .namespace_pods
+            .get(&workload.namespace)
+            .into_iter()
+            .flatten()
+            .map(|index| &self.pods[*index])
+            .filter(|pod| pod.workload != *workload)
             .collect();
         let own: Vec<&PodView> = view.pods.iter().map(|index| &self.pods[*index]).collect();
         let rank = |key: &str| {

@@ -20,6 +20,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -36,9 +37,11 @@ use serde::Serialize;
 
 use super::{
     cluster::{ClusterView, NAMESPACE_NAME_LABEL, Selection},
-    graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
+    graph::{EdgeKey, Graph, WorkloadRef},
 };
-use crate::{identity::PeerKind, record::Protocol};
+use crate::record::Protocol;
+
+mod propose;
 
 /// Consecutive observed ports that become one `port`/`endPort` range.
 pub const ENDPORT_MIN_RUN: usize = 3;
@@ -87,12 +90,14 @@ impl Default for GenerateOptions {
 /// A peer of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PeerSpec {
-    /// Pods of a namespace with these labels.
+    /// Pods of a namespace with these labels. Both shared by every rule
+    /// that has the workload as a peer: copies of their own in each were
+    /// most of the memory of a large proposal.
     Pods {
         /// Namespace.
-        namespace: String,
-        /// `matchLabels`.
-        labels: BTreeMap<String, String>,
+        namespace: Arc<str>,
+        /// `matchLabels`: the workload's selector.
+        labels: Arc<BTreeMap<String, String>>,
     },
     /// An address block.
     Cidr(String),
@@ -203,6 +208,26 @@ fn is_dns(key: &EdgeKey) -> bool {
     key.port == 53 && matches!(key.protocol.name(), Some("UDP" | "TCP"))
 }
 
+/// `value` in decimal, without the formatting machinery: ports go into every
+/// rule of every policy and every allowed line.
+fn push_decimal(text: &mut String, value: u16) {
+    let mut digits = [0u8; 5];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        // A digit: `rest % 10` is below 10.
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for digit in &digits[start..] {
+        text.push(char::from(*digit));
+    }
+}
+
 /// A DNS-1123 name for a workload's policy: `allow-<kind>-<name>`, shortened
 /// with a hash when too long.
 pub fn policy_name(workload: &WorkloadRef) -> String {
@@ -222,61 +247,46 @@ pub fn policy_name(workload: &WorkloadRef) -> String {
     format!("{}-{hash:08x}", &name[..cut])
 }
 
-/// Ports as port entries: runs of consecutive ports become ranges.
-fn port_specs(ports: &BTreeSet<(Protocol, u16)>) -> Vec<PortSpec> {
+/// Sorted, distinct ports as port entries: a run of at least
+/// [`ENDPORT_MIN_RUN`] consecutive ports of one protocol becomes a range.
+fn port_ranges(ports: impl IntoIterator<Item = (Protocol, u16)>) -> Vec<PortSpec> {
     let mut specs = Vec::new();
-    let mut by_protocol: BTreeMap<Protocol, Vec<u16>> = BTreeMap::new();
+    // Protocol, first and last port of the current run.
+    let mut run: Option<(Protocol, u16, u16)> = None;
     for (protocol, port) in ports {
-        by_protocol.entry(*protocol).or_default().push(*port);
-    }
-    for (protocol, ports) in by_protocol {
-        let mut start = 0;
-        while start < ports.len() {
-            let mut end = start;
-            while end + 1 < ports.len() && ports[end + 1] == ports[end] + 1 {
-                end += 1;
+        match &mut run {
+            Some((run_protocol, _, last))
+                if *run_protocol == protocol && last.checked_add(1) == Some(port) =>
+            {
+                *last = port;
             }
-            if end - start + 1 >= ENDPORT_MIN_RUN {
-                specs.push(PortSpec {
-                    protocol,
-                    port: ports[start],
-                    end_port: Some(ports[end]),
-                });
-            } else {
-                specs.extend(ports[start..=end].iter().map(|port| PortSpec {
-                    protocol,
-                    port: *port,
-                    end_port: None,
-                }));
+            _ => {
+                if let Some(done) = run.replace((protocol, port, port)) {
+                    push_run(&mut specs, done);
+                }
             }
-            start = end + 1;
         }
+    }
+    if let Some(done) = run {
+        push_run(&mut specs, done);
     }
     specs
 }
 
-/// Peers with their ports as rules: peers with the same port set share a
-/// rule, so a rule allows exactly the product of its peers and ports.
-fn rules(peers: BTreeMap<PeerSpec, BTreeSet<(Protocol, u16)>>) -> Vec<RuleSpec> {
-    let mut by_ports: BTreeMap<BTreeSet<(Protocol, u16)>, Vec<PeerSpec>> = BTreeMap::new();
-    for (peer, ports) in peers {
-        by_ports.entry(ports).or_default().push(peer);
+fn push_run(specs: &mut Vec<PortSpec>, (protocol, first, last): (Protocol, u16, u16)) {
+    if usize::from(last - first) + 1 >= ENDPORT_MIN_RUN {
+        specs.push(PortSpec {
+            protocol,
+            port: first,
+            end_port: Some(last),
+        });
+    } else {
+        specs.extend((first..=last).map(|port| PortSpec {
+            protocol,
+            port,
+            end_port: None,
+        }));
     }
-    let mut rules: Vec<RuleSpec> = by_ports
-        .into_iter()
-        .map(|(ports, peers)| RuleSpec {
-            peers,
-            ports: port_specs(&ports),
-        })
-        .collect();
-    rules.sort();
-    rules
-}
-
-#[derive(Default)]
-struct Sides {
-    ingress: BTreeMap<PeerSpec, BTreeSet<(Protocol, u16)>>,
-    egress: BTreeMap<PeerSpec, BTreeSet<(Protocol, u16)>>,
 }
 
 fn peer_text(peer: &PeerSpec) -> String {
@@ -295,212 +305,7 @@ fn peer_text(peer: &PeerSpec) -> String {
 
 /// Proposes policies for `graph` in `cluster`.
 pub fn propose(graph: &Graph, cluster: &ClusterView, options: &GenerateOptions) -> Proposal {
-    let mut notes = BTreeSet::new();
-    // Namespaces with a workload that takes part in a connection.
-    let mut subjects: BTreeSet<String> = BTreeSet::new();
-    let mut sides: BTreeMap<WorkloadRef, Sides> = BTreeMap::new();
-    let mut selections: BTreeMap<WorkloadRef, Option<Selection>> = BTreeMap::new();
-    let mut select = |workload: &WorkloadRef, notes: &mut BTreeSet<Note>| -> Option<Selection> {
-        selections
-            .entry(workload.clone())
-            .or_insert_with(|| {
-                let selection = cluster.selector(workload);
-                match &selection {
-                    None => {
-                        notes.insert(Note::Unselectable(format!(
-                            "{workload}: no labels to select its pods by"
-                        )));
-                    }
-                    Some(selection) if !selection.also_selects.is_empty() => {
-                        let others: Vec<String> = selection
-                            .also_selects
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect();
-                        notes.insert(Note::Overlap(format!(
-                            "{workload}: its labels also select {}",
-                            others.join(", ")
-                        )));
-                    }
-                    Some(_) => {}
-                }
-                selection
-            })
-            .clone()
-    };
-    let subject = |workload: &WorkloadRef| {
-        workload.kind != "Service"
-            && !options.excluded_namespaces.contains(&workload.namespace)
-            && !cluster
-                .workload(workload)
-                .is_some_and(|view| view.host_network)
-    };
-    let tenant = |party: &Party| -> Option<String> {
-        let workload = party.workload()?;
-        cluster
-            .workload(workload)
-            .and_then(|view| view.tenant.clone())
-            .or_else(|| {
-                graph
-                    .workload(workload)
-                    .and_then(|info| info.tenant.clone())
-            })
-    };
-
-    for (key, stats) in graph.edges() {
-        let EdgeKey {
-            client,
-            server,
-            protocol,
-            port,
-        } = key;
-        let EdgeStats { cross_tenant, .. } = stats;
-        // Every namespace taking part gets a default deny, even when none of
-        // its edges can be allowed: what it will block is in the review.
-        for party in [client, server] {
-            if let Party::Workload(workload) = party
-                && subject(workload)
-            {
-                subjects.insert(workload.namespace.clone());
-            }
-        }
-        if !matches!(protocol.name(), Some("TCP" | "UDP" | "SCTP")) || *port == 0 {
-            notes.insert(Note::Unexpressible(format!(
-                "{}: NetworkPolicy allows {} only together with every other protocol",
-                edge_text(key),
-                protocol
-            )));
-            continue;
-        }
-        let platform = |party: &Party| {
-            party
-                .workload()
-                .is_some_and(|workload| options.excluded_namespaces.contains(&workload.namespace))
-        };
-        let crossing = !platform(client)
-            && !platform(server)
-            && (*cross_tenant
-                || matches!((tenant(client), tenant(server)), (Some(a), Some(b)) if a != b));
-        if crossing {
-            if !options.allow_cross_tenant {
-                notes.insert(Note::CrossTenantExcluded(edge_text(key)));
-                continue;
-            }
-            notes.insert(Note::CrossTenantIncluded(edge_text(key)));
-        }
-        if client.workload().is_none() || server.workload().is_none() {
-            notes.insert(Note::External(edge_text(key)));
-        }
-        let ports: BTreeSet<(Protocol, u16)> = if is_dns(key) {
-            [(Protocol(6), 53), (Protocol(17), 53)].into()
-        } else {
-            [(*protocol, *port)].into()
-        };
-        // What each end looks like as the other's peer.
-        let mut as_peer = |party: &Party, notes: &mut BTreeSet<Note>| -> Option<PeerSpec> {
-            match party {
-                Party::Address { ip, kind } => Some(match kind {
-                    PeerKind::KubeApiserver => PeerSpec::Entity {
-                        entity: "kube-apiserver".to_owned(),
-                        cidr: cidr(*ip),
-                    },
-                    PeerKind::Host => PeerSpec::Entity {
-                        entity: "host".to_owned(),
-                        cidr: cidr(*ip),
-                    },
-                    PeerKind::RemoteNode if options.format == PolicyFormat::Cilium => {
-                        notes.insert(Note::Unselectable(format!(
-                            "{}: a node's address; Cilium matches it by toCIDR/fromCIDR only with policy-cidr-match-mode=nodes (otherwise allow the remote-node entity by hand, which admits every node)",
-                            edge_text(key)
-                        )));
-                        PeerSpec::Cidr(cidr(*ip))
-                    }
-                    _ => PeerSpec::Cidr(cidr(*ip)),
-                }),
-                Party::Workload(workload) if workload.kind == "Service" => {
-                    notes.insert(Note::Unselectable(format!(
-                        "{}: the Service's backends were not told apart; allow its pods by hand",
-                        edge_text(key)
-                    )));
-                    None
-                }
-                Party::Workload(workload)
-                    if cluster
-                        .workload(workload)
-                        .is_some_and(|view| view.host_network) =>
-                {
-                    notes.insert(Note::Unselectable(format!(
-                        "{}: {workload} uses the node's network; NetworkPolicy cannot select it",
-                        edge_text(key)
-                    )));
-                    None
-                }
-                Party::Workload(workload) => {
-                    select(workload, notes).map(|selection| PeerSpec::Pods {
-                        namespace: workload.namespace.clone(),
-                        labels: selection.labels,
-                    })
-                }
-            }
-        };
-        let client_peer = as_peer(client, &mut notes);
-        let server_peer = as_peer(server, &mut notes);
-        if let (Party::Workload(workload), Some(peer)) = (client, &server_peer)
-            && subject(workload)
-        {
-            sides
-                .entry(workload.clone())
-                .or_default()
-                .egress
-                .entry(peer.clone())
-                .or_default()
-                .extend(ports.iter().copied());
-        }
-        if let (Party::Workload(workload), Some(peer)) = (server, &client_peer)
-            && subject(workload)
-        {
-            sides
-                .entry(workload.clone())
-                .or_default()
-                .ingress
-                .entry(peer.clone())
-                .or_default()
-                .extend(ports.iter().copied());
-        }
-    }
-
-    let mut policies = Vec::new();
-    let mut allowed = Vec::new();
-    for (workload, Sides { ingress, egress }) in sides {
-        let Some(selection) = select(&workload, &mut notes) else {
-            continue;
-        };
-        for (direction, peers) in [("ingress from", &ingress), ("egress to", &egress)] {
-            for (peer, ports) in peers {
-                for (protocol, port) in ports {
-                    allowed.push(format!(
-                        "{workload} {direction} {} {protocol}/{port}",
-                        peer_text(peer)
-                    ));
-                }
-            }
-        }
-        policies.push(WorkloadPolicy {
-            name: policy_name(&workload),
-            workload,
-            selection,
-            ingress: rules(ingress),
-            egress: rules(egress),
-        });
-    }
-    allowed.sort();
-    Proposal {
-        namespaces: subjects.into_iter().collect(),
-        policies,
-        notes: notes.into_iter().collect(),
-        allowed,
-        edges: graph.len(),
-    }
+    propose::Proposer::new(graph, cluster, options).propose()
 }
 
 fn metadata(namespace: &str, name: &str) -> ObjectMeta {
@@ -529,10 +334,10 @@ fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPeer {
             labels,
         } => NetworkPolicyPeer {
             // Another namespace: both selectors in one peer, so they AND.
-            namespace_selector: (peer_namespace != namespace).then(|| {
+            namespace_selector: (**peer_namespace != *namespace).then(|| {
                 match_labels(&BTreeMap::from([(
                     NAMESPACE_NAME_LABEL.to_owned(),
-                    peer_namespace.clone(),
+                    peer_namespace.to_string(),
                 )]))
             }),
             pod_selector: Some(match_labels(labels)),
@@ -711,10 +516,10 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
         for peer in peers {
             match peer {
                 PeerSpec::Pods { namespace, labels } => {
-                    let mut labels = labels.clone();
+                    let mut labels = BTreeMap::clone(labels);
                     labels.insert(
                         "k8s:io.kubernetes.pod.namespace".to_owned(),
-                        namespace.clone(),
+                        namespace.to_string(),
                     );
                     endpoints.push(match_labels(&labels));
                 }

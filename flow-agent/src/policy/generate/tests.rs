@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use super::*;
 use crate::{
     identity::{Identity, PeerKind, ServiceRef, Workload},
-    policy::cluster::PodView,
+    policy::{cluster::PodView, graph::EdgeStats},
     record::{Endpoint, FlowRecord, Hook, Timestamp},
 };
 
@@ -167,7 +167,7 @@ fn policy<'a>(proposal: &'a Proposal, name: &str) -> &'a WorkloadPolicy {
 fn pods(namespace: &str, app: &str) -> PeerSpec {
     PeerSpec::Pods {
         namespace: namespace.into(),
-        labels: [("app".to_owned(), app.to_owned())].into(),
+        labels: Arc::new([("app".to_owned(), app.to_owned())].into()),
     }
 }
 
@@ -290,6 +290,11 @@ fn cross_tenant_edges_need_the_flag_and_are_then_listed_as_included() {
             |note| matches!(note, Note::CrossTenantIncluded(text) if text.contains("billing"))
         )
     );
+}
+
+/// Ports as port entries: runs of consecutive ports become ranges.
+fn port_specs(ports: &BTreeSet<(Protocol, u16)>) -> Vec<PortSpec> {
+    port_ranges(ports.iter().copied())
 }
 
 #[test]

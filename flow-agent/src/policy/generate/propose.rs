@@ -1,0 +1,475 @@
+//! The sections of [`super::propose`]: what each end of an edge is (worked
+//! out once per party, not once per edge), the (peer, port) pairs each
+//! workload allows, then its rules and allowed lines.
+//!
+//! Peers are interned: an edge records a peer's number, and the peers are
+//! put in [`PeerSpec`] order once, at the end. Per edge, two ends are
+//! looked up and numbers pushed: nothing is cloned, no label map compared.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use hashbrown::HashMap;
+
+use super::{
+    GenerateOptions, Note, PeerSpec, PolicyFormat, Proposal, RuleSpec, WorkloadPolicy, cidr,
+    edge_text, is_dns, peer_text, policy_name, port_ranges, push_decimal,
+};
+use crate::{
+    identity::PeerKind,
+    policy::{
+        cluster::{ClusterView, Selection},
+        graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
+    },
+    record::Protocol,
+};
+
+/// A peer, a protocol and a port a workload allows in one direction. The
+/// peer is its number: first in order of appearance, then its rank in
+/// [`PeerSpec`] order.
+type Allowance = (usize, Protocol, u16);
+
+/// Why an end is not (only) a peer, said for each edge it is on.
+#[derive(Clone, Copy, Debug)]
+enum EndNote {
+    /// A node's address, which Cilium matches by CIDR only in one mode.
+    RemoteNode,
+    /// A Service whose backends were not told apart.
+    Service,
+    /// A workload on the node's network.
+    HostNetwork,
+}
+
+/// What an end is as the other end's peer.
+#[derive(Clone, Copy, Debug)]
+struct AsPeer {
+    peer: Option<usize>,
+    note: Option<EndNote>,
+}
+
+/// One end of edges, as the generator sees it.
+struct End<'g> {
+    party: &'g Party,
+    /// Gets a policy: its place in [`Proposer::sides`].
+    subject: Option<usize>,
+    /// In a namespace that gets no policies (and so belongs to no tenant).
+    platform: bool,
+    tenant: Option<&'g str>,
+    host_network: bool,
+    /// Worked out when an edge first needs it: selecting a workload's pods
+    /// notes what is wrong with its labels, which only the ends of edges
+    /// that can be allowed may do.
+    as_peer: Option<AsPeer>,
+    /// The workload's selector, once worked out.
+    selection: Option<Selection>,
+}
+
+/// What a subject workload allows.
+#[derive(Default)]
+struct Sides {
+    ingress: Vec<Allowance>,
+    egress: Vec<Allowance>,
+}
+
+/// The state of one proposal.
+pub(super) struct Proposer<'g> {
+    graph: &'g Graph,
+    cluster: &'g ClusterView,
+    options: &'g GenerateOptions,
+    ends: Vec<End<'g>>,
+    end_of: HashMap<&'g Party, usize>,
+    /// Peer → its number.
+    peers: BTreeMap<PeerSpec, usize>,
+    /// Per subject workload: its end and what it allows.
+    sides: Vec<(usize, Sides)>,
+    notes: BTreeSet<Note>,
+}
+
+impl<'g> Proposer<'g> {
+    pub(super) fn new(
+        graph: &'g Graph,
+        cluster: &'g ClusterView,
+        options: &'g GenerateOptions,
+    ) -> Self {
+        Self {
+            graph,
+            cluster,
+            options,
+            ends: Vec::new(),
+            end_of: HashMap::new(),
+            peers: BTreeMap::new(),
+            sides: Vec::new(),
+            notes: BTreeSet::new(),
+        }
+    }
+
+    /// Adds every edge, then makes the proposal.
+    pub(super) fn propose(mut self) -> Proposal {
+        for (key, stats) in self.graph.edges() {
+            self.edge(key, stats);
+        }
+        self.finish()
+    }
+
+    /// The end `party` is, looked up once per party.
+    fn end(&mut self, party: &'g Party) -> usize {
+        if let Some(index) = self.end_of.get(party) {
+            return *index;
+        }
+        let index = self.ends.len();
+        let workload = party.workload();
+        let view = workload.and_then(|workload| self.cluster.workload(workload));
+        let host_network = view.is_some_and(|view| view.host_network);
+        let platform = workload.is_some_and(|workload| {
+            self.options
+                .excluded_namespaces
+                .contains(&workload.namespace)
+        });
+        let tenant = workload.and_then(|workload| {
+            view.and_then(|view| view.tenant.as_deref()).or_else(|| {
+                self.graph
+                    .workload(workload)
+                    .and_then(|info| info.tenant.as_deref())
+            })
+        });
+        let subject = workload
+            .filter(|workload| workload.kind != "Service" && !platform && !host_network)
+            .map(|_| {
+                self.sides.push((index, Sides::default()));
+                self.sides.len() - 1
+            });
+        self.ends.push(End {
+            party,
+            subject,
+            platform,
+            tenant,
+            host_network,
+            as_peer: None,
+            selection: None,
+        });
+        self.end_of.insert(party, index);
+        index
+    }
+
+    /// Adds one edge: its notes, and what its ends allow.
+    fn edge(&mut self, key: &'g EdgeKey, stats: &EdgeStats) {
+        let EdgeKey {
+            client,
+            server,
+            protocol,
+            port,
+        } = key;
+        // Every namespace taking part gets a default deny (an end that is a
+        // subject), even when none of its edges can be allowed: what it will
+        // block is in the review.
+        let (client_end, server_end) = (self.end(client), self.end(server));
+        if !self.admits(key, stats, client_end, server_end) {
+            return;
+        }
+        let dns = [(Protocol(6), 53), (Protocol(17), 53)];
+        let single = [(*protocol, *port)];
+        let ports: &[(Protocol, u16)] = if is_dns(key) { &dns } else { &single };
+        // What each end looks like as the other's peer.
+        let client_peer = self.as_peer(client_end, key);
+        let server_peer = self.as_peer(server_end, key);
+        if let (Some(side), Some(peer)) = (self.ends[client_end].subject, server_peer) {
+            let egress = &mut self.sides[side].1.egress;
+            egress.extend(
+                ports
+                    .iter()
+                    .map(|(protocol, port)| (peer, *protocol, *port)),
+            );
+        }
+        if let (Some(side), Some(peer)) = (self.ends[server_end].subject, client_peer) {
+            let ingress = &mut self.sides[side].1.ingress;
+            ingress.extend(
+                ports
+                    .iter()
+                    .map(|(protocol, port)| (peer, *protocol, *port)),
+            );
+        }
+    }
+
+    /// Whether an edge can be allowed at all; notes why not, and what a
+    /// reviewer should know about it.
+    fn admits(&mut self, key: &EdgeKey, stats: &EdgeStats, client: usize, server: usize) -> bool {
+        let EdgeKey { protocol, port, .. } = key;
+        if !matches!(protocol.name(), Some("TCP" | "UDP" | "SCTP")) || *port == 0 {
+            self.notes.insert(Note::Unexpressible(format!(
+                "{}: NetworkPolicy allows {} only together with every other protocol",
+                edge_text(key),
+                protocol
+            )));
+            return false;
+        }
+        let (client, server) = (&self.ends[client], &self.ends[server]);
+        let crossing = !client.platform
+            && !server.platform
+            && (stats.cross_tenant
+                || matches!((client.tenant, server.tenant), (Some(a), Some(b)) if a != b));
+        if crossing {
+            if !self.options.allow_cross_tenant {
+                self.notes.insert(Note::CrossTenantExcluded(edge_text(key)));
+                return false;
+            }
+            self.notes.insert(Note::CrossTenantIncluded(edge_text(key)));
+        }
+        if client.party.workload().is_none() || server.party.workload().is_none() {
+            self.notes.insert(Note::External(edge_text(key)));
+        }
+        true
+    }
+
+    /// The end as the other end's peer, with the note its edge gets when it
+    /// cannot be one (or needs a word).
+    fn as_peer(&mut self, end: usize, key: &EdgeKey) -> Option<usize> {
+        let as_peer = match self.ends[end].as_peer {
+            Some(as_peer) => as_peer,
+            None => {
+                let as_peer = self.work_out_peer(end);
+                self.ends[end].as_peer = Some(as_peer);
+                as_peer
+            }
+        };
+        if let Some(note) = as_peer.note {
+            let text = match note {
+                EndNote::RemoteNode => format!(
+                    "{}: a node's address; Cilium matches it by toCIDR/fromCIDR only with policy-cidr-match-mode=nodes (otherwise allow the remote-node entity by hand, which admits every node)",
+                    edge_text(key)
+                ),
+                EndNote::Service => format!(
+                    "{}: the Service's backends were not told apart; allow its pods by hand",
+                    edge_text(key)
+                ),
+                EndNote::HostNetwork => format!(
+                    "{}: {} uses the node's network; NetworkPolicy cannot select it",
+                    edge_text(key),
+                    self.ends[end].party
+                ),
+            };
+            self.notes.insert(Note::Unselectable(text));
+        }
+        as_peer.peer
+    }
+
+    fn work_out_peer(&mut self, end: usize) -> AsPeer {
+        let End {
+            party,
+            host_network,
+            ..
+        } = self.ends[end];
+        let (peer, note) = match party {
+            Party::Address { ip, kind } => {
+                let entity = |entity: &str| PeerSpec::Entity {
+                    entity: entity.to_owned(),
+                    cidr: cidr(*ip),
+                };
+                match kind {
+                    PeerKind::KubeApiserver => (Some(entity("kube-apiserver")), None),
+                    PeerKind::Host => (Some(entity("host")), None),
+                    PeerKind::RemoteNode if self.options.format == PolicyFormat::Cilium => {
+                        (Some(PeerSpec::Cidr(cidr(*ip))), Some(EndNote::RemoteNode))
+                    }
+                    _ => (Some(PeerSpec::Cidr(cidr(*ip))), None),
+                }
+            }
+            Party::Workload(workload) if workload.kind == "Service" => {
+                (None, Some(EndNote::Service))
+            }
+            Party::Workload(_) if host_network => (None, Some(EndNote::HostNetwork)),
+            Party::Workload(workload) => (
+                self.select(end, workload).map(|labels| PeerSpec::Pods {
+                    namespace: Arc::from(workload.namespace.as_str()),
+                    labels,
+                }),
+                None,
+            ),
+        };
+        AsPeer {
+            peer: peer.map(|peer| self.intern(peer)),
+            note,
+        }
+    }
+
+    /// The workload's selector, kept for its policy; notes a workload
+    /// without labels, or whose labels also select others.
+    fn select(
+        &mut self,
+        end: usize,
+        workload: &WorkloadRef,
+    ) -> Option<Arc<BTreeMap<String, String>>> {
+        let Some(selection) = self.cluster.selector(workload) else {
+            self.notes.insert(Note::Unselectable(format!(
+                "{workload}: no labels to select its pods by"
+            )));
+            return None;
+        };
+        if !selection.also_selects.is_empty() {
+            let others: Vec<String> = selection
+                .also_selects
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            self.notes.insert(Note::Overlap(format!(
+                "{workload}: its labels also select {}",
+                others.join(", ")
+            )));
+        }
+        let labels = Arc::new(selection.labels.clone());
+        self.ends[end].selection = Some(selection);
+        Some(labels)
+    }
+
+    /// The peer's number; the same peer (two workloads with the same
+    /// selector) gets the same one.
+    fn intern(&mut self, peer: PeerSpec) -> usize {
+        let next = self.peers.len();
+        *self.peers.entry(peer).or_insert(next)
+    }
+
+    /// Policies, notes and allowed lines, sorted.
+    fn finish(mut self) -> Proposal {
+        let (peers, rank) = ranked(std::mem::take(&mut self.peers));
+        let texts: Vec<String> = peers.iter().map(peer_text).collect();
+        let mut sides = std::mem::take(&mut self.sides);
+        sides.retain(|(_, sides)| !sides.ingress.is_empty() || !sides.egress.is_empty());
+        sides.sort_by(|(a, _), (b, _)| self.ends[*a].party.cmp(self.ends[*b].party));
+        let mut policies = Vec::with_capacity(sides.len());
+        let mut line_groups = Vec::with_capacity(sides.len());
+        for (end, Sides { ingress, egress }) in sides {
+            let End {
+                party, selection, ..
+            } = &mut self.ends[end];
+            let (Party::Workload(workload), Some(selection)) = (*party, selection.take()) else {
+                continue;
+            };
+            let ingress = ranked_allowances(ingress, &rank);
+            let egress = ranked_allowances(egress, &rank);
+            line_groups.push(allowed_lines(workload, &ingress, &egress, &texts));
+            policies.push(WorkloadPolicy {
+                workload: workload.clone(),
+                name: policy_name(workload),
+                selection,
+                ingress: rules(&ingress, &peers),
+                egress: rules(&egress, &peers),
+            });
+        }
+        Proposal {
+            namespaces: self.namespaces(),
+            policies,
+            notes: self.notes.into_iter().collect(),
+            allowed: sorted_lines(line_groups),
+            edges: self.graph.len(),
+        }
+    }
+
+    /// The namespaces of subject workloads: each gets a default deny.
+    fn namespaces(&self) -> Vec<String> {
+        let namespaces: BTreeSet<&String> = self
+            .ends
+            .iter()
+            .filter(|end| end.subject.is_some())
+            .filter_map(|end| end.party.workload())
+            .map(|workload| &workload.namespace)
+            .collect();
+        namespaces.into_iter().cloned().collect()
+    }
+}
+
+/// Peers in [`PeerSpec`] order, and each peer number's rank in it.
+fn ranked(peers: BTreeMap<PeerSpec, usize>) -> (Vec<PeerSpec>, Vec<usize>) {
+    let mut rank = vec![0; peers.len()];
+    let peers = peers
+        .into_iter()
+        .enumerate()
+        .map(|(place, (peer, number))| {
+            rank[number] = place;
+            peer
+        })
+        .collect();
+    (peers, rank)
+}
+
+/// Allowances by peer rank, then protocol and port, once each.
+fn ranked_allowances(mut allowances: Vec<Allowance>, rank: &[usize]) -> Vec<Allowance> {
+    for (peer, _, _) in &mut allowances {
+        *peer = rank[*peer];
+    }
+    allowances.sort_unstable();
+    allowances.dedup();
+    allowances
+}
+
+/// Peers with their ports as rules: peers with the same port set share a
+/// rule, so a rule allows exactly the product of its peers and ports. In
+/// [`RuleSpec`] order: a peer is in one rule only, so rules compare by their
+/// first peer.
+fn rules(allowances: &[Allowance], peers: &[PeerSpec]) -> Vec<RuleSpec> {
+    // One run per peer, in rank order; grouped by their ports (the stable
+    // sort keeps each group's peers in rank order).
+    let mut runs: Vec<&[Allowance]> = allowances.chunk_by(|a, b| a.0 == b.0).collect();
+    runs.sort_by(|a, b| ports(a).cmp(ports(b)));
+    let mut groups: Vec<&[&[Allowance]]> = runs.chunk_by(|a, b| ports(a).eq(ports(b))).collect();
+    groups.sort_unstable_by_key(|group| group[0][0].0);
+    groups
+        .into_iter()
+        .map(|group| RuleSpec {
+            peers: group.iter().map(|run| peers[run[0].0].clone()).collect(),
+            ports: port_ranges(ports(group[0])),
+        })
+        .collect()
+}
+
+/// The ports of one peer's run of allowances.
+fn ports(run: &[Allowance]) -> impl Iterator<Item = (Protocol, u16)> + '_ {
+    run.iter().map(|(_, protocol, port)| (*protocol, *port))
+}
+
+/// A workload's allowed lines (`<workload> <direction> <peer>
+/// <protocol>/<port>`), sorted, and what all of them start with.
+fn allowed_lines(
+    workload: &WorkloadRef,
+    ingress: &[Allowance],
+    egress: &[Allowance],
+    texts: &[String],
+) -> (String, Vec<String>) {
+    let prefix = format!("{workload} ");
+    let mut lines = Vec::with_capacity(ingress.len() + egress.len());
+    for (direction, allowances) in [("ingress from ", ingress), ("egress to ", egress)] {
+        for (peer, protocol, port) in allowances {
+            let text = &texts[*peer];
+            // Room for the longest end, ` SCTP/65535`.
+            let mut line = String::with_capacity(prefix.len() + direction.len() + text.len() + 12);
+            line.push_str(&prefix);
+            line.push_str(direction);
+            line.push_str(text);
+            line.push(' ');
+            match protocol.name() {
+                Some(name) => line.push_str(name),
+                None => line.push_str(&protocol.to_string()),
+            }
+            line.push('/');
+            push_decimal(&mut line, *port);
+            lines.push(line);
+        }
+    }
+    lines.sort_unstable();
+    (prefix, lines)
+}
+
+/// Every workload's lines in one sorted list. Workload names have no
+/// spaces, so the lines of one workload sort together, in the order of their
+/// `<workload> ` prefixes: put together that way the list is sorted, and the
+/// final sort, there for names that break the rule, is one pass that finds
+/// it so.
+fn sorted_lines(mut groups: Vec<(String, Vec<String>)>) -> Vec<String> {
+    groups.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    let mut lines = Vec::with_capacity(groups.iter().map(|(_, lines)| lines.len()).sum());
+    for (_, group) in groups {
+        lines.extend(group);
+    }
+    lines.sort();
+    lines
+}
