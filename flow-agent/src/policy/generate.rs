@@ -42,6 +42,7 @@ use super::{
 use crate::record::Protocol;
 
 mod propose;
+mod yaml;
 
 /// Consecutive observed ports that become one `port`/`endPort` range.
 pub const ENDPORT_MIN_RUN: usize = 3;
@@ -518,7 +519,7 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
                 PeerSpec::Pods { namespace, labels } => {
                     let mut labels = BTreeMap::clone(labels);
                     labels.insert(
-                        "k8s:io.kubernetes.pod.namespace".to_owned(),
+                        yaml::CILIUM_NAMESPACE_LABEL.to_owned(),
                         namespace.to_string(),
                     );
                     endpoints.push(match_labels(&labels));
@@ -604,32 +605,91 @@ fn to_yaml<T: Serialize>(value: &T) -> String {
 
 /// The proposal as files: name → content, with a `kustomization.yaml`.
 pub fn render(proposal: &Proposal, format: PolicyFormat) -> BTreeMap<String, String> {
-    let mut files = BTreeMap::new();
-    for namespace in &proposal.namespaces {
-        let text = match format {
-            PolicyFormat::Networkpolicy => to_yaml(&default_deny(namespace)),
-            PolicyFormat::Cilium => to_yaml(&cilium_default_deny(namespace)),
-        };
-        files.insert(format!("{namespace}.default-deny.yaml"), text);
-    }
-    for policy in &proposal.policies {
-        let text = match format {
-            PolicyFormat::Networkpolicy => to_yaml(&network_policy(policy)),
-            PolicyFormat::Cilium => to_yaml(&cilium_policy(policy)),
-        };
-        files.insert(
-            format!("{}.{}.yaml", policy.workload.namespace, policy.name),
-            text,
+    rendered_files(proposal, format).collect()
+}
+
+/// The names of the proposal's policy files (without `kustomization.yaml`).
+pub fn file_names(proposal: &Proposal) -> BTreeSet<String> {
+    let denies = proposal
+        .namespaces
+        .iter()
+        .map(|namespace| deny_file_name(namespace));
+    let policies = proposal.policies.iter().map(policy_file_name);
+    denies.chain(policies).collect()
+}
+
+fn deny_file_name(namespace: &str) -> String {
+    format!("{namespace}.default-deny.yaml")
+}
+
+fn policy_file_name(policy: &WorkloadPolicy) -> String {
+    format!("{}.{}.yaml", policy.workload.namespace, policy.name)
+}
+
+/// [`render`]'s files one at a time, made as they are asked for, so that an
+/// export writes each without holding them all: the default denies, the
+/// policies (a later file of the same name replaces an earlier one), and
+/// `kustomization.yaml`.
+pub fn rendered_files(
+    proposal: &Proposal,
+    format: PolicyFormat,
+) -> impl Iterator<Item = (String, String)> + '_ {
+    // Each document is written into a buffer kept from one to the next,
+    // then copied out at its exact size.
+    let mut scratch = String::new();
+    let denies = proposal.namespaces.iter().map(move |namespace| {
+        let text = deny_yaml(namespace, format, &mut scratch);
+        (deny_file_name(namespace), text)
+    });
+    let mut scratch = String::new();
+    let policies = proposal.policies.iter().map(move |policy| {
+        let text = policy_yaml(policy, format, &mut scratch);
+        (policy_file_name(policy), text)
+    });
+    let kustomization = std::iter::once_with(|| {
+        let mut text = String::from(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
         );
+        for name in file_names(proposal) {
+            text.push_str("- ");
+            text.push_str(&name);
+            text.push('\n');
+        }
+        ("kustomization.yaml".to_owned(), text)
+    });
+    denies.chain(policies).chain(kustomization)
+}
+
+/// A namespace's default deny: written directly when that gives what the
+/// serializer would, else through it.
+fn deny_yaml(namespace: &str, format: PolicyFormat, scratch: &mut String) -> String {
+    let direct = match format {
+        PolicyFormat::Networkpolicy => yaml::default_deny(scratch, namespace),
+        PolicyFormat::Cilium => yaml::cilium_default_deny(scratch, namespace),
+    };
+    if direct {
+        // At its exact size: the scratch buffer has room to spare.
+        return scratch.as_str().to_owned();
     }
-    let mut kustomization = String::from(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
-    );
-    for name in files.keys() {
-        kustomization.push_str(&format!("- {name}\n"));
+    match format {
+        PolicyFormat::Networkpolicy => to_yaml(&default_deny(namespace)),
+        PolicyFormat::Cilium => to_yaml(&cilium_default_deny(namespace)),
     }
-    files.insert("kustomization.yaml".to_owned(), kustomization);
-    files
+}
+
+/// A workload's policy, as [`deny_yaml`] writes a default deny.
+fn policy_yaml(policy: &WorkloadPolicy, format: PolicyFormat, scratch: &mut String) -> String {
+    let direct = match format {
+        PolicyFormat::Networkpolicy => yaml::network_policy(scratch, policy),
+        PolicyFormat::Cilium => yaml::cilium_policy(scratch, policy),
+    };
+    if direct {
+        return scratch.as_str().to_owned();
+    }
+    match format {
+        PolicyFormat::Networkpolicy => to_yaml(&network_policy(policy)),
+        PolicyFormat::Cilium => to_yaml(&cilium_policy(policy)),
+    }
 }
 
 #[cfg(test)]
