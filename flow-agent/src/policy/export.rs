@@ -5,15 +5,17 @@
 //! write are never touched.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    io,
+    collections::BTreeSet,
+    fs::File,
+    io::{self, BufWriter, Write},
     path::{Path, PathBuf},
 };
 
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::generate::{Note, PolicyFormat, Proposal, render};
+use super::generate::{Note, PolicyFormat, Proposal, file_names, rendered_files};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = ".flow-agent-export.json";
@@ -68,6 +70,14 @@ struct Manifest {
     allowed: Vec<String>,
 }
 
+/// [`Manifest`] as written: borrowed, not a copy of every allowed line.
+#[derive(Serialize)]
+struct ManifestRef<'a> {
+    version: u32,
+    files: &'a BTreeSet<String>,
+    allowed: &'a [String],
+}
+
 /// What an export did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportSummary {
@@ -100,6 +110,22 @@ fn write_file(path: &Path, text: &str) -> Result<(), ExportError> {
     std::fs::rename(&temporary, path).map_err(io_error("replace", path))
 }
 
+/// [`write_file`] for large files, streamed through `write` rather than
+/// held whole in memory first.
+fn stream_file(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<(), ExportError> {
+    let temporary = path.with_extension("tmp-flow-agent");
+    let written = File::create(&temporary).and_then(|file| {
+        let mut writer = BufWriter::new(file);
+        write(&mut writer)?;
+        writer.flush()
+    });
+    written.map_err(io_error("write", &temporary))?;
+    std::fs::rename(&temporary, path).map_err(io_error("replace", path))
+}
+
 /// Writes `proposal`, learned from every source, into `directory`.
 pub fn export(
     directory: &Path,
@@ -120,30 +146,15 @@ pub fn export_partial(
 ) -> Result<ExportSummary, ExportError> {
     std::fs::create_dir_all(directory).map_err(io_error("create", directory))?;
     let manifest_path = directory.join(MANIFEST);
-    let previous: Option<Manifest> = match std::fs::read(&manifest_path) {
-        Ok(bytes) => {
-            Some(
-                serde_json::from_slice(&bytes).map_err(|error| ExportError::Manifest {
-                    path: manifest_path.clone(),
-                    message: error.to_string(),
-                })?,
-            )
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(ExportError::Io {
-                operation: "read",
-                path: manifest_path,
-                source,
-            });
-        }
-    };
-    let files = render(proposal, format);
-    if let Some(name) = files.keys().find(|name| !is_plain_file_name(name)) {
+    let previous = read_manifest(&manifest_path)?;
+    let mut files = file_names(proposal);
+    files.insert("kustomization.yaml".to_owned());
+    if let Some(name) = files.iter().find(|name| !is_plain_file_name(name)) {
         return Err(ExportError::FileName { name: name.clone() });
     }
-    for (name, text) in &files {
-        write_file(&directory.join(name), text)?;
+    // Each file written as it is rendered: never all of them in memory.
+    for (name, text) in rendered_files(proposal, format) {
+        write_file(&directory.join(name), &text)?;
     }
     let mut summary = ExportSummary {
         files: files.len(),
@@ -151,62 +162,103 @@ pub fn export_partial(
         ..ExportSummary::default()
     };
     if let Some(previous) = &previous {
-        for name in &previous.files {
-            // Only plain names flow-agent wrote; never a path elsewhere.
-            if files.contains_key(name) || !is_plain_file_name(name) {
-                continue;
-            }
-            let path = directory.join(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => summary.removed.push(name.clone()),
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(ExportError::Io {
-                        operation: "remove",
-                        path,
-                        source,
-                    });
-                }
-            }
-        }
-        let before: BTreeSet<&String> = previous.allowed.iter().collect();
-        let after: BTreeSet<&String> = proposal.allowed.iter().collect();
-        summary.added = after
-            .difference(&before)
-            .map(|line| (*line).clone())
-            .collect();
-        summary.dropped = before
-            .difference(&after)
-            .map(|line| (*line).clone())
-            .collect();
+        summary.removed = remove_stale_files(directory, previous, &files)?;
+        (summary.added, summary.dropped) = changes(&previous.allowed, &proposal.allowed);
     }
-    write_file(
-        &directory.join("REVIEW.md"),
-        &review(proposal, format, &summary, missing),
-    )?;
-    let manifest = Manifest {
-        version: 1,
-        files: files.keys().cloned().collect(),
-        allowed: proposal.allowed.clone(),
-    };
-    let text = serde_json::to_string_pretty(&manifest).map_err(|error| ExportError::Io {
-        operation: "encode",
-        path: manifest_path.clone(),
-        source: io::Error::other(error),
+    stream_file(&directory.join("REVIEW.md"), |out| {
+        write_review(out, proposal, format, &summary, missing)
     })?;
-    write_file(&manifest_path, &(text + "\n"))?;
+    let manifest = ManifestRef {
+        version: 1,
+        files: &files,
+        allowed: &proposal.allowed,
+    };
+    stream_file(&manifest_path, |out| {
+        serde_json::to_writer_pretty(&mut *out, &manifest)?;
+        out.write_all(b"\n")
+    })?;
     Ok(summary)
 }
 
-fn section(out: &mut String, title: &str, lines: &[String], empty: &str) {
-    out.push_str(&format!("\n## {title}\n\n"));
-    if lines.is_empty() {
-        out.push_str(empty);
-        out.push('\n');
+/// The previous export's manifest, if there was one.
+fn read_manifest(path: &Path) -> Result<Option<Manifest>, ExportError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|error| ExportError::Manifest {
+                    path: path.to_owned(),
+                    message: error.to_string(),
+                })
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ExportError::Io {
+            operation: "read",
+            path: path.to_owned(),
+            source,
+        }),
     }
+}
+
+/// The allowed lines `after` has and `before` has not (added), and the
+/// other way round (dropped): each sorted, once each.
+fn changes(before: &[String], after: &[String]) -> (Vec<String>, Vec<String>) {
+    let before: BTreeSet<&String> = before.iter().collect();
+    let after: BTreeSet<&String> = after.iter().collect();
+    let only = |these: &BTreeSet<&String>, those: &BTreeSet<&String>| {
+        these
+            .difference(those)
+            .map(|line| (*line).clone())
+            .collect()
+    };
+    (only(&after, &before), only(&before, &after))
+}
+
+/// Removes the previous export's files that this one does not have; returns
+/// their names.
+fn remove_stale_files(
+    directory: &Path,
+    previous: &Manifest,
+    files: &BTreeSet<String>,
+) -> Result<Vec<String>, ExportError> {
+    let mut removed = Vec::new();
+    for name in &previous.files {
+        // Only plain names flow-agent wrote; never a path elsewhere.
+        if files.contains(name) || !is_plain_file_name(name) {
+            continue;
+        }
+        let path = directory.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(name.clone()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ExportError::Io {
+                    operation: "remove",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn section<'a>(
+    out: &mut impl Write,
+    title: &str,
+    lines: impl IntoIterator<Item = &'a String>,
+    empty: &str,
+) -> io::Result<()> {
+    write!(out, "\n## {title}\n\n")?;
+    let mut none = true;
     for line in lines {
-        out.push_str(&format!("- `{line}`\n"));
+        none = false;
+        writeln!(out, "- `{line}`")?;
     }
+    if none {
+        writeln!(out, "{empty}")?;
+    }
+    Ok(())
 }
 
 /// The reviewer's page: which agents' graphs are missing, what changed, what
@@ -218,9 +270,24 @@ pub fn review(
     summary: &ExportSummary,
     missing: &[String],
 ) -> String {
-    let mut out = String::from("# Proposed network policies\n\n");
-    out.push_str(&format!(
-        "Generated by flow-agent from {} observed edges: {} namespaces get a default deny, {} workloads a policy with {} rules ({}).\n",
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail, and writes only UTF-8.
+    let _ = write_review(&mut out, proposal, format, summary, missing);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`review`], written to `out` as it is made (a large proposal's page is
+/// tens of megabytes).
+fn write_review(
+    out: &mut impl Write,
+    proposal: &Proposal,
+    format: PolicyFormat,
+    summary: &ExportSummary,
+    missing: &[String],
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "# Proposed network policies\n\nGenerated by flow-agent from {} observed edges: {} namespaces get a default deny, {} workloads a policy with {} rules ({}).",
         proposal.edges,
         proposal.namespaces.len(),
         proposal.policies.len(),
@@ -229,107 +296,119 @@ pub fn review(
             PolicyFormat::Networkpolicy => "networking.k8s.io/v1 NetworkPolicy",
             PolicyFormat::Cilium => "cilium.io/v2 CiliumNetworkPolicy",
         }
-    ));
+    )?;
     if !missing.is_empty() {
         // Only when there are some: a complete run's page is the same
         // whichever sources it merged.
         section(
-            &mut out,
+            out,
             "Agents that did not answer (their nodes' traffic is missing: review before merging)",
             missing,
             "",
-        );
+        )?;
     }
-    out.push_str("\n## Changes since the previous export\n\n");
+    write_changes(out, summary)?;
+    write_notes(out, &proposal.notes)?;
+    write_per_workload(out, proposal)
+}
+
+fn write_changes(out: &mut impl Write, summary: &ExportSummary) -> io::Result<()> {
+    out.write_all(b"\n## Changes since the previous export\n\n")?;
     if !summary.had_previous {
-        out.push_str("First export into this directory.\n");
+        writeln!(out, "First export into this directory.")?;
     } else if summary.added.is_empty() && summary.dropped.is_empty() && summary.removed.is_empty() {
-        out.push_str("None: the same connections are allowed.\n");
+        writeln!(out, "None: the same connections are allowed.")?;
     } else {
         for line in &summary.added {
-            out.push_str(&format!("- allowed now: `{line}`\n"));
+            writeln!(out, "- allowed now: `{line}`")?;
         }
         for line in &summary.dropped {
-            out.push_str(&format!("- no longer allowed: `{line}`\n"));
+            writeln!(out, "- no longer allowed: `{line}`")?;
         }
         for file in &summary.removed {
-            out.push_str(&format!("- removed file: `{file}`\n"));
+            writeln!(out, "- removed file: `{file}`")?;
         }
     }
-    let pick = |wanted: fn(&Note) -> Option<&String>| -> Vec<String> {
-        proposal.notes.iter().filter_map(wanted).cloned().collect()
-    };
+    Ok(())
+}
+
+fn write_notes(out: &mut impl Write, notes: &[Note]) -> io::Result<()> {
+    let pick = |wanted: fn(&Note) -> Option<&String>| notes.iter().filter_map(wanted);
     section(
-        &mut out,
+        out,
         "Cross-tenant edges left out (need a decision; `--allow-cross-tenant` includes them)",
-        &pick(|note| match note {
+        pick(|note| match note {
             Note::CrossTenantExcluded(text) => Some(text),
             _ => None,
         }),
         "None.",
-    );
+    )?;
     section(
-        &mut out,
+        out,
         "Cross-tenant edges included (`--allow-cross-tenant`)",
-        &pick(|note| match note {
+        pick(|note| match note {
             Note::CrossTenantIncluded(text) => Some(text),
             _ => None,
         }),
         "None.",
-    );
+    )?;
     section(
-        &mut out,
+        out,
         "Edges with addresses outside the workloads (ipBlock /32 or /128)",
-        &pick(|note| match note {
+        pick(|note| match note {
             Note::External(text) => Some(text),
             _ => None,
         }),
         "None.",
-    );
+    )?;
     section(
-        &mut out,
+        out,
         "Not allowed: NetworkPolicy cannot express them",
-        &pick(|note| match note {
+        pick(|note| match note {
             Note::Unexpressible(text) | Note::Unselectable(text) => Some(text),
             _ => None,
         }),
         "None.",
-    );
+    )?;
     section(
-        &mut out,
+        out,
         "Selectors that also select other workloads",
-        &pick(|note| match note {
+        pick(|note| match note {
             Note::Overlap(text) => Some(text),
             _ => None,
         }),
         "None: every selector selects exactly one workload's pods.",
-    );
-    out.push_str("\n## Per workload\n");
+    )
+}
+
+fn write_per_workload(out: &mut impl Write, proposal: &Proposal) -> io::Result<()> {
+    out.write_all(b"\n## Per workload\n")?;
     // Allowed lines start with the workload (which has no spaces): group them
     // in one pass.
-    let mut by_workload: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut by_workload: HashMap<&str, Vec<&str>> = HashMap::new();
     for line in &proposal.allowed {
         if let Some((workload, rest)) = line.split_once(' ') {
             by_workload.entry(workload).or_default().push(rest);
         }
     }
+    let mut workload = String::new();
     for policy in &proposal.policies {
-        let labels: Vec<String> = policy
-            .selection
-            .labels
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
-        out.push_str(&format!(
-            "\n### {} (`{}`, selects `{}`)\n\n",
-            policy.workload,
-            policy.name,
-            labels.join(",")
-        ));
-        let workload = policy.workload.to_string();
+        write!(
+            out,
+            "\n### {} (`{}`, selects `",
+            policy.workload, policy.name
+        )?;
+        for (index, (key, value)) in policy.selection.labels.iter().enumerate() {
+            let comma = if index == 0 { "" } else { "," };
+            write!(out, "{comma}{key}={value}")?;
+        }
+        out.write_all(b"`)\n\n")?;
+        workload.clear();
+        // Writing into a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut workload, format_args!("{}", policy.workload));
         for line in by_workload.get(workload.as_str()).into_iter().flatten() {
-            out.push_str(&format!("- {line}\n"));
+            writeln!(out, "- {line}")?;
         }
     }
-    out
+    Ok(())
 }
