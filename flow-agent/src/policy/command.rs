@@ -331,6 +331,8 @@ pub async fn collect(
         check_names(&graph, &path.display().to_string())?;
         fetch::merge(&mut collected.graph, &graph);
     }
+    // Complete: merged edge by edge, its maps are half empty.
+    collected.graph = std::mem::take(&mut collected.graph).compacted();
     Ok(collected)
 }
 

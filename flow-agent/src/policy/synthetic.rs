@@ -214,7 +214,12 @@ pub fn generate(shape: Shape) -> Synthetic {
             }
         }
     }
-    Synthetic { cluster, graph }
+    // Compacted: most of the graph's memory is its edge map, which inserts
+    // leave half full.
+    Synthetic {
+        cluster,
+        graph: graph.compacted(),
+    }
 }
 
 /// How well a proposal fits what was observed.
