@@ -403,14 +403,7 @@ fn cilium_rules(document: &mut Document<'_>, rule: &RuleSpec, ingress: bool) {
             _ => None,
         })
         .collect();
-    if !cidr_list.is_empty() {
-        document.item(2);
-        document.key(4, cidrs);
-        for cidr in cidr_list {
-            document.string_item(4, cidr);
-        }
-        cilium_ports(document, ports);
-    }
+    cilium_list_rule(document, cidrs, &cidr_list, ports);
     let mut entity_list: Vec<&str> = peers
         .iter()
         .filter_map(|peer| match peer {
@@ -420,14 +413,26 @@ fn cilium_rules(document: &mut Document<'_>, rule: &RuleSpec, ingress: bool) {
         .collect();
     entity_list.sort_unstable();
     entity_list.dedup();
-    if !entity_list.is_empty() {
-        document.item(2);
-        document.key(4, entities);
-        for entity in entity_list {
-            document.string_item(4, entity);
-        }
-        cilium_ports(document, ports);
+    cilium_list_rule(document, entities, &entity_list, ports);
+}
+
+/// A Cilium rule whose peers are a list of strings under `key` (CIDRs,
+/// entities), unless there are none.
+fn cilium_list_rule(
+    document: &mut Document<'_>,
+    key: &'static str,
+    values: &[&str],
+    ports: &[PortSpec],
+) {
+    if values.is_empty() {
+        return;
     }
+    document.item(2);
+    document.key(4, key);
+    for value in values {
+        document.string_item(4, value);
+    }
+    cilium_ports(document, ports);
 }
 
 /// A pod's labels with its namespace's, as Cilium selects it: the namespace
