@@ -1,6 +1,6 @@
-//! The sections of [`super::propose`]: what each end of an edge is (worked
-//! out once per party, not once per edge), the (peer, port) pairs each
-//! workload allows, then its rules and allowed lines.
+//! The sections of [`propose()`](super::propose()): what each end of an
+//! edge is (worked out once per party, not once per edge), the (peer, port)
+//! pairs each workload allows, then its rules and allowed lines.
 //!
 //! Peers are interned: an edge records a peer's number, and the peers are
 //! put in [`PeerSpec`] order once, at the end. Per edge, two ends are
