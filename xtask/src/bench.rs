@@ -207,6 +207,12 @@ pub(crate) fn bench(agent_binary: &Path, peer: Option<&PeerBench>) -> Result<()>
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "pipeline"])?;
     crate::drains::large_drains(agent_binary)?;
     hubble_followers(agent_binary)?;
+    rates(agent_binary)
+}
+
+/// 64-byte UDP packets a second, then TCP throughput, with and without the
+/// agent.
+pub(crate) fn rates(agent_binary: &Path) -> Result<()> {
     crate::packets::small_packets(agent_binary)?;
     throughput(agent_binary)
 }

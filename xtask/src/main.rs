@@ -58,8 +58,12 @@ enum Task {
         #[arg(long, value_name = "DIR", value_parser = from_invocation_dir, requires = "peer_netobserv")]
         peer_harness: Option<PathBuf>,
         /// Only the real agent's large drains (100k and 1M flows).
-        #[arg(long, conflicts_with = "peer_netobserv")]
+        #[arg(long, conflicts_with_all = ["peer_netobserv", "rates"])]
         drains: bool,
+        /// Only the packet rates and TCP throughput with and without the
+        /// agent.
+        #[arg(long, conflicts_with = "peer_netobserv")]
+        rates: bool,
     },
     /// Check that proto/hubble is a wire-compatible subset of Cilium's Hubble
     /// API: every message, field, enum value, service and method it declares
@@ -151,10 +155,14 @@ fn main() -> Result<()> {
             demo::demo(&binary, Duration::from_secs(seconds))
         }
         Task::Bench { drains: true, .. } => drains::large_drains(&prepare_agent("release")?),
+        Task::Bench { rates: true, .. } => {
+            setup::ensure_program("iperf3", "iperf3")?;
+            bench::rates(&prepare_agent("release")?)
+        }
         Task::Bench {
             peer_netobserv,
             peer_harness,
-            drains: false,
+            ..
         } => {
             let peer = peer_netobserv
                 .map(|dir| peer::PeerBench::new(&dir, peer_harness))
