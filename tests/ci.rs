@@ -354,14 +354,18 @@ fn azure_files_match_the_azure_pipelines_schema() {
     }
 }
 
+/// Checks a copy of `text` with `from` replaced by `to`, saved as `name`.
+fn check_azure_broken(text: &str, from: &str, to: &str, name: &str) -> Value {
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join(name);
+    std::fs::write(&file, replace_once(text, from, to)).unwrap();
+    check_azure(&file)
+}
+
 #[test]
 fn the_schema_rejects_an_unknown_job_key() {
     let text = read(&azure_template());
-    let broken = replace_once(&text, "\n    steps:\n", "\n    step:\n");
-    let directory = tempfile::tempdir().unwrap();
-    let file = directory.path().join("step.yml");
-    std::fs::write(&file, &broken).unwrap();
-    let report = check_azure(&file);
+    let report = check_azure_broken(&text, "\n    steps:\n", "\n    step:\n", "step.yml");
     assert_eq!(report["status"], "fail");
     assert_eq!(
         azure_errors(&report),
@@ -375,11 +379,7 @@ fn the_schema_rejects_an_unknown_job_key() {
 #[test]
 fn the_schema_rejects_an_unknown_pipeline_key() {
     let text = read(&azure_example());
-    let broken = replace_once(&text, "\njobs:\n", "\njob:\n");
-    let directory = tempfile::tempdir().unwrap();
-    let file = directory.path().join("azure-pipelines.yml");
-    std::fs::write(&file, &broken).unwrap();
-    let report = check_azure(&file);
+    let report = check_azure_broken(&text, "\njobs:\n", "\njob:\n", "azure-pipelines.yml");
     assert_eq!(report["status"], "fail");
     assert_eq!(
         azure_errors(&report),
@@ -393,11 +393,12 @@ fn the_schema_rejects_an_unknown_pipeline_key() {
 #[test]
 fn the_schema_rejects_an_unknown_task_input() {
     let text = read(&azure_template());
-    let broken = replace_once(&text, "testResultsFormat: JUnit", "testResultFormat: JUnit");
-    let directory = tempfile::tempdir().unwrap();
-    let file = directory.path().join("input.yml");
-    std::fs::write(&file, &broken).unwrap();
-    let report = check_azure(&file);
+    let report = check_azure_broken(
+        &text,
+        "testResultsFormat: JUnit",
+        "testResultFormat: JUnit",
+        "input.yml",
+    );
     assert_eq!(report["status"], "fail");
     let (index, _) = step_named(azure_steps(&yaml(&text)), "task", "PublishTestResults@2");
     let errors = azure_errors(&report);
