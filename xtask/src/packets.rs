@@ -3,13 +3,13 @@
 //! cost shows (TSO hides it from TCP). Interleaved rounds, medians.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use flow_lab::{AgentProcess, Node};
+use flow_lab::{AgentProcess, LabProcess, Node};
 
 /// iperf3's server in a pod, killed on drop.
 struct Server(Child);
@@ -61,9 +61,26 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Received 64-byte UDP packets per second, bare veth against flow-agent
-/// attached, in alternating rounds; prints both and the ratio of medians.
+/// Builds the `attach_empty` example (an empty classifier held attached).
+fn empty_program_binary() -> Result<PathBuf> {
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "flow-agent",
+        "--example",
+        "attach_empty",
+    ])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    Ok(target.join("release").join("examples").join("attach_empty"))
+}
+
+/// Received 64-byte UDP packets per second, in alternating rounds: bare veth,
+/// an empty program attached at both hooks (the floor any program pays), and
+/// flow-agent attached; prints all three and the ratios of medians.
 pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
+    let empty_binary = empty_program_binary()?;
     const ROUNDS: usize = 7;
     const SECONDS: u32 = 3;
     let node = Node::new(2)?;
@@ -76,9 +93,18 @@ pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
             .context("starting iperf3 -s")?,
     );
     std::thread::sleep(Duration::from_millis(500));
-    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let interfaces: Vec<&str> = node
+        .pods
+        .iter()
+        .map(|pod| pod.host_interface.as_str())
+        .collect();
+    let (mut without, mut with, mut empty) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         without.push(udp_pps(&node, SECONDS)?);
+        let floor = LabProcess::start(&node.netns, &empty_binary, &interfaces, None)?;
+        floor.wait_for_log("attached", Duration::from_secs(10))?;
+        empty.push(udp_pps(&node, SECONDS)?);
+        drop(floor);
         let agent = AgentProcess::start(
             agent_binary,
             &node.netns,
@@ -119,6 +145,17 @@ pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
         kpps(&with),
         agent / 1e3
     );
+    let floor = median(empty.clone());
+    println!(
+        "  an empty program:   {} kpps (median {:.0}), attached with TCX at both hooks of every pod's interface",
+        kpps(&empty),
+        floor / 1e3
+    );
     println!("  ratio (with / without, medians): {:.3}", agent / base);
+    println!(
+        "  ratio (empty program / without): {:.3}, (with / empty program): {:.3}",
+        floor / base,
+        agent / floor
+    );
     Ok(())
 }
