@@ -57,6 +57,21 @@ fn yaml(text: &str) -> Value {
 }
 
 /// `text` with its one occurrence of `from` replaced: a broken copy.
+/// A copy of `text` with `from` replaced by `to`, saved as `name` in a
+/// directory removed when the returned handle drops; also its text.
+fn broken_copy(
+    text: &str,
+    from: &str,
+    to: &str,
+    name: &str,
+) -> (tempfile::TempDir, PathBuf, String) {
+    let broken = replace_once(text, from, to);
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join(name);
+    std::fs::write(&file, &broken).unwrap();
+    (directory, file, broken)
+}
+
 fn replace_once(text: &str, from: &str, to: &str) -> String {
     assert_eq!(text.matches(from).count(), 1, "{from:?} must occur once");
     text.replacen(from, to, 1)
@@ -277,14 +292,12 @@ fn actionlint_finds_nothing_in_the_github_workflow() {
 #[test]
 fn actionlint_reports_a_mistyped_key() {
     let text = read(&github_workflow());
-    let broken = replace_once(
+    let (_directory, file, broken) = broken_copy(
         &text,
         "    runs-on: ubuntu-latest\n",
         "    run-on: ubuntu-latest\n",
+        "run-on.yml",
     );
-    let directory = tempfile::tempdir().unwrap();
-    let file = directory.path().join("run-on.yml");
-    std::fs::write(&file, &broken).unwrap();
     let findings = actionlint(&file);
     assert_eq!(findings.len(), 2, "{findings:#?}");
     assert_eq!(findings[0].line, line_of(&broken, "  diff:"));
@@ -307,14 +320,12 @@ fn actionlint_reports_a_mistyped_key() {
 #[test]
 fn actionlint_reports_an_unknown_context() {
     let text = read(&github_workflow());
-    let broken = replace_once(
+    let (_directory, file, broken) = broken_copy(
         &text,
         "STATUS: ${{ steps.diff.outputs.status }}",
         "STATUS: ${{ step.diff.outputs.status }}",
+        "context.yml",
     );
-    let directory = tempfile::tempdir().unwrap();
-    let file = directory.path().join("context.yml");
-    std::fs::write(&file, &broken).unwrap();
     let findings = actionlint(&file);
     assert_eq!(findings.len(), 1, "{findings:#?}");
     assert_eq!(findings[0].line, line_of(&broken, "${{ step.diff"));
@@ -331,10 +342,12 @@ fn actionlint_reports_an_unknown_context() {
 #[test]
 fn actionlint_runs_shellcheck_over_run_scripts() {
     let text = read(&github_workflow());
-    let broken = replace_once(&text, r#">> "$GITHUB_OUTPUT""#, r#">> $GITHUB_OUTPUT"#);
-    let directory = tempfile::tempdir().unwrap();
-    let file = directory.path().join("unquoted.yml");
-    std::fs::write(&file, &broken).unwrap();
+    let (_directory, file, broken) = broken_copy(
+        &text,
+        r#">> "$GITHUB_OUTPUT""#,
+        r#">> $GITHUB_OUTPUT"#,
+        "unquoted.yml",
+    );
     let findings = actionlint(&file);
     assert_eq!(findings.len(), 1, "{findings:#?}");
     assert_eq!(findings[0].line, line_of(&broken, ">> $GITHUB_OUTPUT"));
@@ -356,9 +369,7 @@ fn azure_files_match_the_azure_pipelines_schema() {
 
 /// Checks a copy of `text` with `from` replaced by `to`, saved as `name`.
 fn check_azure_broken(text: &str, from: &str, to: &str, name: &str) -> Value {
-    let directory = tempfile::tempdir().unwrap();
-    let file = directory.path().join(name);
-    std::fs::write(&file, replace_once(text, from, to)).unwrap();
+    let (_directory, file, _) = broken_copy(text, from, to, name);
     check_azure(&file)
 }
 

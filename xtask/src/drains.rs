@@ -151,7 +151,9 @@ fn send(node: &Node, v4: Ipv4Addr, v6: Ipv6Addr, ports: u16) -> Result<()> {
     Ok(())
 }
 
-fn status_kib(pid: u32, name: &str) -> Result<u64> {
+/// A `kB` field of a process's `/proc/PID/status`, `name` with its colon
+/// (`VmRSS:`, `VmHWM:`).
+pub(crate) fn status_kib(pid: u32, name: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -4,8 +4,8 @@ mod bench;
 mod demo;
 mod drains;
 mod hubble_compat;
-mod packets;
 mod peer;
+mod rates;
 mod setup;
 
 use std::{path::PathBuf, process::Command, time::Duration};

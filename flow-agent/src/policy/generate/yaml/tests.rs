@@ -269,63 +269,58 @@ fn with_odd_string(odd: &str) -> Vec<WorkloadPolicy> {
     ]
 }
 
-/// Writes `policy` in both formats: directly, where the writer takes it on,
-/// asserting the serializer's bytes; and as a render does (directly or
-/// through the serializer), asserting them too. Returns how many the writer
-/// took on.
-fn assert_written_as_serialized(policy: &WorkloadPolicy) -> usize {
+/// In both formats, asserts that the writer's text (where it takes the
+/// document on) and the render's (directly or through the serializer) are
+/// the serializer's bytes. Returns how many the writer took on.
+fn assert_formats_as_serialized(
+    what: &dyn std::fmt::Debug,
+    serialized: impl Fn(PolicyFormat) -> String,
+    write: impl Fn(PolicyFormat, &mut String) -> bool,
+    render: impl Fn(PolicyFormat, &mut String) -> String,
+) -> usize {
     let (mut text, mut scratch) = (String::new(), String::new());
     let mut direct = 0;
     for format in [PolicyFormat::Networkpolicy, PolicyFormat::Cilium] {
-        let (expected, written) = match format {
-            PolicyFormat::Networkpolicy => (
-                to_yaml(&super::super::network_policy(policy)),
-                network_policy(&mut text, policy),
-            ),
-            PolicyFormat::Cilium => (
-                to_yaml(&super::super::cilium_policy(policy)),
-                cilium_policy(&mut text, policy),
-            ),
-        };
-        if written {
-            assert_eq!(text, expected, "{policy:#?}");
+        let expected = serialized(format);
+        if write(format, &mut text) {
+            assert_eq!(text, expected, "{what:#?}");
             direct += 1;
         }
-        assert_eq!(
-            policy_yaml(policy, format, &mut scratch),
-            expected,
-            "{policy:#?}"
-        );
+        assert_eq!(render(format, &mut scratch), expected, "{what:#?}");
     }
     direct
 }
 
-/// [`assert_written_as_serialized`] for a namespace's default deny.
+/// [`assert_formats_as_serialized`] for a workload's policy.
+fn assert_written_as_serialized(policy: &WorkloadPolicy) -> usize {
+    assert_formats_as_serialized(
+        policy,
+        |format| match format {
+            PolicyFormat::Networkpolicy => to_yaml(&super::super::network_policy(policy)),
+            PolicyFormat::Cilium => to_yaml(&super::super::cilium_policy(policy)),
+        },
+        |format, text| match format {
+            PolicyFormat::Networkpolicy => network_policy(text, policy),
+            PolicyFormat::Cilium => cilium_policy(text, policy),
+        },
+        |format, scratch| policy_yaml(policy, format, scratch),
+    )
+}
+
+/// [`assert_formats_as_serialized`] for a namespace's default deny.
 fn assert_deny_written_as_serialized(namespace: &str) -> usize {
-    let (mut text, mut scratch) = (String::new(), String::new());
-    let mut direct = 0;
-    for format in [PolicyFormat::Networkpolicy, PolicyFormat::Cilium] {
-        let (expected, written) = match format {
-            PolicyFormat::Networkpolicy => (
-                to_yaml(&super::super::default_deny(namespace)),
-                default_deny(&mut text, namespace),
-            ),
-            PolicyFormat::Cilium => (
-                to_yaml(&super::super::cilium_default_deny(namespace)),
-                cilium_default_deny(&mut text, namespace),
-            ),
-        };
-        if written {
-            assert_eq!(text, expected, "{namespace:?}");
-            direct += 1;
-        }
-        assert_eq!(
-            deny_yaml(namespace, format, &mut scratch),
-            expected,
-            "{namespace:?}"
-        );
-    }
-    direct
+    assert_formats_as_serialized(
+        &namespace,
+        |format| match format {
+            PolicyFormat::Networkpolicy => to_yaml(&super::super::default_deny(namespace)),
+            PolicyFormat::Cilium => to_yaml(&super::super::cilium_default_deny(namespace)),
+        },
+        |format, text| match format {
+            PolicyFormat::Networkpolicy => default_deny(text, namespace),
+            PolicyFormat::Cilium => cilium_default_deny(text, namespace),
+        },
+        |format, scratch| deny_yaml(namespace, format, scratch),
+    )
 }
 
 #[test]

@@ -1,0 +1,198 @@
+//! Rates between two lab pods with and without flow-agent attached, in
+//! alternating rounds, reported as medians: 64-byte UDP datagrams as fast as
+//! iperf3 sends them, where the per-packet cost shows (with a third arm, an
+//! empty program held attached, the floor any program pays), and TCP
+//! throughput, where TSO hides it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use flow_lab::{AgentProcess, LabProcess, Node};
+
+/// iperf3's server in a pod, killed on drop.
+struct Server(Child);
+
+impl Server {
+    /// Starts `iperf3 -s` in the second pod and gives it time to listen.
+    fn start(node: &Node) -> Result<Self> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.pods[1].netns.name, "iperf3", "-s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Self(child) = self;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// iperf3's JSON report of one run from pod 1 to pod 2 with `options`.
+fn iperf(node: &Node, options: &[&str], seconds: u32) -> Result<serde_json::Value> {
+    let server = node.pods[1].ipv4.to_string();
+    let seconds = seconds.to_string();
+    let mut args = vec!["-c", &server, "-t", &seconds, "-J"];
+    args.extend_from_slice(options);
+    let output = flow_lab::run_in(&node.pods[0].netns.name, "iperf3", &args)?;
+    serde_json::from_str(&output).context("iperf3 -J output")
+}
+
+/// Packets per second the receiver got in one UDP run of 64-byte datagrams
+/// at full speed.
+fn udp_pps(node: &Node, seconds: u32) -> Result<f64> {
+    let json = iperf(node, &["-u", "-b", "0", "-l", "64"], seconds)?;
+    let sum = &json["end"]["sum"];
+    let (packets, lost, elapsed) = (
+        sum["packets"]
+            .as_f64()
+            .context("iperf3 reported no packets")?,
+        sum["lost_packets"].as_f64().unwrap_or(0.0),
+        sum["seconds"]
+            .as_f64()
+            .context("iperf3 reported no duration")?,
+    );
+    Ok((packets - lost) / elapsed)
+}
+
+/// Received bits per second of one TCP run.
+fn tcp_bps(node: &Node, seconds: u32) -> Result<f64> {
+    iperf(node, &[], seconds)?["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no throughput")
+}
+
+/// `measure` with flow-agent attached to the node's pods, then the agent
+/// stopped; an agent that failed is an error.
+fn with_agent(
+    agent_binary: &Path,
+    node: &Node,
+    measure: impl FnOnce() -> Result<f64>,
+) -> Result<f64> {
+    let agent = AgentProcess::start(
+        agent_binary,
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--output",
+            "none",
+            "--flush-interval",
+            "1s",
+        ],
+        false,
+    )?;
+    let value = measure()?;
+    let output = agent.stop()?;
+    if !output.success {
+        bail!("flow-agent failed: {}", output.stderr.join("\n"));
+    }
+    Ok(value)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One arm's rounds, in `unit` divided by `scale` with `decimals`, and their
+/// median: `  LABEL 1 2 3 UNIT (median 2)`.
+fn print_arm(label: &str, values: &[f64], scale: f64, decimals: usize, unit: &str) {
+    let rounds: Vec<String> = values
+        .iter()
+        .map(|value| format!("{:.decimals$}", value / scale))
+        .collect();
+    println!(
+        "  {label} {} {unit} (median {:.decimals$})",
+        rounds.join(" "),
+        median(values.to_vec()) / scale
+    );
+}
+
+/// Builds the `attach_empty` example (an empty classifier held attached).
+fn empty_program_binary() -> Result<PathBuf> {
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "flow-agent",
+        "--example",
+        "attach_empty",
+    ])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    Ok(target.join("release").join("examples").join("attach_empty"))
+}
+
+/// Received 64-byte UDP packets per second, in alternating rounds: bare veth,
+/// an empty program attached at both hooks (the floor any program pays), and
+/// flow-agent attached; prints all three and the ratios of medians.
+pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
+    const ROUNDS: usize = 7;
+    const SECONDS: u32 = 3;
+    let empty_binary = empty_program_binary()?;
+    let node = Node::new(2)?;
+    let _server = Server::start(&node)?;
+    let interfaces: Vec<&str> = node
+        .pods
+        .iter()
+        .map(|pod| pod.host_interface.as_str())
+        .collect();
+    let (mut without, mut with, mut empty) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        without.push(udp_pps(&node, SECONDS)?);
+        let floor = LabProcess::start(&node.netns, &empty_binary, &interfaces, None)?;
+        floor.wait_for_log("attached", Duration::from_secs(10))?;
+        empty.push(udp_pps(&node, SECONDS)?);
+        drop(floor);
+        with.push(with_agent(agent_binary, &node, || udp_pps(&node, SECONDS))?);
+    }
+    println!(
+        "UDP 64-byte datagrams pod to pod over veth, iperf3 -u -b 0 -l 64 -t {SECONDS}, {ROUNDS} alternating rounds, received packets/s:"
+    );
+    print_arm("without flow-agent:", &without, 1e3, 0, "kpps");
+    print_arm("with flow-agent:   ", &with, 1e3, 0, "kpps");
+    print_arm("an empty program:  ", &empty, 1e3, 0, "kpps");
+    println!("    (the empty program is attached with TCX at both hooks of every pod's interface)");
+    let (base, agent, floor) = (median(without), median(with), median(empty));
+    println!("  ratio (with / without, medians): {:.3}", agent / base);
+    println!(
+        "  ratio (empty program / without): {:.3}, (with / empty program): {:.3}",
+        floor / base,
+        agent / floor
+    );
+    Ok(())
+}
+
+/// TCP throughput in alternating rounds with and without flow-agent.
+pub(crate) fn throughput(agent_binary: &Path) -> Result<()> {
+    const ROUNDS: usize = 5;
+    const SECONDS: u32 = 4;
+    let node = Node::new(2)?;
+    let _server = Server::start(&node)?;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        without.push(tcp_bps(&node, SECONDS)?);
+        with.push(with_agent(agent_binary, &node, || tcp_bps(&node, SECONDS))?);
+    }
+    println!(
+        "TCP throughput pod to pod over veth, iperf3 -t {SECONDS}, {ROUNDS} alternating rounds:"
+    );
+    print_arm("without flow-agent:", &without, 1e9, 2, "Gbit/s");
+    print_arm("with flow-agent:   ", &with, 1e9, 2, "Gbit/s");
+    println!(
+        "  ratio (with / without, medians): {:.3}",
+        median(with) / median(without)
+    );
+    Ok(())
+}
