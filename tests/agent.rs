@@ -23,8 +23,8 @@ use common::{
     netns::{Agent, AgentOutput, flow, totals},
     packet::ping,
 };
-use flow_agent::record::Hook;
 use flow_lab::{IpCounters, Node, disable_segmentation_offload, ip_counters, transmitted};
+use flow_model::record::Hook;
 
 const FLUSH: &str = "200ms";
 

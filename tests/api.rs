@@ -24,8 +24,8 @@ use common::{
     pki::{Pki, sha256_hex},
     shop::{Cluster, cluster, traffic, udp_exchange},
 };
-use flow_agent::record::FlowRecord;
 use flow_lab::{LabProcess, Node};
+use flow_model::record::FlowRecord;
 use flow_proto::v1::{
     EndpointFilter, FlowFilter, GetFlowsRequest, flow_service_client::FlowServiceClient,
     get_flows_response,

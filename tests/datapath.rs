@@ -153,7 +153,7 @@ fn udp_datagram_bytes_count_ip_length() {
 
 #[test]
 fn packet_times_come_from_the_monotonic_clock_with_either_clock() {
-    use flow_agent::record::MonotonicClock;
+    use flow_model::record::MonotonicClock;
     require_root!();
     // The coarse clock (Linux 5.11+) lags CLOCK_MONOTONIC by at most a tick:
     // 10 ms at CONFIG_HZ=100, the slowest.

@@ -31,11 +31,11 @@ use common::{
     pki::{Pki, sha256_hex},
     shop::{tcp_client, tcp_server, udp_exchange},
 };
-use flow_agent::record::FlowRecord;
 use flow_lab::{
     Node,
     cluster::{Controller, Inventory},
 };
+use flow_model::record::FlowRecord;
 use serde_json::{Value, json};
 
 const HUBBLE_PORT: u16 = 4244;
@@ -728,7 +728,7 @@ fn filter_cases() -> Vec<(&'static str, Value, Predicate)> {
             end.identity.pod.clone().unwrap_or_default(),
         )
     };
-    let sent_by_pod = |record: &FlowRecord| record.hook == flow_agent::record::Hook::Ingress;
+    let sent_by_pod = |record: &FlowRecord| record.hook == flow_model::record::Hook::Ingress;
     vec![
         (
             "source_ip",

@@ -15,11 +15,9 @@ use common::{
     netns::Agent,
     shop::{CLUSTER_IP, cluster, traffic},
 };
-use flow_agent::{
-    aggregate::AggregateRecord,
-    identity::{PeerKind, Workload},
-    record::FlowRecord,
-};
+use flow_agent::aggregate::AggregateRecord;
+use flow_model::identity::{PeerKind, Workload};
+use flow_model::record::FlowRecord;
 
 fn find(records: &[FlowRecord], predicate: impl Fn(&FlowRecord) -> bool) -> Vec<&FlowRecord> {
     records.iter().filter(|record| predicate(record)).collect()

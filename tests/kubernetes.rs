@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::kube_api::KubeApi;
-use flow_agent::identity::{CacheEvent, IdentityCache, IdentityConfig, PeerKind, kubernetes};
+use flow_model::identity::{CacheEvent, IdentityCache, IdentityConfig, PeerKind, kubernetes};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

@@ -15,8 +15,8 @@ use std::{
 };
 
 use common::netns::Agent;
-use flow_agent::record::FlowRecord;
 use flow_lab::Node;
+use flow_model::record::FlowRecord;
 
 const METRICS: &str = "127.0.0.1:9090";
 

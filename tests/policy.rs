@@ -26,8 +26,8 @@ use common::{
     netns::Agent,
     shop::{cluster, tcp_client, tcp_server, traffic},
 };
-use flow_agent::record::{FlowRecord, Protocol};
 use flow_lab::Node;
+use flow_model::record::{FlowRecord, Protocol};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
@@ -758,7 +758,7 @@ fn nca_allows(connection: &str, probes: &BTreeSet<(Protocol, u16)>) -> BTreeSet<
 
 #[test]
 fn an_independent_analyzer_computes_the_same_connectivity_as_the_evaluator() {
-    use flow_agent::policy::{
+    use flow_policy::{
         evaluate::{Evaluator, Subject, load_policies},
         generate::{GenerateOptions, PolicyFormat, propose, render},
         graph::Party,

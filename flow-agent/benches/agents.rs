@@ -32,16 +32,15 @@ use std::{
     time::Instant,
 };
 
-use flow_agent::{
-    api::{
-        convert,
-        hub::{Hub, HubSettings},
-        server::{self, ApiSettings, Served},
-    },
-    policy::{
-        graph::{Change, Edge, Graph},
-        synthetic::{Shape, generate},
-    },
+use flow_policy::{
+    graph::{Change, Edge, Graph},
+    synthetic::{Shape, generate},
+};
+
+use flow_agent::api::{
+    convert,
+    hub::{Hub, HubSettings},
+    server::{self, ApiSettings, Served},
 };
 use kube_api::KubeApi;
 use prost::Message as _;

@@ -15,6 +15,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use flow_model::identity::{Identity, PeerKind, Workload};
+
+use flow_model::record::{Endpoint, FlowRecord, Hook, Protocol, Timestamp};
+
 use flow_agent::{
     api::{
         filter::{FlowMatcher, Scope},
@@ -22,9 +26,7 @@ use flow_agent::{
         hubble::filter::HubbleMatcher,
         server::{self, ApiSettings, HubbleSettings, Served},
     },
-    identity::{Identity, PeerKind, Workload},
     output::{FileSink, FileSinkSettings, RecordSink as _},
-    record::{Endpoint, FlowRecord, Hook, Protocol, Timestamp},
 };
 use flow_proto::hubble::{
     self,

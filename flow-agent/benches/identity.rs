@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use flow_agent::identity::{
+use flow_model::identity::{
     CacheEvent, IdentityCache, IdentityConfig, Object, ObjectKey, ObjectKind,
     model::{OwnerRef, PodInfo},
 };

@@ -22,15 +22,17 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use flow_model::identity::{CacheEvent, IdentityCache, IdentityConfig, inventory};
+
+use flow_model::record::{MonotonicClock, key_address};
+
 use flow_agent::{
     agent::{Pipeline, PipelineParts},
     api::hub::{Hub, HubSettings},
     drain::DrainedFlows,
     enrich::Enricher,
     flows::TrackerConfig,
-    identity::{CacheEvent, IdentityCache, IdentityConfig, inventory},
     output::{Discard, JsonContent, JsonLines, RecordSink},
-    record::{MonotonicClock, key_address},
 };
 use flow_common::{Direction, FlowKey, FlowStats, protocol, tcp_flag};
 use flow_lab::cluster::Inventory;

@@ -17,7 +17,7 @@
 
 use std::{path::Path, time::Instant};
 
-use flow_agent::policy::{
+use flow_policy::{
     export::export,
     generate::{GenerateOptions, PolicyFormat, propose, render},
     synthetic::{Shape, Synthetic, generate, quality},

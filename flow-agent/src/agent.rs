@@ -19,6 +19,8 @@ mod pipeline;
 
 use std::{future::Future, io, sync::Arc, time::Duration};
 
+pub use flow_model::error_chain;
+
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
@@ -34,16 +36,16 @@ use crate::{
     config::{IdentitySettings, IdentitySource, RunConfig},
     datapath::{DatapathCounters, DatapathError},
     enrich::Enricher,
-    identity::{
-        CacheEvent, IdentityCache, IdentityConfig,
-        inventory::{InventorySource, ReadError},
-        kubernetes::{self, KubernetesError},
-    },
     interfaces::{InterfaceError, Link, LinkMonitor, list_links, local_addresses},
     metrics::{Health, Metrics, MetricsError},
     output::{FileSink, RecordSink},
-    policy::{evaluate::PolicyLoadError, store::StoreError},
 };
+use flow_model::identity::{
+    CacheEvent, IdentityCache, IdentityConfig,
+    inventory::{InventorySource, ReadError},
+    kubernetes::{self, KubernetesError},
+};
+use flow_policy::{evaluate::PolicyLoadError, store::StoreError};
 
 /// How long the API gets at shutdown to deliver what is queued to its
 /// subscribers before their connections are dropped.
@@ -403,22 +405,6 @@ fn is_link_local(ip: std::net::IpAddr) -> bool {
         std::net::IpAddr::V4(v4) => v4.is_link_local(),
         std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
     }
-}
-
-/// An error and its sources on one line: `outer: inner: root`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        // Transparent wrappers repeat their source's message.
-        if !text.ends_with(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        source = inner.source();
-    }
-    text.replace('\n', " ")
 }
 
 #[cfg(test)]

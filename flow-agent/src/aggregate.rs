@@ -7,10 +7,9 @@ use std::{collections::BTreeMap, hash::BuildHasher as _, net::IpAddr, sync::Arc}
 use hashbrown::{DefaultHashBuilder, Equivalent, HashMap, HashTable, hash_table};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    identity::{Identity, PeerKind, Workload},
-    record::{Endpoint, FlowRecord, Protocol, Timestamp},
-};
+use flow_model::identity::{Identity, PeerKind, Workload};
+
+use flow_model::record::{Endpoint, FlowRecord, Protocol, Timestamp};
 
 /// One end of an aggregate: a workload, or a node, the API server, a Service
 /// that could not be resolved further, or an outside address.
@@ -334,7 +333,7 @@ impl Aggregator {
         }
     }
 
-    fn service_id(&mut self, service: &crate::identity::ServiceRef) -> u32 {
+    fn service_id(&mut self, service: &flow_model::identity::ServiceRef) -> u32 {
         let name = ServiceName(&service.namespace, &service.name);
         if let Some(&id) = self.service_ids.get(&name) {
             return id;

@@ -14,13 +14,14 @@ use thiserror::Error;
 
 mod resolve;
 
+use flow_policy::learner::LearnerSettings;
+
 use crate::{
     api::{hub::HubSettings, server::ApiSettings},
     datapath::{AttachMode, DatapathConfig},
     flows::TrackerConfig,
     interfaces::{InterfaceError, InterfaceSelector},
     output::FileSinkSettings,
-    policy::learner::LearnerSettings,
 };
 
 /// Where flow records go on stdout.
@@ -127,11 +128,7 @@ pub enum ConfigError {
     Interfaces(#[from] InterfaceError),
 }
 
-/// Parses a duration written as `500ms`, `5s` or `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|error| format!("{error} (use a duration such as 500ms, 5s or 2m)"))
-}
+pub use flow_model::parse_duration;
 
 #[expect(
     clippy::ref_option,

@@ -12,11 +12,13 @@ use std::{
 use hashbrown::{Equivalent, HashMap};
 use tracing::{debug, warn};
 
+use flow_model::identity::{Holder, Identity, IdentityCache, PeerKind, ServiceTarget, Workload};
+
+use flow_model::record::{FlowRecord, Protocol, ip_from_key, key_address};
+
 use crate::{
     conntrack::{Conntrack, Tuple},
     drain::FlowSample,
-    identity::{Holder, Identity, IdentityCache, PeerKind, ServiceTarget, Workload},
-    record::{FlowRecord, Protocol, ip_from_key, key_address},
 };
 
 /// How a sample addressed to a Service was translated.
@@ -404,10 +406,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        identity::{CacheEvent, IdentityConfig, inventory},
-        record::Endpoint,
-    };
+    use flow_model::identity::{CacheEvent, IdentityConfig, inventory};
+    use flow_model::record::Endpoint;
 
     #[test]
     fn a_reply_still_from_the_service_address_folds_into_its_requests_aggregate() {
@@ -435,7 +435,7 @@ mod tests {
             cache.apply(CacheEvent::Apply(object), now);
         }
         let enricher = Enricher::new(cache);
-        let time = crate::record::Timestamp(now);
+        let time = flow_model::record::Timestamp(now);
         let record = |source: Endpoint, destination: Endpoint, is_reply: bool| FlowRecord {
             time,
             first_seen: time,
@@ -449,7 +449,7 @@ mod tests {
             is_reply,
             interface: "veth0".into(),
             interface_index: 0,
-            hook: crate::record::Hook::Ingress,
+            hook: flow_model::record::Hook::Ingress,
             node: "node-a".into(),
             cross_tenant: None,
             new_connection: !is_reply,
@@ -516,7 +516,7 @@ mod tests {
         }
         let enricher = Enricher::new(cache);
         let record = |port| {
-            let time = crate::record::Timestamp(now);
+            let time = flow_model::record::Timestamp(now);
             let mut record = FlowRecord {
                 time,
                 first_seen: time,
@@ -530,7 +530,7 @@ mod tests {
                 is_reply: false,
                 interface: "veth0".into(),
                 interface_index: 0,
-                hook: crate::record::Hook::Ingress,
+                hook: flow_model::record::Hook::Ingress,
                 node: "node-a".into(),
                 cross_tenant: None,
                 new_connection: false,

@@ -7,9 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use flow_agent::{
     agent::{self, error_chain},
-    cli::{
-        Cli, Command, ConfigCommand, ConnectArgs, LogFormat, ObserveArgs, PolicyCommand, RunArgs,
-    },
+    cli::{Cli, Command, ConfigCommand, ConnectArgs, LogFormat, ObserveArgs, RunArgs},
     config::{OutputFormat, RunConfig, RunOptions},
     observe,
     output::{Discard, JsonContent, JsonLines, RecordSink},
@@ -43,41 +41,19 @@ fn main() -> ExitCode {
         Command::Status(args) => status(&cli, args),
         Command::Config(ConfigCommand::Print(args)) => print_config(args),
         Command::Cleanup(args) => cleanup(&cli, args),
-        Command::Policy(PolicyCommand::Generate(args)) => {
-            return policy_exit(generate(&cli, args));
+        Command::Policy(command) => {
+            if let Err(error) = init_logging(&cli, false) {
+                eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
+                return ExitCode::from(2);
+            }
+            return flow_policy::run::run(command, "flow-agent");
         }
-        Command::Policy(PolicyCommand::Check(args)) => return policy_exit(check(&cli, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// How a policy command ended.
-enum PolicyEnd {
-    /// With every source.
-    Complete,
-    /// Without some agents' graphs.
-    Partial,
-    /// The policies would deny something checked.
-    Denied,
-}
-
-/// The policy commands' exit statuses, for CI gates: 1 when the policies
-/// would deny something (check), 3 for a result without some agents'
-/// graphs, 2 for an error (bad input is not a verdict).
-fn policy_exit(result: anyhow::Result<PolicyEnd>) -> ExitCode {
-    match result {
-        Ok(PolicyEnd::Complete) => ExitCode::SUCCESS,
-        Ok(PolicyEnd::Denied) => ExitCode::from(1),
-        Ok(PolicyEnd::Partial) => ExitCode::from(3),
-        Err(error) => {
-            eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
-            ExitCode::from(2)
         }
     }
 }
@@ -188,43 +164,6 @@ fn observe(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<()> {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         observe::observe(args, &mut out, interrupt).await?;
         Ok(())
-    })
-}
-
-fn generate(cli: &Cli, args: &flow_agent::cli::GenerateArgs) -> anyhow::Result<PolicyEnd> {
-    init_logging(cli, false)?;
-    client_runtime()?.block_on(async {
-        let missing = flow_agent::policy::command::generate(
-            args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr(),
-        )
-        .await?;
-        Ok(if missing.is_empty() {
-            PolicyEnd::Complete
-        } else {
-            PolicyEnd::Partial
-        })
-    })
-}
-
-/// A denial outranks missing agents: what was checked already fails.
-fn check(cli: &Cli, args: &flow_agent::cli::CheckArgs) -> anyhow::Result<PolicyEnd> {
-    init_logging(cli, false)?;
-    client_runtime()?.block_on(async {
-        let outcome = flow_agent::policy::command::run_check(
-            args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr(),
-        )
-        .await?;
-        Ok(if outcome.denies() {
-            PolicyEnd::Denied
-        } else if outcome.missing_agents.is_empty() {
-            PolicyEnd::Complete
-        } else {
-            PolicyEnd::Partial
-        })
     })
 }
 

@@ -29,7 +29,9 @@ use prometheus_client::{
 };
 use thiserror::Error;
 
-use crate::{aggregate::AggregateRecord, datapath::DatapathCounters, record::FlowRecord};
+use flow_model::record::FlowRecord;
+
+use crate::{aggregate::AggregateRecord, datapath::DatapathCounters};
 
 /// Labels of a series.
 type Labels = Vec<(String, String)>;
@@ -335,7 +337,7 @@ impl Metrics {
             self.packets.inc_by(record.packets);
             self.bytes.inc_by(record.bytes);
             for end in [&record.source, &record.destination] {
-                if end.identity.kind == Some(crate::identity::PeerKind::World) {
+                if end.identity.kind == Some(flow_model::identity::PeerKind::World) {
                     self.unresolved.inc();
                 }
             }
@@ -536,11 +538,9 @@ mod tests {
     use std::{sync::Arc as StdArc, time::SystemTime};
 
     use super::*;
-    use crate::{
-        aggregate::Peer,
-        identity::{Identity, PeerKind, Workload},
-        record::{Endpoint, Hook, Protocol, Timestamp},
-    };
+    use crate::aggregate::Peer;
+    use flow_model::identity::{Identity, PeerKind, Workload};
+    use flow_model::record::{Endpoint, Hook, Protocol, Timestamp};
 
     fn record(packets: u64, bytes: u64, world: bool) -> FlowRecord {
         let time = Timestamp(SystemTime::UNIX_EPOCH);

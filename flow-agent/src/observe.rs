@@ -7,32 +7,28 @@ use std::{
     future::Future,
     io::{self, Write},
     net::IpAddr,
-    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
+use flow_model::client::{ClientError, ConnectArgs, connect};
 use flow_proto::v1::{
     self as proto, Direction, EndpointFilter, FlowFilter, GetAggregatesRequest, GetFlowsRequest,
-    ServerStatusRequest, flow_service_client::FlowServiceClient, get_aggregates_response,
-    get_flows_response,
+    ServerStatusRequest, get_aggregates_response, get_flows_response,
 };
 use serde_json::{Value, json};
 use thiserror::Error;
-use tonic::{
-    Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint as GrpcEndpoint, Identity},
-};
+use tonic::Status;
 
 use flow_proto::hubble::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+
+use flow_model::identity::{Identity as EndpointIdentity, PeerKind, Workload};
+
+use flow_model::record::{Endpoint, FlowRecord, Timestamp};
 
 use crate::{
     aggregate::{AggregateRecord, Peer},
     api::{convert, hubble},
-    cli::{ConnectArgs, DirectionArg, ObserveArgs, ObserveFormat},
-    identity::{Identity as EndpointIdentity, PeerKind, Workload},
-    record::{Endpoint, FlowRecord, Timestamp},
+    cli::{DirectionArg, ObserveArgs, ObserveFormat},
 };
 
 /// Flows replayed when neither `--last`, `--since` nor `--follow` is given.
@@ -41,158 +37,15 @@ pub const DEFAULT_LAST: u64 = 20;
 /// Errors of `observe` and `status`.
 #[derive(Debug, Error)]
 pub enum ObserveError {
+    /// The agent cannot be reached or refused a request.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// The flags do not make sense together.
     #[error("{0}")]
     Usage(String),
-    /// `--server` is not an address.
-    #[error("invalid --server {server:?}: {message}")]
-    InvalidServer {
-        /// What was given.
-        server: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A TLS file cannot be read.
-    #[error("cannot read {path}")]
-    ReadTls {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The agent cannot be reached.
-    #[error("cannot connect to {server}")]
-    Connect {
-        /// The address.
-        server: String,
-        /// Why.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The agent refused or failed the request.
-    #[error("{server} answered {code:?}: {message}", code = .status.code(), message = .status.message())]
-    Rpc {
-        /// The address.
-        server: String,
-        /// The answer.
-        status: Box<Status>,
-    },
     /// Printing failed.
     #[error("cannot write output")]
     Output(#[source] io::Error),
-}
-
-/// Adds `authorization: Bearer <token>` to every request, when a token is set.
-#[derive(Clone, Debug)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Self(Some(value)) = self {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A connected flow API client.
-pub type Client = FlowServiceClient<InterceptedService<Channel, Bearer>>;
-
-fn read(path: &Path) -> Result<Vec<u8>, ObserveError> {
-    std::fs::read(path).map_err(|source| ObserveError::ReadTls {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Connects to the agent named by `args`.
-pub async fn connect(args: &ConnectArgs) -> Result<Client, ObserveError> {
-    let ConnectArgs {
-        server,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        tls_server_name,
-        token,
-        connect_timeout,
-    } = args;
-    let invalid = |message: &str| ObserveError::InvalidServer {
-        server: server.clone(),
-        message: message.to_owned(),
-    };
-    let tls = tls_ca.is_some() || tls_cert.is_some();
-    let uri = if server.contains("://") {
-        server.clone()
-    } else if tls {
-        format!("https://{server}")
-    } else {
-        format!("http://{server}")
-    };
-    let https = uri.starts_with("https://");
-    if !https && !uri.starts_with("http://") {
-        return Err(invalid(
-            "use host:port, http://host:port or https://host:port",
-        ));
-    }
-    if https && tls_ca.is_none() {
-        return Err(ObserveError::Usage(
-            "TLS needs --tls-ca FILE, the CA that signed the agent's certificate".into(),
-        ));
-    }
-    if !https && tls {
-        return Err(ObserveError::Usage(format!(
-            "--tls-ca and --tls-cert need TLS, but --server is {server}"
-        )));
-    }
-    let mut endpoint = GrpcEndpoint::from_shared(uri.clone())
-        .map_err(|error| invalid(&error.to_string()))?
-        .connect_timeout(*connect_timeout);
-    if https {
-        let mut config = ClientTlsConfig::new();
-        if let Some(ca) = tls_ca {
-            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
-        match (tls_cert, tls_key) {
-            (Some(cert), Some(key)) => {
-                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(ObserveError::Usage(
-                    "mutual TLS needs both --tls-cert and --tls-key".into(),
-                ));
-            }
-        }
-        if let Some(name) = tls_server_name {
-            config = config.domain_name(name.clone());
-        }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|source| ObserveError::Connect {
-                server: server.clone(),
-                source,
-            })?;
-    }
-    let bearer = token
-        .as_ref()
-        .map(|token| {
-            format!("Bearer {token}")
-                .parse::<MetadataValue<Ascii>>()
-                .map_err(|_| ObserveError::Usage("--token must be printable ASCII".into()))
-        })
-        .transpose()?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|source| ObserveError::Connect {
-            server: server.clone(),
-            source,
-        })?;
-    Ok(FlowServiceClient::with_interceptor(channel, Bearer(bearer))
-        .max_decoding_message_size(16 << 20))
 }
 
 fn endpoint_filter(
@@ -366,10 +219,7 @@ pub async fn observe(
     interrupt: impl Future<Output = ()>,
 ) -> Result<u64, ObserveError> {
     let server = args.connect.server.clone();
-    let rpc = |status: Status| ObserveError::Rpc {
-        server: server.clone(),
-        status: Box::new(status),
-    };
+    let rpc = |status: Status| ObserveError::from(ClientError::rpc(&server, status));
     let now = SystemTime::now();
     let aggregates = args
         .aggregates
@@ -457,10 +307,7 @@ pub async fn status(args: &ConnectArgs, out: &mut impl Write) -> Result<(), Obse
     let status = client
         .server_status(ServerStatusRequest {})
         .await
-        .map_err(|status| ObserveError::Rpc {
-            server: args.server.clone(),
-            status: Box::new(status),
-        })?
+        .map_err(|status| ClientError::rpc(&args.server, status))?
         .into_inner();
     let proto::ServerStatusResponse {
         node_name,
@@ -863,11 +710,9 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::{
-        cli::{Cli, Command},
-        identity::ServiceRef,
-        record::{Hook, Icmp, Protocol},
-    };
+    use crate::cli::{Cli, Command};
+    use flow_model::identity::ServiceRef;
+    use flow_model::record::{Hook, Icmp, Protocol};
 
     fn observe_args(args: &[&str]) -> ObserveArgs {
         let cli = Cli::try_parse_from(["flow-agent", "observe"].iter().chain(args)).unwrap();

@@ -11,7 +11,9 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{aggregate::AggregateRecord, api::hub::Hub, record::FlowRecord};
+use flow_model::record::FlowRecord;
+
+use crate::{aggregate::AggregateRecord, api::hub::Hub};
 
 /// Receives each drain's records and each interval's aggregates.
 pub trait RecordSink {
@@ -391,7 +393,7 @@ fn write_batches(
 fn write_loss(file: &mut RotatingFile, count: u64, stats: &FileSinkStats) -> io::Result<()> {
     let marker = serde_json::json!({
         "lost_records": count,
-        "time": crate::record::Timestamp(std::time::SystemTime::now()),
+        "time": flow_model::record::Timestamp(std::time::SystemTime::now()),
     });
     let mut line = marker.to_string().into_bytes();
     line.push(b'\n');
@@ -516,7 +518,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::record::{Endpoint, Hook, Protocol, Timestamp};
+    use flow_model::record::{Endpoint, Hook, Protocol, Timestamp};
 
     fn record(port: u16) -> FlowRecord {
         let time = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));

@@ -7,9 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flow_agent::record::FlowRecord;
 use flow_lab::AgentProcess;
 use flow_lab::{Netns, Node};
+use flow_model::record::FlowRecord;
 
 /// A `flow-agent run` process inside a node namespace.
 pub struct Agent(AgentProcess);

@@ -36,16 +36,16 @@ use crate::{
     datapath::{Datapath, DatapathCounters},
     drain::DrainedFlows,
     enrich::Enricher,
-    identity::{CacheEvent, ObjectKind},
     interfaces::{Link, LinkEvent, local_addresses},
     metrics::{DrainReport, Health, Metrics},
     output::{FileSink, FileSinkStats, RecordSink},
-    policy::{
-        check::Monitor,
-        evaluate::load_policies,
-        learner::{Learner, LearnerSettings},
-    },
-    record::MonotonicClock,
+};
+use flow_model::identity::{CacheEvent, ObjectKind};
+use flow_model::record::MonotonicClock;
+use flow_policy::{
+    check::Monitor,
+    evaluate::load_policies,
+    learner::{Learner, LearnerSettings},
 };
 
 /// At most one log line about early drains per this interval.

@@ -21,15 +21,15 @@ use crate::{
     drain::{DrainedFlows, FlowSample},
     enrich::{Enricher, Translation, Translations},
     flows::{Classified, FlowTracker, TrackerConfig},
-    identity::Identity,
     metrics::Metrics,
     output::RecordSink,
-    policy::{check::Monitor, learner::Learner},
-    record::{
-        Endpoint, FlowRecord, Hook, Icmp, MonotonicClock, Protocol, Timestamp, ip_from_key,
-        write_tcp_flag_names,
-    },
 };
+use flow_model::identity::Identity;
+use flow_model::record::{
+    Endpoint, FlowRecord, Hook, Icmp, MonotonicClock, Protocol, Timestamp, ip_from_key,
+    write_tcp_flag_names,
+};
+use flow_policy::{check::Monitor, learner::Learner};
 
 /// Records, packets and bytes emitted since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

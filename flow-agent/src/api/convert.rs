@@ -1,38 +1,18 @@
 //! Between the agent's records and their protobuf form, both ways: the server
 //! sends protobuf, the CLI prints the agent's own JSON schema.
 
-use std::{net::IpAddr, sync::Arc, time::SystemTime};
+use std::{net::IpAddr, sync::Arc};
 
 use flow_proto::v1 as proto;
 
-use crate::{
-    aggregate::{AggregateRecord, Peer},
-    identity::{Identity, PeerKind, ServiceRef, Workload},
-    policy::graph::{Change, Edge, EdgeKey, EdgeStats, Graph, Party, WorkloadInfo, WorkloadRef},
-    record::{Endpoint, FlowRecord, Hook, Icmp, Protocol, Timestamp},
-};
+use flow_model::wire::{from_timestamp, text, timestamp};
+pub use flow_policy::wire::{from_graph, graph};
 
-fn timestamp(Timestamp(time): Timestamp) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp::from(time))
-}
+use flow_model::identity::{Identity, PeerKind, ServiceRef, Workload};
 
-/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
-const LATEST_SECONDS: u64 = 253_402_300_799;
+use flow_model::record::{Endpoint, FlowRecord, Hook, Icmp, Protocol};
 
-/// A protobuf time as a [`Timestamp`], clamped to 1970..=9999: a server's
-/// time outside what RFC 3339 can print must not make the client panic.
-fn from_timestamp(timestamp: Option<&prost_types::Timestamp>) -> Timestamp {
-    let latest = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(LATEST_SECONDS);
-    let time = timestamp.map_or(SystemTime::UNIX_EPOCH, |timestamp| {
-        // Far-future seconds may not fit a SystemTime at all.
-        if timestamp.seconds > LATEST_SECONDS as i64 {
-            latest
-        } else {
-            SystemTime::try_from(*timestamp).unwrap_or(SystemTime::UNIX_EPOCH)
-        }
-    });
-    Timestamp(time.clamp(SystemTime::UNIX_EPOCH, latest))
-}
+use crate::aggregate::{AggregateRecord, Peer};
 
 fn kind(kind: Option<PeerKind>) -> String {
     kind.map_or_else(String::new, |kind| kind.as_str().to_owned())
@@ -50,10 +30,6 @@ fn from_workload(workload: Option<&proto::Workload>) -> Option<Workload> {
         kind: kind.clone(),
         name: name.clone(),
     })
-}
-
-fn text(value: &str) -> Option<String> {
-    (!value.is_empty()).then(|| value.to_owned())
 }
 
 fn endpoint(endpoint: &Endpoint) -> proto::Endpoint {
@@ -367,206 +343,5 @@ pub fn from_aggregate(aggregate: &proto::Aggregate) -> AggregateRecord {
         first_seen: from_timestamp(first_seen.as_ref()),
         last_seen: from_timestamp(last_seen.as_ref()),
         cross_tenant: *cross_tenant,
-    }
-}
-
-fn workload_id(workload: &WorkloadRef) -> proto::WorkloadId {
-    let WorkloadRef {
-        namespace,
-        kind,
-        name,
-    } = workload;
-    proto::WorkloadId {
-        namespace: namespace.clone(),
-        kind: kind.clone(),
-        name: name.clone(),
-    }
-}
-
-fn party(party: &Party) -> proto::Party {
-    proto::Party {
-        party: Some(match party {
-            Party::Workload(workload) => proto::party::Party::Workload(workload_id(workload)),
-            Party::Address { ip, kind } => proto::party::Party::Address(proto::GraphAddress {
-                ip: ip.to_string(),
-                kind: kind.as_str().to_owned(),
-            }),
-        }),
-    }
-}
-
-fn from_workload_id(workload: Option<&proto::WorkloadId>) -> Result<WorkloadRef, String> {
-    let proto::WorkloadId {
-        namespace,
-        kind,
-        name,
-    } = workload.ok_or("workload missing")?;
-    if namespace.is_empty() || kind.is_empty() || name.is_empty() {
-        return Err(format!("incomplete workload {namespace}/{kind}/{name}"));
-    }
-    Ok(WorkloadRef {
-        namespace: namespace.clone(),
-        kind: kind.clone(),
-        name: name.clone(),
-    })
-}
-
-fn from_party(party: Option<&proto::Party>) -> Result<Party, String> {
-    match party.and_then(|party| party.party.as_ref()) {
-        Some(proto::party::Party::Workload(workload)) => {
-            Ok(Party::Workload(from_workload_id(Some(workload))?))
-        }
-        Some(proto::party::Party::Address(proto::GraphAddress { ip, kind })) => {
-            Ok(Party::Address {
-                ip: ip
-                    .parse()
-                    .map_err(|_| format!("{ip:?} is not an address"))?,
-                kind: PeerKind::from_name(kind)
-                    .ok_or_else(|| format!("{kind:?} is not a peer kind"))?,
-            })
-        }
-        None => Err("party missing".to_owned()),
-    }
-}
-
-/// The part of a graph a caller may see, in protobuf form: edges with an end
-/// `visible`, and the workloads they refer to.
-pub fn graph(graph: &Graph, visible: impl Fn(&Party, &EdgeKey) -> bool) -> proto::GetGraphResponse {
-    let mut workloads = std::collections::BTreeSet::new();
-    let edges = graph
-        .edges()
-        .filter(|(key, _)| visible(&key.client, key) || visible(&key.server, key))
-        .map(|(key, stats)| {
-            for end in [&key.client, &key.server] {
-                if let Party::Workload(workload) = end {
-                    workloads.insert(workload.clone());
-                }
-            }
-            let EdgeStats {
-                first_seen,
-                last_seen,
-                connections,
-                packets,
-                bytes,
-                cross_tenant,
-                services,
-            } = stats;
-            proto::GraphEdge {
-                client: Some(party(&key.client)),
-                server: Some(party(&key.server)),
-                protocol: key.protocol.to_string(),
-                port: u32::from(key.port),
-                first_seen: timestamp(*first_seen),
-                last_seen: timestamp(*last_seen),
-                connections: *connections,
-                packets: *packets,
-                bytes: *bytes,
-                cross_tenant: *cross_tenant,
-                services: services.iter().cloned().collect(),
-            }
-        })
-        .collect();
-    let workloads = workloads
-        .iter()
-        .filter_map(|workload| {
-            let WorkloadInfo {
-                tenant,
-                labels,
-                last_seen,
-            } = graph.workload(workload)?;
-            Some(proto::GraphWorkload {
-                workload: Some(workload_id(workload)),
-                tenant: tenant.clone().unwrap_or_default(),
-                labels: labels.clone().into_iter().collect(),
-                last_seen: timestamp(*last_seen),
-            })
-        })
-        .collect();
-    proto::GetGraphResponse { edges, workloads }
-}
-
-/// A graph from its protobuf form; an error names the bad edge or workload.
-pub fn from_graph(response: &proto::GetGraphResponse) -> Result<Graph, String> {
-    let mut graph = Graph::new();
-    for (index, edge) in response.edges.iter().enumerate() {
-        let proto::GraphEdge {
-            client,
-            server,
-            protocol,
-            port,
-            first_seen,
-            last_seen,
-            connections,
-            packets,
-            bytes,
-            cross_tenant,
-            services,
-        } = edge;
-        let invalid = |message: String| format!("edges[{index}]: {message}");
-        let key = EdgeKey {
-            client: from_party(client.as_ref())
-                .map_err(|message| invalid(format!("client: {message}")))?,
-            server: from_party(server.as_ref())
-                .map_err(|message| invalid(format!("server: {message}")))?,
-            protocol: protocol.parse().map_err(invalid)?,
-            port: u16::try_from(*port).map_err(|_| invalid(format!("port {port}")))?,
-        };
-        graph.apply(Change::Edge(Edge {
-            key,
-            stats: EdgeStats {
-                first_seen: from_timestamp(first_seen.as_ref()),
-                last_seen: from_timestamp(last_seen.as_ref()),
-                connections: *connections,
-                packets: *packets,
-                bytes: *bytes,
-                cross_tenant: *cross_tenant,
-                services: services.iter().cloned().collect(),
-            },
-        }));
-    }
-    for (index, entry) in response.workloads.iter().enumerate() {
-        let proto::GraphWorkload {
-            workload,
-            tenant,
-            labels,
-            last_seen,
-        } = entry;
-        graph.apply(Change::Workload {
-            workload: from_workload_id(workload.as_ref())
-                .map_err(|message| format!("workloads[{index}]: {message}"))?,
-            info: WorkloadInfo {
-                tenant: text(tenant),
-                labels: labels.clone().into_iter().collect(),
-                last_seen: from_timestamp(last_seen.as_ref()),
-            },
-        });
-    }
-    Ok(graph)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_rfc3339_cannot_print_are_clamped_not_a_panic() {
-        let print = |time: Timestamp| humantime::format_rfc3339_nanos(time.0).to_string();
-        let at = |seconds: i64, nanos: i32| {
-            print(from_timestamp(Some(&prost_types::Timestamp {
-                seconds,
-                nanos,
-            })))
-        };
-        assert_eq!(at(-1, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(at(i64::MIN, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(at(i64::MAX, 0), "9999-12-31T23:59:59.000000000Z");
-        assert_eq!(
-            at(1_800_000_000, 500_000_000),
-            "2027-01-15T08:00:00.500000000Z"
-        );
-        assert_eq!(
-            print(from_timestamp(None)),
-            "1970-01-01T00:00:00.000000000Z"
-        );
     }
 }

@@ -1,15 +1,15 @@
 //! Flow filters of the API, compiled once per request and checked against
 //! records. Invalid values are reported with the path of the field.
 
-use std::net::IpAddr;
-
 use flow_proto::v1::{self as proto, Direction};
 
-use crate::{
-    aggregate::AggregateRecord,
-    identity::Identity,
-    record::{Endpoint, FlowRecord, Protocol},
-};
+pub use flow_model::cidr::Cidr;
+
+use flow_model::identity::Identity;
+
+use flow_model::record::{Endpoint, FlowRecord, Protocol};
+
+use crate::aggregate::AggregateRecord;
 
 /// A filter value that cannot be used: `field` is its path in the request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,52 +19,6 @@ pub struct FilterError {
     pub field: String,
     /// What is wrong and what would be valid.
     pub problem: String,
-}
-
-/// An address or a CIDR block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text, None),
-        };
-        let network: IpAddr = address.parse().ok()?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(prefix) => prefix.parse::<u8>().ok().filter(|prefix| *prefix <= max)?,
-            None => max,
-        };
-        Some(Self { network, prefix })
-    }
-
-    /// Whether `inner` lies entirely in this block.
-    pub fn contains_block(&self, inner: &Self) -> bool {
-        inner.prefix >= self.prefix && self.contains(inner.network)
-    }
-
-    /// Whether `address` lies in the block.
-    pub fn contains(&self, address: IpAddr) -> bool {
-        let (network, address, width) = match (self.network, address) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => (
-                u128::from(u32::from(network)),
-                u128::from(u32::from(address)),
-                32,
-            ),
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
-                (u128::from(network), u128::from(address), 128)
-            }
-            _ => return false,
-        };
-        let prefix = u32::from(self.prefix);
-        prefix == 0 || network >> (width - prefix) == address >> (width - prefix)
-    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -404,10 +358,8 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        identity::Workload,
-        record::{Hook, Timestamp},
-    };
+    use flow_model::identity::Workload;
+    use flow_model::record::{Hook, Timestamp};
 
     fn endpoint(ip: &str, port: u16, namespace: &str, tenant: &str, workload: &str) -> Endpoint {
         let mut endpoint = Endpoint::new(ip.parse().unwrap(), port);
@@ -466,32 +418,6 @@ mod tests {
         let mut endpoint = proto::EndpointFilter::default();
         build(&mut endpoint);
         Some(endpoint)
-    }
-
-    #[test]
-    fn cidrs_match_their_block_only() {
-        let block = Cidr::parse("10.1.0.0/16").unwrap();
-        assert!(block.contains("10.1.255.1".parse().unwrap()));
-        assert!(!block.contains("10.2.0.1".parse().unwrap()));
-        assert!(!block.contains("::1".parse().unwrap()));
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-        assert!(
-            Cidr::parse("fd00::/8")
-                .unwrap()
-                .contains("fd00:1::2".parse().unwrap())
-        );
-        assert!(
-            Cidr::parse("10.1.0.2")
-                .unwrap()
-                .contains("10.1.0.2".parse().unwrap())
-        );
-        for bad in ["10.0.0.0/33", "10.0.0", "fd00::/129", "x/1", "10.0.0.0/"] {
-            assert!(Cidr::parse(bad).is_none(), "{bad}");
-        }
     }
 
     #[test]

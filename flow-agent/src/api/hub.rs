@@ -19,10 +19,9 @@ use flow_proto::v1 as proto;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::convert;
-use crate::{
-    aggregate::AggregateRecord, datapath::DatapathCounters, policy::graph::Graph,
-    record::FlowRecord,
-};
+use crate::{aggregate::AggregateRecord, datapath::DatapathCounters};
+use flow_model::record::FlowRecord;
+use flow_policy::graph::Graph;
 
 /// A flow record in the buffer. Its identities are shared with the agent's
 /// other records; the protobuf form is made per send, so the buffer holds one
@@ -729,7 +728,7 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Endpoint, Hook, Protocol, Timestamp};
+    use flow_model::record::{Endpoint, Hook, Protocol, Timestamp};
 
     fn record(port: u16, seconds: u64) -> FlowRecord {
         let time = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));

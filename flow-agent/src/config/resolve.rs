@@ -25,8 +25,8 @@ use crate::{
     flows::TrackerConfig,
     interfaces::InterfaceSelector,
     output::FileSinkSettings,
-    policy::learner::LearnerSettings,
 };
+use flow_policy::learner::LearnerSettings;
 
 impl RunConfig {
     /// Validates merged options and fills in defaults.

@@ -11,10 +11,9 @@ use flow_proto::hubble::flow::{
     TraceObservationPoint, TrafficDirection, Verdict, layer4,
 };
 
-use crate::{
-    identity::{Identity, PeerKind, Workload},
-    record::{Endpoint, FlowRecord, Hook, Icmp, Protocol},
-};
+use flow_model::identity::{Identity, PeerKind, Workload};
+
+use flow_model::record::{Endpoint, FlowRecord, Hook, Icmp, Protocol};
 
 /// Cilium's monitor message type of a trace event: flows of the datapath are
 /// traces (`MessageTypeTrace` in Cilium's monitor API).
@@ -335,7 +334,7 @@ mod tests {
     use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
     use super::*;
-    use crate::record::Timestamp;
+    use flow_model::record::Timestamp;
 
     #[test]
     fn uuids_are_version_8_and_fixed_by_run_and_sequence() {

@@ -20,14 +20,12 @@ use super::{
     convert::{self, EVENT_TYPE_TRACE, FlowIdentity},
     selector::{Label, Selector},
 };
-use crate::{
-    api::{
-        filter::{Cidr, FilterError, MAX_FILTER_VALUES, MAX_FILTERS},
-        hub::StoredFlow,
-    },
-    identity::Workload,
-    record::{Endpoint, FlowRecord, Protocol},
+use crate::api::{
+    filter::{Cidr, FilterError, MAX_FILTER_VALUES, MAX_FILTERS},
+    hub::StoredFlow,
 };
+use flow_model::identity::Workload;
+use flow_model::record::{Endpoint, FlowRecord, Protocol};
 
 /// The cluster a flow's node is in when the flow names none, as Cilium
 /// assumes.

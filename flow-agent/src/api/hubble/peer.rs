@@ -21,6 +21,8 @@ use futures::{Stream, stream};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+pub use flow_model::client::server_name;
+
 use crate::api::access::Access;
 
 /// The nodes the Peer service announces: name and InternalIP, when known.
@@ -93,11 +95,6 @@ impl PeerAddressing {
             }),
         }
     }
-}
-
-/// The TLS server name of `node` by `template`.
-pub fn server_name(template: &str, node: &str) -> String {
-    template.replace("{node}", &node.replace('.', "-"))
 }
 
 /// What changed from `old` to `new`, in name order: deletions, then

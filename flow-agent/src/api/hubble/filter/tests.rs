@@ -4,10 +4,8 @@ use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 use flow_proto::hubble::flow::{self as hubble, FlowFilter};
 
 use super::*;
-use crate::{
-    identity::{Identity, PeerKind, ServiceRef},
-    record::{Hook, Timestamp},
-};
+use flow_model::identity::{Identity, PeerKind, ServiceRef};
+use flow_model::record::{Hook, Timestamp};
 
 const RUN: u64 = 0x0123_4567_89ab_cdef;
 

@@ -8,11 +8,12 @@ use std::{
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::*;
-use crate::{
+use flow_model::{
     identity::{Identity, PeerKind, ServiceRef, Workload},
-    policy::{cluster::PodView, graph::EdgeStats},
     record::{Endpoint, FlowRecord, Hook, Timestamp},
 };
+
+use crate::{cluster::PodView, graph::EdgeStats};
 
 fn endpoint(
     ip: &str,
@@ -399,12 +400,13 @@ fn rendering_is_deterministic_valid_and_cross_namespace_peers_are_and_form() {
         .map(|(key, stats)| (key.clone(), stats.clone()))
         .collect();
     for (key, stats) in records.into_iter().rev() {
-        reversed.apply(crate::policy::graph::Change::Edge(
-            crate::policy::graph::Edge { key, stats },
-        ));
+        reversed.apply(crate::graph::Change::Edge(crate::graph::Edge {
+            key,
+            stats,
+        }));
     }
     for (workload, info) in graph.workloads() {
-        reversed.apply(crate::policy::graph::Change::Workload {
+        reversed.apply(crate::graph::Change::Workload {
             workload: workload.clone(),
             info: info.clone(),
         });
@@ -441,7 +443,7 @@ fn rendering_is_deterministic_valid_and_cross_namespace_peers_are_and_form() {
             text.starts_with("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"),
             "{text}"
         );
-        let problems = crate::policy::evaluate::validate(&parsed);
+        let problems = crate::evaluate::validate(&parsed);
         assert!(problems.is_empty(), "{name}: {problems:?}");
     }
     let web: NetworkPolicy =
@@ -503,8 +505,7 @@ fn exports_diff_against_the_previous_one_and_remove_only_their_own_files() {
     let view = view_of(&graph);
     let proposal = propose(&graph, &view, &GenerateOptions::default());
     let summary =
-        crate::policy::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy)
-            .unwrap();
+        crate::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy).unwrap();
     assert!(!summary.had_previous);
     let review = std::fs::read_to_string(directory.path().join("REVIEW.md")).unwrap();
     assert!(
@@ -526,8 +527,7 @@ fn exports_diff_against_the_previous_one_and_remove_only_their_own_files() {
         .map(|path| (path.display().to_string(), std::fs::read(&path).unwrap()))
         .collect();
     let summary =
-        crate::policy::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy)
-            .unwrap();
+        crate::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy).unwrap();
     assert!(
         summary.had_previous
             && summary.added.is_empty()
@@ -553,23 +553,20 @@ fn exports_diff_against_the_previous_one_and_remove_only_their_own_files() {
         {
             continue;
         }
-        smaller.apply(crate::policy::graph::Change::Edge(
-            crate::policy::graph::Edge {
-                key: key.clone(),
-                stats: stats.clone(),
-            },
-        ));
+        smaller.apply(crate::graph::Change::Edge(crate::graph::Edge {
+            key: key.clone(),
+            stats: stats.clone(),
+        }));
     }
     for (workload, info) in graph.workloads() {
-        smaller.apply(crate::policy::graph::Change::Workload {
+        smaller.apply(crate::graph::Change::Workload {
             workload: workload.clone(),
             info: info.clone(),
         });
     }
     let proposal = propose(&smaller, &view, &GenerateOptions::default());
     let summary =
-        crate::policy::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy)
-            .unwrap();
+        crate::export::export(directory.path(), &proposal, PolicyFormat::Networkpolicy).unwrap();
     assert_eq!(summary.removed, ["shop.allow-deployment-cache.yaml"]);
     assert_eq!(
         summary.dropped,

@@ -24,10 +24,9 @@ use kube::{Api, Client, Resource, api::ListParams};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::{
-    cli::NamespacedName,
-    identity::kubernetes::{self, KubernetesError},
-};
+use flow_model::identity::kubernetes::{self, KubernetesError};
+
+use crate::cli::NamespacedName;
 
 /// The agents' headless Service in deploy/base.
 pub const DEFAULT_SERVICE: (&str, &str) = ("flow-agent", "flow-agent");

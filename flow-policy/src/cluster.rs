@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::graph::{Graph, WorkloadRef};
-use crate::identity::{
+use flow_model::identity::{
     CHURN_LABELS, CacheEvent, IdentityCache, IdentityConfig, Object,
     model::{ContainerPort, PodInfo},
 };

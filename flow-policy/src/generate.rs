@@ -39,7 +39,7 @@ use super::{
     cluster::{ClusterView, NAMESPACE_NAME_LABEL, Selection},
     graph::{EdgeKey, Graph, WorkloadRef},
 };
-use crate::record::Protocol;
+use flow_model::record::Protocol;
 
 mod propose;
 mod yaml;

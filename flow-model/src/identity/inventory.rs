@@ -378,7 +378,7 @@ impl InventorySource {
                     "inventory not reloaded (being rewritten?); keeping the previous one until the file changes again"
                 ),
                 Reload::Failed(error) => warn!(
-                    error = %crate::agent::error_chain(&error),
+                    error = %crate::error_chain(&error),
                     "inventory not reloaded; keeping the previous one"
                 ),
                 Reload::Changed(inventory) => {

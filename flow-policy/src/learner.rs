@@ -13,7 +13,7 @@ use super::{
     graph::{Change, EdgeKey, Graph, WorkloadRef},
     store::{Recovery, Store, StoreError},
 };
-use crate::record::FlowRecord;
+use flow_model::record::FlowRecord;
 
 /// Where and how much the agent learns.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use super::{
     },
     *,
 };
-use crate::policy::{
+use crate::{
     cluster::Selection,
     graph::WorkloadRef,
     synthetic::{Shape, generate},

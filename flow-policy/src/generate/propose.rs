@@ -17,13 +17,11 @@ use super::{
     GenerateOptions, Note, PeerSpec, PolicyFormat, Proposal, RuleSpec, WorkloadPolicy, cidr,
     edge_text, is_dns, peer_text, policy_name, port_ranges, push_decimal,
 };
+use flow_model::{identity::PeerKind, record::Protocol};
+
 use crate::{
-    identity::PeerKind,
-    policy::{
-        cluster::{ClusterView, Selection},
-        graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
-    },
-    record::Protocol,
+    cluster::{ClusterView, Selection},
+    graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
 };
 
 /// A peer, a protocol and a port a workload allows in one direction. The

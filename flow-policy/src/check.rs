@@ -11,7 +11,7 @@ use super::{
     evaluate::{Evaluator, Subject},
     graph::{Graph, Party, WorkloadRef},
 };
-use crate::{
+use flow_model::{
     identity::{Identity, IdentityCache, PeerKind, Workload},
     record::{Endpoint, FlowRecord, Protocol, Timestamp},
 };
@@ -619,10 +619,9 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::{
-        policy::generate::{GenerateOptions, PolicyFormat, propose, render},
-        record::Hook,
-    };
+    use flow_model::record::Hook;
+
+    use crate::generate::{GenerateOptions, PolicyFormat, propose, render};
 
     fn pod(ip: &str, port: u16, namespace: &str, name: &str) -> Endpoint {
         Endpoint {
@@ -675,7 +674,7 @@ mod tests {
         let mut identity = (*destination.identity).clone();
         identity.pod = None;
         destination.identity = Arc::new(identity);
-        destination.service = Some(crate::identity::ServiceRef {
+        destination.service = Some(flow_model::identity::ServiceRef {
             namespace: "shop".into(),
             name: "api".into(),
             ip: "10.96.0.5".parse().unwrap(),
@@ -710,7 +709,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::policy::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
         let report = check(&observed, &mut cluster, &policies);
         assert_eq!(
             (report.checked, report.allowed, report.unresolved),
@@ -732,7 +731,7 @@ mod tests {
     fn monitor_mode_judges_pods_by_the_identity_caches_labels_ports_and_namespaces() {
         use std::time::Duration;
 
-        use crate::identity::{CacheEvent, IdentityConfig, inventory};
+        use flow_model::identity::{CacheEvent, IdentityConfig, inventory};
 
         // web (namespace front, labelled team=shop) reaches api's named port
         // `http` (8080). api's policy selects by a namespace label and a pod
@@ -781,7 +780,7 @@ mod tests {
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api, namespace: back}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: shop}}\n      podSelector: {matchLabels: {canary: \"yes\"}}\n    ports: [{port: http}]\n",
         )
         .unwrap();
-        let policies = crate::policy::evaluate::load_policies(policies_dir.path()).unwrap();
+        let policies = crate::evaluate::load_policies(policies_dir.path()).unwrap();
         let endpoint = |ip: &str, port: u16| {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             Endpoint {
@@ -864,7 +863,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::policy::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
         let report = check_edges(&observed, &mut ClusterView::new(), &policies);
         assert_eq!(
             report,
@@ -937,7 +936,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::policy::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
         let report = check(&observed, &mut cluster, &policies);
         assert_eq!(
             (report.checked, report.allowed, report.denied.len()),

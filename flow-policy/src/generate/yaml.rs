@@ -12,7 +12,9 @@
 use std::{collections::BTreeMap, ops::Bound};
 
 use super::{MANAGED_BY, PeerSpec, PortSpec, RuleSpec, WorkloadPolicy, push_decimal};
-use crate::{policy::cluster::NAMESPACE_NAME_LABEL, record::Protocol};
+use flow_model::record::Protocol;
+
+use crate::cluster::NAMESPACE_NAME_LABEL;
 
 /// The label Cilium selects a pod's namespace by.
 pub(super) const CILIUM_NAMESPACE_LABEL: &str = "k8s:io.kubernetes.pod.namespace";

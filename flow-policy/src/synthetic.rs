@@ -18,7 +18,7 @@ use super::{
     generate::{PolicyFormat, Proposal, render},
     graph::{Change, Edge, EdgeKey, EdgeStats, Graph, Party, WorkloadInfo, WorkloadRef},
 };
-use crate::{
+use flow_model::{
     identity::PeerKind,
     record::{Protocol, Timestamp},
 };
@@ -324,7 +324,7 @@ pub fn quality(synthetic: &Synthetic, proposal: &Proposal, include_cross_tenant:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::generate::{GenerateOptions, propose};
+    use crate::generate::{GenerateOptions, propose};
 
     const SMALL: Shape = Shape {
         tenants: 3,

@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use flow_model::{
     identity::{Identity, PeerKind, Workload},
     record::{Endpoint, FlowRecord, Protocol, Timestamp},
 };
@@ -551,7 +551,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{identity::ServiceRef, record::Hook};
+    use flow_model::{identity::ServiceRef, record::Hook};
 
     fn at(seconds: u64) -> Timestamp {
         Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds))

@@ -1,4 +1,4 @@
-//! `flow-agent policy generate` and `flow-agent policy check`.
+//! `policy generate` and `policy check`.
 
 use std::{
     io::{self, Write},
@@ -8,9 +8,10 @@ use std::{
 use serde::Serialize;
 use thiserror::Error;
 
-use super::{
+use crate::{
     agents::{self, Agent, DiscoveryError, Lookup, Missing, Roster},
     check::{CheckReport, EdgeCheckReport, check, check_edges},
+    cli::{CheckArgs, GenerateArgs, GraphSources, NamespacedName, ReportFormat},
     cluster::ClusterView,
     evaluate::{PolicyLoadError, load_policies},
     export::{ExportError, export_partial},
@@ -19,14 +20,14 @@ use super::{
     generate::{DEFAULT_EXCLUDED_NAMESPACES, GenerateOptions, propose},
     graph::{Graph, GraphFile},
 };
-use crate::{
-    cli::{CheckArgs, GenerateArgs, GraphSources, NamespacedName, ReportFormat},
-    identity::inventory::{self, ReadError},
-};
+use flow_model::identity::inventory::{self, ReadError};
 
 /// Errors of the policy commands.
 #[derive(Debug, Error)]
 pub enum PolicyCommandError {
+    /// The async runtime cannot start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
     /// No traffic source was given.
     #[error("give at least one --kubernetes, --server, --graph or --flows")]
     NoSource,
@@ -574,14 +575,12 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::cli::{Cli, Command, PolicyCommand};
+    use crate::cli::{Cli, PolicyCommand};
 
     fn usage(args: &[&str]) -> Result<(), String> {
-        let mut all = vec!["flow-agent", "policy", "generate", "--output-dir", "out"];
+        let mut all = vec!["flow-policy", "generate", "--output-dir", "out"];
         all.extend_from_slice(args);
-        let Command::Policy(PolicyCommand::Generate(args)) =
-            Cli::try_parse_from(all).unwrap().command
-        else {
+        let PolicyCommand::Generate(args) = Cli::try_parse_from(all).unwrap().command else {
             panic!("generate expected");
         };
         check_usage(&args.sources).map_err(|error| error.to_string())

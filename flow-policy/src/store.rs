@@ -296,7 +296,7 @@ mod tests {
     use std::{sync::Arc, time::Duration, time::SystemTime};
 
     use super::*;
-    use crate::{
+    use flow_model::{
         identity::{Identity, PeerKind, Workload},
         record::{Endpoint, FlowRecord, Hook, Protocol, Timestamp},
     };

@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::{
+use flow_model::{
     identity::{CHURN_LABELS, Identity, PeerKind, ServiceRef, Workload},
     record::{Endpoint, FlowRecord, Hook, Icmp, Protocol, Timestamp},
 };

@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::{
-    identity::model::ContainerPort,
-    policy::{cluster::PodView, graph::WorkloadRef},
-};
+use flow_model::identity::model::ContainerPort;
+
+use crate::{cluster::PodView, graph::WorkloadRef};
 
 const TCP: Protocol = Protocol(6);
 const UDP: Protocol = Protocol(17);

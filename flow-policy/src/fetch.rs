@@ -12,12 +12,12 @@ use super::{
     agents::{Agent, Missing},
     graph::{Change, Graph, WorkloadInfo, WorkloadRef},
 };
-use crate::{
-    agent::error_chain,
-    api::{convert, hubble::peer::server_name},
-    cli::GraphSources,
-    observe::{self, ObserveError},
+use flow_model::{
+    client::{self, ClientError, server_name},
+    error_chain,
 };
+
+use crate::{cli::GraphSources, wire};
 
 /// Agents asked at once unless `--concurrency` says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -29,7 +29,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum AgentError {
     /// It cannot be reached, or refused.
     #[error(transparent)]
-    Api(#[from] ObserveError),
+    Api(#[from] ClientError),
     /// Its graph does not decode.
     #[error("sent an invalid graph: {0}")]
     InvalidGraph(String),
@@ -114,16 +114,13 @@ pub async fn fetch_graph(
         let node = agent.node.as_deref().ok_or(AgentError::UnknownNode)?;
         connect.tls_server_name = Some(server_name(template, node));
     }
-    let mut client = observe::connect(&connect).await?;
+    let mut client = client::connect(&connect).await?;
     let response = client
         .get_graph(flow_proto::v1::GetGraphRequest {})
         .await
-        .map_err(|status| ObserveError::Rpc {
-            server: agent.address.clone(),
-            status: Box::new(status),
-        })?
+        .map_err(|status| ClientError::rpc(&agent.address, status))?
         .into_inner();
-    let graph = convert::from_graph(&response).map_err(AgentError::InvalidGraph)?;
+    let graph = wire::from_graph(&response).map_err(AgentError::InvalidGraph)?;
     graph.check_names().map_err(AgentError::InvalidName)?;
     Ok(graph)
 }
@@ -159,10 +156,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::{
-        policy::graph::{Edge, EdgeKey, EdgeStats, Party},
-        record::{Protocol, Timestamp},
-    };
+    use flow_model::record::{Protocol, Timestamp};
+
+    use crate::graph::{Edge, EdgeKey, EdgeStats, Party};
 
     fn at(seconds: u64) -> Timestamp {
         Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))

@@ -30,7 +30,7 @@ use k8s_openapi::{
 use thiserror::Error;
 
 use super::cluster::{ClusterView, PodView};
-use crate::{api::filter::Cidr, record::Protocol};
+use flow_model::{cidr::Cidr, record::Protocol};
 
 /// Errors loading policies.
 #[derive(Debug, Error)]

@@ -1,0 +1,84 @@
+//! A policy command to its exit status, the same for `flow-policy` and
+//! `flow-agent policy`, since CI gates read it: 0 for a complete result,
+//! 1 when the policies would deny something checked, 2 for an error (bad
+//! input is not a verdict), 3 for a result without some agents' graphs.
+
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+};
+
+use flow_model::error_chain;
+
+use crate::{
+    cli::PolicyCommand,
+    command::{self, PolicyCommandError},
+};
+
+/// How a policy command ended, when it did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// With every source.
+    Complete,
+    /// Without some agents' graphs.
+    Partial,
+    /// The policies would deny something checked.
+    Denied,
+}
+
+impl Ending {
+    /// The exit status that tells this ending.
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Self::Complete => ExitCode::SUCCESS,
+            Self::Denied => ExitCode::from(1),
+            Self::Partial => ExitCode::from(3),
+        }
+    }
+}
+
+/// Runs `command` on a single-threaded runtime, with its report on stdout
+/// and warnings on stderr; an error is one line on stderr, after `program: `.
+pub fn run(command: &PolicyCommand, program: &str) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(dispatch(command)),
+        Err(error) => Err(PolicyCommandError::Runtime(error)),
+    };
+    match result {
+        Ok(ending) => ending.exit_code(),
+        Err(error) => {
+            // Nothing more can be said when stderr itself fails.
+            let _ = writeln!(io::stderr(), "{program}: error: {}", error_chain(&error));
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: &PolicyCommand) -> Result<Ending, PolicyCommandError> {
+    let mut out = io::stdout().lock();
+    let mut warnings = io::stderr();
+    match command {
+        PolicyCommand::Generate(args) => {
+            let missing = command::generate(args, &mut out, &mut warnings).await?;
+            Ok(if missing.is_empty() {
+                Ending::Complete
+            } else {
+                Ending::Partial
+            })
+        }
+        // A denial outranks missing agents: what was checked already fails.
+        PolicyCommand::Check(args) => {
+            let outcome = command::run_check(args, &mut out, &mut warnings).await?;
+            Ok(if outcome.denies() {
+                Ending::Denied
+            } else if outcome.missing_agents.is_empty() {
+                Ending::Complete
+            } else {
+                Ending::Partial
+            })
+        }
+    }
+}
