@@ -560,5 +560,7 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+mod reach;
+
 #[cfg(test)]
 mod tests;

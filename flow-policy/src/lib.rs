@@ -22,6 +22,7 @@ pub mod flowfile;
 pub mod generate;
 pub mod graph;
 pub mod learner;
+pub mod ports;
 pub mod run;
 pub mod store;
 pub mod synthetic;

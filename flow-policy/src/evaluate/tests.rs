@@ -298,3 +298,52 @@ fn invalid_policies_are_refused_naming_file_document_and_field() {
     );
     assert_eq!(list.len(), 1);
 }
+
+/// Policies of every kind above, side by side, to hold `reach` to `check`.
+const REACH_CASES: [&str; 5] = [
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: named, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: serve-80-tcp}, {port: serve-81-udp, protocol: UDP}, {port: 8000, endPort: 8002}, {protocol: SCTP}]\n",
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: or, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}\n    - podSelector: {matchLabels: {pod: b}}\n    ports: [{port: 443}, {port: 1000, endPort: 1200, protocol: UDP}]\n",
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    ports: [{port: 80}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: q, namespace: y}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {}}]\n    ports: [{port: 443}, {port: serve-81-udp, protocol: UDP}]\n  - to: [{podSelector: {matchLabels: {pod: a}}}]\n",
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/8}\n  - to: [{podSelector: {}}]\n    ports: [{port: 53, protocol: UDP}, {port: 53}]\n",
+];
+
+#[test]
+fn reach_agrees_with_check_on_every_port_of_every_pair() {
+    let view = cluster();
+    let ports: Vec<u16> = (1..=1300).chain(7990..=8010).chain(65530..=65535).collect();
+    for case in REACH_CASES {
+        let policies = policies(case);
+        let evaluator = Evaluator::new(&view, &policies);
+        for from in view.pods() {
+            for to in view.pods() {
+                let reach = evaluator.reach(from, to);
+                for protocol in crate::ports::PROTOCOLS {
+                    let set = reach.ports(protocol);
+                    for port in &ports {
+                        let checked = evaluator
+                            .check(Subject::Pod(from), Subject::Pod(to), protocol, *port)
+                            .allowed();
+                        assert_eq!(
+                            set.contains(*port),
+                            checked,
+                            "{}/{} -> {}/{} {protocol}/{port} under {case}",
+                            from.namespace,
+                            from.name,
+                            to.namespace,
+                            to.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // One pair spelled out: y/b -> x/a under the named-port policy.
+    let named = policies(REACH_CASES[1]);
+    let reach = Evaluator::new(&view, &named).reach(&view.pods()[3], &view.pods()[0]);
+    let text: Vec<String> = crate::ports::PROTOCOLS
+        .iter()
+        .map(|protocol| format!("{protocol} {}", reach.ports(*protocol)))
+        .collect();
+    assert_eq!(text, ["TCP 80, 8000-8002", "UDP 81", "SCTP any"]);
+}
