@@ -880,3 +880,374 @@ fn an_independent_analyzer_computes_the_same_connectivity_as_the_evaluator() {
         "only ours: {missing:?}; only the analyzer's: {extra:?}"
     );
 }
+
+/// The flows of the `policy diff` fixture: `shop-a/web` calls `shop-a/api`
+/// on TCP 8080 and DNS in kube-system; `shop-b/web` calls DNS.
+fn diff_flows() -> String {
+    let record = |(source, source_tenant): (&str, Option<&str>),
+                  (destination, destination_tenant): (&str, Option<&str>),
+                  protocol: &str,
+                  port: u16| {
+        let end = |at: &str, tenant: Option<&str>, ip: &str, port: u16| {
+            let (namespace, name) = at.split_once('/').unwrap();
+            let mut end = serde_json::json!({"ip": ip, "port": port, "kind": "pod", "namespace": namespace, "pod": format!("{name}-1"), "workload": {"kind": "Deployment", "name": name}, "labels": {"app": name}});
+            if let Some(tenant) = tenant {
+                end["tenant"] = tenant.into();
+            }
+            end
+        };
+        serde_json::json!({"time": "2026-11-20T10:00:00Z", "first_seen": "2026-11-20T10:00:00Z", "source": end(source, source_tenant, "10.0.0.1", 40000), "destination": end(destination, destination_tenant, "10.0.0.2", port), "protocol": protocol, "packets": 1, "bytes": 60, "is_reply": false, "interface": "veth0", "hook": "ingress", "node": "n", "new_connection": true}).to_string()
+    };
+    [
+        record(
+            ("shop-a/web", Some("a")),
+            ("shop-a/api", Some("a")),
+            "TCP",
+            8080,
+        ),
+        record(
+            ("shop-a/web", Some("a")),
+            ("kube-system/coredns", None),
+            "UDP",
+            53,
+        ),
+        record(
+            ("shop-b/web", Some("b")),
+            ("kube-system/coredns", None),
+            "UDP",
+            53,
+        ),
+    ]
+    .join("\n")
+        + "\n"
+}
+const DIFF_BASE: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop-a}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: 8080}]
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
+    ports: [{port: 53, protocol: UDP}]
+"#;
+const DIFF_SHOP_B: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop-b}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop-b}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
+    ports: [{port: 53, protocol: UDP}]
+"#;
+const DIFF_BREAKING: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop-a}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 8081}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: 8081}]
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
+    ports: [{port: 53, protocol: UDP}]
+"#;
+const DIFF_CROSS: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop-a}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}, {namespaceSelector: {}}]
+    ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: 8080}]
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
+    ports: [{port: 53, protocol: UDP}]
+"#;
+const DIFF_CLEAN_SUMMARY: &str = r#"## flow-policy diff: passes
+
+The change keeps every observed connection allowed and opens no cross-tenant path.
+
+Policies: 2 added, 0 modified, 0 removed, 3 unchanged. Judged against flows `flows.jsonl` (3 observed edges, 3 checked) and every pair of 4 pods.
+
+| what | count |
+| --- | ---: |
+| observed connections broken | 0 |
+| observed connections the change allows again | 0 |
+| observed connections denied before and after | 0 |
+| cross-tenant paths opened | 0 |
+| paths opened, never observed | 0 |
+| paths opened, observed | 0 |
+| paths closed | 2 |
+
+### Paths closed
+
+| client | server | ports | pod pairs | observed |
+| --- | --- | --- | ---: | --- |
+| kube-system/Deployment/coredns | shop-b/Deployment/web | TCP any; UDP any; SCTP any | 1 | no |
+| shop-b/Deployment/web | kube-system/Deployment/coredns | TCP any; UDP 1-52, 54-65535; SCTP any | 1 | no |
+
+### Policies changed
+
+- added: `shop-b/default-deny`, `shop-b/web`
+"#;
+const DIFF_CLEAN_JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="flow-policy diff" tests="3" failures="0">
+  <testsuite name="observed connections" tests="1" failures="0">
+    <testcase classname="observed connections" name="3 observed edges checked stay allowed"/>
+  </testsuite>
+  <testsuite name="cross-tenant paths" tests="1" failures="0">
+    <testcase classname="cross-tenant paths" name="no cross-tenant path opened"/>
+  </testsuite>
+  <testsuite name="conditions" tests="1" failures="0">
+    <testcase classname="conditions" name="--fail-on unobserved-paths&gt;0"/>
+  </testsuite>
+</testsuites>
+"#;
+const DIFF_BREAKING_SUMMARY: &str = r#"## flow-policy diff: fails
+
+The change breaks 1 observed connection; it meets `--fail-on unobserved-paths>0` (1).
+
+Policies: 0 added, 2 modified, 0 removed, 1 unchanged. Judged against flows `flows.jsonl` (3 observed edges, 3 checked) and every pair of 4 pods.
+
+| what | count |
+| --- | ---: |
+| observed connections broken | 1 |
+| observed connections the change allows again | 0 |
+| observed connections denied before and after | 0 |
+| cross-tenant paths opened | 0 |
+| paths opened, never observed | 1 |
+| paths opened, observed | 0 |
+| paths closed | 1 |
+
+### Observed connections broken
+
+| client | server | port | connections | last seen | blocked by |
+| --- | --- | --- | ---: | --- | --- |
+| shop-a/Deployment/web | shop-a/Deployment/api | TCP/8080 | 1 | 2026-11-20T10:00:00Z | egress of shop-a/(web), ingress of shop-a/(api) |
+
+### Paths opened, never observed
+
+| client | server | ports | pod pairs |
+| --- | --- | --- | ---: |
+| shop-a/Deployment/web | shop-a/Deployment/api | TCP 8081 | 1 |
+
+### Paths closed
+
+| client | server | ports | pod pairs | observed |
+| --- | --- | --- | ---: | --- |
+| shop-a/Deployment/web | shop-a/Deployment/api | TCP 8080 | 1 | yes |
+
+### Policies changed
+
+- modified: `shop-a/api`, `shop-a/web`
+"#;
+const DIFF_BREAKING_JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="flow-policy diff" tests="4" failures="3">
+  <testsuite name="observed connections" tests="1" failures="1">
+    <testcase classname="observed connections" name="shop-a/Deployment/web -&gt; shop-a/Deployment/api TCP/8080">
+      <failure message="broken: blocked by egress of shop-a/(web), ingress of shop-a/(api)"/>
+    </testcase>
+  </testsuite>
+  <testsuite name="cross-tenant paths" tests="1" failures="0">
+    <testcase classname="cross-tenant paths" name="no cross-tenant path opened"/>
+  </testsuite>
+  <testsuite name="paths opened, never observed" tests="1" failures="1">
+    <testcase classname="paths opened, never observed" name="shop-a/Deployment/web -&gt; shop-a/Deployment/api TCP 8081">
+      <failure message="opened, never observed"/>
+    </testcase>
+  </testsuite>
+  <testsuite name="conditions" tests="1" failures="1">
+    <testcase classname="conditions" name="--fail-on unobserved-paths&gt;0">
+      <failure message="1 found"/>
+    </testcase>
+  </testsuite>
+</testsuites>
+"#;
+const DIFF_CROSS_SUMMARY: &str = r#"## flow-policy diff: fails
+
+The change opens 1 cross-tenant path; it meets `--fail-on unobserved-paths>0` (1).
+
+Policies: 0 added, 1 modified, 0 removed, 2 unchanged. Judged against flows `flows.jsonl` (3 observed edges, 3 checked) and every pair of 4 pods.
+
+| what | count |
+| --- | ---: |
+| observed connections broken | 0 |
+| observed connections the change allows again | 0 |
+| observed connections denied before and after | 0 |
+| cross-tenant paths opened | 1 |
+| paths opened, never observed | 1 |
+| paths opened, observed | 0 |
+| paths closed | 0 |
+
+### Cross-tenant paths opened
+
+| client | server | ports | pod pairs | tenants |
+| --- | --- | --- | ---: | --- |
+| shop-b/Deployment/web | shop-a/Deployment/api | TCP 8080 | 1 | b → a |
+
+### Paths opened, never observed
+
+| client | server | ports | pod pairs |
+| --- | --- | --- | ---: |
+| kube-system/Deployment/coredns | shop-a/Deployment/api | TCP 8080 | 1 |
+
+### Policies changed
+
+- modified: `shop-a/api`
+"#;
+const DIFF_CROSS_JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="flow-policy diff" tests="4" failures="3">
+  <testsuite name="observed connections" tests="1" failures="0">
+    <testcase classname="observed connections" name="3 observed edges checked stay allowed"/>
+  </testsuite>
+  <testsuite name="cross-tenant paths" tests="1" failures="1">
+    <testcase classname="cross-tenant paths" name="shop-b/Deployment/web -&gt; shop-a/Deployment/api TCP 8080">
+      <failure message="opens a path from tenant b to tenant a (1 pod pair)"/>
+    </testcase>
+  </testsuite>
+  <testsuite name="paths opened, never observed" tests="1" failures="1">
+    <testcase classname="paths opened, never observed" name="kube-system/Deployment/coredns -&gt; shop-a/Deployment/api TCP 8080">
+      <failure message="opened, never observed"/>
+    </testcase>
+  </testsuite>
+  <testsuite name="conditions" tests="1" failures="1">
+    <testcase classname="conditions" name="--fail-on unobserved-paths&gt;0">
+      <failure message="1 found"/>
+    </testcase>
+  </testsuite>
+</testsuites>
+"#;
+
+#[test]
+fn diff_judges_three_pull_requests_with_exact_summaries_junit_and_exit_statuses() {
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    std::fs::write(dir.join("flows.jsonl"), diff_flows()).unwrap();
+    let layouts: [(&str, &[(&str, &str)]); 4] = [
+        ("base", &[("shop-a.yaml", DIFF_BASE)]),
+        (
+            "clean",
+            &[("shop-a.yaml", DIFF_BASE), ("shop-b.yaml", DIFF_SHOP_B)],
+        ),
+        ("breaking", &[("shop-a.yaml", DIFF_BREAKING)]),
+        ("cross", &[("shop-a.yaml", DIFF_CROSS)]),
+    ];
+    for (name, files) in layouts {
+        std::fs::create_dir(dir.join(name)).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(name).join(file), text).unwrap();
+        }
+    }
+    let expected = [
+        ("clean", 0, DIFF_CLEAN_SUMMARY, DIFF_CLEAN_JUNIT),
+        ("breaking", 1, DIFF_BREAKING_SUMMARY, DIFF_BREAKING_JUNIT),
+        ("cross", 1, DIFF_CROSS_SUMMARY, DIFF_CROSS_JUNIT),
+    ];
+    for (change, status, summary, junit) in expected {
+        let output = std::process::Command::new(common::cli::binary())
+            .current_dir(dir)
+            .args(["policy", "diff", "base", change, "--flows", "flows.jsonl"])
+            .args(["--summary", "summary.md", "--junit", "junit.xml"])
+            .args(["--fail-on", "unobserved-paths>0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(status), "{change}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), summary, "{change}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("summary.md")).unwrap(),
+            summary
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("junit.xml")).unwrap(),
+            junit,
+            "{change}"
+        );
+    }
+    // Bad input is neither a pass nor a fail: status 2, the file named.
+    std::fs::write(
+        dir.join("cross/bad.yaml"),
+        "kind: NetworkPolicy\nmetadata: {name: x, namespace: shop-a}\nspec: {podSelector: 7}\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(common::cli::binary())
+        .current_dir(dir)
+        .args(["policy", "diff", "base", "cross", "--flows", "flows.jsonl"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("flow-agent: error: ") && stderr.contains("bad.yaml: document 1"),
+        "{stderr}"
+    );
+    let output = std::process::Command::new(common::cli::binary())
+        .current_dir(dir)
+        .args([
+            "policy",
+            "diff",
+            "base",
+            "clean",
+            "--flows",
+            "flows.jsonl",
+            "--fail-on",
+            "paths>0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}

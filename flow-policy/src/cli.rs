@@ -30,6 +30,11 @@ pub enum PolicyCommand {
     /// Report every observed connection a set of NetworkPolicies would deny
     /// (exit status 1 when there is one).
     Check(Box<CheckArgs>),
+    /// Judge a change from one set of NetworkPolicies to another against
+    /// observed traffic: the observed connections it breaks, the paths it
+    /// opens (cross-tenant first, then never observed) and closes, as a
+    /// Markdown summary for a pull request and a JUnit report.
+    Diff(Box<DiffArgs>),
 }
 
 /// Where learned traffic comes from.
@@ -223,4 +228,41 @@ pub struct CheckArgs {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+}
+
+/// `policy diff` flags.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when the change keeps every observed connection allowed, \
+opens no cross-tenant path and meets no --fail-on condition; 1 when it does not; 3 when it \
+is clean but some agents did not answer; 2 on an error (bad input: a policy that does not \
+parse, a missing graph)."
+)]
+pub struct DiffArgs {
+    /// The policies before the change: a directory or one file. A path that
+    /// does not exist stands for no policies (the change adds the first).
+    #[arg(value_name = "OLD")]
+    pub old: PathBuf,
+    /// The policies after the change. A path that does not exist stands for
+    /// no policies (the change removes them all).
+    #[arg(value_name = "NEW")]
+    pub new: PathBuf,
+    /// The observed traffic to judge the change against.
+    #[command(flatten)]
+    pub sources: GraphSources,
+    /// Also write the Markdown summary to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Write a JUnit report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Fail also when a count exceeds a bound (repeatable): METRIC>N or
+    /// METRIC>=N, METRIC one of broken-connections, cross-tenant-paths,
+    /// unobserved-paths, opened-paths, closed-paths.
+    #[arg(long = "fail-on", value_name = "CONDITION")]
+    pub fail_on: Vec<crate::diff::FailCondition>,
+    /// Namespaces that belong to the platform, not to a tenant (repeatable)
+    /// [default: kube-system, kube-public, kube-node-lease].
+    #[arg(long = "platform-namespace", value_name = "NS")]
+    pub platform_namespaces: Vec<String>,
 }

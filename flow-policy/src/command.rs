@@ -5,14 +5,16 @@ use std::{
     path::PathBuf,
 };
 
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
     agents::{self, Agent, DiscoveryError, Lookup, Missing, Roster},
     check::{CheckReport, EdgeCheckReport, check, check_edges},
-    cli::{CheckArgs, GenerateArgs, GraphSources, NamespacedName, ReportFormat},
+    cli::{CheckArgs, DiffArgs, GenerateArgs, GraphSources, NamespacedName, ReportFormat},
     cluster::ClusterView,
+    diff::{self, report},
     evaluate::{PolicyLoadError, load_policies},
     export::{ExportError, export_partial},
     fetch::{self, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT},
@@ -568,6 +570,89 @@ fn print_check(outcome: &CheckOutcome, flows: bool, out: &mut impl Write) -> io:
         )?;
     }
     Ok(())
+}
+
+/// What `policy diff` decided.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DiffOutcome {
+    /// The change breaks observed traffic, opens a cross-tenant path or meets
+    /// a `--fail-on` condition.
+    pub fails: bool,
+    /// Agents whose edges were not judged.
+    pub missing_agents: Vec<String>,
+}
+
+/// A policy directory or file; one that does not exist holds no policies.
+fn policies_or_none(path: &std::path::Path) -> Result<Vec<NetworkPolicy>, PolicyCommandError> {
+    match std::fs::symlink_metadata(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => Ok(load_policies(path)?),
+    }
+}
+
+/// The observed traffic, named for the summary.
+fn describe(sources: &GraphSources, collected: &Collected) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let agents = collected.asked - collected.missing.len();
+    if collected.asked > 0 {
+        parts.push(format!(
+            "the graphs of {agents} of {} agents",
+            collected.asked
+        ));
+    }
+    parts.extend(
+        sources
+            .graphs
+            .iter()
+            .map(|path| format!("graph `{}`", path.display())),
+    );
+    parts.extend(
+        sources
+            .flows
+            .iter()
+            .map(|path| format!("flows `{}`", path.display())),
+    );
+    parts.join(", ")
+}
+
+/// `policy diff`: judges the change from `args.old` to `args.new`, prints
+/// the Markdown summary to `out` and writes the files asked for.
+pub async fn run_diff(
+    args: &DiffArgs,
+    out: &mut impl Write,
+    warnings: &mut impl Write,
+) -> Result<DiffOutcome, PolicyCommandError> {
+    let DiffArgs {
+        old,
+        new,
+        sources,
+        summary,
+        junit,
+        fail_on,
+        platform_namespaces,
+    } = args;
+    let (old, new) = (policies_or_none(old)?, policies_or_none(new)?);
+    let collected = collect(sources, warnings).await?;
+    let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
+    let platform: Vec<String> = if platform_namespaces.is_empty() {
+        DEFAULT_EXCLUDED_NAMESPACES.map(str::to_owned).to_vec()
+    } else {
+        platform_namespaces.clone()
+    };
+    let judged = diff::diff(&old, &new, &collected.graph, &mut cluster, &platform);
+    let markdown = report::markdown(&judged, fail_on, &describe(sources, &collected));
+    if let Some(path) = summary {
+        std::fs::write(path, &markdown).map_err(write_error(path))?;
+    }
+    if let Some(path) = junit {
+        std::fs::write(path, report::junit(&judged, fail_on)).map_err(write_error(path))?;
+    }
+    out.write_all(markdown.as_bytes())
+        .map_err(write_error("-"))?;
+    Ok(DiffOutcome {
+        fails: !report::failures(&judged, fail_on).is_empty(),
+        missing_agents: collected.missing_lines(),
+    })
 }
 
 #[cfg(test)]

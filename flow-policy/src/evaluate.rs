@@ -376,6 +376,15 @@ fn types(policy: &NetworkPolicy) -> (bool, bool) {
     }
 }
 
+/// Whether `policy` isolates `pod` in one direction: it is in the pod's
+/// namespace, has that policy type and selects the pod.
+pub fn applies(policy: &NetworkPolicy, pod: &PodView, egress: bool) -> bool {
+    let (ingress_type, egress_type) = types(policy);
+    policy.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
+        && (if egress { egress_type } else { ingress_type })
+        && Evaluator::selects(policy, pod)
+}
+
 impl<'a> Evaluator<'a> {
     /// An evaluator of `policies` in `cluster`.
     pub fn new(cluster: &'a ClusterView, policies: &'a [NetworkPolicy]) -> Self {

@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod command;
+pub mod diff;
 pub mod evaluate;
 pub mod export;
 pub mod fetch;

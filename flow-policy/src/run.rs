@@ -1,6 +1,6 @@
 //! A policy command to its exit status, the same for `flow-policy` and
 //! `flow-agent policy`, since CI gates read it: 0 for a complete result,
-//! 1 when the policies would deny something checked, 2 for an error (bad
+//! 1 when the policies would deny something checked (or a diff fails), 2 for an error (bad
 //! input is not a verdict), 3 for a result without some agents' graphs.
 
 use std::{
@@ -22,8 +22,8 @@ pub enum Ending {
     Complete,
     /// Without some agents' graphs.
     Partial,
-    /// The policies would deny something checked.
-    Denied,
+    /// The policies would deny something checked, or a change fails.
+    Failed,
 }
 
 impl Ending {
@@ -31,7 +31,7 @@ impl Ending {
     pub fn exit_code(self) -> ExitCode {
         match self {
             Self::Complete => ExitCode::SUCCESS,
-            Self::Denied => ExitCode::from(1),
+            Self::Failed => ExitCode::from(1),
             Self::Partial => ExitCode::from(3),
         }
     }
@@ -73,7 +73,17 @@ async fn dispatch(command: &PolicyCommand) -> Result<Ending, PolicyCommandError>
         PolicyCommand::Check(args) => {
             let outcome = command::run_check(args, &mut out, &mut warnings).await?;
             Ok(if outcome.denies() {
-                Ending::Denied
+                Ending::Failed
+            } else if outcome.missing_agents.is_empty() {
+                Ending::Complete
+            } else {
+                Ending::Partial
+            })
+        }
+        PolicyCommand::Diff(args) => {
+            let outcome = command::run_diff(args, &mut out, &mut warnings).await?;
+            Ok(if outcome.fails {
+                Ending::Failed
             } else if outcome.missing_agents.is_empty() {
                 Ending::Complete
             } else {
