@@ -212,80 +212,18 @@ fn parse_cidr(text: &str) -> Option<Cidr> {
 
 /// Reads every NetworkPolicy in `.yaml`, `.yml` and `.json` files of a
 /// directory (or one file): multi-document files and `List`s are read, other
-/// kinds (a kustomization, ConfigMaps) skipped. Invalid policies are errors.
+/// kinds (a kustomization, ConfigMaps) skipped. The first invalid policy is
+/// an error; [`crate::load::load_all`] goes on past it.
 pub fn load_policies(path: &Path) -> Result<Vec<NetworkPolicy>, PolicyLoadError> {
-    let read_error = |source| PolicyLoadError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map_err(read_error)?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|file| {
-                file.extension().is_some_and(|extension| {
-                    extension == "yaml" || extension == "yml" || extension == "json"
-                })
-            })
-            .collect()
-    } else {
-        vec![path.to_owned()]
-    };
-    files.sort();
-    let mut policies = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| PolicyLoadError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        for (index, document) in yaml_serde::Deserializer::from_str(&text).enumerate() {
-            let invalid = |message: String| PolicyLoadError::Invalid {
-                path: file.clone(),
-                document: index + 1,
-                message,
-            };
-            let value = <yaml_serde::Value as serde::Deserialize>::deserialize(document)
-                .map_err(|error| invalid(error.to_string()))?;
-            let items = match value.get("kind").and_then(yaml_serde::Value::as_str) {
-                Some("NetworkPolicy") => vec![value],
-                Some("List" | "NetworkPolicyList") => value
-                    .get("items")
-                    .and_then(yaml_serde::Value::as_sequence)
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|item| {
-                        item.get("kind").and_then(yaml_serde::Value::as_str)
-                            == Some("NetworkPolicy")
-                    })
-                    .collect(),
-                Some("CiliumNetworkPolicy") => {
-                    return Err(invalid(
-                        "CiliumNetworkPolicy cannot be checked: generate with --format networkpolicy to check".into(),
-                    ));
-                }
-                _ => Vec::new(),
-            };
-            for item in items {
-                let policy: NetworkPolicy =
-                    serde_path_to_error::deserialize(item).map_err(|error| {
-                        let field = error.path().to_string();
-                        invalid(format!("{field}: {}", error.into_inner()))
-                    })?;
-                let problems = validate(&policy);
-                if !problems.is_empty() {
-                    return Err(invalid(format!(
-                        "NetworkPolicy {}: {}",
-                        policy.metadata.name.as_deref().unwrap_or("?"),
-                        problems.join("; ")
-                    )));
-                }
-                policies.push(policy);
-            }
-        }
+    let loaded = crate::load::load_all(path)?;
+    match loaded.errors.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(loaded
+            .policies
+            .into_iter()
+            .map(|loaded| loaded.policy)
+            .collect()),
     }
-    Ok(policies)
 }
 
 /// An end of a connection being checked.

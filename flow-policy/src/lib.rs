@@ -23,6 +23,7 @@ pub mod flowfile;
 pub mod generate;
 pub mod graph;
 pub mod learner;
+pub mod load;
 pub mod ports;
 pub mod run;
 pub mod store;
