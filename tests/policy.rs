@@ -1251,3 +1251,157 @@ fn diff_judges_three_pull_requests_with_exact_summaries_junit_and_exit_statuses(
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+const AUDIT_FLAWED: &str = r#"# shop-a's policies, written by hand
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop-a}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{namespaceSelector: {}}]
+    ports: [{port: 8080}]
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 9090}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: api}}}]
+"#;
+const AUDIT_EXTRA: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: notes, namespace: shop-a}
+data: {owner: team-a}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: shop-a}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{port: 70000}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cnp, namespace: shop-b}
+spec: {endpointSelector: {}}
+"#;
+const AUDIT_MD: &str = r#"# Policy audit
+
+3 policies judged against flows `flows.jsonl` (3 observed edges, 3 checked) and 4 pods.
+
+| finding | count |
+| --- | ---: |
+| observed connections denied | 1 |
+| unused allowances (pod pairs × ports) | 4 (196607) |
+| over-broad constructs | 2 |
+| cross-tenant openings (workload pairs) | 1 |
+| workloads open to every tenant | 0 |
+| documents not read | 2 |
+| documents of other kinds, skipped | 1 |
+
+## Observed connections denied
+
+| client | server | port | connections | blocked by |
+| --- | --- | --- | --- | --- |
+| shop-a/Deployment/web | kube-system/Deployment/coredns | UDP/53 | 1 | egress of shop-a/(web) |
+
+## Allowances never used, largest first
+
+| rule | selects | peer | unused ports | pod pairs × ports |
+| --- | --- | --- | --- | --- |
+| `shop-a/web egress[0]` | shop-a/Deployment/web | shop-a/Deployment/api | TCP 1-8079, 8081-65535; UDP any; SCTP any | 196604 |
+| `shop-a/api ingress[0]` | shop-a/Deployment/api | kube-system/Deployment/coredns | TCP 8080 | 1 |
+| `shop-a/api ingress[0]` | shop-a/Deployment/api | shop-b/Deployment/web | TCP 8080 | 1 |
+| `shop-a/api ingress[1]` | shop-a/Deployment/api | shop-a/Deployment/web | TCP 9090 | 1 |
+
+## Over-broad constructs
+
+| policy | rule | construct |
+| --- | --- | --- |
+| `shop-a/api` | `shop-a/api ingress[0]` | `namespaceSelector: {}` in `from`: every namespace |
+| `shop-a/web` | `shop-a/web egress[0]` | no `ports`: every port of every protocol |
+
+## Cross-tenant openings
+
+| client | server | tenants | ports | observed |
+| --- | --- | --- | --- | --- |
+| shop-b/Deployment/web | shop-a/Deployment/api | b → a | TCP 8080 | no |
+
+## Documents not read
+
+- flawed2/extra.yaml: document 2: NetworkPolicy broken: spec.ingress[0].ports[0].port: 70000 is not a port
+- flawed2/extra.yaml: document 3: CiliumNetworkPolicy cannot be judged with NetworkPolicy semantics: generate with --format networkpolicy to check
+
+## Documents of other kinds, skipped
+
+- flawed2/extra.yaml: document 1: ConfigMap
+"#;
+
+#[test]
+fn audit_finds_each_known_flaw_and_audits_past_bad_documents() {
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    std::fs::write(dir.join("flows.jsonl"), diff_flows()).unwrap();
+    std::fs::create_dir(dir.join("flawed2")).unwrap();
+    std::fs::write(dir.join("flawed2/shop-a.yaml"), AUDIT_FLAWED).unwrap();
+    std::fs::write(dir.join("flawed2/extra.yaml"), AUDIT_EXTRA).unwrap();
+    let audit = |policies: &str| {
+        std::process::Command::new(common::cli::binary())
+            .current_dir(dir)
+            .args([
+                "policy",
+                "audit",
+                "--policies",
+                policies,
+                "--flows",
+                "flows.jsonl",
+            ])
+            .args(["--output-dir", "out", "--report", "report.json"])
+            .output()
+            .unwrap()
+    };
+    let output = audit("flawed2");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Two documents are bad: status 2, each named, and the rest audited.
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "flow-agent: warning: flawed2/extra.yaml: document 2: NetworkPolicy broken: spec.ingress[0].ports[0].port: 70000 is not a port",
+            "flow-agent: warning: flawed2/extra.yaml: document 3: CiliumNetworkPolicy cannot be judged with NetworkPolicy semantics: generate with --format networkpolicy to check",
+            "flow-agent: error: some policy documents could not be read (named above); the rest was audited",
+        ]
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), AUDIT_MD);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/AUDIT.md")).unwrap(),
+        AUDIT_MD
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["unused"].as_array().unwrap().len(), 4);
+    assert_eq!(report["unused"][0]["size"], 196_604);
+    assert_eq!(
+        report["cross_tenant"][0]["tenants"],
+        serde_json::json!(["b", "a"])
+    );
+    // Without the bad file, the findings alone decide: status 1.
+    std::fs::remove_file(dir.join("flawed2/extra.yaml")).unwrap();
+    let output = audit("flawed2");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

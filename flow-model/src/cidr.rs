@@ -25,6 +25,14 @@ impl Cidr {
         Some(Self { network, prefix })
     }
 
+    /// How many addresses the block holds (all of IPv6 saturates).
+    pub fn addresses(&self) -> u128 {
+        let width: u32 = if self.network.is_ipv4() { 32 } else { 128 };
+        1u128
+            .checked_shl(width - u32::from(self.prefix))
+            .unwrap_or(u128::MAX)
+    }
+
     /// Whether `inner` lies entirely in this block.
     pub fn contains_block(&self, inner: &Self) -> bool {
         inner.prefix >= self.prefix && self.contains(inner.network)
@@ -73,6 +81,11 @@ mod tests {
                 .unwrap()
                 .contains("10.1.0.2".parse().unwrap())
         );
+        assert_eq!(Cidr::parse("10.1.0.0/16").unwrap().addresses(), 65_536);
+        assert_eq!(Cidr::parse("10.1.0.2").unwrap().addresses(), 1);
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().addresses(), 1 << 32);
+        assert_eq!(Cidr::parse("fd00::/64").unwrap().addresses(), 1 << 64);
+        assert_eq!(Cidr::parse("::/0").unwrap().addresses(), u128::MAX);
         for bad in ["10.0.0.0/33", "10.0.0", "fd00::/129", "x/1", "10.0.0.0/"] {
             assert!(Cidr::parse(bad).is_none(), "{bad}");
         }

@@ -35,6 +35,10 @@ pub enum PolicyCommand {
     /// opens (cross-tenant first, then never observed) and closes, as a
     /// Markdown summary for a pull request and a JUnit report.
     Diff(Box<DiffArgs>),
+    /// Judge existing NetworkPolicies (ours or anyone's) against observed
+    /// traffic, rule by rule: observed connections denied, allowances never
+    /// used, over-broad constructs and cross-tenant openings, as AUDIT.md.
+    Audit(Box<AuditArgs>),
 }
 
 /// Where learned traffic comes from.
@@ -261,6 +265,33 @@ pub struct DiffArgs {
     /// unobserved-paths, opened-paths, closed-paths.
     #[arg(long = "fail-on", value_name = "CONDITION")]
     pub fail_on: Vec<crate::diff::FailCondition>,
+    /// Namespaces that belong to the platform, not to a tenant (repeatable)
+    /// [default: kube-system, kube-public, kube-node-lease].
+    #[arg(long = "platform-namespace", value_name = "NS")]
+    pub platform_namespaces: Vec<String>,
+}
+
+/// `policy audit` flags.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when the policies allow every observed connection and open \
+nothing across tenants; 1 when they deny an observed connection or open a cross-tenant path; \
+3 when neither but some agents did not answer; 2 on an error, and when some documents could \
+not be read (the rest is still audited and reported)."
+)]
+pub struct AuditArgs {
+    /// NetworkPolicy files (a directory or one file).
+    #[arg(long, value_name = "DIR")]
+    pub policies: PathBuf,
+    /// The observed traffic to audit against.
+    #[command(flatten)]
+    pub sources: GraphSources,
+    /// Write AUDIT.md into this directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Also write everything found as one JSON document to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Namespaces that belong to the platform, not to a tenant (repeatable)
     /// [default: kube-system, kube-public, kube-node-lease].
     #[arg(long = "platform-namespace", value_name = "NS")]

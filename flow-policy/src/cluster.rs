@@ -208,6 +208,12 @@ impl ClusterView {
         self.namespaces.keys()
     }
 
+    /// The pods of `namespace`.
+    pub fn namespace_pods(&self, namespace: &str) -> impl Iterator<Item = &PodView> {
+        let indexes = self.namespace_pods.get(namespace).into_iter().flatten();
+        indexes.map(|index| &self.pods[*index])
+    }
+
     /// All pods.
     pub fn pods(&self) -> &[PodView] {
         &self.pods

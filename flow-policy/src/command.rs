@@ -11,8 +11,11 @@ use thiserror::Error;
 
 use crate::{
     agents::{self, Agent, DiscoveryError, Lookup, Missing, Roster},
+    audit,
     check::{CheckReport, EdgeCheckReport, check, check_edges},
-    cli::{CheckArgs, DiffArgs, GenerateArgs, GraphSources, NamespacedName, ReportFormat},
+    cli::{
+        AuditArgs, CheckArgs, DiffArgs, GenerateArgs, GraphSources, NamespacedName, ReportFormat,
+    },
     cluster::ClusterView,
     diff::{self, report},
     evaluate::{PolicyLoadError, load_policies},
@@ -22,11 +25,17 @@ use crate::{
     generate::{DEFAULT_EXCLUDED_NAMESPACES, GenerateOptions, propose},
     graph::{Graph, GraphFile},
 };
-use flow_model::identity::inventory::{self, ReadError};
+use flow_model::{
+    error_chain,
+    identity::inventory::{self, ReadError},
+};
 
 /// Errors of the policy commands.
 #[derive(Debug, Error)]
 pub enum PolicyCommandError {
+    /// Some documents could not be read; what could was reported.
+    #[error("some policy documents could not be read (named above); the rest was audited")]
+    BadInput,
     /// The async runtime cannot start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] io::Error),
@@ -250,7 +259,7 @@ async fn roster(sources: &GraphSources) -> Result<Roster, PolicyCommandError> {
 
 fn warn(warnings: &mut impl Write, missing: &Missing) {
     // Nowhere to report a failing stderr: the run goes on.
-    let _ = writeln!(warnings, "flow-agent: warning: {missing}");
+    let _ = writeln!(warnings, "warning: {missing}");
 }
 
 /// Merges the graphs of every agent (`--server`, `--kubernetes`), naming
@@ -634,11 +643,7 @@ pub async fn run_diff(
     let (old, new) = (policies_or_none(old)?, policies_or_none(new)?);
     let collected = collect(sources, warnings).await?;
     let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
-    let platform: Vec<String> = if platform_namespaces.is_empty() {
-        DEFAULT_EXCLUDED_NAMESPACES.map(str::to_owned).to_vec()
-    } else {
-        platform_namespaces.clone()
-    };
+    let platform = platform(platform_namespaces);
     let judged = diff::diff(&old, &new, &collected.graph, &mut cluster, &platform);
     let markdown = report::markdown(&judged, fail_on, &describe(sources, &collected));
     if let Some(path) = summary {
@@ -651,6 +656,83 @@ pub async fn run_diff(
         .map_err(write_error("-"))?;
     Ok(DiffOutcome {
         fails: !report::failures(&judged, fail_on).is_empty(),
+        missing_agents: collected.missing_lines(),
+    })
+}
+
+/// The platform namespaces given, or the default ones.
+fn platform(given: &[String]) -> Vec<String> {
+    if given.is_empty() {
+        DEFAULT_EXCLUDED_NAMESPACES.map(str::to_owned).to_vec()
+    } else {
+        given.to_vec()
+    }
+}
+
+/// What `policy audit` decided.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AuditOutcome {
+    /// The policies deny an observed connection or open a cross-tenant path.
+    pub findings: bool,
+    /// Some documents could not be read.
+    pub bad_input: bool,
+    /// Agents whose edges were not audited against.
+    pub missing_agents: Vec<String>,
+}
+
+/// `policy audit`: prints AUDIT.md to `out`, writes it (and the JSON report)
+/// where asked. Documents that cannot be read are named on `warnings`, and
+/// the rest is audited.
+pub async fn run_audit(
+    args: &AuditArgs,
+    out: &mut impl Write,
+    warnings: &mut impl Write,
+) -> Result<AuditOutcome, PolicyCommandError> {
+    let AuditArgs {
+        policies,
+        sources,
+        output_dir,
+        report: report_path,
+        platform_namespaces,
+    } = args;
+    let loaded = crate::load::load_all(policies)?;
+    let errors: Vec<String> = loaded
+        .errors
+        .iter()
+        .map(|error| error_chain(error))
+        .collect();
+    for error in &errors {
+        // Nowhere to report a failing stderr: the audit goes on.
+        let _ = writeln!(warnings, "warning: {error}");
+    }
+    let collected = collect(sources, warnings).await?;
+    let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
+    let platform = platform(platform_namespaces);
+    let found = audit::audit(&loaded.policies, &collected.graph, &mut cluster, &platform);
+    let inputs = audit::report::Inputs {
+        judged_against: &describe(sources, &collected),
+        errors: &errors,
+        skipped: &loaded.skipped,
+    };
+    let markdown = audit::report::markdown(&found, &inputs);
+    if let Some(directory) = output_dir {
+        std::fs::create_dir_all(directory).map_err(write_error(directory))?;
+        let path = directory.join("AUDIT.md");
+        std::fs::write(&path, &markdown).map_err(write_error(&path))?;
+    }
+    if let Some(path) = report_path {
+        let json =
+            serde_json::to_string_pretty(&found).map_err(|error| PolicyCommandError::Write {
+                path: path.clone(),
+                source: io::Error::other(error),
+            })?;
+        std::fs::write(path, format!("{json}\n")).map_err(write_error(path))?;
+    }
+    out.write_all(markdown.as_bytes())
+        .map_err(write_error("-"))?;
+    Ok(AuditOutcome {
+        findings: !found.denied.is_empty() || !found.cross_tenant.is_empty(),
+        bad_input: !errors.is_empty(),
         missing_agents: collected.missing_lines(),
     })
 }

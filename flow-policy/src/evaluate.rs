@@ -297,7 +297,9 @@ fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>)
         })
 }
 
-fn types(policy: &NetworkPolicy) -> (bool, bool) {
+/// Whether `policy` isolates ingress and egress, as the API server
+/// defaults `policyTypes`.
+pub(crate) fn types(policy: &NetworkPolicy) -> (bool, bool) {
     let Some(spec) = &policy.spec else {
         return (false, false);
     };
@@ -341,7 +343,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn selects(policy: &NetworkPolicy, pod: &PodView) -> bool {
+    pub(crate) fn selects(policy: &NetworkPolicy, pod: &PodView) -> bool {
         policy
             .spec
             .as_ref()
@@ -349,7 +351,7 @@ impl<'a> Evaluator<'a> {
             .is_none_or(|selector| selector_matches(selector, &pod.labels))
     }
 
-    fn peer_matches(
+    pub(crate) fn peer_matches(
         &self,
         peer: &NetworkPolicyPeer,
         policy_namespace: &str,
@@ -508,6 +510,8 @@ impl<'a> Evaluator<'a> {
 }
 
 mod reach;
+
+pub(crate) use reach::rule_reach;
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod agents;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod cluster;

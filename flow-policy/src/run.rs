@@ -44,7 +44,7 @@ pub fn run(command: &PolicyCommand, program: &str) -> ExitCode {
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(runtime) => runtime.block_on(dispatch(command)),
+        Ok(runtime) => runtime.block_on(dispatch(command, program)),
         Err(error) => Err(PolicyCommandError::Runtime(error)),
     };
     match result {
@@ -57,9 +57,37 @@ pub fn run(command: &PolicyCommand, program: &str) -> ExitCode {
     }
 }
 
-async fn dispatch(command: &PolicyCommand) -> Result<Ending, PolicyCommandError> {
+/// Stderr with `program: ` before every line, so a warning says who wrote
+/// it whichever binary runs the command.
+struct Prefixed<'a> {
+    program: &'a str,
+    line_start: bool,
+}
+
+impl Write for Prefixed<'_> {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        let mut stderr = io::stderr().lock();
+        for line in buffer.split_inclusive(|byte| *byte == b'\n') {
+            if self.line_start {
+                write!(stderr, "{}: ", self.program)?;
+            }
+            stderr.write_all(line)?;
+            self.line_start = line.ends_with(b"\n");
+        }
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+async fn dispatch(command: &PolicyCommand, program: &str) -> Result<Ending, PolicyCommandError> {
     let mut out = io::stdout().lock();
-    let mut warnings = io::stderr();
+    let mut warnings = Prefixed {
+        program,
+        line_start: true,
+    };
     match command {
         PolicyCommand::Generate(args) => {
             let missing = command::generate(args, &mut out, &mut warnings).await?;
@@ -73,6 +101,19 @@ async fn dispatch(command: &PolicyCommand) -> Result<Ending, PolicyCommandError>
         PolicyCommand::Check(args) => {
             let outcome = command::run_check(args, &mut out, &mut warnings).await?;
             Ok(if outcome.denies() {
+                Ending::Failed
+            } else if outcome.missing_agents.is_empty() {
+                Ending::Complete
+            } else {
+                Ending::Partial
+            })
+        }
+        PolicyCommand::Audit(args) => {
+            let outcome = command::run_audit(args, &mut out, &mut warnings).await?;
+            if outcome.bad_input {
+                return Err(PolicyCommandError::BadInput);
+            }
+            Ok(if outcome.findings {
                 Ending::Failed
             } else if outcome.missing_agents.is_empty() {
                 Ending::Complete

@@ -53,7 +53,7 @@ fn entry_reach(entry: &NetworkPolicyPort, destination: &PodView) -> Reach {
 }
 
 /// The ports a rule's `ports` allow: all of them when it lists none.
-fn rule_reach(ports: Option<&Vec<NetworkPolicyPort>>, destination: &PodView) -> Reach {
+pub(crate) fn rule_reach(ports: Option<&Vec<NetworkPolicyPort>>, destination: &PodView) -> Reach {
     match ports {
         Some(ports) if !ports.is_empty() => ports.iter().fold(Reach::default(), |reach, entry| {
             reach.zip(&entry_reach(entry, destination), PortSet::union)
