@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     check::{EdgeDenial, check_edges},
     cluster::{ClusterView, PodView},
-    evaluate::{Evaluator, Subject, rule_reach, types},
+    evaluate::{Evaluator, rule_reach, selector_matches, types},
     graph::{Graph, Party, WorkloadRef},
     load::LoadedPolicy,
     ports::{PROTOCOLS, PortSet, Reach},
@@ -107,8 +107,8 @@ pub struct Audit {
     pub open_to_all: Vec<String>,
 }
 
-/// Observed ports per (client workload, server workload), per protocol.
-type ObservedPairs = BTreeMap<(WorkloadRef, WorkloadRef), Reach>;
+/// Observed ports per client workload, per server workload, per protocol.
+type ObservedPairs = BTreeMap<WorkloadRef, BTreeMap<WorkloadRef, Reach>>;
 
 /// Observed ports between a workload and addresses: (workload, address,
 /// the workload is the client) → ports.
@@ -123,7 +123,8 @@ fn observed(graph: &Graph) -> (ObservedPairs, ObservedAddresses) {
         };
         match (&key.client, &key.server) {
             (Party::Workload(client), Party::Workload(server)) => {
-                let reach = pairs.entry((client.clone(), server.clone())).or_default();
+                let servers = pairs.entry(client.clone()).or_default();
+                let reach = servers.entry(server.clone()).or_default();
                 reach.0[index] = reach.0[index].union(&PortSet::single(key.port));
             }
             (Party::Workload(client), Party::Address { ip, .. }) => {
@@ -218,6 +219,10 @@ type Candidates = BTreeMap<WorkloadRef, BTreeSet<WorkloadRef>>;
 /// Everything the audit reads, shared by its parts.
 struct Auditor<'a> {
     cluster: &'a ClusterView,
+    /// Every namespace with its labels, computed once.
+    namespaces: Vec<(String, BTreeMap<String, String>)>,
+    /// Indexes of the pods some policy isolates for ingress.
+    ingress_isolated: BTreeSet<usize>,
     evaluator: Evaluator<'a>,
     pairs: ObservedPairs,
     addresses: ObservedAddresses,
@@ -225,31 +230,37 @@ struct Auditor<'a> {
 }
 
 impl Auditor<'_> {
-    /// The pods of other workloads (or of the same, other pods) a rule's
-    /// peers match, by workload.
+    /// The pods a rule's peers match, by workload: namespace by namespace,
+    /// so a pod is only compared with the peers its namespace allows.
     fn peer_pods(&self, rule: &Rule<'_>, namespace: &str) -> BTreeMap<WorkloadRef, Vec<&PodView>> {
         let mut matched: BTreeMap<WorkloadRef, Vec<&PodView>> = BTreeMap::new();
         let everyone = rule.peers.is_none_or(Vec::is_empty);
-        // Peers without a namespaceSelector match their policy's namespace only.
-        let local = !everyone
-            && rule
+        for (candidate, labels) in &self.namespaces {
+            let live: Vec<&NetworkPolicyPeer> = rule
                 .peers
                 .into_iter()
                 .flatten()
-                .all(|peer| peer.namespace_selector.is_none());
-        let pods: Box<dyn Iterator<Item = &PodView>> = if local {
-            Box::new(self.cluster.namespace_pods(namespace))
-        } else {
-            Box::new(self.cluster.pods().iter())
-        };
-        for pod in pods {
-            let hit = everyone
-                || rule.peers.into_iter().flatten().any(|peer| {
-                    self.evaluator
-                        .peer_matches(peer, namespace, Subject::Pod(pod))
-                });
-            if hit {
-                matched.entry(pod.workload.clone()).or_default().push(pod);
+                .filter(|peer| {
+                    peer.ip_block.is_none()
+                        && match &peer.namespace_selector {
+                            None => candidate == namespace,
+                            Some(selector) => selector_matches(selector, labels),
+                        }
+                })
+                .collect();
+            if !everyone && live.is_empty() {
+                continue;
+            }
+            for pod in self.cluster.namespace_pods(candidate) {
+                let hit = everyone
+                    || live.iter().any(|peer| {
+                        peer.pod_selector
+                            .as_ref()
+                            .is_none_or(|selector| selector_matches(selector, &pod.labels))
+                    });
+                if hit {
+                    matched.entry(pod.workload.clone()).or_default().push(pod);
+                }
             }
         }
         matched
@@ -258,12 +269,16 @@ impl Auditor<'_> {
     /// The observed ports between `selected` and `peer` in the rule's
     /// direction.
     fn used(&self, egress: bool, selected: &WorkloadRef, peer: &WorkloadRef) -> Reach {
-        let key = if egress {
-            (selected.clone(), peer.clone())
+        let (client, server) = if egress {
+            (selected, peer)
         } else {
-            (peer.clone(), selected.clone())
+            (peer, selected)
         };
-        self.pairs.get(&key).cloned().unwrap_or_default()
+        self.pairs
+            .get(client)
+            .and_then(|servers| servers.get(server))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Unused pod allowances of one rule.
@@ -491,6 +506,11 @@ pub fn audit(
     let (pairs, addresses) = observed(graph);
     let auditor = Auditor {
         cluster,
+        namespaces: cluster
+            .namespaces()
+            .map(|namespace| (namespace.clone(), cluster.namespace_labels(namespace)))
+            .collect(),
+        ingress_isolated: ingress_isolated(cluster, policies),
         evaluator: Evaluator::new(cluster, &plain),
         pairs,
         addresses,
@@ -586,15 +606,33 @@ fn covered(policies: &[LoadedPolicy]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Whether some pod of `view` is not isolated for ingress.
-fn ingress_open(cluster: &ClusterView, pods: &[usize], policies: &[LoadedPolicy]) -> bool {
-    pods.iter().any(|index| {
-        let pod = &cluster.pods()[*index];
-        !pod.host_network
-            && !policies
-                .iter()
-                .any(|loaded| crate::evaluate::applies(&loaded.policy, pod, false))
-    })
+/// Indexes of the pods some policy isolates for ingress: each policy is
+/// compared with its own namespace's pods only.
+fn ingress_isolated(cluster: &ClusterView, policies: &[LoadedPolicy]) -> BTreeSet<usize> {
+    let mut isolated = BTreeSet::new();
+    for loaded in policies {
+        let namespace = loaded
+            .policy
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or_default();
+        for index in cluster.namespace_pod_indexes(namespace) {
+            if crate::evaluate::applies(&loaded.policy, &cluster.pods()[*index], false) {
+                isolated.insert(*index);
+            }
+        }
+    }
+    isolated
+}
+
+impl Auditor<'_> {
+    /// Whether some pod of a workload is not isolated for ingress.
+    fn ingress_open(&self, pods: &[usize]) -> bool {
+        pods.iter().any(|index| {
+            !self.cluster.pods()[*index].host_network && !self.ingress_isolated.contains(index)
+        })
+    }
 }
 
 /// Workload pairs of different tenants with some port allowed, where the
@@ -624,7 +662,7 @@ fn cross_tenant(
         if !covered.contains(&server.namespace) {
             continue;
         }
-        let clients = if ingress_open(cluster, &view.pods, policies) {
+        let clients = if auditor.ingress_open(&view.pods) {
             &every
         } else {
             candidates.get(server).unwrap_or(&no_clients)
@@ -650,7 +688,8 @@ fn cross_tenant(
                 ports: crate::diff::describe_reach(&reach),
                 observed: auditor
                     .pairs
-                    .contains_key(&(client.clone(), server.clone())),
+                    .get(client)
+                    .is_some_and(|servers| servers.contains_key(server)),
             });
         }
     }
@@ -664,8 +703,7 @@ fn open_to_all(auditor: &Auditor<'_>, policies: &[LoadedPolicy]) -> Vec<String> 
         .cluster
         .workloads()
         .filter(|(workload, view)| {
-            covered.contains(&workload.namespace)
-                && ingress_open(auditor.cluster, &view.pods, policies)
+            covered.contains(&workload.namespace) && auditor.ingress_open(&view.pods)
         })
         .map(|(workload, _)| workload.to_string())
         .collect()

@@ -1,7 +1,11 @@
 //! `flow-agent policy check`: every observed connection that a set of
 //! NetworkPolicies would deny, for a GitOps pipeline to gate a pull request on.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
@@ -435,17 +439,19 @@ pub fn check_edges(
     policies: &[NetworkPolicy],
 ) -> EdgeCheckReport {
     cluster.add_graph(graph);
-    let ends: Vec<(Endpoint, Endpoint)> = graph
-        .edges()
-        .map(|(key, _)| (edge_end(&key.client, graph), edge_end(&key.server, graph)))
-        .collect();
+    // One end per party, not per edge: a workload is at the end of many.
+    let mut ends: HashMap<&Party, Endpoint> = HashMap::new();
+    for (key, _) in graph.edges() {
+        for party in [&key.client, &key.server] {
+            ends.entry(party).or_insert_with(|| edge_end(party, graph));
+        }
+    }
     let requests: Vec<Option<Request<'_>>> = graph
         .edges()
-        .zip(&ends)
-        .map(|((key, _), (source, destination))| {
+        .map(|(key, _)| {
             Some(Request {
-                source,
-                destination,
+                source: &ends[&key.client],
+                destination: &ends[&key.server],
                 protocol: key.protocol,
                 port: key.port,
                 // An agent sees its node's own address as `host` only on

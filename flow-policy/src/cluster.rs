@@ -208,6 +208,13 @@ impl ClusterView {
         self.namespaces.keys()
     }
 
+    /// Indexes in [`Self::pods`] of the pods of `namespace`, ascending.
+    pub fn namespace_pod_indexes(&self, namespace: &str) -> &[usize] {
+        self.namespace_pods
+            .get(namespace)
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// The pods of `namespace`.
     pub fn namespace_pods(&self, namespace: &str) -> impl Iterator<Item = &PodView> {
         let indexes = self.namespace_pods.get(namespace).into_iter().flatten();

@@ -304,6 +304,16 @@ async fn merge_agents(
     })
 }
 
+/// Merges `graph` into `merged`; the first graph is taken as it is, which
+/// is what merging it into an empty one gives, without the copy.
+fn merge_into(merged: &mut Graph, graph: Graph) {
+    if merged.is_empty() && merged.workloads().next().is_none() {
+        *merged = graph;
+    } else {
+        fetch::merge(merged, &graph);
+    }
+}
+
 /// Merges the graphs of agents and graph files: what was learned, without
 /// the flow files (which `policy check` judges record by record).
 async fn collect_learned(
@@ -322,7 +332,7 @@ async fn collect_learned(
             serde_json::from_slice(&bytes).map_err(|error| invalid(error.to_string()))?;
         let graph = Graph::from_file(file).map_err(invalid)?;
         check_names(&graph, &path.display().to_string())?;
-        fetch::merge(&mut collected.graph, &graph);
+        merge_into(&mut collected.graph, graph);
     }
     Ok(collected)
 }

@@ -275,7 +275,11 @@ pub struct Evaluator<'a> {
     policies: BTreeMap<String, Vec<&'a NetworkPolicy>>,
 }
 
-fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+/// Whether a label selector matches `labels`.
+pub(crate) fn selector_matches(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let LabelSelector {
         match_labels,
         match_expressions,
