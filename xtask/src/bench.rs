@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: the datapath, API, agents and pipeline benchmarks
-//! (`cargo bench`), large drains of a real agent ([`crate::drains`]), the
+//! `cargo xtask bench`: the datapath, API, agents, pipeline, policy and
+//! audit benchmarks (`cargo bench`), large drains of a real agent ([`crate::drains`]), the
 //! agent's memory per Hubble follower, and packet rates and TCP throughput
 //! between two lab pods with and without flow-agent ([`crate::rates`]).
 //! Prints figures; asserts nothing.
@@ -104,6 +104,8 @@ pub(crate) fn bench(agent_binary: &Path, peer: Option<&PeerBench>) -> Result<()>
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "api"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "agents"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "pipeline"])?;
+    crate::cargo(&["bench", "--package", "flow-agent", "--bench", "policy"])?;
+    crate::cargo(&["bench", "--package", "flow-policy", "--bench", "audit"])?;
     crate::drains::large_drains(agent_binary)?;
     hubble_followers(agent_binary)?;
     rates(agent_binary)
