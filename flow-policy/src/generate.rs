@@ -15,7 +15,9 @@
 //!   default) belong to no tenant: DNS to kube-system is not cross-tenant.
 //!
 //! Output is deterministic: the same graph and cluster give byte-identical
-//! files.
+//! files. Each document carries the label [`MANAGED_BY`] and a hash of its
+//! own content ([`content_hash`]), by which an export tells the files it
+//! may replace from those a person edited.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -41,6 +43,7 @@ use super::{
 };
 use flow_model::record::Protocol;
 
+pub mod content_hash;
 mod propose;
 mod yaml;
 
@@ -52,7 +55,7 @@ pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 3] =
     ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Label marking what flow-agent generated.
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "flow-agent");
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "flow-agent");
 
 /// Which policy API to write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -371,7 +374,8 @@ fn network_ports(ports: &[PortSpec]) -> Vec<NetworkPolicyPort> {
         .collect()
 }
 
-/// The namespace's default deny.
+/// The namespace's default deny, as rendered less its content hash
+/// annotation.
 pub fn default_deny(namespace: &str) -> NetworkPolicy {
     NetworkPolicy {
         metadata: metadata(namespace, "default-deny"),
@@ -384,7 +388,7 @@ pub fn default_deny(namespace: &str) -> NetworkPolicy {
     }
 }
 
-/// A workload's NetworkPolicy.
+/// A workload's NetworkPolicy, as rendered less its content hash annotation.
 pub fn network_policy(policy: &WorkloadPolicy) -> NetworkPolicy {
     let WorkloadPolicy {
         workload,
@@ -671,9 +675,44 @@ fn deny_yaml(namespace: &str, format: PolicyFormat, scratch: &mut String) -> Str
         // At its exact size: the scratch buffer has room to spare.
         return scratch.as_str().to_owned();
     }
+    serialized_deny(namespace, format)
+}
+
+/// `object` through the serializer, with its content hash annotation: the
+/// hash of the document as serialized without it.
+fn to_annotated_yaml<T: Serialize>(
+    mut object: T,
+    metadata: impl FnOnce(&mut T) -> &mut ObjectMeta,
+) -> String {
+    let hash = content_hash::annotation_value(&to_yaml(&object));
+    metadata(&mut object).annotations = Some(BTreeMap::from([(
+        content_hash::CONTENT_HASH_ANNOTATION.to_owned(),
+        hash,
+    )]));
+    to_yaml(&object)
+}
+
+/// A namespace's default deny as the serializer writes it.
+fn serialized_deny(namespace: &str, format: PolicyFormat) -> String {
     match format {
-        PolicyFormat::Networkpolicy => to_yaml(&default_deny(namespace)),
-        PolicyFormat::Cilium => to_yaml(&cilium_default_deny(namespace)),
+        PolicyFormat::Networkpolicy => {
+            to_annotated_yaml(default_deny(namespace), |policy| &mut policy.metadata)
+        }
+        PolicyFormat::Cilium => to_annotated_yaml(cilium_default_deny(namespace), |policy| {
+            &mut policy.metadata
+        }),
+    }
+}
+
+/// A workload's policy as the serializer writes it.
+fn serialized_policy(policy: &WorkloadPolicy, format: PolicyFormat) -> String {
+    match format {
+        PolicyFormat::Networkpolicy => {
+            to_annotated_yaml(network_policy(policy), |policy| &mut policy.metadata)
+        }
+        PolicyFormat::Cilium => {
+            to_annotated_yaml(cilium_policy(policy), |policy| &mut policy.metadata)
+        }
     }
 }
 
@@ -686,10 +725,7 @@ fn policy_yaml(policy: &WorkloadPolicy, format: PolicyFormat, scratch: &mut Stri
     if direct {
         return scratch.as_str().to_owned();
     }
-    match format {
-        PolicyFormat::Networkpolicy => to_yaml(&network_policy(policy)),
-        PolicyFormat::Cilium => to_yaml(&cilium_policy(policy)),
-    }
+    serialized_policy(policy, format)
 }
 
 #[cfg(test)]

@@ -8,10 +8,13 @@
 //! string. Strings it writes plain ([`is_plain`]) are written here; a
 //! document holding any other string comes back `None`, and the caller
 //! renders that one through the serializer.
+//!
+//! Each document's content hash annotation ([`super::content_hash`]) is
+//! written with zeros and filled in once the document is complete.
 
 use std::{collections::BTreeMap, ops::Bound};
 
-use super::{MANAGED_BY, PeerSpec, PortSpec, RuleSpec, WorkloadPolicy, push_decimal};
+use super::{MANAGED_BY, PeerSpec, PortSpec, RuleSpec, WorkloadPolicy, content_hash, push_decimal};
 use flow_model::record::Protocol;
 
 use crate::cluster::NAMESPACE_NAME_LABEL;
@@ -74,6 +77,8 @@ struct Document<'a> {
     after_dash: bool,
     /// Every string written so far is plain.
     plain: bool,
+    /// Where the content hash annotation's lines start, once written.
+    hash_lines: Option<usize>,
 }
 
 impl<'a> Document<'a> {
@@ -84,14 +89,19 @@ impl<'a> Document<'a> {
             text,
             after_dash: false,
             plain: true,
+            hash_lines: None,
         };
         document.entry(0, "apiVersion", api_version);
         document.entry(0, "kind", kind);
         document
     }
 
-    /// Whether the serializer would have written the same.
+    /// Fills in the content hash; returns whether the serializer would
+    /// have written the same (if not, the text is thrown away unsealed).
     fn finish(self) -> bool {
+        if let (true, Some(start)) = (self.plain, self.hash_lines) {
+            content_hash::seal(self.text, start);
+        }
         self.plain
     }
 
@@ -183,6 +193,7 @@ impl<'a> Document<'a> {
 
     fn metadata(&mut self, namespace: &str, name: &str) {
         self.key(0, "metadata");
+        self.hash_lines = Some(content_hash::open(self.text));
         self.key(2, "labels");
         self.entry(4, MANAGED_BY.0, MANAGED_BY.1);
         self.entry(2, "name", name);

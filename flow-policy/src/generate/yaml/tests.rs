@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use super::{
     super::{
         GenerateOptions, PeerSpec, PolicyFormat, PortSpec, RuleSpec, WorkloadPolicy, deny_yaml,
-        policy_yaml, propose, render, to_yaml,
+        policy_yaml, propose, render, serialized_deny, serialized_policy, to_yaml,
     },
     *,
 };
@@ -295,10 +295,7 @@ fn assert_formats_as_serialized(
 fn assert_written_as_serialized(policy: &WorkloadPolicy) -> usize {
     assert_formats_as_serialized(
         policy,
-        |format| match format {
-            PolicyFormat::Networkpolicy => to_yaml(&super::super::network_policy(policy)),
-            PolicyFormat::Cilium => to_yaml(&super::super::cilium_policy(policy)),
-        },
+        |format| serialized_policy(policy, format),
         |format, text| match format {
             PolicyFormat::Networkpolicy => network_policy(text, policy),
             PolicyFormat::Cilium => cilium_policy(text, policy),
@@ -311,10 +308,7 @@ fn assert_written_as_serialized(policy: &WorkloadPolicy) -> usize {
 fn assert_deny_written_as_serialized(namespace: &str) -> usize {
     assert_formats_as_serialized(
         &namespace,
-        |format| match format {
-            PolicyFormat::Networkpolicy => to_yaml(&super::super::default_deny(namespace)),
-            PolicyFormat::Cilium => to_yaml(&super::super::cilium_default_deny(namespace)),
-        },
+        |format| serialized_deny(namespace, format),
         |format, text| match format {
             PolicyFormat::Networkpolicy => default_deny(text, namespace),
             PolicyFormat::Cilium => cilium_default_deny(text, namespace),
@@ -446,27 +440,46 @@ fn rendered_proposals_are_the_serializers_bytes_in_both_formats() {
         assert_eq!(files.len(), 6 + 48 + 1);
         let mut text = String::new();
         for namespace in &proposal.namespaces {
-            let expected = match format {
-                PolicyFormat::Networkpolicy => to_yaml(&super::super::default_deny(namespace)),
-                PolicyFormat::Cilium => to_yaml(&super::super::cilium_default_deny(namespace)),
-            };
+            let expected = serialized_deny(namespace, format);
             assert_eq!(files[&format!("{namespace}.default-deny.yaml")], expected);
         }
         for policy in &proposal.policies {
-            let (expected, direct) = match format {
-                PolicyFormat::Networkpolicy => (
-                    to_yaml(&super::super::network_policy(policy)),
-                    network_policy(&mut text, policy),
-                ),
-                PolicyFormat::Cilium => (
-                    to_yaml(&super::super::cilium_policy(policy)),
-                    cilium_policy(&mut text, policy),
-                ),
+            let expected = serialized_policy(policy, format);
+            let direct = match format {
+                PolicyFormat::Networkpolicy => network_policy(&mut text, policy),
+                PolicyFormat::Cilium => cilium_policy(&mut text, policy),
             };
             // Generated names and labels never need the serializer.
             assert!(direct, "{}", policy.name);
             let name = format!("{}.{}.yaml", policy.workload.namespace, policy.name);
             assert_eq!(files[&name], expected, "{name}");
+        }
+    }
+}
+
+#[test]
+fn documents_carry_the_hash_of_their_content_without_it() {
+    let mut text = String::new();
+    assert!(default_deny(&mut text, "shop"));
+    // `sha256sum` of the same document without the annotation's two lines.
+    assert_eq!(
+        text,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  annotations:\n    flow-agent.io/content-hash: sha256:db05f8eaf8bf29c06393bd1bd3698338b005ed40841f97d8bb145aae01237e3a\n  labels:\n    app.kubernetes.io/managed-by: flow-agent\n  name: default-deny\n  namespace: shop\nspec:\n  podSelector: {}\n  policyTypes:\n  - Ingress\n  - Egress\n"
+    );
+    let mut scratch = String::new();
+    for format in [PolicyFormat::Networkpolicy, PolicyFormat::Cilium] {
+        assert_eq!(
+            content_hash::check(&deny_yaml("shop", format, &mut scratch)),
+            content_hash::Seal::Intact
+        );
+        for policy in every_shape() {
+            // The serializer's documents too.
+            let text = policy_yaml(&policy, format, &mut scratch);
+            assert_eq!(
+                content_hash::check(&text),
+                content_hash::Seal::Intact,
+                "{text}"
+            );
         }
     }
 }
