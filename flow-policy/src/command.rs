@@ -421,6 +421,14 @@ pub async fn generate(
         )
         .map_err(write_error("-"))?;
     }
+    if !summary.hand_edited.is_empty() {
+        writeln!(
+            out,
+            "left {} hand-edited files as they are (REVIEW.md lists them)",
+            summary.hand_edited.len()
+        )
+        .map_err(write_error("-"))?;
+    }
     writeln!(
         out,
         "wrote {} files and REVIEW.md to {}",

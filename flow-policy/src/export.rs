@@ -2,7 +2,9 @@
 //! policy, `kustomization.yaml`, `REVIEW.md`, and a manifest that the next
 //! export compares with (what is newly allowed, what no longer is) and uses
 //! to remove the files of policies that went away. Files flow-agent did not
-//! write are never touched.
+//! write are never touched, and neither are its files a person edited since
+//! ([`handedit`]): REVIEW.md lists those, and flow-agent's proposal for each
+//! goes next to it.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +17,11 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::generate::{Note, PolicyFormat, Proposal, file_names, rendered_files};
+use super::generate::{Note, PolicyFormat, Proposal, file_names, kustomization, rendered_policies};
+
+mod handedit;
+
+pub use handedit::{HandEditReason, HandEdited, PROPOSED_SUFFIX, ProposalPlace};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = ".flow-agent-export.json";
@@ -91,6 +97,8 @@ pub struct ExportSummary {
     pub dropped: Vec<String>,
     /// There was a previous export.
     pub had_previous: bool,
+    /// Files a person edited or wrote, left as they are, sorted by name.
+    pub hand_edited: Vec<HandEdited>,
 }
 
 fn io_error<'a>(
@@ -152,25 +160,42 @@ pub fn export_partial(
     if let Some(name) = files.iter().find(|name| !is_plain_file_name(name)) {
         return Err(ExportError::FileName { name: name.clone() });
     }
+    let mut placement = handedit::Placement::new(directory)?;
     // Each file written as it is rendered: never all of them in memory.
-    for (name, text) in rendered_files(proposal, format) {
-        write_file(&directory.join(name), &text)?;
+    for (name, text) in rendered_policies(proposal, format) {
+        placement.write(&name, &text)?;
     }
     let mut summary = ExportSummary {
         files: files.len(),
         had_previous: previous.is_some(),
         ..ExportSummary::default()
     };
+    // What this export's kustomization and manifest list: its files, its
+    // proposals, and the previous export's files a person kept.
+    let mut listed = files.clone();
+    listed.extend(placement.proposals.iter().cloned());
     if let Some(previous) = &previous {
-        summary.removed = remove_stale_files(directory, previous, &files)?;
+        summary.removed = remove_stale_files(&mut placement, previous, &listed)?;
         (summary.added, summary.dropped) = changes(&previous.allowed, &proposal.allowed);
     }
+    let mut resources = files.clone();
+    resources.remove("kustomization.yaml");
+    for kept in &placement.hand_edited {
+        resources.insert(kept.file.clone());
+        listed.insert(kept.file.clone());
+    }
+    write_file(
+        &directory.join("kustomization.yaml"),
+        &kustomization(resources.iter().map(String::as_str)),
+    )?;
+    summary.hand_edited = placement.hand_edited;
+    summary.hand_edited.sort_by(|a, b| a.file.cmp(&b.file));
     stream_file(&directory.join("REVIEW.md"), |out| {
         write_review(out, proposal, format, &summary, missing)
     })?;
     let manifest = ManifestRef {
         version: 1,
-        files: &files,
+        files: &listed,
         allowed: &proposal.allowed,
     };
     stream_file(&manifest_path, |out| {
@@ -214,10 +239,10 @@ fn changes(before: &[String], after: &[String]) -> (Vec<String>, Vec<String>) {
     (only(&after, &before), only(&before, &after))
 }
 
-/// Removes the previous export's files that this one does not have; returns
-/// their names.
+/// Removes the previous export's files that this one does not have, unless
+/// a person edited them; returns the names of those removed.
 fn remove_stale_files(
-    directory: &Path,
+    placement: &mut handedit::Placement<'_>,
     previous: &Manifest,
     files: &BTreeSet<String>,
 ) -> Result<Vec<String>, ExportError> {
@@ -227,17 +252,8 @@ fn remove_stale_files(
         if files.contains(name) || !is_plain_file_name(name) {
             continue;
         }
-        let path = directory.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(name.clone()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(ExportError::Io {
-                    operation: "remove",
-                    path,
-                    source,
-                });
-            }
+        if placement.remove(name)? {
+            removed.push(name.clone());
         }
     }
     Ok(removed)
@@ -308,6 +324,7 @@ fn write_review(
         )?;
     }
     write_changes(out, summary)?;
+    write_hand_edited(out, &summary.hand_edited)?;
     write_notes(out, &proposal.notes)?;
     write_per_workload(out, proposal)
 }
@@ -328,6 +345,23 @@ fn write_changes(out: &mut impl Write, summary: &ExportSummary) -> io::Result<()
         for file in &summary.removed {
             writeln!(out, "- removed file: `{file}`")?;
         }
+    }
+    Ok(())
+}
+
+/// The hand-edited files, only when there are some: an export into a
+/// directory of flow-agent's own untouched files writes the same page as
+/// before such files existed.
+fn write_hand_edited(out: &mut impl Write, hand_edited: &[HandEdited]) -> io::Result<()> {
+    if hand_edited.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n## Hand-edited policies left as they are\n\nflow-agent neither replaces nor removes these files, and `kustomization.yaml` keeps them. To take a proposal, move the `{PROPOSED_SUFFIX}` file over the policy's (or remove the policy's file): the next export manages it again.\n"
+    )?;
+    for file in hand_edited {
+        writeln!(out, "- {file}")?;
     }
     Ok(())
 }
@@ -412,3 +446,6 @@ fn write_per_workload(out: &mut impl Write, proposal: &Proposal) -> io::Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

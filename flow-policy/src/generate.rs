@@ -638,6 +638,21 @@ pub fn rendered_files(
     proposal: &Proposal,
     format: PolicyFormat,
 ) -> impl Iterator<Item = (String, String)> + '_ {
+    let kustomization = std::iter::once_with(|| {
+        let names = file_names(proposal);
+        (
+            "kustomization.yaml".to_owned(),
+            kustomization(names.iter().map(String::as_str)),
+        )
+    });
+    rendered_policies(proposal, format).chain(kustomization)
+}
+
+/// [`rendered_files`] without `kustomization.yaml`.
+pub fn rendered_policies(
+    proposal: &Proposal,
+    format: PolicyFormat,
+) -> impl Iterator<Item = (String, String)> + '_ {
     // Each document is written into a buffer kept from one to the next,
     // then copied out at its exact size.
     let mut scratch = String::new();
@@ -650,18 +665,20 @@ pub fn rendered_files(
         let text = policy_yaml(policy, format, &mut scratch);
         (policy_file_name(policy), text)
     });
-    let kustomization = std::iter::once_with(|| {
-        let mut text = String::from(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
-        );
-        for name in file_names(proposal) {
-            text.push_str("- ");
-            text.push_str(&name);
-            text.push('\n');
-        }
-        ("kustomization.yaml".to_owned(), text)
-    });
-    denies.chain(policies).chain(kustomization)
+    denies.chain(policies)
+}
+
+/// A `kustomization.yaml` whose resources are `names`, in their order.
+pub fn kustomization<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let mut text = String::from(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+    );
+    for name in names {
+        text.push_str("- ");
+        text.push_str(name);
+        text.push('\n');
+    }
+    text
 }
 
 /// A namespace's default deny: written directly when that gives what the
