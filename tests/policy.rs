@@ -948,6 +948,23 @@ spec:
   - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
     ports: [{port: 53, protocol: UDP}]
 "#;
+/// The breaking change: api and web move from TCP 8080 to 8081.
+fn diff_breaking() -> String {
+    let changed = DIFF_BASE.replace("ports: [{port: 8080}]", "ports: [{port: 8081}]");
+    assert_eq!(changed.matches("8081").count(), 2);
+    changed
+}
+
+/// The cross-tenant change: api also lets in every namespace on 8080.
+fn diff_cross() -> String {
+    let web = "from: [{podSelector: {matchLabels: {app: web}}}]";
+    assert_eq!(DIFF_BASE.matches(web).count(), 1);
+    DIFF_BASE.replace(
+        web,
+        "from: [{podSelector: {matchLabels: {app: web}}}, {namespaceSelector: {}}]",
+    )
+}
+
 const DIFF_SHOP_B: &str = r#"apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: default-deny, namespace: shop-b}
@@ -960,60 +977,6 @@ spec:
   podSelector: {matchLabels: {app: web}}
   policyTypes: [Egress]
   egress:
-  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
-    ports: [{port: 53, protocol: UDP}]
-"#;
-const DIFF_BREAKING: &str = r#"apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: shop-a}
-spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: api, namespace: shop-a}
-spec:
-  podSelector: {matchLabels: {app: api}}
-  policyTypes: [Ingress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: web}}}]
-    ports: [{port: 8081}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: shop-a}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  policyTypes: [Egress]
-  egress:
-  - to: [{podSelector: {matchLabels: {app: api}}}]
-    ports: [{port: 8081}]
-  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
-    ports: [{port: 53, protocol: UDP}]
-"#;
-const DIFF_CROSS: &str = r#"apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: shop-a}
-spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: api, namespace: shop-a}
-spec:
-  podSelector: {matchLabels: {app: api}}
-  policyTypes: [Ingress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: web}}}, {namespaceSelector: {}}]
-    ports: [{port: 8080}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: shop-a}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  policyTypes: [Egress]
-  egress:
-  - to: [{podSelector: {matchLabels: {app: api}}}]
-    ports: [{port: 8080}]
   - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
     ports: [{port: 53, protocol: UDP}]
 "#;
@@ -1177,14 +1140,15 @@ fn diff_judges_three_pull_requests_with_exact_summaries_junit_and_exit_statuses(
     let directory = tempfile::tempdir().unwrap();
     let dir = directory.path();
     std::fs::write(dir.join("flows.jsonl"), diff_flows()).unwrap();
+    let (breaking, cross) = (diff_breaking(), diff_cross());
     let layouts: [(&str, &[(&str, &str)]); 4] = [
         ("base", &[("shop-a.yaml", DIFF_BASE)]),
         (
             "clean",
             &[("shop-a.yaml", DIFF_BASE), ("shop-b.yaml", DIFF_SHOP_B)],
         ),
-        ("breaking", &[("shop-a.yaml", DIFF_BREAKING)]),
-        ("cross", &[("shop-a.yaml", DIFF_CROSS)]),
+        ("breaking", &[("shop-a.yaml", &breaking)]),
+        ("cross", &[("shop-a.yaml", &cross)]),
     ];
     for (name, files) in layouts {
         std::fs::create_dir(dir.join(name)).unwrap();
