@@ -1,9 +1,10 @@
 //! The agent's userspace work per drain, without the kernel: synthetic
 //! drains of 100k and 1M flows through [`Pipeline::emit`], the code the agent
 //! runs on every drain (Service translation, request or reply, records with
-//! identities, aggregates, sinks; `--output none`, learner and monitor off),
-//! with an identity cache holding an inventory of 5,000 pods, with and without
-//! the API's hub. Each case runs in a child process of its own, so that its
+//! identities, aggregates, sinks; learner and monitor off), with an identity
+//! cache holding an inventory of 5,000 pods, with records discarded
+//! (`--output none`), also published to the API's hub, or printed as JSON
+//! lines (`--output json`, to /dev/null). Each case runs in a child process of its own, so that its
 //! peak resident memory (VmHWM) is its own; rounds are interleaved and the
 //! figures are medians. Prints figures; asserts nothing.
 //!
@@ -32,7 +33,7 @@ use flow_agent::{
     drain::DrainedFlows,
     enrich::Enricher,
     flows::TrackerConfig,
-    output::{Discard, JsonContent, JsonLines, RecordSink},
+    output::{JsonContent, JsonLines, RecordSink},
 };
 use flow_common::{Direction, FlowKey, FlowStats, protocol, tcp_flag};
 use flow_lab::cluster::Inventory;
@@ -324,15 +325,16 @@ fn drain(flows: usize) -> DrainedFlows {
     drained
 }
 
-/// CPU time this thread has used: on a shared machine, what the pipeline
-/// cost, whoever else ran meanwhile.
-fn thread_cpu() -> Duration {
+/// CPU time this process has used (the pipeline's thread and the JSON
+/// sink's helper): on a shared machine, what the pipeline cost, whoever else
+/// ran meanwhile.
+fn process_cpu() -> Duration {
     let mut spec = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes a valid timespec; the clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut spec) };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut spec) };
     Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
 }
 
@@ -374,12 +376,59 @@ fn interfaces() -> HashMap<u32, String> {
         .collect()
 }
 
+/// Where a case's records go besides the aggregates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// Nowhere (`--output none`).
+    Discard,
+    /// The API's hub.
+    Hub,
+    /// JSON lines to /dev/null, through the agent's stdout buffer size
+    /// (`--output json > /dev/null`).
+    Json,
+}
+
+impl Output {
+    const ALL: [Self; 3] = [Self::Discard, Self::Hub, Self::Json];
+
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Discard => "--discard",
+            Self::Hub => "--api",
+            Self::Json => "--json",
+        }
+    }
+
+    fn from_args(args: &[String]) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|output| args.iter().any(|arg| arg == output.flag()))
+            .unwrap_or(Self::Discard)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Discard => "          ",
+            Self::Hub => ", API hub ",
+            Self::Json => ", JSON    ",
+        }
+    }
+}
+
 /// One case, in this (child) process: the first drain (every connection,
 /// identity and record slot new), then the next drain of the same flows (the
 /// agent's steady state). Prints `flows records aggregates fill_us emit_us
 /// idle_kib peak_kib emit_cpu_us next_emit_us next_cpu_us`.
-fn run_case(flows: usize, api: bool) {
-    let hub = api.then(|| {
+fn run_case(flows: usize, output: Output) {
+    let json = (output == Output::Json).then(|| {
+        let null = std::fs::File::create("/dev/null").expect("/dev/null");
+        // The agent's stdout buffer (main.rs).
+        JsonLines::new(
+            std::io::BufWriter::with_capacity(64 * 1024, null),
+            JsonContent::Flows,
+        )
+    });
+    let hub = (output == Output::Hub).then(|| {
         Arc::new(Hub::new(
             "node-0".to_owned(),
             HubSettings {
@@ -390,24 +439,24 @@ fn run_case(flows: usize, api: bool) {
             },
         ))
     });
-    let mut pipeline = pipeline((Discard, hub));
+    let mut pipeline = pipeline((json, hub));
     let interfaces = interfaces();
     let idle_kib = status_kib("VmRSS:");
     let began = Instant::now();
     let drained = drain(flows);
     let fill = began.elapsed();
-    let (began, began_cpu) = (Instant::now(), thread_cpu());
+    let (began, began_cpu) = (Instant::now(), process_cpu());
     let output = pipeline
         .emit(drained, &interfaces, true)
-        .expect("discarding never fails");
-    let (emit, emit_cpu) = (began.elapsed(), thread_cpu() - began_cpu);
+        .expect("writing to /dev/null never fails");
+    let (emit, emit_cpu) = (began.elapsed(), process_cpu() - began_cpu);
     let peak_kib = status_kib("VmHWM:");
     let drained = drain(flows);
-    let (began, began_cpu) = (Instant::now(), thread_cpu());
+    let (began, began_cpu) = (Instant::now(), process_cpu());
     pipeline
         .emit(drained, &interfaces, true)
-        .expect("discarding never fails");
-    let (next, next_cpu) = (began.elapsed(), thread_cpu() - began_cpu);
+        .expect("writing to /dev/null never fails");
+    let (next, next_cpu) = (began.elapsed(), process_cpu() - began_cpu);
     println!(
         "{} {} {} {} {} {idle_kib} {peak_kib} {} {} {}",
         flows,
@@ -450,7 +499,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(position) = args.iter().position(|arg| arg == "--case") {
         let flows = args[position + 1].parse().expect("--case FLOWS");
-        run_case(flows, args.iter().any(|arg| arg == "--api"));
+        run_case(flows, Output::from_args(&args));
         return;
     }
     if let Some(position) = args.iter().position(|arg| arg == "--dump") {
@@ -463,18 +512,15 @@ fn main() {
         .and_then(|rounds| rounds.parse().ok())
         .unwrap_or(3);
     let exe = std::env::current_exe().expect("the bench's own path");
-    let cases: Vec<(usize, bool)> = SIZES
+    let cases: Vec<(usize, Output)> = SIZES
         .iter()
-        .flat_map(|&flows| [(flows, false), (flows, true)])
+        .flat_map(|&flows| Output::ALL.map(|output| (flows, output)))
         .collect();
     let mut results: Vec<Vec<Vec<f64>>> = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
-        for (case, &(flows, api)) in cases.iter().enumerate() {
+        for (case, &(flows, output)) in cases.iter().enumerate() {
             let mut command = Command::new(&exe);
-            command.args(["--case", &flows.to_string()]);
-            if api {
-                command.arg("--api");
-            }
+            command.args(["--case", &flows.to_string(), output.flag()]);
             let output = command.output().expect("running a case");
             assert!(
                 output.status.success(),
@@ -490,14 +536,14 @@ fn main() {
         }
     }
     println!(
-        "the agent's per-drain pipeline (translate, classify, records with identities from 5,000 pods, aggregates, output none, learner off), medians of {rounds} interleaved rounds:"
+        "the agent's per-drain pipeline (translate, classify, records with identities from 5,000 pods, aggregates, output none or JSON to /dev/null, learner off), medians of {rounds} interleaved rounds:"
     );
-    for (case, &(flows, api)) in cases.iter().enumerate() {
+    for (case, &(flows, output)) in cases.iter().enumerate() {
         let field = |index: usize| median(results[case].iter().map(|row| row[index]).collect());
         let per_flow = |index: usize| field(index) / flows as f64;
         println!(
             "  {flows:>9} flows{}: first drain {:.3} µs/flow ({:.0} ms; CPU {:.3} µs/flow), next drain {:.3} µs/flow (CPU {:.3}); merging the drained slots {:.3} µs/flow; {:.0} records, {:.0} aggregates; peak RSS {:.0} MiB (idle {:.0} MiB)",
-            if api { ", API hub" } else { "         " },
+            output.label(),
             per_flow(4),
             field(4) / 1e3,
             per_flow(7),
