@@ -1,5 +1,7 @@
 //! Local sinks for flow records and aggregates.
 
+mod json;
+
 use std::{
     io::{self, Write},
     path::PathBuf,
@@ -13,6 +15,7 @@ use serde::Serialize;
 
 use flow_model::record::FlowRecord;
 
+use self::json::FlowLines;
 use crate::{aggregate::AggregateRecord, api::hub::Hub};
 
 /// Receives each drain's records and each interval's aggregates.
@@ -38,37 +41,64 @@ pub enum JsonContent {
 pub struct JsonLines<W: Write> {
     writer: W,
     content: JsonContent,
+    /// Flow records' writers, this thread's and the helper's
+    /// ([`JsonLines::write`]).
+    flow_lines: [FlowLines; 2],
+    /// The chunks they serialize into, kept from batch to batch.
+    chunks: [Vec<u8>; 2],
 }
 
 impl<W: Write> JsonLines<W> {
     /// Writes `content` to `writer`.
     pub fn new(writer: W, content: JsonContent) -> Self {
-        Self { writer, content }
+        Self {
+            writer,
+            content,
+            flow_lines: Default::default(),
+            chunks: Default::default(),
+        }
     }
 
     /// Writes `items` in order, [`PAIRED_CHUNK`] at a time on this thread
-    /// while a helper serializes the next chunk into a buffer: a large drain's
-    /// JSON takes about half the time where a second core is free.
-    fn write<T: Serialize + Sync>(&mut self, items: &[T]) -> io::Result<()> {
-        let Self { writer, .. } = self;
-        let mut buffer = Vec::new();
-        for pair in items.chunks(2 * PAIRED_CHUNK) {
-            if pair.len() <= PAIRED_CHUNK {
-                serialize(pair, &mut *writer)?;
-                continue;
-            }
-            let (first, second) = pair.split_at(PAIRED_CHUNK);
-            buffer.clear();
+    /// while a helper serializes the next chunk: a large drain's JSON takes
+    /// about half the time where a second core is free. Each chunk goes to
+    /// the writer in one write.
+    fn write<T: Sync>(
+        &mut self,
+        items: &[T],
+        serialize: fn(&mut FlowLines, &[T], &mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Self {
+            writer,
+            flow_lines: [own, helper],
+            chunks: [first_chunk, second_chunk],
+            ..
+        } = self;
+        let result = items.chunks(2 * PAIRED_CHUNK).try_for_each(|pair| {
+            let (first, second) = pair.split_at(pair.len().min(PAIRED_CHUNK));
+            first_chunk.clear();
+            second_chunk.clear();
             std::thread::scope(|scope| {
-                let helper = scope.spawn(|| serialize(second, &mut buffer));
-                let written = serialize(first, &mut *writer);
-                let helped = helper
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                let helped = (!second.is_empty())
+                    .then(|| scope.spawn(|| serialize(helper, second, second_chunk)));
+                let written =
+                    serialize(own, first, first_chunk).and_then(|()| writer.write_all(first_chunk));
+                let helped = helped.map_or(Ok(()), |helped| {
+                    helped
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                });
                 written.and(helped)
             })?;
-            writer.write_all(&buffer)?;
+            writer.write_all(second_chunk)
+        });
+        own.forget();
+        helper.forget();
+        for chunk in [first_chunk, second_chunk] {
+            chunk.clear();
+            chunk.shrink_to(CHUNK_KEPT_BYTES);
         }
+        result?;
         writer.flush()
     }
 }
@@ -77,11 +107,16 @@ impl<W: Write> JsonLines<W> {
 /// as many: past this, a thread's start is a small part of the work.
 const PAIRED_CHUNK: usize = 2_048;
 
-/// `items` as JSON lines.
-fn serialize<T: Serialize>(items: &[T], writer: &mut impl Write) -> io::Result<()> {
+/// A [`JsonLines`] sink keeps at most this much of each chunk's buffer
+/// between batches: a chunk of records of the usual size fits.
+const CHUNK_KEPT_BYTES: usize = 4 << 20;
+
+/// `items` as JSON lines, through serde: for aggregates, which are few
+/// (flow records have [`FlowLines`]).
+fn serialize<T: Serialize>(_: &mut FlowLines, items: &[T], out: &mut Vec<u8>) -> io::Result<()> {
     for item in items {
-        serde_json::to_writer(&mut *writer, item)?;
-        writer.write_all(b"\n")?;
+        serde_json::to_writer(&mut *out, item)?;
+        out.push(b'\n');
     }
     Ok(())
 }
@@ -89,14 +124,14 @@ fn serialize<T: Serialize>(items: &[T], writer: &mut impl Write) -> io::Result<(
 impl<W: Write> RecordSink for JsonLines<W> {
     fn flows(&mut self, records: &[FlowRecord]) -> io::Result<()> {
         match self.content {
-            JsonContent::Flows => self.write(records),
+            JsonContent::Flows => self.write(records, FlowLines::write),
             JsonContent::Aggregates => Ok(()),
         }
     }
 
     fn aggregates(&mut self, aggregates: &[AggregateRecord]) -> io::Result<()> {
         match self.content {
-            JsonContent::Aggregates => self.write(aggregates),
+            JsonContent::Aggregates => self.write(aggregates, serialize),
             JsonContent::Flows => Ok(()),
         }
     }
@@ -551,16 +586,12 @@ mod tests {
         let mut sink = JsonLines::new(Vec::new(), JsonContent::Flows);
         sink.flows(&records).unwrap();
         sink.flows(&records[..3]).unwrap();
-        let text = String::from_utf8(sink.writer).unwrap();
-        let ports: Vec<u64> = text
-            .lines()
-            .map(|line| {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                value["source"]["port"].as_u64().unwrap()
-            })
-            .collect();
-        let expected: Vec<u64> = (0..count as u64).chain(0..3).collect();
-        assert_eq!(ports, expected);
+        let mut expected = String::new();
+        for record in records.iter().chain(&records[..3]) {
+            expected.push_str(&serde_json::to_string(record).unwrap());
+            expected.push('\n');
+        }
+        assert_eq!(String::from_utf8(sink.writer).unwrap(), expected);
     }
 
     fn ports(path: &std::path::Path) -> Vec<u16> {
