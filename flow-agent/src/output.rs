@@ -251,6 +251,8 @@ pub struct FileSink {
     stats: Arc<FileSinkStats>,
     /// Dropped here and not yet handed to the writer to tell.
     unsent_drops: u64,
+    /// Writes the records' lines.
+    flow_lines: FlowLines,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -278,6 +280,7 @@ impl FileSink {
             writer: Some(writer),
             stats,
             unsent_drops: 0,
+            flow_lines: FlowLines::default(),
         })
     }
 
@@ -304,10 +307,9 @@ impl RecordSink for FileSink {
             return Ok(());
         }
         let mut lines = Vec::with_capacity(records.len() * 512);
-        for record in records {
-            serde_json::to_writer(&mut lines, record)?;
-            lines.push(b'\n');
-        }
+        let written = self.flow_lines.write(records, &mut lines);
+        self.flow_lines.forget();
+        written?;
         let size = lines.len() as u64;
         let count = records.len() as u64;
         let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
