@@ -485,3 +485,88 @@ fn replies_of_a_backend_on_another_node_pair_with_the_request() {
         );
     }
 }
+
+/// DNS from a tenant's pod to kube-system: the platform's namespace belongs to
+/// no tenant, whatever its labels, so neither the query, its answer, nor
+/// their aggregate crosses tenants. With another platform list the same
+/// traffic does cross: the test can tell.
+#[test]
+fn dns_to_kube_system_is_not_cross_tenant() {
+    require_root!();
+    let node = flow_lab::Node::new(2).unwrap();
+    let mut inventory = flow_lab::cluster::Inventory::new();
+    inventory
+        .namespace("shop-a", Some("acme"))
+        .namespace("kube-system", Some("platform-team"))
+        .workload(
+            "shop-a",
+            "frontend",
+            flow_lab::cluster::Controller::Deployment { hash: "6f7d" },
+            &[("app", "frontend")],
+            &[&node.pods[0]],
+            "test-node",
+        )
+        .workload(
+            "kube-system",
+            "coredns",
+            flow_lab::cluster::Controller::Deployment { hash: "7db6" },
+            &[("k8s-app", "kube-dns")],
+            &[&node.pods[1]],
+            "test-node",
+        );
+    let path = std::env::temp_dir().join(format!("{}-dns-inventory.yaml", node.netns.name));
+    std::fs::write(&path, inventory.yaml()).unwrap();
+    let crossing = |platform: &[&str]| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut args = vec![
+            "--inventory",
+            path.to_str().unwrap(),
+            "--output",
+            "aggregates",
+            "--output-file",
+            file.path().to_str().unwrap(),
+        ];
+        for namespace in platform {
+            args.extend(["--platform-namespace", namespace]);
+        }
+        let agent = Agent::on(&node, "1h", &args);
+        agent.wait_for_log("inventory loaded", Duration::from_secs(1));
+        let client_port = common::shop::udp_exchange(&node, 0, 1, 53);
+        let aggregates: Vec<AggregateRecord> = agent
+            .stop_raw()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let records: Vec<FlowRecord> = std::fs::read_to_string(file.path())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let query = find(&records, |r| r.source.port == client_port && !r.is_reply);
+        let answer = find(&records, |r| {
+            r.destination.port == client_port && r.is_reply
+        });
+        assert_eq!((query.len(), answer.len()), (1, 1), "{records:#?}");
+        assert_eq!(
+            answer[0].source.identity.tenant.as_deref(),
+            Some("platform-team"),
+            "the platform pod keeps its namespace's tenant for access and filters"
+        );
+        let dns: Vec<&AggregateRecord> = aggregates
+            .iter()
+            .filter(|a| a.port == 53 && a.destination.namespace.as_deref() == Some("kube-system"))
+            .collect();
+        assert_eq!(dns.len(), 1, "{aggregates:#?}");
+        (
+            query[0].cross_tenant,
+            answer[0].cross_tenant,
+            dns[0].cross_tenant,
+        )
+    };
+    assert_eq!(crossing(&[]), (Some(false), Some(false), Some(false)));
+    assert_eq!(
+        crossing(&["kube-public"]),
+        (Some(true), Some(true), Some(true))
+    );
+    let _ = std::fs::remove_file(&path);
+}

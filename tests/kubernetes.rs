@@ -89,6 +89,7 @@ async fn lists_then_follows_watch_events_and_resyncs_after_a_watch_error() {
             node_name: "node-a".to_owned(),
             local_addresses: Vec::new(),
             grace: Duration::from_secs(60),
+            platform_namespaces: flow_model::identity::platform_namespaces([]),
         }),
     };
 

@@ -71,6 +71,7 @@ fn main() {
         node_name: "node-a".to_owned(),
         local_addresses: Vec::new(),
         grace: GRACE,
+        platform_namespaces: flow_model::identity::platform_namespaces([]),
     });
     let rss_start = resident_kib();
     let (mut applies, mut apply_time) = (0u64, Duration::ZERO);

@@ -145,6 +145,7 @@ fn identity_cache() -> IdentityCache {
         node_name: "node-0".to_owned(),
         local_addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1))],
         grace: Duration::from_secs(120),
+        platform_namespaces: flow_model::identity::platform_namespaces([]),
     });
     let parsed = inventory::parse(&inventory_yaml(), "bench.yaml");
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);

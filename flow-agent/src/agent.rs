@@ -375,6 +375,7 @@ async fn start_identity(
     let IdentitySettings {
         source,
         tenant_label,
+        platform_namespaces,
         grace,
     } = settings;
     let mut cache = IdentityCache::new(IdentityConfig {
@@ -382,6 +383,7 @@ async fn start_identity(
         node_name: config.node_name.clone(),
         local_addresses: local_addresses(),
         grace: *grace,
+        platform_namespaces: platform_namespaces.clone(),
     });
     match source {
         IdentitySource::Inventory(path) => {

@@ -181,6 +181,16 @@ pub struct RunArgs {
     /// namespace without it is its own tenant.
     #[arg(long, value_name = "KEY", env = "FLOW_AGENT_TENANT_LABEL")]
     pub tenant_label: Option<String>,
+    /// A namespace of the platform, not of a tenant (repeatable): flows with
+    /// an end in one never cross tenants [default: kube-system, kube-public,
+    /// kube-node-lease].
+    #[arg(
+        long = "platform-namespace",
+        value_name = "NS",
+        env = "FLOW_AGENT_PLATFORM_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub platform_namespaces: Vec<String>,
     /// How long a deleted pod keeps its identity for flows seen before [default: 2m].
     #[arg(long, value_parser = duration, env = "FLOW_AGENT_IDENTITY_GRACE")]
     pub identity_grace: Option<Duration>,
@@ -296,6 +306,7 @@ impl RunArgs {
             inventory,
             kubernetes,
             tenant_label,
+            platform_namespaces,
             identity_grace,
             grpc_listen,
             grpc_tls_cert,
@@ -335,6 +346,7 @@ impl RunArgs {
             inventory: inventory.clone(),
             kubernetes: *kubernetes,
             tenant_label: tenant_label.clone(),
+            platform_namespaces: list(platform_namespaces),
             identity_grace: *identity_grace,
             grpc_listen: *grpc_listen,
             grpc_tls_cert: grpc_tls_cert.clone(),

@@ -4,6 +4,7 @@
 //! are validated up front with errors that name the offending key.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -53,6 +54,8 @@ pub struct IdentitySettings {
     pub source: IdentitySource,
     /// Namespace label naming the tenant.
     pub tenant_label: String,
+    /// Namespaces of the platform, whose flows never cross tenants.
+    pub platform_namespaces: BTreeSet<String>,
     /// How long deleted pods keep their identity.
     pub grace: Duration,
 }
@@ -207,6 +210,9 @@ pub struct RunOptions {
     /// Namespace label naming the tenant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_label: Option<String>,
+    /// Namespaces of the platform, not of a tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_namespaces: Option<Vec<String>>,
     /// How long deleted pods keep their identity.
     #[serde(
         default,
@@ -335,6 +341,7 @@ impl RunOptions {
             inventory,
             kubernetes,
             tenant_label,
+            platform_namespaces,
             identity_grace,
             grpc_listen,
             grpc_tls_cert,
@@ -373,6 +380,7 @@ impl RunOptions {
             inventory: inventory.or(lower.inventory),
             kubernetes: kubernetes.or(lower.kubernetes),
             tenant_label: tenant_label.or(lower.tenant_label),
+            platform_namespaces: platform_namespaces.or(lower.platform_namespaces),
             identity_grace: identity_grace.or(lower.identity_grace),
             grpc_listen: grpc_listen.or(lower.grpc_listen),
             grpc_tls_cert: grpc_tls_cert.or(lower.grpc_tls_cert),
@@ -449,6 +457,9 @@ impl RunConfig {
             tenant_label: identity
                 .as_ref()
                 .map(|identity| identity.tenant_label.clone()),
+            platform_namespaces: identity
+                .as_ref()
+                .map(|identity| identity.platform_namespaces.iter().cloned().collect()),
             identity_grace: identity.as_ref().map(|identity| identity.grace),
             grpc_listen: api.and_then(|api| api.grpc),
             grpc_tls_cert: api.and_then(|api| api.tls.as_ref().map(|(cert, _)| cert.clone())),
@@ -577,7 +588,7 @@ mod tests {
     #[test]
     fn out_of_range_values_are_rejected() {
         let listen = || Some("127.0.0.1:4245".parse().unwrap());
-        let cases: [(RunOptions, &str); 16] = [
+        let cases: [(RunOptions, &str); 17] = [
             (
                 RunOptions {
                     map_size: Some(0),
@@ -678,6 +689,13 @@ mod tests {
             ),
             (
                 RunOptions {
+                    platform_namespaces: Some(vec!["dns".into()]),
+                    ..options(&["x"])
+                },
+                "invalid platform-namespace dns: --inventory FILE or --kubernetes as well",
+            ),
+            (
+                RunOptions {
                     flow_idle_timeout: Some(Duration::from_secs(25 * 3600)),
                     ..options(&["x"])
                 },
@@ -711,6 +729,28 @@ mod tests {
         );
         assert_eq!(identity.tenant_label, "team");
         assert_eq!(identity.grace, Duration::from_secs(300));
+        assert_eq!(
+            identity.platform_namespaces,
+            BTreeSet::from(["kube-node-lease", "kube-public", "kube-system"].map(str::to_owned))
+        );
+        let config = RunConfig::resolve(options(&["x"]).over(file(
+            "kubernetes: true\nplatform-namespaces: [kube-system, dns]\n",
+        )))
+        .unwrap();
+        assert_eq!(
+            config.identity.unwrap().platform_namespaces,
+            BTreeSet::from(["dns", "kube-system"].map(str::to_owned))
+        );
+        let empty_name = RunOptions {
+            kubernetes: Some(true),
+            platform_namespaces: Some(vec![String::new()]),
+            ..options(&["x"])
+        };
+        let error = RunConfig::resolve(empty_name).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid platform-namespace \"\": a namespace name, such as kube-system"
+        );
 
         let both = RunOptions {
             inventory: Some("/tmp/x".into()),
@@ -755,6 +795,7 @@ mod tests {
             "inventory: /tmp/inventory.yaml\n",
             "kubernetes: false\n",
             "tenant-label: tenant\n",
+            "platform-namespaces:\n- kube-node-lease\n- kube-public\n- kube-system\n",
             "grpc-buffer: 10000\n",
             "graph-expiry: 30days\n",
             "graph-max-edges: 200000\n",

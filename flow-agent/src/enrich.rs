@@ -97,6 +97,7 @@ type ServicePort = (IpAddr, u16, Protocol);
 #[derive(Clone, Debug)]
 struct Resolved {
     identity: Arc<Identity>,
+    /// None outside tenants: no namespace, or a platform namespace.
     tenant: Option<u32>,
 }
 
@@ -199,13 +200,22 @@ impl Enricher {
         target
     }
 
-    /// `identity` shared, with its tenant's number.
+    /// `identity` shared, with its tenant's number (none in a platform
+    /// namespace, whose flows never cross tenants).
     fn resolve(&self, identity: Identity) -> Resolved {
-        let tenant = identity.tenant.as_ref().map(|tenant| {
-            let mut tenants = self.tenants.borrow_mut();
-            let next = u32::try_from(tenants.len()).unwrap_or(u32::MAX);
-            *tenants.entry_ref(tenant.as_str()).or_insert(next)
-        });
+        let platform = identity
+            .namespace
+            .as_ref()
+            .is_some_and(|namespace| self.cache.is_platform(namespace));
+        let tenant = identity
+            .tenant
+            .as_ref()
+            .filter(|_| !platform)
+            .map(|tenant| {
+                let mut tenants = self.tenants.borrow_mut();
+                let next = u32::try_from(tenants.len()).unwrap_or(u32::MAX);
+                *tenants.entry_ref(tenant.as_str()).or_insert(next)
+            });
         Resolved {
             identity: self.intern(identity),
             tenant,
@@ -416,6 +426,7 @@ mod tests {
             node_name: "node-a".to_owned(),
             local_addresses: Vec::new(),
             grace: Duration::from_secs(60),
+            platform_namespaces: flow_model::identity::platform_namespaces([]),
         });
         let pod = |name: &str, ip: &str| {
             format!(
@@ -506,6 +517,7 @@ mod tests {
             node_name: "node-a".to_owned(),
             local_addresses: Vec::new(),
             grace: Duration::from_secs(60),
+            platform_namespaces: flow_model::identity::platform_namespaces([]),
         });
         let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, uid: u1, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: main, image: app}]}\nstatus: {podIP: 10.1.0.2, podIPs: [{ip: 10.1.0.2}], startTime: '2020-01-01T00:00:00Z'}\n";
         let parsed = inventory::parse(yaml, "test.yaml");
@@ -548,5 +560,76 @@ mod tests {
         ));
         assert_eq!(first.destination.identity.kind, Some(PeerKind::World));
         assert_eq!(enricher.interned(), 2);
+    }
+
+    #[test]
+    fn flows_to_and_from_platform_namespaces_never_cross_tenants() {
+        let mut cache = IdentityCache::new(IdentityConfig {
+            tenant_label: "tenant".to_owned(),
+            node_name: "node-a".to_owned(),
+            local_addresses: Vec::new(),
+            grace: Duration::from_secs(60),
+            platform_namespaces: flow_model::identity::platform_namespaces(["dns".to_owned()]),
+        });
+        let namespace = |name: &str, tenant: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{tenant: {tenant}}}}}\n"
+            )
+        };
+        let pod = |namespace: &str, name: &str, ip: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, uid: {name}, labels: {{app: {name}}}}}\nspec: {{nodeName: node-a, containers: [{{name: main, image: app}}]}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}], startTime: '2020-01-01T00:00:00Z'}}\n"
+            )
+        };
+        // The platform namespace has a tenant label of its own: the platform
+        // list still wins, and kube-system is not a platform namespace here.
+        let yaml = [
+            namespace("shop-a", "acme"),
+            namespace("shop-b", "globex"),
+            namespace("dns", "infra"),
+            pod("shop-a", "web", "10.1.0.2"),
+            pod("shop-b", "api", "10.1.0.3"),
+            pod("dns", "coredns", "10.1.0.53"),
+            pod("kube-system", "agent", "10.1.0.9"),
+        ]
+        .concat();
+        let parsed = inventory::parse(&yaml, "test.yaml");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let now = SystemTime::now();
+        for object in parsed.objects {
+            cache.apply(CacheEvent::Apply(object), now);
+        }
+        let enricher = Enricher::without_conntrack(cache);
+        let crossing = |source: &str, destination: &str, is_reply: bool| {
+            let time = flow_model::record::Timestamp(now);
+            let mut record = FlowRecord {
+                time,
+                first_seen: time,
+                source: Endpoint::new(source.parse().unwrap(), 40_000),
+                destination: Endpoint::new(destination.parse().unwrap(), 53),
+                protocol: Protocol(17),
+                icmp: None,
+                packets: 1,
+                bytes: 60,
+                tcp_flags: Vec::new(),
+                is_reply,
+                interface: "veth0".into(),
+                interface_index: 0,
+                hook: flow_model::record::Hook::Ingress,
+                node: "node-a".into(),
+                cross_tenant: None,
+                new_connection: !is_reply,
+                violation: false,
+            };
+            enricher.annotate(&mut record, None, now);
+            record.cross_tenant
+        };
+        assert_eq!(crossing("10.1.0.2", "10.1.0.53", false), Some(false));
+        assert_eq!(crossing("10.1.0.53", "10.1.0.2", true), Some(false));
+        assert_eq!(crossing("10.1.0.3", "10.1.0.53", false), Some(false));
+        assert_eq!(crossing("10.1.0.2", "10.1.0.3", false), Some(true));
+        assert_eq!(crossing("10.1.0.2", "10.1.0.9", false), Some(true));
+        // The platform pod keeps its namespace's tenant for access and filters.
+        assert_eq!(enricher.cache().tenant("dns"), "infra");
     }
 }

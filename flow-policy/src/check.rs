@@ -776,6 +776,7 @@ mod tests {
             node_name: "n".to_owned(),
             local_addresses: Vec::new(),
             grace: Duration::from_secs(60),
+            platform_namespaces: flow_model::identity::platform_namespaces([]),
         });
         for object in inventory.objects {
             cache.apply(CacheEvent::Apply(object), now);

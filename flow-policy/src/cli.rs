@@ -122,6 +122,11 @@ pub struct GraphSources {
     /// Namespace label whose value names the tenant.
     #[arg(long, value_name = "KEY", default_value = "tenant")]
     pub tenant_label: String,
+    /// A namespace of the platform, not of a tenant (repeatable): nothing
+    /// with an end in one crosses tenants [default: kube-system,
+    /// kube-public, kube-node-lease].
+    #[arg(long = "platform-namespace", value_name = "NS")]
+    pub platform_namespaces: Vec<String>,
 }
 
 /// A namespaced object's name, `NAMESPACE/NAME`.
@@ -265,10 +270,6 @@ pub struct DiffArgs {
     /// unobserved-paths, opened-paths, closed-paths.
     #[arg(long = "fail-on", value_name = "CONDITION")]
     pub fail_on: Vec<crate::diff::FailCondition>,
-    /// Namespaces that belong to the platform, not to a tenant (repeatable)
-    /// [default: kube-system, kube-public, kube-node-lease].
-    #[arg(long = "platform-namespace", value_name = "NS")]
-    pub platform_namespaces: Vec<String>,
 }
 
 /// `policy audit` flags.
@@ -292,8 +293,4 @@ pub struct AuditArgs {
     /// Also write everything found as one JSON document to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Namespaces that belong to the platform, not to a tenant (repeatable)
-    /// [default: kube-system, kube-public, kube-node-lease].
-    #[arg(long = "platform-namespace", value_name = "NS")]
-    pub platform_namespaces: Vec<String>,
 }

@@ -115,6 +115,7 @@ impl ClusterView {
             node_name: String::new(),
             local_addresses: Vec::new(),
             grace: Duration::from_secs(0),
+            platform_namespaces: flow_model::identity::platform_namespaces([]),
         });
         let now = SystemTime::now();
         for object in objects {

@@ -345,7 +345,7 @@ pub async fn collect(
 ) -> Result<Collected, PolicyCommandError> {
     let mut collected = collect_learned(sources, warnings).await?;
     for path in &sources.flows {
-        let flows = flowfile::read(path, &sources.tenant_label)?;
+        let flows = flowfile::read(path, &tenancy(sources))?;
         let mut graph = Graph::new();
         for record in &flows.records {
             graph.observe(record);
@@ -391,6 +391,9 @@ pub async fn generate(
         } else {
             exclude_namespaces.iter().cloned().collect()
         },
+        platform_namespaces: flow_model::identity::platform_namespaces(
+            sources.platform_namespaces.iter().cloned(),
+        ),
     };
     let proposal = propose(graph, &cluster, &options);
     let summary = export_partial(output_dir, &proposal, *format, &collected.missing_lines())?;
@@ -509,7 +512,7 @@ pub async fn run_check(
     let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
     let mut records = Vec::new();
     for path in &sources.flows {
-        records.extend(flowfile::read(path, &sources.tenant_label)?.records);
+        records.extend(flowfile::read(path, &tenancy(sources))?.records);
     }
     let outcome = CheckOutcome {
         records: check(&records, &mut cluster, &policies),
@@ -656,12 +659,11 @@ pub async fn run_diff(
         summary,
         junit,
         fail_on,
-        platform_namespaces,
     } = args;
     let (old, new) = (policies_or_none(old)?, policies_or_none(new)?);
     let collected = collect(sources, warnings).await?;
     let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
-    let platform = platform(platform_namespaces);
+    let platform = platform(&sources.platform_namespaces);
     let judged = diff::diff(&old, &new, &collected.graph, &mut cluster, &platform);
     let markdown = report::markdown(&judged, fail_on, &describe(sources, &collected));
     if let Some(path) = summary {
@@ -678,13 +680,21 @@ pub async fn run_diff(
     })
 }
 
+/// How flow files' ends are told apart into tenants, by the flags.
+fn tenancy(sources: &GraphSources) -> flowfile::Tenancy {
+    flowfile::Tenancy {
+        label: sources.tenant_label.clone(),
+        platform: flow_model::identity::platform_namespaces(
+            sources.platform_namespaces.iter().cloned(),
+        ),
+    }
+}
+
 /// The platform namespaces given, or the default ones.
 fn platform(given: &[String]) -> Vec<String> {
-    if given.is_empty() {
-        DEFAULT_EXCLUDED_NAMESPACES.map(str::to_owned).to_vec()
-    } else {
-        given.to_vec()
-    }
+    flow_model::identity::platform_namespaces(given.iter().cloned())
+        .into_iter()
+        .collect()
 }
 
 /// What `policy audit` decided.
@@ -711,7 +721,6 @@ pub async fn run_audit(
         sources,
         output_dir,
         report: report_path,
-        platform_namespaces,
     } = args;
     let loaded = crate::load::load_all(policies)?;
     let errors: Vec<String> = loaded
@@ -725,7 +734,7 @@ pub async fn run_audit(
     }
     let collected = collect(sources, warnings).await?;
     let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
-    let platform = platform(platform_namespaces);
+    let platform = platform(&sources.platform_namespaces);
     let found = audit::audit(&loaded.policies, &collected.graph, &mut cluster, &platform);
     let inputs = audit::report::Inputs {
         judged_against: &describe(sources, &collected),

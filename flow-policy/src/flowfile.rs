@@ -4,7 +4,7 @@
 //! by line.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader},
     net::IpAddr,
     path::{Path, PathBuf},
@@ -53,9 +53,45 @@ pub struct FlowFile {
     pub skipped: usize,
 }
 
-/// Reads a flow file. `tenant_label` names the namespace label that says the
-/// tenant in Hubble flows (Cilium copies namespace labels onto endpoints).
-pub fn read(path: &Path, tenant_label: &str) -> Result<FlowFile, FlowFileError> {
+/// How the ends of flows read from files are told apart into tenants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenancy {
+    /// The namespace label that says the tenant in Hubble flows (Cilium
+    /// copies namespace labels onto endpoints).
+    pub label: String,
+    /// Platform namespaces: a flow with an end in one never crosses tenants.
+    pub platform: BTreeSet<String>,
+}
+
+impl Tenancy {
+    /// Tenants named by `label`, and the default platform namespaces.
+    pub fn new(label: &str) -> Self {
+        Self {
+            label: label.to_owned(),
+            platform: flow_model::identity::platform_namespaces([]),
+        }
+    }
+
+    /// Whether a flow between these two ends crosses tenants: both have a
+    /// tenant, they differ, and neither is in a platform namespace.
+    pub fn crosses(&self, source: &Identity, destination: &Identity) -> bool {
+        let platform = |identity: &Identity| {
+            identity
+                .namespace
+                .as_ref()
+                .is_some_and(|namespace| self.platform.contains(namespace))
+        };
+        match (&source.tenant, &destination.tenant) {
+            (Some(a), Some(b)) => a != b && !platform(source) && !platform(destination),
+            _ => false,
+        }
+    }
+}
+
+/// Reads a flow file. Each record says whether it crosses tenants as
+/// `tenancy` decides, also a record of ours that an agent with other
+/// platform namespaces wrote.
+pub fn read(path: &Path, tenancy: &Tenancy) -> Result<FlowFile, FlowFileError> {
     let file = std::fs::File::open(path).map_err(|source| FlowFileError::Read {
         path: path.to_owned(),
         source,
@@ -79,7 +115,7 @@ pub fn read(path: &Path, tenant_label: &str) -> Result<FlowFile, FlowFileError> 
         if value.get("lost_records").is_some() || value.get("lost_events").is_some() {
             flows.skipped += 1;
         } else if let Some(flow) = value.get("flow") {
-            match hubble(flow, tenant_label).map_err(invalid)? {
+            match hubble(flow, &tenancy.label).map_err(invalid)? {
                 Some(record) => flows.records.push(record),
                 None => flows.skipped += 1,
             }
@@ -90,6 +126,10 @@ pub fn read(path: &Path, tenant_label: &str) -> Result<FlowFile, FlowFileError> 
             })?;
             flows.records.push(record);
         }
+    }
+    for record in &mut flows.records {
+        let crosses = tenancy.crosses(&record.source.identity, &record.destination.identity);
+        record.cross_tenant = Some(crosses);
     }
     Ok(flows)
 }
@@ -289,10 +329,6 @@ fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String
             target_port: Some(destination_port),
         });
     }
-    let cross_tenant = match (&source.identity.tenant, &destination.identity.tenant) {
-        (Some(a), Some(b)) => Some(a != b),
-        _ => Some(false),
-    };
     // Hubble leaves `is_reply` out when it does not know. Then only the
     // packet itself can tell: a TCP SYN, SYN-ACK, or an ICMP echo. Anything
     // else is skipped: taken for a request, a reply would become an edge
@@ -357,7 +393,8 @@ fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String
             Hook::Egress
         },
         node,
-        cross_tenant,
+        // Decided by `read`, for our records and Hubble's alike.
+        cross_tenant: None,
         new_connection,
         violation: false,
     }))
@@ -376,11 +413,54 @@ mod tests {
     }
 
     #[test]
+    fn flows_with_an_end_in_a_platform_namespace_never_cross_tenants() {
+        let dns = HUBBLE
+            .replace(r#""namespace":"shop","labels":["k8s:app=api","k8s:io.kubernetes.pod.namespace=shop"]"#, r#""namespace":"kube-system","labels":["k8s:k8s-app=kube-dns","k8s:io.kubernetes.pod.namespace=kube-system"]"#);
+        assert_ne!(dns, HUBBLE);
+        // Ours, written by an agent that took kube-system for a tenant.
+        let ours = {
+            let flows = read(file(&[&dns]).path(), &Tenancy::new("tenant")).unwrap();
+            let mut record = flows.records[0].clone();
+            record.cross_tenant = Some(true);
+            serde_json::to_string(&record).unwrap()
+        };
+        let crossing = |tenancy: &Tenancy| {
+            let flows = read(file(&[HUBBLE, &dns, &ours]).path(), tenancy).unwrap();
+            flows
+                .records
+                .iter()
+                .map(|record| record.cross_tenant)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            crossing(&Tenancy::new("tenant")),
+            [Some(true), Some(false), Some(false)]
+        );
+        let no_platform = Tenancy {
+            platform: BTreeSet::new(),
+            ..Tenancy::new("tenant")
+        };
+        assert_eq!(crossing(&no_platform), [Some(true), Some(true), Some(true)]);
+        let shop_is_platform = Tenancy {
+            platform: BTreeSet::from(["shop".to_owned()]),
+            ..Tenancy::new("tenant")
+        };
+        assert_eq!(
+            crossing(&shop_is_platform),
+            [Some(false), Some(false), Some(false)]
+        );
+    }
+
+    #[test]
     fn hubble_lines_become_records_with_identity_and_tenant() {
         let dropped = HUBBLE.replace("FORWARDED", "DROPPED");
         let world = r#"{"flow":{"time":"2026-11-20T10:00:01Z","verdict":"FORWARDED","IP":{"source":"10.0.1.5","destination":"203.0.113.9"},"l4":{"UDP":{"source_port":40000,"destination_port":53}},"source":{"namespace":"shop","labels":["k8s:app=web"],"pod_name":"web-abc-x1"},"destination":{"labels":["reserved:world"]},"Type":"L3_L4","is_reply":false}}"#;
         let lost = r#"{"lost_events":{"source":"HUBBLE_RING_BUFFER","num_events_lost":3}}"#;
-        let flows = read(file(&[HUBBLE, &dropped, world, lost, ""]).path(), "tenant").unwrap();
+        let flows = read(
+            file(&[HUBBLE, &dropped, world, lost, ""]).path(),
+            &Tenancy::new("tenant"),
+        )
+        .unwrap();
         assert_eq!((flows.records.len(), flows.skipped), (2, 2));
         let record = &flows.records[0];
         assert_eq!(record.source.ip, "10.0.1.5".parse::<IpAddr>().unwrap());
@@ -397,6 +477,7 @@ mod tests {
         );
         // No tenant label on the destination: its namespace is its tenant.
         assert_eq!(record.destination.identity.tenant.as_deref(), Some("shop"));
+        assert_eq!(record.cross_tenant, Some(true));
         assert_eq!(record.destination.service.as_ref().unwrap().name, "api");
         assert!(record.new_connection && !record.is_reply);
         assert_eq!(record.node, "node-1");
@@ -421,7 +502,7 @@ mod tests {
         };
         let flows = read(
             file(&[&syn, &syn_ack, &ack, &echo(8), &echo(0), &echo(3)]).path(),
-            "tenant",
+            &Tenancy::new("tenant"),
         )
         .unwrap();
         let replies: Vec<bool> = flows.records.iter().map(|record| record.is_reply).collect();
@@ -443,13 +524,13 @@ mod tests {
     #[test]
     fn the_observing_node_holds_the_local_end_of_a_hubble_flow() {
         // EGRESS: observed where the source runs.
-        let flows = read(file(&[HUBBLE]).path(), "tenant").unwrap();
+        let flows = read(file(&[HUBBLE]).path(), &Tenancy::new("tenant")).unwrap();
         let record = &flows.records[0];
         assert_eq!(record.source.identity.node.as_deref(), Some("node-1"));
         assert_eq!(record.destination.identity.node, None);
         // INGRESS: where the destination runs.
         let ingress = HUBBLE.replace("\"EGRESS\"", "\"INGRESS\"");
-        let flows = read(file(&[&ingress]).path(), "tenant").unwrap();
+        let flows = read(file(&[&ingress]).path(), &Tenancy::new("tenant")).unwrap();
         let record = &flows.records[0];
         assert_eq!(record.source.identity.node, None);
         assert_eq!(record.destination.identity.node.as_deref(), Some("node-1"));
@@ -464,11 +545,11 @@ mod tests {
                 r#"{"lost_records":2,"time":"2026-11-20T10:00:00Z"}"#,
             ])
             .path(),
-            "tenant",
+            &Tenancy::new("tenant"),
         )
         .unwrap();
         assert_eq!((flows.records.len(), flows.skipped), (1, 1));
-        let error = read(file(&[record, "{not json"]).path(), "tenant")
+        let error = read(file(&[record, "{not json"]).path(), &Tenancy::new("tenant"))
             .unwrap_err()
             .to_string();
         assert!(
@@ -477,7 +558,7 @@ mod tests {
         );
         let error = read(
             file(&[r#"{"time":"2026-11-20T10:00:00Z","protocol":"TCP"}"#]).path(),
-            "tenant",
+            &Tenancy::new("tenant"),
         )
         .unwrap_err()
         .to_string();
@@ -487,14 +568,17 @@ mod tests {
         );
         let error = read(
             file(&[&HUBBLE.replace("\"10.0.2.7\"", "\"nowhere\"")]).path(),
-            "tenant",
+            &Tenancy::new("tenant"),
         )
         .unwrap_err()
         .to_string();
         assert!(error.contains("flow.IP.destination"), "{error}");
-        let error = read(Path::new("/nonexistent/flows.jsonl"), "tenant")
-            .unwrap_err()
-            .to_string();
+        let error = read(
+            Path::new("/nonexistent/flows.jsonl"),
+            &Tenancy::new("tenant"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             error.contains("cannot read /nonexistent/flows.jsonl"),
             "{error}"

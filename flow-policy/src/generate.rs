@@ -76,6 +76,10 @@ pub struct GenerateOptions {
     pub allow_cross_tenant: bool,
     /// Namespaces that get no policies.
     pub excluded_namespaces: BTreeSet<String>,
+    /// Namespaces of the platform, not of a tenant: edges with an end in
+    /// one never cross tenants (nor do those with an end in an excluded
+    /// namespace).
+    pub platform_namespaces: BTreeSet<String>,
 }
 
 impl Default for GenerateOptions {
@@ -87,6 +91,7 @@ impl Default for GenerateOptions {
                 .iter()
                 .map(|namespace| (*namespace).to_owned())
                 .collect(),
+            platform_namespaces: flow_model::identity::platform_namespaces([]),
         }
     }
 }

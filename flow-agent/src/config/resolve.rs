@@ -6,7 +6,7 @@
 //! only means something beside another (TLS without an API, a rotation size
 //! without a file) is refused rather than ignored.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::{
     CLOSED_CONNECTION_TIMEOUT, ConfigError, DEFAULT_FLOW_IDLE_TIMEOUT, DEFAULT_FLUSH_INTERVAL,
@@ -46,6 +46,7 @@ impl RunConfig {
             inventory,
             kubernetes,
             tenant_label,
+            platform_namespaces,
             identity_grace,
             grpc_listen,
             grpc_tls_cert,
@@ -83,6 +84,7 @@ impl RunConfig {
             inventory,
             kubernetes,
             tenant_label,
+            platform_namespaces,
             identity_grace,
         }
         .resolve(flush_interval)?;
@@ -218,6 +220,7 @@ struct IdentityOptions {
     inventory: Option<PathBuf>,
     kubernetes: Option<bool>,
     tenant_label: Option<String>,
+    platform_namespaces: Option<Vec<String>>,
     identity_grace: Option<Duration>,
 }
 
@@ -226,6 +229,7 @@ impl IdentityOptions {
         let Some(source) = self.source()? else {
             return self.without_source().map(|()| None);
         };
+        let platform_namespaces = self.platform_namespaces()?;
         let tenant_label = self
             .tenant_label
             .unwrap_or_else(|| DEFAULT_TENANT_LABEL.to_owned());
@@ -250,6 +254,7 @@ impl IdentityOptions {
         Ok(Some(IdentitySettings {
             source,
             tenant_label,
+            platform_namespaces,
             grace,
         }))
     }
@@ -267,8 +272,29 @@ impl IdentityOptions {
         }
     }
 
+    /// The platform namespaces given, or the default ones. An empty name is
+    /// refused: it would name no namespace.
+    fn platform_namespaces(&self) -> Result<BTreeSet<String>, ConfigError> {
+        let given = self.platform_namespaces.clone().unwrap_or_default();
+        if given.iter().any(String::is_empty) {
+            return Err(invalid(
+                "platform-namespace",
+                "\"\"",
+                "a namespace name, such as kube-system",
+            ));
+        }
+        Ok(flow_model::identity::platform_namespaces(given))
+    }
+
     /// Identity settings without an identity source would be ignored.
     fn without_source(&self) -> Result<(), ConfigError> {
+        if let Some(namespaces) = &self.platform_namespaces {
+            return Err(invalid(
+                "platform-namespace",
+                namespaces.join(","),
+                "--inventory FILE or --kubernetes as well: namespaces come from the identity",
+            ));
+        }
         if let Some(label) = &self.tenant_label {
             return Err(invalid(
                 "tenant-label",

@@ -201,6 +201,24 @@ pub struct IdentityConfig {
     pub local_addresses: Vec<IpAddr>,
     /// How long a deleted pod keeps its identity for late flows.
     pub grace: Duration,
+    /// Namespaces of the platform rather than of a tenant (by default
+    /// [`DEFAULT_PLATFORM_NAMESPACES`]). Their pods keep their namespace's
+    /// tenant for access and filters, but a flow with an end in one never
+    /// crosses tenants: DNS to kube-system is every tenant's.
+    pub platform_namespaces: BTreeSet<String>,
+}
+
+/// The namespaces Kubernetes itself runs in, which belong to no tenant.
+pub const DEFAULT_PLATFORM_NAMESPACES: [&str; 3] =
+    ["kube-system", "kube-public", "kube-node-lease"];
+
+/// `given`, or [`DEFAULT_PLATFORM_NAMESPACES`] when it is empty.
+pub fn platform_namespaces<I: IntoIterator<Item = String>>(given: I) -> BTreeSet<String> {
+    let given: BTreeSet<String> = given.into_iter().collect();
+    match given.is_empty() {
+        true => DEFAULT_PLATFORM_NAMESPACES.map(str::to_owned).into(),
+        false => given,
+    }
 }
 
 /// A change from a source.
@@ -751,6 +769,11 @@ impl IdentityCache {
     /// A known namespace's labels.
     pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
         self.namespaces.get(namespace).map(|info| &info.labels)
+    }
+
+    /// Whether `namespace` belongs to the platform, not to a tenant.
+    pub fn is_platform(&self, namespace: &str) -> bool {
+        self.config.platform_namespaces.contains(namespace)
     }
 
     /// The tenant of a namespace: its tenant label, or the namespace itself.

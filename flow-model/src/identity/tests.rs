@@ -23,6 +23,7 @@ fn config() -> IdentityConfig {
         node_name: "node-a".to_owned(),
         local_addresses: vec!["192.168.0.10".parse().unwrap()],
         grace: Duration::from_secs(60),
+        platform_namespaces: platform_namespaces([]),
     }
 }
 

@@ -52,8 +52,8 @@ struct End<'g> {
     party: &'g Party,
     /// Gets a policy: its place in [`Proposer::sides`].
     subject: Option<usize>,
-    /// In a namespace that gets no policies (and so belongs to no tenant).
-    platform: bool,
+    /// In a platform or excluded namespace: its edges never cross tenants.
+    tenantless: bool,
     tenant: Option<&'g str>,
     host_network: bool,
     /// Worked out when an edge first needs it: selecting a workload's pods
@@ -120,11 +120,17 @@ impl<'g> Proposer<'g> {
         let workload = party.workload();
         let view = workload.and_then(|workload| self.cluster.workload(workload));
         let host_network = view.is_some_and(|view| view.host_network);
-        let platform = workload.is_some_and(|workload| {
+        let excluded = workload.is_some_and(|workload| {
             self.options
                 .excluded_namespaces
                 .contains(&workload.namespace)
         });
+        let tenantless = excluded
+            || workload.is_some_and(|workload| {
+                self.options
+                    .platform_namespaces
+                    .contains(&workload.namespace)
+            });
         let tenant = workload.and_then(|workload| {
             view.and_then(|view| view.tenant.as_deref()).or_else(|| {
                 self.graph
@@ -133,7 +139,7 @@ impl<'g> Proposer<'g> {
             })
         });
         let subject = workload
-            .filter(|workload| workload.kind != "Service" && !platform && !host_network)
+            .filter(|workload| workload.kind != "Service" && !excluded && !host_network)
             .map(|_| {
                 self.sides.push((index, Sides::default()));
                 self.sides.len() - 1
@@ -141,7 +147,7 @@ impl<'g> Proposer<'g> {
         self.ends.push(End {
             party,
             subject,
-            platform,
+            tenantless,
             tenant,
             host_network,
             as_peer: None,
@@ -203,8 +209,8 @@ impl<'g> Proposer<'g> {
             return false;
         }
         let (client, server) = (&self.ends[client], &self.ends[server]);
-        let crossing = !client.platform
-            && !server.platform
+        let crossing = !client.tenantless
+            && !server.tenantless
             && (stats.cross_tenant
                 || matches!((client.tenant, server.tenant), (Some(a), Some(b)) if a != b));
         if crossing {

@@ -293,6 +293,43 @@ fn cross_tenant_edges_need_the_flag_and_are_then_listed_as_included() {
     );
 }
 
+#[test]
+fn edges_to_a_platform_namespace_never_cross_tenants_even_when_recorded_so() {
+    let graph = shop_graph();
+    // The record said web -> billing crosses tenants (acme, globex).
+    let options = GenerateOptions {
+        platform_namespaces: BTreeSet::from(["billing".to_owned()]),
+        ..GenerateOptions::default()
+    };
+    let proposal = propose(&graph, &view_of(&graph), &options);
+    let web = policy(&proposal, "web");
+    assert!(
+        web.egress
+            .iter()
+            .any(|rule| rule.peers == [pods("billing", "billing")]
+                && rule.ports == ports(&[(TCP, 9000)]))
+    );
+    let crossing: Vec<&Note> = proposal
+        .notes
+        .iter()
+        .filter(|note| {
+            matches!(
+                note,
+                Note::CrossTenantIncluded(_) | Note::CrossTenantExcluded(_)
+            )
+        })
+        .collect();
+    assert_eq!(crossing, Vec::<&Note>::new());
+    // With the default platform namespaces it is left out and listed.
+    let proposal = propose(&graph, &view_of(&graph), &GenerateOptions::default());
+    let excluded: Vec<&Note> = proposal
+        .notes
+        .iter()
+        .filter(|note| matches!(note, Note::CrossTenantExcluded(_)))
+        .collect();
+    assert_eq!(excluded.len(), 1, "{excluded:?}");
+}
+
 /// Ports as port entries: runs of consecutive ports become ranges.
 fn port_specs(ports: &BTreeSet<(Protocol, u16)>) -> Vec<PortSpec> {
     port_ranges(ports.iter().copied())
