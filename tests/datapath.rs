@@ -864,3 +864,189 @@ fn on_one_cpu() {
         );
     }
 }
+
+/// A router between the pods, which sends time exceeded and packet too big.
+const ROUTER4: [u8; 4] = [10, 0, 0, 1];
+const ROUTER6: &str = "fd00::1";
+
+/// The reply direction of `key`: what an error quoting `key`'s packet is
+/// counted under.
+fn reply(key: FlowKey) -> FlowKey {
+    FlowKey {
+        src_addr: key.dst_addr,
+        dst_addr: key.src_addr,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+        ..key
+    }
+}
+
+/// The flow of `key` in `samples`, which must be there.
+fn flow_of(samples: &[FlowSample], key: FlowKey) -> FlowSample {
+    *samples
+        .iter()
+        .find(|sample| sample.key == key)
+        .unwrap_or_else(|| panic!("no flow {key:?} in {samples:#?}"))
+}
+
+#[test]
+fn icmp_errors_are_counted_with_the_connection_they_quote() {
+    use flow_common::icmp_error::{PACKET_TOO_BIG, TIME_EXCEEDED, UNREACHABLE};
+    require_root!();
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        // A UDP query to a closed port, twice, each answered by a port
+        // unreachable that quotes it whole.
+        let query4 = Ipv4::new(A4, B4, UDP).build(&udp(5000, 53, &[7; 20]));
+        let unreachable4 = Ipv4::new(B4, A4, ICMP).frame(&icmp(3, 3, &query4));
+        // A TCP SYN with IP options whose TTL runs out at the router: the
+        // quote is its IP header (IHL 7) and 8 bytes of TCP.
+        let mut syn = Ipv4::new(A4, B4, TCP);
+        syn.options = vec![7, 7, 4, 0, 0, 0, 0, 1];
+        let syn = syn.build(&tcp(40000, 80, SYN, 0, &[]));
+        let time_exceeded4 = Ipv4::new(ROUTER4, A4, ICMP).frame(&icmp(11, 0, &syn[..28 + 8]));
+        // An echo request to an unreachable host.
+        let echo = Ipv4::new(A4, B4, ICMP).build(&icmp(8, 0, &[0; 56]));
+        let host_unreachable4 = Ipv4::new(B4, A4, ICMP).frame(&icmp(3, 1, &echo));
+        for _ in 0..2 {
+            harness.ingress(&Ipv4::new(A4, B4, UDP).frame(&udp(5000, 53, &[7; 20])));
+            harness.ingress(&unreachable4);
+        }
+        harness.ingress(&time_exceeded4);
+        harness.ingress(&host_unreachable4);
+
+        // IPv6: a port unreachable, and a packet too big from the router.
+        let query6 = Ipv6::new(A6, B6, UDP).build(&udp(5000, 53, &[7; 20]));
+        harness.ingress(&Ipv6::new(B6, A6, ICMPV6).frame(&icmp(1, 4, &query6)));
+        let segment = Ipv6::new(A6, B6, TCP).build(&tcp(40000, 443, ACK, 0, &[1; 1400]));
+        harness.ingress(&Ipv6::new(ROUTER6, A6, ICMPV6).frame(&icmp(2, 0, &segment[..1232])));
+
+        let samples = harness.drain();
+        assert_eq!(samples.len(), 6, "{samples:#?}");
+        let query = flow_of(&samples, key4(UDP, 5000, 53));
+        assert_eq!(
+            (query.packets, query.icmp_errors, query.icmp_error_kinds),
+            (2, 0, 0)
+        );
+        let errors = [
+            // (flow, bytes of one error, kind)
+            (reply(key4(UDP, 5000, 53)), 2, 20 + 8 + 48, UNREACHABLE),
+            (reply(key4(TCP, 40000, 80)), 1, 20 + 8 + 36, TIME_EXCEEDED),
+            (
+                FlowKey {
+                    icmp_type: 0,
+                    ..reply(key4(ICMP, 0, 0))
+                },
+                1,
+                20 + 8 + 84,
+                UNREACHABLE,
+            ),
+            (reply(key6(UDP, 5000, 53)), 1, 40 + 8 + 68, UNREACHABLE),
+            (
+                reply(key6(TCP, 40000, 443)),
+                1,
+                40 + 8 + 1232,
+                PACKET_TOO_BIG,
+            ),
+        ];
+        for (key, packets, bytes, kind) in errors {
+            let flow = flow_of(&samples, key);
+            assert_eq!(
+                (
+                    flow.packets,
+                    flow.bytes,
+                    flow.icmp_errors,
+                    flow.icmp_error_kinds
+                ),
+                (packets, packets * bytes, packets, kind),
+                "{key:?}"
+            );
+            assert_eq!(flow.tcp_flags, 0, "an error carries no TCP flags");
+        }
+        harness.assert_counters(&[(Counter::Inserted, 6)]);
+    }
+}
+
+#[test]
+fn icmp_errors_with_unreadable_quotes_keep_their_icmp_key() {
+    use flow_common::icmp_error::{PARAMETER_PROBLEM, UNREACHABLE};
+    require_root!();
+    let query4 = Ipv4::new(A4, B4, UDP).build(&udp(5000, 53, &[7; 20]));
+    let mut later_fragment = Ipv4::new(A4, B4, UDP);
+    later_fragment.fragment_offset = 10;
+    let mut long_options = Ipv4::new(A4, B4, UDP);
+    long_options.ihl = Some(15);
+    let mut hop_by_hop = Ipv6::new(A6, B6, UDP);
+    hop_by_hop.extensions = vec![Extension::HopByHop(0)];
+    let query6 = Ipv6::new(A6, B6, UDP).build(&udp(5000, 53, &[7; 20]));
+    let cases: [(&str, bool, Vec<u8>); 9] = [
+        ("no quote", false, Vec::new()),
+        ("half an ip header", false, query4[..10].to_vec()),
+        ("4 bytes of udp", false, query4[..24].to_vec()),
+        ("a later fragment", false, later_fragment.build(&[7; 8])),
+        (
+            "options beyond the quote",
+            false,
+            long_options.build(&udp(5000, 53, &[])),
+        ),
+        ("gre", false, Ipv4::new(A4, B4, 47).build(&[0; 8])),
+        ("an ipv6 header", false, query6.clone()),
+        (
+            "an extension header",
+            true,
+            hop_by_hop.build(&udp(5000, 53, &[7; 20])),
+        ),
+        ("7 bytes of udp", true, query6[..47].to_vec()),
+    ];
+    for config in both_readers() {
+        let mut harness = Harness::with(config);
+        for (case, is_v6, quote) in &cases {
+            let (frame, key, bytes) = if *is_v6 {
+                let message = icmp(4, 0, quote);
+                let bytes = 40 + message.len() as u64;
+                let frame = Ipv6::new(B6, A6, ICMPV6).frame(&message);
+                (frame, reply(key6(ICMPV6, 0, 0)), bytes)
+            } else {
+                let message = icmp(3, 3, quote);
+                let bytes = 20 + message.len() as u64;
+                let frame = Ipv4::new(B4, A4, ICMP).frame(&message);
+                (frame, reply(key4(ICMP, 0, 0)), bytes)
+            };
+            harness.ingress(&frame);
+            let flow = harness.only_flow();
+            let (icmp_type, icmp_code, kind) = if *is_v6 {
+                (4, 0, PARAMETER_PROBLEM)
+            } else {
+                (3, 3, UNREACHABLE)
+            };
+            assert_eq!(
+                flow.key,
+                FlowKey {
+                    icmp_type,
+                    icmp_code,
+                    ..key
+                },
+                "{case}"
+            );
+            assert_eq!(
+                (
+                    flow.packets,
+                    flow.bytes,
+                    flow.icmp_errors,
+                    flow.icmp_error_kinds
+                ),
+                (1, bytes, 1, kind),
+                "{case}"
+            );
+        }
+        // An ICMP header of 4 bytes: still an error, with nothing to quote.
+        harness.ingress(&Ipv4::new(B4, A4, ICMP).frame(&[3, 3, 0, 0]));
+        let flow = harness.only_flow();
+        assert_eq!(
+            (flow.key.icmp_type, flow.bytes, flow.icmp_errors),
+            (3, 24, 1)
+        );
+        // Nothing was malformed: only flows were created, one per case.
+        harness.assert_counters(&[(Counter::Inserted, cases.len() as u64 + 1)]);
+    }
+}

@@ -3,6 +3,8 @@
 //! `flow_ingress` and `flow_egress` parse each packet (Ethernet, 802.1Q/802.1ad,
 //! IPv4 with options and fragments, IPv6 with extension headers, TCP, UDP, SCTP,
 //! ICMP, ICMPv6) and add it to its flow in the current epoch's per-CPU flow map.
+//! An ICMP or ICMPv6 error is added to the flow of the connection it quotes
+//! (its reply direction), marked as an error.
 //! They never drop, redirect or modify a packet: both always return
 //! `TC_ACT_UNSPEC` (`TCX_NEXT` on TCX), which hands the packet to the next program
 //! or to the stack unchanged.
@@ -193,6 +195,9 @@ fn observe(ctx: &TcContext, direction: Direction) {
     if packet.fragment_without_ports {
         bump(Counter::FragmentWithoutPorts);
     }
+    if packet.icmp_error != 0 {
+        parse::fold_icmp_error(&Paged(ctx), &mut packet);
+    }
 
     let Packet {
         key,
@@ -200,6 +205,9 @@ fn observe(ctx: &TcContext, direction: Direction) {
         headers_len,
         tcp_flags,
         fragment_without_ports: _,
+        icmp_error,
+        quote_offset: _,
+        quote_end: _,
     } = packet;
     // A GSO/GRO super-packet stands for `gso_segs` packets on the wire, each of
     // which repeats the IP and transport headers. Untrusted GSO (SKB_GSO_DODGY:
@@ -226,6 +234,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
             tcp_flags,
             ifindex,
             direction,
+            icmp_error,
         },
     );
 }
@@ -237,6 +246,8 @@ struct Update {
     tcp_flags: u16,
     ifindex: u32,
     direction: Direction,
+    /// The packet's kind of ICMP error ([`flow_common::icmp_error`]), or zero.
+    icmp_error: u8,
 }
 
 #[inline(always)]
@@ -332,6 +343,7 @@ fn add(slot: &mut FlowStats, epoch: u32, now: u64, update: &Update) {
         tcp_flags,
         ifindex,
         direction,
+        icmp_error,
     } = *update;
     // A slot from another epoch belongs to a previous life of this element (per-CPU
     // slots are not zeroed on reuse before Linux 5.10): start it afresh.
@@ -348,6 +360,11 @@ fn add(slot: &mut FlowStats, epoch: u32, now: u64, update: &Update) {
     slot.bytes += bytes;
     slot.last_seen_ns = now;
     slot.tcp_flags |= tcp_flags;
+    if icmp_error != 0 {
+        slot.icmp_error_kinds |= icmp_error;
+        // An ICMP error is never GSO: `packets` is 1.
+        slot.icmp_errors = slot.icmp_errors.wrapping_add(packets as u32);
+    }
 }
 
 #[cfg(not(test))]

@@ -7,7 +7,7 @@
 //! linear area. Every read is checked; nothing here writes to the packet.
 
 use aya_ebpf::{helpers::bpf_skb_load_bytes, maps::LruHashMap, programs::TcContext};
-use flow_common::{FlowKey, FragmentKey, FragmentPorts, protocol, tcp_flag};
+use flow_common::{FlowKey, FragmentKey, FragmentPorts, icmp_error, protocol, tcp_flag};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -38,6 +38,15 @@ pub(crate) struct Packet {
     pub(crate) tcp_flags: u16,
     /// A non-first fragment whose first fragment was not seen: ports are zero.
     pub(crate) fragment_without_ports: bool,
+    /// The kind of ICMP or ICMPv6 error this packet is ([`icmp_error`]), or
+    /// zero. The programs then fold it into the connection it quotes
+    /// ([`fold_icmp_error`]).
+    pub(crate) icmp_error: u8,
+    /// For an ICMP error: where the quoted packet starts in the frame, and
+    /// where the error's datagram ends (both saturated at `u16::MAX`, which
+    /// makes the quote unreadable rather than wrong).
+    pub(crate) quote_offset: u16,
+    pub(crate) quote_end: u16,
 }
 
 pub(crate) enum ParseError {
@@ -570,6 +579,7 @@ fn transport<R: Reader>(
         return Ok(());
     }
 
+    let mut icmp_error = None;
     let (transport_len, tcp_flags) = match protocol {
         protocol::TCP => {
             let header = window::<14, R>(ctx, l4_offset, Malformed::TransportTruncated)?;
@@ -604,6 +614,7 @@ fn transport<R: Reader>(
             }
             key.icmp_type = header.u8::<0>();
             key.icmp_code = header.u8::<1>();
+            icmp_error = icmp_error::kind_of(protocol == protocol::ICMPV6, key.icmp_type);
             (4, 0)
         }
         _ => (0, 0),
@@ -632,5 +643,112 @@ fn transport<R: Reader>(
 
     packet.headers_len = network_headers_len + transport_len as u32;
     packet.tcp_flags = tcp_flags;
+    if let Some(kind) = icmp_error {
+        packet.icmp_error = kind;
+        // Type, code, checksum and four bytes (unused, MTU or pointer), then
+        // the quoted packet.
+        packet.quote_offset = u16::try_from(l4_offset + ICMP_ERROR_HLEN).unwrap_or(u16::MAX);
+        packet.quote_end = u16::try_from(datagram_end).unwrap_or(u16::MAX);
+    }
     Ok(())
+}
+
+/// The header an ICMP or ICMPv6 error puts before the packet it quotes.
+const ICMP_ERROR_HLEN: usize = 8;
+/// Bytes of the quoted transport header read: RFC 792 promises at least
+/// eight, which hold every port.
+const QUOTED_TRANSPORT_LEN: usize = 8;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// Turns the key of an ICMP or ICMPv6 error ([`Packet::icmp_error`] set) into
+/// the key of the connection it quotes, in the direction the error travels:
+/// the reply direction of the quoted packet (addresses and ports swapped, its
+/// protocol; an echo request becomes its reply). A quote that cannot be read
+/// (truncated, a later fragment, IPv6 extension headers, a protocol without
+/// ports other than echo) leaves the ICMP key as it was; the packet stays
+/// marked as an error either way.
+///
+/// A separate BPF-to-BPF function with its own stack frame, reading through
+/// `bpf_skb_load_bytes` with bounded constant lengths: errors are rare, and
+/// the common path pays only the test of `icmp_error`.
+#[inline(never)]
+pub(crate) fn fold_icmp_error(paged: &Paged<'_>, packet: &mut Packet) {
+    let offset = usize::from(packet.quote_offset);
+    let end = usize::from(packet.quote_end);
+    let mut quoted = FlowKey::default();
+    let folded = if packet.key.protocol == protocol::ICMPV6 {
+        quoted_ipv6(paged, offset, end, &mut quoted)
+    } else {
+        quoted_ipv4(paged, offset, end, &mut quoted)
+    };
+    if folded.is_some() {
+        packet.key = quoted;
+    }
+}
+
+#[inline(always)]
+fn quoted_ipv4(paged: &Paged<'_>, offset: usize, end: usize, key: &mut FlowKey) -> Option<()> {
+    if offset + 20 > end {
+        return None;
+    }
+    let header = paged.window::<20>(offset)?;
+    let version_ihl = header.u8::<0>();
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    // A later fragment quotes no transport header.
+    if version_ihl >> 4 != 4 || header_len < 20 || header.be16::<6>() & 0x1fff != 0 {
+        return None;
+    }
+    let l4_offset = offset + header_len;
+    if l4_offset + QUOTED_TRANSPORT_LEN > end {
+        return None;
+    }
+    let transport = paged.window::<QUOTED_TRANSPORT_LEN>(l4_offset)?;
+    key.src_addr = ipv4_mapped(header.raw32::<16>());
+    key.dst_addr = ipv4_mapped(header.raw32::<12>());
+    quoted_transport(header.u8::<9>(), &transport, key)
+}
+
+#[inline(always)]
+fn quoted_ipv6(paged: &Paged<'_>, offset: usize, end: usize, key: &mut FlowKey) -> Option<()> {
+    let l4_offset = offset + IPV6_HLEN;
+    if l4_offset + QUOTED_TRANSPORT_LEN > end {
+        return None;
+    }
+    let header = paged.window::<IPV6_HLEN>(offset)?;
+    if header.u8::<0>() >> 4 != 6 {
+        return None;
+    }
+    let transport = paged.window::<QUOTED_TRANSPORT_LEN>(l4_offset)?;
+    key.src_addr = address(header.raw64::<24>(), header.raw64::<32>());
+    key.dst_addr = address(header.raw64::<8>(), header.raw64::<16>());
+    quoted_transport(header.u8::<6>(), &transport, key)
+}
+
+/// Fills the reply direction's ports (or echo reply type) of the quoted
+/// transport header; `None` for protocols whose reply cannot be named.
+#[inline(always)]
+fn quoted_transport(
+    protocol: u8,
+    transport: &Copied<QUOTED_TRANSPORT_LEN>,
+    key: &mut FlowKey,
+) -> Option<()> {
+    match protocol {
+        protocol::TCP | protocol::UDP | protocol::SCTP => {
+            let (source, destination) = ports(transport.raw32::<0>());
+            key.src_port = destination;
+            key.dst_port = source;
+        }
+        protocol::ICMP if transport.u8::<0>() == ICMP_ECHO_REQUEST => {
+            key.icmp_type = ICMP_ECHO_REPLY;
+        }
+        protocol::ICMPV6 if transport.u8::<0>() == ICMPV6_ECHO_REQUEST => {
+            key.icmp_type = ICMPV6_ECHO_REPLY;
+        }
+        _ => return None,
+    }
+    key.protocol = protocol;
+    Some(())
 }

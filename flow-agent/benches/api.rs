@@ -103,6 +103,7 @@ fn records() -> Vec<FlowRecord> {
             packets: 10,
             bytes: 4_000,
             tcp_flags: vec!["SYN".into(), "ACK".into()],
+            icmp_errors: None,
             is_reply: false,
             interface: "azv1234abcd".into(),
             interface_index: 0,

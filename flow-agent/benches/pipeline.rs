@@ -288,7 +288,8 @@ fn stats(
         first_ifindex: ifindex,
         tcp_flags: flags,
         first_direction: direction as u8,
-        _pad: [0; 5],
+        icmp_error_kinds: 0,
+        icmp_errors: 0,
     }
 }
 

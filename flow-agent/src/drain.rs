@@ -25,6 +25,12 @@ pub struct FlowSample {
     pub first_ifindex: u32,
     /// Hook of the first packet.
     pub first_direction: Direction,
+    /// Union of the kinds of ICMP errors counted, see
+    /// [`flow_common::icmp_error`].
+    pub icmp_error_kinds: u8,
+    /// How many of `packets` were ICMP errors (folded into the connection
+    /// they quote, or under their own key when the quote was unreadable).
+    pub icmp_errors: u64,
 }
 
 impl FlowSample {
@@ -39,7 +45,8 @@ impl FlowSample {
             first_ifindex,
             tcp_flags,
             first_direction,
-            _pad,
+            icmp_error_kinds,
+            icmp_errors,
         } = *stats;
         Self {
             key,
@@ -50,6 +57,8 @@ impl FlowSample {
             tcp_flags,
             first_ifindex,
             first_direction: Direction::from_u8(first_direction).unwrap_or(Direction::Ingress),
+            icmp_error_kinds,
+            icmp_errors: u64::from(icmp_errors),
         }
     }
 
@@ -64,8 +73,12 @@ impl FlowSample {
             tcp_flags,
             first_ifindex,
             first_direction,
+            icmp_error_kinds,
+            icmp_errors,
         } = *other;
         self.packets += packets;
+        self.icmp_errors += icmp_errors;
+        self.icmp_error_kinds |= icmp_error_kinds;
         self.bytes += bytes;
         if first_seen_ns < self.first_seen_ns {
             self.first_seen_ns = first_seen_ns;
@@ -81,7 +94,7 @@ impl FlowSample {
 ///
 /// The samples sit in one vector, in the order they arrived, and a table of
 /// positions finds a flow's sample by its key: a million flows take the
-/// samples' 80 bytes each and 5 for the table, where a map from key to sample
+/// samples' 88 bytes each and 5 for the table, where a map from key to sample
 /// would hold each key twice, and its growth would copy the lot.
 #[derive(Default)]
 pub struct DrainedFlows {
@@ -184,7 +197,7 @@ impl DrainedFlows {
         } = self;
         drop(positions);
         // Sorting 16-byte (first packet, position) pairs, then moving each
-        // 80-byte sample once, costs less than sorting the samples.
+        // 88-byte sample once, costs less than sorting the samples.
         let mut order: Vec<(u64, u32)> = samples
             .iter()
             .zip(0..)
@@ -247,7 +260,8 @@ mod tests {
             first_ifindex: ifindex,
             tcp_flags: 0,
             first_direction: Direction::Egress as u8,
-            _pad: [0; 5],
+            icmp_error_kinds: 0,
+            icmp_errors: 0,
         }
     }
 

@@ -9,6 +9,8 @@
 //! an ephemeral port (32768 and up, Linux's and Windows' client range) talking
 //! to one below it is the initiator: servers listen low (80, 5432, NodePorts up
 //! to 32767), so a reply seen first does not turn a connection around.
+//! An ICMP error counted with the connection it quotes is its reply
+//! direction (see [`flow_common::icmp_error`]).
 //! Otherwise whichever direction was seen first is the request. Weak decisions
 //! are corrected when strong evidence arrives later.
 
@@ -167,13 +169,18 @@ fn connection_key(key: &FlowKey) -> ConnectionKey {
     }
 }
 
-/// What a sample proves about its own direction.
+/// What a sample proves about its own direction. ICMP errors travel back to
+/// the sender of the packet they quote, and the datapath counts them under the
+/// quoted connection's reply key: a sample of nothing but errors is a reply.
 fn evidence(sample: &FlowSample) -> Option<Role> {
     let FlowKey {
         protocol,
         icmp_type,
         ..
     } = sample.key;
+    if sample.icmp_errors != 0 && sample.icmp_errors == sample.packets {
+        return Some(Role::Reply);
+    }
     match protocol {
         protocol::TCP if sample.tcp_flags & tcp_flag::SYN_ONLY != 0 => Some(Role::Request),
         protocol::TCP if sample.tcp_flags & tcp_flag::SYN_ACK != 0 => Some(Role::Reply),
@@ -453,6 +460,8 @@ mod tests {
             tcp_flags: 0,
             first_ifindex: 1,
             first_direction: Direction::Ingress,
+            icmp_error_kinds: 0,
+            icmp_errors: 0,
         }
     }
 
@@ -475,6 +484,55 @@ mod tests {
         let mut sample = sample(src, 0, dst, 0, protocol::ICMP, first);
         sample.key.icmp_type = icmp_type;
         sample
+    }
+
+    fn icmp_errors_only(src: u8, src_port: u16, dst: u8, dst_port: u16, first: u64) -> FlowSample {
+        FlowSample {
+            icmp_error_kinds: flow_common::icmp_error::UNREACHABLE,
+            icmp_errors: 1,
+            ..sample(src, src_port, dst, dst_port, protocol::UDP, first)
+        }
+    }
+
+    #[test]
+    fn error_only_flows_are_the_reply_of_the_connection_they_quote() {
+        let mut tracker = FlowTracker::new(CONFIG);
+        // A port unreachable counted on 2:6000 -> 1:5000, seen before the
+        // query it answers (another CPU's clock): still the reply, and the
+        // query still opens the connection.
+        let classified = tracker.classify(&[
+            icmp_errors_only(2, 6000, 1, 5000, 10),
+            sample(1, 5000, 2, 6000, protocol::UDP, 11),
+        ]);
+        assert_eq!(
+            classified,
+            [
+                Classified {
+                    is_reply: true,
+                    new_connection: false,
+                },
+                Classified {
+                    is_reply: false,
+                    new_connection: true,
+                },
+            ]
+        );
+        // Alone, whose query was never seen: a reply that opens nothing.
+        let classified = tracker.classify(&[icmp_errors_only(4, 7000, 3, 8000, 20)]);
+        assert_eq!(
+            classified,
+            [Classified {
+                is_reply: true,
+                new_connection: false,
+            }]
+        );
+        // Errors mixed with real replies judge nothing by themselves: first
+        // sight decides, as for any UDP flow.
+        let mixed = FlowSample {
+            packets: 3,
+            ..icmp_errors_only(6, 9000, 5, 9001, 30)
+        };
+        assert_eq!(replies(&mut tracker, &[mixed]), [false]);
     }
 
     #[test]

@@ -561,6 +561,7 @@ mod tests {
             packets,
             bytes,
             tcp_flags: Vec::new(),
+            icmp_errors: None,
             is_reply: false,
             interface: "veth0".into(),
             interface_index: 0,

@@ -766,6 +766,7 @@ mod tests {
             packets: 3,
             bytes: 180,
             tcp_flags: vec!["syn".into(), "ack".into()],
+            icmp_errors: None,
             is_reply: false,
             interface: "veth0".into(),
             interface_index: 0,

@@ -80,6 +80,46 @@ pub mod protocol {
     pub const SCTP: u8 = 132;
 }
 
+/// ICMP and ICMPv6 error messages: the kinds [`FlowStats::icmp_error_kinds`]
+/// collects.
+///
+/// An error belongs to the connection whose header it quotes: the datapath
+/// counts it with that connection's reply direction (the error travels back
+/// to the sender of the quoted packet), so it never looks like a flow of its
+/// own.
+pub mod icmp_error {
+    /// Destination unreachable (ICMP type 3, ICMPv6 type 1).
+    pub const UNREACHABLE: u8 = 0x01;
+    /// Time exceeded (ICMP type 11, ICMPv6 type 3).
+    pub const TIME_EXCEEDED: u8 = 0x02;
+    /// Packet too big (ICMPv6 type 2; ICMP reports it as unreachable code 4).
+    pub const PACKET_TOO_BIG: u8 = 0x04;
+    /// Parameter problem (ICMP type 12, ICMPv6 type 4).
+    pub const PARAMETER_PROBLEM: u8 = 0x08;
+
+    /// Every kind with its stable name, in bit order.
+    pub const NAMES: [(u8, &str); 4] = [
+        (UNREACHABLE, "unreachable"),
+        (TIME_EXCEEDED, "time_exceeded"),
+        (PACKET_TOO_BIG, "packet_too_big"),
+        (PARAMETER_PROBLEM, "parameter_problem"),
+    ];
+
+    /// The kind of an ICMP (`is_v6` false) or ICMPv6 message of type
+    /// `icmp_type`, or `None` when it is not an error (echo, neighbour
+    /// discovery, ...).
+    #[inline(always)]
+    pub const fn kind_of(is_v6: bool, icmp_type: u8) -> Option<u8> {
+        match (is_v6, icmp_type) {
+            (false, 3) | (true, 1) => Some(UNREACHABLE),
+            (false, 11) | (true, 3) => Some(TIME_EXCEEDED),
+            (true, 2) => Some(PACKET_TOO_BIG),
+            (false, 12) | (true, 4) => Some(PARAMETER_PROBLEM),
+            _ => None,
+        }
+    }
+}
+
 /// TCP header flag bits as they appear in [`FlowStats::tcp_flags`] (low byte), plus
 /// two synthetic bits the datapath derives to tell the initiator of a connection.
 pub mod tcp_flag {
@@ -181,8 +221,13 @@ pub struct FlowStats {
     pub tcp_flags: u16,
     /// [`Direction`] of the first packet.
     pub first_direction: u8,
-    /// Always zero.
-    pub _pad: [u8; 5],
+    /// Union of the kinds of ICMP or ICMPv6 errors counted here, see
+    /// [`icmp_error`].
+    pub icmp_error_kinds: u8,
+    /// How many of `packets` were ICMP or ICMPv6 errors: folded into the flow
+    /// of the connection they quote, or, when the quote could not be read,
+    /// counted under their own ICMP key. Never more than `packets`.
+    pub icmp_errors: u32,
 }
 
 /// A flow update that could not go into the flow map (it was full), sent through
@@ -390,7 +435,46 @@ mod tests {
         assert_eq!(offset_of!(FlowStats, first_ifindex), 36);
         assert_eq!(offset_of!(FlowStats, tcp_flags), 40);
         assert_eq!(offset_of!(FlowStats, first_direction), 42);
-        assert_eq!(offset_of!(FlowStats, _pad), 43);
+        assert_eq!(offset_of!(FlowStats, icmp_error_kinds), 43);
+        assert_eq!(offset_of!(FlowStats, icmp_errors), 44);
+    }
+
+    #[test]
+    fn icmp_errors_are_told_by_family_and_type() {
+        assert_eq!(icmp_error::kind_of(false, 3), Some(icmp_error::UNREACHABLE));
+        assert_eq!(
+            icmp_error::kind_of(false, 11),
+            Some(icmp_error::TIME_EXCEEDED)
+        );
+        assert_eq!(
+            icmp_error::kind_of(false, 12),
+            Some(icmp_error::PARAMETER_PROBLEM)
+        );
+        assert_eq!(icmp_error::kind_of(true, 1), Some(icmp_error::UNREACHABLE));
+        assert_eq!(
+            icmp_error::kind_of(true, 2),
+            Some(icmp_error::PACKET_TOO_BIG)
+        );
+        assert_eq!(
+            icmp_error::kind_of(true, 3),
+            Some(icmp_error::TIME_EXCEEDED)
+        );
+        assert_eq!(
+            icmp_error::kind_of(true, 4),
+            Some(icmp_error::PARAMETER_PROBLEM)
+        );
+        // Echo, redirect, neighbour discovery: not errors.
+        for (is_v6, icmp_type) in [
+            (false, 0),
+            (false, 8),
+            (false, 5),
+            (false, 1),
+            (true, 128),
+            (true, 135),
+            (true, 0),
+        ] {
+            assert_eq!(icmp_error::kind_of(is_v6, icmp_type), None);
+        }
     }
 
     #[test]

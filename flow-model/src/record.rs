@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use flow_common::{Direction, protocol, tcp_flag};
+use flow_common::{Direction, icmp_error, protocol, tcp_flag};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, ServiceRef};
@@ -180,6 +180,34 @@ pub struct Icmp {
     pub code: u8,
 }
 
+/// The ICMP or ICMPv6 errors counted in a record: errors belong to the
+/// connection whose packet they quote and are counted with its reply
+/// direction; an error whose quote could not be read keeps its own ICMP
+/// flow, made of nothing but errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpErrors {
+    /// How many of the record's packets were ICMP errors.
+    pub packets: u64,
+    /// Their kinds, in a fixed order: `unreachable`, `time_exceeded`,
+    /// `packet_too_big`, `parameter_problem`.
+    pub kinds: Vec<String>,
+}
+
+impl IcmpErrors {
+    /// The errors of a flow that counted `packets` errors of `kinds`
+    /// ([`flow_common::icmp_error`] bits), or `None` when there were none.
+    pub fn from_counts(packets: u64, kinds: u8) -> Option<Self> {
+        (packets != 0).then(|| Self {
+            packets,
+            kinds: icmp_error::NAMES
+                .iter()
+                .filter(|(bit, _)| kinds & bit != 0)
+                .map(|(_, name)| (*name).to_owned())
+                .collect(),
+        })
+    }
+}
+
 /// The TC hook that first saw the flow, relative to the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -223,6 +251,9 @@ pub struct FlowRecord {
     /// TCP flags seen, in header order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp_flags: Vec<String>,
+    /// ICMP or ICMPv6 errors counted in `packets`, when there were any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_errors: Option<IcmpErrors>,
     /// This is the reply direction of a connection (the initiator is the
     /// destination): TCP by its SYN, other protocols by who was seen first.
     pub is_reply: bool,
@@ -250,6 +281,16 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
+    /// Every packet of this record was an ICMP or ICMPv6 error. Such a
+    /// record says nothing about who may talk to whom: it makes no edge and
+    /// is never judged by policies. A record of a real connection that also
+    /// carries errors is judged as its connection.
+    pub fn is_icmp_errors_only(&self) -> bool {
+        self.icmp_errors
+            .as_ref()
+            .is_some_and(|errors| errors.packets >= self.packets)
+    }
+
     /// The port the server's pods listen on, which NetworkPolicy sees: the
     /// destination port, or the Service's target port when the destination
     /// is still a Service address (not translated to a backend).
@@ -386,6 +427,7 @@ mod tests {
             packets: 3,
             bytes: 180,
             tcp_flags: vec!["SYN".into()],
+            icmp_errors: None,
             is_reply: false,
             interface: "veth1".into(),
             interface_index: 0,

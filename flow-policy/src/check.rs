@@ -194,7 +194,7 @@ pub fn outcomes(
     let requests: Vec<Option<Request<'_>>> = records
         .iter()
         .map(|record| {
-            (!record.is_reply).then(|| Request {
+            (!record.is_reply && !record.is_icmp_errors_only()).then(|| Request {
                 source: &record.source,
                 destination: &record.destination,
                 protocol: record.protocol,
@@ -662,6 +662,7 @@ mod tests {
             packets: 1,
             bytes: 60,
             tcp_flags: Vec::new(),
+            icmp_errors: None,
             is_reply: false,
             interface: "veth0".into(),
             interface_index: 0,
@@ -730,6 +731,27 @@ mod tests {
         assert_eq!(
             (denial.destination.as_str(), denial.port),
             ("shop/(api)", 9090)
+        );
+        // ICMP errors alone are never judged, not even on a port nobody
+        // allowed: they belong to the connection they quote.
+        let mut errors = record(
+            pod("10.0.0.1", 40_020, "shop", "web"),
+            pod("10.0.0.2", 9, "shop", "api"),
+            17,
+        );
+        errors.icmp_errors = Some(flow_model::record::IcmpErrors {
+            packets: 1,
+            kinds: vec!["unreachable".into()],
+        });
+        let report = check(&[errors], &mut cluster, &policies);
+        assert_eq!(
+            (
+                report.records,
+                report.checked,
+                report.allowed,
+                report.denied.len()
+            ),
+            (1, 0, 0, 0)
         );
     }
 

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use flow_model::{
     identity::{CHURN_LABELS, Identity, PeerKind, ServiceRef, Workload},
-    record::{Endpoint, FlowRecord, Hook, Icmp, Protocol, Timestamp},
+    record::{Endpoint, FlowRecord, Hook, Icmp, IcmpErrors, Protocol, Timestamp},
 };
 
 /// Errors reading a flow file.
@@ -374,6 +374,16 @@ fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String
         packets: 1,
         bytes: 0,
         tcp_flags: flags,
+        // An ICMP error flow in Hubble's export is one error packet, which
+        // belongs to the connection it quotes: it teaches nothing.
+        icmp_errors: icmp
+            .and_then(|Icmp { icmp_type, .. }| {
+                flow_common::icmp_error::kind_of(
+                    protocol == flow_common::protocol::ICMPV6,
+                    icmp_type,
+                )
+            })
+            .and_then(|kind| IcmpErrors::from_counts(1, kind)),
         is_reply,
         interface: flow
             .get("interface")

@@ -319,11 +319,12 @@ impl Graph {
         self.workloads.iter()
     }
 
-    /// Learns from one flow record; returns the changes it made. Replies and
-    /// records without identity on both ends teach nothing.
+    /// Learns from one flow record; returns the changes it made. Replies,
+    /// records of nothing but ICMP errors (they belong to the connection they
+    /// quote) and records without identity on both ends teach nothing.
     pub fn observe(&mut self, record: &FlowRecord) -> Vec<Change> {
         let mut changes = Vec::new();
-        if record.is_reply {
+        if record.is_reply || record.is_icmp_errors_only() {
             return changes;
         }
         let (Some(client), Some(server)) =
@@ -551,7 +552,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use flow_model::{identity::ServiceRef, record::Hook};
+    use flow_model::{
+        identity::ServiceRef,
+        record::{Hook, Icmp, IcmpErrors},
+    };
 
     fn at(seconds: u64) -> Timestamp {
         Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds))
@@ -598,6 +602,7 @@ mod tests {
             packets: 3,
             bytes: 200,
             tcp_flags: Vec::new(),
+            icmp_errors: None,
             is_reply: false,
             interface: "veth0".into(),
             interface_index: 0,
@@ -654,6 +659,53 @@ mod tests {
         assert_eq!((stats.first_seen, stats.last_seen), (at(1), at(5)));
         assert_eq!(stats.services, BTreeSet::from(["shop/api".to_owned()]));
         assert_eq!(graph.workload(&web()).unwrap().labels["app"], "web");
+    }
+
+    #[test]
+    fn records_of_nothing_but_icmp_errors_make_no_edge() {
+        let errors = |packets| {
+            Some(IcmpErrors {
+                packets,
+                kinds: vec!["unreachable".into()],
+            })
+        };
+        let mut graph = Graph::new();
+        // A port unreachable whose quote could not be read, taken for a
+        // request: the DNS server "to" the client over ICMP.
+        let mut unreadable = record(
+            pod("10.0.0.53", 0, "kube-dns", "coredns", "platform"),
+            pod("10.0.0.1", 0, "shop", "web", "acme"),
+            1,
+        );
+        unreadable.protocol = Protocol(1);
+        unreadable.icmp = Some(Icmp {
+            icmp_type: 3,
+            code: 3,
+        });
+        unreadable.packets = 1;
+        unreadable.icmp_errors = errors(1);
+        assert!(unreadable.is_icmp_errors_only());
+        assert!(graph.observe(&unreadable).is_empty());
+        // One folded into a UDP connection's request direction alike.
+        let mut folded = record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            pod("10.0.0.2", 9, "shop", "api", "acme"),
+            2,
+        );
+        folded.protocol = Protocol(17);
+        folded.packets = 1;
+        folded.icmp_errors = errors(1);
+        assert!(graph.observe(&folded).is_empty());
+        assert_eq!(graph.len(), 0);
+        // A record of the connection that also carries errors is the
+        // connection.
+        folded.packets = 3;
+        assert!(!folded.is_icmp_errors_only());
+        graph.observe(&folded);
+        let (key, stats) = graph.edges().next().unwrap();
+        assert_eq!((key.protocol, key.port), (Protocol(17), 9));
+        assert_eq!(stats.packets, 3);
+        assert_eq!(graph.len(), 1);
     }
 
     #[test]

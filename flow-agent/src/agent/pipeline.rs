@@ -26,7 +26,7 @@ use crate::{
 };
 use flow_model::identity::Identity;
 use flow_model::record::{
-    Endpoint, FlowRecord, Hook, Icmp, MonotonicClock, Protocol, Timestamp, ip_from_key,
+    Endpoint, FlowRecord, Hook, Icmp, IcmpErrors, MonotonicClock, Protocol, Timestamp, ip_from_key,
     write_tcp_flag_names,
 };
 use flow_policy::{check::Monitor, learner::Learner};
@@ -323,6 +323,8 @@ impl<S: RecordSink> Pipeline<S> {
             tcp_flags,
             first_ifindex,
             first_direction,
+            icmp_error_kinds,
+            icmp_errors,
         } = *sample;
         let FlowKey {
             src_addr,
@@ -358,6 +360,7 @@ impl<S: RecordSink> Pipeline<S> {
         record.packets = packets;
         record.bytes = bytes;
         write_tcp_flag_names(tcp_flags, &mut record.tcp_flags);
+        record.icmp_errors = IcmpErrors::from_counts(icmp_errors, icmp_error_kinds);
         record.is_reply = is_reply;
         record.interface.clear();
         match interfaces.get(&first_ifindex) {
@@ -453,6 +456,7 @@ fn blank_record(unknown: &Arc<Identity>) -> FlowRecord {
         packets: 0,
         bytes: 0,
         tcp_flags: Vec::new(),
+        icmp_errors: None,
         is_reply: false,
         interface: String::new(),
         interface_index: 0,

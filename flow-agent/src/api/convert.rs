@@ -10,7 +10,7 @@ pub use flow_policy::wire::{from_graph, graph};
 
 use flow_model::identity::{Identity, PeerKind, ServiceRef, Workload};
 
-use flow_model::record::{Endpoint, FlowRecord, Hook, Icmp, Protocol};
+use flow_model::record::{Endpoint, FlowRecord, Hook, Icmp, IcmpErrors, Protocol};
 
 use crate::aggregate::{AggregateRecord, Peer};
 
@@ -137,6 +137,7 @@ pub fn flow(record: &FlowRecord, sequence: u64) -> proto::Flow {
         packets,
         bytes,
         tcp_flags,
+        icmp_errors,
         is_reply,
         interface,
         interface_index,
@@ -159,6 +160,12 @@ pub fn flow(record: &FlowRecord, sequence: u64) -> proto::Flow {
         packets: *packets,
         bytes: *bytes,
         tcp_flags: tcp_flags.clone(),
+        icmp_errors: icmp_errors
+            .as_ref()
+            .map(|IcmpErrors { packets, kinds }| proto::IcmpErrors {
+                packets: *packets,
+                kinds: kinds.clone(),
+            }),
         is_reply: *is_reply,
         interface: interface.clone(),
         interface_index: *interface_index,
@@ -187,6 +194,7 @@ pub fn from_flow(flow: &proto::Flow) -> FlowRecord {
         packets,
         bytes,
         tcp_flags,
+        icmp_errors,
         is_reply,
         interface,
         interface_index,
@@ -210,6 +218,12 @@ pub fn from_flow(flow: &proto::Flow) -> FlowRecord {
         packets: *packets,
         bytes: *bytes,
         tcp_flags: tcp_flags.clone(),
+        icmp_errors: icmp_errors
+            .as_ref()
+            .map(|proto::IcmpErrors { packets, kinds }| IcmpErrors {
+                packets: *packets,
+                kinds: kinds.clone(),
+            }),
         is_reply: *is_reply,
         interface: interface.clone(),
         interface_index: *interface_index,

@@ -388,6 +388,7 @@ mod tests {
             packets: 1,
             bytes: 60,
             tcp_flags: Vec::new(),
+            icmp_errors: None,
             is_reply,
             interface: "veth0".into(),
             interface_index: 0,

@@ -742,6 +742,7 @@ mod tests {
             packets: 1,
             bytes: 40,
             tcp_flags: Vec::new(),
+            icmp_errors: None,
             is_reply: false,
             interface: "veth0".into(),
             interface_index: 0,

@@ -23,7 +23,7 @@ use hashbrown::HashMap;
 
 use flow_model::{
     identity::{Identity, ServiceRef, Workload},
-    record::{Endpoint, FlowRecord, Hook, Icmp, Protocol, Timestamp},
+    record::{Endpoint, FlowRecord, Hook, Icmp, IcmpErrors, Protocol, Timestamp},
 };
 
 /// The first second `humantime` cannot format: year 10000.
@@ -82,6 +82,7 @@ impl FlowLines {
             packets,
             bytes,
             tcp_flags,
+            icmp_errors,
             is_reply,
             interface,
             interface_index,
@@ -113,6 +114,13 @@ impl FlowLines {
         out.extend_from_slice(b",\"bytes\":");
         write_integer(*bytes, out);
         write_tcp_flags(tcp_flags, out);
+        if let Some(IcmpErrors { packets, kinds }) = icmp_errors {
+            out.extend_from_slice(b",\"icmp_errors\":{\"packets\":");
+            write_integer(*packets, out);
+            out.extend_from_slice(b",\"kinds\":");
+            write_strings(kinds, out);
+            out.push(b'}');
+        }
         out.extend_from_slice(b",\"is_reply\":");
         write_bool(*is_reply, out);
         out.extend_from_slice(b",\"interface\":");
@@ -299,10 +307,19 @@ fn write_tcp_flags(flags: &[String], out: &mut Vec<u8>) {
         return;
     }
     out.extend_from_slice(b",\"tcp_flags\":");
+    write_strings(flags, out);
+}
+
+/// A JSON array of strings, `[]` when empty.
+fn write_strings(strings: &[String], out: &mut Vec<u8>) {
+    if strings.is_empty() {
+        out.extend_from_slice(b"[]");
+        return;
+    }
     let mut separator = b'[';
-    for flag in flags {
+    for string in strings {
         out.push(separator);
-        write_string(flag, out);
+        write_string(string, out);
         separator = b',';
     }
     out.push(b']');

@@ -69,6 +69,7 @@ fn flow(source: Endpoint, destination: Endpoint, protocol: u8) -> FlowRecord {
         packets: 1,
         bytes: 100,
         tcp_flags: Vec::new(),
+        icmp_errors: None,
         is_reply: false,
         interface: "veth0".into(),
         interface_index: 0,

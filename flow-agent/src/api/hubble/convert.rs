@@ -399,6 +399,7 @@ mod tests {
             packets: 3,
             bytes: 312,
             tcp_flags: Vec::new(),
+            icmp_errors: None,
             is_reply: true,
             interface: "veth9".into(),
             interface_index: 9,

@@ -174,6 +174,19 @@ fn record(random: &mut Random, identities: &[Arc<Identity>], odd: &[String]) -> 
             .filter(|_| random.one_in(3))
             .map(|flag| (*flag).to_owned())
             .collect(),
+        icmp_errors: random.one_in(3).then(|| IcmpErrors {
+            packets: *random.pick(&[1, u64::MAX, any]),
+            kinds: [
+                "unreachable",
+                "time_exceeded",
+                "packet_too_big",
+                "parameter_problem",
+            ]
+            .iter()
+            .filter(|_| random.one_in(2))
+            .map(|kind| (*kind).to_owned())
+            .collect(),
+        }),
         is_reply: random.one_in(2),
         interface: text(random, odd),
         interface_index: *random.pick(&[0, 1, u32::MAX, any as u32]),

@@ -56,6 +56,7 @@ fn request() -> StoredFlow {
             packets: 1,
             bytes: 60,
             tcp_flags: vec!["SYN".into()],
+            icmp_errors: None,
             is_reply: false,
             interface: "azv1234".into(),
             interface_index: 7,
