@@ -1369,3 +1369,231 @@ fn audit_finds_each_known_flaw_and_audits_past_bad_documents() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Sends `payload` bytes over UDP from pod `from` to `to` with `ttl` (hop
+/// limit for IPv6); returns the client's port. Waits for nothing: the error
+/// the datagram earns is the point.
+fn udp_probe(node: &Node, from: usize, to: SocketAddr, ttl: u32, payload: usize) -> u16 {
+    node.pods[from]
+        .netns
+        .run(move || {
+            let any: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let socket = UdpSocket::bind(any).unwrap();
+            if to.is_ipv4() {
+                socket.set_ttl(ttl).unwrap();
+            } else {
+                let hops = libc::c_int::try_from(ttl).unwrap();
+                // SAFETY: a valid socket and an int option of the right size.
+                let result = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&socket),
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_UNICAST_HOPS,
+                        (&raw const hops).cast(),
+                        size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(result, 0);
+            }
+            socket.send_to(&vec![3u8; payload], to).unwrap();
+            socket.local_addr().unwrap().port()
+        })
+        .unwrap()
+}
+
+#[test]
+fn icmp_errors_from_a_closed_port_and_a_ttl_expiry_are_folded_into_their_connection() {
+    require_root!();
+    let Some(cluster) = cluster() else { return };
+    let node = &cluster.node;
+    let inventory = cluster.inventory.to_str().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    let flows = path(dir, "flows.jsonl");
+    let agent = Agent::on(
+        node,
+        "200ms",
+        &[
+            "--inventory",
+            inventory,
+            "--grpc-listen",
+            API,
+            "--state-dir",
+            &path(dir, "state"),
+            "--output-file",
+            &flows,
+        ],
+    );
+    agent.wait_for_log("gRPC API listening", Duration::from_secs(5));
+    // api queries db on a closed port: db answers port unreachable. frontend
+    // sends to cart with TTL 1: the node, which routes between the pods,
+    // answers time exceeded from its own address.
+    let db = SocketAddr::new(IpAddr::V4(node.pods[2].ipv4), 9);
+    let cart = SocketAddr::new(IpAddr::V4(node.pods[1].ipv4), 7777);
+    let closed = udp_probe(node, 3, db, 64, 32);
+    let expired = udp_probe(node, 0, cart, 1, 32);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .records()
+        .iter()
+        .filter(|record| record.icmp_errors.is_some())
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{:#?}", agent.records());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_edges(node, 2);
+    let generate = |source: &[&str], output_dir: &str| {
+        let mut args = vec![
+            "policy",
+            "generate",
+            "--inventory",
+            inventory,
+            "--output-dir",
+            output_dir,
+        ];
+        args.extend_from_slice(source);
+        let output = cli(node, &args);
+        assert!(output.success, "{:?}", output.stderr);
+    };
+    generate(&["--server", API], &path(dir, "policies"));
+    let output = agent.stop();
+    assert!(output.success);
+    generate(&["--flows", &flows], &path(dir, "policies-flows"));
+
+    // Each query is one request record, and its error one record of the
+    // same connection's reply: 20 + 8 + the quoted 20 + 8 + 32.
+    let mut seen: Vec<_> = output
+        .records
+        .iter()
+        .map(|record| {
+            (
+                record.source.ip,
+                record.source.port,
+                record.destination.ip,
+                record.destination.port,
+                record.protocol,
+                record.packets,
+                record.bytes,
+                record.is_reply,
+                record.icmp_errors.clone(),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|(_, source_port, ..)| *source_port);
+    let errors = |kind: &str| {
+        Some(flow_model::record::IcmpErrors {
+            packets: 1,
+            kinds: vec![kind.to_owned()],
+        })
+    };
+    let udp = Protocol(17);
+    let mut expected = vec![
+        (
+            db.ip(),
+            9,
+            IpAddr::V4(node.pods[3].ipv4),
+            closed,
+            udp,
+            1,
+            88,
+            true,
+            errors("unreachable"),
+        ),
+        (
+            cart.ip(),
+            7777,
+            IpAddr::V4(node.pods[0].ipv4),
+            expired,
+            udp,
+            1,
+            88,
+            true,
+            errors("time_exceeded"),
+        ),
+        (
+            IpAddr::V4(node.pods[3].ipv4),
+            closed,
+            db.ip(),
+            9,
+            udp,
+            1,
+            60,
+            false,
+            None,
+        ),
+        (
+            IpAddr::V4(node.pods[0].ipv4),
+            expired,
+            cart.ip(),
+            7777,
+            udp,
+            1,
+            60,
+            false,
+            None,
+        ),
+    ];
+    expected.sort_by_key(|(_, source_port, ..)| *source_port);
+    assert_eq!(seen, expected);
+
+    // The queries are the edges; the errors make none, and no note.
+    for set in ["policies", "policies-flows"] {
+        let review = std::fs::read_to_string(dir.join(set).join("REVIEW.md")).unwrap();
+        assert!(
+            review.contains("\n## Not allowed: NetworkPolicy cannot express them\n\nNone.\n"),
+            "{set}: {review}"
+        );
+        assert!(
+            review.contains(
+                "\n## Edges with addresses outside the workloads (ipBlock /32 or /128)\n\nNone.\n"
+            ),
+            "{set}: {review}"
+        );
+        assert!(!review.contains("ICMP"), "{set}: {review}");
+        assert!(
+            review.contains("Generated by flow-agent from 2 observed edges"),
+            "{set}: {review}"
+        );
+        for line in [
+            "- ingress from shop-a pods app=frontend UDP/7777\n",
+            "- egress to shop-a pods app=cart UDP/7777\n",
+            "- egress to shop-b pods app=db UDP/9\n",
+            "- ingress from shop-b pods app=api UDP/9\n",
+        ] {
+            assert!(review.contains(line), "{set}: {line} in {review}");
+        }
+    }
+    assert_eq!(
+        policy_files(&dir.join("policies")),
+        [
+            "kustomization.yaml",
+            "shop-a.allow-deployment-cart.yaml",
+            "shop-a.allow-deployment-frontend.yaml",
+            "shop-a.default-deny.yaml",
+            "shop-b.allow-deployment-api.yaml",
+            "shop-b.allow-statefulset-db.yaml",
+            "shop-b.default-deny.yaml",
+        ]
+    );
+    // Checked against its own policies, no record is a violation: the
+    // errors are judged as nothing of their own.
+    let (success, report) = check(node, &dir.join("policies"), &flows, inventory);
+    assert!(success, "{report:#}");
+    assert_eq!(
+        report,
+        serde_json::json!({
+            "records": 4,
+            "checked": 2,
+            "unresolved": 0,
+            "unexpressible": 0,
+            "allowed": 2,
+            "denied": [],
+        })
+    );
+}
