@@ -291,6 +291,27 @@ impl FlowRecord {
             .is_some_and(|errors| errors.packets >= self.packets)
     }
 
+    /// An ICMPv6 message of the link's own control plane: multicast
+    /// listener discovery (types 130-132, 143) and neighbour discovery
+    /// (router and neighbour solicitations and advertisements, redirects:
+    /// 133-137). They stay on the link, and a pod needs them whatever its
+    /// policies say.
+    pub fn is_icmpv6_link_control(&self) -> bool {
+        self.protocol == Protocol(protocol::ICMPV6)
+            && self
+                .icmp
+                .is_some_and(|Icmp { icmp_type, .. }| matches!(icmp_type, 130..=137 | 143))
+    }
+
+    /// Nothing in this record is a connection of its own that policies
+    /// could allow or deny: it is all ICMP errors
+    /// ([`FlowRecord::is_icmp_errors_only`]) or ICMPv6 link control
+    /// ([`FlowRecord::is_icmpv6_link_control`]). It makes no edge, no note
+    /// and no violation.
+    pub fn is_outside_policy(&self) -> bool {
+        self.is_icmp_errors_only() || self.is_icmpv6_link_control()
+    }
+
     /// The port the server's pods listen on, which NetworkPolicy sees: the
     /// destination port, or the Service's target port when the destination
     /// is still a Service address (not translated to a backend).
@@ -394,6 +415,73 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown protocol")
         );
+    }
+
+    #[test]
+    fn errors_only_and_icmpv6_link_control_are_outside_policy() {
+        let mut record = FlowRecord {
+            time: Timestamp(SystemTime::UNIX_EPOCH),
+            first_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            source: Endpoint::new("fd00:1::2".parse().unwrap(), 0),
+            destination: Endpoint::new("fd00:1::1".parse().unwrap(), 0),
+            protocol: Protocol(protocol::ICMPV6),
+            icmp: Some(Icmp {
+                icmp_type: 135,
+                code: 0,
+            }),
+            packets: 2,
+            bytes: 144,
+            tcp_flags: Vec::new(),
+            icmp_errors: None,
+            is_reply: false,
+            interface: "veth1".into(),
+            interface_index: 0,
+            hook: Hook::Ingress,
+            node: "node-a".into(),
+            cross_tenant: None,
+            new_connection: true,
+            violation: false,
+        };
+        let outside = |record: &FlowRecord, icmp_type| {
+            let mut record = record.clone();
+            record.icmp = Some(Icmp { icmp_type, code: 0 });
+            record.is_outside_policy()
+        };
+        for icmp_type in [130, 131, 132, 133, 134, 135, 136, 137, 143] {
+            assert!(outside(&record, icmp_type), "type {icmp_type}");
+        }
+        // Echo is a conversation of its own, errors only with their counts.
+        for icmp_type in [1, 128, 129, 138, 142, 144] {
+            assert!(!outside(&record, icmp_type), "type {icmp_type}");
+        }
+        record.icmp = Some(Icmp {
+            icmp_type: 1,
+            code: 4,
+        });
+        record.icmp_errors = IcmpErrors::from_counts(1, icmp_error::UNREACHABLE);
+        assert!(!record.is_icmp_errors_only(), "1 of 2 packets");
+        record.icmp_errors = IcmpErrors::from_counts(2, icmp_error::UNREACHABLE);
+        assert!(record.is_icmp_errors_only() && record.is_outside_policy());
+        assert_eq!(
+            record
+                .icmp_errors
+                .as_ref()
+                .map(|errors| errors.kinds.clone()),
+            Some(vec!["unreachable".to_owned()])
+        );
+        assert_eq!(
+            IcmpErrors::from_counts(3, icmp_error::TIME_EXCEEDED | icmp_error::PARAMETER_PROBLEM)
+                .map(|errors| errors.kinds),
+            Some(vec![
+                "time_exceeded".to_owned(),
+                "parameter_problem".to_owned()
+            ])
+        );
+        assert_eq!(IcmpErrors::from_counts(0, icmp_error::UNREACHABLE), None);
+        // ICMP (v4) type 135 is nothing of the kind.
+        record.protocol = Protocol(protocol::ICMP);
+        record.icmp_errors = None;
+        assert!(!outside(&record, 135));
     }
 
     #[test]

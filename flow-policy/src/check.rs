@@ -194,7 +194,7 @@ pub fn outcomes(
     let requests: Vec<Option<Request<'_>>> = records
         .iter()
         .map(|record| {
-            (!record.is_reply && !record.is_icmp_errors_only()).then(|| Request {
+            (!record.is_reply && !record.is_outside_policy()).then(|| Request {
                 source: &record.source,
                 destination: &record.destination,
                 protocol: record.protocol,

@@ -462,6 +462,45 @@ mod tests {
     }
 
     #[test]
+    fn hubble_icmp_errors_are_marked_as_errors_and_teach_nothing() {
+        let error = |l4: &str| {
+            format!(
+                r#"{{"flow":{{"time":"2026-11-20T10:00:01Z","verdict":"FORWARDED","IP":{{"source":"10.0.2.7","destination":"10.0.1.5"}},"l4":{l4},"source":{{"namespace":"shop","labels":["k8s:app=api"],"pod_name":"api-def-y2"}},"destination":{{"namespace":"shop","labels":["k8s:app=web"],"pod_name":"web-abc-x1"}},"Type":"L3_L4","is_reply":false}}}}"#
+            )
+        };
+        let flows = read(
+            file(&[
+                &error(r#"{"ICMPv4":{"type":3,"code":3}}"#),
+                &error(r#"{"ICMPv6":{"type":3,"code":0}}"#),
+                &error(r#"{"ICMPv4":{"type":8,"code":0}}"#),
+                "",
+            ])
+            .path(),
+            &Tenancy::new("tenant"),
+        )
+        .unwrap();
+        let errors: Vec<_> = flows
+            .records
+            .iter()
+            .map(|record| (record.icmp_errors.clone(), record.is_outside_policy()))
+            .collect();
+        let kind = |name: &str| {
+            Some(IcmpErrors {
+                packets: 1,
+                kinds: vec![name.to_owned()],
+            })
+        };
+        assert_eq!(
+            errors,
+            [
+                (kind("unreachable"), true),
+                (kind("time_exceeded"), true),
+                (None, false),
+            ]
+        );
+    }
+
+    #[test]
     fn hubble_lines_become_records_with_identity_and_tenant() {
         let dropped = HUBBLE.replace("FORWARDED", "DROPPED");
         let world = r#"{"flow":{"time":"2026-11-20T10:00:01Z","verdict":"FORWARDED","IP":{"source":"10.0.1.5","destination":"203.0.113.9"},"l4":{"UDP":{"source_port":40000,"destination_port":53}},"source":{"namespace":"shop","labels":["k8s:app=web"],"pod_name":"web-abc-x1"},"destination":{"labels":["reserved:world"]},"Type":"L3_L4","is_reply":false}}"#;

@@ -320,11 +320,12 @@ impl Graph {
     }
 
     /// Learns from one flow record; returns the changes it made. Replies,
-    /// records of nothing but ICMP errors (they belong to the connection they
-    /// quote) and records without identity on both ends teach nothing.
+    /// records outside policy (nothing but ICMP errors, which belong to the
+    /// connection they quote; ICMPv6 neighbour and multicast listener
+    /// discovery) and records without identity on both ends teach nothing.
     pub fn observe(&mut self, record: &FlowRecord) -> Vec<Change> {
         let mut changes = Vec::new();
-        if record.is_reply || record.is_icmp_errors_only() {
+        if record.is_reply || record.is_outside_policy() {
             return changes;
         }
         let (Some(client), Some(server)) =
