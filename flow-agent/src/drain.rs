@@ -266,6 +266,32 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_takes_the_88_bytes_the_drain_counts_on() {
+        assert_eq!(size_of::<FlowSample>(), 88);
+    }
+
+    #[test]
+    fn icmp_errors_are_summed_and_their_kinds_joined_across_cpus() {
+        use flow_common::icmp_error::{TIME_EXCEEDED, UNREACHABLE};
+        let mut flows = DrainedFlows::default();
+        let errors = |packets, errors, kinds| FlowStats {
+            icmp_errors: errors,
+            icmp_error_kinds: kinds,
+            ..slot(4, packets, 10, 20, 1)
+        };
+        flows.add_slots(
+            key(1),
+            &[errors(3, 1, UNREACHABLE), errors(2, 2, TIME_EXCEEDED)],
+            4,
+        );
+        let sample = flows.into_samples()[0];
+        assert_eq!(
+            (sample.packets, sample.icmp_errors, sample.icmp_error_kinds),
+            (5, 3, UNREACHABLE | TIME_EXCEEDED)
+        );
+    }
+
+    #[test]
     fn slots_of_one_epoch_are_summed_across_cpus() {
         let mut flows = DrainedFlows::default();
         flows.add_slots(key(1), &[slot(4, 2, 50, 60, 7), slot(4, 3, 40, 90, 9)], 4);
