@@ -365,7 +365,7 @@ pub struct EdgeDenial {
     /// ns/pod`, `ingress of ns/pod` (`ns/(name)` stands for a workload's pods
     /// the inventory does not list).
     pub blocked_by: Vec<String>,
-    /// Connections the agents counted on it.
+    /// Connections the agents counted on it, at least one.
     pub connections: u64,
     /// Last seen.
     pub last_seen: Timestamp,
@@ -481,7 +481,7 @@ pub fn check_edges(
                     protocol: key.protocol,
                     port: key.port,
                     blocked_by,
-                    connections: stats.connections,
+                    connections: stats.connection_count(),
                     last_seen: stats.last_seen,
                 });
             }

@@ -204,6 +204,7 @@ mod tests {
                 bytes: 180,
                 cross_tenant: false,
                 services: Default::default(),
+                days: Default::default(),
             },
         }));
         graph

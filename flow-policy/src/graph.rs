@@ -19,6 +19,10 @@ use flow_model::{
     record::{Endpoint, FlowRecord, Protocol, Timestamp},
 };
 
+pub mod days;
+
+pub use days::DaysSeen;
+
 /// A workload: namespace, controller kind and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WorkloadRef {
@@ -166,7 +170,7 @@ pub struct EdgeStats {
     pub first_seen: Timestamp,
     /// Last request packet.
     pub last_seen: Timestamp,
-    /// Connections opened.
+    /// Connections opened (SYNs seen); see [`EdgeStats::connection_count`].
     pub connections: u64,
     /// Request packets.
     pub packets: u64,
@@ -177,9 +181,32 @@ pub struct EdgeStats {
     /// Services (`namespace/name`) the client addressed.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub services: BTreeSet<String>,
+    /// The days it was seen on. Graphs written before days were kept have
+    /// none: [`EdgeStats::with_days`] fills them in as they are read.
+    #[serde(default, skip_serializing_if = "DaysSeen::is_empty")]
+    pub days: DaysSeen,
 }
 
 impl EdgeStats {
+    /// Connections, at least one: a seen edge was one connection even
+    /// without a SYN (UDP, or a connection open before the agent started).
+    pub fn connection_count(&self) -> u64 {
+        self.connections.max(1)
+    }
+
+    /// The same, with days where it has none (a graph from before days were
+    /// kept): the days of its first and last request. The days in between
+    /// are unknown and taken as not seen, so such an edge looks rarer in
+    /// REVIEW.md than it may have been, never more common; which edges
+    /// `--min-connections` and `--since` leave out does not depend on days.
+    pub fn with_days(mut self) -> Self {
+        if self.days.is_empty() {
+            self.days = DaysSeen::on(self.first_seen);
+            self.days.record(self.last_seen);
+        }
+        self
+    }
+
     fn merge(&mut self, other: &Self) {
         let Self {
             first_seen,
@@ -189,6 +216,7 @@ impl EdgeStats {
             bytes,
             cross_tenant,
             services,
+            days,
         } = other;
         self.first_seen = Timestamp(self.first_seen.0.min(first_seen.0));
         self.last_seen = Timestamp(self.last_seen.0.max(last_seen.0));
@@ -197,6 +225,7 @@ impl EdgeStats {
         self.bytes += bytes;
         self.cross_tenant |= cross_tenant;
         self.services.extend(services.iter().cloned());
+        self.days.merge(*days);
     }
 }
 
@@ -355,6 +384,8 @@ impl Graph {
             protocol: record.protocol,
             port: record.server_port(),
         };
+        let mut days = DaysSeen::on(record.time);
+        days.record(record.first_seen);
         let stats = EdgeStats {
             first_seen: record.first_seen,
             last_seen: record.time,
@@ -368,6 +399,7 @@ impl Graph {
                 .iter()
                 .map(|service| format!("{}/{}", service.namespace, service.name))
                 .collect(),
+            days,
         };
         changes.push(self.merge_edge(key, &stats));
         changes
@@ -403,11 +435,12 @@ impl Graph {
         Change::Edge(Edge { key, stats: merged })
     }
 
-    /// Applies a logged change.
+    /// Applies a logged change (an edge without days gets them from its
+    /// times: [`EdgeStats::with_days`]).
     pub fn apply(&mut self, change: Change) {
         match change {
             Change::Edge(Edge { key, stats }) => {
-                self.edges.insert(key, stats);
+                self.edges.insert(key, stats.with_days());
             }
             Change::RemoveEdge(key) => {
                 self.edges.remove(&key);
@@ -526,7 +559,7 @@ impl Graph {
         Ok(Self {
             edges: edges
                 .into_iter()
-                .map(|Edge { key, stats }| (key, stats))
+                .map(|Edge { key, stats }| (key, stats.with_days()))
                 .collect(),
             workloads: workloads
                 .into_iter()
@@ -866,6 +899,51 @@ mod tests {
         let compacted = cluster.clone().compacted();
         assert_eq!((compacted.len(), compacted.workloads().count()), (2, 3));
         assert_eq!(compacted, cluster);
+    }
+
+    #[test]
+    fn edges_count_the_days_they_were_seen_and_at_least_one_connection() {
+        const DAY: u64 = 86_400;
+        // at(0) is 2027-01-15T08:00:00Z, day 20,833.
+        let mut node_a = Graph::new();
+        let mut udp = record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            pod("10.0.1.2", 53, "shop", "dns", "acme"),
+            0,
+        );
+        udp.protocol = Protocol(17);
+        udp.new_connection = false;
+        node_a.observe(&udp);
+        let mut later = udp.clone();
+        // A flow open since day 20,835, recorded on day 20,836.
+        (later.first_seen, later.time) = (at(2 * DAY), at(3 * DAY));
+        node_a.observe(&later);
+        let (_, stats) = node_a.edges().next().unwrap();
+        assert_eq!(stats.days.parts(), (20_836, 0b1011));
+        assert_eq!(
+            (
+                stats.days.count(),
+                stats.connections,
+                stats.connection_count()
+            ),
+            (3, 0, 1)
+        );
+        // Another node saw it on day 20,834: merged in either order, the
+        // same days.
+        let mut node_b = Graph::new();
+        let mut other = udp.clone();
+        (other.first_seen, other.time) = (at(DAY), at(DAY));
+        node_b.observe(&other);
+        let mut ab = node_a.clone();
+        ab.merge(&node_b);
+        let mut ba = node_b.clone();
+        ba.merge(&node_a);
+        let days = |graph: &Graph| graph.edges().next().unwrap().1.days;
+        assert_eq!(days(&ab), days(&ba));
+        assert_eq!(
+            (days(&ab).parts(), days(&ab).count()),
+            ((20_836, 0b1111), 4)
+        );
     }
 
     #[test]

@@ -372,6 +372,60 @@ mod tests {
     }
 
     #[test]
+    fn a_store_written_before_days_were_kept_loads_with_the_days_of_its_times() {
+        // 2027-01-15T08:00:00Z is day 20,833; 2027-01-17T20:00:00Z day 20,835.
+        let edge = |server: &str, first: &str, last: &str| {
+            format!(
+                r#"{{"client":{{"type":"workload","namespace":"shop","kind":"Deployment","name":"web"}},"server":{{"type":"workload","namespace":"shop","kind":"Deployment","name":"{server}"}},"protocol":"TCP","port":8080,"first_seen":"{first}","last_seen":"{last}","connections":4,"packets":8,"bytes":480,"cross_tenant":false}}"#
+            )
+        };
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(
+            directory.path().join("graph.json"),
+            format!(
+                r#"{{"version":1,"edges":[{}],"workloads":[]}}"#,
+                edge("api", "2027-01-15T08:00:00Z", "2027-01-17T20:00:00Z")
+            ),
+        )
+        .unwrap();
+        let change = format!(
+            r#"[{{"change":"edge",{}]"#,
+            &edge("db", "2027-01-17T08:00:00Z", "2027-01-17T09:00:00Z")[1..]
+        );
+        std::fs::write(
+            directory.path().join("graph.log"),
+            format!("{:08x} {change}\n", crc32fast::hash(change.as_bytes())),
+        )
+        .unwrap();
+        let (_, graph, recovery) = Store::open(directory.path()).unwrap();
+        assert_eq!((recovery.snapshot_edges, recovery.replayed), (1, 1));
+        let days: Vec<(String, (u32, u64), u32, u64)> = graph
+            .edges()
+            .map(|(key, stats)| {
+                (
+                    key.server.workload().unwrap().name.clone(),
+                    stats.days.parts(),
+                    stats.days.count(),
+                    stats.connection_count(),
+                )
+            })
+            .collect();
+        // The first and last days only: the ones between are unknown.
+        assert_eq!(
+            days,
+            [
+                ("api".to_owned(), (20_835, 0b101), 2, 4),
+                ("db".to_owned(), (20_835, 0b1), 1, 4),
+            ]
+        );
+        // Written again, the days are kept as they are.
+        let text = serde_json::to_string(&graph.to_file()).unwrap();
+        assert!(text.contains(r#""days":{"last":20835,"mask":5}"#), "{text}");
+        let back = Graph::from_file(serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, graph);
+    }
+
+    #[test]
     fn a_torn_last_commit_at_any_byte_is_cut_whole_and_everything_before_it_kept() {
         let directory = tempfile::tempdir().unwrap();
         let (mut store, mut graph, _) = Store::open(directory.path()).unwrap();

@@ -157,6 +157,7 @@ pub fn generate(shape: Shape) -> Synthetic {
         bytes: 1_000,
         cross_tenant: false,
         services: BTreeSet::new(),
+        days: crate::graph::DaysSeen::on(time),
     };
     for tenant in 0..tenants {
         for namespace in 0..namespaces {

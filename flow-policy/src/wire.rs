@@ -6,7 +6,9 @@ use flow_model::{
 };
 use flow_proto::v1 as proto;
 
-use crate::graph::{Change, Edge, EdgeKey, EdgeStats, Graph, Party, WorkloadInfo, WorkloadRef};
+use crate::graph::{
+    Change, DaysSeen, Edge, EdgeKey, EdgeStats, Graph, Party, WorkloadInfo, WorkloadRef,
+};
 
 fn workload_id(workload: &WorkloadRef) -> proto::WorkloadId {
     let WorkloadRef {
@@ -88,7 +90,9 @@ pub fn graph(graph: &Graph, visible: impl Fn(&Party, &EdgeKey) -> bool) -> proto
                 bytes,
                 cross_tenant,
                 services,
+                days,
             } = stats;
+            let (last_day, days_mask) = days.parts();
             proto::GraphEdge {
                 client: Some(party(&key.client)),
                 server: Some(party(&key.server)),
@@ -101,6 +105,8 @@ pub fn graph(graph: &Graph, visible: impl Fn(&Party, &EdgeKey) -> bool) -> proto
                 bytes: *bytes,
                 cross_tenant: *cross_tenant,
                 services: services.iter().cloned().collect(),
+                last_day,
+                days_mask,
             }
         })
         .collect();
@@ -139,6 +145,8 @@ pub fn from_graph(response: &proto::GetGraphResponse) -> Result<Graph, String> {
             bytes,
             cross_tenant,
             services,
+            last_day,
+            days_mask,
         } = edge;
         let invalid = |message: String| format!("edges[{index}]: {message}");
         let key = EdgeKey {
@@ -149,6 +157,8 @@ pub fn from_graph(response: &proto::GetGraphResponse) -> Result<Graph, String> {
             protocol: protocol.parse().map_err(invalid)?,
             port: u16::try_from(*port).map_err(|_| invalid(format!("port {port}")))?,
         };
+        let days = DaysSeen::from_parts(*last_day, *days_mask)
+            .map_err(|message| invalid(format!("days: {message}")))?;
         graph.apply(Change::Edge(Edge {
             key,
             stats: EdgeStats {
@@ -159,6 +169,7 @@ pub fn from_graph(response: &proto::GetGraphResponse) -> Result<Graph, String> {
                 bytes: *bytes,
                 cross_tenant: *cross_tenant,
                 services: services.iter().cloned().collect(),
+                days,
             },
         }));
     }
@@ -180,4 +191,76 @@ pub fn from_graph(response: &proto::GetGraphResponse) -> Result<Graph, String> {
         });
     }
     Ok(graph)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use flow_model::record::{Protocol, Timestamp};
+
+    fn at_day(day: u64) -> Timestamp {
+        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(day * 86_400 + 3_600))
+    }
+
+    fn one_edge(days: DaysSeen) -> Graph {
+        let mut graph = Graph::new();
+        graph.apply(Change::Edge(Edge {
+            key: EdgeKey {
+                client: Party::Workload(WorkloadRef {
+                    namespace: "shop".into(),
+                    kind: "Deployment".into(),
+                    name: "web".into(),
+                }),
+                server: Party::Address {
+                    ip: "203.0.113.9".parse().unwrap(),
+                    kind: PeerKind::World,
+                },
+                protocol: Protocol(6),
+                port: 443,
+            },
+            stats: EdgeStats {
+                first_seen: at_day(20_000),
+                last_seen: at_day(20_010),
+                connections: 0,
+                packets: 4,
+                bytes: 240,
+                cross_tenant: false,
+                services: Default::default(),
+                days,
+            },
+        }));
+        graph
+    }
+
+    #[test]
+    fn days_cross_the_wire_and_an_agent_without_them_gets_first_and_last() {
+        let mut days = DaysSeen::on(at_day(20_000));
+        days.record(at_day(20_003));
+        days.record(at_day(20_010));
+        let graph = one_edge(days);
+        let response = super::graph(&graph, |_, _| true);
+        let edge = &response.edges[0];
+        assert_eq!(
+            (edge.last_day, edge.days_mask),
+            (20_010, 1 | 1 << 7 | 1 << 10)
+        );
+        assert_eq!(from_graph(&response).unwrap(), graph);
+        // An older agent sends neither field.
+        let mut old = response.clone();
+        old.edges[0].last_day = 0;
+        old.edges[0].days_mask = 0;
+        let read = from_graph(&old).unwrap();
+        let (_, stats) = read.edges().next().unwrap();
+        assert_eq!(stats.days.parts(), (20_010, 1 | 1 << 10));
+        assert_eq!((stats.connections, stats.connection_count()), (0, 1));
+        // A mask without its last day is refused, naming the edge.
+        let mut bad = response;
+        bad.edges[0].days_mask = 0b10;
+        assert_eq!(
+            from_graph(&bad).unwrap_err(),
+            "edges[0]: days: days mask 0x2 does not have its last day 20010 set"
+        );
+    }
 }

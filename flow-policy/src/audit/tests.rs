@@ -32,6 +32,7 @@ fn edge(graph: &mut Graph, client: Party, server: Party, protocol: u8, port: u16
             bytes: 60,
             cross_tenant: false,
             services: BTreeSet::new(),
+            days: Default::default(),
         },
     }));
 }

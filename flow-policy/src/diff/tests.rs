@@ -51,6 +51,7 @@ fn fixture() -> (Graph, ClusterView) {
             bytes: 900,
             cross_tenant: false,
             services: std::collections::BTreeSet::new(),
+            days: Default::default(),
         },
     }));
     let mut cluster = ClusterView::new();
