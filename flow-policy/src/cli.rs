@@ -204,6 +204,27 @@ pub struct GenerateArgs {
     /// Also write the merged graph to this file.
     #[arg(long, value_name = "FILE")]
     pub save_graph: Option<PathBuf>,
+    /// Leave out edges seen on fewer than N connections (a UDP flow, or a
+    /// connection open before the agent started, counts as one); REVIEW.md
+    /// lists every edge left out.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub min_connections: Option<u64>,
+    /// Leave out edges last seen more than DURATION (`12h`, `7d`, `2weeks`)
+    /// before the newest edge of the graph (not before now: a saved graph
+    /// gives the same policies whenever it is read); REVIEW.md lists every
+    /// edge left out.
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub since: Option<Duration>,
+}
+
+/// Parses an age such as `12h`, `7d` or `2weeks`.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{error} (use a duration such as 12h, 7d or 2weeks)"))
 }
 
 /// How `policy check` prints its report.

@@ -22,7 +22,7 @@ use crate::{
     export::{ExportError, export_partial},
     fetch::{self, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT},
     flowfile::{self, FlowFileError},
-    generate::{DEFAULT_EXCLUDED_NAMESPACES, GenerateOptions, propose},
+    generate::{DEFAULT_EXCLUDED_NAMESPACES, EdgeThresholds, GenerateOptions, propose},
     graph::{Graph, GraphFile},
 };
 use flow_model::{
@@ -372,6 +372,8 @@ pub async fn generate(
         allow_cross_tenant,
         exclude_namespaces,
         save_graph,
+        min_connections,
+        since,
     } = args;
     let collected = collect(sources, warnings).await?;
     let graph = &collected.graph;
@@ -394,6 +396,10 @@ pub async fn generate(
         platform_namespaces: flow_model::identity::platform_namespaces(
             sources.platform_namespaces.iter().cloned(),
         ),
+        thresholds: EdgeThresholds {
+            min_connections: *min_connections,
+            since: *since,
+        },
     };
     let proposal = propose(graph, &cluster, &options);
     let summary = export_partial(output_dir, &proposal, *format, &collected.missing_lines())?;
@@ -414,6 +420,16 @@ pub async fn generate(
         excluded,
     )
     .map_err(write_error("-"))?;
+    if options.thresholds.is_set() {
+        writeln!(
+            out,
+            "{} edges left out by {} (REVIEW.md lists them), {} rarely seen edges kept",
+            proposal.left_out.len(),
+            options.thresholds,
+            proposal.rare.len(),
+        )
+        .map_err(write_error("-"))?;
+    }
     if summary.had_previous {
         writeln!(
             out,

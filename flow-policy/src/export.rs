@@ -17,7 +17,11 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::generate::{Note, PolicyFormat, Proposal, file_names, kustomization, rendered_policies};
+use super::generate::{
+    Note, PolicyFormat, Proposal, file_names, kustomization,
+    rarity::{RARE_AGE, RARE_MAX_CONNECTIONS},
+    rendered_policies,
+};
 
 mod handedit;
 
@@ -326,6 +330,8 @@ fn write_review(
     write_changes(out, summary)?;
     write_hand_edited(out, &summary.hand_edited)?;
     write_notes(out, &proposal.notes)?;
+    write_left_out(out, proposal)?;
+    write_rare(out, &proposal.rare)?;
     write_per_workload(out, proposal)
 }
 
@@ -413,6 +419,43 @@ fn write_notes(out: &mut impl Write, notes: &[Note]) -> io::Result<()> {
         }),
         "None: every selector selects exactly one workload's pods.",
     )
+}
+
+/// The edges `--min-connections` and `--since` left out, only when one was
+/// given: without them the page is the same as before they existed.
+fn write_left_out(out: &mut impl Write, proposal: &Proposal) -> io::Result<()> {
+    let thresholds = &proposal.thresholds;
+    if !thresholds.is_set() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n## Edges left out by --min-connections / --since\n\nNot allowed (`{thresholds}`; ages count from the newest edge): `policy check` reports their traffic as denied.\n"
+    )?;
+    if proposal.left_out.is_empty() {
+        writeln!(out, "None.")?;
+    }
+    for left_out in &proposal.left_out {
+        writeln!(out, "- {}", left_out.line(thresholds))?;
+    }
+    Ok(())
+}
+
+/// Edges allowed but seen rarely: a connection made once may be a probe or a
+/// mistake rather than how the workload works.
+fn write_rare(out: &mut impl Write, rare: &[super::generate::Sighting]) -> io::Result<()> {
+    writeln!(
+        out,
+        "\n## Rarely seen edges\n\nAllowed, but seen on at most {RARE_MAX_CONNECTIONS} connections, on one day only of a graph that spans several, or last seen {} days or more before the newest edge: a probe or a mistake rather than how the workload works? `--min-connections` and `--since` leave such edges out.\n",
+        RARE_AGE.as_secs() / 86_400
+    )?;
+    if rare.is_empty() {
+        writeln!(out, "None.")?;
+    }
+    for sighting in rare {
+        writeln!(out, "- {sighting}")?;
+    }
+    Ok(())
 }
 
 fn write_per_workload(out: &mut impl Write, proposal: &Proposal) -> io::Result<()> {

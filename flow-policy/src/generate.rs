@@ -11,6 +11,9 @@
 //!   `port`..`endPort`; nothing unobserved is ever included.
 //! - DNS: a workload seen querying port 53 gets UDP and TCP 53 to that resolver.
 //! - Cross-tenant edges are left out (and listed) unless explicitly allowed.
+//! - Edges seen rarely or long before the newest are marked for review, and
+//!   left out (and listed) with `--min-connections` and `--since`
+//!   ([`rarity`]).
 //!   The platform namespaces (those that get no policies, `kube-system` by
 //!   default) belong to no tenant: DNS to kube-system is not cross-tenant.
 //!
@@ -45,7 +48,10 @@ use flow_model::record::Protocol;
 
 pub mod content_hash;
 mod propose;
+pub mod rarity;
 mod yaml;
+
+pub use rarity::{EdgeThresholds, LeftOut, Sighting};
 
 /// Consecutive observed ports that become one `port`/`endPort` range.
 pub const ENDPORT_MIN_RUN: usize = 3;
@@ -80,6 +86,8 @@ pub struct GenerateOptions {
     /// one never cross tenants (nor do those with an end in an excluded
     /// namespace).
     pub platform_namespaces: BTreeSet<String>,
+    /// Edges left out for too few connections or too old a last sighting.
+    pub thresholds: EdgeThresholds,
 }
 
 impl Default for GenerateOptions {
@@ -92,6 +100,7 @@ impl Default for GenerateOptions {
                 .map(|namespace| (*namespace).to_owned())
                 .collect(),
             platform_namespaces: flow_model::identity::platform_namespaces([]),
+            thresholds: EdgeThresholds::default(),
         }
     }
 }
@@ -187,6 +196,12 @@ pub struct Proposal {
     pub allowed: Vec<String>,
     /// Edges the proposal was made from.
     pub edges: usize,
+    /// Edges allowed but seen rarely or long before the newest, sorted.
+    pub rare: Vec<Sighting>,
+    /// Edges the thresholds left out, sorted.
+    pub left_out: Vec<LeftOut>,
+    /// The thresholds it was made with.
+    pub thresholds: EdgeThresholds,
 }
 
 impl Proposal {

@@ -73,6 +73,9 @@ fn shop(port: u16, api: bool) -> Proposal {
         notes: Vec::new(),
         allowed,
         edges: usize::from(api),
+        rare: Vec::new(),
+        left_out: Vec::new(),
+        thresholds: Default::default(),
     }
 }
 

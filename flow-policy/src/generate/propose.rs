@@ -14,8 +14,9 @@ use std::{
 use hashbrown::HashMap;
 
 use super::{
-    GenerateOptions, Note, PeerSpec, PolicyFormat, Proposal, RuleSpec, WorkloadPolicy, cidr,
-    edge_text, is_dns, peer_text, policy_name, port_ranges, push_decimal,
+    GenerateOptions, LeftOut, Note, PeerSpec, PolicyFormat, Proposal, RuleSpec, Sighting,
+    WorkloadPolicy, cidr, edge_text, is_dns, peer_text, policy_name, port_ranges, push_decimal,
+    rarity::{Judge, Verdict},
 };
 use flow_model::{identity::PeerKind, record::Protocol};
 
@@ -83,6 +84,9 @@ pub(super) struct Proposer<'g> {
     /// Per subject workload: its end and what it allows.
     sides: Vec<(usize, Sides)>,
     notes: BTreeSet<Note>,
+    judge: Judge,
+    rare: Vec<Sighting>,
+    left_out: Vec<LeftOut>,
 }
 
 impl<'g> Proposer<'g> {
@@ -100,6 +104,9 @@ impl<'g> Proposer<'g> {
             peers: BTreeMap::new(),
             sides: Vec::new(),
             notes: BTreeSet::new(),
+            judge: Judge::new(graph, options.thresholds),
+            rare: Vec::new(),
+            left_out: Vec::new(),
         }
     }
 
@@ -169,8 +176,20 @@ impl<'g> Proposer<'g> {
         // subject), even when none of its edges can be allowed: what it will
         // block is in the review.
         let (client_end, server_end) = (self.end(client), self.end(server));
+        let verdict = self.judge.verdict(stats);
+        if let Verdict::LeftOut(too_few, too_old) = verdict {
+            self.left_out.push(LeftOut {
+                sighting: self.judge.sighting(edge_text(key), stats),
+                too_few,
+                too_old,
+            });
+            return;
+        }
         if !self.admits(key, stats, client_end, server_end) {
             return;
+        }
+        if verdict == Verdict::Rare {
+            self.rare.push(self.judge.sighting(edge_text(key), stats));
         }
         let dns = [(Protocol(6), 53), (Protocol(17), 53)];
         let single = [(*protocol, *port)];
@@ -360,12 +379,17 @@ impl<'g> Proposer<'g> {
                 egress: rules(&egress, &peers),
             });
         }
+        self.rare.sort_unstable();
+        self.left_out.sort_unstable();
         Proposal {
             namespaces: self.namespaces(),
             policies,
             notes: self.notes.into_iter().collect(),
             allowed: sorted_lines(line_groups),
             edges: self.graph.len(),
+            rare: self.rare,
+            left_out: self.left_out,
+            thresholds: self.options.thresholds,
         }
     }
 

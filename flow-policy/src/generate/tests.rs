@@ -683,3 +683,189 @@ fn cilium_selects_the_api_server_and_the_node_by_entity_and_flags_remote_nodes()
         |note| matches!(note, Note::Unselectable(text) if text.contains("policy-cidr-match-mode"))
     ));
 }
+
+/// Noon of `day` days after day 20,800 (2026-12-14), plus `hours`.
+fn noon(day: i64, hours: u64) -> Timestamp {
+    let day = u64::try_from(20_800 + day).unwrap();
+    Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(day * 86_400 + 43_200 + hours * 3_600))
+}
+
+/// web's edges, seen as often and as lately as their names say, the newest
+/// at noon of day 0: api 10 connections over three days; cache 5 on one
+/// day, a day before; queue 2 on two days; db (namespace data) 1, twelve
+/// days before; the world over UDP, no SYN.
+fn seen_graph() -> Graph {
+    let mut graph = Graph::new();
+    let mut learn = |server: Endpoint, protocol: u8, times: &[(i64, u64)], connection: bool| {
+        for (index, (day, hours)) in times.iter().enumerate() {
+            let mut record = flow(web(40_000 + index as u16), server.clone(), protocol);
+            (record.time, record.first_seen) = (noon(*day, *hours), noon(*day, *hours));
+            record.new_connection = connection;
+            graph.observe(&record);
+        }
+    };
+    let api = endpoint("10.0.1.1", 8080, "shop", "Deployment", "api", "acme");
+    let mut api_times = vec![(-2, 0), (-2, 1), (-1, 0)];
+    api_times.extend((0..7).map(|hours| (0, hours)));
+    // The newest edge: noon of day 0 plus 6 hours, last seen by api.
+    learn(api, TCP, &api_times, true);
+    let cache = endpoint("10.0.1.2", 6379, "shop", "Deployment", "cache", "acme");
+    learn(
+        cache,
+        TCP,
+        &[(-1, 0), (-1, 1), (-1, 2), (-1, 3), (-1, 4)],
+        true,
+    );
+    let queue = endpoint("10.0.1.3", 5672, "shop", "Deployment", "queue", "acme");
+    learn(queue, TCP, &[(-1, 6), (0, 6)], true);
+    let db = endpoint("10.0.2.1", 5432, "data", "StatefulSet", "db", "acme");
+    learn(db, TCP, &[(-12, 6)], true);
+    let world = address("203.0.113.9", 443, PeerKind::World);
+    learn(world, UDP, &[(0, 0), (0, 1)], false);
+    graph
+}
+
+fn web_egress(proposal: &Proposal) -> Vec<&str> {
+    proposal
+        .allowed
+        .iter()
+        .filter_map(|line| line.strip_prefix("shop/Deployment/web egress to "))
+        .collect()
+}
+
+/// The lines of one section of REVIEW.md, `None` when it has none.
+fn review_lines(proposal: &Proposal, title: &str) -> Option<Vec<String>> {
+    let review = crate::export::review(
+        proposal,
+        PolicyFormat::Networkpolicy,
+        &crate::export::ExportSummary::default(),
+        &[],
+    );
+    let (_, rest) = review.split_once(&format!("\n## {title}\n"))?;
+    let section = rest.split("\n## ").next().unwrap_or_default();
+    Some(
+        section
+            .lines()
+            .filter(|line| line.starts_with("- ") || *line == "None.")
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn with_thresholds(min_connections: Option<u64>, since_days: Option<u64>) -> Proposal {
+    let graph = seen_graph();
+    let options = GenerateOptions {
+        thresholds: EdgeThresholds {
+            min_connections,
+            since: since_days.map(|days| Duration::from_secs(days * 86_400)),
+        },
+        ..GenerateOptions::default()
+    };
+    propose(&graph, &view_of(&graph), &options)
+}
+
+const LEFT_OUT: &str = "Edges left out by --min-connections / --since";
+
+#[test]
+fn rarely_seen_edges_are_allowed_and_marked_without_the_flags() {
+    let proposal = with_thresholds(None, None);
+    assert_eq!(
+        web_egress(&proposal),
+        [
+            "203.0.113.9/32 UDP/443",
+            "data pods app=db TCP/5432",
+            "shop pods app=api TCP/8080",
+            "shop pods app=cache TCP/6379",
+            "shop pods app=queue TCP/5672",
+        ]
+    );
+    assert_eq!(proposal.left_out, []);
+    assert_eq!(review_lines(&proposal, LEFT_OUT), None);
+    assert_eq!(
+        review_lines(&proposal, "Rarely seen edges").unwrap(),
+        [
+            "- `shop/Deployment/web -> 203.0.113.9 (world) UDP/443`: 1 connection, 5 hours ago",
+            "- `shop/Deployment/web -> data/StatefulSet/db TCP/5432`: 1 connection, 12 days ago",
+            "- `shop/Deployment/web -> shop/Deployment/cache TCP/6379`: 5 connections on 1 day, 1 day ago",
+            "- `shop/Deployment/web -> shop/Deployment/queue TCP/5672`: 2 connections on 2 days",
+        ]
+    );
+    // Flags that leave nothing out change no policy.
+    let lenient = with_thresholds(Some(1), Some(365));
+    assert_eq!(
+        (&lenient.policies, &lenient.allowed),
+        (&proposal.policies, &proposal.allowed)
+    );
+    assert_eq!(review_lines(&lenient, LEFT_OUT).unwrap(), ["None."]);
+}
+
+#[test]
+fn min_connections_leaves_out_edges_with_fewer_and_lists_each() {
+    let proposal = with_thresholds(Some(2), None);
+    assert_eq!(
+        web_egress(&proposal),
+        [
+            "shop pods app=api TCP/8080",
+            "shop pods app=cache TCP/6379",
+            "shop pods app=queue TCP/5672",
+        ]
+    );
+    // data keeps its default deny: db's only edge is left out, so db gets
+    // no policy and its namespace denies everything.
+    assert_eq!(proposal.namespaces, ["data", "shop"]);
+    assert!(
+        proposal
+            .policies
+            .iter()
+            .all(|policy| policy.workload.name != "db")
+    );
+    assert_eq!(
+        review_lines(&proposal, LEFT_OUT).unwrap(),
+        [
+            "- `shop/Deployment/web -> 203.0.113.9 (world) UDP/443`: 1 connection, 5 hours ago (left out by --min-connections 2)",
+            "- `shop/Deployment/web -> data/StatefulSet/db TCP/5432`: 1 connection, 12 days ago (left out by --min-connections 2)",
+        ]
+    );
+    assert_eq!(
+        review_lines(&proposal, "Rarely seen edges").unwrap(),
+        [
+            "- `shop/Deployment/web -> shop/Deployment/cache TCP/6379`: 5 connections on 1 day, 1 day ago",
+            "- `shop/Deployment/web -> shop/Deployment/queue TCP/5672`: 2 connections on 2 days",
+        ]
+    );
+}
+
+#[test]
+fn since_counts_from_the_newest_edge_and_both_flags_name_themselves() {
+    // 12 days before the newest is more than 7 days; 1 day (cache) is not.
+    let proposal = with_thresholds(None, Some(7));
+    assert_eq!(
+        web_egress(&proposal),
+        [
+            "203.0.113.9/32 UDP/443",
+            "shop pods app=api TCP/8080",
+            "shop pods app=cache TCP/6379",
+            "shop pods app=queue TCP/5672",
+        ]
+    );
+    assert_eq!(
+        review_lines(&proposal, LEFT_OUT).unwrap(),
+        [
+            "- `shop/Deployment/web -> data/StatefulSet/db TCP/5432`: 1 connection, 12 days ago (left out by --since 7days)"
+        ]
+    );
+    // With --since 1d, cache too: 26 hours before the newest.
+    assert_eq!(
+        with_thresholds(None, Some(1)).left_out.len(),
+        2,
+        "db and cache"
+    );
+    let both = with_thresholds(Some(2), Some(7));
+    assert_eq!(
+        review_lines(&both, LEFT_OUT).unwrap(),
+        [
+            "- `shop/Deployment/web -> 203.0.113.9 (world) UDP/443`: 1 connection, 5 hours ago (left out by --min-connections 2)",
+            "- `shop/Deployment/web -> data/StatefulSet/db TCP/5432`: 1 connection, 12 days ago (left out by --min-connections 2 and --since 7days)",
+        ]
+    );
+}
