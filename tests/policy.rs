@@ -1600,3 +1600,213 @@ fn icmp_errors_from_a_closed_port_and_a_ttl_expiry_are_folded_into_their_connect
         })
     );
 }
+
+/// One request of ours as a JSON line: `web-1` in namespace shop to the
+/// first pod of `server`, at `time`, opening a connection.
+fn request_line(time: &str, server: &str, ip: &str, port: u16) -> String {
+    let pod = |ip: &str, port: u16, name: &str| {
+        serde_json::json!({
+            "ip": ip, "port": port, "kind": "pod", "namespace": "shop",
+            "pod": format!("{name}-1"),
+            "workload": {"kind": "Deployment", "name": name},
+            "labels": {"app": name},
+        })
+    };
+    serde_json::json!({
+        "time": time, "first_seen": time,
+        "source": pod("10.0.0.1", 40_000, "web"),
+        "destination": pod(ip, port, server),
+        "protocol": "TCP", "packets": 3, "bytes": 180, "is_reply": false,
+        "interface": "veth0", "hook": "ingress", "node": "n",
+        "new_connection": true,
+    })
+    .to_string()
+}
+
+/// `flow-agent ARGS` outside any lab node: (exit status, stdout, stderr).
+fn run_policy(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(common::cli::binary())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The list items of one section of REVIEW.md; `None` without the section.
+fn review_items(review: &str, title: &str) -> Option<Vec<String>> {
+    let (_, rest) = review.split_once(&format!("\n## {title}\n"))?;
+    let section = rest.split("\n## ").next().unwrap_or_default();
+    Some(
+        section
+            .lines()
+            .filter(|line| line.starts_with("- "))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[test]
+fn min_connections_and_since_leave_out_rare_edges_which_check_then_denies() {
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    // web -> api: 4 connections on 3 days, the newest at 2026-11-20T10:00Z;
+    // web -> search: 2 connections on 2 days; web -> cache: 1 connection an
+    // hour before the newest; web -> db: 4 connections, all 12 days before.
+    let lines = [
+        request_line("2026-11-18T10:00:00Z", "api", "10.0.1.1", 8080),
+        request_line("2026-11-19T10:00:00Z", "api", "10.0.1.1", 8080),
+        request_line("2026-11-20T09:30:00Z", "api", "10.0.1.1", 8080),
+        request_line("2026-11-20T10:00:00Z", "api", "10.0.1.1", 8080),
+        request_line("2026-11-17T10:00:00Z", "search", "10.0.1.4", 9200),
+        request_line("2026-11-20T10:00:00Z", "search", "10.0.1.4", 9200),
+        request_line("2026-11-20T09:00:00Z", "cache", "10.0.1.2", 6379),
+        request_line("2026-11-08T09:00:00Z", "db", "10.0.1.3", 5432),
+        request_line("2026-11-08T09:10:00Z", "db", "10.0.1.3", 5432),
+        request_line("2026-11-08T09:20:00Z", "db", "10.0.1.3", 5432),
+        request_line("2026-11-08T10:00:00Z", "db", "10.0.1.3", 5432),
+    ];
+    let flows = path(dir, "flows.jsonl");
+    std::fs::write(&flows, lines.join("\n") + "\n").unwrap();
+    let generate = |output: &str, flags: &[&str]| {
+        let output_dir = path(dir, output);
+        let mut args = vec![
+            "policy",
+            "generate",
+            "--flows",
+            &flows,
+            "--output-dir",
+            &output_dir,
+        ];
+        args.extend_from_slice(flags);
+        let (code, stdout, stderr) = run_policy(&args);
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        stdout
+    };
+    let stdout = generate("rare", &["--min-connections", "2", "--since", "7d"]);
+    assert!(
+        stdout.contains(
+            "2 edges left out by --min-connections 2 --since 7days (REVIEW.md lists them), 1 rarely seen edges kept"
+        ),
+        "{stdout}"
+    );
+    generate("all", &[]);
+
+    // REVIEW.md lists every edge left out and why, and marks the rare edge
+    // kept; without the flags there is no such list, and all four are rare.
+    let review = std::fs::read_to_string(dir.join("rare/REVIEW.md")).unwrap();
+    let left_out = "Edges left out by --min-connections / --since";
+    assert_eq!(
+        review_items(&review, left_out).unwrap(),
+        [
+            "- `shop/Deployment/web -> shop/Deployment/cache TCP/6379`: 1 connection, 1 hour ago (left out by --min-connections 2)",
+            "- `shop/Deployment/web -> shop/Deployment/db TCP/5432`: 4 connections on 1 day, 12 days ago (left out by --since 7days)",
+        ],
+        "{review}"
+    );
+    assert_eq!(
+        review_items(&review, "Rarely seen edges").unwrap(),
+        ["- `shop/Deployment/web -> shop/Deployment/search TCP/9200`: 2 connections on 2 days"]
+    );
+    let all_review = std::fs::read_to_string(dir.join("all/REVIEW.md")).unwrap();
+    assert_eq!(review_items(&all_review, left_out), None);
+    assert_eq!(
+        review_items(&all_review, "Rarely seen edges").unwrap(),
+        [
+            "- `shop/Deployment/web -> shop/Deployment/cache TCP/6379`: 1 connection, 1 hour ago",
+            "- `shop/Deployment/web -> shop/Deployment/db TCP/5432`: 4 connections on 1 day, 12 days ago",
+            "- `shop/Deployment/web -> shop/Deployment/search TCP/9200`: 2 connections on 2 days",
+        ]
+    );
+
+    // The policies do not allow the edges left out: web's egress and the
+    // ingress of cache and db lose them.
+    let web = policy(&dir.join("rare"), "shop.allow-deployment-web.yaml")
+        .spec
+        .unwrap();
+    let mut egress_ports: Vec<_> = web
+        .egress
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule.ports.clone().unwrap())
+        .map(|port| port.port.unwrap())
+        .collect();
+    egress_ports.sort_by_key(|port| format!("{port:?}"));
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int;
+    assert_eq!(egress_ports, [Int(8080), Int(9200)]);
+    let files = policy_files(&dir.join("rare"));
+    assert_eq!(
+        files,
+        [
+            "kustomization.yaml",
+            "shop.allow-deployment-api.yaml",
+            "shop.allow-deployment-search.yaml",
+            "shop.allow-deployment-web.yaml",
+            "shop.default-deny.yaml",
+        ]
+    );
+
+    // Checked against the same flows: exactly the edges left out are
+    // denied; the policies made without the flags deny nothing.
+    let check = |policies: &str| {
+        run_policy(&[
+            "policy",
+            "check",
+            "--policies",
+            &path(dir, policies),
+            "--flows",
+            &flows,
+        ])
+    };
+    let (code, stdout, stderr) = check("rare");
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let denied: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("DENIED"))
+        .collect();
+    assert_eq!(
+        denied,
+        [
+            "DENIED shop/web-1 -> shop/cache-1 TCP/6379 (1 records; blocked by egress of shop/web-1, ingress of shop/cache-1)",
+            "DENIED shop/web-1 -> shop/db-1 TCP/5432 (4 records; blocked by egress of shop/web-1, ingress of shop/db-1)",
+        ],
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = check("all");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+#[test]
+fn generate_refuses_a_bad_since_or_min_connections_with_status_2() {
+    let directory = tempfile::tempdir().unwrap();
+    let output_dir = path(directory.path(), "out");
+    let generate = |flag: &str, value: &str| {
+        run_policy(&[
+            "policy",
+            "generate",
+            "--flows",
+            "flows.jsonl",
+            "--output-dir",
+            &output_dir,
+            flag,
+            value,
+        ])
+    };
+    let (code, _, stderr) = generate("--since", "a week");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("'--since <DURATION>'")
+            && stderr.contains("use a duration such as 12h, 7d or 2weeks"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = generate("--min-connections", "0");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("'--min-connections <N>'") && stderr.contains("0 is not in 1.."),
+        "{stderr}"
+    );
+    assert!(!directory.path().join("out").exists());
+}
