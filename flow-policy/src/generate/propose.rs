@@ -63,6 +63,8 @@ struct End<'g> {
     as_peer: Option<AsPeer>,
     /// The workload's selector, once worked out.
     selection: Option<Selection>,
+    /// Its name in REVIEW.md, once a rare edge needs it.
+    text: Option<Arc<str>>,
 }
 
 /// What a subject workload allows.
@@ -159,6 +161,7 @@ impl<'g> Proposer<'g> {
             host_network,
             as_peer: None,
             selection: None,
+            text: None,
         });
         self.end_of.insert(party, index);
         index
@@ -178,8 +181,9 @@ impl<'g> Proposer<'g> {
         let (client_end, server_end) = (self.end(client), self.end(server));
         let verdict = self.judge.verdict(stats);
         if let Verdict::LeftOut(too_few, too_old) = verdict {
+            let sighting = self.sighting(key, stats, client_end, server_end);
             self.left_out.push(LeftOut {
-                sighting: self.judge.sighting(edge_text(key), stats),
+                sighting,
                 too_few,
                 too_old,
             });
@@ -189,7 +193,8 @@ impl<'g> Proposer<'g> {
             return;
         }
         if verdict == Verdict::Rare {
-            self.rare.push(self.judge.sighting(edge_text(key), stats));
+            let sighting = self.sighting(key, stats, client_end, server_end);
+            self.rare.push(sighting);
         }
         let dns = [(Protocol(6), 53), (Protocol(17), 53)];
         let single = [(*protocol, *port)];
@@ -213,6 +218,26 @@ impl<'g> Proposer<'g> {
                     .map(|(protocol, port)| (peer, *protocol, *port)),
             );
         }
+    }
+
+    /// How often and lately the edge between two ends was seen.
+    fn sighting(
+        &mut self,
+        key: &EdgeKey,
+        stats: &EdgeStats,
+        client: usize,
+        server: usize,
+    ) -> Sighting {
+        let ends = (self.end_text(client), self.end_text(server));
+        self.judge.sighting(ends, (key.protocol, key.port), stats)
+    }
+
+    /// The end's name, made once and shared.
+    fn end_text(&mut self, end: usize) -> Arc<str> {
+        let end = &mut self.ends[end];
+        end.text
+            .get_or_insert_with(|| Arc::from(end.party.to_string()))
+            .clone()
     }
 
     /// Whether an edge can be allowed at all; notes why not, and what a

@@ -4,9 +4,9 @@
 //! Ages count from the newest `last_seen` in the graph, not from the wall
 //! clock: a stored graph gives the same proposal whenever it is read.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
-use flow_model::record::Timestamp;
+use flow_model::record::{Protocol, Timestamp};
 
 use crate::graph::{EdgeStats, Graph, days::day_of};
 
@@ -57,11 +57,19 @@ impl fmt::Display for EdgeThresholds {
     }
 }
 
-/// How often and how lately an edge was seen, as REVIEW.md says it.
+/// How often and how lately an edge was seen, as REVIEW.md says it. The
+/// ends' names are shared by every sighting of the same end: a graph whose
+/// edges were each seen once has as many sightings as edges.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Sighting {
-    /// `client -> server PROTOCOL/port`.
-    pub edge: String,
+    /// The client, as [`crate::graph::Party`] displays it.
+    pub client: Arc<str>,
+    /// The server.
+    pub server: Arc<str>,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Server port.
+    pub port: u16,
     /// Connections, at least one.
     pub connections: u64,
     /// Distinct days seen (within the last 64 before its last).
@@ -75,12 +83,15 @@ impl fmt::Display for Sighting {
     /// connections on 1 day".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self {
-            edge,
+            client,
+            server,
+            protocol,
+            port,
             connections,
             days,
             age,
         } = self;
-        write!(f, "`{edge}`: ")?;
+        write!(f, "`{client} -> {server} {protocol}/{port}`: ")?;
         if *connections == 1 {
             f.write_str("1 connection")?;
         } else {
@@ -187,9 +198,17 @@ impl Judge {
         }
     }
 
-    pub(super) fn sighting(&self, edge: String, stats: &EdgeStats) -> Sighting {
+    pub(super) fn sighting(
+        &self,
+        (client, server): (Arc<str>, Arc<str>),
+        (protocol, port): (Protocol, u16),
+        stats: &EdgeStats,
+    ) -> Sighting {
         Sighting {
-            edge,
+            client,
+            server,
+            protocol,
+            port,
             connections: stats.connection_count(),
             days: stats.days.count().max(1),
             age: self.age(stats),
@@ -221,7 +240,10 @@ mod tests {
 
     fn sighting(connections: u64, days: u32, age: u64) -> String {
         Sighting {
-            edge: "a -> b TCP/8080".into(),
+            client: "a".into(),
+            server: "b".into(),
+            protocol: Protocol(6),
+            port: 8080,
             connections,
             days,
             age: Duration::from_secs(age),
@@ -264,7 +286,10 @@ mod tests {
         assert_eq!(EdgeThresholds::default().to_string(), "");
         let left_out = |too_few, too_old| LeftOut {
             sighting: Sighting {
-                edge: "a -> b TCP/80".into(),
+                client: "a".into(),
+                server: "b".into(),
+                protocol: Protocol(6),
+                port: 80,
                 connections: 1,
                 days: 1,
                 age: Duration::from_secs(9 * 86_400),
