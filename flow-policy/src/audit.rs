@@ -23,8 +23,12 @@ use flow_model::record::Protocol;
 
 mod allowances;
 mod broad;
+pub mod files;
 pub mod report;
+pub mod rewrite;
 mod tenants;
+pub mod tighten;
+pub mod unified;
 
 use self::{
     broad::broad_rule,
@@ -237,6 +241,30 @@ struct Auditor<'a> {
     platform: &'a [String],
 }
 
+impl<'a> Auditor<'a> {
+    fn new(
+        cluster: &'a ClusterView,
+        plain: &'a [NetworkPolicy],
+        policies: &[LoadedPolicy],
+        graph: &Graph,
+        platform: &'a [String],
+    ) -> Self {
+        let (pairs, addresses) = observed(graph);
+        Auditor {
+            cluster,
+            namespaces: cluster
+                .namespaces()
+                .map(|namespace| (namespace.clone(), cluster.namespace_labels(namespace)))
+                .collect(),
+            ingress_isolated: ingress_isolated(cluster, policies),
+            evaluator: Evaluator::new(cluster, plain),
+            pairs,
+            addresses,
+            platform,
+        }
+    }
+}
+
 /// Audits `policies` against `graph` in `cluster` (which gains the graph's
 /// workloads it lacks). Workloads of `platform` namespaces have no tenant.
 pub fn audit(
@@ -251,19 +279,7 @@ pub fn audit(
         .collect();
     let checked = check_edges(graph, cluster, &plain);
     let cluster: &ClusterView = cluster;
-    let (pairs, addresses) = observed(graph);
-    let auditor = Auditor {
-        cluster,
-        namespaces: cluster
-            .namespaces()
-            .map(|namespace| (namespace.clone(), cluster.namespace_labels(namespace)))
-            .collect(),
-        ingress_isolated: ingress_isolated(cluster, policies),
-        evaluator: Evaluator::new(cluster, &plain),
-        pairs,
-        addresses,
-        platform,
-    };
+    let auditor = Auditor::new(cluster, &plain, policies, graph, platform);
     let mut audit = Audit {
         policies: policies.len(),
         pods: cluster.pods().len(),

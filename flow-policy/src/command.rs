@@ -752,14 +752,30 @@ pub async fn run_audit(
     let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
     let platform = platform(&sources.platform_namespaces);
     let found = audit::audit(&loaded.policies, &collected.graph, &mut cluster, &platform);
+    let tightening = audit::tighten::tighten(&loaded.policies, &collected.graph, &mut cluster);
+    let files = audit::files::proposed_files(policies, &tightening);
+    let how: Vec<(String, audit::rewrite::How)> = files
+        .iter()
+        .map(|file| (file.relative.clone(), file.rewritten.how.clone()))
+        .collect();
+    let written_to = output_dir
+        .as_ref()
+        .map(|directory| directory.display().to_string());
     let inputs = audit::report::Inputs {
         judged_against: &describe(sources, &collected),
         errors: &errors,
         skipped: &loaded.skipped,
+        proposal: Some(audit::report::Proposal {
+            tightening: &tightening,
+            files: &how,
+            output_dir: written_to.as_deref(),
+        }),
     };
     let markdown = audit::report::markdown(&found, &inputs);
     if let Some(directory) = output_dir {
         std::fs::create_dir_all(directory).map_err(write_error(directory))?;
+        audit::files::write_files(directory, &files)
+            .map_err(|(path, source)| PolicyCommandError::Write { path, source })?;
         let path = directory.join("AUDIT.md");
         std::fs::write(&path, &markdown).map_err(write_error(&path))?;
     }

@@ -52,6 +52,7 @@ pub mod rarity;
 mod yaml;
 
 pub use rarity::{EdgeThresholds, LeftOut, Sighting};
+pub(crate) use yaml::is_plain;
 
 /// Consecutive observed ports that become one `port`/`endPort` range.
 pub const ENDPORT_MIN_RUN: usize = 3;
@@ -273,7 +274,7 @@ pub fn policy_name(workload: &WorkloadRef) -> String {
 
 /// Sorted, distinct ports as port entries: a run of at least
 /// [`ENDPORT_MIN_RUN`] consecutive ports of one protocol becomes a range.
-fn port_ranges(ports: impl IntoIterator<Item = (Protocol, u16)>) -> Vec<PortSpec> {
+pub(crate) fn port_ranges(ports: impl IntoIterator<Item = (Protocol, u16)>) -> Vec<PortSpec> {
     let mut specs = Vec::new();
     // Protocol, first and last port of the current run.
     let mut run: Option<(Protocol, u16, u16)> = None;
@@ -351,7 +352,7 @@ fn match_labels(labels: &BTreeMap<String, String>) -> LabelSelector {
     }
 }
 
-fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPeer {
+pub(crate) fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPeer {
     match peer {
         PeerSpec::Pods {
             namespace: peer_namespace,
@@ -377,7 +378,7 @@ fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPeer {
     }
 }
 
-fn network_ports(ports: &[PortSpec]) -> Vec<NetworkPolicyPort> {
+pub(crate) fn network_ports(ports: &[PortSpec]) -> Vec<NetworkPolicyPort> {
     ports
         .iter()
         .map(

@@ -84,6 +84,13 @@ pub fn load_all(path: &Path) -> Result<Loaded, PolicyLoadError> {
     Ok(loaded)
 }
 
+/// What the text of `file` holds, read as [`load_all`] reads a file.
+pub(crate) fn read_text(file: &Path, text: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    read_file(file, text, &mut loaded);
+    loaded
+}
+
 fn read_file(file: &Path, text: &str, loaded: &mut Loaded) {
     for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let document_number = index + 1;
@@ -95,8 +102,10 @@ fn read_file(file: &Path, text: &str, loaded: &mut Loaded) {
         let value = match <yaml_serde::Value as serde::Deserialize>::deserialize(document) {
             Ok(value) => value,
             Err(error) => {
+                // Past a syntax error the parser has no footing: it would
+                // report the same error for ever.
                 loaded.errors.push(invalid(error.to_string()));
-                continue;
+                break;
             }
         };
         let kind = value

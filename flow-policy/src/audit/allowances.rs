@@ -15,15 +15,15 @@ use crate::{
 };
 use flow_model::cidr::Cidr;
 
-impl Auditor<'_> {
+impl<'a> Auditor<'a> {
     /// The pods a rule's peers match, by workload: namespace by namespace,
     /// so a pod is only compared with the peers its namespace allows.
     pub(super) fn peer_pods(
         &self,
         rule: &Rule<'_>,
         namespace: &str,
-    ) -> BTreeMap<WorkloadRef, Vec<&PodView>> {
-        let mut matched: BTreeMap<WorkloadRef, Vec<&PodView>> = BTreeMap::new();
+    ) -> BTreeMap<WorkloadRef, Vec<&'a PodView>> {
+        let mut matched: BTreeMap<WorkloadRef, Vec<&'a PodView>> = BTreeMap::new();
         let everyone = rule.peers.is_none_or(Vec::is_empty);
         for (candidate, labels) in &self.namespaces {
             let live: Vec<&NetworkPolicyPeer> = rule

@@ -2,7 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::Audit;
+use super::{
+    Audit,
+    rewrite::{How, describe},
+    tighten::{Outcome, RuleChange, Tightening},
+};
 use crate::load::Skipped;
 
 /// Rows a table of AUDIT.md shows before it says how many more there are
@@ -17,6 +21,19 @@ pub struct Inputs<'a> {
     pub errors: &'a [String],
     /// Documents of other kinds.
     pub skipped: &'a [Skipped],
+    /// The tightening proposed, if one was made.
+    pub proposal: Option<Proposal<'a>>,
+}
+
+/// The tightening and what became of its files.
+pub struct Proposal<'a> {
+    /// The tightening.
+    pub tightening: &'a Tightening,
+    /// Each changed file, relative to the policies given, and how it was
+    /// rewritten.
+    pub files: &'a [(String, How)],
+    /// Where the files were written, if they were.
+    pub output_dir: Option<&'a str>,
 }
 
 fn more(out: &mut String, total: usize) {
@@ -144,6 +161,9 @@ pub fn markdown(audit: &Audit, inputs: &Inputs<'_>) -> String {
         &audit.open_to_all,
         |workload| workload.clone(),
     );
+    if let Some(proposal) = &inputs.proposal {
+        tightening(&mut out, proposal, !inputs.errors.is_empty());
+    }
     list(&mut out, "Documents not read", inputs.errors, |error| {
         error.clone()
     });
@@ -176,4 +196,146 @@ fn list<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> Stri
         let _ = writeln!(out, "- {}", line(item));
     }
     more(out, items.len());
+}
+
+/// The tightening section: files, rules, and what could not be narrowed.
+fn tightening(out: &mut String, proposal: &Proposal<'_>, unread: bool) {
+    let Proposal {
+        tightening,
+        files,
+        output_dir,
+    } = proposal;
+    let changed = tightening
+        .policies
+        .iter()
+        .filter(|policy| policy.changed())
+        .count();
+    let whole = files
+        .iter()
+        .filter(|(_, how)| matches!(how, How::Whole(_)))
+        .count();
+    let _ = writeln!(
+        out,
+        "\n## Tightening\n\nThe smallest change that keeps every observed connection the policies allow and removes every allowance none used: {changed} of {} policies change, in {} files ({} rewritten in place, {whole} proposed whole).",
+        tightening.policies.len(),
+        files.len(),
+        files.len() - whole
+    );
+    match output_dir {
+        Some(directory) => {
+            let _ = writeln!(
+                out,
+                "The changed files are written under `{directory}` at their relative paths, each with a `.diff`; unchanged files are not written."
+            );
+        }
+        None if changed > 0 => {
+            out.push_str("Run with `--output-dir` to write the changed files and their diffs.\n")
+        }
+        None => {}
+    }
+    table(
+        out,
+        "Tightened files",
+        "| file | written |",
+        files,
+        |(file, how)| {
+            let how = match how {
+                How::InPlace => "in place: only the changed rules rewritten".to_owned(),
+                How::Whole(why) => format!("whole, flagged: {why}"),
+            };
+            format!("| {file} | {how} |")
+        },
+    );
+    let changes: Vec<&RuleChange> = tightening
+        .policies
+        .iter()
+        .flat_map(|policy| &policy.changes)
+        .collect();
+    table(
+        out,
+        "Tightened rules",
+        "| rule | change |",
+        &changes,
+        |change| format!("| `{}` | {} |", change.rule, rule_change(change)),
+    );
+    let typed: Vec<String> = tightening
+        .policies
+        .iter()
+        .filter_map(|policy| {
+            let types = policy.policy_types.as_ref()?;
+            Some(format!(
+                "`{}`: `policyTypes: [{}]`",
+                policy.policy,
+                types.join(", ")
+            ))
+        })
+        .collect();
+    list(
+        out,
+        "Policies that keep isolating with no rule left (`policyTypes` written)",
+        &typed,
+        Clone::clone,
+    );
+    let kept: Vec<String> = changes
+        .iter()
+        .flat_map(|change| {
+            change
+                .kept
+                .iter()
+                .map(move |why| format!("`{}`: {why}", change.rule))
+        })
+        .collect();
+    list(out, "Peers kept as they were", &kept, Clone::clone);
+    out.push_str("\nA policy that selects several workloads keeps the union of what they used.");
+    if unread {
+        out.push_str(" Documents not read are not tightened.");
+    }
+    out.push('\n');
+}
+
+fn rule_change(change: &RuleChange) -> String {
+    let rules = match &change.outcome {
+        Outcome::Dropped => return "removed: no observed connection used it".to_owned(),
+        Outcome::Narrowed(rules) => rules,
+    };
+    let key = if change.rule.direction == "ingress" {
+        "from"
+    } else {
+        "to"
+    };
+    let parts: Vec<String> = rules
+        .iter()
+        .map(|rule| {
+            let mut what = Vec::new();
+            if rule.peers != change.before.peers {
+                what.push(format!(
+                    "{key} {} → {}",
+                    describe(change.before.peers.as_ref(), "every peer"),
+                    describe(rule.peers.as_ref(), "every peer")
+                ));
+            }
+            if rule.ports != change.before.ports {
+                what.push(format!(
+                    "ports {} → {}",
+                    describe(change.before.ports.as_ref(), "every port"),
+                    describe(rule.ports.as_ref(), "every port")
+                ));
+            }
+            if what.is_empty() {
+                "as it was".to_owned()
+            } else {
+                what.join("; ")
+            }
+        })
+        .collect();
+    if parts.len() == 1 {
+        parts.concat()
+    } else {
+        let numbered: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .map(|(index, part)| format!("{}) {part}", index + 1))
+            .collect();
+        format!("split in {}: {}", parts.len(), numbered.join("; "))
+    }
 }

@@ -40,7 +40,7 @@ const KEYWORDS: [&str; 9] = [
 /// (null, a boolean, an integer in any base, a float); libyaml then quotes
 /// what is not plain-safe (indicators, `: `, ` #`, spaces, line breaks,
 /// non-ASCII) and keys longer than [`SIMPLE_KEY_MAX`].
-pub(super) fn is_plain(text: &str) -> bool {
+pub(crate) fn is_plain(text: &str) -> bool {
     let bytes = text.as_bytes();
     let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
         return false;

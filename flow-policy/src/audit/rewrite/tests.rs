@@ -1,0 +1,1 @@
+//! Rewrites checked byte for byte.
