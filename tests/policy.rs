@@ -1259,6 +1259,54 @@ kind: CiliumNetworkPolicy
 metadata: {name: cnp, namespace: shop-b}
 spec: {endpointSelector: {}}
 "#;
+/// AUDIT_FLAWED tightened: namespaceSelector {} narrowed to web, the rule
+/// never used removed, the port-less rule given the port used.
+const AUDIT_TIGHTENED: &str = r#"# shop-a's policies, written by hand
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop-a}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop-a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: 8080, protocol: TCP}]
+"#;
+const AUDIT_TIGHTENED_DIFF: &str = r#"--- a/shop-a.yaml
++++ b/shop-a.yaml
+@@ -11,10 +11,8 @@
+   podSelector: {matchLabels: {app: api}}
+   policyTypes: [Ingress]
+   ingress:
+-  - from: [{namespaceSelector: {}}]
+-    ports: [{port: 8080}]
+   - from: [{podSelector: {matchLabels: {app: web}}}]
+-    ports: [{port: 9090}]
++    ports: [{port: 8080}]
+ ---
+ apiVersion: networking.k8s.io/v1
+ kind: NetworkPolicy
+@@ -24,3 +22,4 @@
+   policyTypes: [Egress]
+   egress:
+   - to: [{podSelector: {matchLabels: {app: api}}}]
++    ports: [{port: 8080, protocol: TCP}]
+"#;
 const AUDIT_MD: &str = r#"# Policy audit
 
 3 policies judged against flows `flows.jsonl` (3 observed edges, 3 checked) and 4 pods.
@@ -1300,6 +1348,27 @@ const AUDIT_MD: &str = r#"# Policy audit
 | client | server | tenants | ports | observed |
 | --- | --- | --- | --- | --- |
 | shop-b/Deployment/web | shop-a/Deployment/api | b → a | TCP 8080 | no |
+
+## Tightening
+
+The smallest change that keeps every observed connection the policies allow and removes every allowance none used: 2 of 3 policies change, in 1 files (1 rewritten in place, 0 proposed whole).
+The changed files are written under `out` at their relative paths, each with a `.diff`; unchanged files are not written.
+
+## Tightened files
+
+| file | written |
+| --- | --- |
+| shop-a.yaml | in place: only the changed rules rewritten |
+
+## Tightened rules
+
+| rule | change |
+| --- | --- |
+| `shop-a/api ingress[0]` | from `[{namespaceSelector: {}}]` → `[{podSelector: {matchLabels: {app: web}}}]` |
+| `shop-a/api ingress[1]` | removed: no observed connection used it |
+| `shop-a/web egress[0]` | ports every port → `[{port: 8080, protocol: TCP}]` |
+
+A policy that selects several workloads keeps the union of what they used. Documents not read are not tightened.
 
 ## Documents not read
 
@@ -1351,6 +1420,49 @@ fn audit_finds_each_known_flaw_and_audits_past_bad_documents() {
         std::fs::read_to_string(dir.join("out/AUDIT.md")).unwrap(),
         AUDIT_MD
     );
+    // The tightening: the changed file and its diff, nothing else.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/shop-a.yaml")).unwrap(),
+        AUDIT_TIGHTENED
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/shop-a.yaml.diff")).unwrap(),
+        AUDIT_TIGHTENED_DIFF
+    );
+    let mut written: Vec<String> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["AUDIT.md", "shop-a.yaml", "shop-a.yaml.diff"]);
+    // `policy check` judges the tightened set as the originals: the flows
+    // they allowed pass, the DNS lookup they denied is still denied.
+    let allowed: Vec<String> = diff_flows()
+        .lines()
+        .filter(|line| {
+            let record: Value = serde_json::from_str(line).unwrap();
+            record["source"]["namespace"] != "shop-a"
+                || record["destination"]["namespace"] != "kube-system"
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(allowed.len(), 2);
+    std::fs::write(dir.join("allowed.jsonl"), allowed.concat()).unwrap();
+    let check = |policies: &str, flows: &str| {
+        std::process::Command::new(common::cli::binary())
+            .current_dir(dir)
+            .args(["policy", "check", "--policies", policies, "--flows", flows])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    std::fs::create_dir(dir.join("original")).unwrap();
+    std::fs::write(dir.join("original/shop-a.yaml"), AUDIT_FLAWED).unwrap();
+    assert_eq!(check("original", "allowed.jsonl"), Some(0));
+    assert_eq!(check("out/shop-a.yaml", "allowed.jsonl"), Some(0));
+    assert_eq!(check("original", "flows.jsonl"), Some(1));
+    assert_eq!(check("out/shop-a.yaml", "flows.jsonl"), Some(1));
     let report: Value =
         serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["unused"].as_array().unwrap().len(), 4);

@@ -117,10 +117,9 @@ pub(super) fn documents(text: &str) -> Result<Vec<Option<Node>>, Unreadable> {
                     kind: Kind::Scalar(value.into_owned()),
                 })
             }
-            Event::MappingStart(style, anchor, _) | Event::SequenceStart(style, anchor, _)
+            Event::MappingStart(_, anchor, _) | Event::SequenceStart(_, anchor, _)
                 if anchor != 0 =>
             {
-                let _ = style;
                 return Err(Unreadable::Anchors);
             }
             Event::MappingStart(style, ..) => {
