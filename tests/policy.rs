@@ -1368,7 +1368,7 @@ The changed files are written under `out` at their relative paths, each with a `
 | `shop-a/api ingress[1]` | removed: no observed connection used it |
 | `shop-a/web egress[0]` | ports every port → `[{port: 8080, protocol: TCP}]` |
 
-A policy that selects several workloads keeps the union of what they used. Documents not read are not tightened.
+A policy that selects several workloads keeps the union of what they used. Documents not read (below: invalid ones, CiliumNetworkPolicies) are not tightened and not written.
 
 ## Documents not read
 

@@ -288,7 +288,9 @@ fn tightening(out: &mut String, proposal: &Proposal<'_>, unread: bool) {
     list(out, "Peers kept as they were", &kept, Clone::clone);
     out.push_str("\nA policy that selects several workloads keeps the union of what they used.");
     if unread {
-        out.push_str(" Documents not read are not tightened.");
+        out.push_str(
+            " Documents not read (below: invalid ones, CiliumNetworkPolicies) are not tightened and not written.",
+        );
     }
     out.push('\n');
 }
