@@ -13,6 +13,7 @@ use flow_model::{
 };
 
 use super::*;
+use crate::graph::DaysSeen;
 use crate::{
     audit::{
         files::proposed_files,
@@ -48,7 +49,9 @@ fn edge(graph: &mut Graph, client: Party, server: Party, protocol: u8, port: u16
             bytes: 60,
             cross_tenant: false,
             services: BTreeSet::new(),
-        },
+            days: DaysSeen::default(),
+        }
+        .with_days(),
     }));
 }
 
