@@ -6,6 +6,7 @@
 //! Stable Rust only, with no eBPF or Kubernetes dependency, so that the parser
 //! can be fuzzed on its own (`fuzz/`).
 
+pub mod frame;
 pub mod message;
 pub mod names;
 
