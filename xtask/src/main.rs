@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod drains;
+mod fuzz;
 mod hubble_compat;
 mod peer;
 mod rates;
@@ -35,6 +36,15 @@ enum Task {
     Test,
     /// Formatting and clippy checks only.
     Lint,
+    /// Run the fuzz targets under fuzz/ (cargo-fuzz with the pinned nightly;
+    /// installs cargo-fuzz) for a while each, from their seed corpus.
+    Fuzz {
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+        /// How long to run each target (seconds).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Set up, build, then run flow-agent on a lab node with four pods and print
     /// a live flow table.
     Demo {
@@ -120,6 +130,7 @@ fn main() -> Result<()> {
         Task::Setup { build_only: false } => setup::setup(),
         Task::Setup { build_only: true } => setup::setup_build(),
         Task::Lint => lint(),
+        Task::Fuzz { targets, seconds } => fuzz::run(&targets, Duration::from_secs(seconds)),
         Task::Test => {
             // The kernel tests are most of the suite; under the strict mode
             // set below they fail rather than skip without root.
@@ -148,7 +159,9 @@ fn main() -> Result<()> {
                     ("FLOW_AGENT_TEST_CI_VENV", &ci_venv.to_string_lossy()),
                     ("FLOW_AGENT_TEST_STRICT", "1"),
                 ],
-            )
+            )?;
+            // Each fuzz target, briefly, from its seeds: a crash fails the suite.
+            fuzz::run(&[], fuzz::TIME_IN_TEST)
         }
         Task::Demo { seconds } => {
             let binary = prepare_agent("debug")?;

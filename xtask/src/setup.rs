@@ -376,6 +376,38 @@ pub(crate) fn setup_build() -> Result<()> {
     ensure_bpf_linker(major).context("bpf-linker")
 }
 
+/// cargo-fuzz release the fuzz targets are run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// Installs what the fuzz targets need (the pinned nightly, for libFuzzer's
+/// sanitizer flags, and cargo-fuzz) and returns the toolchain to run them
+/// with.
+pub(crate) fn ensure_fuzz_tools() -> Result<String> {
+    let toolchain = ebpf_toolchain()?;
+    ensure_nightly(&toolchain).with_context(|| format!("toolchain {toolchain}"))?;
+    let installed = std::process::Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION)
+        });
+    if !installed {
+        status(
+            "cargo",
+            &[
+                "install",
+                "--locked",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ],
+            &[],
+        )?;
+    }
+    Ok(toolchain)
+}
+
 /// Installs whatever is missing; prints nothing when all is present.
 pub(crate) fn setup() -> Result<()> {
     setup_build()?;

@@ -1,0 +1,76 @@
+//! `cargo xtask fuzz`: the fuzz targets under `fuzz/` (cargo-fuzz, libFuzzer
+//! with AddressSanitizer), built with the pinned nightly. `cargo xtask test`
+//! runs each for a short while from its committed seed corpus; a crash fails
+//! the test and leaves its input under `fuzz/artifacts/`.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+use crate::setup;
+
+/// How long `cargo xtask test` runs each target.
+pub(crate) const TIME_IN_TEST: Duration = Duration::from_secs(30);
+
+/// Every fuzz target, with what it reads.
+pub(crate) const TARGETS: [(&str, &str); 1] = [(
+    "dns_frame",
+    "frames copied by the datapath, down to DNS messages and the name cache",
+)];
+
+/// Runs `targets` (all when empty) for `time` each. New inputs go to a
+/// scratch corpus under the target directory, not to the committed seeds.
+pub(crate) fn run(targets: &[String], time: Duration) -> Result<()> {
+    let toolchain = setup::ensure_fuzz_tools()?;
+    let chosen: Vec<&str> = if targets.is_empty() {
+        TARGETS.iter().map(|(name, _)| *name).collect()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
+    let root = crate::workspace_root();
+    for target in chosen {
+        if !TARGETS.iter().any(|(name, _)| *name == target) {
+            anyhow::bail!(
+                "no fuzz target {target}; there are: {}",
+                TARGETS.map(|(name, _)| name).join(", ")
+            );
+        }
+        let scratch = scratch_corpus(target)?;
+        let seeds = root.join("fuzz").join("corpus").join(target);
+        let max_time = format!("-max_total_time={}", time.as_secs().max(1));
+        setup::status(
+            "cargo",
+            &[
+                &format!("+{toolchain}"),
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                &root.join("fuzz").to_string_lossy(),
+                target,
+                &scratch.to_string_lossy(),
+                &seeds.to_string_lossy(),
+                "--",
+                &max_time,
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ],
+            &[],
+        )
+        .with_context(|| {
+            format!("fuzz target {target} failed: its input is under fuzz/artifacts/{target}/")
+        })?;
+    }
+    Ok(())
+}
+
+/// An empty scratch corpus for `target`.
+fn scratch_corpus(target: &str) -> Result<PathBuf> {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let dir = target_dir.join("fuzz-corpus").join(target);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
