@@ -16,6 +16,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod dns;
 mod parse;
 
 use aya_ebpf::{
@@ -219,6 +220,15 @@ fn observe(ctx: &TcContext, direction: Direction) {
     } else {
         gso_segs
     };
+    let seen = dns::Seen {
+        frame_len: packet_len,
+        payload_len: ip_len.saturating_sub(headers_len),
+        ifindex,
+        direction,
+    };
+    if let Some(counter) = dns::copy_if_dns(ctx, &key, seen) {
+        bump(counter);
+    }
     let (packets, bytes) = if segments > 1 {
         let extra = u64::from(segments - 1) * u64::from(headers_len);
         (u64::from(segments), u64::from(ip_len) + extra)

@@ -86,6 +86,7 @@ fn endpoint(pods: &[Arc<Identity>], index: usize, port: u16) -> Endpoint {
         port,
         identity: Arc::clone(&pods[pod]),
         service: None,
+        names: Vec::new(),
     }
 }
 

@@ -360,6 +360,8 @@ fn pipeline<S: RecordSink>(sink: S) -> Pipeline<S> {
             closed_timeout_ns: 10_000_000_000,
         },
         enricher: Some(Enricher::without_conntrack(identity_cache())),
+        // On by default in the agent: every record is looked up.
+        names: Some(flow_agent::names::Names::new(Default::default())),
         monitor: None,
         learner: None,
         sink,

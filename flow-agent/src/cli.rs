@@ -158,6 +158,34 @@ pub struct RunArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub ebpf_debug: Option<bool>,
+    /// Copy DNS answers pods receive (UDP and TCP port 53) to name the
+    /// addresses on their flows [default: true; --dns=false turns it off].
+    #[arg(
+        long,
+        env = "FLOW_AGENT_DNS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dns: Option<bool>,
+    /// Also copy DNS queries, and stream queries and answers as Hubble L7
+    /// DNS flows [default: false].
+    #[arg(
+        long,
+        env = "FLOW_AGENT_DNS_FLOWS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dns_flows: Option<bool>,
+    /// Names kept at most, as (pod, address, name) entries; the oldest goes
+    /// first [default: 100000].
+    #[arg(long, env = "FLOW_AGENT_DNS_MAX_ENTRIES")]
+    pub dns_max_entries: Option<usize>,
     /// Node name in records [default: $NODE_NAME, else the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -302,6 +330,9 @@ impl RunArgs {
             attach_mode,
             output,
             ebpf_debug,
+            dns,
+            dns_flows,
+            dns_max_entries,
             node_name,
             inventory,
             kubernetes,
@@ -342,6 +373,9 @@ impl RunArgs {
             attach_mode: *attach_mode,
             output: *output,
             ebpf_debug: *ebpf_debug,
+            dns: *dns,
+            dns_flows: *dns_flows,
+            dns_max_entries: *dns_max_entries,
             node_name: node_name.clone(),
             inventory: inventory.clone(),
             kubernetes: *kubernetes,
@@ -460,6 +494,16 @@ pub struct ObserveArgs {
     /// Destination address in this IP or CIDR.
     #[arg(long, value_name = "IP|CIDR")]
     pub to_ip: Vec<String>,
+    /// Either end resolved by its peer from a DNS name matching this
+    /// pattern (`*` for any run of name characters: `*.vault.azure.net`).
+    #[arg(long, value_name = "PATTERN")]
+    pub fqdn: Vec<String>,
+    /// Source resolved from a matching DNS name.
+    #[arg(long, value_name = "PATTERN")]
+    pub from_fqdn: Vec<String>,
+    /// Destination resolved from a matching DNS name.
+    #[arg(long, value_name = "PATTERN")]
+    pub to_fqdn: Vec<String>,
     /// Either end's port.
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u32>,

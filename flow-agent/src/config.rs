@@ -60,6 +60,18 @@ pub struct IdentitySettings {
     pub grace: Duration,
 }
 
+/// Names from DNS answers: how many, and whether DNS flows are streamed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// The cache of names each pod resolved.
+    pub cache: flow_dns::NameCacheConfig,
+    /// Queries are copied too, and DNS messages stream as Hubble L7 flows.
+    pub flows: bool,
+}
+
+/// Most names the DNS cache may be asked to keep (some 200 bytes each).
+const MAX_DNS_ENTRIES: usize = 10_000_000;
+
 /// Default flush interval.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default connection idle timeout.
@@ -198,6 +210,15 @@ pub struct RunOptions {
     /// Log from the eBPF programs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ebpf_debug: Option<bool>,
+    /// Copy DNS answers to name addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<bool>,
+    /// Copy DNS queries too, and stream DNS flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_flows: Option<bool>,
+    /// Names kept at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_max_entries: Option<usize>,
     /// Name reported as the observing node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
@@ -337,6 +358,9 @@ impl RunOptions {
             attach_mode,
             output,
             ebpf_debug,
+            dns,
+            dns_flows,
+            dns_max_entries,
             node_name,
             inventory,
             kubernetes,
@@ -376,6 +400,9 @@ impl RunOptions {
             attach_mode: attach_mode.or(lower.attach_mode),
             output: output.or(lower.output),
             ebpf_debug: ebpf_debug.or(lower.ebpf_debug),
+            dns: dns.or(lower.dns),
+            dns_flows: dns_flows.or(lower.dns_flows),
+            dns_max_entries: dns_max_entries.or(lower.dns_max_entries),
             node_name: node_name.or(lower.node_name),
             inventory: inventory.or(lower.inventory),
             kubernetes: kubernetes.or(lower.kubernetes),
@@ -420,6 +447,7 @@ impl RunConfig {
             output,
             node_name,
             identity,
+            dns,
             api,
             file,
             learner,
@@ -442,6 +470,9 @@ impl RunConfig {
             attach_mode: Some(datapath.attach_mode),
             output: Some(*output),
             ebpf_debug: Some(datapath.ebpf_debug),
+            dns: Some(dns.is_some()),
+            dns_flows: Some(dns.as_ref().is_some_and(|dns| dns.flows)),
+            dns_max_entries: dns.as_ref().map(|dns| dns.cache.max_entries),
             node_name: Some(node_name.clone()),
             inventory: identity
                 .as_ref()
@@ -509,6 +540,8 @@ pub struct RunConfig {
     pub node_name: String,
     /// Identity, if a source is configured.
     pub identity: Option<IdentitySettings>,
+    /// Names from DNS answers, unless `--dns=false`.
+    pub dns: Option<DnsSettings>,
     /// The gRPC API, if listening.
     pub api: Option<(ApiSettings, HubSettings)>,
     /// The rotating JSON lines file, if any.

@@ -32,5 +32,6 @@ pub mod enrich;
 pub mod flows;
 pub mod interfaces;
 pub mod metrics;
+pub mod names;
 pub mod observe;
 pub mod output;

@@ -467,6 +467,9 @@ pub fn counter_name(counter: DatapathCounter) -> &'static str {
         DatapathCounter::Malformed => "malformed",
         DatapathCounter::Deduplicated => "deduplicated",
         DatapathCounter::FragmentWithoutPorts => "fragment_without_ports",
+        DatapathCounter::DnsCopied => "dns_copied",
+        DatapathCounter::DnsOverBudget => "dns_over_budget",
+        DatapathCounter::DnsLost => "dns_lost",
     }
 }
 

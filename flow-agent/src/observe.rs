@@ -55,6 +55,7 @@ fn endpoint_filter(
     pod: &[String],
     ip: &[String],
     port: &[u32],
+    fqdn: &[String],
 ) -> Option<EndpointFilter> {
     let filter = EndpointFilter {
         namespace: namespace.to_vec(),
@@ -64,6 +65,7 @@ fn endpoint_filter(
         ip: ip.to_vec(),
         port: port.to_vec(),
         label: Vec::new(),
+        fqdn: fqdn.to_vec(),
     };
     (filter != EndpointFilter::default()).then_some(filter)
 }
@@ -93,6 +95,9 @@ pub fn flows_request(args: &ObserveArgs, now: SystemTime) -> GetFlowsRequest {
         ip,
         from_ip,
         to_ip,
+        fqdn,
+        from_fqdn,
+        to_fqdn,
         port,
         from_port,
         to_port,
@@ -108,7 +113,7 @@ pub fn flows_request(args: &ObserveArgs, now: SystemTime) -> GetFlowsRequest {
         not_protocol,
         ..
     } = args;
-    let mut either = endpoint_filter(namespace, tenant, workload, pod, ip, port);
+    let mut either = endpoint_filter(namespace, tenant, workload, pod, ip, port, fqdn);
     if !label.is_empty() {
         either.get_or_insert_with(EndpointFilter::default).label = label.clone();
     }
@@ -121,8 +126,17 @@ pub fn flows_request(args: &ObserveArgs, now: SystemTime) -> GetFlowsRequest {
             from_pod,
             from_ip,
             from_port,
+            from_fqdn,
         ),
-        destination: endpoint_filter(to_namespace, to_tenant, to_workload, to_pod, to_ip, to_port),
+        destination: endpoint_filter(
+            to_namespace,
+            to_tenant,
+            to_workload,
+            to_pod,
+            to_ip,
+            to_port,
+            to_fqdn,
+        ),
         protocol: protocol.clone(),
         direction: match direction {
             None => Direction::Unspecified,
@@ -135,10 +149,10 @@ pub fn flows_request(args: &ObserveArgs, now: SystemTime) -> GetFlowsRequest {
     };
     let none: &[String] = &[];
     let deny = [
-        endpoint_filter(not_namespace, none, none, none, none, &[]),
-        endpoint_filter(none, none, not_workload, none, none, &[]),
-        endpoint_filter(none, none, none, none, not_ip, &[]),
-        endpoint_filter(none, none, none, none, none, not_port),
+        endpoint_filter(not_namespace, none, none, none, none, &[], none),
+        endpoint_filter(none, none, not_workload, none, none, &[], none),
+        endpoint_filter(none, none, none, none, not_ip, &[], none),
+        endpoint_filter(none, none, none, none, none, not_port, none),
     ]
     .into_iter()
     .flatten()
@@ -556,6 +570,7 @@ fn endpoint_cell(endpoint: &Endpoint) -> String {
         port,
         identity,
         service,
+        names,
     } = endpoint;
     let EndpointIdentity {
         kind,
@@ -579,6 +594,9 @@ fn endpoint_cell(endpoint: &Endpoint) -> String {
     };
     if let Some(service) = service {
         cell.push_str(&format!(" via {}/{}", service.namespace, service.name));
+    }
+    if !names.is_empty() {
+        cell.push_str(&format!(" [{}]", names.join(" ")));
     }
     cell
 }
@@ -743,6 +761,7 @@ mod tests {
                 note: None,
             }),
             service: None,
+            names: Vec::new(),
         }
     }
 

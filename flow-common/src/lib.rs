@@ -49,6 +49,16 @@ pub const PAGED_READS_ONLY: &str = "PAGED_READS_ONLY";
 /// Name of the read-only global that makes the programs time packets with the
 /// coarse monotonic clock (`bpf_ktime_get_coarse_ns`, Linux 5.11+).
 pub const COARSE_CLOCK: &str = "COARSE_CLOCK";
+/// Read-only global: which DNS messages the programs copy, see [`DnsCopy`].
+pub const DNS_COPY: &str = "DNS_COPY";
+/// Read-only global: bytes of DNS frames each CPU may copy per second.
+pub const DNS_BYTES_PER_SECOND: &str = "DNS_BYTES_PER_SECOND";
+/// Ring buffer of [`DnsFrame`]s, each cut to its header and copied bytes.
+pub const DNS_FRAMES: &str = "DNS_FRAMES";
+/// Per-CPU scratch [`DnsFrame`] the copy is assembled in.
+pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
+/// Per-CPU [`DnsBudget`].
+pub const DNS_BUDGET: &str = "DNS_BUDGET";
 /// Name of the ingress classifier in the eBPF object.
 pub const PROGRAM_INGRESS: &str = "flow_ingress";
 /// Name of the egress classifier in the eBPF object.
@@ -61,6 +71,16 @@ pub const DEFAULT_FLOW_MAP_ENTRIES: u32 = 65_536;
 pub const FRAGMENT_MAP_ENTRIES: u32 = 4_096;
 /// Default size of the spill ring buffer in bytes (a power of two, multiple of the page size).
 pub const DEFAULT_SPILL_BYTES: u32 = 256 * 1024;
+/// Default size of the [`DNS_FRAMES`] ring buffer: 1 MiB holds about 3,000
+/// typical answers (300-byte frames); userspace reads it every 250 ms.
+pub const DEFAULT_DNS_RING_BYTES: u32 = 1 << 20;
+/// Default per-CPU budget of copied DNS frame bytes per second.
+pub const DEFAULT_DNS_BYTES_PER_SECOND: u32 = 1 << 20;
+/// Bytes of a frame copied for a DNS message, from the Ethernet header on:
+/// enough for two VLAN tags, IPv6 with 64 bytes of extension headers, TCP
+/// with options and a 1,232-byte message (the EDNS size of DNS Flag Day
+/// 2020). A longer frame is copied up to this and reported cut.
+pub const DNS_COPY_BYTES: usize = 1_408;
 /// Keys one CPU's [`NewFlowLog`] holds for one epoch. A drain of an epoch in
 /// which no CPU created more moves out just the logged keys; otherwise it
 /// walks the map.
@@ -295,6 +315,55 @@ pub struct DatapathControl {
     pub _pad: u32,
 }
 
+/// Which DNS messages the programs copy to userspace ([`DNS_COPY`]).
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DnsCopy {
+    /// None: the check costs nothing, the verifier prunes it.
+    Off = 0,
+    /// Messages from port 53 (UDP or TCP): answers, for names on flows.
+    Answers = 1,
+    /// Messages from or to port 53: answers and queries, for DNS flows.
+    AnswersAndQueries = 2,
+}
+
+/// What precedes the copied bytes of a frame in [`DNS_FRAMES`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsFrameHeader {
+    /// Length of the whole frame (`skb->len`).
+    pub frame_len: u32,
+    /// Interface the frame was seen on.
+    pub ifindex: u32,
+    /// Bytes copied: `min(frame_len, DNS_COPY_BYTES)`.
+    pub copied: u16,
+    /// [`Direction`] of the hook that saw it.
+    pub direction: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+
+/// A frame of a DNS message as copied; the ring buffer holds only the header
+/// and the first `copied` bytes of `frame`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DnsFrame {
+    /// Lengths and where it was seen.
+    pub header: DnsFrameHeader,
+    /// The frame from its Ethernet header on.
+    pub frame: [u8; DNS_COPY_BYTES],
+}
+
+/// One CPU's spending of [`DNS_BYTES_PER_SECOND`] ([`DNS_BUDGET`]).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsBudget {
+    /// Start of the current one-second window (`bpf_ktime_get_ns`).
+    pub window_start_ns: u64,
+    /// Bytes copied in the window.
+    pub bytes: u64,
+}
+
 /// Key of the [`FRAGMENTS`] map: identifies the fragments of one datagram.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -357,11 +426,17 @@ pub enum Counter {
     /// Flows created in a flow map (one per flow and epoch). Userspace watches
     /// it to drain early when the active map fills up.
     Inserted = 8,
+    /// DNS frames copied to [`DNS_FRAMES`].
+    DnsCopied = 9,
+    /// DNS frames not copied: the CPU had spent its [`DNS_BYTES_PER_SECOND`].
+    DnsOverBudget = 10,
+    /// DNS frames not copied: [`DNS_FRAMES`] was full.
+    DnsLost = 11,
 }
 
 impl Counter {
     /// Number of counters: the size of the [`COUNTERS`] array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::MapFull,
@@ -373,6 +448,9 @@ impl Counter {
         Self::Deduplicated,
         Self::FragmentWithoutPorts,
         Self::Inserted,
+        Self::DnsCopied,
+        Self::DnsOverBudget,
+        Self::DnsLost,
     ];
 
     /// A stable snake_case name, used in logs and metrics.
@@ -387,6 +465,9 @@ impl Counter {
             Self::Deduplicated => "deduplicated",
             Self::FragmentWithoutPorts => "fragment_without_ports",
             Self::Inserted => "inserted",
+            Self::DnsCopied => "dns_copied",
+            Self::DnsOverBudget => "dns_over_budget",
+            Self::DnsLost => "dns_lost",
         }
     }
 }
@@ -402,6 +483,9 @@ mod pod {
     unsafe impl aya::Pod for super::DatapathControl {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentPorts {}
+    unsafe impl aya::Pod for super::DnsFrameHeader {}
+    unsafe impl aya::Pod for super::DnsFrame {}
+    unsafe impl aya::Pod for super::DnsBudget {}
 }
 
 #[cfg(test)]
@@ -475,6 +559,17 @@ mod tests {
         ] {
             assert_eq!(icmp_error::kind_of(is_v6, icmp_type), None);
         }
+    }
+
+    #[test]
+    fn dns_frame_layouts() {
+        assert_eq!(size_of::<DnsFrameHeader>(), 16);
+        assert_eq!(offset_of!(DnsFrameHeader, ifindex), 4);
+        assert_eq!(offset_of!(DnsFrameHeader, copied), 8);
+        assert_eq!(offset_of!(DnsFrameHeader, direction), 10);
+        assert_eq!(size_of::<DnsFrame>(), 16 + DNS_COPY_BYTES);
+        assert_eq!(size_of::<DnsFrame>() % 8, 0);
+        assert_eq!(size_of::<DnsBudget>(), 16);
     }
 
     #[test]

@@ -156,6 +156,11 @@ pub struct Endpoint {
     /// The Service the client addressed, for destinations reached through one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
+    /// The DNS names the flow's other end resolved to this address (the
+    /// question and every CNAME on the way), sorted; empty when it resolved
+    /// none that is still alive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<Arc<str>>,
 }
 
 impl Endpoint {
@@ -166,6 +171,7 @@ impl Endpoint {
             port,
             identity: Arc::default(),
             service: None,
+            names: Vec::new(),
         }
     }
 }

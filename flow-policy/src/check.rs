@@ -427,6 +427,7 @@ fn edge_end(party: &Party, graph: &Graph) -> Endpoint {
         port: 0,
         identity: Arc::new(identity),
         service: None,
+        names: Vec::new(),
     }
 }
 
@@ -647,6 +648,7 @@ mod tests {
                 note: None,
             }),
             service: None,
+            names: Vec::new(),
         }
     }
 
@@ -817,6 +819,7 @@ mod tests {
                 port,
                 identity: Arc::new(cache.identify(ip, now)),
                 service: None,
+                names: Vec::new(),
             }
         };
         let request = |port: u16| {

@@ -235,6 +235,7 @@ fn hubble_endpoint(value: Option<&Value>, ip: IpAddr, port: u16, tenant_label: &
             note: None,
         }),
         service: None,
+        names: Vec::new(),
     }
 }
 

@@ -613,6 +613,7 @@ mod tests {
                 note: None,
             }),
             service: None,
+            names: Vec::new(),
         }
     }
 

@@ -316,6 +316,7 @@ mod tests {
                 ..Identity::default()
             }),
             service: None,
+            names: Vec::new(),
         };
         let time = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         FlowRecord {

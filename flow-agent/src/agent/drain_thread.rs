@@ -38,6 +38,7 @@ use crate::{
     enrich::Enricher,
     interfaces::{Link, LinkEvent, local_addresses},
     metrics::{DrainReport, Health, Metrics},
+    names::Names,
     output::{FileSink, FileSinkStats, RecordSink},
 };
 use flow_model::identity::{CacheEvent, ObjectKind};
@@ -221,6 +222,7 @@ impl<S: RecordSink> Agent<S> {
             node_name: config.node_name.clone(),
             tracker: config.tracker,
             enricher,
+            names: config.dns.map(|dns| Names::new(dns.cache)),
             monitor: config.policies.as_deref().map(load_monitor).transpose()?,
             learner: config
                 .learner
@@ -340,6 +342,7 @@ impl<S: RecordSink> Agent<S> {
             }
             if now >= next_check {
                 next_check = now + PRESSURE_CHECK_INTERVAL;
+                self.read_dns();
                 if self.datapath.needs_early_drain()? {
                     self.note_early_drain();
                     self.flush()?;
@@ -414,12 +417,26 @@ impl<S: RecordSink> Agent<S> {
         self.peers.publish(nodes);
     }
 
+    /// Reads the DNS frames the programs copied into the names.
+    fn read_dns(&mut self) {
+        let now = Instant::now();
+        let Self {
+            datapath, pipeline, ..
+        } = self;
+        datapath.read_dns_frames(|frame| {
+            pipeline.take_dns_frame(frame, now);
+        });
+    }
+
     /// One drain and what follows it: counters, idle connections and
     /// identities forgotten, interfaces gone for good, status.
     fn flush(&mut self) -> Result<(), AgentError> {
         let started = Instant::now();
         let drained = self.datapath.drain()?;
+        // The answers that came before the drained flows name them.
+        self.read_dns();
         self.emit(drained, started, started.elapsed())?;
+        self.pipeline.expire_names(Instant::now());
         self.check_counters()?;
         let evicted = self.pipeline.evict_idle(MonotonicClock::monotonic_now_ns());
         if evicted > 0 {
@@ -590,6 +607,7 @@ impl<S: RecordSink> Agent<S> {
             self.datapath.detach_all();
             self.datapath.drain_final()?
         };
+        self.read_dns();
         self.emit(drained, started, started.elapsed())?;
         self.check_counters()?;
         let counters = self.counters.since(&self.baseline);

@@ -9,7 +9,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use flow_common::FlowKey;
@@ -18,10 +18,12 @@ use tracing::{debug, error, info, warn};
 use super::error_chain;
 use crate::{
     aggregate::{AggregateRecord, Aggregator},
+    datapath::DnsFrameRef,
     drain::{DrainedFlows, FlowSample},
     enrich::{Enricher, Translation, Translations},
     flows::{Classified, FlowTracker, TrackerConfig},
     metrics::Metrics,
+    names::{DnsStats, Message, Names},
     output::RecordSink,
 };
 use flow_model::identity::Identity;
@@ -50,6 +52,8 @@ pub struct PipelineParts<S> {
     pub tracker: TrackerConfig,
     /// Identities, when configured.
     pub enricher: Option<Enricher>,
+    /// Names from DNS answers, unless DNS copying is off.
+    pub names: Option<Names>,
     /// Monitor mode, when approved policies are given.
     pub monitor: Option<Monitor>,
     /// The learned graph, when learning.
@@ -97,6 +101,7 @@ pub struct Pipeline<S> {
     unknown: Arc<Identity>,
     tracker: FlowTracker,
     enricher: Option<Enricher>,
+    names: Option<Names>,
     aggregator: Aggregator,
     interval_start: Timestamp,
     monitor: Option<Monitor>,
@@ -118,6 +123,7 @@ impl<S: RecordSink> Pipeline<S> {
             node_name,
             tracker,
             enricher,
+            names,
             monitor,
             learner,
             sink,
@@ -128,6 +134,7 @@ impl<S: RecordSink> Pipeline<S> {
             unknown: Arc::default(),
             tracker: FlowTracker::new(tracker),
             enricher,
+            names,
             aggregator: Aggregator::new(),
             interval_start: Timestamp(SystemTime::now()),
             monitor,
@@ -159,6 +166,7 @@ impl<S: RecordSink> Pipeline<S> {
             );
         }
         let clock = MonotonicClock::now();
+        let now = Instant::now();
         let mut samples = drained.into_samples();
         let translations = match &mut self.enricher {
             Some(enricher) => enricher.translate(&mut samples),
@@ -196,6 +204,9 @@ impl<S: RecordSink> Pipeline<S> {
                     interfaces,
                     &clock,
                 );
+                if let Some(names) = &self.names {
+                    names.name(&mut records[slot], now);
+                }
             }
             // Slots past the batch stay for the next one.
             result = self.flows(&mut records[..batch.len()], synced, &mut violations);
@@ -351,6 +362,7 @@ impl<S: RecordSink> Pipeline<S> {
             end.port = port;
             end.identity.clone_from(&self.unknown);
             end.service = None;
+            end.names.clear();
         }
         record.protocol = Protocol(protocol);
         record.icmp = record.protocol.is_icmp().then_some(Icmp {
@@ -380,6 +392,27 @@ impl<S: RecordSink> Pipeline<S> {
         if let Some(enricher) = &self.enricher {
             enricher.annotate(record, translation, first_seen);
         }
+    }
+
+    /// Reads a DNS frame the datapath copied at `now` into the names;
+    /// returns its messages (none when DNS copying is off).
+    pub fn take_dns_frame(&mut self, frame: DnsFrameRef<'_>, now: Instant) -> Vec<Message> {
+        match &mut self.names {
+            Some(names) => names.take(frame, now),
+            None => Vec::new(),
+        }
+    }
+
+    /// Drops the names whose TTL and grace ran out by `now`.
+    pub fn expire_names(&mut self, now: Instant) {
+        if let Some(names) = &mut self.names {
+            names.expire(now);
+        }
+    }
+
+    /// What the DNS names saw, when DNS copying is on.
+    pub fn dns_stats(&self) -> Option<DnsStats> {
+        self.names.as_ref().map(Names::stats)
     }
 
     /// Forgets connections that have been quiet for too long; returns how
@@ -445,6 +478,7 @@ fn blank_record(unknown: &Arc<Identity>) -> FlowRecord {
         port: 0,
         identity: Arc::clone(unknown),
         service: None,
+        names: Vec::new(),
     };
     FlowRecord {
         time: Timestamp(SystemTime::UNIX_EPOCH),

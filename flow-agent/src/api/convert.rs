@@ -38,6 +38,7 @@ fn endpoint(endpoint: &Endpoint) -> proto::Endpoint {
         port,
         identity,
         service,
+        names,
     } = endpoint;
     let Identity {
         kind: peer,
@@ -75,6 +76,7 @@ fn endpoint(endpoint: &Endpoint) -> proto::Endpoint {
                 target_port: target_port.map_or(0, u32::from),
             },
         ),
+        names: names.iter().map(|name| name.to_string()).collect(),
     }
 }
 
@@ -92,6 +94,7 @@ fn from_endpoint(endpoint: Option<&proto::Endpoint>) -> Endpoint {
         node,
         note,
         service,
+        names,
     } = endpoint.unwrap_or(&default);
     let address = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
     Endpoint {
@@ -122,6 +125,7 @@ fn from_endpoint(endpoint: Option<&proto::Endpoint>) -> Endpoint {
                 target_port: u16::try_from(*target_port).ok().filter(|port| *port != 0),
             },
         ),
+        names: names.iter().map(|name| Arc::from(name.as_str())).collect(),
     }
 }
 

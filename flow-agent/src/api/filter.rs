@@ -9,7 +9,7 @@ use flow_model::identity::Identity;
 
 use flow_model::record::{Endpoint, FlowRecord, Protocol};
 
-use crate::aggregate::AggregateRecord;
+use crate::{aggregate::AggregateRecord, api::fqdn::FqdnPattern};
 
 /// A filter value that cannot be used: `field` is its path in the request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +30,7 @@ struct EndpointMatcher {
     ip: Vec<Cidr>,
     port: Vec<u16>,
     label: Vec<(String, String)>,
+    fqdn: Vec<FqdnPattern>,
 }
 
 impl EndpointMatcher {
@@ -42,6 +43,7 @@ impl EndpointMatcher {
             ip,
             port,
             label,
+            fqdn,
         }) = filter
         else {
             return Ok(Self::default());
@@ -103,6 +105,14 @@ impl EndpointMatcher {
                 )),
             })
             .collect::<Result<_, _>>()?;
+        let fqdn = fqdn
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                FqdnPattern::parse(text)
+                    .map_err(|problem| error(format!("{path}.fqdn[{index}]"), problem))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             namespace: namespace.clone(),
             tenant: tenant.clone(),
@@ -111,6 +121,7 @@ impl EndpointMatcher {
             ip,
             port,
             label,
+            fqdn,
         })
     }
 
@@ -123,6 +134,7 @@ impl EndpointMatcher {
             ip,
             port,
             label,
+            fqdn,
         } = self;
         namespace.is_empty()
             && tenant.is_empty()
@@ -131,11 +143,16 @@ impl EndpointMatcher {
             && ip.is_empty()
             && port.is_empty()
             && label.is_empty()
+            && fqdn.is_empty()
     }
 
     fn matches(&self, endpoint: &Endpoint) -> bool {
         let Endpoint {
-            ip, port, identity, ..
+            ip,
+            port,
+            identity,
+            names,
+            ..
         } = endpoint;
         let Identity {
             namespace,
@@ -164,6 +181,7 @@ impl EndpointMatcher {
                 .label
                 .iter()
                 .all(|(key, value)| labels.get(key) == Some(value))
+            && (self.fqdn.is_empty() || self.fqdn.iter().any(|fqdn| fqdn.matches_any(names)))
     }
 }
 
@@ -306,6 +324,7 @@ fn filter_values(filter: &proto::FlowFilter) -> usize {
                 ip,
                 port,
                 label,
+                fqdn,
             } = endpoint;
             namespace.len()
                 + tenant.len()
@@ -314,6 +333,7 @@ fn filter_values(filter: &proto::FlowFilter) -> usize {
                 + ip.len()
                 + port.len()
                 + label.len()
+                + fqdn.len()
         })
     };
     endpoint(filter.either.as_ref())

@@ -10,6 +10,7 @@ pub mod access;
 pub mod convert;
 pub mod filter;
 pub mod flow_service;
+pub mod fqdn;
 pub mod hub;
 pub mod hubble;
 pub mod server;

@@ -12,20 +12,22 @@ use super::{
     CLOSED_CONNECTION_TIMEOUT, ConfigError, DEFAULT_FLOW_IDLE_TIMEOUT, DEFAULT_FLUSH_INTERVAL,
     DEFAULT_GRAPH_MAX_EDGES, DEFAULT_GRPC_BUFFER, DEFAULT_GRPC_MAX_SUBSCRIBERS,
     DEFAULT_GRPC_SUBSCRIBER_QUEUE, DEFAULT_HUBBLE_TLS_SERVER_NAME, DEFAULT_IDENTITY_GRACE,
-    DEFAULT_OUTPUT_FILE_KEEP, DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_TENANT_LABEL, IdentitySettings,
-    IdentitySource, MAX_MAP_SIZE, MAX_SPILL_SIZE, MAX_TIMEOUT, MIN_SPILL_SIZE, RunConfig,
-    RunOptions,
+    DEFAULT_OUTPUT_FILE_KEEP, DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_TENANT_LABEL, DnsSettings,
+    IdentitySettings, IdentitySource, MAX_DNS_ENTRIES, MAX_MAP_SIZE, MAX_SPILL_SIZE, MAX_TIMEOUT,
+    MIN_SPILL_SIZE, RunConfig, RunOptions,
 };
 use crate::{
     api::{
         hub::HubSettings,
         server::{ApiSettings, HubbleSettings},
     },
-    datapath::{AttachMode, DatapathConfig},
+    datapath::{AttachMode, DatapathConfig, DnsCopySettings},
     flows::TrackerConfig,
     interfaces::InterfaceSelector,
     output::FileSinkSettings,
 };
+use flow_common::DnsCopy;
+use flow_dns::NameCacheConfig;
 use flow_policy::learner::LearnerSettings;
 
 impl RunConfig {
@@ -42,6 +44,9 @@ impl RunConfig {
             attach_mode,
             output,
             ebpf_debug,
+            dns,
+            dns_flows,
+            dns_max_entries,
             node_name,
             inventory,
             kubernetes,
@@ -72,7 +77,8 @@ impl RunConfig {
         } = options;
         let flush_interval = resolve_flush_interval(flush_interval)?;
         let tracker = resolve_tracker(flow_idle_timeout, flush_interval)?;
-        let datapath = DatapathOptions {
+        let dns = resolve_dns(dns, dns_flows, dns_max_entries)?;
+        let mut datapath = DatapathOptions {
             map_size,
             spill_size,
             attach_mode,
@@ -80,6 +86,11 @@ impl RunConfig {
             pin_dir,
         }
         .resolve()?;
+        datapath.dns.copy = match dns {
+            None => DnsCopy::Off,
+            Some(DnsSettings { flows: false, .. }) => DnsCopy::Answers,
+            Some(DnsSettings { flows: true, .. }) => DnsCopy::AnswersAndQueries,
+        };
         let identity = IdentityOptions {
             inventory,
             kubernetes,
@@ -128,6 +139,7 @@ impl RunConfig {
                 .filter(|name| !name.is_empty())
                 .unwrap_or_else(hostname),
             identity,
+            dns,
             api,
             file,
             learner,
@@ -135,6 +147,44 @@ impl RunConfig {
             metrics: resolve_metrics(metrics_listen, metrics_workload_pairs)?,
         })
     }
+}
+
+/// DNS copying, on unless `dns` is false; DNS flows need it on.
+fn resolve_dns(
+    dns: Option<bool>,
+    flows: Option<bool>,
+    max_entries: Option<usize>,
+) -> Result<Option<DnsSettings>, ConfigError> {
+    let flows = flows.unwrap_or(false);
+    if dns == Some(false) {
+        if flows {
+            return Err(invalid("dns-flows", true, "false when --dns=false"));
+        }
+        if let Some(max_entries) = max_entries {
+            return Err(invalid(
+                "dns-max-entries",
+                max_entries,
+                "unset when --dns=false",
+            ));
+        }
+        return Ok(None);
+    }
+    let defaults = NameCacheConfig::default();
+    let max_entries = max_entries.unwrap_or(defaults.max_entries);
+    if !(1..=MAX_DNS_ENTRIES).contains(&max_entries) {
+        return Err(invalid(
+            "dns-max-entries",
+            max_entries,
+            "between 1 and 10000000",
+        ));
+    }
+    Ok(Some(DnsSettings {
+        cache: NameCacheConfig {
+            max_entries,
+            ..defaults
+        },
+        flows,
+    }))
 }
 
 fn human(duration: Duration) -> String {
@@ -212,6 +262,7 @@ impl DatapathOptions {
             paged_reads_only: false,
             precise_clock: false,
             pin_dir: self.pin_dir,
+            dns: DnsCopySettings::default(),
         })
     }
 }

@@ -14,9 +14,11 @@ use aya::{
     util::KernelVersion,
 };
 use flow_common::{
-    COARSE_CLOCK, CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG, DatapathControl,
-    Direction, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey, FlowStats, FragmentKey, FragmentPorts,
-    NEW_FLOW_LOG, NewFlowLog, PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
+    COARSE_CLOCK, CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG,
+    DEFAULT_DNS_BYTES_PER_SECOND, DEFAULT_DNS_RING_BYTES, DNS_BYTES_PER_SECOND, DNS_COPY,
+    DNS_FRAMES, DatapathControl, Direction, DnsCopy, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey,
+    FlowStats, FragmentKey, FragmentPorts, NEW_FLOW_LOG, NewFlowLog, PAGED_READS_ONLY,
+    PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use tracing::{debug, warn};
 
@@ -50,6 +52,29 @@ pub struct DatapathConfig {
     /// Pin maps and links under this bpffs directory, and take over what an
     /// earlier agent pinned there: restarts lose nothing (see [`pin`](super::pin)).
     pub pin_dir: Option<PathBuf>,
+    /// Which DNS frames the programs copy, and how many.
+    pub dns: DnsCopySettings,
+}
+
+/// What the programs copy of DNS traffic (see the eBPF crate's `dns` module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsCopySettings {
+    /// Answers, answers and queries, or nothing.
+    pub copy: DnsCopy,
+    /// Size of the ring buffer in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Bytes each CPU may copy per second; frames past it are counted.
+    pub bytes_per_second: u32,
+}
+
+impl Default for DnsCopySettings {
+    fn default() -> Self {
+        Self {
+            copy: DnsCopy::Answers,
+            ring_bytes: DEFAULT_DNS_RING_BYTES,
+            bytes_per_second: DEFAULT_DNS_BYTES_PER_SECOND,
+        }
+    }
 }
 
 /// Memory the two flow maps may take by default, in bytes.
@@ -82,6 +107,7 @@ impl Default for DatapathConfig {
             paged_reads_only: false,
             precise_clock: false,
             pin_dir: None,
+            dns: DnsCopySettings::default(),
         }
     }
 }
@@ -223,6 +249,7 @@ struct ObjectSettings<'a> {
     ebpf_debug: bool,
     paged_reads_only: bool,
     coarse_clock: bool,
+    dns: DnsCopySettings,
     pins: Option<&'a PinDir>,
 }
 
@@ -242,8 +269,10 @@ fn load_object(settings: ObjectSettings<'_>) -> Result<Ebpf, DatapathError> {
         ebpf_debug,
         paged_reads_only,
         coarse_clock,
+        dns,
         pins,
     } = settings;
+    let dns_copy = dns.copy as u8;
     let debug_flag = u8::from(ebpf_debug);
     let paged_flag = u8::from(paged_reads_only);
     let clock_flag = u8::from(coarse_clock);
@@ -254,7 +283,10 @@ fn load_object(settings: ObjectSettings<'_>) -> Result<Ebpf, DatapathError> {
         .map_max_entries(SPILL, spill_bytes)
         .override_global(DEBUG_LOG, &debug_flag, true)
         .override_global(PAGED_READS_ONLY, &paged_flag, true)
-        .override_global(COARSE_CLOCK, &clock_flag, true);
+        .override_global(COARSE_CLOCK, &clock_flag, true)
+        .map_max_entries(DNS_FRAMES, dns.ring_bytes)
+        .override_global(DNS_COPY, &dns_copy, true)
+        .override_global(DNS_BYTES_PER_SECOND, &dns.bytes_per_second, true);
     if let Some(pins) = pins {
         // Open the pinned maps, or create and pin them.
         for name in PINNED_MAPS {
@@ -290,6 +322,7 @@ impl Datapath {
             paged_reads_only,
             precise_clock,
             ref pin_dir,
+            dns,
         } = *config;
         raise_memlock_limit();
         probe_bpf()?;
@@ -307,6 +340,7 @@ impl Datapath {
             ebpf_debug,
             paged_reads_only,
             coarse_clock: !precise_clock && coarse_clock_supported(),
+            dns,
             pins: pins.as_ref(),
         })?;
         if ebpf_debug {
@@ -333,6 +367,7 @@ impl Datapath {
             typed(take_map(&mut ebpf, COUNTED_INTERFACES)?, COUNTED_INTERFACES)?;
         let spill = typed(take_map(&mut ebpf, SPILL)?, SPILL)?;
         let new_flow_log = typed(take_map(&mut ebpf, NEW_FLOW_LOG)?, NEW_FLOW_LOG)?;
+        let dns_frames = typed(take_map(&mut ebpf, DNS_FRAMES)?, DNS_FRAMES)?;
         let DatapathControl { epoch, .. } =
             control.get(&0, 0).map_err(|source| DatapathError::Map {
                 operation: "read",
@@ -349,6 +384,7 @@ impl Datapath {
             counted_interfaces,
             bridges: BTreeSet::new(),
             spill,
+            dns_frames,
             new_flow_log,
             flow_log: drain::FlowLog::default(),
             barrier,

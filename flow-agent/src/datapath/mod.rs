@@ -8,6 +8,7 @@
 
 mod attach;
 mod counters;
+mod dns;
 mod drain;
 mod error;
 mod hook;
@@ -28,9 +29,13 @@ use pin::PinDir;
 pub use self::{
     attach::AttachMode,
     counters::DatapathCounters,
+    dns::DnsFrameRef,
     drain::DrainStrategy,
     error::DatapathError,
-    load::{DEFAULT_FLOW_MAP_BUDGET, DatapathConfig, auto_map_entries, bytes_per_map_entry},
+    load::{
+        DEFAULT_FLOW_MAP_BUDGET, DatapathConfig, DnsCopySettings, auto_map_entries,
+        bytes_per_map_entry,
+    },
 };
 
 /// The compiled flow-agent eBPF object (TC classifiers and maps).
@@ -54,6 +59,8 @@ pub struct Datapath {
     /// [`Datapath::set_bridges`]).
     bridges: BTreeSet<u32>,
     spill: RingBuf<MapData>,
+    /// DNS frames the programs copied (see [`dns`]).
+    dns_frames: RingBuf<MapData>,
     /// The flows each CPU created in each epoch.
     new_flow_log: PerCpuArray<MapData, NewFlowLog>,
     /// What the drain knows of each map's keys from it.

@@ -154,6 +154,7 @@ impl FlowLines {
             port,
             identity,
             service,
+            names,
         } = endpoint;
         out.extend_from_slice(b"{\"ip\":\"");
         write_ip(*ip, out);
@@ -163,6 +164,7 @@ impl FlowLines {
         if let Some(service) = service {
             write_service(service, out);
         }
+        write_listed(b",\"names\":", names, out);
         out.push(b'}');
     }
 
@@ -303,15 +305,20 @@ fn write_optional(key: &[u8], value: Option<&str>, out: &mut Vec<u8>) {
 
 /// `,"tcp_flags":[...]`, unless there are none.
 fn write_tcp_flags(flags: &[String], out: &mut Vec<u8>) {
-    if flags.is_empty() {
+    write_listed(b",\"tcp_flags\":", flags, out);
+}
+
+/// `key` and an array of strings, unless there are none.
+fn write_listed(key: &[u8], strings: &[impl AsRef<str>], out: &mut Vec<u8>) {
+    if strings.is_empty() {
         return;
     }
-    out.extend_from_slice(b",\"tcp_flags\":");
-    write_strings(flags, out);
+    out.extend_from_slice(key);
+    write_strings(strings, out);
 }
 
 /// A JSON array of strings, `[]` when empty.
-fn write_strings(strings: &[String], out: &mut Vec<u8>) {
+fn write_strings(strings: &[impl AsRef<str>], out: &mut Vec<u8>) {
     if strings.is_empty() {
         out.extend_from_slice(b"[]");
         return;
@@ -319,7 +326,7 @@ fn write_strings(strings: &[String], out: &mut Vec<u8>) {
     let mut separator = b'[';
     for string in strings {
         out.push(separator);
-        write_string(string, out);
+        write_string(string.as_ref(), out);
         separator = b',';
     }
     out.push(b']');

@@ -40,6 +40,7 @@ fn endpoint(
             note: None,
         }),
         service: None,
+        names: Vec::new(),
     }
 }
 

@@ -291,8 +291,12 @@ pub fn flow(record: &FlowRecord, id: Option<FlowIdentity>) -> hubble::Flow {
         destination: Some(endpoint(destination)),
         r#type: FlowType::L3L4 as i32,
         node_name: node.clone(),
-        source_names: Vec::new(),
-        destination_names: Vec::new(),
+        source_names: source.names.iter().map(|name| name.to_string()).collect(),
+        destination_names: destination
+            .names
+            .iter()
+            .map(|name| name.to_string())
+            .collect(),
         event_type: Some(CiliumEventType {
             r#type: EVENT_TYPE_TRACE,
             sub_type: 0,

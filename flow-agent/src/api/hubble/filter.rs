@@ -6,10 +6,10 @@
 //!
 //! A field the agent cannot honour is refused with the field's path, never
 //! dropped: L7 fields (`http_*`, `dns_query`, `trace_id`), security
-//! identities, translated sources, node labels, IP trace IDs and CEL. Flows
-//! carry no DNS names yet, so a `*_fqdn` filter matches no flow: harmless in
-//! the blacklist (Hubble UI always sends one there), refused in the whitelist,
-//! where it would hide every flow.
+//! identities, translated sources, node labels, IP trace IDs and CEL. A
+//! `*_fqdn` filter matches the names the flow's other end resolved the
+//! address from (see [`crate::names`]); a flow without names matches none, as
+//! in Hubble.
 
 use flow_proto::hubble::flow::{
     EventTypeFilter, FlowFilter, NetworkInterface, TcpFlags, TrafficDirection, Verdict,
@@ -22,6 +22,7 @@ use super::{
 };
 use crate::api::{
     filter::{Cidr, FilterError, MAX_FILTER_VALUES, MAX_FILTERS},
+    fqdn::FqdnPattern,
     hub::StoredFlow,
 };
 use flow_model::identity::Workload;
@@ -147,15 +148,15 @@ struct EndMatcher {
     service: Vec<NameFilter>,
     workload: Vec<Workload>,
     cluster_name: Vec<String>,
-    /// A `*_fqdn` filter: flows carry no names yet, so it matches none.
-    fqdn: bool,
+    /// Name patterns, any of which one of the end's names must match.
+    fqdn: Vec<FqdnPattern>,
 }
 
 impl EndMatcher {
     fn matches(&self, endpoint: &Endpoint, service: Option<(&str, &str)>) -> bool {
         let identity = &*endpoint.identity;
         let namespace = identity.namespace.as_deref();
-        !self.fqdn
+        (self.fqdn.is_empty() || self.fqdn.iter().any(|fqdn| fqdn.matches_any(&endpoint.names)))
             && (self.ip.is_empty() || self.ip.iter().any(|cidr| cidr.contains(endpoint.ip)))
             && (self.pod.is_empty()
                 || self
@@ -290,8 +291,7 @@ impl Matcher {
     }
 }
 
-/// Which list a filter is in: a `*_fqdn` filter is only taken in the
-/// blacklist.
+/// Which list a filter is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum List {
     Whitelist,
@@ -310,7 +310,6 @@ impl List {
 /// Compiles one filter; `path` is its place in the request.
 struct Compiler<'a> {
     path: &'a str,
-    list: List,
 }
 
 impl Compiler<'_> {
@@ -344,17 +343,8 @@ impl Compiler<'_> {
         Ok(())
     }
 
-    fn fqdn(&self, field: &str, values: &[String]) -> Result<bool, FilterError> {
-        if values.is_empty() {
-            return Ok(false);
-        }
-        if self.list == List::Whitelist {
-            return Err(self.error(
-                field,
-                "flow-agent's flows carry no DNS names yet, so this would match no flow",
-            ));
-        }
-        Ok(true)
+    fn fqdn(&self, field: &str, values: &[String]) -> Result<Vec<FqdnPattern>, FilterError> {
+        self.each(field, values, |text| FqdnPattern::parse(text))
     }
 
     fn ports(&self, field: &str, values: &[String]) -> Result<Vec<u16>, FilterError> {
@@ -642,7 +632,7 @@ impl HubbleMatcher {
                 .enumerate()
                 .map(|(index, filter)| {
                     let path = format!("{}[{index}]", list.name());
-                    Compiler { path: &path, list }.compile(filter)
+                    Compiler { path: &path }.compile(filter)
                 })
                 .collect::<Result<Vec<_>, _>>()
         };

@@ -151,6 +151,9 @@ fn endpoint(random: &mut Random, identities: &[Arc<Identity>], odd: &[String]) -
         port: *random.pick(&[0, 1, 80, 65_535, any]),
         identity: Arc::clone(random.pick(identities)),
         service,
+        names: (0..*random.pick(&[0, 0, 1, 3]))
+            .map(|_| Arc::from(text(random, odd)))
+            .collect(),
     }
 }
 

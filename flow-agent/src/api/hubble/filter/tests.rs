@@ -30,6 +30,7 @@ fn pod(ip: &str, port: u16, namespace: &str, name: &str, app: &str) -> Endpoint 
             note: None,
         }),
         service: None,
+        names: Vec::new(),
     }
 }
 
@@ -74,6 +75,10 @@ fn world_reply() -> StoredFlow {
     let mut stored = request();
     let mut world = Endpoint::new("203.0.113.9".parse().unwrap(), 443);
     Arc::make_mut(&mut world.identity).kind = Some(PeerKind::World);
+    world.names = vec![
+        "myvault.vault.azure.net".into(),
+        "vault-edge.azure.example".into(),
+    ];
     stored.record.source = world;
     stored.record.destination = pod("10.1.0.5", 43211, "shop-a", "frontend-6f7d-p1", "frontend");
     stored.record.is_reply = true;
@@ -402,8 +407,8 @@ fn whitelist_filters_are_alternatives_and_the_blacklist_wins() {
 #[test]
 fn hubble_uis_standing_filters_are_taken() {
     // What Hubble UI sends for a namespace (hubble-ui's
-    // src/factories/proto): the fqdn blacklist matches no flow, since
-    // flows carry no names yet.
+    // src/factories/proto): the fqdn blacklist leaves out flows to and from
+    // cluster names.
     let whitelist = [
         filter(|f| {
             f.source_pod = strings(&["shop-a/"]);
@@ -421,6 +426,31 @@ fn hubble_uis_standing_filters_are_taken() {
         filter(|f| f.destination_fqdn = strings(&["*.cluster.local*"])),
     ];
     let matcher = HubbleMatcher::compile(&whitelist, &blacklist, RUN).unwrap();
+    assert!(matcher.matches(&request()));
+    assert!(!matcher.matches(&world_reply()));
+}
+
+#[test]
+fn fqdn_filters_match_the_names_an_end_was_resolved_from() {
+    assert_eq!(
+        selects(|f| f.source_fqdn = strings(&["*.azure.net"])),
+        (false, true)
+    );
+    assert_eq!(
+        selects(|f| f.source_fqdn = strings(&["MyVault.Vault.Azure.Net."])),
+        (false, true)
+    );
+    assert_eq!(
+        selects(|f| f.source_fqdn = strings(&["*.vault.azure"])),
+        (false, false)
+    );
+    assert_eq!(
+        selects(|f| f.destination_fqdn = strings(&["*"])),
+        (false, false)
+    );
+    // Names on the blacklist leave a flow out.
+    let blacklist = [filter(|f| f.source_fqdn = strings(&["*.azure.example"]))];
+    let matcher = HubbleMatcher::compile(&[], &blacklist, RUN).unwrap();
     assert!(matcher.matches(&request()));
     assert!(!matcher.matches(&world_reply()));
 }
@@ -458,12 +488,12 @@ fn fields_that_cannot_be_honoured_are_refused_by_name() {
             "whitelist[0].dns_query",
         ),
         (
-            Box::new(|f| f.source_fqdn = strings(&["*.azure.net"])),
-            "whitelist[0].source_fqdn",
+            Box::new(|f| f.source_fqdn = strings(&["*.azure.net/x"])),
+            "whitelist[0].source_fqdn[0]",
         ),
         (
-            Box::new(|f| f.destination_fqdn = strings(&["vault.azure.net"])),
-            "whitelist[0].destination_fqdn",
+            Box::new(|f| f.destination_fqdn = strings(&["vault.azure.net", ""])),
+            "whitelist[0].destination_fqdn[1]",
         ),
         (
             Box::new(|f| f.source_identity = vec![2]),
