@@ -10,6 +10,7 @@
 )]
 
 pub mod cli;
+pub mod dns;
 pub mod kube_api;
 pub mod netns;
 pub mod packet;
