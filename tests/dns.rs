@@ -61,11 +61,7 @@ fn names(record: &FlowRecord, destination: bool) -> Vec<String> {
 }
 
 /// The one record from `source` to `destination`'s address and port.
-fn record<'a>(
-    records: &'a [FlowRecord],
-    source: IpAddr,
-    destination: SocketAddr,
-) -> &'a FlowRecord {
+fn record(records: &[FlowRecord], source: IpAddr, destination: SocketAddr) -> &FlowRecord {
     let found: Vec<&FlowRecord> = records
         .iter()
         .filter(|r| {
