@@ -31,7 +31,7 @@ use thiserror::Error;
 
 use flow_model::record::FlowRecord;
 
-use crate::{aggregate::AggregateRecord, datapath::DatapathCounters};
+use crate::{aggregate::AggregateRecord, datapath::DatapathCounters, names::DnsStats};
 
 /// Labels of a series.
 type Labels = Vec<(String, String)>;
@@ -159,6 +159,8 @@ pub struct Metrics {
     api_subscribers: Gauge,
     file_dropped: Counter,
     learned_edges: Gauge,
+    dns: Family<Labels, Counter>,
+    dns_names: Gauge,
     pair_bytes: Family<Labels, Counter>,
     pair_packets: Family<Labels, Counter>,
     /// Workload pairs tracked when pair metrics are on, and the limit.
@@ -178,6 +180,7 @@ struct Seen {
     datapath: DatapathCounters,
     api_lost: HashMap<String, u64>,
     file_dropped: u64,
+    dns: BTreeMap<&'static str, u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -225,6 +228,8 @@ impl Metrics {
             api_subscribers: Gauge::default(),
             file_dropped: Counter::default(),
             learned_edges: Gauge::default(),
+            dns: Family::default(),
+            dns_names: Gauge::default(),
             pair_bytes: Family::default(),
             pair_packets: Family::default(),
             pairs: (workload_pairs > 0).then(|| {
@@ -254,8 +259,18 @@ impl Metrics {
         );
         registry.register(
             "datapath_packets",
-            "Datapath counters by name: inserted flows, packets that found the map full, failed updates, spilled, lost, not IP, malformed, deduplicated, fragments without ports",
+            "Datapath counters by name: inserted flows, packets that found the map full, failed updates, spilled, lost, not IP, malformed, deduplicated, fragments without ports, DNS frames copied, over budget and lost",
             metrics.datapath.clone(),
+        );
+        registry.register(
+            "dns",
+            "DNS frames the datapath copied and what became of them: frames, cut_frames (longer than the copy), malformed_frames, not_udp_or_tcp, tcp_partial_bytes, malformed_messages, queries, responses, unsolicited_records (for names nobody asked for), names_over_message_limit, ttl_zero_answers, and names evicted (full, address_limit), replaced or expired",
+            metrics.dns.clone(),
+        );
+        registry.register(
+            "dns_names",
+            "Names held: (pod, address, name) entries",
+            metrics.dns_names.clone(),
         );
         registry.register(
             "flow_map_fill_ratio",
@@ -398,6 +413,20 @@ impl Metrics {
             self.file_dropped.inc_by(file_dropped - seen.file_dropped);
             seen.file_dropped = file_dropped;
         }
+    }
+
+    /// Takes the DNS counts (totals since start).
+    pub fn dns(&self, stats: &DnsStats) {
+        let mut seen = lock(&self.seen);
+        for (name, total) in stats.by_name() {
+            let before = seen.dns.insert(name, total).unwrap_or(0);
+            if total > before {
+                self.dns
+                    .get_or_create(&labels(&[("event", name)]))
+                    .inc_by(total - before);
+            }
+        }
+        self.dns_names.set(stats.cache.entries as i64);
     }
 
     /// Adds an interval's workload-pair aggregates (when pair metrics are on).
@@ -648,6 +677,33 @@ mod tests {
             "pair metrics are off by default"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn dns_counts_become_counters_by_event_and_a_gauge_of_names() {
+        let metrics = Metrics::new("n", 0);
+        let mut stats = DnsStats {
+            frames: 5,
+            cut: 1,
+            unsolicited: 2,
+            ..DnsStats::default()
+        };
+        stats.cache.entries = 7;
+        metrics.dns(&stats);
+        stats.frames = 9;
+        metrics.dns(&stats);
+        let text = metrics.encode();
+        assert_eq!(value(&text, "flowagent_dns_total{event=\"frames\"}"), 9.0);
+        assert_eq!(
+            value(&text, "flowagent_dns_total{event=\"cut_frames\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "flowagent_dns_total{event=\"unsolicited_records\"}"),
+            2.0
+        );
+        assert!(!text.contains("event=\"queries\""), "{text}");
+        assert_eq!(value(&text, "flowagent_dns_names"), 7.0);
     }
 
     #[test]

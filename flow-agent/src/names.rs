@@ -43,6 +43,43 @@ pub struct DnsStats {
     pub cache: NameCacheStats,
 }
 
+impl DnsStats {
+    /// Every count by its metric label, the cache's among them; the
+    /// entries held are a gauge, not here.
+    pub fn by_name(&self) -> [(&'static str, u64); 15] {
+        let Self {
+            frames,
+            cut,
+            malformed_frames,
+            not_transport,
+            tcp_partial_bytes,
+            malformed_messages,
+            queries,
+            responses,
+            unsolicited,
+            dropped_names,
+            cache,
+        } = *self;
+        [
+            ("frames", frames),
+            ("cut_frames", cut),
+            ("malformed_frames", malformed_frames),
+            ("not_udp_or_tcp", not_transport),
+            ("tcp_partial_bytes", tcp_partial_bytes),
+            ("malformed_messages", malformed_messages),
+            ("queries", queries),
+            ("responses", responses),
+            ("unsolicited_records", unsolicited),
+            ("names_over_message_limit", dropped_names),
+            ("ttl_zero_answers", cache.ttl_zero),
+            ("names_evicted_full", cache.evicted_full),
+            ("names_evicted_address_limit", cache.evicted_address_limit),
+            ("names_replaced", cache.replaced),
+            ("names_expired", cache.expired),
+        ]
+    }
+}
+
 /// The cache of names and the counts of what was read into it.
 #[derive(Debug)]
 pub struct Names {

@@ -507,6 +507,9 @@ impl<S: RecordSink> Agent<S> {
             .as_ref()
             .map_or(0, |stats| stats.dropped.load(Ordering::Relaxed));
         metrics.losses(&lost, dropped);
+        if let Some(dns) = self.pipeline.dns_stats() {
+            metrics.dns(&dns);
+        }
     }
 
     /// Emits a drain that began at `started` and spent `kernel` moving the
