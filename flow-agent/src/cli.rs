@@ -170,18 +170,6 @@ pub struct RunArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub dns: Option<bool>,
-    /// Also copy DNS queries, and stream queries and answers as Hubble L7
-    /// DNS flows [default: false].
-    #[arg(
-        long,
-        env = "FLOW_AGENT_DNS_FLOWS",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub dns_flows: Option<bool>,
     /// Names kept at most, as (pod, address, name) entries; the oldest goes
     /// first [default: 100000].
     #[arg(long, env = "FLOW_AGENT_DNS_MAX_ENTRIES")]
@@ -331,7 +319,6 @@ impl RunArgs {
             output,
             ebpf_debug,
             dns,
-            dns_flows,
             dns_max_entries,
             node_name,
             inventory,
@@ -374,7 +361,6 @@ impl RunArgs {
             output: *output,
             ebpf_debug: *ebpf_debug,
             dns: *dns,
-            dns_flows: *dns_flows,
             dns_max_entries: *dns_max_entries,
             node_name: node_name.clone(),
             inventory: inventory.clone(),

@@ -60,13 +60,11 @@ pub struct IdentitySettings {
     pub grace: Duration,
 }
 
-/// Names from DNS answers: how many, and whether DNS flows are streamed.
+/// Names from DNS answers: how many are kept, and how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
     /// The cache of names each pod resolved.
     pub cache: flow_dns::NameCacheConfig,
-    /// Queries are copied too, and DNS messages stream as Hubble L7 flows.
-    pub flows: bool,
 }
 
 /// Most names the DNS cache may be asked to keep (some 200 bytes each).
@@ -213,9 +211,6 @@ pub struct RunOptions {
     /// Copy DNS answers to name addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<bool>,
-    /// Copy DNS queries too, and stream DNS flows.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_flows: Option<bool>,
     /// Names kept at most.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_max_entries: Option<usize>,
@@ -359,7 +354,6 @@ impl RunOptions {
             output,
             ebpf_debug,
             dns,
-            dns_flows,
             dns_max_entries,
             node_name,
             inventory,
@@ -401,7 +395,6 @@ impl RunOptions {
             output: output.or(lower.output),
             ebpf_debug: ebpf_debug.or(lower.ebpf_debug),
             dns: dns.or(lower.dns),
-            dns_flows: dns_flows.or(lower.dns_flows),
             dns_max_entries: dns_max_entries.or(lower.dns_max_entries),
             node_name: node_name.or(lower.node_name),
             inventory: inventory.or(lower.inventory),
@@ -471,7 +464,6 @@ impl RunConfig {
             output: Some(*output),
             ebpf_debug: Some(datapath.ebpf_debug),
             dns: Some(dns.is_some()),
-            dns_flows: Some(dns.as_ref().is_some_and(|dns| dns.flows)),
             dns_max_entries: dns.as_ref().map(|dns| dns.cache.max_entries),
             node_name: Some(node_name.clone()),
             inventory: identity
@@ -619,15 +611,61 @@ mod tests {
     }
 
     #[test]
+    fn dns_is_on_by_default_and_off_with_dns_false() {
+        let on = RunConfig::resolve(options(&["x"])).unwrap();
+        assert_eq!(on.datapath.dns.copy, flow_common::DnsCopy::Answers);
+        assert_eq!(
+            on.dns.map(|dns| dns.cache.max_entries),
+            Some(flow_dns::NameCacheConfig::default().max_entries)
+        );
+        let sized = RunConfig::resolve(RunOptions {
+            dns_max_entries: Some(500),
+            ..options(&["x"])
+        })
+        .unwrap();
+        assert_eq!(sized.dns.map(|dns| dns.cache.max_entries), Some(500));
+        let off = RunConfig::resolve(RunOptions {
+            dns: Some(false),
+            ..options(&["x"])
+        })
+        .unwrap();
+        assert_eq!(off.datapath.dns.copy, flow_common::DnsCopy::Off);
+        assert_eq!(off.dns, None);
+        assert_eq!(off.effective().dns, Some(false));
+    }
+
+    #[test]
     fn out_of_range_values_are_rejected() {
         let listen = || Some("127.0.0.1:4245".parse().unwrap());
-        let cases: [(RunOptions, &str); 17] = [
+        let cases: [(RunOptions, &str); 20] = [
             (
                 RunOptions {
                     map_size: Some(0),
                     ..options(&["x"])
                 },
                 "map-size",
+            ),
+            (
+                RunOptions {
+                    dns_max_entries: Some(0),
+                    ..options(&["x"])
+                },
+                "dns-max-entries",
+            ),
+            (
+                RunOptions {
+                    dns_max_entries: Some(10_000_001),
+                    ..options(&["x"])
+                },
+                "dns-max-entries",
+            ),
+            (
+                RunOptions {
+                    dns: Some(false),
+                    dns_max_entries: Some(5),
+                    ..options(&["x"])
+                },
+                "dns-max-entries",
             ),
             (
                 RunOptions {

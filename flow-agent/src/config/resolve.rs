@@ -45,7 +45,6 @@ impl RunConfig {
             output,
             ebpf_debug,
             dns,
-            dns_flows,
             dns_max_entries,
             node_name,
             inventory,
@@ -77,7 +76,7 @@ impl RunConfig {
         } = options;
         let flush_interval = resolve_flush_interval(flush_interval)?;
         let tracker = resolve_tracker(flow_idle_timeout, flush_interval)?;
-        let dns = resolve_dns(dns, dns_flows, dns_max_entries)?;
+        let dns = resolve_dns(dns, dns_max_entries)?;
         let mut datapath = DatapathOptions {
             map_size,
             spill_size,
@@ -88,8 +87,7 @@ impl RunConfig {
         .resolve()?;
         datapath.dns.copy = match dns {
             None => DnsCopy::Off,
-            Some(DnsSettings { flows: false, .. }) => DnsCopy::Answers,
-            Some(DnsSettings { flows: true, .. }) => DnsCopy::AnswersAndQueries,
+            Some(_) => DnsCopy::Answers,
         };
         let identity = IdentityOptions {
             inventory,
@@ -149,17 +147,12 @@ impl RunConfig {
     }
 }
 
-/// DNS copying, on unless `dns` is false; DNS flows need it on.
+/// DNS copying, on unless `dns` is false.
 fn resolve_dns(
     dns: Option<bool>,
-    flows: Option<bool>,
     max_entries: Option<usize>,
 ) -> Result<Option<DnsSettings>, ConfigError> {
-    let flows = flows.unwrap_or(false);
     if dns == Some(false) {
-        if flows {
-            return Err(invalid("dns-flows", true, "false when --dns=false"));
-        }
         if let Some(max_entries) = max_entries {
             return Err(invalid(
                 "dns-max-entries",
@@ -183,7 +176,6 @@ fn resolve_dns(
             max_entries,
             ..defaults
         },
-        flows,
     }))
 }
 
