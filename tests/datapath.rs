@@ -17,10 +17,10 @@ use std::time::Duration;
 use aya::programs::{TestRun as _, TestRunOptions};
 use common::packet::{self, *};
 use flow_agent::{
-    datapath::{Datapath, DatapathConfig},
+    datapath::{Datapath, DatapathConfig, DnsCopySettings},
     drain::FlowSample,
 };
-use flow_common::{Counter, Direction, FlowKey, tcp_flag};
+use flow_common::{Counter, Direction, DnsCopy, FlowKey, tcp_flag};
 
 /// TC_ACT_UNSPEC, which is also TCX_NEXT: the only verdict the programs return.
 const PASS: u32 = u32::MAX;
@@ -656,6 +656,53 @@ fn full_map_spills_to_the_ring_buffer_and_nothing_is_lost() {
 }
 
 #[test]
+fn dns_answers_are_copied_whole_within_the_budget_and_nothing_else_is() {
+    require_root!();
+    let answer = Ipv4::new(B4, A4, UDP).frame(&udp(53, 40_000, &[1; 100]));
+    for config in both_readers() {
+        let mut harness = Harness::with(DatapathConfig {
+            dns: DnsCopySettings {
+                copy: DnsCopy::Answers,
+                ring_bytes: 1 << 16,
+                bytes_per_second: 2 * answer.len() as u32,
+            },
+            ..config
+        });
+        harness.ingress(&answer);
+        // A query, and a segment from port 53 without payload: not answers.
+        harness.ingress(&Ipv4::new(A4, B4, UDP).frame(&udp(40_000, 53, &[2; 30])));
+        harness.ingress(&Ipv4::new(B4, A4, TCP).frame(&tcp(53, 40_001, SYN | ACK, 0, &[])));
+        // The second answer spends the rest of the second's budget; the third
+        // finds none.
+        harness.ingress(&answer);
+        harness.ingress(&answer);
+        let mut frames = Vec::new();
+        harness.datapath.read_dns_frames(|frame| {
+            frames.push((frame.bytes.to_vec(), frame.frame_len, frame.direction));
+        });
+        let copy = (answer.clone(), answer.len(), Some(Direction::Ingress));
+        assert_eq!(frames, [copy.clone(), copy]);
+        harness.assert_counters(&[(Counter::DnsCopied, 2), (Counter::DnsOverBudget, 1)]);
+    }
+}
+
+#[test]
+fn a_frame_longer_than_the_copy_is_copied_up_to_it_and_says_its_length() {
+    require_root!();
+    let long = Ipv4::new(B4, A4, UDP).frame(&udp(53, 40_000, &[3; 1_600]));
+    let mut harness = Harness::new();
+    harness.ingress(&long);
+    let mut frames = Vec::new();
+    harness.datapath.read_dns_frames(|frame| {
+        frames.push((frame.bytes.to_vec(), frame.frame_len));
+    });
+    assert_eq!(
+        frames,
+        [(long[..flow_common::DNS_COPY_BYTES].to_vec(), long.len())]
+    );
+}
+
+#[test]
 fn full_map_and_full_ring_buffer_count_lost_packets() {
     require_root!();
     let mut harness = Harness::with(DatapathConfig {
@@ -673,6 +720,8 @@ fn full_map_and_full_ring_buffer_count_lost_packets() {
         (Counter::MapFull, 99),
         (Counter::Spilled, 42),
         (Counter::Lost, 57),
+        // Port 53 to port 53: copied as a DNS message, whatever the flow map says.
+        (Counter::DnsCopied, 1),
     ]);
 }
 

@@ -933,9 +933,9 @@ fn get_flows_replays_filters_and_refuses_as_hubble_does() {
         ),
         call(
             &a,
-            "fqdn refused",
+            "bad fqdn",
             "Observer/GetFlows",
-            json!({"whitelist": [{"destination_fqdn": ["*.azure.net"]}]}),
+            json!({"whitelist": [{"destination_fqdn": ["*.azure.net/x"]}]}),
         ),
         call(
             &a,
@@ -1036,7 +1036,7 @@ fn get_flows_replays_filters_and_refuses_as_hubble_does() {
     );
     for (name, field) in [
         ("l7 refused", "whitelist[1].http_method"),
-        ("fqdn refused", "whitelist[0].destination_fqdn"),
+        ("bad fqdn", "whitelist[0].destination_fqdn[0]"),
         ("identity refused", "blacklist[0].source_identity"),
         ("bad selector", "whitelist[0].source_label[0]"),
         ("first with follow", "first"),

@@ -524,7 +524,7 @@ fn a_pinned_counter_array_of_another_length_is_refused() {
     assert!(!refused.success);
     let stderr = refused.stderr.join("\n");
     assert!(
-        stderr.contains("4 counters pinned, this agent keeps 9")
+        stderr.contains("4 counters pinned, this agent keeps 12")
             && stderr.contains("flow-agent cleanup --pin-dir"),
         "{stderr}"
     );

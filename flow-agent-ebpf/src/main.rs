@@ -226,7 +226,10 @@ fn observe(ctx: &TcContext, direction: Direction) {
         ifindex,
         direction,
     };
-    if let Some(counter) = dns::copy_if_dns(ctx, &key, seen) {
+    // An ICMP error folded into a DNS flow carries its key, not a message.
+    if icmp_error == 0
+        && let Some(counter) = dns::copy_if_dns(ctx, &key, seen)
+    {
         bump(counter);
     }
     let (packets, bytes) = if segments > 1 {
