@@ -101,6 +101,7 @@ pub(crate) fn bench(agent_binary: &Path, peer: Option<&PeerBench>) -> Result<()>
         }
         None => crate::setup::status(&cargo, &datapath, &[])?,
     }
+    crate::cargo(&["bench", "--package", "flow-agent", "--bench", "dns"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "api"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "agents"])?;
     crate::cargo(&["bench", "--package", "flow-agent", "--bench", "pipeline"])?;
