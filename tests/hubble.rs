@@ -1293,8 +1293,10 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
         );
         lost_reported_by_metrics = now;
     }
-    // Read on, then stop the agent: the streams end once delivered.
-    let reading = runtime.spawn(async move {
+    // Read both on at once, then stop the agent: the streams end once
+    // delivered, within the agent's shutdown grace for the API (5 s), which
+    // one stream read after the other could outlast on a loaded machine.
+    let slow_reading = runtime.spawn(async move {
         let (mut received, mut lost) = (0, 0);
         while let Some(message) = slow.message().await.unwrap() {
             match message.response_types {
@@ -1303,6 +1305,9 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
                 _ => {}
             }
         }
+        (received, lost)
+    });
+    let acme_reading = runtime.spawn(async move {
         let (mut acme_received, mut acme_lost, mut foreign) = (0, 0, 0);
         while let Some(message) = acme.message().await.unwrap() {
             match message.response_types {
@@ -1320,7 +1325,7 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
                 _ => {}
             }
         }
-        (received, lost, (acme_received, acme_lost, foreign))
+        (acme_received, acme_lost, foreign)
     });
     let output = agent.stop();
     drop(sink);
@@ -1338,8 +1343,8 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
                 .any(|end| end.identity.tenant.as_deref() == Some("acme"))
         })
         .count() as u64;
-    let (received, lost, (acme_received, acme_lost, acme_foreign)) =
-        runtime.block_on(reading).unwrap();
+    let (received, lost) = runtime.block_on(slow_reading).unwrap();
+    let (acme_received, acme_lost, acme_foreign) = runtime.block_on(acme_reading).unwrap();
     eprintln!("slow follower: received {received}, told of {lost} lost, of {total} records");
     assert!(
         lost > 0,
