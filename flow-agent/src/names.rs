@@ -167,6 +167,12 @@ impl Names {
     /// The destination of a record reached through a Service is also named
     /// by what the source resolved to the Service's address.
     pub fn name(&self, record: &mut FlowRecord, now: Instant) {
+        // Every record of a drain comes here: without names, skip the lookups.
+        if self.cache.is_empty() {
+            record.source.names.clear();
+            record.destination.names.clear();
+            return;
+        }
         let (source, destination) = (record.source.ip, record.destination.ip);
         record.source.names = self.cache.lookup(destination, source, now);
         record.destination.names = self.cache.lookup(source, destination, now);

@@ -110,6 +110,11 @@ impl NameCache {
         }
     }
 
+    /// Whether no name is held: lookups then find nothing.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     /// Takes in an answer that `querier` received at `now`.
     pub fn insert(&mut self, querier: IpAddr, resolved: &Resolved, now: Instant) {
         self.stats.answers += 1;

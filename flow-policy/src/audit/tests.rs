@@ -7,7 +7,7 @@ use flow_model::{identity::PeerKind, record::Timestamp};
 use super::*;
 use crate::graph::{Change, Edge, EdgeKey, EdgeStats, WorkloadInfo};
 
-fn workload(namespace: &str, name: &str) -> WorkloadRef {
+pub(super) fn workload(namespace: &str, name: &str) -> WorkloadRef {
     WorkloadRef {
         namespace: namespace.into(),
         kind: "Deployment".into(),
@@ -15,7 +15,7 @@ fn workload(namespace: &str, name: &str) -> WorkloadRef {
     }
 }
 
-fn edge(graph: &mut Graph, client: Party, server: Party, protocol: u8, port: u16) {
+pub(super) fn edge(graph: &mut Graph, client: Party, server: Party, protocol: u8, port: u16) {
     let at = Timestamp(SystemTime::UNIX_EPOCH);
     graph.apply(Change::Edge(Edge {
         key: EdgeKey {

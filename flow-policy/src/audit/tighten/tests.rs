@@ -1,11 +1,7 @@
 //! The tightening of a hand-written policy set with known flaws, checked
 //! rule by rule, as files, and by the evaluator over every pod pair.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
 
 use flow_model::{
     identity::PeerKind,
@@ -13,47 +9,16 @@ use flow_model::{
 };
 
 use super::*;
-use crate::graph::DaysSeen;
 use crate::{
     audit::{
         files::proposed_files,
         report::{Inputs, Proposal, markdown},
         rewrite::How,
+        tests::{edge, workload},
     },
     evaluate::{Evaluator, Subject},
-    graph::{Change, Edge, EdgeKey, EdgeStats, WorkloadInfo},
+    graph::{Change, WorkloadInfo},
 };
-
-fn workload(namespace: &str, name: &str) -> WorkloadRef {
-    WorkloadRef {
-        namespace: namespace.into(),
-        kind: "Deployment".into(),
-        name: name.into(),
-    }
-}
-
-fn edge(graph: &mut Graph, client: Party, server: Party, protocol: u8, port: u16) {
-    let at = Timestamp(SystemTime::UNIX_EPOCH);
-    graph.apply(Change::Edge(Edge {
-        key: EdgeKey {
-            client,
-            server,
-            protocol: Protocol(protocol),
-            port,
-        },
-        stats: EdgeStats {
-            first_seen: at,
-            last_seen: at,
-            connections: 1,
-            packets: 1,
-            bytes: 60,
-            cross_tenant: false,
-            services: BTreeSet::new(),
-            days: DaysSeen::default(),
-        }
-        .with_days(),
-    }));
-}
 
 const WORLD: &str = "203.0.113.5";
 
