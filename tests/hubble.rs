@@ -1296,9 +1296,14 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
     // Read both on at once, then stop the agent: the streams end once
     // delivered, within the agent's shutdown grace for the API (5 s), which
     // one stream read after the other could outlast on a loaded machine.
+    // Messages read so far on both streams: the agent is stopped once they
+    // stop growing, so what is left to deliver at exit is only the last drain.
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let slow_read = Arc::clone(&read);
     let slow_reading = runtime.spawn(async move {
         let (mut received, mut lost) = (0, 0);
         while let Some(message) = slow.message().await.unwrap() {
+            slow_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match message.response_types {
                 Some(ResponseTypes::Flow(_)) => received += 1,
                 Some(ResponseTypes::LostEvents(events)) => lost += events.num_events_lost,
@@ -1307,9 +1312,11 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
         }
         (received, lost)
     });
+    let acme_read = Arc::clone(&read);
     let acme_reading = runtime.spawn(async move {
         let (mut acme_received, mut acme_lost, mut foreign) = (0, 0, 0);
         while let Some(message) = acme.message().await.unwrap() {
+            acme_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match message.response_types {
                 Some(ResponseTypes::Flow(flow)) => {
                     acme_received += 1;
@@ -1327,6 +1334,16 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
         }
         (acme_received, acme_lost, foreign)
     });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = u64::MAX;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = read.load(std::sync::atomic::Ordering::Relaxed);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     let output = agent.stop();
     drop(sink);
     let total = output
