@@ -1103,3 +1103,56 @@ fn bad_input_fails_with_one_line_that_says_what_to_do() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_start_with_nothing_valid_to_read_is_an_error() {
+    require_root!();
+    let node = Node::new(1).unwrap();
+    let ns = node.netns.name.clone();
+    let glob = node.glob();
+    let directory = tempfile::tempdir().unwrap();
+    let path = |name: &str| directory.path().join(name).to_str().unwrap().to_owned();
+
+    // An inventory whose only document is not YAML.
+    std::fs::write(
+        path("inventory.yaml"),
+        "apiVersion: v1\nkind: List\nitems: [\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_agent(
+        &ns,
+        &["run", "-i", &glob, "--inventory", &path("inventory.yaml")],
+    );
+    assert_eq!(code, 1, "{stderr:?}");
+    let last = stderr.last().unwrap();
+    assert!(
+        last.contains(&format!(
+            "inventory {} cannot be used: a document is not valid YAML",
+            path("inventory.yaml")
+        )),
+        "{stderr:?}"
+    );
+
+    // Approved policies: a directory with a ConfigMap and no policy.
+    std::fs::create_dir(path("approved")).unwrap();
+    std::fs::write(
+        path("approved/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: b}\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_agent(&ns, &["run", "-i", &glob, "--policies", &path("approved")]);
+    assert_eq!(code, 1, "{stderr:?}");
+    assert!(
+        stderr
+            .last()
+            .unwrap()
+            .contains(&format!("{} holds no NetworkPolicy", path("approved"))),
+        "{stderr:?}"
+    );
+
+    // A configuration file of comments only.
+    std::fs::write(path("agent.yaml"), "# interfaces: [eth0]\n").unwrap();
+    let (code, stderr) = run_agent(&ns, &["run", "-i", &glob, "--config", &path("agent.yaml")]);
+    assert_eq!((code, stderr.len()), (1, 1), "{stderr:?}");
+    assert!(stderr[0].contains("it sets nothing"), "{stderr:?}");
+}

@@ -42,7 +42,7 @@ use crate::{
 };
 use flow_model::identity::{
     CacheEvent, IdentityCache, IdentityConfig,
-    inventory::{InventorySource, ReadError},
+    inventory::{InventorySource, OpenError},
     kubernetes::{self, KubernetesError},
 };
 use flow_policy::{evaluate::PolicyLoadError, store::StoreError};
@@ -93,9 +93,9 @@ pub enum AgentError {
     /// Writing records failed.
     #[error("writing flow records failed")]
     Output(#[source] io::Error),
-    /// The inventory file cannot be read.
+    /// The inventory file cannot be read, or holds nothing usable at start.
     #[error(transparent)]
-    Inventory(#[from] ReadError),
+    Inventory(#[from] OpenError),
     /// The Kubernetes API cannot be reached.
     #[error(transparent)]
     Kubernetes(#[from] KubernetesError),

@@ -319,9 +319,6 @@ impl RunOptions {
 
     /// Parses YAML text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
         let invalid = |message: String| ConfigError::Parse {
             path: path.to_owned(),
             message,
@@ -329,6 +326,19 @@ impl RunOptions {
         // Syntax first (with line and column), then the schema, with the key.
         let value: yaml_serde::Value =
             yaml_serde::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        // A file that sets nothing is a mistake (the wrong file, or one
+        // truncated by a failed write), never a way to ask for defaults.
+        let sets_nothing = match &value {
+            yaml_serde::Value::Null => true,
+            yaml_serde::Value::Mapping(mapping) => mapping.is_empty(),
+            _ => false,
+        };
+        if sets_nothing {
+            return Err(invalid(
+                "it sets nothing (empty, or only comments): remove --config to run with defaults"
+                    .to_owned(),
+            ));
+        }
         serde_path_to_error::deserialize(value).map_err(|error| {
             let key = error.path().to_string();
             let message = error.into_inner().to_string();
@@ -582,6 +592,20 @@ mod tests {
         );
         assert_eq!(config.output, OutputFormat::Json);
         assert!(config.api.is_none() && config.file.is_none() && config.identity.is_none());
+    }
+
+    #[test]
+    fn a_file_that_sets_nothing_is_an_error() {
+        for text in ["", "\n", "# only a comment\n", "{}\n", "---\n"] {
+            let error = RunOptions::parse(text, Path::new("agent.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                "invalid config file agent.yaml: it sets nothing (empty, or only comments): remove --config to run with defaults",
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -54,6 +54,13 @@ pub enum PolicyLoadError {
         /// What is wrong.
         message: String,
     },
+    /// A path that must hold the approved policies holds none: in monitor
+    /// mode every flow would be a violation, which is never what was meant.
+    #[error("{path} holds no NetworkPolicy")]
+    Empty {
+        /// The file or directory.
+        path: PathBuf,
+    },
 }
 
 /// Problems that make a NetworkPolicy invalid (the API server would refuse

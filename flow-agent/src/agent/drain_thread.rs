@@ -45,7 +45,7 @@ use flow_model::identity::{CacheEvent, ObjectKind};
 use flow_model::record::MonotonicClock;
 use flow_policy::{
     check::Monitor,
-    evaluate::load_policies,
+    evaluate::{PolicyLoadError, load_policies},
     learner::{Learner, LearnerSettings},
 };
 
@@ -492,9 +492,10 @@ impl<S: RecordSink> Agent<S> {
             .pipeline
             .enricher()
             .map_or(0, |enricher| enricher.cache().stats().pods);
-        let edges = self.pipeline.learner().map_or(0, |learner| {
-            learner.graph().read().map_or(0, |graph| graph.len())
-        });
+        let edges = self
+            .pipeline
+            .learner()
+            .map_or(0, |learner| learner.graph().read().len());
         let subscribers = self.hub.as_ref().map_or(0, |hub| hub.subscribers());
         metrics.state(attached, pods, edges, subscribers);
         let lost = self
@@ -644,7 +645,7 @@ fn open_learner(settings: &LearnerSettings, hub: Option<&Hub>) -> Result<Learner
         snapshot_edges = recovery.snapshot_edges,
         replayed = recovery.replayed,
         truncated_bytes = recovery.truncated_bytes,
-        edges = learner.graph().read().map_or(0, |graph| graph.len()),
+        edges = learner.graph().read().len(),
         "learned graph recovered"
     );
     if let Some(hub) = hub {
@@ -653,9 +654,17 @@ fn open_learner(settings: &LearnerSettings, hub: Option<&Hub>) -> Result<Learner
     Ok(learner)
 }
 
-/// Monitor mode against the approved policies in `path`.
+/// Monitor mode against the approved policies in `path`, which must hold at
+/// least one.
 fn load_monitor(path: &Path) -> Result<Monitor, AgentError> {
-    let monitor = Monitor::new(load_policies(path)?);
+    let policies = load_policies(path)?;
+    if policies.is_empty() {
+        return Err(PolicyLoadError::Empty {
+            path: path.to_owned(),
+        }
+        .into());
+    }
+    let monitor = Monitor::new(policies);
     info!(policies = monitor.policies(), path = %path.display(), "monitor mode: flows outside the approved policies are violations");
     Ok(monitor)
 }

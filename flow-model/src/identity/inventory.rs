@@ -34,6 +34,35 @@ pub struct ReadError {
     pub source: std::io::Error,
 }
 
+/// The inventory cannot be used at start. Later rereads that fail keep the
+/// last good inventory instead; at start there is none, and an agent that
+/// knows no pod would emit flows without identity as if all were well.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The file cannot be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The file holds nothing identity can use, or a document that is not
+    /// YAML (see [`Inventory::incomplete`]).
+    #[error("inventory {} cannot be used: {reason}{}", path.display(), first_problem(problems))]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+        /// Every problem found in it.
+        problems: Vec<InventoryError>,
+    },
+}
+
+fn first_problem(problems: &[InventoryError]) -> String {
+    match problems {
+        [] => String::new(),
+        [only] => format!(" ({only})"),
+        [first, rest @ ..] => format!(" ({first}; and {} more)", rest.len()),
+    }
+}
+
 /// A problem in an inventory file: one document or object that did not load.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InventoryError {
@@ -339,10 +368,19 @@ pub struct InventorySource {
 }
 
 impl InventorySource {
-    /// Loads `path` once to check it, then returns the source and the first events.
-    pub fn open(path: PathBuf, poll: Duration) -> Result<(Self, Vec<CacheEvent>), ReadError> {
+    /// Loads `path` once to check it, then returns the source and the first
+    /// events. An inventory that [`Inventory::incomplete`] refuses is an
+    /// error here, where a reread would keep the previous one.
+    pub fn open(path: PathBuf, poll: Duration) -> Result<(Self, Vec<CacheEvent>), OpenError> {
         let loaded = stamp(&path);
         let inventory = load(&path)?;
+        if let Some(reason) = inventory.incomplete() {
+            return Err(OpenError::Unusable {
+                path,
+                reason,
+                problems: inventory.errors,
+            });
+        }
         report(&path, &inventory);
         Ok((Self { path, poll, loaded }, inventory.into_events()))
     }
@@ -453,6 +491,42 @@ mod tests {
         };
         assert!(inventory.into_events().iter().any(|event| matches!(event, CacheEvent::Apply(Object::Namespace(namespace)) if namespace.name == "shop2")));
         assert!(matches!(source.check(), Reload::Unchanged));
+    }
+
+    #[test]
+    fn an_inventory_with_nothing_usable_is_refused_at_start() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("inventory.yaml");
+        let refusal = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            match InventorySource::open(path.clone(), Duration::from_secs(1)) {
+                Ok(_) => panic!("{text:?} is refused"),
+                Err(error) => error.to_string(),
+            }
+        };
+        let file = path.display();
+        assert_eq!(
+            refusal(""),
+            format!("inventory {file} cannot be used: the file holds no object identity uses")
+        );
+        assert_eq!(
+            refusal("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: b}\n"),
+            format!("inventory {file} cannot be used: the file holds no object identity uses")
+        );
+        let only_document = refusal("apiVersion: v1\nkind: List\nitems: [\n");
+        assert!(
+            only_document.starts_with(&format!(
+                "inventory {file} cannot be used: a document is not valid YAML ({file}: document 1 (line 1): "
+            )),
+            "{only_document}"
+        );
+        let two_bad = refusal(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: b}\nstatus: {podIP: nope}\n---\nkind: [\n",
+        );
+        assert!(two_bad.ends_with("; and 1 more)"), "{two_bad}");
+        let missing = directory.path().join("missing.yaml");
+        let error = InventorySource::open(missing.clone(), Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(&error, OpenError::Read(ReadError { path, .. }) if *path == missing));
     }
 
     #[test]
