@@ -28,12 +28,13 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::Path,
     process::{Command, Stdio},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::Instant,
 };
 
 use flow_policy::{
     graph::{Change, Edge, Graph},
+    learner::LearnedGraph,
     synthetic::{Shape, generate},
 };
 
@@ -101,7 +102,7 @@ async fn serve(listen: SocketAddr, graph: Graph) {
             max_subscribers: 4,
         },
     ));
-    hub.attach_graph(Arc::new(RwLock::new(graph)));
+    hub.attach_graph(LearnedGraph::new(graph));
     let settings = ApiSettings {
         grpc: Some(listen),
         hubble: None,

@@ -120,6 +120,12 @@ pub async fn fetch_graph(
         .await
         .map_err(|status| ClientError::rpc(&agent.address, status))?
         .into_inner();
+    if response.in_memory_only {
+        tracing::warn!(
+            agent = %agent.address,
+            "this agent's learned graph is partly in memory only (its last write failed): edges it learned since may be lost if it restarts"
+        );
+    }
     let graph = wire::from_graph(&response).map_err(AgentError::InvalidGraph)?;
     graph.check_names().map_err(AgentError::InvalidName)?;
     Ok(graph)

@@ -1,11 +1,16 @@
 //! The agent's learner: folds each drain's records into the graph, writes the
 //! changes to the store and only then lets the API see them, so every edge a
-//! client has read survives a crash.
+//! client has read survives a crash. While the disk refuses writes, learning
+//! goes on in memory and [`LearnedGraph::durable`] says so, until a snapshot
+//! succeeds.
 
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{
+        Arc, PoisonError, RwLock, RwLockReadGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -30,8 +35,37 @@ pub struct LearnerSettings {
 #[derive(Debug)]
 pub struct Learner {
     store: Store,
-    graph: Arc<RwLock<Graph>>,
+    graph: LearnedGraph,
     settings: LearnerSettings,
+}
+
+/// The learned graph as readers share it, and whether all of it is on disk.
+#[derive(Clone, Debug)]
+pub struct LearnedGraph {
+    graph: Arc<RwLock<Graph>>,
+    durable: Arc<AtomicBool>,
+}
+
+impl LearnedGraph {
+    /// Shares `graph`, taken as durable (as a store just opened holds it).
+    pub fn new(graph: Graph) -> Self {
+        Self {
+            graph: Arc::new(RwLock::new(graph)),
+            durable: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// The graph, once the learner's current commit is done.
+    pub fn read(&self) -> RwLockReadGuard<'_, Graph> {
+        self.graph.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether every entry of the graph is on disk. False from a failed
+    /// commit until the next successful snapshot: entries learned meanwhile
+    /// would be lost if the agent stopped.
+    pub fn durable(&self) -> bool {
+        self.durable.load(Ordering::Acquire)
+    }
 }
 
 /// Keeps only the last change of each entry: changes carry full states.
@@ -67,7 +101,7 @@ impl Learner {
         Ok((
             Self {
                 store,
-                graph: Arc::new(RwLock::new(graph)),
+                graph: LearnedGraph::new(graph),
                 settings,
             },
             recovery,
@@ -75,8 +109,8 @@ impl Learner {
     }
 
     /// The graph, shared with the API.
-    pub fn graph(&self) -> Arc<RwLock<Graph>> {
-        Arc::clone(&self.graph)
+    pub fn graph(&self) -> LearnedGraph {
+        self.graph.clone()
     }
 
     /// Learns from one drain's records, expires and bounds the graph, and
@@ -88,6 +122,7 @@ impl Learner {
             graph,
             settings,
         } = self;
+        let LearnedGraph { graph, durable } = graph;
         let mut graph = graph.write().unwrap_or_else(PoisonError::into_inner);
         let mut changes = Vec::new();
         for record in records {
@@ -95,13 +130,74 @@ impl Learner {
         }
         changes.extend(graph.prune(now, settings.expiry, settings.max_edges));
         let changes = last_per_entry(changes);
-        store.commit(&changes, &graph)?;
+        if let Err(error) = store.commit(&changes, &graph) {
+            // Marked before the write lock is released, so no reader sees
+            // these entries as durable.
+            durable.store(false, Ordering::Release);
+            return Err(error);
+        }
         Ok(changes.len())
     }
 
-    /// Writes a snapshot and empties the log (at shutdown).
+    /// Writes a snapshot and empties the log (at shutdown, and to catch up
+    /// after failed commits): on success the whole graph is durable again.
     pub fn close(&mut self) -> Result<(), StoreError> {
-        let graph = self.graph.read().unwrap_or_else(PoisonError::into_inner);
-        self.store.compact(&graph)
+        let graph = self.graph.read();
+        self.store.compact(&graph)?;
+        self.graph.durable.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{Tmpfs, record};
+
+    #[test]
+    fn a_failed_commit_marks_the_graph_not_durable_until_a_snapshot_succeeds() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none(),
+                "mounting a tmpfs needs root"
+            );
+            eprintln!("skipping: mounting a tmpfs needs root");
+            return;
+        }
+        let disk = Tmpfs::mount("16k");
+        let (mut learner, _) = Learner::open(LearnerSettings {
+            state_dir: disk.0.path().to_owned(),
+            expiry: None,
+            max_edges: 100_000,
+        })
+        .unwrap();
+        let shared = learner.graph();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let long = "w".repeat(250);
+        let mut learned = 0;
+        let failed_at = (1..2_000).find(|port| {
+            let failed = learner.learn(&[record(40_000, &long, *port)], now).is_err();
+            learned += 1;
+            failed
+        });
+        assert!(failed_at.is_some(), "a 16 KiB disk fills up");
+        assert!(!shared.durable());
+        // The reader still sees every edge, the last one included.
+        assert_eq!(shared.read().len(), learned);
+        // Space comes back: a commit alone does not bring back what failed.
+        disk.resize("1m");
+        learner.learn(&[record(40_000, "api", 8080)], now).unwrap();
+        assert!(!shared.durable());
+        learner.close().unwrap();
+        assert!(shared.durable());
+        drop(learner);
+        let (reopened, _) = Learner::open(LearnerSettings {
+            state_dir: disk.0.path().to_owned(),
+            expiry: None,
+            max_edges: 100_000,
+        })
+        .unwrap();
+        assert_eq!(*reopened.graph().read(), *shared.read());
     }
 }

@@ -292,7 +292,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{sync::Arc, time::Duration, time::SystemTime};
 
     use super::*;
@@ -301,7 +301,8 @@ mod tests {
         record::{Endpoint, FlowRecord, Hook, Protocol, Timestamp},
     };
 
-    fn record(client_port: u16, server: &str, port: u16) -> FlowRecord {
+    /// A request record `web:client_port -> server:port` in namespace `shop`.
+    pub(crate) fn record(client_port: u16, server: &str, port: u16) -> FlowRecord {
         let endpoint = |ip: &str, port: u16, workload: &str| Endpoint {
             ip: ip.parse().unwrap(),
             port,
@@ -454,10 +455,10 @@ mod tests {
     }
 
     /// A tmpfs mounted for one test, unmounted when dropped.
-    struct Tmpfs(tempfile::TempDir);
+    pub(crate) struct Tmpfs(pub(crate) tempfile::TempDir);
 
     impl Tmpfs {
-        fn mount(size: &str) -> Self {
+        pub(crate) fn mount(size: &str) -> Self {
             let directory = tempfile::tempdir().unwrap();
             let status = std::process::Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -468,7 +469,7 @@ mod tests {
             Self(directory)
         }
 
-        fn resize(&self, size: &str) {
+        pub(crate) fn resize(&self, size: &str) {
             let status = std::process::Command::new("mount")
                 .args(["-o", &format!("remount,size={size}")])
                 .arg(self.0.path())

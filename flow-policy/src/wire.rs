@@ -126,7 +126,12 @@ pub fn graph(graph: &Graph, visible: impl Fn(&Party, &EdgeKey) -> bool) -> proto
             })
         })
         .collect();
-    proto::GetGraphResponse { edges, workloads }
+    proto::GetGraphResponse {
+        edges,
+        workloads,
+        // The agent says whether its graph is durable.
+        in_memory_only: false,
+    }
 }
 
 /// A graph from its protobuf form; an error names the bad edge or workload.

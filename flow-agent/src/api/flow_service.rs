@@ -152,10 +152,9 @@ impl FlowService for FlowApi {
         let graph = self.hub.graph().ok_or_else(|| {
             Status::failed_precondition("this agent is not learning: run it with --state-dir")
         })?;
-        let graph = graph
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let response = convert::graph(&graph, |party, _| match &scope {
+        let durable = graph.durable();
+        let graph = graph.read();
+        let mut response = convert::graph(&graph, |party, _| match &scope {
             Scope::Admin => true,
             Scope::Tenant(tenant) => party
                 .workload()
@@ -163,6 +162,7 @@ impl FlowService for FlowApi {
                 .and_then(|info| info.tenant.as_ref())
                 .is_some_and(|owner| owner == tenant),
         });
+        response.in_memory_only = !durable;
         Ok(Response::new(response))
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use super::convert;
 use crate::{aggregate::AggregateRecord, datapath::DatapathCounters};
 use flow_model::record::FlowRecord;
-use flow_policy::graph::Graph;
+use flow_policy::learner::LearnedGraph;
 
 /// A flow record in the buffer. Its identities are shared with the agent's
 /// other records; the protobuf form is made per send, so the buffer holds one
@@ -463,7 +463,7 @@ pub struct HubSettings {
 /// The API's record store and fan-out.
 pub struct Hub {
     state: Mutex<State>,
-    graph: std::sync::OnceLock<Arc<std::sync::RwLock<Graph>>>,
+    graph: std::sync::OnceLock<LearnedGraph>,
     settings: HubSettings,
     node: String,
     started: Instant,
@@ -568,12 +568,12 @@ impl Hub {
     }
 
     /// Serves this learned graph (set once, when learning).
-    pub fn attach_graph(&self, graph: Arc<std::sync::RwLock<Graph>>) {
+    pub fn attach_graph(&self, graph: LearnedGraph) {
         let _ = self.graph.set(graph);
     }
 
     /// The learned graph, when learning.
-    pub fn graph(&self) -> Option<&Arc<std::sync::RwLock<Graph>>> {
+    pub fn graph(&self) -> Option<&LearnedGraph> {
         self.graph.get()
     }
 
@@ -658,12 +658,7 @@ impl Hub {
             monitoring,
             violations,
         } = &state.status;
-        let graph_edges = self.graph().map_or(0, |graph| {
-            graph
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .len() as u64
-        });
+        let graph_edges = self.graph().map_or(0, |graph| graph.read().len() as u64);
         proto::ServerStatusResponse {
             node_name: self.node.clone(),
             version: version.to_owned(),
