@@ -794,9 +794,29 @@ impl AgentProcess {
     /// Starts `BINARY run ARGS` in `netns` and waits for "flow-agent started".
     /// With `echo_stderr`, log lines are also printed (prefixed `agent:`).
     pub fn start(binary: &Path, netns: &Netns, args: &[&str], echo_stderr: bool) -> Result<Self> {
-        let mut all = vec!["run"];
+        Self::start_with_env(binary, netns, &[], args, echo_stderr)
+    }
+
+    /// As [`AgentProcess::start`], with `env` (`NAME=value` each) set for
+    /// the agent, through env(1).
+    pub fn start_with_env(
+        binary: &Path,
+        netns: &Netns,
+        env: &[&str],
+        args: &[&str],
+        echo_stderr: bool,
+    ) -> Result<Self> {
+        let binary_text = binary.to_string_lossy();
+        let mut all: Vec<&str> = env.to_vec();
+        let program = if env.is_empty() {
+            binary
+        } else {
+            all.push(&binary_text);
+            Path::new("env")
+        };
+        all.push("run");
         all.extend_from_slice(args);
-        let process = LabProcess::start(netns, binary, &all, echo_stderr.then_some("agent"))?;
+        let process = LabProcess::start(netns, program, &all, echo_stderr.then_some("agent"))?;
         process.wait_for_log("flow-agent started", Duration::from_secs(30))?;
         Ok(Self(process))
     }

@@ -48,14 +48,25 @@ impl Agent {
 
     /// As [`Agent::start`], for the node named `node_name`.
     pub fn start_as(netns: &Netns, node_name: &str, args: &[&str]) -> Self {
+        Self::start_with_env(netns, node_name, &[], args)
+    }
+
+    /// As [`Agent::start_as`], with `env` (`NAME=value` each) set.
+    pub fn start_with_env(netns: &Netns, node_name: &str, env: &[&str], args: &[&str]) -> Self {
         let mut all = args.to_vec();
         if !args.contains(&"--output") {
             all.extend_from_slice(&["--output", "json"]);
         }
         all.extend_from_slice(&["--node-name", node_name]);
         Self(
-            AgentProcess::start(env!("CARGO_BIN_EXE_flow-agent").as_ref(), netns, &all, true)
-                .unwrap(),
+            AgentProcess::start_with_env(
+                env!("CARGO_BIN_EXE_flow-agent").as_ref(),
+                netns,
+                env,
+                &all,
+                true,
+            )
+            .unwrap(),
         )
     }
 
