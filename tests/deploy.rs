@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use flow_agent::{
-    api::{access::AccessPolicy, hubble::peer::server_name},
+    api::{access::AccessPolicy, hubble::peer::server_name, server::Authz},
     config::{RunConfig, RunOptions},
 };
 use serde_json::{Value, json};
@@ -192,10 +192,11 @@ fn check(directory: &Path, interfaces: &[&str], others: &[&str]) -> (Vec<Value>,
 
     validate_schema(&objects);
 
-    // Read-only RBAC.
+    // Read-only RBAC, but for the reviews --grpc-authz kubernetes asks for.
     for role in objects
         .iter()
         .filter(|object| object["kind"] == "ClusterRole")
+        .filter(|object| object["metadata"]["name"] != "flow-agent-authz")
     {
         for rule in role["rules"].as_array().unwrap() {
             assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
@@ -301,6 +302,66 @@ fn the_aks_overlay_watches_azure_cilium_and_calico_interfaces() {
         &["azv*", "lxc*", "cali*"],
         &[],
     );
+}
+
+#[test]
+fn the_rbac_overlay_asks_the_cluster_and_grants_nothing_else() {
+    let (objects, config) = check(
+        &deploy().join("overlays/rbac"),
+        &["azv*", "lxc*", "cali*"],
+        &[
+            "ClusterRole/flow-agent-authz",
+            "ClusterRoleBinding/flow-agent-authz",
+            "ClusterRole/flow-agent-flows-reader",
+        ],
+    );
+    let (api, _) = config.api.as_ref().unwrap();
+    assert_eq!(
+        (api.authz, api.access.as_ref()),
+        (
+            Authz::Kubernetes {
+                cache_ttl: std::time::Duration::from_secs(30)
+            },
+            None
+        )
+    );
+    // Creating reviews, nothing more; bound to the agent's account only.
+    assert_eq!(
+        find(&objects, "ClusterRole", "flow-agent-authz")["rules"],
+        json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        ])
+    );
+    assert_eq!(
+        find(&objects, "ClusterRoleBinding", "flow-agent-authz")["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "flow-agent", "namespace": "flow-agent"}])
+    );
+    // The role tenants are bound to names the resource the agent asks about.
+    assert_eq!(
+        find(&objects, "ClusterRole", "flow-agent-flows-reader")["rules"],
+        json!([{
+            "apiGroups": [flow_agent::api::rbac::GROUP],
+            "resources": [flow_agent::api::rbac::RESOURCE],
+            "verbs": ["get", "list", "watch"],
+        }])
+    );
+    // The example bindings are valid and bind that role.
+    let examples = yaml_documents(
+        &std::fs::read_to_string(deploy().join("examples/tenant-access.yaml")).unwrap(),
+    );
+    validate_schema(&examples);
+    assert_eq!(
+        kinds_and_names(&examples),
+        [
+            "RoleBinding/flows-acme",
+            "RoleBinding/flows-globex",
+            "ClusterRoleBinding/flows-platform"
+        ]
+    );
+    for binding in &examples {
+        assert_eq!(binding["roleRef"]["name"], "flow-agent-flows-reader");
+    }
 }
 
 /// The relay's client certificate name: admin in the agents' access.yaml and

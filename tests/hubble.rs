@@ -1373,3 +1373,341 @@ fn over_mutual_tls_a_slow_follower_is_told_exactly_what_it_lost() {
     assert!(acme_received > 0);
     assert_eq!(acme_received + acme_lost, acme_total);
 }
+
+/// A plaintext channel to `address`.
+async fn plain_channel(address: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `message` with `authorization: Bearer token`.
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn port_text(port: u32, ports: bool) -> String {
+    if ports {
+        format!(":{port}")
+    } else {
+        String::new()
+    }
+}
+
+/// The key of a Hubble flow as the Rust client decodes it; `None` for ICMPv6.
+fn hubble_proto_key(flow: &flow_proto::hubble::flow::Flow) -> Option<FlowKey> {
+    use flow_proto::hubble::flow::layer4::Protocol as L4;
+    let ip = flow.ip.as_ref().unwrap();
+    let (protocol, ports) = match flow.l4.as_ref().and_then(|l4| l4.protocol.as_ref()) {
+        Some(L4::Tcp(tcp)) => ("TCP", Some((tcp.source_port, tcp.destination_port))),
+        Some(L4::Udp(udp)) => ("UDP", Some((udp.source_port, udp.destination_port))),
+        Some(L4::IcmPv4(_)) => ("ICMP", None),
+        _ => return None,
+    };
+    let (source, destination) = ports.unwrap_or_default();
+    let time = flow.time.unwrap();
+    Some((
+        nanos(SystemTime::try_from(time).unwrap()),
+        format!("{}{}", ip.source, port_text(source, ports.is_some())),
+        format!(
+            "{}{}",
+            ip.destination,
+            port_text(destination, ports.is_some())
+        ),
+        protocol.to_owned(),
+        flow.is_reply.unwrap(),
+    ))
+}
+
+/// The key of one of flow-agent's own API flows; `None` for ICMPv6.
+fn v1_key(flow: &flow_proto::v1::Flow) -> Option<FlowKey> {
+    if flow.protocol == "ICMPv6" {
+        return None;
+    }
+    let ports = ["TCP", "UDP", "SCTP"].contains(&flow.protocol.as_str());
+    let (source, destination) = (flow.source.as_ref()?, flow.destination.as_ref()?);
+    Some((
+        nanos(SystemTime::try_from(flow.time.unwrap()).unwrap()),
+        format!("{}{}", source.ip, port_text(source.port, ports)),
+        format!("{}{}", destination.ip, port_text(destination.port, ports)),
+        flow.protocol.clone(),
+        flow.is_reply,
+    ))
+}
+
+/// Everything a caller with `token` is replayed by Hubble's GetFlows.
+async fn hubble_replay(address: &str, token: &str) -> Result<BTreeSet<FlowKey>, tonic::Status> {
+    use flow_proto::hubble::observer::{
+        GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
+    };
+    let request = GetFlowsRequest {
+        number: 100_000,
+        ..GetFlowsRequest::default()
+    };
+    let mut stream = ObserverClient::new(plain_channel(address).await)
+        .get_flows(bearer(request, token))
+        .await?
+        .into_inner();
+    let mut keys = BTreeSet::new();
+    while let Some(response) = stream.message().await? {
+        if let Some(ResponseTypes::Flow(flow)) = response.response_types {
+            keys.extend(hubble_proto_key(&flow));
+        }
+    }
+    Ok(keys)
+}
+
+/// Everything a caller with `token` is replayed by flow-agent's GetFlows.
+async fn v1_replay(address: &str, token: &str) -> Result<BTreeSet<FlowKey>, tonic::Status> {
+    use flow_proto::v1::{
+        GetFlowsRequest, flow_service_client::FlowServiceClient, get_flows_response::Response,
+    };
+    let request = GetFlowsRequest {
+        number: 100_000,
+        ..GetFlowsRequest::default()
+    };
+    let mut stream = FlowServiceClient::new(plain_channel(address).await)
+        .get_flows(bearer(request, token))
+        .await?
+        .into_inner();
+    let mut keys = BTreeSet::new();
+    while let Some(response) = stream.message().await? {
+        if let Some(Response::Flow(flow)) = response.response {
+            keys.extend(v1_key(&flow));
+        }
+    }
+    Ok(keys)
+}
+
+/// The Hubble destination ports a follower receives within `wait`.
+async fn followed_ports(
+    stream: &mut tonic::Streaming<flow_proto::hubble::observer::GetFlowsResponse>,
+    wait: Duration,
+) -> BTreeSet<String> {
+    use flow_proto::hubble::observer::get_flows_response::ResponseTypes;
+    let mut ports = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(Some(response))) = tokio::time::timeout_at(deadline, stream.message()).await {
+        if let Some(ResponseTypes::Flow(flow)) = response.response_types
+            && let Some((_, _, destination, _, _)) = hubble_proto_key(&flow)
+        {
+            ports.insert(destination.rsplit(':').next().unwrap().to_owned());
+        }
+    }
+    ports
+}
+
+/// `--grpc-authz kubernetes` against a fake API server: tokens are reviewed,
+/// RoleBindings to a user or a group grant their namespace's flows on both
+/// listeners, a ClusterRoleBinding grants all, callers without a binding or
+/// with an unknown token are refused, answers are cached for the TTL, a
+/// revoked binding stops a follower, and an API server outage denies.
+#[test]
+fn access_follows_the_clusters_rbac_on_both_listeners() {
+    use common::kube_api::{Binding, KubeApi};
+    use flow_proto::hubble::observer::{GetFlowsRequest, observer_client::ObserverClient};
+    require_root!();
+    let Some([a, b]) = lab([35, 36]) else { return };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let kube = runtime.block_on(KubeApi::start_on(IpAddr::V4(Ipv4Addr::new(100, 64, 35, 1))));
+    kube.set(
+        "/api/v1/namespaces",
+        ["shop-a", "shop-b", "shop-c"]
+            .map(
+                |name| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            )
+            .to_vec(),
+    );
+    for (token, user, groups) in [
+        ("alice-token", "alice", vec![]),
+        ("bob-token", "bob", vec!["entra:globex-ops"]),
+        ("carol-token", "carol", vec!["platform-admins"]),
+        ("dave-token", "dave", vec![]),
+        ("erin-token", "erin", vec!["entra:acme"]),
+    ] {
+        kube.token(token, user, &groups);
+    }
+    let binding = |kind, name: &str, namespace: Option<&str>| Binding {
+        kind,
+        name: name.to_owned(),
+        namespace: namespace.map(str::to_owned),
+    };
+    let bindings = vec![
+        binding("User", "alice", Some("shop-a")),
+        binding("Group", "entra:globex-ops", Some("shop-b")),
+        binding("Group", "platform-admins", None),
+        binding("Group", "entra:acme", Some("shop-a")),
+    ];
+    kube.bindings(bindings.clone());
+    let directory = tempfile::tempdir().unwrap();
+    let kubeconfig = directory.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster: {{server: \"{}\"}}\nusers:\n- name: agent\n  user: {{}}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: agent}}\ncurrent-context: lab\n",
+            kube.url
+        ),
+    )
+    .unwrap();
+    let glob = a.node.glob();
+    let agent = Agent::start_with_env(
+        &a.node.netns,
+        "node-a",
+        &[&format!("KUBECONFIG={}", kubeconfig.display())],
+        &[
+            "-i",
+            &glob,
+            "--flush-interval",
+            "250ms",
+            "--inventory",
+            a.inventory.to_str().unwrap(),
+            "--grpc-listen",
+            "0.0.0.0:4245",
+            "--hubble-listen",
+            "0.0.0.0:4244",
+            "--grpc-allow-plaintext",
+            "--grpc-authz",
+            "kubernetes",
+            "--authz-cache-ttl",
+            "4s",
+        ],
+    );
+    traffic(&a.node, &b.node);
+    let records = settled(&agent, |records| {
+        [5432, 9999].iter().all(|port| {
+            records
+                .iter()
+                .any(|record| record.destination.port == *port)
+        })
+    });
+    let with_an_end_in = |namespace: &str| -> BTreeSet<FlowKey> {
+        records
+            .iter()
+            .filter(not_icmpv6)
+            .filter(|record| {
+                [&record.source, &record.destination]
+                    .iter()
+                    .any(|end| end.identity.namespace.as_deref() == Some(namespace))
+            })
+            .map(record_key)
+            .collect()
+    };
+    let everything: BTreeSet<FlowKey> = keys(&records).into_iter().collect();
+    let (shop_a, shop_b) = (with_an_end_in("shop-a"), with_an_end_in("shop-b"));
+    assert!(
+        !shop_b.is_empty() && shop_b.len() < shop_a.len(),
+        "{shop_b:?}"
+    );
+    assert!(shop_a.len() < everything.len() || !shop_a.is_subset(&shop_b));
+
+    let grpc = SocketAddr::new(IpAddr::V4(a.address), 4245).to_string();
+    let hubble = a.hubble();
+    runtime.block_on(async {
+        for (token, expected) in [
+            ("alice-token", &shop_a),
+            ("bob-token", &shop_b),
+            ("carol-token", &everything),
+        ] {
+            assert_eq!(
+                &hubble_replay(&hubble, token).await.unwrap(),
+                expected,
+                "{token}"
+            );
+            assert_eq!(&v1_replay(&grpc, token).await.unwrap(), expected, "{token}");
+        }
+        // Within the TTL every answer comes from the cache.
+        let reviews = kube.reviews();
+        assert_eq!(hubble_replay(&hubble, "alice-token").await.unwrap(), shop_a);
+        assert_eq!(kube.reviews(), reviews);
+        for refused in [
+            hubble_replay(&hubble, "dave-token").await,
+            v1_replay(&grpc, "dave-token").await,
+        ] {
+            let status = refused.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert_eq!(
+                status.message(),
+                "dave may not list flows.flow-agent.io in any namespace"
+            );
+        }
+        let status = v1_replay(&grpc, "no-such-token").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        let status = hubble_replay(&hubble, "no-such-token").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    });
+
+    // Followers: alice (a RoleBinding) and carol (an administrator). Once
+    // alice's binding is revoked, her stream ends within a TTL.
+    let (mut alice, mut carol) = runtime.block_on(async {
+        let follow = |token: &'static str| {
+            let hubble = hubble.clone();
+            async move {
+                let request = GetFlowsRequest {
+                    follow: true,
+                    ..GetFlowsRequest::default()
+                };
+                ObserverClient::new(plain_channel(&hubble).await)
+                    .get_flows(bearer(request, token))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        };
+        (follow("alice-token").await, follow("carol-token").await)
+    });
+    udp_exchange(&a.node, 0, 1, 7101);
+    runtime.block_on(async {
+        let seen = followed_ports(&mut alice, Duration::from_secs(3)).await;
+        assert!(seen.contains("7101"), "{seen:?}");
+    });
+    kube.bindings(bindings[1..].to_vec());
+    std::thread::sleep(Duration::from_secs(9));
+    runtime.block_on(followed_ports(&mut alice, Duration::from_millis(500)));
+    udp_exchange(&a.node, 0, 1, 7102);
+    let (alice_after, carol_after) = runtime.block_on(async {
+        (
+            followed_ports(&mut alice, Duration::from_secs(3)).await,
+            followed_ports(&mut carol, Duration::from_secs(1)).await,
+        )
+    });
+    assert!(!alice_after.contains("7102"), "{alice_after:?}");
+    assert!(carol_after.contains("7102"), "{carol_after:?}");
+
+    // An API server that cannot answer denies, and never allows: neither a
+    // caller never seen, nor one whose answers expired.
+    kube.reviews_down(true);
+    std::thread::sleep(Duration::from_secs(5));
+    runtime.block_on(async {
+        for token in ["erin-token", "carol-token"] {
+            let status = hubble_replay(&hubble, token).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unavailable,
+                "{token}: {status:?}"
+            );
+            assert!(
+                status.message().starts_with("access denied: "),
+                "{status:?}"
+            );
+        }
+    });
+    let output = agent.stop();
+    assert!(
+        output
+            .stderr
+            .iter()
+            .any(|line| line.contains("access denied in every namespace") && line.contains("dave")),
+        "{:?}",
+        output.stderr
+    );
+}

@@ -41,7 +41,7 @@ use flow_policy::{
 use flow_agent::api::{
     convert,
     hub::{Hub, HubSettings},
-    server::{self, ApiSettings, Served},
+    server::{self, ApiSettings, Authz, Served},
 };
 use kube_api::KubeApi;
 use prost::Message as _;
@@ -109,6 +109,7 @@ async fn serve(listen: SocketAddr, graph: Graph) {
         tls: None,
         client_ca: None,
         access: None,
+        authz: Authz::File,
         allow_plaintext: false,
     };
     let served = Served {

@@ -24,7 +24,7 @@ use flow_agent::{
         filter::{FlowMatcher, Scope},
         hub::{Hub, HubSettings, Replay, StoredFlow},
         hubble::filter::HubbleMatcher,
-        server::{self, ApiSettings, HubbleSettings, Served},
+        server::{self, ApiSettings, Authz, HubbleSettings, Served},
     },
     output::{FileSink, FileSinkSettings, RecordSink as _},
 };
@@ -292,6 +292,7 @@ fn grpc(records: &[FlowRecord]) {
             tls: None,
             client_ca: None,
             access: None,
+            authz: Authz::File,
             allow_plaintext: false,
         };
         let served = Served {

@@ -10,6 +10,7 @@ pub use flow_policy::cli::{
 };
 
 use crate::{
+    api::server::AuthzMode,
     config::{OutputFormat, RunOptions, parse_duration},
     datapath::AttachMode,
 };
@@ -226,6 +227,15 @@ pub struct RunArgs {
     /// needed on any address but loopback.
     #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_ACCESS")]
     pub grpc_access: Option<PathBuf>,
+    /// Who decides what callers see: `file` (--grpc-access) or `kubernetes`
+    /// (the API server's TokenReview and SubjectAccessReview on
+    /// `flows.flow-agent.io`, per namespace) [default: file].
+    #[arg(long, value_name = "MODE", env = "FLOW_AGENT_GRPC_AUTHZ")]
+    pub grpc_authz: Option<AuthzMode>,
+    /// How long `--grpc-authz kubernetes` keeps users and decisions; a
+    /// following stream's grant is asked again this often [default: 30s].
+    #[arg(long, value_parser = duration, value_name = "DURATION", env = "FLOW_AGENT_AUTHZ_CACHE_TTL")]
+    pub authz_cache_ttl: Option<Duration>,
     /// Serve plaintext gRPC on a network address (loopback is always allowed).
     #[arg(
         long,
@@ -331,6 +341,8 @@ impl RunArgs {
             grpc_tls_key,
             grpc_client_ca,
             grpc_access,
+            grpc_authz,
+            authz_cache_ttl,
             grpc_allow_plaintext,
             grpc_buffer,
             grpc_subscriber_queue,
@@ -373,6 +385,8 @@ impl RunArgs {
             grpc_tls_key: grpc_tls_key.clone(),
             grpc_client_ca: grpc_client_ca.clone(),
             grpc_access: grpc_access.clone(),
+            grpc_authz: *grpc_authz,
+            authz_cache_ttl: *authz_cache_ttl,
             grpc_allow_plaintext: *grpc_allow_plaintext,
             grpc_buffer: *grpc_buffer,
             grpc_subscriber_queue: *grpc_subscriber_queue,

@@ -18,7 +18,10 @@ mod resolve;
 use flow_policy::learner::LearnerSettings;
 
 use crate::{
-    api::{hub::HubSettings, server::ApiSettings},
+    api::{
+        hub::HubSettings,
+        server::{ApiSettings, Authz, AuthzMode},
+    },
     datapath::{AttachMode, DatapathConfig},
     flows::TrackerConfig,
     interfaces::{InterfaceError, InterfaceSelector},
@@ -88,6 +91,12 @@ pub const DEFAULT_GRPC_BUFFER: usize = 10_000;
 pub const DEFAULT_GRPC_SUBSCRIBER_QUEUE: usize = 65_536;
 /// Longest `flow-idle-timeout` and `identity-grace`.
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Default time `--grpc-authz kubernetes` keeps users and decisions.
+pub const DEFAULT_AUTHZ_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Shortest and longest `authz-cache-ttl`: every stream asks the API server
+/// again each TTL, and a revoked grant lasts at most one TTL.
+const AUTHZ_CACHE_TTL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 /// Default number of following subscribers served at once (each may hold up
 /// to a queue of records).
 pub const DEFAULT_GRPC_MAX_SUBSCRIBERS: usize = 256;
@@ -252,6 +261,17 @@ pub struct RunOptions {
     /// Access policy mapping clients to tenants.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_access: Option<PathBuf>,
+    /// Who decides what callers see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_authz: Option<AuthzMode>,
+    /// How long Kubernetes access answers are kept.
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "write_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authz_cache_ttl: Option<Duration>,
     /// Serve plaintext on a network address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_allow_plaintext: Option<bool>,
@@ -376,6 +396,8 @@ impl RunOptions {
             grpc_tls_key,
             grpc_client_ca,
             grpc_access,
+            grpc_authz,
+            authz_cache_ttl,
             grpc_allow_plaintext,
             grpc_buffer,
             grpc_subscriber_queue,
@@ -417,6 +439,8 @@ impl RunOptions {
             grpc_tls_key: grpc_tls_key.or(lower.grpc_tls_key),
             grpc_client_ca: grpc_client_ca.or(lower.grpc_client_ca),
             grpc_access: grpc_access.or(lower.grpc_access),
+            grpc_authz: grpc_authz.or(lower.grpc_authz),
+            authz_cache_ttl: authz_cache_ttl.or(lower.authz_cache_ttl),
             grpc_allow_plaintext: grpc_allow_plaintext.or(lower.grpc_allow_plaintext),
             grpc_buffer: grpc_buffer.or(lower.grpc_buffer),
             grpc_subscriber_queue: grpc_subscriber_queue.or(lower.grpc_subscriber_queue),
@@ -499,6 +523,14 @@ impl RunConfig {
             grpc_tls_key: api.and_then(|api| api.tls.as_ref().map(|(_, key)| key.clone())),
             grpc_client_ca: api.and_then(|api| api.client_ca.clone()),
             grpc_access: api.and_then(|api| api.access.clone()),
+            grpc_authz: api.map(|api| match api.authz {
+                Authz::File => AuthzMode::File,
+                Authz::Kubernetes { .. } => AuthzMode::Kubernetes,
+            }),
+            authz_cache_ttl: api.and_then(|api| match api.authz {
+                Authz::File => None,
+                Authz::Kubernetes { cache_ttl } => Some(cache_ttl),
+            }),
             grpc_allow_plaintext: api.map(|api| api.allow_plaintext),
             grpc_buffer: hub.map(|hub| hub.buffer),
             grpc_subscriber_queue: hub.map(|hub| hub.subscriber_queue),
@@ -656,6 +688,76 @@ mod tests {
         assert_eq!(off.datapath.dns.copy, flow_common::DnsCopy::Off);
         assert_eq!(off.dns, None);
         assert_eq!(off.effective().dns, Some(false));
+    }
+
+    #[test]
+    fn kubernetes_authz_resolves_with_its_ttl_and_excludes_the_access_file() {
+        let listen = Some("127.0.0.1:4245".parse().unwrap());
+        let api = |options: RunOptions| {
+            RunConfig::resolve(RunOptions {
+                grpc_listen: listen,
+                ..options
+            })
+            .map(|config| config.api.unwrap().0.authz)
+            .map_err(|error| error.to_string())
+        };
+        assert_eq!(api(options(&["x"])), Ok(Authz::File));
+        assert_eq!(
+            api(RunOptions {
+                grpc_authz: Some(AuthzMode::Kubernetes),
+                ..options(&["x"])
+            }),
+            Ok(Authz::Kubernetes {
+                cache_ttl: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(
+            api(RunOptions {
+                grpc_authz: Some(AuthzMode::Kubernetes),
+                authz_cache_ttl: Some(Duration::from_secs(5)),
+                ..options(&["x"])
+            }),
+            Ok(Authz::Kubernetes {
+                cache_ttl: Duration::from_secs(5)
+            })
+        );
+        let refusals = [
+            (
+                RunOptions {
+                    authz_cache_ttl: Some(Duration::from_secs(5)),
+                    ..options(&["x"])
+                },
+                "invalid authz-cache-ttl 5s: --grpc-authz kubernetes as well: it is how long the cluster's answers are kept",
+            ),
+            (
+                RunOptions {
+                    grpc_authz: Some(AuthzMode::Kubernetes),
+                    grpc_access: Some("access.yaml".into()),
+                    ..options(&["x"])
+                },
+                "invalid grpc-access with --grpc-authz kubernetes: one of them: the access file or the cluster's RBAC",
+            ),
+            (
+                RunOptions {
+                    grpc_authz: Some(AuthzMode::Kubernetes),
+                    authz_cache_ttl: Some(Duration::from_millis(500)),
+                    ..options(&["x"])
+                },
+                "invalid authz-cache-ttl 500ms: from 1s to 1h",
+            ),
+        ];
+        for (options, expected) in refusals {
+            assert_eq!(api(options), Err(expected.to_owned()));
+        }
+        let file = RunOptions::parse(
+            "grpc-authz: kubernetes\nauthz-cache-ttl: 45s\n",
+            Path::new("agent.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            (file.grpc_authz, file.authz_cache_ttl),
+            (Some(AuthzMode::Kubernetes), Some(Duration::from_secs(45)))
+        );
     }
 
     #[test]

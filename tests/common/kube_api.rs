@@ -4,6 +4,11 @@
 //! watch events, including errors that force a relist. More collections
 //! (a namespaced path) can be added, their lists' queries read back, and a
 //! list made to fail with a status code.
+//!
+//! It also answers TokenReviews (from a table of tokens) and
+//! SubjectAccessReviews on `flows.flow-agent.io` (from a table of bindings,
+//! to users or groups, in a namespace or cluster-wide), counts them, and can
+//! refuse them all as an API server outage would.
 
 use std::{
     collections::HashMap,
@@ -12,7 +17,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream},
     sync::broadcast,
 };
@@ -62,8 +67,78 @@ impl Collection {
     }
 }
 
+/// A binding of the flows resource: to a user or a group, in one namespace
+/// (a RoleBinding) or in all (`None`: a ClusterRoleBinding).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// `User` or `Group`.
+    pub kind: &'static str,
+    /// The user's or group's name.
+    pub name: String,
+    /// The RoleBinding's namespace.
+    pub namespace: Option<String>,
+}
+
+#[derive(Default)]
+struct Reviews {
+    /// Token -> (user, groups).
+    tokens: HashMap<String, (String, Vec<String>)>,
+    bindings: Vec<Binding>,
+    token_reviews: usize,
+    access_reviews: usize,
+    down: bool,
+}
+
+impl Reviews {
+    fn token_review(&mut self, body: &Value) -> Value {
+        self.token_reviews += 1;
+        let token = body["spec"]["token"].as_str().unwrap_or_default();
+        let status = match self.tokens.get(token) {
+            Some((user, groups)) => json!({
+                "authenticated": true,
+                "user": {"username": user, "uid": format!("uid-{user}"), "groups": groups},
+            }),
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status})
+    }
+
+    fn access_review(&mut self, body: &Value) -> Value {
+        self.access_reviews += 1;
+        let spec = &body["spec"];
+        let attributes = &spec["resourceAttributes"];
+        let user = spec["user"].as_str().unwrap_or_default();
+        let groups: Vec<&str> = spec["groups"]
+            .as_array()
+            .map(|groups| groups.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let namespace = attributes["namespace"].as_str().unwrap_or_default();
+        let flows = attributes["group"] == "flow-agent.io"
+            && attributes["resource"] == "flows"
+            && ["get", "list", "watch"].contains(&attributes["verb"].as_str().unwrap_or_default());
+        let allowed = flows
+            && self.bindings.iter().any(|binding| {
+                let subject = match binding.kind {
+                    "User" => binding.name == user,
+                    _ => groups.contains(&binding.name.as_str()),
+                };
+                subject
+                    && binding
+                        .namespace
+                        .as_deref()
+                        .is_none_or(|bound| !namespace.is_empty() && bound == namespace)
+            });
+        json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "status": {"allowed": allowed},
+        })
+    }
+}
+
 struct State {
     collections: Mutex<HashMap<String, Collection>>,
+    reviews: Mutex<Reviews>,
     /// (path, event) for every watcher of that path.
     events: broadcast::Sender<(String, Value)>,
 }
@@ -79,7 +154,13 @@ pub struct KubeApi {
 impl KubeApi {
     /// Starts serving on a free loopback port.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1".parse().unwrap()).await
+    }
+
+    /// Starts serving on a free port of `address` (the host's end of a lab
+    /// node's link, for an agent inside the node).
+    pub async fn start_on(address: std::net::IpAddr) -> Self {
+        let listener = TcpListener::bind((address, 0)).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (events, _) = broadcast::channel(256);
         let state = Arc::new(State {
@@ -91,6 +172,7 @@ impl KubeApi {
                     })
                     .collect(),
             ),
+            reviews: Mutex::default(),
             events,
         });
         let served = Arc::clone(&state);
@@ -103,6 +185,34 @@ impl KubeApi {
             }
         });
         Self { state, url }
+    }
+
+    /// Accepts `token` as `user` in `groups`.
+    pub fn token(&self, token: &str, user: &str, groups: &[&str]) {
+        self.state.reviews.lock().unwrap().tokens.insert(
+            token.to_owned(),
+            (
+                user.to_owned(),
+                groups.iter().map(|group| (*group).to_owned()).collect(),
+            ),
+        );
+    }
+
+    /// Replaces the bindings of the flows resource.
+    pub fn bindings(&self, bindings: Vec<Binding>) {
+        self.state.reviews.lock().unwrap().bindings = bindings;
+    }
+
+    /// Makes every review fail with 503, as an API server outage (`false`:
+    /// answer again).
+    pub fn reviews_down(&self, down: bool) {
+        self.state.reviews.lock().unwrap().down = down;
+    }
+
+    /// (TokenReviews, SubjectAccessReviews) answered or refused so far.
+    pub fn reviews(&self) -> (usize, usize) {
+        let reviews = self.state.reviews.lock().unwrap();
+        (reviews.token_reviews, reviews.access_reviews)
     }
 
     /// Replaces what a list of `path` returns.
@@ -172,7 +282,8 @@ async fn serve(state: Arc<State>, stream: TcpStream) {
         if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
             return;
         }
-        // Headers until the blank line; GETs carry no body.
+        // Headers until the blank line; only POSTs carry a body.
+        let mut length = 0;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
@@ -181,6 +292,11 @@ async fn serve(state: Arc<State>, stream: TcpStream) {
             if header == "\r\n" {
                 break;
             }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
         }
         let target = request_line
             .split_whitespace()
@@ -188,6 +304,24 @@ async fn serve(state: Arc<State>, stream: TcpStream) {
             .unwrap_or("/")
             .to_owned();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        if request_line.starts_with("POST ") {
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let (code, answer) = review(&state, path, &body);
+            let answer = answer.to_string();
+            let response = format!(
+                "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                if code == 201 { "Created" } else { "Refused" },
+                answer.len()
+            );
+            if writer.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if !state.collections.lock().unwrap().contains_key(path) {
             let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}"#;
             let response = format!(
@@ -274,4 +408,33 @@ async fn serve(state: Arc<State>, stream: TcpStream) {
             return;
         }
     }
+}
+
+/// The answer to a review POSTed to `path`.
+fn review(state: &State, path: &str, body: &Value) -> (u16, Value) {
+    let mut reviews = state.reviews.lock().unwrap();
+    let answer = match path {
+        "/apis/authentication.k8s.io/v1/tokenreviews" => reviews.token_review(body),
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews" => reviews.access_review(body),
+        _ => {
+            return (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}),
+            );
+        }
+    };
+    if reviews.down {
+        return (
+            503,
+            json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "code": 503,
+                "reason": "ServiceUnavailable",
+                "message": "the test's API server is down",
+            }),
+        );
+    }
+    (201, answer)
 }

@@ -1,6 +1,7 @@
 //! Who may see which flows. Flows reveal a tenant's topology, so a caller is
 //! identified (client certificate name or bearer token) and mapped to a tenant
-//! or to cluster-admin by an access policy; unknown callers are refused.
+//! or to cluster-admin by an access policy, or by the cluster's RBAC
+//! ([`super::rbac`]); unknown callers are refused.
 //!
 //! Policy file (YAML):
 //!
@@ -15,14 +16,17 @@
 //!   tenant: globex
 //! ```
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 use tonic::{Request, Status};
 
-use super::filter::Scope;
+use super::{
+    filter::{NamespaceGrant, Scope},
+    rbac::{KubernetesAccess, User, Verb, Who},
+};
 
 /// Errors in an access policy file.
 #[derive(Debug, Error)]
@@ -194,6 +198,46 @@ fn certificate_names(der: &[u8]) -> Vec<String> {
     names
 }
 
+/// The user a client certificate presents, as the API server reads one:
+/// the subject CN is the name, each O a group.
+fn certificate_user(der: &[u8]) -> Option<User> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = certificate.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|group| group.as_str().ok().map(str::to_owned))
+        .collect();
+    Some(User {
+        name,
+        groups,
+        ..User::default()
+    })
+}
+
+/// How a request's caller identifies itself.
+enum Credentials<'a> {
+    /// `authorization: Bearer <token>`.
+    Token(&'a str),
+    /// The leaf of a client certificate the TLS layer verified.
+    Certificate(Vec<u8>),
+}
+
+fn credentials<T>(request: &Request<T>) -> Result<Credentials<'_>, Status> {
+    if let Some(value) = request.metadata().get("authorization") {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+        return Ok(Credentials::Token(token.trim()));
+    }
+    let anonymous = || Status::unauthenticated("no client certificate and no bearer token");
+    let certificates = request.peer_certs().ok_or_else(anonymous)?;
+    let leaf = certificates.first().ok_or_else(anonymous)?;
+    Ok(Credentials::Certificate(leaf.as_ref().to_vec()))
+}
+
 /// The API's gatekeeper.
 #[derive(Clone, Debug)]
 pub enum Access {
@@ -201,60 +245,117 @@ pub enum Access {
     Open,
     /// Callers must be in the policy.
     Policy(AccessPolicy),
+    /// Callers are whom the API server says, granted what its RBAC grants.
+    Kubernetes(Arc<KubernetesAccess>),
 }
 
 impl Access {
     /// The scope of a request's caller, or why it is refused.
-    pub fn scope<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
-        self.caller(request).map(|(scope, _)| scope)
+    pub async fn scope<T>(&self, request: &Request<T>, verb: Verb) -> Result<Scope, Status> {
+        self.caller(request, verb).await.map(|(scope, _)| scope)
     }
 
     /// The caller's scope and a name for it in metrics: the matched
-    /// certificate name, `token:<tenant>` (or `token:admin`), or `local` when
-    /// access is open.
-    pub fn caller<T>(&self, request: &Request<T>) -> Result<(Scope, String), Status> {
-        let policy = match self {
-            Self::Open => return Ok((Scope::Admin, "local".to_owned())),
-            Self::Policy(policy) => policy,
-        };
-        if let Some(value) = request.metadata().get("authorization") {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+    /// certificate name, `token:<tenant>` (or `token:admin`), `user:<name>`
+    /// under RBAC, or `local` when access is open. `verb` is what RBAC is
+    /// asked for.
+    pub async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        verb: Verb,
+    ) -> Result<(Scope, String), Status> {
+        match self {
+            Self::Open => Ok((Scope::Admin, "local".to_owned())),
+            Self::Policy(policy) => policy_caller(policy, credentials(request)?),
+            Self::Kubernetes(access) => {
+                let who = match credentials(request)? {
+                    Credentials::Token(token) => Who::Token(token.to_owned()),
+                    Credentials::Certificate(der) => {
+                        Who::Certificate(certificate_user(&der).ok_or_else(|| {
+                            Status::unauthenticated("the client certificate names no user (CN)")
+                        })?)
+                    }
+                };
+                kubernetes_caller(access, who, verb).await
+            }
+        }
+    }
+}
+
+fn policy_caller(
+    policy: &AccessPolicy,
+    credentials: Credentials<'_>,
+) -> Result<(Scope, String), Status> {
+    match credentials {
+        Credentials::Token(token) => {
             let scope = policy
-                .token(token.trim())
+                .token(token)
                 .cloned()
                 .ok_or_else(|| Status::unauthenticated("unknown token"))?;
             let name = match &scope {
-                Scope::Admin => "token:admin".to_owned(),
                 Scope::Tenant(tenant) => format!("token:{tenant}"),
+                _ => "token:admin".to_owned(),
             };
-            return Ok((scope, name));
+            Ok((scope, name))
         }
-        let certificates = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("no client certificate and no bearer token"))?;
-        let leaf = certificates
-            .first()
-            .ok_or_else(|| Status::unauthenticated("no client certificate and no bearer token"))?;
-        let names = certificate_names(leaf.as_ref());
-        names
-            .iter()
-            .find_map(|name| {
-                policy
-                    .clients
-                    .get(name)
-                    .map(|scope| (scope.clone(), name.clone()))
-            })
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "client certificate {} is not in the access policy",
-                    names.join(", ")
-                ))
-            })
+        Credentials::Certificate(der) => {
+            let names = certificate_names(&der);
+            names
+                .iter()
+                .find_map(|name| {
+                    policy
+                        .clients
+                        .get(name)
+                        .map(|scope| (scope.clone(), name.clone()))
+                })
+                .ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "client certificate {} is not in the access policy",
+                        names.join(", ")
+                    ))
+                })
+        }
     }
+}
+
+/// The caller's grant under RBAC, kept fresh while the request holds it.
+async fn kubernetes_caller(
+    access: &Arc<KubernetesAccess>,
+    who: Who,
+    verb: Verb,
+) -> Result<(Scope, String), Status> {
+    let unavailable = |error: super::rbac::RbacError| {
+        tracing::info!(error = %flow_model::error_chain(&error), "access denied: the API server cannot be asked");
+        Status::unavailable(format!(
+            "access denied: {}",
+            flow_model::error_chain(&error)
+        ))
+    };
+    let user = match &who {
+        Who::Certificate(user) => user.clone(),
+        Who::Token(token) => access
+            .authenticate(token)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                tracing::info!("access denied: the API server does not accept the token");
+                Status::unauthenticated("the API server does not accept this token")
+            })?,
+    };
+    let granted = access.authorize(&user, verb).await.map_err(unavailable)?;
+    if granted == super::filter::Granted::Namespaces(Default::default()) {
+        tracing::info!(user = %user.name, groups = ?user.groups, verb = verb.as_str(), "access denied in every namespace");
+        return Err(Status::permission_denied(format!(
+            "{} may not {} {}.{} in any namespace",
+            user.name,
+            verb.as_str(),
+            super::rbac::RESOURCE,
+            super::rbac::GROUP
+        )));
+    }
+    let grant = NamespaceGrant::new(granted);
+    access.refresh(&grant, who, verb);
+    Ok((Scope::Granted(grant), format!("user:{}", user.name)))
 }
 
 #[cfg(test)]
@@ -308,13 +409,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn open_access_is_admin_and_a_policy_refuses_anonymous_callers() {
+    #[tokio::test]
+    async fn open_access_is_admin_and_a_policy_refuses_anonymous_callers() {
         let request = Request::new(());
-        assert_eq!(Access::Open.scope(&request).unwrap(), Scope::Admin);
+        assert_eq!(
+            Access::Open.scope(&request, Verb::Get).await.unwrap(),
+            Scope::Admin
+        );
         let policy = Access::Policy(AccessPolicy::default());
         assert_eq!(
-            policy.scope(&request).unwrap_err().code(),
+            policy.scope(&request, Verb::Get).await.unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
         let mut request = Request::new(());
@@ -322,7 +426,7 @@ mod tests {
             .metadata_mut()
             .insert("authorization", "Bearer nope".parse().unwrap());
         assert_eq!(
-            policy.scope(&request).unwrap_err().code(),
+            policy.scope(&request, Verb::Get).await.unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
     }

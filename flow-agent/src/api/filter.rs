@@ -1,6 +1,11 @@
 //! Flow filters of the API, compiled once per request and checked against
 //! records. Invalid values are reported with the path of the field.
 
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, PoisonError, RwLock, Weak},
+};
+
 use flow_proto::v1::{self as proto, Direction};
 
 pub use flow_model::cidr::Cidr;
@@ -342,13 +347,16 @@ fn filter_values(filter: &proto::FlowFilter) -> usize {
         + filter.protocol.len()
 }
 
-/// What a caller may see: everything, or flows with one end in its tenant.
+/// What a caller may see: everything, flows with one end in its tenant, or
+/// flows with one end in the namespaces RBAC grants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// A cluster administrator: every flow.
     Admin,
     /// A tenant: flows where the source or the destination belongs to it.
     Tenant(String),
+    /// What the cluster's RBAC grants, kept up to date while it is held.
+    Granted(NamespaceGrant),
 }
 
 impl Scope {
@@ -360,6 +368,10 @@ impl Scope {
                 record.source.identity.tenant.as_ref() == Some(tenant)
                     || record.destination.identity.tenant.as_ref() == Some(tenant)
             }
+            Self::Granted(grant) => grant.either(
+                record.source.identity.namespace.as_deref(),
+                record.destination.identity.namespace.as_deref(),
+            ),
         }
     }
 
@@ -371,7 +383,102 @@ impl Scope {
                 aggregate.source.tenant.as_ref() == Some(tenant)
                     || aggregate.destination.tenant.as_ref() == Some(tenant)
             }
+            Self::Granted(grant) => grant.either(
+                aggregate.source.namespace.as_deref(),
+                aggregate.destination.namespace.as_deref(),
+            ),
         }
+    }
+
+    /// Whether a workload or namespace of `namespace` (owned by `tenant`) is
+    /// visible: the learned graph's and GetNamespaces' test.
+    pub fn allows_namespace(&self, namespace: &str, tenant: Option<&str>) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Tenant(own) => tenant == Some(own.as_str()),
+            Self::Granted(grant) => grant.either(Some(namespace), None),
+        }
+    }
+
+    /// Whether node-wide figures (every tenant's traffic) may be shown.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Tenant(_) => false,
+            Self::Granted(grant) => *grant.current() == Granted::All,
+        }
+    }
+}
+
+/// What RBAC grants a caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Granted {
+    /// Every flow (a ClusterRoleBinding).
+    All,
+    /// Flows with an end in one of these namespaces (RoleBindings); none
+    /// when the grant was revoked or cannot be checked.
+    Namespaces(BTreeSet<String>),
+}
+
+/// A caller's grant, shared between its request and the task that asks the
+/// API server again as it expires.
+#[derive(Clone, Debug)]
+pub struct NamespaceGrant(Arc<RwLock<Arc<Granted>>>);
+
+/// A [`NamespaceGrant`] that does not keep its request's grant alive.
+#[derive(Clone, Debug)]
+pub struct WeakGrant(Weak<RwLock<Arc<Granted>>>);
+
+impl NamespaceGrant {
+    /// A grant of `granted`.
+    pub fn new(granted: Granted) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(granted))))
+    }
+
+    /// What is granted now.
+    pub fn current(&self) -> Arc<Granted> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Grants `granted` from now on.
+    pub fn replace(&self, granted: Granted) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(granted);
+    }
+
+    /// A handle that lets the grant go with its request.
+    pub fn downgrade(&self) -> WeakGrant {
+        WeakGrant(Arc::downgrade(&self.0))
+    }
+
+    /// Whether either namespace is granted.
+    fn either(&self, one: Option<&str>, other: Option<&str>) -> bool {
+        match self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            Granted::All => true,
+            Granted::Namespaces(namespaces) => [one, other]
+                .into_iter()
+                .flatten()
+                .any(|namespace| namespaces.contains(namespace)),
+        }
+    }
+}
+
+impl PartialEq for NamespaceGrant {
+    fn eq(&self, other: &Self) -> bool {
+        self.current() == other.current()
+    }
+}
+
+impl Eq for NamespaceGrant {}
+
+impl WeakGrant {
+    /// The grant, while its request holds it.
+    pub fn upgrade(&self) -> Option<NamespaceGrant> {
+        self.0.upgrade().map(NamespaceGrant)
     }
 }
 
@@ -541,6 +648,32 @@ mod tests {
         assert!(!Scope::Tenant("initech".into()).allows(&record));
         let no_identity = record_without_identity();
         assert!(!Scope::Tenant("acme".into()).allows(&no_identity));
+    }
+
+    #[test]
+    fn an_rbac_grant_shows_flows_with_one_end_in_its_namespaces_as_it_changes() {
+        let record = sample();
+        let namespaces = |names: &[&str]| {
+            Granted::Namespaces(names.iter().map(|name| (*name).to_owned()).collect())
+        };
+        let grant = NamespaceGrant::new(namespaces(&["shop-b"]));
+        let scope = Scope::Granted(grant.clone());
+        assert!(scope.allows(&record));
+        assert!(!scope.is_admin());
+        assert!(scope.allows_namespace("shop-b", None));
+        assert!(!scope.allows_namespace("shop-a", Some("acme")));
+        // The request's scope follows the grant the refresher replaces.
+        grant.replace(namespaces(&["shop-c"]));
+        assert!(!scope.allows(&record));
+        grant.replace(namespaces(&[]));
+        assert!(!scope.allows(&record));
+        grant.replace(Granted::All);
+        assert!(scope.allows(&record) && scope.is_admin());
+        assert!(scope.allows(&record_without_identity()));
+        // The refresher's handle does not keep a finished request's grant.
+        let weak = grant.downgrade();
+        drop((grant, scope));
+        assert!(weak.upgrade().is_none());
     }
 
     fn record_without_identity() -> FlowRecord {

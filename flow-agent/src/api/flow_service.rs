@@ -15,8 +15,9 @@ use tonic::{Request, Response, Status};
 use super::{
     access::Access,
     convert,
-    filter::{FlowMatcher, Scope},
+    filter::FlowMatcher,
     hub::{Hub, Replay},
+    rbac::Verb,
     request_time,
 };
 
@@ -63,7 +64,8 @@ impl FlowService for FlowApi {
         &self,
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let (scope, client) = self.access.caller(&request)?;
+        let verb = Verb::reading(request.get_ref().follow);
+        let (scope, client) = self.access.caller(&request, verb).await?;
         let GetFlowsRequest {
             number: count,
             since: from,
@@ -100,7 +102,8 @@ impl FlowService for FlowApi {
         &self,
         request: Request<GetAggregatesRequest>,
     ) -> Result<Response<Self::GetAggregatesStream>, Status> {
-        let (scope, client) = self.access.caller(&request)?;
+        let verb = Verb::reading(request.get_ref().follow);
+        let (scope, client) = self.access.caller(&request, verb).await?;
         let GetAggregatesRequest {
             number: count,
             since: from,
@@ -148,19 +151,20 @@ impl FlowService for FlowApi {
         &self,
         request: Request<GetGraphRequest>,
     ) -> Result<Response<GetGraphResponse>, Status> {
-        let scope = self.access.scope(&request)?;
+        let scope = self.access.scope(&request, Verb::List).await?;
         let graph = self.hub.graph().ok_or_else(|| {
             Status::failed_precondition("this agent is not learning: run it with --state-dir")
         })?;
         let durable = graph.durable();
         let graph = graph.read();
-        let mut response = convert::graph(&graph, |party, _| match &scope {
-            Scope::Admin => true,
-            Scope::Tenant(tenant) => party
-                .workload()
-                .and_then(|workload| graph.workload(workload))
-                .and_then(|info| info.tenant.as_ref())
-                .is_some_and(|owner| owner == tenant),
+        let mut response = convert::graph(&graph, |party, _| {
+            scope.is_admin()
+                || party.workload().is_some_and(|workload| {
+                    let tenant = graph
+                        .workload(workload)
+                        .and_then(|info| info.tenant.as_deref());
+                    scope.allows_namespace(&workload.namespace, tenant)
+                })
         });
         response.in_memory_only = !durable;
         Ok(Response::new(response))
@@ -170,9 +174,9 @@ impl FlowService for FlowApi {
         &self,
         request: Request<ServerStatusRequest>,
     ) -> Result<Response<ServerStatusResponse>, Status> {
-        let (scope, client) = self.access.caller(&request)?;
+        let (scope, client) = self.access.caller(&request, Verb::Get).await?;
         let mut status = self.hub.status(env!("CARGO_PKG_VERSION"));
-        if let Scope::Tenant(_) = scope {
+        if !scope.is_admin() {
             // Node-wide figures tell of other tenants' pods and traffic: a
             // tenant sees the node's health and its own losses only.
             status.interfaces.clear();

@@ -13,6 +13,7 @@ pub mod flow_service;
 pub mod fqdn;
 pub mod hub;
 pub mod hubble;
+pub mod rbac;
 pub mod server;
 
 /// A request's time, or INVALID_ARGUMENT naming `field`.

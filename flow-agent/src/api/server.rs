@@ -26,6 +26,7 @@ use super::{
         observer::ObserverService,
         peer::{PeerAddressing, PeerService, PeerSet},
     },
+    rbac::KubernetesAccess,
 };
 
 /// The health service name `hubble status` checks (Cilium's
@@ -45,8 +46,34 @@ pub struct ApiSettings {
     pub client_ca: Option<PathBuf>,
     /// Access policy file.
     pub access: Option<PathBuf>,
+    /// Who decides what callers see.
+    pub authz: Authz,
     /// Serve plaintext on a non-loopback address.
     pub allow_plaintext: bool,
+}
+
+/// Who decides what callers see (`--grpc-authz`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthzMode {
+    /// The access file (`--grpc-access`), or nobody on loopback.
+    File,
+    /// The cluster: TokenReview and SubjectAccessReview ([`super::rbac`]).
+    Kubernetes,
+}
+
+/// How callers are authorized, resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authz {
+    /// The access file (`--grpc-access`), or open on loopback without one.
+    File,
+    /// The cluster's RBAC, answers cached this long.
+    Kubernetes {
+        /// `--authz-cache-ttl`.
+        cache_ttl: std::time::Duration,
+    },
 }
 
 impl ApiSettings {
@@ -93,6 +120,9 @@ pub enum ApiError {
     /// The access policy is invalid.
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// `--grpc-authz kubernetes` without a way to reach the API server.
+    #[error("--grpc-authz kubernetes needs the API server")]
+    Kubernetes(#[source] flow_model::identity::kubernetes::KubernetesError),
     /// Binding or serving failed.
     #[error("gRPC server on {address} failed")]
     Serve {
@@ -135,7 +165,7 @@ pub async fn start<F: Future<Output = ()> + Send + 'static>(
     served: Served,
     shutdown: F,
 ) -> Result<impl Future<Output = Result<(), ApiError>> + Send + use<F>, ApiError> {
-    let access = access(settings)?;
+    let access = access(settings).await?;
     let mut listeners: Vec<(SocketAddr, Serves)> = Vec::new();
     for (address, serves) in settings
         .grpc
@@ -179,11 +209,19 @@ pub async fn start<F: Future<Output = ()> + Send + 'static>(
 
 /// The access policy, after checking that each listener may run without one
 /// or in plaintext.
-fn access(settings: &ApiSettings) -> Result<Access, ApiError> {
+async fn access(settings: &ApiSettings) -> Result<Access, ApiError> {
     for address in settings.addresses() {
         if !address.ip().is_loopback() && settings.tls.is_none() && !settings.allow_plaintext {
             return Err(ApiError::PlaintextRefused(address));
         }
+    }
+    if let Authz::Kubernetes { cache_ttl } = settings.authz {
+        let client = flow_model::identity::kubernetes::client()
+            .await
+            .map_err(ApiError::Kubernetes)?;
+        return Ok(Access::Kubernetes(Arc::new(KubernetesAccess::new(
+            client, cache_ttl,
+        ))));
     }
     match &settings.access {
         Some(path) => Ok(Access::Policy(AccessPolicy::load(path)?)),

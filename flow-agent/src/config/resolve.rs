@@ -9,17 +9,18 @@
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::{
-    CLOSED_CONNECTION_TIMEOUT, ConfigError, DEFAULT_FLOW_IDLE_TIMEOUT, DEFAULT_FLUSH_INTERVAL,
-    DEFAULT_GRAPH_MAX_EDGES, DEFAULT_GRPC_BUFFER, DEFAULT_GRPC_MAX_SUBSCRIBERS,
-    DEFAULT_GRPC_SUBSCRIBER_QUEUE, DEFAULT_HUBBLE_TLS_SERVER_NAME, DEFAULT_IDENTITY_GRACE,
-    DEFAULT_OUTPUT_FILE_KEEP, DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_TENANT_LABEL, DnsSettings,
-    IdentitySettings, IdentitySource, MAX_DNS_ENTRIES, MAX_MAP_SIZE, MAX_SPILL_SIZE, MAX_TIMEOUT,
-    MIN_SPILL_SIZE, RunConfig, RunOptions,
+    AUTHZ_CACHE_TTL_RANGE, CLOSED_CONNECTION_TIMEOUT, ConfigError, DEFAULT_AUTHZ_CACHE_TTL,
+    DEFAULT_FLOW_IDLE_TIMEOUT, DEFAULT_FLUSH_INTERVAL, DEFAULT_GRAPH_MAX_EDGES,
+    DEFAULT_GRPC_BUFFER, DEFAULT_GRPC_MAX_SUBSCRIBERS, DEFAULT_GRPC_SUBSCRIBER_QUEUE,
+    DEFAULT_HUBBLE_TLS_SERVER_NAME, DEFAULT_IDENTITY_GRACE, DEFAULT_OUTPUT_FILE_KEEP,
+    DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_TENANT_LABEL, DnsSettings, IdentitySettings,
+    IdentitySource, MAX_DNS_ENTRIES, MAX_MAP_SIZE, MAX_SPILL_SIZE, MAX_TIMEOUT, MIN_SPILL_SIZE,
+    RunConfig, RunOptions,
 };
 use crate::{
     api::{
         hub::HubSettings,
-        server::{ApiSettings, HubbleSettings},
+        server::{ApiSettings, Authz, AuthzMode, HubbleSettings},
     },
     datapath::{AttachMode, DatapathConfig, DnsCopySettings},
     flows::TrackerConfig,
@@ -57,6 +58,8 @@ impl RunConfig {
             grpc_tls_key,
             grpc_client_ca,
             grpc_access,
+            grpc_authz,
+            authz_cache_ttl,
             grpc_allow_plaintext,
             grpc_buffer,
             grpc_subscriber_queue,
@@ -103,6 +106,8 @@ impl RunConfig {
             grpc_tls_key,
             grpc_client_ca,
             grpc_access,
+            grpc_authz,
+            authz_cache_ttl,
             grpc_allow_plaintext,
             grpc_buffer,
             grpc_subscriber_queue,
@@ -362,6 +367,8 @@ struct ApiOptions {
     grpc_tls_key: Option<PathBuf>,
     grpc_client_ca: Option<PathBuf>,
     grpc_access: Option<PathBuf>,
+    grpc_authz: Option<AuthzMode>,
+    authz_cache_ttl: Option<Duration>,
     grpc_allow_plaintext: Option<bool>,
     grpc_buffer: Option<usize>,
     grpc_subscriber_queue: Option<usize>,
@@ -374,6 +381,7 @@ impl ApiOptions {
     fn resolve(self) -> Result<Option<(ApiSettings, HubSettings)>, ConfigError> {
         self.without_listener()?;
         let hubble_tls_server_name = self.hubble_tls_server_name()?;
+        let authz = self.authz()?;
         let tls = self.tls()?;
         let hub = self.hub()?;
         let hubble = self.hubble_listen.map(|listen| HubbleSettings {
@@ -389,9 +397,42 @@ impl ApiOptions {
             tls,
             client_ca: self.grpc_client_ca,
             access: self.grpc_access,
+            authz,
             allow_plaintext: self.grpc_allow_plaintext.unwrap_or(false),
         };
         Ok(Some((api, hub)))
+    }
+
+    /// Who authorizes: the file, or the cluster with its cache TTL. The two
+    /// exclude each other, and a TTL means nothing for the file.
+    fn authz(&self) -> Result<Authz, ConfigError> {
+        match (
+            self.grpc_authz.unwrap_or(AuthzMode::File),
+            self.authz_cache_ttl,
+        ) {
+            (AuthzMode::File, None) => Ok(Authz::File),
+            (AuthzMode::File, Some(ttl)) => Err(invalid(
+                "authz-cache-ttl",
+                human(ttl),
+                "--grpc-authz kubernetes as well: it is how long the cluster's answers are kept",
+            )),
+            (AuthzMode::Kubernetes, _) if self.grpc_access.is_some() => Err(invalid(
+                "grpc-access",
+                "with --grpc-authz kubernetes".to_owned(),
+                "one of them: the access file or the cluster's RBAC",
+            )),
+            (AuthzMode::Kubernetes, ttl) => {
+                let cache_ttl = ttl.unwrap_or(DEFAULT_AUTHZ_CACHE_TTL);
+                if !AUTHZ_CACHE_TTL_RANGE.contains(&cache_ttl) {
+                    return Err(invalid(
+                        "authz-cache-ttl",
+                        human(cache_ttl),
+                        "from 1s to 1h",
+                    ));
+                }
+                Ok(Authz::Kubernetes { cache_ttl })
+            }
+        }
     }
 
     /// API settings without an API would be ignored.
@@ -404,6 +445,8 @@ impl ApiOptions {
             ("grpc-tls-key", self.grpc_tls_key.is_some()),
             ("grpc-client-ca", self.grpc_client_ca.is_some()),
             ("grpc-access", self.grpc_access.is_some()),
+            ("grpc-authz", self.grpc_authz.is_some()),
+            ("authz-cache-ttl", self.authz_cache_ttl.is_some()),
             ("grpc-allow-plaintext", self.grpc_allow_plaintext.is_some()),
             ("grpc-buffer", self.grpc_buffer.is_some()),
             (

@@ -27,6 +27,7 @@ use crate::api::{
     access::Access,
     filter::Scope,
     hub::{Hub, Replay, StoredFlow},
+    rbac::Verb,
     request_time,
 };
 
@@ -139,7 +140,8 @@ impl Observer for ObserverService {
         &self,
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let (scope, client) = self.access.caller(&request)?;
+        let verb = Verb::reading(request.get_ref().follow);
+        let (scope, client) = self.access.caller(&request, verb).await?;
         let GetFlowsRequest {
             number,
             first,
@@ -198,7 +200,7 @@ impl Observer for ObserverService {
         &self,
         request: Request<GetAgentEventsRequest>,
     ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
-        self.access.caller(&request)?;
+        self.access.caller(&request, Verb::Get).await?;
         Ok(Response::new(Box::pin(stream::empty())))
     }
 
@@ -206,7 +208,7 @@ impl Observer for ObserverService {
         &self,
         request: Request<GetDebugEventsRequest>,
     ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
-        self.access.caller(&request)?;
+        self.access.caller(&request, Verb::Get).await?;
         Ok(Response::new(Box::pin(stream::empty())))
     }
 
@@ -214,7 +216,7 @@ impl Observer for ObserverService {
         &self,
         request: Request<GetNodesRequest>,
     ) -> Result<Response<GetNodesResponse>, Status> {
-        let scope = self.access.scope(&request)?;
+        let scope = self.access.scope(&request, Verb::Get).await?;
         let status = self.status(&scope);
         let name = self.hub.node();
         let address = self.peers.address(name).map_or_else(String::new, |ip| {
@@ -247,16 +249,19 @@ impl Observer for ObserverService {
         &self,
         request: Request<GetNamespacesRequest>,
     ) -> Result<Response<GetNamespacesResponse>, Status> {
-        let scope = self.access.scope(&request)?;
+        let scope = self.access.scope(&request, Verb::Get).await?;
+        // A tenant sees the namespaces of its flows, the other ends'
+        // included; an RBAC grant, those of its namespaces.
         let tenant = match &scope {
-            Scope::Admin => None,
             Scope::Tenant(tenant) => Some(tenant.as_str()),
+            Scope::Admin | Scope::Granted(_) => None,
         };
         let after = SystemTime::now() - crate::api::hub::NAMESPACE_WINDOW;
         let namespaces = self
             .hub
             .namespaces_since(after, tenant)
             .into_iter()
+            .filter(|namespace| tenant.is_some() || scope.allows_namespace(namespace, None))
             .map(|namespace| Namespace {
                 cluster: String::new(),
                 namespace,
@@ -269,7 +274,7 @@ impl Observer for ObserverService {
         &self,
         request: Request<ServerStatusRequest>,
     ) -> Result<Response<ServerStatusResponse>, Status> {
-        let scope = self.access.scope(&request)?;
+        let scope = self.access.scope(&request, Verb::Get).await?;
         Ok(Response::new(self.status(&scope)))
     }
 }
@@ -278,7 +283,7 @@ impl ObserverService {
     /// The status; node-wide figures are left out for a tenant, as in
     /// flow-agent's own ServerStatus: they tell of other tenants' traffic.
     fn status(&self, scope: &Scope) -> ServerStatusResponse {
-        let admin = *scope == Scope::Admin;
+        let admin = scope.is_admin();
         let figure = |value: u64| if admin { value } else { 0 };
         ServerStatusResponse {
             num_flows: figure(self.hub.flows_buffered()),

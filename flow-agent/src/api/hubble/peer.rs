@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 pub use flow_model::client::server_name;
 
-use crate::api::access::Access;
+use crate::api::{access::Access, rbac::Verb};
 
 /// The nodes the Peer service announces: name and InternalIP, when known.
 pub type Nodes = BTreeMap<String, Option<IpAddr>>;
@@ -177,7 +177,7 @@ impl Peer for PeerService {
         &self,
         request: Request<NotifyRequest>,
     ) -> Result<Response<Self::NotifyStream>, Status> {
-        self.access.caller(&request)?;
+        self.access.caller(&request, Verb::Watch).await?;
         let state = NotifyState {
             receiver: self.peers.subscribe(),
             addressing: self.addressing.clone(),
