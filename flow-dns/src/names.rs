@@ -16,13 +16,20 @@
 //! - an answer for an address drops the names of that address whose TTL has
 //!   run out (those only in their grace period), so a reused address is
 //!   attributed to its new name only.
+//!
+//! Memory: each name is held once however many pods resolved it, an
+//! address with one name needs no allocation of its own, and times are kept
+//! in whole seconds from the cache's creation, rounded so that an entry
+//! never ends before its TTL and grace.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use smallvec::SmallVec;
 
 use crate::message::Resolved;
 
@@ -72,17 +79,27 @@ type Pair = (IpAddr, IpAddr);
 #[derive(Clone, Debug)]
 struct Entry {
     name: Arc<str>,
-    /// When the TTL runs out; the grace period follows.
-    expires: Instant,
     /// Order of writing: the smallest goes first when the cache is full.
     seq: u64,
+    /// When the TTL runs out, in seconds from the cache's epoch (rounded
+    /// up); the grace period follows.
+    expires: u32,
 }
+
+/// The names of one (querier, address): most often one, held inline.
+type Entries = SmallVec<[Entry; 1]>;
 
 /// See the [module documentation](self).
 #[derive(Debug)]
 pub struct NameCache {
     config: NameCacheConfig,
-    by_pair: HashMap<Pair, Vec<Entry>>,
+    /// Where the cache's seconds count from: its first answer.
+    epoch: Option<Instant>,
+    /// [`NameCacheConfig::grace`] in seconds, rounded up.
+    grace: u32,
+    by_pair: HashMap<Pair, Entries>,
+    /// Every name held, once.
+    interned: HashSet<Arc<str>>,
     /// Every entry by its `seq`, oldest first.
     order: BTreeMap<u64, Pair>,
     next_seq: u64,
@@ -95,7 +112,10 @@ impl NameCache {
     pub fn new(config: NameCacheConfig) -> Self {
         Self {
             config,
+            epoch: None,
+            grace: seconds_up(config.grace),
             by_pair: HashMap::new(),
+            interned: HashSet::new(),
             order: BTreeMap::new(),
             next_seq: 0,
             stats: NameCacheStats::default(),
@@ -122,7 +142,11 @@ impl NameCache {
             self.stats.ttl_zero += 1;
         }
         let pair = (querier, resolved.address);
-        let expires = now + Duration::from_secs(u64::from(resolved.ttl));
+        let epoch = *self.epoch.get_or_insert(now);
+        // Rounded up, so that the entry never ends early.
+        let now_up = seconds_up(now.saturating_duration_since(epoch));
+        let expires = now_up.saturating_add(resolved.ttl);
+        let now = self.seconds(now);
         self.drop_run_out(pair, resolved, now);
         for name in &resolved.names {
             self.write(pair, name, expires);
@@ -137,6 +161,7 @@ impl NameCache {
         let Some(entries) = self.by_pair.get(&(querier, address)) else {
             return Vec::new();
         };
+        let now = self.seconds(now);
         let mut names: Vec<Arc<str>> = entries
             .iter()
             .filter(|entry| self.alive(entry, now))
@@ -148,14 +173,21 @@ impl NameCache {
 
     /// Drops every entry whose TTL and grace ran out by `now`.
     pub fn expire(&mut self, now: Instant) {
-        let grace = self.config.grace;
-        let order = &mut self.order;
+        let now = self.seconds(now);
+        let grace = self.grace;
+        let Self {
+            by_pair,
+            order,
+            interned,
+            ..
+        } = self;
         let mut expired = 0;
-        self.by_pair.retain(|_, entries| {
+        by_pair.retain(|_, entries| {
             entries.retain(|entry| {
-                let alive = now <= entry.expires + grace;
+                let alive = now <= entry.expires.saturating_add(grace);
                 if !alive {
                     order.remove(&entry.seq);
+                    release(interned, &entry.name);
                     expired += 1;
                 }
                 alive
@@ -165,23 +197,50 @@ impl NameCache {
         self.stats.expired += expired;
     }
 
-    fn alive(&self, entry: &Entry, now: Instant) -> bool {
-        now <= entry.expires + self.config.grace
+    /// Seconds from the epoch to `now`, rounded down: an entry whose end is
+    /// rounded up is then never taken for dead before its time.
+    fn seconds(&self, now: Instant) -> u32 {
+        let since = self
+            .epoch
+            .map_or(Duration::ZERO, |epoch| now.saturating_duration_since(epoch));
+        u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn alive(&self, entry: &Entry, now: u32) -> bool {
+        now <= entry.expires.saturating_add(self.grace)
+    }
+
+    /// The one copy of `name`.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        match self.interned.get(name) {
+            Some(held) => Arc::clone(held),
+            None => {
+                let held: Arc<str> = name.into();
+                self.interned.insert(Arc::clone(&held));
+                held
+            }
+        }
     }
 
     /// Drops the names of `pair` past their TTL that the new answer does not
     /// repeat.
-    fn drop_run_out(&mut self, pair: Pair, resolved: &Resolved, now: Instant) {
-        let Some(entries) = self.by_pair.get_mut(&pair) else {
+    fn drop_run_out(&mut self, pair: Pair, resolved: &Resolved, now: u32) {
+        let Self {
+            by_pair,
+            order,
+            interned,
+            ..
+        } = self;
+        let Some(entries) = by_pair.get_mut(&pair) else {
             return;
         };
-        let order = &mut self.order;
         let before = entries.len();
         entries.retain(|entry| {
             let keep =
                 entry.expires >= now || resolved.names.iter().any(|name| **name == *entry.name);
             if !keep {
                 order.remove(&entry.seq);
+                release(interned, &entry.name);
             }
             keep
         });
@@ -189,21 +248,26 @@ impl NameCache {
     }
 
     /// Adds or refreshes one name, as the newest entry.
-    fn write(&mut self, pair: Pair, name: &str, expires: Instant) {
+    fn write(&mut self, pair: Pair, name: &str, expires: u32) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entries = self.by_pair.entry(pair).or_default();
-        match entries.iter_mut().find(|entry| *entry.name == *name) {
+        let known = self
+            .by_pair
+            .get_mut(&pair)
+            .and_then(|entries| entries.iter_mut().find(|entry| *entry.name == *name));
+        match known {
             Some(entry) => {
                 self.order.remove(&entry.seq);
                 entry.seq = seq;
                 entry.expires = entry.expires.max(expires);
             }
-            None => entries.push(Entry {
-                name: name.into(),
-                expires,
-                seq,
-            }),
+            None => {
+                let name = self.intern(name);
+                self.by_pair
+                    .entry(pair)
+                    .or_default()
+                    .push(Entry { name, seq, expires });
+            }
         }
         self.order.insert(seq, pair);
     }
@@ -223,6 +287,7 @@ impl NameCache {
             };
             let entry = entries.swap_remove(oldest);
             self.order.remove(&entry.seq);
+            release(&mut self.interned, &entry.name);
             self.stats.evicted_address_limit += 1;
         }
         if entries.is_empty() {
@@ -236,7 +301,14 @@ impl NameCache {
                 break;
             };
             if let Some(entries) = self.by_pair.get_mut(&pair) {
-                entries.retain(|entry| entry.seq != seq);
+                let interned = &mut self.interned;
+                entries.retain(|entry| {
+                    let keep = entry.seq != seq;
+                    if !keep {
+                        release(interned, &entry.name);
+                    }
+                    keep
+                });
                 if entries.is_empty() {
                     self.by_pair.remove(&pair);
                 }
@@ -244,6 +316,21 @@ impl NameCache {
             self.stats.evicted_full += 1;
         }
     }
+}
+
+/// Forgets the interned copy of `name` once the entry about to drop it is
+/// its last holder.
+fn release(interned: &mut HashSet<Arc<str>>, name: &Arc<str>) {
+    // The interner's copy and the entry's.
+    if Arc::strong_count(name) <= 2 {
+        interned.remove(name);
+    }
+}
+
+/// `duration` in whole seconds, rounded up.
+fn seconds_up(duration: Duration) -> u32 {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    u32::try_from(seconds).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -174,3 +174,55 @@ fn a_cache_of_size_zero_keeps_nothing() {
     assert_eq!(names(&cache, POD_A, VAULT, start), Vec::<String>::new());
     assert_eq!(cache.stats().entries, 0);
 }
+
+#[test]
+fn a_name_resolved_by_many_pods_is_held_once_until_its_last_entry_goes() {
+    let start = Instant::now();
+    let mut cache = NameCache::new(config(3, 8));
+    cache.insert(POD_A, &answer(VAULT, 30, &["vault.example"]), start);
+    cache.insert(POD_B, &answer(VAULT, 60, &["vault.example"]), start);
+    let a = cache.lookup(POD_A, VAULT, start);
+    let b = cache.lookup(POD_B, VAULT, start);
+    assert!(Arc::ptr_eq(&a[0], &b[0]));
+    assert_eq!(cache.interned.len(), 1);
+    drop((a, b));
+    // POD_A's entry expires; POD_B still holds the name.
+    cache.expire(start + secs(41));
+    assert_eq!(
+        names(&cache, POD_B, VAULT, start + secs(41)),
+        ["vault.example"]
+    );
+    assert_eq!(cache.interned.len(), 1);
+    // Evicted when full, replaced, expired: each drop releases the name.
+    cache.insert(
+        POD_A,
+        &answer(VAULT, 30, &["a.example", "b.example", "c.example"]),
+        start + secs(42),
+    );
+    assert_eq!(cache.stats().entries, 3);
+    assert_eq!(
+        names(&cache, POD_B, VAULT, start + secs(42)),
+        Vec::<String>::new()
+    );
+    assert_eq!(cache.interned.len(), 3);
+    cache.expire(start + secs(200));
+    assert_eq!((cache.stats().entries, cache.interned.len()), (0, 0));
+}
+
+#[test]
+fn an_answer_between_seconds_never_ends_early() {
+    let start = Instant::now();
+    let mut cache = NameCache::new(config(10, 8));
+    cache.insert(POD_A, &answer(VAULT, 1, &["first.example"]), start);
+    let later = start + Duration::from_millis(1_500);
+    cache.insert(POD_B, &answer(VAULT, 5, &["half.example"]), later);
+    // TTL 5 and grace 10 from 1.5 s: alive at 16.5 s at least.
+    assert_eq!(
+        names(&cache, POD_B, VAULT, start + Duration::from_millis(16_500)),
+        ["half.example"]
+    );
+    assert_eq!(
+        names(&cache, POD_B, VAULT, start + secs(18)),
+        Vec::<String>::new()
+    );
+}
