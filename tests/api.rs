@@ -670,6 +670,17 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
     let Some(cluster) = cluster() else { return };
     let node = &cluster.node;
     let pki = Pki::new();
+    // The certificates' names, and a token for clients without one.
+    let access = pki.directory.path().join("mtls-access.yaml");
+    std::fs::write(
+        &access,
+        std::fs::read_to_string(pki.path("access.yaml")).unwrap()
+            + &format!(
+                "tokens:\n- {{sha256: {}, tenant: globex}}\n",
+                sha256_hex("globex-secret")
+            ),
+    )
+    .unwrap();
     let agent = shop_agent(
         &cluster,
         "200ms",
@@ -681,7 +692,7 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
             "--grpc-client-ca",
             &pki.path("ca.pem"),
             "--grpc-access",
-            &pki.path("access.yaml"),
+            access.to_str().unwrap(),
         ],
     );
     agent.wait_for_log("mtls", Duration::from_secs(1));
@@ -751,8 +762,8 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
         refused.contains("PermissionDenied") && refused.contains("stranger"),
         "{refused}"
     );
-    // A known name from the wrong CA, no certificate at all, and a server
-    // certificate checked against the wrong CA: no connection.
+    // A known name from the wrong CA, and a server certificate checked
+    // against the wrong CA: no connection.
     let rogue = tls_client(&pki, "rogue");
     let refused = observe_refused(node, &rogue.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
@@ -771,7 +782,28 @@ fn mutual_tls_and_tokens_scope_each_client_to_its_tenant() {
             "flow-agent.test",
         ],
     );
-    assert!(refused.contains("error"), "{refused}");
+    // No certificate and no token: connected, then refused by the access
+    // layer; a token stands in for the certificate.
+    assert!(
+        refused.contains("no client certificate and no bearer token"),
+        "{refused}"
+    );
+    let by_token = observe_json(
+        node,
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-server-name",
+            "flow-agent.test",
+            "--token",
+            "globex-secret",
+            "--last",
+            "100000",
+            "--not-protocol",
+            "ICMPv6",
+        ],
+    );
+    assert_eq!(by_token, of_tenant("globex"));
     let mut wrong_ca = tls_client(&pki, "team-acme");
     wrong_ca[3] = pki.path("rogue-ca.pem");
     let refused = observe_refused(

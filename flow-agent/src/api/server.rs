@@ -296,7 +296,13 @@ async fn listen<S: Future<Output = ()> + Send + 'static>(
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
         if let Some(ca) = &settings.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+            // A certificate, when presented, must come from this CA; a client
+            // without one may still prove itself with a bearer token. The
+            // access layer refuses a caller with neither: with a client CA
+            // there is always an access policy or the cluster's RBAC.
+            config = config
+                .client_ca_root(Certificate::from_pem(read(ca)?))
+                .client_auth_optional(true);
         }
         builder = builder
             .tls_config(config)
