@@ -156,3 +156,6 @@ impl Resolver {
 pub fn cilium_node_local(cidr: &str) -> (&str, &'static str) {
     (cidr, "host")
 }
+
+#[cfg(test)]
+mod tests;
