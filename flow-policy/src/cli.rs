@@ -219,6 +219,11 @@ pub struct GenerateArgs {
     /// edge left out.
     #[arg(long, value_name = "DURATION", value_parser = parse_age)]
     pub since: Option<Duration>,
+    /// The address of a DNS resolver on every node that the inventory does
+    /// not reveal, e.g. AKS LocalDNS's 169.254.10.11 (repeatable): DNS to it
+    /// is allowed by address on UDP and TCP 53.
+    #[arg(long = "node-local-dns", value_name = "ADDR")]
+    pub node_local_dns: Vec<std::net::IpAddr>,
 }
 
 /// Parses an age such as `12h`, `7d` or `2weeks`.

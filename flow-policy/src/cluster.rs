@@ -13,7 +13,7 @@ use std::{
 use super::graph::{Graph, WorkloadRef};
 use flow_model::identity::{
     CHURN_LABELS, CacheEvent, IdentityCache, IdentityConfig, Object,
-    model::{ContainerPort, PodInfo},
+    model::{ContainerPort, ObjectKind, PodInfo},
 };
 
 /// The label every namespace carries with its own name (Kubernetes 1.22+).
@@ -98,6 +98,39 @@ pub struct ClusterView {
     /// its namespace's pods only, not with every pod of the cluster.
     namespace_pods: HashMap<String, Vec<usize>>,
     workloads: BTreeMap<WorkloadRef, WorkloadView>,
+    /// Addresses a kube-system DaemonSet's containers listen on for DNS
+    /// (`-localip`, as NodeLocal DNSCache's `node-cache` takes them) → the
+    /// DaemonSet's name.
+    node_local_dns: BTreeMap<IpAddr, String>,
+    /// (namespace, name) of each Service → its cluster addresses.
+    service_ips: BTreeMap<(String, String), Vec<IpAddr>>,
+}
+
+/// The flag (less its dashes) NodeLocal DNSCache's `node-cache` takes its
+/// listen addresses from, comma-separated.
+const LOCAL_IP_FLAG: &str = "localip";
+
+/// The addresses a container's command and args name after `-localip`
+/// (`-localip A,B` or `-localip=A,B`); words that are no address are skipped.
+pub(crate) fn local_ips(args: &[String]) -> Vec<IpAddr> {
+    let mut values = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let flag = word.trim_start_matches('-');
+        if flag == LOCAL_IP_FLAG {
+            values.extend(words.next().map(String::as_str));
+        } else if let Some(value) = flag
+            .strip_prefix(LOCAL_IP_FLAG)
+            .and_then(|rest| rest.strip_prefix('='))
+        {
+            values.push(value);
+        }
+    }
+    values
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .filter_map(|address| address.trim().parse().ok())
+        .collect()
 }
 
 impl ClusterView {
@@ -126,6 +159,19 @@ impl ClusterView {
                     view.namespaces.insert(namespace.name.clone(), labels);
                 }
                 Object::Pod(pod) if !pod.terminal => pods.push(pod.clone()),
+                Object::Owner(owner)
+                    if owner.kind == ObjectKind::DaemonSet && owner.namespace == "kube-system" =>
+                {
+                    for ip in local_ips(&owner.template_args) {
+                        view.node_local_dns.insert(ip, owner.name.clone());
+                    }
+                }
+                Object::Service(service) => {
+                    view.service_ips.insert(
+                        (service.namespace.clone(), service.name.clone()),
+                        service.cluster_ips.clone(),
+                    );
+                }
                 _ => {}
             }
             cache.apply(CacheEvent::Apply(object), now);
@@ -202,6 +248,19 @@ impl ClusterView {
         self.namespaces.get(namespace).cloned().unwrap_or_else(|| {
             BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())])
         })
+    }
+
+    /// The kube-system DaemonSet that listens for DNS on `ip` on every
+    /// node (NodeLocal DNSCache), if the inventory has one.
+    pub fn node_local_dns(&self, ip: IpAddr) -> Option<&str> {
+        self.node_local_dns.get(&ip).map(String::as_str)
+    }
+
+    /// A Service's cluster addresses, if the inventory has the Service.
+    pub fn service_ips(&self, namespace: &str, name: &str) -> Option<&[IpAddr]> {
+        self.service_ips
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(Vec::as_slice)
     }
 
     /// Known namespaces.

@@ -374,6 +374,7 @@ pub async fn generate(
         save_graph,
         min_connections,
         since,
+        node_local_dns,
     } = args;
     let collected = collect(sources, warnings).await?;
     let graph = &collected.graph;
@@ -400,6 +401,7 @@ pub async fn generate(
             min_connections: *min_connections,
             since: *since,
         },
+        node_local_dns: node_local_dns.iter().copied().collect(),
     };
     let proposal = propose(graph, &cluster, &options);
     let summary = export_partial(output_dir, &proposal, *format, &collected.missing_lines())?;

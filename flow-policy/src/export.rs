@@ -332,6 +332,7 @@ fn write_review(
     write_notes(out, &proposal.notes)?;
     write_left_out(out, proposal)?;
     write_rare(out, &proposal.rare)?;
+    write_resolvers(out, proposal)?;
     write_per_workload(out, proposal)
 }
 
@@ -454,6 +455,20 @@ fn write_rare(out: &mut impl Write, rare: &[super::generate::Sighting]) -> io::R
     }
     for sighting in rare {
         writeln!(out, "- {sighting}")?;
+    }
+    Ok(())
+}
+
+/// Per workload, the resolvers its DNS went to; only when some workload
+/// queried DNS.
+fn write_resolvers(out: &mut impl Write, proposal: &Proposal) -> io::Result<()> {
+    if proposal.resolvers.is_empty() {
+        return Ok(());
+    }
+    out.write_all(b"\n## DNS resolvers\n\nWhere each workload's DNS queries went. A node-local resolver (NodeLocal DNSCache, AKS LocalDNS) is allowed by address on UDP and TCP 53.\n\n")?;
+    for (workload, resolvers) in &proposal.resolvers {
+        let resolvers: Vec<&str> = resolvers.iter().map(String::as_str).collect();
+        writeln!(out, "- `{workload}`: {}", resolvers.join("; "))?;
     }
     Ok(())
 }

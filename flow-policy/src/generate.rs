@@ -9,7 +9,9 @@
 //! - Ports: the target ports the pods listen on (never Service ports); a run
 //!   of at least [`ENDPORT_MIN_RUN`] consecutive observed ports becomes
 //!   `port`..`endPort`; nothing unobserved is ever included.
-//! - DNS: a workload seen querying port 53 gets UDP and TCP 53 to that resolver.
+//! - DNS: a workload seen querying port 53 gets UDP and TCP 53 to that
+//!   resolver: the DNS pods, or a node-local resolver by address
+//!   ([`resolver`]).
 //! - Cross-tenant edges are left out (and listed) unless explicitly allowed.
 //! - Edges seen rarely or long before the newest are marked for review, and
 //!   left out (and listed) with `--min-connections` and `--since`
@@ -49,6 +51,7 @@ use flow_model::record::Protocol;
 pub mod content_hash;
 mod propose;
 pub mod rarity;
+pub mod resolver;
 mod yaml;
 
 pub use rarity::{EdgeThresholds, LeftOut, Sighting};
@@ -89,6 +92,9 @@ pub struct GenerateOptions {
     pub platform_namespaces: BTreeSet<String>,
     /// Edges left out for too few connections or too old a last sighting.
     pub thresholds: EdgeThresholds,
+    /// Addresses of a DNS resolver on every node (`--node-local-dns`), on
+    /// top of those the inventory's kube-system DaemonSets reveal.
+    pub node_local_dns: BTreeSet<IpAddr>,
 }
 
 impl Default for GenerateOptions {
@@ -102,6 +108,7 @@ impl Default for GenerateOptions {
                 .collect(),
             platform_namespaces: flow_model::identity::platform_namespaces([]),
             thresholds: EdgeThresholds::default(),
+            node_local_dns: BTreeSet::new(),
         }
     }
 }
@@ -128,6 +135,9 @@ pub enum PeerSpec {
         /// The observed address, as a block.
         cidr: String,
     },
+    /// A DNS resolver on every node, at this address block: `ipBlock` in
+    /// NetworkPolicy, [`resolver::cilium_node_local`] in Cilium's format.
+    NodeLocalResolver(String),
 }
 
 /// A port entry of a rule.
@@ -203,6 +213,9 @@ pub struct Proposal {
     pub left_out: Vec<LeftOut>,
     /// The thresholds it was made with.
     pub thresholds: EdgeThresholds,
+    /// Per subject workload (as `namespace/Kind/name`), the resolvers its
+    /// DNS queries went to, as REVIEW.md names them; sorted.
+    pub resolvers: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Proposal {
@@ -229,7 +242,7 @@ fn cidr(ip: IpAddr) -> String {
     }
 }
 
-fn is_dns(key: &EdgeKey) -> bool {
+pub(crate) fn is_dns(key: &EdgeKey) -> bool {
     key.port == 53 && matches!(key.protocol.name(), Some("UDP" | "TCP"))
 }
 
@@ -325,6 +338,7 @@ fn peer_text(peer: &PeerSpec) -> String {
         }
         PeerSpec::Cidr(cidr) => cidr.clone(),
         PeerSpec::Entity { entity, cidr } => format!("{cidr} ({entity})"),
+        PeerSpec::NodeLocalResolver(cidr) => format!("{cidr} (node-local DNS)"),
     }
 }
 
@@ -368,7 +382,9 @@ pub(crate) fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPee
             pod_selector: Some(match_labels(labels)),
             ip_block: None,
         },
-        PeerSpec::Cidr(cidr) | PeerSpec::Entity { cidr, .. } => NetworkPolicyPeer {
+        PeerSpec::Cidr(cidr)
+        | PeerSpec::Entity { cidr, .. }
+        | PeerSpec::NodeLocalResolver(cidr) => NetworkPolicyPeer {
             ip_block: Some(IPBlock {
                 cidr: cidr.clone(),
                 except: None,
@@ -552,6 +568,11 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
                 PeerSpec::Cidr(cidr) => cidrs.push(cidr.clone()),
                 PeerSpec::Entity { entity, .. } => {
                     entities.insert(entity.clone());
+                }
+                PeerSpec::NodeLocalResolver(cidr) => {
+                    let (cidr, entity) = resolver::cilium_node_local(cidr);
+                    cidrs.push(cidr.to_owned());
+                    entities.insert(entity.to_owned());
                 }
             }
         }

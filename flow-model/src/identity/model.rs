@@ -184,6 +184,10 @@ pub struct OwnerInfo {
     pub owner: Option<OwnerRef>,
     /// Labels of its pod template: what every pod of the workload carries.
     pub template_labels: Option<BTreeMap<String, String>>,
+    /// A DaemonSet's pod template's container `command` and `args`, in
+    /// order, containers one after another (empty for the other kinds): a
+    /// node-local DNS cache names the addresses it listens on there.
+    pub template_args: Vec<String>,
 }
 
 /// One port of a Service.
@@ -513,6 +517,7 @@ fn owner_info(
     kind: ObjectKind,
     meta: &ObjectMeta,
     template_labels: Option<&BTreeMap<String, String>>,
+    template_args: Vec<String>,
 ) -> Result<OwnerInfo, ObjectError> {
     let fields = Fields::new(kind.as_str(), meta);
     let (namespace, name) = namespaced(&fields, meta)?;
@@ -522,6 +527,7 @@ fn owner_info(
         name: name.clone(),
         owner: controller(meta),
         template_labels: template_labels.cloned(),
+        template_args,
     })
 }
 
@@ -531,7 +537,7 @@ pub fn replica_set(object: &ReplicaSet) -> Result<OwnerInfo, ObjectError> {
         .spec
         .as_ref()
         .and_then(|spec| spec.template.as_ref()?.metadata.as_ref()?.labels.as_ref());
-    owner_info(ObjectKind::ReplicaSet, &object.metadata, labels)
+    owner_info(ObjectKind::ReplicaSet, &object.metadata, labels, Vec::new())
 }
 
 /// Converts a Deployment.
@@ -540,7 +546,7 @@ pub fn deployment(object: &Deployment) -> Result<OwnerInfo, ObjectError> {
         .spec
         .as_ref()
         .and_then(|spec| spec.template.metadata.as_ref()?.labels.as_ref());
-    owner_info(ObjectKind::Deployment, &object.metadata, labels)
+    owner_info(ObjectKind::Deployment, &object.metadata, labels, Vec::new())
 }
 
 /// Converts a StatefulSet.
@@ -549,7 +555,12 @@ pub fn stateful_set(object: &StatefulSet) -> Result<OwnerInfo, ObjectError> {
         .spec
         .as_ref()
         .and_then(|spec| spec.template.metadata.as_ref()?.labels.as_ref());
-    owner_info(ObjectKind::StatefulSet, &object.metadata, labels)
+    owner_info(
+        ObjectKind::StatefulSet,
+        &object.metadata,
+        labels,
+        Vec::new(),
+    )
 }
 
 /// Converts a DaemonSet.
@@ -558,7 +569,20 @@ pub fn daemon_set(object: &DaemonSet) -> Result<OwnerInfo, ObjectError> {
         .spec
         .as_ref()
         .and_then(|spec| spec.template.metadata.as_ref()?.labels.as_ref());
-    owner_info(ObjectKind::DaemonSet, &object.metadata, labels)
+    let args = object
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .map(|pod| {
+            let containers = pod.containers.iter();
+            let words = containers.flat_map(|container| {
+                let command = container.command.iter().flatten();
+                command.chain(container.args.iter().flatten())
+            });
+            words.cloned().collect()
+        })
+        .unwrap_or_default();
+    owner_info(ObjectKind::DaemonSet, &object.metadata, labels, args)
 }
 
 /// Converts a Job.
@@ -567,7 +591,7 @@ pub fn job(object: &Job) -> Result<OwnerInfo, ObjectError> {
         .spec
         .as_ref()
         .and_then(|spec| spec.template.metadata.as_ref()?.labels.as_ref());
-    owner_info(ObjectKind::Job, &object.metadata, labels)
+    owner_info(ObjectKind::Job, &object.metadata, labels, Vec::new())
 }
 
 /// Converts a CronJob.
@@ -582,7 +606,7 @@ pub fn cron_job(object: &CronJob) -> Result<OwnerInfo, ObjectError> {
             .labels
             .as_ref()
     });
-    owner_info(ObjectKind::CronJob, &object.metadata, labels)
+    owner_info(ObjectKind::CronJob, &object.metadata, labels, Vec::new())
 }
 
 /// Converts a Service.

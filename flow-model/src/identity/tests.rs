@@ -717,3 +717,62 @@ fn a_resync_deletes_what_it_did_not_list_and_keeps_the_rest() {
         Some(PeerKind::World)
     );
 }
+
+#[test]
+fn a_daemon_sets_container_command_and_args_are_kept_and_other_kinds_have_none() {
+    let yaml = "\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: node-local-dns, namespace: kube-system}
+spec:
+  template:
+    metadata: {labels: {k8s-app: node-local-dns}}
+    spec:
+      hostNetwork: true
+      containers:
+      - name: node-cache
+        command: [/node-cache]
+        args: [-localip, '169.254.20.10,10.0.0.10', -conf, /etc/Corefile]
+      - name: sidecar
+        args: [--verbose]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: coredns, namespace: kube-system}
+spec:
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      containers:
+      - {name: coredns, args: [-conf, /etc/coredns/Corefile]}
+";
+    let inventory = inventory::parse(yaml, "test.yaml");
+    assert!(inventory.errors.is_empty(), "{:?}", inventory.errors);
+    let args: Vec<(String, Vec<String>)> = inventory
+        .objects
+        .iter()
+        .filter_map(|object| match object {
+            Object::Owner(owner) => Some((owner.name.clone(), owner.template_args.clone())),
+            _ => None,
+        })
+        .collect();
+    let words = |words: &[&str]| words.iter().map(|word| (*word).to_owned()).collect();
+    assert_eq!(
+        args,
+        vec![
+            (
+                "node-local-dns".to_owned(),
+                words(&[
+                    "/node-cache",
+                    "-localip",
+                    "169.254.20.10,10.0.0.10",
+                    "-conf",
+                    "/etc/Corefile",
+                    "--verbose"
+                ])
+            ),
+            ("coredns".to_owned(), Vec::new()),
+        ]
+    );
+}

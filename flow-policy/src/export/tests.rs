@@ -76,6 +76,7 @@ fn shop(port: u16, api: bool) -> Proposal {
         rare: Vec::new(),
         left_out: Vec::new(),
         thresholds: Default::default(),
+        resolvers: Default::default(),
     }
 }
 

@@ -17,6 +17,7 @@ use super::{
     GenerateOptions, LeftOut, Note, PeerSpec, PolicyFormat, Proposal, RuleSpec, Sighting,
     WorkloadPolicy, cidr, edge_text, is_dns, peer_text, policy_name, port_ranges, push_decimal,
     rarity::{Judge, Verdict},
+    resolver::Resolver,
 };
 use flow_model::{identity::PeerKind, record::Protocol};
 
@@ -89,6 +90,8 @@ pub(super) struct Proposer<'g> {
     judge: Judge,
     rare: Vec<Sighting>,
     left_out: Vec<LeftOut>,
+    /// Per subject workload, the resolvers of its DNS edges.
+    resolvers: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl<'g> Proposer<'g> {
@@ -109,6 +112,7 @@ impl<'g> Proposer<'g> {
             judge: Judge::new(graph, options.thresholds),
             rare: Vec::new(),
             left_out: Vec::new(),
+            resolvers: BTreeMap::new(),
         }
     }
 
@@ -199,16 +203,22 @@ impl<'g> Proposer<'g> {
         let dns = [(Protocol(6), 53), (Protocol(17), 53)];
         let single = [(*protocol, *port)];
         let ports: &[(Protocol, u16)] = if is_dns(key) { &dns } else { &single };
-        // What each end looks like as the other's peer.
+        // What each end looks like as the other's peer; a node-local
+        // resolver is its address.
         let client_peer = self.as_peer(client_end, key);
-        let server_peer = self.as_peer(server_end, key);
-        if let (Some(side), Some(peer)) = (self.ends[client_end].subject, server_peer) {
+        let server_peers = match self.resolver(key, client_end) {
+            Some(peers) => peers,
+            None => self.as_peer(server_end, key).into_iter().collect(),
+        };
+        if let Some(side) = self.ends[client_end].subject {
             let egress = &mut self.sides[side].1.egress;
-            egress.extend(
-                ports
-                    .iter()
-                    .map(|(protocol, port)| (peer, *protocol, *port)),
-            );
+            for peer in server_peers {
+                egress.extend(
+                    ports
+                        .iter()
+                        .map(|(protocol, port)| (peer, *protocol, *port)),
+                );
+            }
         }
         if let (Some(side), Some(peer)) = (self.ends[server_end].subject, client_peer) {
             let ingress = &mut self.sides[side].1.ingress;
@@ -218,6 +228,22 @@ impl<'g> Proposer<'g> {
                     .map(|(protocol, port)| (peer, *protocol, *port)),
             );
         }
+    }
+
+    /// For a DNS edge, notes its resolver for the client's review, and
+    /// gives the peers of a node-local one (None: the server's own peer).
+    fn resolver(&mut self, key: &EdgeKey, client: usize) -> Option<Vec<usize>> {
+        if !is_dns(key) {
+            return None;
+        }
+        let resolver = Resolver::of(&key.server, self.cluster, &self.options.node_local_dns);
+        if self.ends[client].subject.is_some() {
+            let client = self.end_text(client).to_string();
+            let text = resolver.text(&key.server);
+            self.resolvers.entry(client).or_default().insert(text);
+        }
+        let peers = resolver.peers()?;
+        Some(peers.into_iter().map(|peer| self.intern(peer)).collect())
     }
 
     /// How often and lately the edge between two ends was seen.
@@ -415,6 +441,7 @@ impl<'g> Proposer<'g> {
             rare: self.rare,
             left_out: self.left_out,
             thresholds: self.options.thresholds,
+            resolvers: self.resolvers,
         }
     }
 

@@ -335,7 +335,9 @@ fn network_peers(
                 }
                 document.selector(6, "podSelector", pairs(labels));
             }
-            PeerSpec::Cidr(cidr) | PeerSpec::Entity { cidr, .. } => {
+            PeerSpec::Cidr(cidr)
+            | PeerSpec::Entity { cidr, .. }
+            | PeerSpec::NodeLocalResolver(cidr) => {
                 document.key(6, "ipBlock");
                 document.entry(8, "cidr", cidr);
             }
@@ -413,6 +415,7 @@ fn cilium_rules(document: &mut Document<'_>, rule: &RuleSpec, ingress: bool) {
         .iter()
         .filter_map(|peer| match peer {
             PeerSpec::Cidr(cidr) => Some(cidr.as_str()),
+            PeerSpec::NodeLocalResolver(cidr) => Some(super::resolver::cilium_node_local(cidr).0),
             _ => None,
         })
         .collect();
@@ -421,6 +424,7 @@ fn cilium_rules(document: &mut Document<'_>, rule: &RuleSpec, ingress: bool) {
         .iter()
         .filter_map(|peer| match peer {
             PeerSpec::Entity { entity, .. } => Some(entity.as_str()),
+            PeerSpec::NodeLocalResolver(cidr) => Some(super::resolver::cilium_node_local(cidr).1),
             _ => None,
         })
         .collect();
