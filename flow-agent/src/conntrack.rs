@@ -159,8 +159,9 @@ fn tuple_source(attributes: &[u8], kind: u16) -> Option<(IpAddr, u16)> {
 }
 
 /// Parses the answer to a GET: the reply tuple's source, `None` when conntrack
-/// has no such connection.
-fn parse_answer(message: &[u8]) -> io::Result<Option<(IpAddr, u16)>> {
+/// has no such connection. Never panics: a message too short for its
+/// header is [`io::ErrorKind::InvalidData`], a tuple missing a part is `None`.
+pub fn parse_answer(message: &[u8]) -> io::Result<Option<(IpAddr, u16)>> {
     if message.len() < 16 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
