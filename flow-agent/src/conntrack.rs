@@ -159,8 +159,9 @@ fn tuple_source(attributes: &[u8], kind: u16) -> Option<(IpAddr, u16)> {
 }
 
 /// Parses the answer to a GET: the reply tuple's source, `None` when conntrack
-/// has no such connection.
-fn parse_answer(message: &[u8]) -> io::Result<Option<(IpAddr, u16)>> {
+/// has no such connection. Never panics: a message too short for its
+/// header is [`io::ErrorKind::InvalidData`], a tuple missing a part is `None`.
+pub fn parse_answer(message: &[u8]) -> io::Result<Option<(IpAddr, u16)>> {
     if message.len() < 16 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -173,9 +174,14 @@ fn parse_answer(message: &[u8]) -> io::Result<Option<(IpAddr, u16)>> {
             .get(16..20)
             .map(|bytes| i32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
             .unwrap_or(-libc::EIO);
-        return match -errno {
-            0 | libc::ENOENT => Ok(None),
-            errno => Err(io::Error::from_raw_os_error(errno)),
+        // An errno is negative; i32::MIN has no positive counterpart.
+        return match errno.checked_neg() {
+            Some(0 | libc::ENOENT) => Ok(None),
+            Some(errno) if errno > 0 => Err(io::Error::from_raw_os_error(errno)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("netlink error {errno} is no errno"),
+            )),
         };
     }
     let length = (u32::from_ne_bytes([message[0], message[1], message[2], message[3]]) as usize)
@@ -277,6 +283,25 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `ctnetlink` fuzz target: an error message carrying
+    /// i32::MIN overflowed its negation.
+    #[test]
+    fn an_error_message_with_errno_i32_min_is_invalid_data() {
+        let mut message = vec![0_u8; 20];
+        message[..4].copy_from_slice(&20_u32.to_ne_bytes());
+        message[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        message[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        let error = parse_answer(&message).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        message[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        assert!(parse_answer(&message).unwrap().is_none());
+        message[16..20].copy_from_slice(&5_i32.to_ne_bytes());
+        assert_eq!(
+            parse_answer(&message).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
 
     fn tuple() -> Tuple {
         Tuple {

@@ -3,7 +3,7 @@
 
 use std::hash::BuildHasher as _;
 
-use flow_common::{Direction, FlowKey, FlowStats};
+use flow_common::{Direction, FlowEvent, FlowKey, FlowStats};
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// What one flow did during one drain interval, summed over CPUs.
@@ -33,7 +33,23 @@ pub struct FlowSample {
     pub icmp_errors: u64,
 }
 
+/// Reads a kernel record of plain-data type `T` from the start of `bytes`
+/// (unaligned), or `None` when `bytes` is shorter than a `T`.
+pub fn read_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    let bytes = bytes.get(..size_of::<T>())?;
+    // SAFETY: `bytes` holds a whole `T`, read unaligned; `T` is Pod, so any
+    // bytes are a value.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
 impl FlowSample {
+    /// The sample of a spill record (a [`FlowEvent`] the programs wrote to
+    /// their ring when a flow map was full), `None` when it is too short.
+    pub fn from_event(record: &[u8]) -> Option<Self> {
+        let FlowEvent { key, stats } = read_record(record)?;
+        Some(Self::from_stats(key, &stats))
+    }
+
     /// A sample from one slot (or one spill event).
     pub fn from_stats(key: FlowKey, stats: &FlowStats) -> Self {
         let FlowStats {
@@ -62,7 +78,8 @@ impl FlowSample {
         }
     }
 
-    /// Adds another sample of the same flow.
+    /// Adds another sample of the same flow. The counts saturate at their
+    /// maximum, whatever the slots held.
     pub fn merge(&mut self, other: &Self) {
         let Self {
             key: _,
@@ -76,10 +93,12 @@ impl FlowSample {
             icmp_error_kinds,
             icmp_errors,
         } = *other;
-        self.packets += packets;
-        self.icmp_errors += icmp_errors;
+        // Counts the programs wrote are not trusted to stay small: a
+        // corrupt or stale slot saturates the total instead of panicking.
+        self.packets = self.packets.saturating_add(packets);
+        self.icmp_errors = self.icmp_errors.saturating_add(icmp_errors);
         self.icmp_error_kinds |= icmp_error_kinds;
-        self.bytes += bytes;
+        self.bytes = self.bytes.saturating_add(bytes);
         if first_seen_ns < self.first_seen_ns {
             self.first_seen_ns = first_seen_ns;
             self.first_ifindex = first_ifindex;
@@ -263,6 +282,35 @@ mod tests {
             icmp_error_kinds: 0,
             icmp_errors: 0,
         }
+    }
+
+    /// Found by the `kernel_records` fuzz target: two slots whose packet
+    /// counts sum past u64::MAX overflowed the merge.
+    #[test]
+    fn merge_of_huge_counts_saturates_instead_of_overflowing() {
+        let huge = FlowStats {
+            packets: u64::MAX - 1,
+            bytes: u64::MAX,
+            epoch: 1,
+            icmp_errors: u32::MAX,
+            ..FlowStats::default()
+        };
+        let mut flows = DrainedFlows::default();
+        flows.add_slots(key(1), &[huge, huge], 1);
+        let samples = flows.into_samples();
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].packets, u64::MAX);
+        assert_eq!(samples[0].bytes, u64::MAX);
+        assert_eq!(samples[0].icmp_errors, 2 * u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn a_spill_record_shorter_than_an_event_is_none() {
+        let event = [0_u8; size_of::<FlowEvent>()];
+        assert!(FlowSample::from_event(&event[..size_of::<FlowEvent>() - 1]).is_none());
+        let sample = FlowSample::from_event(&event).unwrap();
+        assert_eq!(sample.key, FlowKey::default());
+        assert_eq!(sample.packets, 0);
     }
 
     #[test]

@@ -156,17 +156,28 @@ const fn align4(len: usize) -> usize {
     (len + 3) & !3
 }
 
-/// One parsed netlink message.
+/// One parsed rtnetlink message.
 #[derive(Debug, PartialEq, Eq)]
-enum Message {
-    Link { message_type: u16, link: Link },
+pub enum Message {
+    /// An `RTM_NEWLINK` or `RTM_DELLINK` of a link (not a bridge port).
+    Link {
+        /// `RTM_NEWLINK` or `RTM_DELLINK`.
+        message_type: u16,
+        /// The link it describes.
+        link: Link,
+    },
+    /// The end of a dump.
     Done,
+    /// An `NLMSG_ERROR`, with its (negative) errno; 0 is an acknowledgement.
     Error(i32),
+    /// Any other message, ignored.
     Other,
 }
 
-/// Parses a buffer of netlink messages as the kernel sends them.
-fn parse_messages(mut buffer: &[u8]) -> Result<Vec<Message>, InterfaceError> {
+/// Parses a buffer of netlink messages as the kernel sends them (a dump
+/// reply or a multicast notification). Never panics: a length or attribute
+/// that does not fit the buffer is [`InterfaceError::Malformed`].
+pub fn parse_messages(mut buffer: &[u8]) -> Result<Vec<Message>, InterfaceError> {
     let mut messages = Vec::new();
     while !buffer.is_empty() {
         let length =

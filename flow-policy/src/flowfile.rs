@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader},
+    io::{BufRead, BufReader},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -96,8 +96,18 @@ pub fn read(path: &Path, tenancy: &Tenancy) -> Result<FlowFile, FlowFileError> {
         path: path.to_owned(),
         source,
     })?;
+    read_from(BufReader::new(file), path, tenancy)
+}
+
+/// Reads a flow file's lines from `reader`, as [`read`] does; `path` only
+/// names the file in errors.
+pub fn read_from(
+    reader: impl BufRead,
+    path: &Path,
+    tenancy: &Tenancy,
+) -> Result<FlowFile, FlowFileError> {
     let mut flows = FlowFile::default();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
+    for (index, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| FlowFileError::Read {
             path: path.to_owned(),
             source,

@@ -85,7 +85,7 @@ pub fn load_all(path: &Path) -> Result<Loaded, PolicyLoadError> {
 }
 
 /// What the text of `file` holds, read as [`load_all`] reads a file.
-pub(crate) fn read_text(file: &Path, text: &str) -> Loaded {
+pub fn read_text(file: &Path, text: &str) -> Loaded {
     let mut loaded = Loaded::default();
     read_file(file, text, &mut loaded);
     loaded

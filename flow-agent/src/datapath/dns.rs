@@ -4,6 +4,7 @@ use flow_common::{Direction, DnsFrameHeader};
 use tracing::warn;
 
 use super::Datapath;
+use crate::drain::read_record;
 
 /// One copied frame: where it was seen, how long it was, and its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +19,23 @@ pub struct DnsFrameRef<'a> {
     pub bytes: &'a [u8],
 }
 
+impl<'a> DnsFrameRef<'a> {
+    /// Reads one record of the DNS ring: a [`DnsFrameHeader`], then the
+    /// `copied` bytes it announces. `None` when the record is shorter than
+    /// that.
+    pub fn read(record: &'a [u8]) -> Option<Self> {
+        let header: DnsFrameHeader = read_record(record)?;
+        let start = size_of::<DnsFrameHeader>();
+        let bytes = record.get(start..start + usize::from(header.copied))?;
+        Some(Self {
+            ifindex: header.ifindex,
+            direction: Direction::from_u8(header.direction),
+            frame_len: header.frame_len as usize,
+            bytes,
+        })
+    }
+}
+
 impl Datapath {
     /// Hands every frame in the DNS ring buffer to `take`, oldest first, and
     /// returns how many there were. A record too short for what its header
@@ -26,29 +44,11 @@ impl Datapath {
         let mut count = 0;
         while let Some(item) = self.dns_frames.next() {
             count += 1;
-            let header_len = size_of::<DnsFrameHeader>();
-            let Some(header) = item.get(..header_len) else {
+            let Some(frame) = DnsFrameRef::read(&item) else {
                 warn!(len = item.len(), "short dns frame record ignored");
                 continue;
             };
-            // SAFETY: the record starts with a DnsFrameHeader written by the
-            // programs; it is plain data, read unaligned.
-            let header =
-                unsafe { std::ptr::read_unaligned(header.as_ptr().cast::<DnsFrameHeader>()) };
-            let Some(bytes) = item.get(header_len..header_len + usize::from(header.copied)) else {
-                warn!(
-                    len = item.len(),
-                    copied = header.copied,
-                    "short dns frame record ignored"
-                );
-                continue;
-            };
-            take(DnsFrameRef {
-                ifindex: header.ifindex,
-                direction: Direction::from_u8(header.direction),
-                frame_len: header.frame_len as usize,
-                bytes,
-            });
+            take(frame);
         }
         count
     }

@@ -13,7 +13,7 @@
 use std::io;
 
 use aya::maps::{MapData, MapError, PerCpuHashMap};
-use flow_common::{CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats};
+use flow_common::{CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowKey, FlowStats};
 use tracing::{debug, warn};
 
 use super::{
@@ -300,14 +300,11 @@ impl Datapath {
 
     fn drain_spill(&mut self, flows: &mut DrainedFlows) {
         while let Some(item) = self.spill.next() {
-            if item.len() < size_of::<FlowEvent>() {
+            let Some(sample) = FlowSample::from_event(&item) else {
                 warn!(len = item.len(), "short spill record ignored");
                 continue;
-            }
-            // SAFETY: the record holds a FlowEvent written by the programs.
-            let FlowEvent { key, stats } =
-                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
-            flows.add_sample(FlowSample::from_stats(key, &stats));
+            };
+            flows.add_sample(sample);
         }
     }
 }
