@@ -334,6 +334,8 @@ struct HubbleLab {
     agent: Option<Agent>,
     node: flow_lab::Node,
     files: [std::path::PathBuf; 2],
+    /// Before the first query and after the last answer.
+    asked: (std::time::SystemTime, std::time::SystemTime),
 }
 
 impl HubbleLab {
@@ -434,6 +436,7 @@ fn resolve_under_hubble(extra: &[&str]) -> HubbleLab {
     args.extend_from_slice(extra);
     let agent = Agent::on(&node, "250ms", &args);
     let over_v4 = SocketAddr::new(IpAddr::V4(resolver.ipv4), 53);
+    let first = std::time::SystemTime::now();
     for (id, name, qtype) in [
         (1, "www.partner.example", 1),
         (2, "v6.partner.example", 28),
@@ -441,6 +444,7 @@ fn resolve_under_hubble(extra: &[&str]) -> HubbleLab {
     ] {
         assert!(dns::ask_udp(&client.netns, over_v4, dns::query(id, name, qtype)) > 0);
     }
+    let last = std::time::SystemTime::now();
     server.join().unwrap().unwrap();
     // The ring is read every 250 ms, the flows every flush.
     std::thread::sleep(Duration::from_millis(1_000));
@@ -448,6 +452,7 @@ fn resolve_under_hubble(extra: &[&str]) -> HubbleLab {
         agent: Some(agent),
         node,
         files: [inventory, access],
+        asked: (first, last),
     }
 }
 
@@ -550,6 +555,13 @@ fn with_dns_flows_hubble_serves_each_query_and_answer_as_an_l7_flow() {
             Some(129)
         );
         assert_eq!(flow.node_name, "test-node");
+        // The time the packet was copied (the coarse clock may lag a tick).
+        let time = std::time::SystemTime::try_from(flow.time.unwrap()).unwrap();
+        assert!(
+            time + Duration::from_millis(10) >= lab.asked.0 && time <= lab.asked.1,
+            "{time:?} not within {:?}",
+            lab.asked
+        );
         assert_eq!(flow.source.as_ref().unwrap().namespace.as_str(), {
             if flow.is_reply == Some(true) {
                 "dns"

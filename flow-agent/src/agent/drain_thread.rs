@@ -423,7 +423,7 @@ impl<S: RecordSink> Agent<S> {
     /// `--dns-flows`, hands their messages to the API as flows.
     fn read_dns(&mut self) {
         let now = Instant::now();
-        let at = SystemTime::now();
+        let clock = MonotonicClock::now();
         let Self {
             datapath,
             pipeline,
@@ -433,7 +433,7 @@ impl<S: RecordSink> Agent<S> {
         } = self;
         let mut flows = Vec::new();
         datapath.read_dns_frames(|frame| {
-            pipeline.take_dns_flows(frame, now, at, names, &mut flows);
+            pipeline.take_dns_flows(frame, now, &clock, names, &mut flows);
         });
         if let Some(hub) = hub {
             hub.publish_dns(flows);

@@ -411,14 +411,15 @@ impl<S: RecordSink> Pipeline<S> {
 
     /// Reads a DNS frame as [`Pipeline::take_dns_frame`] does and, with
     /// DNS flows on, appends each of its messages to `flows` with the
-    /// record of the packet that carried it, read at `at`: its ends named
+    /// record of the packet that carried it, at the time the programs
+    /// copied it (`clock` reads the frame's time): its ends named
     /// by the identity source as any record's, one packet of the frame's
     /// length. `interfaces` names the interfaces by index.
     pub fn take_dns_flows(
         &mut self,
         frame: DnsFrameRef<'_>,
         now: Instant,
-        at: SystemTime,
+        clock: &MonotonicClock,
         interfaces: &HashMap<u32, String>,
         flows: &mut Vec<(FlowRecord, DnsMessage)>,
     ) {
@@ -426,6 +427,7 @@ impl<S: RecordSink> Pipeline<S> {
         if !self.dns_flows {
             return;
         }
+        let at = clock.to_system_time(frame.time_ns);
         for message in messages {
             let record = self.dns_record(&frame, &message, at, interfaces);
             flows.push((record, message.message));
