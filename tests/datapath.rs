@@ -686,6 +686,51 @@ fn dns_answers_are_copied_whole_within_the_budget_and_nothing_else_is() {
     }
 }
 
+/// How far the kernel's coarse clock may lag the monotonic clock: a tick
+/// at the slowest HZ (100).
+const COARSE_TICK_NS: u64 = 10_000_000;
+
+#[test]
+fn with_queries_asked_for_queries_to_port_53_are_copied_as_well_as_answers() {
+    require_root!();
+    let query = Ipv4::new(A4, B4, UDP).frame(&udp(40_000, 53, &[2; 30]));
+    let tcp_query = Ipv4::new(A4, B4, TCP).frame(&tcp(40_001, 53, PSH | ACK, 0, &[4; 40]));
+    let answer = Ipv4::new(B4, A4, UDP).frame(&udp(53, 40_000, &[1; 100]));
+    for config in both_readers() {
+        let mut harness = Harness::with(DatapathConfig {
+            dns: DnsCopySettings {
+                copy: DnsCopy::AnswersAndQueries,
+                ring_bytes: 1 << 16,
+                bytes_per_second: 1 << 20,
+            },
+            ..config
+        });
+        let before = flow_model::record::MonotonicClock::monotonic_now_ns();
+        harness.ingress(&query);
+        // A handshake to port 53 without payload, and UDP to another port:
+        // not DNS messages.
+        harness.ingress(&Ipv4::new(A4, B4, TCP).frame(&tcp(40_001, 53, SYN, 0, &[])));
+        harness.ingress(&Ipv4::new(A4, B4, UDP).frame(&udp(40_002, 5353, &[5; 30])));
+        harness.ingress(&tcp_query);
+        harness.ingress(&answer);
+        let after = flow_model::record::MonotonicClock::monotonic_now_ns();
+        let mut frames = Vec::new();
+        harness.datapath.read_dns_frames(|frame| {
+            // Each frame says when it was copied, on the flows' clock (the
+            // coarse clock may be a tick behind).
+            assert!(
+                (before.saturating_sub(COARSE_TICK_NS)..=after).contains(&frame.time_ns),
+                "{before} <= {} <= {after}",
+                frame.time_ns
+            );
+            frames.push((frame.bytes.to_vec(), frame.frame_len, frame.direction));
+        });
+        let copy = |frame: &Vec<u8>| (frame.clone(), frame.len(), Some(Direction::Ingress));
+        assert_eq!(frames, [copy(&query), copy(&tcp_query), copy(&answer)]);
+        harness.assert_counters(&[(Counter::DnsCopied, 3)]);
+    }
+}
+
 #[test]
 fn a_frame_longer_than_the_copy_is_copied_up_to_it_and_says_its_length() {
     require_root!();

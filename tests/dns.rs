@@ -234,3 +234,398 @@ fn with_dns_off_nothing_is_named() {
     let request = record(&records, IpAddr::V4(client.ipv4), https);
     assert_eq!(names(request, true), Vec::<String>::new());
 }
+
+const HUBBLE: &str = "127.0.0.1:4244";
+const ADMIN_TOKEN: &str = "dns-admin-secret";
+const ACME_TOKEN: &str = "dns-acme-secret";
+const GLOBEX_TOKEN: &str = "dns-globex-secret";
+
+/// What a test checks of an L7 DNS flow: kind, query, qtypes, ips, ttl,
+/// cnames, rcode, rrtypes, source pod, destination pod, is_reply, direction.
+type DnsFlow = (
+    String,
+    String,
+    Vec<String>,
+    Vec<String>,
+    u32,
+    Vec<String>,
+    u32,
+    Vec<String>,
+    String,
+    String,
+    bool,
+    String,
+);
+
+fn dns_flow(flow: &flow_proto::hubble::flow::Flow) -> DnsFlow {
+    use flow_proto::hubble::flow::{L7FlowType, TrafficDirection, layer7::Record};
+    let l7 = flow.l7.as_ref().unwrap();
+    let Some(Record::Dns(dns)) = &l7.record else {
+        panic!("not a DNS flow: {flow:?}");
+    };
+    let pod = |end: &Option<flow_proto::hubble::flow::Endpoint>| {
+        end.as_ref().map(|end| end.pod_name.clone()).unwrap()
+    };
+    (
+        L7FlowType::try_from(l7.r#type)
+            .unwrap()
+            .as_str_name()
+            .to_owned(),
+        dns.query.clone(),
+        dns.qtypes.clone(),
+        dns.ips.clone(),
+        dns.ttl,
+        dns.cnames.clone(),
+        dns.rcode,
+        dns.rrtypes.clone(),
+        pod(&flow.source),
+        pod(&flow.destination),
+        flow.is_reply.unwrap(),
+        TrafficDirection::try_from(flow.traffic_direction)
+            .unwrap()
+            .as_str_name()
+            .to_owned(),
+    )
+}
+
+/// The flows GetFlows replays to `token` for `whitelist`, asked from inside
+/// `netns`.
+fn replay(
+    netns: &flow_lab::Netns,
+    token: &'static str,
+    whitelist: Vec<flow_proto::hubble::flow::FlowFilter>,
+) -> Vec<flow_proto::hubble::flow::Flow> {
+    use flow_proto::hubble::observer::{
+        GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
+    };
+    netns
+        .run(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut client = ObserverClient::connect(format!("http://{HUBBLE}"))
+                    .await
+                    .unwrap();
+                let mut request = tonic::Request::new(GetFlowsRequest {
+                    whitelist,
+                    ..GetFlowsRequest::default()
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                let mut stream = client.get_flows(request).await.unwrap().into_inner();
+                let mut flows = Vec::new();
+                while let Some(response) = stream.message().await.unwrap() {
+                    if let Some(ResponseTypes::Flow(flow)) = response.response_types {
+                        flows.push(flow);
+                    }
+                }
+                flows
+            })
+        })
+        .unwrap()
+}
+
+/// A lab node with an agent serving Hubble, and the agent's input files.
+struct HubbleLab {
+    // Declared first: the agent stops before its node goes.
+    agent: Option<Agent>,
+    node: flow_lab::Node,
+    files: [std::path::PathBuf; 2],
+    /// Before the first query and after the last answer.
+    asked: (std::time::SystemTime, std::time::SystemTime),
+}
+
+impl HubbleLab {
+    fn replay(
+        &self,
+        token: &'static str,
+        whitelist: Vec<flow_proto::hubble::flow::FlowFilter>,
+    ) -> Vec<flow_proto::hubble::flow::Flow> {
+        replay(&self.node.netns, token, whitelist)
+    }
+}
+
+impl Drop for HubbleLab {
+    fn drop(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.kill();
+        }
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// A node whose client pod (shop-a, tenant acme) asks the resolver pod
+/// (dns, no tenant) three questions over UDP, with an agent serving Hubble
+/// with `extra` arguments, once the answers are in.
+fn resolve_under_hubble(extra: &[&str]) -> HubbleLab {
+    use flow_lab::cluster::{Controller, Inventory};
+    let node = flow_lab::Node::new(2).unwrap();
+    let (client, resolver) = (&node.pods[0], &node.pods[1]);
+    let mut inventory = Inventory::new();
+    inventory
+        .namespace("shop-a", Some("acme"))
+        .namespace("shop-b", Some("globex"))
+        .namespace("dns", None)
+        .workload(
+            "shop-a",
+            "client",
+            Controller::Deployment { hash: "6f7d" },
+            &[("app", "client")],
+            &[client],
+            "test-node",
+        )
+        .workload(
+            "dns",
+            "resolver",
+            Controller::Deployment { hash: "5c8b" },
+            &[("app", "resolver")],
+            &[resolver],
+            "test-node",
+        );
+    let access = format!(
+        "tokens:\n- {{sha256: {}, admin: true}}\n- {{sha256: {}, tenant: acme}}\n- {{sha256: {}, tenant: globex}}\n",
+        common::pki::sha256_hex(ADMIN_TOKEN),
+        common::pki::sha256_hex(ACME_TOKEN),
+        common::pki::sha256_hex(GLOBEX_TOKEN),
+    );
+    let write = |what: &str, text: String| {
+        let path = std::env::temp_dir().join(format!("{}-{what}.yaml", node.netns.name));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (inventory, access) = (
+        write("inventory", inventory.yaml()),
+        write("access", access),
+    );
+    let zone = vec![
+        (
+            "www.partner.example",
+            vec![
+                Answer::Cname("www.partner.example", "edge.partner-cdn.example", 300),
+                Answer::Address(
+                    "edge.partner-cdn.example",
+                    "192.0.2.10".parse().unwrap(),
+                    60,
+                ),
+            ],
+        ),
+        (
+            "v6.partner.example",
+            vec![Answer::Address(
+                "v6.partner.example",
+                "2001:db8::7".parse().unwrap(),
+                30,
+            )],
+        ),
+    ];
+    let server = dns::serve(&resolver.netns, zone, 3, 0);
+    let mut args = vec![
+        "--inventory",
+        inventory.to_str().unwrap(),
+        "--hubble-listen",
+        "0.0.0.0:4244",
+        "--grpc-allow-plaintext",
+        "--grpc-access",
+        access.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let agent = Agent::on(&node, "250ms", &args);
+    let over_v4 = SocketAddr::new(IpAddr::V4(resolver.ipv4), 53);
+    let first = std::time::SystemTime::now();
+    for (id, name, qtype) in [
+        (1, "www.partner.example", 1),
+        (2, "v6.partner.example", 28),
+        (3, "gone.partner.example", 1),
+    ] {
+        assert!(dns::ask_udp(&client.netns, over_v4, dns::query(id, name, qtype)) > 0);
+    }
+    let last = std::time::SystemTime::now();
+    server.join().unwrap().unwrap();
+    // The ring is read every 250 ms, the flows every flush.
+    std::thread::sleep(Duration::from_millis(1_000));
+    HubbleLab {
+        agent: Some(agent),
+        node,
+        files: [inventory, access],
+        asked: (first, last),
+    }
+}
+
+fn l7_type() -> flow_proto::hubble::flow::FlowFilter {
+    flow_proto::hubble::flow::FlowFilter {
+        event_type: vec![flow_proto::hubble::flow::EventTypeFilter {
+            r#type: 129,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|value| (*value).to_owned()).collect()
+}
+
+#[test]
+fn with_dns_flows_hubble_serves_each_query_and_answer_as_an_l7_flow() {
+    use flow_proto::hubble::flow::{FlowFilter, FlowType};
+    require_root!();
+    let lab = resolve_under_hubble(&["--dns-flows"]);
+    let (client, resolver) = ("client-6f7d-p000", "resolver-5c8b-p000");
+    let request = |query: &str, qtype: &str| {
+        (
+            "REQUEST".to_owned(),
+            query.to_owned(),
+            strings(&[qtype]),
+            Vec::new(),
+            0,
+            Vec::new(),
+            0,
+            Vec::new(),
+            client.to_owned(),
+            resolver.to_owned(),
+            false,
+            "EGRESS".to_owned(),
+        )
+    };
+    let expected: Vec<DnsFlow> = vec![
+        request("www.partner.example.", "A"),
+        (
+            "RESPONSE".to_owned(),
+            "www.partner.example.".to_owned(),
+            strings(&["A"]),
+            strings(&["192.0.2.10"]),
+            60,
+            strings(&["edge.partner-cdn.example."]),
+            0,
+            strings(&["CNAME", "A"]),
+            resolver.to_owned(),
+            client.to_owned(),
+            true,
+            "EGRESS".to_owned(),
+        ),
+        request("v6.partner.example.", "AAAA"),
+        (
+            "RESPONSE".to_owned(),
+            "v6.partner.example.".to_owned(),
+            strings(&["AAAA"]),
+            strings(&["2001:db8::7"]),
+            30,
+            Vec::new(),
+            0,
+            strings(&["AAAA"]),
+            resolver.to_owned(),
+            client.to_owned(),
+            true,
+            "EGRESS".to_owned(),
+        ),
+        request("gone.partner.example.", "A"),
+        (
+            "RESPONSE".to_owned(),
+            "gone.partner.example.".to_owned(),
+            strings(&["A"]),
+            Vec::new(),
+            0,
+            Vec::new(),
+            3,
+            Vec::new(),
+            resolver.to_owned(),
+            client.to_owned(),
+            true,
+            "EGRESS".to_owned(),
+        ),
+    ];
+    // Every flow, for the admin: the L7 ones are exactly the six messages,
+    // in order, among the records of the same packets.
+    let all = lab.replay(ADMIN_TOKEN, Vec::new());
+    let l7: Vec<DnsFlow> = all
+        .iter()
+        .filter(|flow| flow.r#type == FlowType::L7 as i32)
+        .map(dns_flow)
+        .collect();
+    assert_eq!(l7, expected);
+    assert!(all.iter().any(|flow| flow.r#type == FlowType::L3L4 as i32));
+    for flow in all.iter().filter(|flow| flow.r#type == FlowType::L7 as i32) {
+        assert_eq!(
+            flow.event_type.as_ref().map(|event| event.r#type),
+            Some(129)
+        );
+        assert_eq!(flow.node_name, "test-node");
+        // The time the packet was copied (the coarse clock may lag a tick).
+        let time = std::time::SystemTime::try_from(flow.time.unwrap()).unwrap();
+        assert!(
+            time + Duration::from_millis(10) >= lab.asked.0 && time <= lab.asked.1,
+            "{time:?} not within {:?}",
+            lab.asked
+        );
+        assert_eq!(flow.source.as_ref().unwrap().namespace.as_str(), {
+            if flow.is_reply == Some(true) {
+                "dns"
+            } else {
+                "shop-a"
+            }
+        });
+    }
+    // `hubble observe --type l7`, `--protocol dns`: only them.
+    let by_type: Vec<DnsFlow> = lab
+        .replay(ADMIN_TOKEN, vec![l7_type()])
+        .iter()
+        .map(dns_flow)
+        .collect();
+    assert_eq!(by_type, expected);
+    let by_protocol = lab.replay(
+        ADMIN_TOKEN,
+        vec![FlowFilter {
+            protocol: strings(&["dns"]),
+            ..FlowFilter::default()
+        }],
+    );
+    assert_eq!(
+        by_protocol.iter().map(dns_flow).collect::<Vec<_>>(),
+        expected
+    );
+    // `--dns-query`: a regular expression on the query name.
+    let www: Vec<DnsFlow> = lab
+        .replay(
+            ADMIN_TOKEN,
+            vec![FlowFilter {
+                dns_query: strings(&[r"^www\."]),
+                ..FlowFilter::default()
+            }],
+        )
+        .iter()
+        .map(dns_flow)
+        .collect();
+    assert_eq!(www, expected[..2]);
+    // The querier's tenant sees them all; a tenant with neither end sees none.
+    let acme: Vec<DnsFlow> = lab
+        .replay(ACME_TOKEN, vec![l7_type()])
+        .iter()
+        .map(dns_flow)
+        .collect();
+    assert_eq!(acme, expected);
+    assert_eq!(lab.replay(GLOBEX_TOKEN, vec![l7_type()]), Vec::new());
+}
+
+#[test]
+fn without_dns_flows_no_l7_flow_is_served() {
+    use flow_proto::hubble::flow::FlowType;
+    require_root!();
+    let lab = resolve_under_hubble(&[]);
+    let all = lab.replay(ADMIN_TOKEN, Vec::new());
+    // The queries and answers are there as L3/L4 records, never as L7 flows.
+    assert!(
+        all.iter()
+            .any(|flow| flow.destination.as_ref().unwrap().pod_name == "resolver-5c8b-p000"),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .all(|flow| flow.r#type == FlowType::L3L4 as i32 && flow.l7.is_none())
+    );
+    assert_eq!(lab.replay(ADMIN_TOKEN, vec![l7_type()]), Vec::new());
+}

@@ -90,7 +90,8 @@ fn copy(ctx: &TcContext, seen: Seen) -> Counter {
     if copied == 0 {
         return Counter::DnsLost;
     }
-    if !spend(copied as u64, crate::now()) {
+    let now = crate::now();
+    if !spend(copied as u64, now) {
         return Counter::DnsOverBudget;
     }
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
@@ -112,6 +113,7 @@ fn copy(ctx: &TcContext, seen: Seen) -> Counter {
         return Counter::DnsLost;
     }
     scratch.header = DnsFrameHeader {
+        time_ns: now,
         frame_len: seen.frame_len as u32,
         ifindex: seen.ifindex,
         copied: copied as u16,

@@ -349,6 +349,7 @@ fn hubble_filter(records: &[FlowRecord]) {
         .map(|(sequence, record)| StoredFlow {
             record: record.clone(),
             sequence: sequence as u64,
+            dns: None,
         })
         .collect();
     let filter = |namespace: &str| HubbleFlowFilter {

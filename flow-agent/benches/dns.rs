@@ -157,6 +157,7 @@ fn answers_per_second() {
         for frame in &frames {
             names.take(
                 DnsFrameRef {
+                    time_ns: 0,
                     ifindex: 1,
                     direction: None,
                     frame_len: frame.len(),

@@ -362,6 +362,7 @@ fn pipeline<S: RecordSink>(sink: S) -> Pipeline<S> {
         enricher: Some(Enricher::without_conntrack(identity_cache())),
         // On by default in the agent: every record is looked up.
         names: Some(flow_agent::names::Names::new(Default::default())),
+        dns_flows: false,
         monitor: None,
         learner: None,
         sink,

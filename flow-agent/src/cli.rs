@@ -175,6 +175,18 @@ pub struct RunArgs {
     /// first [default: 100000].
     #[arg(long, env = "FLOW_AGENT_DNS_MAX_ENTRIES")]
     pub dns_max_entries: Option<usize>,
+    /// Also copy DNS queries, and serve every query and answer as a Hubble
+    /// L7 DNS flow [default: false; needs --dns].
+    #[arg(
+        long,
+        env = "FLOW_AGENT_DNS_FLOWS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dns_flows: Option<bool>,
     /// Node name in records [default: $NODE_NAME, else the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -330,6 +342,7 @@ impl RunArgs {
             ebpf_debug,
             dns,
             dns_max_entries,
+            dns_flows,
             node_name,
             inventory,
             kubernetes,
@@ -374,6 +387,7 @@ impl RunArgs {
             ebpf_debug: *ebpf_debug,
             dns: *dns,
             dns_max_entries: *dns_max_entries,
+            dns_flows: *dns_flows,
             node_name: node_name.clone(),
             inventory: inventory.clone(),
             kubernetes: *kubernetes,

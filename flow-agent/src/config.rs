@@ -68,6 +68,8 @@ pub struct IdentitySettings {
 pub struct DnsSettings {
     /// The cache of names each pod resolved.
     pub cache: flow_dns::NameCacheConfig,
+    /// Queries are copied too, and every message is a Hubble L7 DNS flow.
+    pub flows: bool,
 }
 
 /// Most names the DNS cache may be asked to keep (some 200 bytes each).
@@ -223,6 +225,9 @@ pub struct RunOptions {
     /// Names kept at most.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_max_entries: Option<usize>,
+    /// DNS queries and answers as Hubble L7 flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_flows: Option<bool>,
     /// Name reported as the observing node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
@@ -385,6 +390,7 @@ impl RunOptions {
             ebpf_debug,
             dns,
             dns_max_entries,
+            dns_flows,
             node_name,
             inventory,
             kubernetes,
@@ -428,6 +434,7 @@ impl RunOptions {
             ebpf_debug: ebpf_debug.or(lower.ebpf_debug),
             dns: dns.or(lower.dns),
             dns_max_entries: dns_max_entries.or(lower.dns_max_entries),
+            dns_flows: dns_flows.or(lower.dns_flows),
             node_name: node_name.or(lower.node_name),
             inventory: inventory.or(lower.inventory),
             kubernetes: kubernetes.or(lower.kubernetes),
@@ -499,6 +506,7 @@ impl RunConfig {
             ebpf_debug: Some(datapath.ebpf_debug),
             dns: Some(dns.is_some()),
             dns_max_entries: dns.as_ref().map(|dns| dns.cache.max_entries),
+            dns_flows: Some(dns.is_some_and(|dns| dns.flows)),
             node_name: Some(node_name.clone()),
             inventory: identity
                 .as_ref()
@@ -758,6 +766,42 @@ mod tests {
             (file.grpc_authz, file.authz_cache_ttl),
             (Some(AuthzMode::Kubernetes), Some(Duration::from_secs(45)))
         );
+    }
+
+    #[test]
+    fn dns_flows_copy_queries_too_and_need_dns() {
+        let on = RunConfig::resolve(options(&["x"])).unwrap();
+        assert_eq!(on.dns.map(|dns| dns.flows), Some(false));
+        assert_eq!(on.effective().dns_flows, Some(false));
+        let flows = RunConfig::resolve(RunOptions {
+            dns_flows: Some(true),
+            ..options(&["x"])
+        })
+        .unwrap();
+        assert_eq!(
+            flows.datapath.dns.copy,
+            flow_common::DnsCopy::AnswersAndQueries
+        );
+        assert_eq!(flows.dns.map(|dns| dns.flows), Some(true));
+        assert_eq!(flows.effective().dns_flows, Some(true));
+        let parsed = RunOptions::parse("dns-flows: true\n", Path::new("a.yaml")).unwrap();
+        assert_eq!(parsed.dns_flows, Some(true));
+        let message = RunConfig::resolve(RunOptions {
+            dns: Some(false),
+            dns_flows: Some(true),
+            ..options(&["x"])
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("dns-flows"), "{message}");
+        // Turned off explicitly with DNS off: nothing to refuse.
+        let off = RunConfig::resolve(RunOptions {
+            dns: Some(false),
+            dns_flows: Some(false),
+            ..options(&["x"])
+        })
+        .unwrap();
+        assert_eq!(off.datapath.dns.copy, flow_common::DnsCopy::Off);
     }
 
     #[test]

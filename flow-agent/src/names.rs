@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::Instant};
 
 use flow_dns::{
     DnsMessage, Kind, NameCache, NameCacheConfig, NameCacheStats,
-    frame::{self, FrameError},
+    frame::{self, FrameError, Transport},
 };
 use flow_model::record::FlowRecord;
 
@@ -130,6 +130,7 @@ impl Names {
             messages.push(Message {
                 source: (segment.source, segment.source_port),
                 destination: (segment.destination, segment.destination_port),
+                transport: segment.transport,
                 message,
             });
         }
@@ -191,6 +192,8 @@ pub struct Message {
     pub source: (IpAddr, u16),
     /// Receiver and port.
     pub destination: (IpAddr, u16),
+    /// UDP or TCP.
+    pub transport: Transport,
     /// The message.
     pub message: DnsMessage,
 }

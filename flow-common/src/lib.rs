@@ -331,6 +331,8 @@ pub enum DnsCopy {
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct DnsFrameHeader {
+    /// When it was copied, on the flows' monotonic clock (nanoseconds).
+    pub time_ns: u64,
     /// Length of the whole frame (`skb->len`).
     pub frame_len: u32,
     /// Interface the frame was seen on.
@@ -563,11 +565,12 @@ mod tests {
 
     #[test]
     fn dns_frame_layouts() {
-        assert_eq!(size_of::<DnsFrameHeader>(), 16);
-        assert_eq!(offset_of!(DnsFrameHeader, ifindex), 4);
-        assert_eq!(offset_of!(DnsFrameHeader, copied), 8);
-        assert_eq!(offset_of!(DnsFrameHeader, direction), 10);
-        assert_eq!(size_of::<DnsFrame>(), 16 + DNS_COPY_BYTES);
+        assert_eq!(size_of::<DnsFrameHeader>(), 24);
+        assert_eq!(offset_of!(DnsFrameHeader, frame_len), 8);
+        assert_eq!(offset_of!(DnsFrameHeader, ifindex), 12);
+        assert_eq!(offset_of!(DnsFrameHeader, copied), 16);
+        assert_eq!(offset_of!(DnsFrameHeader, direction), 18);
+        assert_eq!(size_of::<DnsFrame>(), 24 + DNS_COPY_BYTES);
         assert_eq!(size_of::<DnsFrame>() % 8, 0);
         assert_eq!(size_of::<DnsBudget>(), 16);
     }

@@ -223,6 +223,8 @@ impl<S: RecordSink> Agent<S> {
             tracker: config.tracker,
             enricher,
             names: config.dns.map(|dns| Names::new(dns.cache)),
+            // Only Hubble serves them.
+            dns_flows: hub.is_some() && config.dns.is_some_and(|dns| dns.flows),
             monitor: config.policies.as_deref().map(load_monitor).transpose()?,
             learner: config
                 .learner
@@ -417,15 +419,25 @@ impl<S: RecordSink> Agent<S> {
         self.peers.publish(nodes);
     }
 
-    /// Reads the DNS frames the programs copied into the names.
+    /// Reads the DNS frames the programs copied into the names and, with
+    /// `--dns-flows`, hands their messages to the API as flows.
     fn read_dns(&mut self) {
         let now = Instant::now();
+        let clock = MonotonicClock::now();
         let Self {
-            datapath, pipeline, ..
+            datapath,
+            pipeline,
+            names,
+            hub,
+            ..
         } = self;
+        let mut flows = Vec::new();
         datapath.read_dns_frames(|frame| {
-            pipeline.take_dns_frame(frame, now);
+            pipeline.take_dns_flows(frame, now, &clock, names, &mut flows);
         });
+        if let Some(hub) = hub {
+            hub.publish_dns(flows);
+        }
     }
 
     /// One drain and what follows it: counters, idle connections and

@@ -13,6 +13,7 @@ use std::{
 };
 
 use flow_common::FlowKey;
+use flow_dns::{DnsMessage, Kind, frame::Transport};
 use tracing::{debug, error, info, warn};
 
 use super::error_chain;
@@ -54,6 +55,8 @@ pub struct PipelineParts<S> {
     pub enricher: Option<Enricher>,
     /// Names from DNS answers, unless DNS copying is off.
     pub names: Option<Names>,
+    /// Each DNS message read also becomes a flow (`--dns-flows`).
+    pub dns_flows: bool,
     /// Monitor mode, when approved policies are given.
     pub monitor: Option<Monitor>,
     /// The learned graph, when learning.
@@ -102,6 +105,7 @@ pub struct Pipeline<S> {
     tracker: FlowTracker,
     enricher: Option<Enricher>,
     names: Option<Names>,
+    dns_flows: bool,
     aggregator: Aggregator,
     interval_start: Timestamp,
     monitor: Option<Monitor>,
@@ -124,6 +128,7 @@ impl<S: RecordSink> Pipeline<S> {
             tracker,
             enricher,
             names,
+            dns_flows,
             monitor,
             learner,
             sink,
@@ -135,6 +140,7 @@ impl<S: RecordSink> Pipeline<S> {
             tracker: FlowTracker::new(tracker),
             enricher,
             names,
+            dns_flows,
             aggregator: Aggregator::new(),
             interval_start: Timestamp(SystemTime::now()),
             monitor,
@@ -401,6 +407,69 @@ impl<S: RecordSink> Pipeline<S> {
             Some(names) => names.take(frame, now),
             None => Vec::new(),
         }
+    }
+
+    /// Reads a DNS frame as [`Pipeline::take_dns_frame`] does and, with
+    /// DNS flows on, appends each of its messages to `flows` with the
+    /// record of the packet that carried it, at the time the programs
+    /// copied it (`clock` reads the frame's time): its ends named
+    /// by the identity source as any record's, one packet of the frame's
+    /// length. `interfaces` names the interfaces by index.
+    pub fn take_dns_flows(
+        &mut self,
+        frame: DnsFrameRef<'_>,
+        now: Instant,
+        clock: &MonotonicClock,
+        interfaces: &HashMap<u32, String>,
+        flows: &mut Vec<(FlowRecord, DnsMessage)>,
+    ) {
+        let messages = self.take_dns_frame(frame, now);
+        if !self.dns_flows {
+            return;
+        }
+        let at = clock.to_system_time(frame.time_ns);
+        for message in messages {
+            let record = self.dns_record(&frame, &message, at, interfaces);
+            flows.push((record, message.message));
+        }
+    }
+
+    /// The record of the packet that carried a DNS message.
+    fn dns_record(
+        &self,
+        frame: &DnsFrameRef<'_>,
+        message: &Message,
+        at: SystemTime,
+        interfaces: &HashMap<u32, String>,
+    ) -> FlowRecord {
+        let mut record = blank_record(&self.unknown);
+        record.time = Timestamp(at);
+        record.first_seen = Timestamp(at);
+        for (end, (ip, port)) in [
+            (&mut record.source, message.source),
+            (&mut record.destination, message.destination),
+        ] {
+            end.ip = ip;
+            end.port = port;
+        }
+        record.protocol = Protocol(match message.transport {
+            Transport::Udp => flow_common::protocol::UDP,
+            Transport::Tcp => flow_common::protocol::TCP,
+        });
+        record.packets = 1;
+        record.bytes = frame.frame_len as u64;
+        record.is_reply = message.message.kind == Kind::Response;
+        record.interface = interfaces
+            .get(&frame.ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("if{}", frame.ifindex));
+        record.interface_index = frame.ifindex;
+        record.hook = frame.direction.map_or(Hook::Ingress, Hook::from);
+        self.node_name.clone_into(&mut record.node);
+        if let Some(enricher) = &self.enricher {
+            enricher.annotate(&mut record, None, at);
+        }
+        record
     }
 
     /// Drops the names whose TTL and grace ran out by `now`.

@@ -78,7 +78,10 @@ impl FlowService for FlowApi {
         let subscription = self
             .hub
             .subscribe_flows(replay(count, from)?, follow, &client, move |stored| {
-                scope.allows(&stored.record) && matcher.matches(&stored.record)
+                // DNS flows are Hubble's L7 flows: this API has no such kind.
+                stored.dns.is_none()
+                    && scope.allows(&stored.record)
+                    && matcher.matches(&stored.record)
             })
             .map_err(|full| Status::resource_exhausted(full.to_string()))?;
         let responses = subscription.into_stream(

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use flow_dns::DnsMessage;
 use flow_proto::v1 as proto;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -32,6 +33,9 @@ pub struct StoredFlow {
     pub record: FlowRecord,
     /// Its position among every record the agent produced.
     pub sequence: u64,
+    /// The DNS message of a Hubble L7 DNS flow (`--dns-flows`); its record
+    /// is the one packet that carried it. Only the Hubble API serves these.
+    pub dns: Option<Box<DnsMessage>>,
 }
 
 impl StoredFlow {
@@ -544,6 +548,27 @@ impl Hub {
             lost += state.flows.publish(Arc::new(StoredFlow {
                 record: record.clone(),
                 sequence,
+                dns: None,
+            }));
+        }
+        self.lost_records.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    /// Stores DNS messages as flows, each with the record of its packet, in
+    /// the same buffer (and under the same limits) as the flow records.
+    pub fn publish_dns(&self, messages: Vec<(FlowRecord, DnsMessage)>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        state.rate.note(Instant::now(), messages.len() as u64);
+        let mut lost = 0;
+        for (record, message) in messages {
+            let sequence = self.flows_seen.fetch_add(1, Ordering::Relaxed);
+            lost += state.flows.publish(Arc::new(StoredFlow {
+                record,
+                sequence,
+                dns: Some(Box::new(message)),
             }));
         }
         self.lost_records.fetch_add(lost, Ordering::Relaxed);

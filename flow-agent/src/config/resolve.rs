@@ -47,6 +47,7 @@ impl RunConfig {
             ebpf_debug,
             dns,
             dns_max_entries,
+            dns_flows,
             node_name,
             inventory,
             kubernetes,
@@ -79,7 +80,7 @@ impl RunConfig {
         } = options;
         let flush_interval = resolve_flush_interval(flush_interval)?;
         let tracker = resolve_tracker(flow_idle_timeout, flush_interval)?;
-        let dns = resolve_dns(dns, dns_max_entries)?;
+        let dns = resolve_dns(dns, dns_max_entries, dns_flows)?;
         let mut datapath = DatapathOptions {
             map_size,
             spill_size,
@@ -90,7 +91,8 @@ impl RunConfig {
         .resolve()?;
         datapath.dns.copy = match dns {
             None => DnsCopy::Off,
-            Some(_) => DnsCopy::Answers,
+            Some(DnsSettings { flows: false, .. }) => DnsCopy::Answers,
+            Some(DnsSettings { flows: true, .. }) => DnsCopy::AnswersAndQueries,
         };
         let identity = IdentityOptions {
             inventory,
@@ -152,10 +154,11 @@ impl RunConfig {
     }
 }
 
-/// DNS copying, on unless `dns` is false.
+/// DNS copying, on unless `dns` is false; DNS flows only when asked for.
 fn resolve_dns(
     dns: Option<bool>,
     max_entries: Option<usize>,
+    flows: Option<bool>,
 ) -> Result<Option<DnsSettings>, ConfigError> {
     if dns == Some(false) {
         if let Some(max_entries) = max_entries {
@@ -164,6 +167,9 @@ fn resolve_dns(
                 max_entries,
                 "unset when --dns=false",
             ));
+        }
+        if flows == Some(true) {
+            return Err(invalid("dns-flows", true, "unset when --dns=false"));
         }
         return Ok(None);
     }
@@ -181,6 +187,7 @@ fn resolve_dns(
             max_entries,
             ..defaults
         },
+        flows: flows.unwrap_or(false),
     }))
 }
 

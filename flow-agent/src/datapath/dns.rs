@@ -9,6 +9,9 @@ use crate::drain::read_record;
 /// One copied frame: where it was seen, how long it was, and its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsFrameRef<'a> {
+    /// When the programs copied it, on the flows' monotonic clock
+    /// (nanoseconds, as [`flow_model::record::MonotonicClock`] reads).
+    pub time_ns: u64,
     /// Interface the frame was seen on.
     pub ifindex: u32,
     /// Hook that saw it, when the programs wrote a known one.
@@ -28,6 +31,7 @@ impl<'a> DnsFrameRef<'a> {
         let start = size_of::<DnsFrameHeader>();
         let bytes = record.get(start..start + usize::from(header.copied))?;
         Some(Self {
+            time_ns: header.time_ns,
             ifindex: header.ifindex,
             direction: Direction::from_u8(header.direction),
             frame_len: header.frame_len as usize,

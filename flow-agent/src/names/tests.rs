@@ -71,6 +71,7 @@ fn udp_frame(from: [u8; 4], to: [u8; 4], payload: &[u8]) -> Vec<u8> {
 
 fn copied(bytes: &[u8]) -> DnsFrameRef<'_> {
     DnsFrameRef {
+        time_ns: 0,
         ifindex: 7,
         direction: None,
         frame_len: bytes.len(),

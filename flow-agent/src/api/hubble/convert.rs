@@ -290,6 +290,7 @@ pub fn flow(record: &FlowRecord, id: Option<FlowIdentity>) -> hubble::Flow {
         source: Some(endpoint(source)),
         destination: Some(endpoint(destination)),
         r#type: FlowType::L3L4 as i32,
+        l7: None,
         node_name: node.clone(),
         source_names: source.names.iter().map(|name| name.to_string()).collect(),
         destination_names: destination

@@ -5,11 +5,13 @@
 //! field are alternatives.
 //!
 //! A field the agent cannot honour is refused with the field's path, never
-//! dropped: L7 fields (`http_*`, `dns_query`, `trace_id`), security
+//! dropped: HTTP and Kafka fields (`http_*`, `trace_id`), security
 //! identities, translated sources, node labels, IP trace IDs and CEL. A
 //! `*_fqdn` filter matches the names the flow's other end resolved the
 //! address from (see [`crate::names`]); a flow without names matches none, as
-//! in Hubble.
+//! in Hubble. DNS flows (`--dns-flows`) are L7 flows: event type 129,
+//! protocol `dns` (and their transport's), and `dns_query` regular
+//! expressions match their query name, final dot included.
 
 use flow_proto::hubble::flow::{
     EventTypeFilter, FlowFilter, NetworkInterface, TcpFlags, TrafficDirection, Verdict,
@@ -18,6 +20,7 @@ use flow_proto::hubble::flow::{
 
 use super::{
     convert::{self, EVENT_TYPE_TRACE, FlowIdentity},
+    dns::{self as l7_dns, EVENT_TYPE_L7},
     selector::{Label, Selector},
 };
 use crate::api::{
@@ -25,8 +28,10 @@ use crate::api::{
     fqdn::FqdnPattern,
     hub::StoredFlow,
 };
+use flow_dns::DnsMessage;
 use flow_model::identity::Workload;
 use flow_model::record::{Endpoint, FlowRecord, Protocol};
+use regex::Regex;
 
 /// The cluster a flow's node is in when the flow names none, as Cilium
 /// assumes.
@@ -225,6 +230,10 @@ struct Matcher {
     interface: Vec<NetworkInterface>,
     event_type: Vec<EventTypeFilter>,
     protocol: Vec<Protocol>,
+    /// `protocol` named `dns`: DNS flows match.
+    protocol_dns: bool,
+    /// Query names a DNS flow's must match one of; only DNS flows can.
+    dns_query: Vec<Regex>,
     source_port: Vec<u16>,
     destination_port: Vec<u16>,
     reply: Vec<bool>,
@@ -235,14 +244,17 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn matches(&self, record: &FlowRecord, id: FlowIdentity) -> bool {
+    fn matches(&self, record: &FlowRecord, dns: Option<&DnsMessage>, id: FlowIdentity) -> bool {
         let one_of = |values: &[i32], value: i32| values.is_empty() || values.contains(&value);
         let service = record
             .destination
             .service
             .as_ref()
             .map(|service| (service.namespace.as_str(), service.name.as_str()));
-        let direction = convert::traffic_direction(record.hook, record.is_reply) as i32;
+        let direction = match dns {
+            Some(_) => l7_dns::TRAFFIC_DIRECTION,
+            None => convert::traffic_direction(record.hook, record.is_reply),
+        } as i32;
         let verdict = if record.violation {
             Verdict::Audit
         } else {
@@ -262,10 +274,22 @@ impl Matcher {
                 }))
             && (self.event_type.is_empty()
                 || self.event_type.iter().any(|wanted| {
-                    (wanted.r#type == 0 || wanted.r#type == EVENT_TYPE_TRACE)
+                    let event_type = if dns.is_some() {
+                        EVENT_TYPE_L7
+                    } else {
+                        EVENT_TYPE_TRACE
+                    };
+                    (wanted.r#type == 0 || wanted.r#type == event_type)
                         && (!wanted.match_sub_type || wanted.sub_type == 0)
                 }))
-            && (self.protocol.is_empty() || self.protocol.contains(&record.protocol))
+            && ((self.protocol.is_empty() && !self.protocol_dns)
+                || self.protocol.contains(&record.protocol)
+                || (self.protocol_dns && dns.is_some()))
+            && (self.dns_query.is_empty()
+                || dns.is_some_and(|message| {
+                    let query = l7_dns::query(message);
+                    self.dns_query.iter().any(|pattern| pattern.is_match(&query))
+                }))
             && (self.source_port.is_empty()
                 || ports && self.source_port.contains(&record.source.port))
             && (self.destination_port.is_empty()
@@ -402,9 +426,11 @@ impl Compiler<'_> {
         })
     }
 
-    fn protocols(&self, values: &[String]) -> Result<Vec<Protocol>, FilterError> {
+    /// The L4 protocols named, and whether `dns` is among the names.
+    fn protocols(&self, values: &[String]) -> Result<(Vec<Protocol>, bool), FilterError> {
         use flow_common::protocol::{ICMP, ICMPV6, SCTP, TCP, UDP};
         let mut protocols = Vec::new();
+        let mut dns = false;
         for (index, name) in values.iter().enumerate() {
             let numbers: &[u8] = match name.to_ascii_lowercase().as_str() {
                 "tcp" => &[TCP],
@@ -415,24 +441,36 @@ impl Compiler<'_> {
                 "icmpv6" => &[ICMPV6],
                 "igmp" => &[2],
                 "vrrp" => &[112],
-                "http" | "dns" | "kafka" => {
+                "dns" => {
+                    dns = true;
+                    &[]
+                }
+                "http" | "kafka" => {
                     return Err(self.error(
                         &format!("protocol[{index}]"),
-                        format!("{name:?}: flow-agent records L3/L4 flows, not L7 ones"),
+                        format!("{name:?}: flow-agent's only L7 flows are DNS ones"),
                     ));
                 }
                 _ => {
                     return Err(self.error(
                         &format!("protocol[{index}]"),
                         format!(
-                            "unknown protocol {name:?}: use tcp, udp, sctp, icmp, icmpv4, icmpv6, igmp or vrrp"
+                            "unknown protocol {name:?}: use tcp, udp, sctp, icmp, icmpv4, icmpv6, igmp, vrrp or dns"
                         ),
                     ));
                 }
             };
             protocols.extend(numbers.iter().map(|number| Protocol(*number)));
         }
-        Ok(protocols)
+        Ok((protocols, dns))
+    }
+
+    /// `dns_query`: regular expressions, unanchored as in Hubble.
+    fn dns_queries(&self, values: &[String]) -> Result<Vec<Regex>, FilterError> {
+        self.each("dns_query", values, |pattern| {
+            Regex::new(pattern)
+                .map_err(|error| format!("{pattern:?} is not a regular expression: {error}"))
+        })
     }
 
     fn uuids(&self, values: &[String]) -> Result<Vec<[u8; 16]>, FilterError> {
@@ -443,7 +481,7 @@ impl Compiler<'_> {
     }
 
     fn refuse_unsupported(&self, filter: &FlowFilter) -> Result<(), FilterError> {
-        let l7 = "flow-agent records L3/L4 flows, not L7 ones";
+        let l7 = "flow-agent's only L7 flows are DNS ones";
         for (field, set, why) in [
             (
                 "source_ip_xlated",
@@ -451,7 +489,6 @@ impl Compiler<'_> {
                 "flows carry no translated source address",
             ),
             ("http_status_code", !filter.http_status_code.is_empty(), l7),
-            ("dns_query", !filter.dns_query.is_empty(), l7),
             ("http_method", !filter.http_method.is_empty(), l7),
             ("http_path", !filter.http_path.is_empty(), l7),
             ("http_url", !filter.http_url.is_empty(), l7),
@@ -511,6 +548,7 @@ impl Compiler<'_> {
             cluster_name: filter.destination_cluster_name.clone(),
             fqdn: self.fqdn("destination_fqdn", &filter.destination_fqdn)?,
         };
+        let (protocol, protocol_dns) = self.protocols(&filter.protocol)?;
         Ok(Matcher {
             source,
             destination,
@@ -522,7 +560,9 @@ impl Compiler<'_> {
             drop_reason: !filter.drop_reason_desc.is_empty(),
             interface: filter.interface.clone(),
             event_type: filter.event_type.clone(),
-            protocol: self.protocols(&filter.protocol)?,
+            protocol,
+            protocol_dns,
+            dns_query: self.dns_queries(&filter.dns_query)?,
             source_port: self.ports("source_port", &filter.source_port)?,
             destination_port: self.ports("destination_port", &filter.destination_port)?,
             reply: filter.reply.clone(),
@@ -573,6 +613,7 @@ fn values(filter: &FlowFilter) -> usize {
         tcp_flags,
         interface,
         event_type,
+        dns_query,
         ..
     } = filter;
     uuid.len()
@@ -593,6 +634,7 @@ fn values(filter: &FlowFilter) -> usize {
         + tcp_flags.len()
         + interface.len()
         + event_type.len()
+        + dns_query.len()
 }
 
 /// A GetFlows request's whitelist and blacklist.
@@ -650,15 +692,16 @@ impl HubbleMatcher {
             sequence: stored.sequence,
         };
         let record = &stored.record;
+        let dns = stored.dns.as_deref();
         (self.whitelist.is_empty()
             || self
                 .whitelist
                 .iter()
-                .any(|matcher| matcher.matches(record, id)))
+                .any(|matcher| matcher.matches(record, dns, id)))
             && !self
                 .blacklist
                 .iter()
-                .any(|matcher| matcher.matches(record, id))
+                .any(|matcher| matcher.matches(record, dns, id))
     }
 }
 

@@ -4,9 +4,9 @@
 
 use flow_proto::hubble::{
     flow::{
-        CiliumEventType, Emitter, Endpoint, Flow, FlowType, Ip, IpVersion, Layer4,
-        NetworkInterface, Service, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict,
-        Workload, layer4,
+        CiliumEventType, Dns, Emitter, Endpoint, Flow, FlowType, Ip, IpVersion, L7FlowType, Layer4,
+        Layer7, NetworkInterface, Service, TcpFlags, TraceObservationPoint, TrafficDirection,
+        Verdict, Workload, layer4, layer7,
     },
     observer::{GetFlowsResponse, get_flows_response::ResponseTypes},
 };
@@ -134,6 +134,44 @@ fn layer4(l4: Option<&Layer4>) -> Value {
     }
 }
 
+fn layer7(l7: Option<&Layer7>) -> Value {
+    let Some(Layer7 {
+        r#type,
+        latency_ns,
+        record,
+    }) = l7
+    else {
+        return Value::Null;
+    };
+    let record = match record {
+        Some(layer7::Record::Dns(Dns {
+            query,
+            ips,
+            ttl,
+            cnames,
+            observation_source,
+            rcode,
+            qtypes,
+            rrtypes,
+        })) => object(&[
+            ("query", json!(query)),
+            ("ips", json!(ips)),
+            ("ttl", json!(ttl)),
+            ("cnames", json!(cnames)),
+            ("observation_source", json!(observation_source)),
+            ("rcode", json!(rcode)),
+            ("qtypes", json!(qtypes)),
+            ("rrtypes", json!(rrtypes)),
+        ]),
+        None => Value::Null,
+    };
+    object(&[
+        ("type", name(*r#type, L7FlowType::as_str_name)),
+        ("latency_ns", json!(latency_ns)),
+        ("dns", record),
+    ])
+}
+
 /// One Flow as JSON.
 pub fn flow(flow: &Flow) -> Value {
     let Flow {
@@ -142,6 +180,7 @@ pub fn flow(flow: &Flow) -> Value {
         verdict,
         ip,
         l4,
+        l7,
         source,
         destination,
         r#type,
@@ -187,6 +226,7 @@ pub fn flow(flow: &Flow) -> Value {
         ("verdict", name(*verdict, Verdict::as_str_name)),
         ("IP", ip),
         ("l4", layer4(l4.as_ref())),
+        ("l7", layer7(l7.as_ref())),
         ("source", endpoint(source.as_ref())),
         ("destination", endpoint(destination.as_ref())),
         ("Type", name(*r#type, FlowType::as_str_name)),

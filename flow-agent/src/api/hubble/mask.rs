@@ -78,6 +78,7 @@ impl FlowMask {
             verdict,
             ip,
             l4,
+            l7,
             source,
             destination,
             r#type,
@@ -98,6 +99,7 @@ impl FlowMask {
         clear_unless(keep("verdict"), verdict);
         clear_unless(keep("IP"), ip);
         clear_unless(keep("l4"), l4);
+        clear_unless(keep("l7"), l7);
         clear_unless(keep("Type"), r#type);
         clear_unless(keep("node_name"), node_name);
         clear_unless(keep("source_names"), source_names);

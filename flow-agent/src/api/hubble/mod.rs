@@ -4,6 +4,7 @@
 //! definition of the part of Cilium's `api/v1` we fill (`proto/hubble/`).
 
 pub mod convert;
+pub mod dns;
 pub mod filter;
 pub mod json;
 pub mod mask;

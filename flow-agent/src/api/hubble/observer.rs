@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{self, FlowIdentity},
+    dns,
     filter::HubbleMatcher,
     mask::FlowMask,
     peer::{PeerAddressing, PeerSet, server_name},
@@ -90,6 +91,9 @@ impl Sender {
             sequence: stored.sequence,
         };
         let mut flow = convert::flow(&stored.record, Some(id));
+        if let Some(message) = &stored.dns {
+            dns::into_l7(&mut flow, message);
+        }
         self.mask.apply(&mut flow);
         response(&self.node, stored.record.time.0, ResponseTypes::Flow(flow))
     }

@@ -68,6 +68,7 @@ fn request() -> StoredFlow {
             violation: false,
         },
         sequence: 42,
+        dns: None,
     }
 }
 
@@ -484,8 +485,8 @@ fn fields_that_cannot_be_honoured_are_refused_by_name() {
             "whitelist[0].http_header",
         ),
         (
-            Box::new(|f| f.dns_query = strings(&["kube.*"])),
-            "whitelist[0].dns_query",
+            Box::new(|f| f.dns_query = strings(&["kube.*", "(unclosed"])),
+            "whitelist[0].dns_query[1]",
         ),
         (
             Box::new(|f| f.source_fqdn = strings(&["*.azure.net/x"])),
@@ -585,9 +586,104 @@ fn fields_that_cannot_be_honoured_are_refused_by_name() {
         assert_eq!(error.field, field, "{error}");
     }
     // In the blacklist, L7 fields are refused all the same.
-    let error =
-        HubbleMatcher::compile(&[], &[filter(|f| f.dns_query = strings(&["x"]))], RUN).unwrap_err();
-    assert_eq!(error.field, "blacklist[0].dns_query");
+    let error = HubbleMatcher::compile(&[], &[filter(|f| f.http_method = strings(&["GET"]))], RUN)
+        .unwrap_err();
+    assert_eq!(error.field, "blacklist[0].http_method");
+}
+
+/// A DNS answer to the frontend, carried by a UDP packet from the resolver.
+fn dns_answer() -> StoredFlow {
+    let mut stored = request();
+    stored.record.source = pod("10.1.0.53", 53, "kube-system", "coredns-1a2b-c3", "coredns");
+    stored.record.destination = pod("10.1.0.5", 40000, "shop-a", "frontend-6f7d-p1", "frontend");
+    stored.record.protocol = Protocol(17);
+    stored.record.tcp_flags = Vec::new();
+    stored.record.is_reply = true;
+    stored.record.hook = Hook::Ingress;
+    stored.dns = Some(Box::new(flow_dns::DnsMessage {
+        id: 9,
+        kind: flow_dns::Kind::Response,
+        rcode: 0,
+        questions: vec![flow_dns::message::Question {
+            name: "myvault.vault.azure.net".into(),
+            qtype: 1,
+        }],
+        resolved: Vec::new(),
+        cnames: Vec::new(),
+        rrtypes: Vec::new(),
+        unsolicited: 0,
+        dropped_names: 0,
+    }));
+    stored.sequence = 44;
+    stored
+}
+
+#[test]
+fn dns_flows_are_l7_flows_of_protocol_dns_selected_by_query() {
+    let cases: Vec<(&str, FlowFilter, [bool; 2])> = vec![
+        (
+            "l7 type",
+            filter(|f| {
+                f.event_type = vec![EventTypeFilter {
+                    r#type: 129,
+                    ..Default::default()
+                }]
+            }),
+            [false, true],
+        ),
+        (
+            "trace type",
+            filter(|f| {
+                f.event_type = vec![EventTypeFilter {
+                    r#type: 4,
+                    ..Default::default()
+                }]
+            }),
+            [true, false],
+        ),
+        (
+            "dns",
+            filter(|f| f.protocol = strings(&["DNS"])),
+            [false, true],
+        ),
+        (
+            "tcp or dns",
+            filter(|f| f.protocol = strings(&["tcp", "dns"])),
+            [true, true],
+        ),
+        // The packet's own protocol still matches, as in Hubble.
+        (
+            "udp",
+            filter(|f| f.protocol = strings(&["udp"])),
+            [false, true],
+        ),
+        (
+            "query",
+            filter(|f| f.dns_query = strings(&[r"vault\.azure\.net\.$"])),
+            [false, true],
+        ),
+        (
+            "other query",
+            filter(|f| f.dns_query = strings(&["^kube"])),
+            [false, false],
+        ),
+        // Cilium's DNS flows are the querier's egress.
+        (
+            "egress",
+            filter(|f| f.traffic_direction = vec![TrafficDirection::Egress as i32]),
+            [true, true],
+        ),
+        (
+            "ingress",
+            filter(|f| f.traffic_direction = vec![TrafficDirection::Ingress as i32]),
+            [false, false],
+        ),
+    ];
+    for (name, whitelist, expected) in cases {
+        let matcher = HubbleMatcher::compile(&[whitelist], &[], RUN).unwrap();
+        let got = [matcher.matches(&request()), matcher.matches(&dns_answer())];
+        assert_eq!(got, expected, "{name}");
+    }
 }
 
 #[test]
