@@ -219,6 +219,11 @@ pub struct GenerateArgs {
     /// edge left out.
     #[arg(long, value_name = "DURATION", value_parser = parse_age)]
     pub since: Option<Duration>,
+    /// With `--format cilium`: more than N names under one parent domain
+    /// (below a registered domain, never a public suffix) become one
+    /// `toFQDNs` `matchPattern`; fewer stay `matchName`s.
+    #[arg(long, value_name = "N", default_value_t = crate::generate::fqdn::DEFAULT_PATTERN_THRESHOLD)]
+    pub fqdn_pattern_threshold: usize,
 }
 
 /// Parses an age such as `12h`, `7d` or `2weeks`.

@@ -374,6 +374,7 @@ pub async fn generate(
         save_graph,
         min_connections,
         since,
+        fqdn_pattern_threshold,
     } = args;
     let collected = collect(sources, warnings).await?;
     let graph = &collected.graph;
@@ -400,6 +401,7 @@ pub async fn generate(
             min_connections: *min_connections,
             since: *since,
         },
+        fqdn_pattern_threshold: *fqdn_pattern_threshold,
     };
     let proposal = propose(graph, &cluster, &options);
     let summary = export_partial(output_dir, &proposal, *format, &collected.missing_lines())?;

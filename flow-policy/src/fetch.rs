@@ -205,6 +205,7 @@ mod tests {
                 cross_tenant: false,
                 services: Default::default(),
                 days: Default::default(),
+                names: Default::default(),
             },
         }));
         graph

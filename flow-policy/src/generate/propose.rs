@@ -21,6 +21,7 @@ use super::{
 use flow_model::{identity::PeerKind, record::Protocol};
 
 use crate::{
+    cilium::FqdnSelector,
     cluster::{ClusterView, Selection},
     graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
 };
@@ -202,7 +203,21 @@ impl<'g> Proposer<'g> {
         // What each end looks like as the other's peer.
         let client_peer = self.as_peer(client_end, key);
         let server_peer = self.as_peer(server_end, key);
-        if let (Some(side), Some(peer)) = (self.ends[client_end].subject, server_peer) {
+        if let Some(side) = self.ends[client_end].subject
+            && self.named(key, stats)
+        {
+            // In the Cilium format, an address with names is allowed by
+            // its names (patterns are chosen once all names are in).
+            for name in &stats.names {
+                let peer = self.intern(PeerSpec::Fqdn(FqdnSelector::MatchName(name.clone())));
+                let egress = &mut self.sides[side].1.egress;
+                egress.extend(
+                    ports
+                        .iter()
+                        .map(|(protocol, port)| (peer, *protocol, *port)),
+                );
+            }
+        } else if let (Some(side), Some(peer)) = (self.ends[client_end].subject, server_peer) {
             let egress = &mut self.sides[side].1.egress;
             egress.extend(
                 ports
@@ -218,6 +233,55 @@ impl<'g> Proposer<'g> {
                     .map(|(protocol, port)| (peer, *protocol, *port)),
             );
         }
+    }
+
+    /// Whether an edge's server is allowed by its names: the Cilium
+    /// format, an address outside the cluster, and names seen for it.
+    fn named(&self, key: &EdgeKey, stats: &EdgeStats) -> bool {
+        self.options.format == PolicyFormat::Cilium
+            && matches!(
+                key.server,
+                Party::Address {
+                    kind: PeerKind::World,
+                    ..
+                }
+            )
+            && !stats.names.is_empty()
+    }
+
+    /// Replaces, per workload, the names that share a pattern by the
+    /// pattern ([`super::fqdn::selectors`]).
+    fn fold_names(&mut self) {
+        let mut by_number: Vec<Option<&str>> = vec![None; self.peers.len()];
+        for (peer, number) in &self.peers {
+            if let PeerSpec::Fqdn(FqdnSelector::MatchName(name)) = peer {
+                by_number[*number] = Some(name.as_str());
+            }
+        }
+        let by_number: Vec<Option<String>> = by_number
+            .into_iter()
+            .map(|name| name.map(str::to_owned))
+            .collect();
+        let mut sides = std::mem::take(&mut self.sides);
+        for (_, Sides { egress, .. }) in &mut sides {
+            let names: BTreeSet<&str> = egress
+                .iter()
+                .filter_map(|(peer, _, _)| by_number[*peer].as_deref())
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let chosen = super::fqdn::selectors(&names, self.options.fqdn_pattern_threshold);
+            for (peer, _, _) in egress.iter_mut() {
+                let Some(name) = by_number[*peer].as_deref() else {
+                    continue;
+                };
+                if let Some(selector @ FqdnSelector::MatchPattern(_)) = chosen.get(name) {
+                    *peer = self.intern(PeerSpec::Fqdn(selector.clone()));
+                }
+            }
+        }
+        self.sides = sides;
     }
 
     /// How often and lately the edge between two ends was seen.
@@ -379,6 +443,7 @@ impl<'g> Proposer<'g> {
 
     /// Policies, notes and allowed lines, sorted.
     fn finish(mut self) -> Proposal {
+        self.fold_names();
         let (peers, rank) = ranked(std::mem::take(&mut self.peers));
         let texts: Vec<String> = peers.iter().map(peer_text).collect();
         let mut sides = std::mem::take(&mut self.sides);
