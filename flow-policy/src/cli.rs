@@ -224,6 +224,11 @@ pub struct GenerateArgs {
     /// is allowed by address on UDP and TCP 53.
     #[arg(long = "node-local-dns", value_name = "ADDR")]
     pub node_local_dns: Vec<std::net::IpAddr>,
+    /// With `--format cilium`: more than N names under one parent domain
+    /// (below a registered domain, never a public suffix) become one
+    /// `toFQDNs` `matchPattern`; fewer stay `matchName`s.
+    #[arg(long, value_name = "N", default_value_t = crate::generate::fqdn::DEFAULT_PATTERN_THRESHOLD)]
+    pub fqdn_pattern_threshold: usize,
 }
 
 /// Parses an age such as `12h`, `7d` or `2weeks`.

@@ -375,6 +375,7 @@ pub async fn generate(
         min_connections,
         since,
         node_local_dns,
+        fqdn_pattern_threshold,
     } = args;
     let collected = collect(sources, warnings).await?;
     let graph = &collected.graph;
@@ -402,6 +403,7 @@ pub async fn generate(
             since: *since,
         },
         node_local_dns: node_local_dns.iter().copied().collect(),
+        fqdn_pattern_threshold: *fqdn_pattern_threshold,
     };
     let proposal = propose(graph, &cluster, &options);
     let summary = export_partial(output_dir, &proposal, *format, &collected.missing_lines())?;

@@ -211,6 +211,7 @@ mod tests {
                 cross_tenant: false,
                 services: Default::default(),
                 days: Default::default(),
+                names: Default::default(),
             },
         }));
         graph

@@ -249,6 +249,25 @@ fn hubble_endpoint(value: Option<&Value>, ip: IpAddr, port: u16, tenant_label: &
     }
 }
 
+/// Hubble's `source_names` or `destination_names`: the DNS names Cilium's
+/// DNS proxy saw resolve to that end's address, sorted and distinct like a
+/// record's; an entry that is no string or is empty is skipped.
+fn hubble_names(flow: &Value, field: &str) -> Vec<Arc<str>> {
+    let names: BTreeSet<&str> = flow
+        .get(field)
+        .and_then(Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|name| name.trim_end_matches('.'))
+                .filter(|name| !name.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.into_iter().map(Arc::from).collect()
+}
+
 /// A `hubble observe -o json` flow as a record; `None` for flows that teach
 /// nothing (not forwarded, L7 duplicates, no IP layer).
 fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String> {
@@ -329,6 +348,8 @@ fn hubble(flow: &Value, tenant_label: &str) -> Result<Option<FlowRecord>, String
         destination_port,
         tenant_label,
     );
+    source.names = hubble_names(flow, "source_names");
+    destination.names = hubble_names(flow, "destination_names");
     if let Some(service) = flow.get("destination_service")
         && let (Some(name), Some(namespace)) = (text(service, "name"), text(service, "namespace"))
     {

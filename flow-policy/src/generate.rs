@@ -43,12 +43,14 @@ use k8s_openapi::{
 use serde::Serialize;
 
 use super::{
+    cilium,
     cluster::{ClusterView, NAMESPACE_NAME_LABEL, Selection},
     graph::{EdgeKey, Graph, WorkloadRef},
 };
 use flow_model::record::Protocol;
 
 pub mod content_hash;
+pub mod fqdn;
 mod propose;
 pub mod rarity;
 pub mod resolver;
@@ -95,6 +97,9 @@ pub struct GenerateOptions {
     /// Addresses of a DNS resolver on every node (`--node-local-dns`), on
     /// top of those the inventory's kube-system DaemonSets reveal.
     pub node_local_dns: BTreeSet<IpAddr>,
+    /// Cilium format: more names than this under one parent domain share a
+    /// `matchPattern` ([`fqdn`]).
+    pub fqdn_pattern_threshold: usize,
 }
 
 impl Default for GenerateOptions {
@@ -109,6 +114,7 @@ impl Default for GenerateOptions {
             platform_namespaces: flow_model::identity::platform_namespaces([]),
             thresholds: EdgeThresholds::default(),
             node_local_dns: BTreeSet::new(),
+            fqdn_pattern_threshold: fqdn::DEFAULT_PATTERN_THRESHOLD,
         }
     }
 }
@@ -138,6 +144,10 @@ pub enum PeerSpec {
     /// A DNS resolver on every node, at this address block: `ipBlock` in
     /// NetworkPolicy, [`resolver::cilium_node_local`] in Cilium's format.
     NodeLocalResolver(String),
+    /// DNS names (Cilium's `toFQDNs`, egress only): made only for the
+    /// Cilium format, from an external address's names. NetworkPolicy
+    /// cannot name hosts and leaves such a peer out.
+    Fqdn(cilium::FqdnSelector),
 }
 
 /// A port entry of a rule.
@@ -339,6 +349,10 @@ fn peer_text(peer: &PeerSpec) -> String {
         PeerSpec::Cidr(cidr) => cidr.clone(),
         PeerSpec::Entity { entity, cidr } => format!("{cidr} ({entity})"),
         PeerSpec::NodeLocalResolver(cidr) => format!("{cidr} (node-local DNS)"),
+        PeerSpec::Fqdn(cilium::FqdnSelector::MatchName(name)) => format!("name {name}"),
+        PeerSpec::Fqdn(cilium::FqdnSelector::MatchPattern(pattern)) => {
+            format!("pattern {pattern}")
+        }
     }
 }
 
@@ -366,12 +380,14 @@ fn match_labels(labels: &BTreeMap<String, String>) -> LabelSelector {
     }
 }
 
-pub(crate) fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPeer {
+/// The peer as a NetworkPolicy peer; `None` for DNS names, which
+/// NetworkPolicy cannot say ([`network_rules`] leaves them out).
+pub(crate) fn network_peer(peer: &PeerSpec, namespace: &str) -> Option<NetworkPolicyPeer> {
     match peer {
         PeerSpec::Pods {
             namespace: peer_namespace,
             labels,
-        } => NetworkPolicyPeer {
+        } => Some(NetworkPolicyPeer {
             // Another namespace: both selectors in one peer, so they AND.
             namespace_selector: (**peer_namespace != *namespace).then(|| {
                 match_labels(&BTreeMap::from([(
@@ -381,16 +397,17 @@ pub(crate) fn network_peer(peer: &PeerSpec, namespace: &str) -> NetworkPolicyPee
             }),
             pod_selector: Some(match_labels(labels)),
             ip_block: None,
-        },
+        }),
         PeerSpec::Cidr(cidr)
         | PeerSpec::Entity { cidr, .. }
-        | PeerSpec::NodeLocalResolver(cidr) => NetworkPolicyPeer {
+        | PeerSpec::NodeLocalResolver(cidr) => Some(NetworkPolicyPeer {
             ip_block: Some(IPBlock {
                 cidr: cidr.clone(),
                 except: None,
             }),
             ..NetworkPolicyPeer::default()
-        },
+        }),
+        PeerSpec::Fqdn(_) => None,
     }
 }
 
@@ -425,6 +442,31 @@ pub fn default_deny(namespace: &str) -> NetworkPolicy {
     }
 }
 
+/// The rules as NetworkPolicy can say them: without DNS names (the proposer
+/// makes those for the Cilium format only), and without a rule left with no
+/// peer, which in NetworkPolicy would allow every peer.
+pub(crate) fn network_rules(rules: &[RuleSpec]) -> std::borrow::Cow<'_, [RuleSpec]> {
+    let named = |peer: &PeerSpec| matches!(peer, PeerSpec::Fqdn(_));
+    if !rules.iter().flat_map(|rule| &rule.peers).any(named) {
+        return std::borrow::Cow::Borrowed(rules);
+    }
+    std::borrow::Cow::Owned(
+        rules
+            .iter()
+            .map(|rule| RuleSpec {
+                peers: rule
+                    .peers
+                    .iter()
+                    .filter(|peer| !named(peer))
+                    .cloned()
+                    .collect(),
+                ports: rule.ports.clone(),
+            })
+            .filter(|rule| !rule.peers.is_empty())
+            .collect(),
+    )
+}
+
 /// A workload's NetworkPolicy, as rendered less its content hash annotation.
 pub fn network_policy(policy: &WorkloadPolicy) -> NetworkPolicy {
     let WorkloadPolicy {
@@ -435,6 +477,7 @@ pub fn network_policy(policy: &WorkloadPolicy) -> NetworkPolicy {
         egress,
     } = policy;
     let namespace = &workload.namespace;
+    let (ingress, egress) = (network_rules(ingress), network_rules(egress));
     NetworkPolicy {
         metadata: metadata(namespace, name),
         spec: Some(NetworkPolicySpec {
@@ -447,7 +490,7 @@ pub fn network_policy(policy: &WorkloadPolicy) -> NetworkPolicy {
                         from: Some(
                             rule.peers
                                 .iter()
-                                .map(|peer| network_peer(peer, namespace))
+                                .filter_map(|peer| network_peer(peer, namespace))
                                 .collect(),
                         ),
                         ports: Some(network_ports(&rule.ports)),
@@ -461,7 +504,7 @@ pub fn network_policy(policy: &WorkloadPolicy) -> NetworkPolicy {
                         to: Some(
                             rule.peers
                                 .iter()
-                                .map(|peer| network_peer(peer, namespace))
+                                .filter_map(|peer| network_peer(peer, namespace))
                                 .collect(),
                         ),
                         ports: Some(network_ports(&rule.ports)),
@@ -472,57 +515,22 @@ pub fn network_policy(policy: &WorkloadPolicy) -> NetworkPolicy {
     }
 }
 
-/// CiliumNetworkPolicy, as far as the generator uses it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CiliumPolicy {
-    api_version: &'static str,
-    kind: &'static str,
-    metadata: ObjectMeta,
-    spec: CiliumSpec,
+fn cilium_metadata(namespace: &str, name: &str) -> cilium::Metadata {
+    cilium::Metadata {
+        annotations: None,
+        labels: Some(BTreeMap::from([(
+            MANAGED_BY.0.to_owned(),
+            MANAGED_BY.1.to_owned(),
+        )])),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+    }
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CiliumSpec {
-    endpoint_selector: LabelSelector,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ingress: Option<Vec<CiliumRule>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    egress: Option<Vec<CiliumRule>>,
-}
-
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CiliumRule {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from_endpoints: Option<Vec<LabelSelector>>,
-    #[serde(rename = "fromCIDR", skip_serializing_if = "Option::is_none")]
-    from_cidr: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to_endpoints: Option<Vec<LabelSelector>>,
-    #[serde(rename = "toCIDR", skip_serializing_if = "Option::is_none")]
-    to_cidr: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from_entities: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to_entities: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to_ports: Option<Vec<CiliumPorts>>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-struct CiliumPorts {
-    ports: Vec<CiliumPort>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CiliumPort {
-    port: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    end_port: Option<u16>,
-    protocol: String,
+fn cilium_selector(labels: &BTreeMap<String, String>) -> cilium::Selector {
+    cilium::Selector {
+        match_labels: (!labels.is_empty()).then(|| labels.clone()),
+    }
 }
 
 /// `values` as the `from*` field of an ingress rule or the `to*` field of an
@@ -535,26 +543,64 @@ fn sides<T>(ingress: bool, values: Vec<T>) -> (Option<Vec<T>>, Option<Vec<T>>) {
     }
 }
 
-fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
+/// Whether a rule's ports are those of DNS: TCP and UDP 53.
+fn is_dns_ports(ports: &[PortSpec]) -> bool {
+    let dns = |protocol: u8| PortSpec {
+        protocol: Protocol(protocol),
+        port: 53,
+        end_port: None,
+    };
+    ports == [dns(6), dns(17)]
+}
+
+/// Whether a policy names DNS names (`toFQDNs`): its DNS rules then go
+/// through Cilium's DNS proxy, which learns the addresses from the answers.
+fn has_fqdns(policy: &WorkloadPolicy) -> bool {
+    policy
+        .egress
+        .iter()
+        .flat_map(|rule| &rule.peers)
+        .any(|peer| matches!(peer, PeerSpec::Fqdn(_)))
+}
+
+/// The port rule of a Cilium rule; `dns_proxy` adds the DNS rule that
+/// sends the queries through Cilium's proxy. Its pattern is `*`: the pod
+/// still resolves every other name (in-cluster Services among them), and
+/// the proxy has to see those answers too; what may be reached is what
+/// `toFQDNs` names.
+fn cilium_ports(ports: &[PortSpec], dns_proxy: bool) -> cilium::PortRule {
+    cilium::PortRule {
+        ports: ports
+            .iter()
+            .map(
+                |PortSpec {
+                     protocol,
+                     port,
+                     end_port,
+                 }| cilium::Port {
+                    port: port.to_string(),
+                    end_port: *end_port,
+                    protocol: protocol.to_string(),
+                },
+            )
+            .collect(),
+        rules: dns_proxy.then(|| cilium::L7Rules {
+            dns: vec![cilium::FqdnSelector::MatchPattern("*".to_owned())],
+        }),
+    }
+}
+
+/// One RuleSpec as Cilium rules: one per kind of peer, endpoints, then
+/// CIDRs, then entities (sorted, once each), then DNS names.
+fn cilium_rules(rules: &[RuleSpec], ingress: bool, fqdns: bool) -> Vec<cilium::Rule> {
     let mut out = Vec::new();
     for RuleSpec { peers, ports } in rules {
-        let to_ports = Some(vec![CiliumPorts {
-            ports: ports
-                .iter()
-                .map(
-                    |PortSpec {
-                         protocol,
-                         port,
-                         end_port,
-                     }| CiliumPort {
-                        port: port.to_string(),
-                        end_port: *end_port,
-                        protocol: protocol.to_string(),
-                    },
-                )
-                .collect(),
-        }]);
+        let to_ports = Some(vec![cilium_ports(
+            ports,
+            fqdns && !ingress && is_dns_ports(ports),
+        )]);
         let (mut endpoints, mut cidrs, mut entities) = (Vec::new(), Vec::new(), BTreeSet::new());
+        let mut names = Vec::new();
         for peer in peers {
             match peer {
                 PeerSpec::Pods { namespace, labels } => {
@@ -563,7 +609,7 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
                         yaml::CILIUM_NAMESPACE_LABEL.to_owned(),
                         namespace.to_string(),
                     );
-                    endpoints.push(match_labels(&labels));
+                    endpoints.push(cilium_selector(&labels));
                 }
                 PeerSpec::Cidr(cidr) => cidrs.push(cidr.clone()),
                 PeerSpec::Entity { entity, .. } => {
@@ -574,16 +620,17 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
                     cidrs.push(cidr.to_owned());
                     entities.insert(entity.to_owned());
                 }
+                PeerSpec::Fqdn(selector) => names.push(selector.clone()),
             }
         }
         // One rule per kind of peer, on the side the direction names.
-        let rule = || CiliumRule {
+        let rule = || cilium::Rule {
             to_ports: to_ports.clone(),
-            ..CiliumRule::default()
+            ..cilium::Rule::default()
         };
         if !endpoints.is_empty() {
             let (from_endpoints, to_endpoints) = sides(ingress, endpoints);
-            out.push(CiliumRule {
+            out.push(cilium::Rule {
                 from_endpoints,
                 to_endpoints,
                 ..rule()
@@ -591,7 +638,7 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
         }
         if !cidrs.is_empty() {
             let (from_cidr, to_cidr) = sides(ingress, cidrs);
-            out.push(CiliumRule {
+            out.push(cilium::Rule {
                 from_cidr,
                 to_cidr,
                 ..rule()
@@ -599,9 +646,16 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
         }
         if !entities.is_empty() {
             let (from_entities, to_entities) = sides(ingress, entities.into_iter().collect());
-            out.push(CiliumRule {
+            out.push(cilium::Rule {
                 from_entities,
                 to_entities,
+                ..rule()
+            });
+        }
+        // Names are egress only (the proposer makes them for egress only).
+        if !names.is_empty() && !ingress {
+            out.push(cilium::Rule {
+                to_fqdns: Some(names),
                 ..rule()
             });
         }
@@ -609,22 +663,23 @@ fn cilium_rules(rules: &[RuleSpec], ingress: bool) -> Vec<CiliumRule> {
     out
 }
 
-fn cilium_default_deny(namespace: &str) -> CiliumPolicy {
-    CiliumPolicy {
-        api_version: "cilium.io/v2",
-        kind: "CiliumNetworkPolicy",
-        metadata: metadata(namespace, "default-deny"),
-        spec: CiliumSpec {
-            endpoint_selector: LabelSelector::default(),
+fn cilium_default_deny(namespace: &str) -> cilium::Policy {
+    cilium::Policy {
+        api_version: "cilium.io/v2".to_owned(),
+        kind: "CiliumNetworkPolicy".to_owned(),
+        metadata: cilium_metadata(namespace, "default-deny"),
+        spec: cilium::Spec {
+            endpoint_selector: cilium::Selector::default(),
             // An empty rule in a section puts the endpoints in default deny
             // for that direction and allows nothing.
-            ingress: Some(vec![CiliumRule::default()]),
-            egress: Some(vec![CiliumRule::default()]),
+            ingress: Some(vec![cilium::Rule::default()]),
+            egress: Some(vec![cilium::Rule::default()]),
         },
     }
 }
 
-fn cilium_policy(policy: &WorkloadPolicy) -> CiliumPolicy {
+/// A workload's policy as a CiliumNetworkPolicy (less its content hash).
+pub fn cilium_policy(policy: &WorkloadPolicy) -> cilium::Policy {
     let WorkloadPolicy {
         workload,
         name,
@@ -632,14 +687,15 @@ fn cilium_policy(policy: &WorkloadPolicy) -> CiliumPolicy {
         ingress,
         egress,
     } = policy;
-    CiliumPolicy {
-        api_version: "cilium.io/v2",
-        kind: "CiliumNetworkPolicy",
-        metadata: metadata(&workload.namespace, name),
-        spec: CiliumSpec {
-            endpoint_selector: match_labels(&selection.labels),
-            ingress: (!ingress.is_empty()).then(|| cilium_rules(ingress, true)),
-            egress: (!egress.is_empty()).then(|| cilium_rules(egress, false)),
+    let fqdns = has_fqdns(policy);
+    cilium::Policy {
+        api_version: "cilium.io/v2".to_owned(),
+        kind: "CiliumNetworkPolicy".to_owned(),
+        metadata: cilium_metadata(&workload.namespace, name),
+        spec: cilium::Spec {
+            endpoint_selector: cilium_selector(&selection.labels),
+            ingress: (!ingress.is_empty()).then(|| cilium_rules(ingress, true, false)),
+            egress: (!egress.is_empty()).then(|| cilium_rules(egress, false, fqdns)),
         },
     }
 }
@@ -751,15 +807,24 @@ fn to_annotated_yaml<T: Serialize>(
     to_yaml(&object)
 }
 
+/// A CiliumNetworkPolicy through the serializer, with its content hash
+/// annotation, as [`to_annotated_yaml`].
+fn to_annotated_cilium(mut policy: cilium::Policy) -> String {
+    let hash = content_hash::annotation_value(&to_yaml(&policy));
+    policy.metadata.annotations = Some(BTreeMap::from([(
+        content_hash::CONTENT_HASH_ANNOTATION.to_owned(),
+        hash,
+    )]));
+    to_yaml(&policy)
+}
+
 /// A namespace's default deny as the serializer writes it.
 fn serialized_deny(namespace: &str, format: PolicyFormat) -> String {
     match format {
         PolicyFormat::Networkpolicy => {
             to_annotated_yaml(default_deny(namespace), |policy| &mut policy.metadata)
         }
-        PolicyFormat::Cilium => to_annotated_yaml(cilium_default_deny(namespace), |policy| {
-            &mut policy.metadata
-        }),
+        PolicyFormat::Cilium => to_annotated_cilium(cilium_default_deny(namespace)),
     }
 }
 
@@ -769,9 +834,7 @@ fn serialized_policy(policy: &WorkloadPolicy, format: PolicyFormat) -> String {
         PolicyFormat::Networkpolicy => {
             to_annotated_yaml(network_policy(policy), |policy| &mut policy.metadata)
         }
-        PolicyFormat::Cilium => {
-            to_annotated_yaml(cilium_policy(policy), |policy| &mut policy.metadata)
-        }
+        PolicyFormat::Cilium => to_annotated_cilium(cilium_policy(policy)),
     }
 }
 

@@ -185,6 +185,30 @@ pub struct EdgeStats {
     /// none: [`EdgeStats::with_days`] fills them in as they are read.
     #[serde(default, skip_serializing_if = "DaysSeen::is_empty")]
     pub days: DaysSeen,
+    /// The DNS names the client resolved to an external server's address
+    /// (the question and every CNAME on the way), sorted, at most
+    /// [`MAX_EDGE_NAMES`]: past that, the first in sort order are kept, so
+    /// which are kept does not depend on the order edges merge in. Empty
+    /// for workload servers, for addresses no name was seen for, and in
+    /// graphs written before names were kept.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub names: BTreeSet<String>,
+}
+
+/// The most names an edge keeps ([`EdgeStats::names`]).
+pub const MAX_EDGE_NAMES: usize = 64;
+
+/// Adds `more` to `names`, keeping the first [`MAX_EDGE_NAMES`] in sort
+/// order.
+pub fn add_names<'a>(names: &mut BTreeSet<String>, more: impl IntoIterator<Item = &'a str>) {
+    for name in more {
+        if names.len() >= MAX_EDGE_NAMES && names.last().is_some_and(|last| last.as_str() <= name) {
+            continue;
+        }
+        if names.insert(name.to_owned()) && names.len() > MAX_EDGE_NAMES {
+            names.pop_last();
+        }
+    }
 }
 
 impl EdgeStats {
@@ -217,6 +241,7 @@ impl EdgeStats {
             cross_tenant,
             services,
             days,
+            names,
         } = other;
         self.first_seen = Timestamp(self.first_seen.0.min(first_seen.0));
         self.last_seen = Timestamp(self.last_seen.0.max(last_seen.0));
@@ -226,6 +251,7 @@ impl EdgeStats {
         self.cross_tenant |= cross_tenant;
         self.services.extend(services.iter().cloned());
         self.days.merge(*days);
+        add_names(&mut self.names, names.iter().map(String::as_str));
     }
 }
 
@@ -378,6 +404,14 @@ impl Graph {
                 }
             }
         }
+        // Names only mean something for an address outside the workloads.
+        let mut names = BTreeSet::new();
+        if server.workload().is_none() {
+            add_names(
+                &mut names,
+                record.destination.names.iter().map(|name| &**name),
+            );
+        }
         let key = EdgeKey {
             client,
             server,
@@ -400,6 +434,7 @@ impl Graph {
                 .map(|service| format!("{}/{}", service.namespace, service.name))
                 .collect(),
             days,
+            names,
         };
         changes.push(self.merge_edge(key, &stats));
         changes
@@ -984,5 +1019,62 @@ mod tests {
             .collect();
         assert_eq!(forgotten, ["api1", "api2"]);
         assert!(graph.workload(&web()).is_some());
+    }
+
+    #[test]
+    fn external_servers_keep_their_names_bounded_and_through_the_graph_file() {
+        let mut graph = Graph::new();
+        let mut destination = world("203.0.113.9", 443);
+        destination.names = vec!["api.example.com".into(), "edge.cdn.example.net".into()];
+        graph.observe(&record(
+            pod("10.0.0.1", 40_000, "shop", "web", "acme"),
+            destination,
+            1,
+        ));
+        // A workload server keeps none, even if a record says some.
+        let mut api = pod("10.0.0.2", 8080, "shop", "api", "acme");
+        api.names = vec!["api.shop.svc.cluster.local".into()];
+        graph.observe(&record(
+            pod("10.0.0.1", 40_001, "shop", "web", "acme"),
+            api,
+            2,
+        ));
+        let names: Vec<Vec<&str>> = graph
+            .edges()
+            .map(|(_, stats)| stats.names.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            names,
+            [vec![], vec!["api.example.com", "edge.cdn.example.net"]]
+        );
+        let text = serde_json::to_string(&graph.to_file()).unwrap();
+        assert!(
+            text.contains(r#""names":["api.example.com","edge.cdn.example.net"]"#),
+            "{text}"
+        );
+        let back = Graph::from_file(serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, graph);
+        // A graph written before names were kept loads without them.
+        let old = text.replace(r#","names":["api.example.com","edge.cdn.example.net"]"#, "");
+        let old = Graph::from_file(serde_json::from_str(&old).unwrap()).unwrap();
+        assert!(old.edges().all(|(_, stats)| stats.names.is_empty()));
+    }
+
+    #[test]
+    fn an_edge_keeps_the_first_names_in_sort_order_whatever_order_they_come_in() {
+        let all: Vec<String> = (0..100)
+            .map(|index| format!("h{index:03}.example.com"))
+            .collect();
+        let mut forward = BTreeSet::new();
+        add_names(&mut forward, all.iter().map(String::as_str));
+        let mut backward = BTreeSet::new();
+        add_names(&mut backward, all.iter().rev().map(String::as_str));
+        assert_eq!(forward.len(), MAX_EDGE_NAMES);
+        assert_eq!(forward, backward);
+        assert_eq!(
+            forward.first().map(String::as_str),
+            Some("h000.example.com")
+        );
+        assert_eq!(forward.last().map(String::as_str), Some("h063.example.com"));
     }
 }

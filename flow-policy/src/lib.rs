@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod audit;
 pub mod check;
+pub mod cilium;
 pub mod cli;
 pub mod cluster;
 pub mod command;

@@ -158,6 +158,7 @@ pub fn generate(shape: Shape) -> Synthetic {
         cross_tenant: false,
         services: BTreeSet::new(),
         days: crate::graph::DaysSeen::on(time),
+        names: BTreeSet::new(),
     };
     for tenant in 0..tenants {
         for namespace in 0..namespaces {

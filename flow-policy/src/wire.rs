@@ -91,6 +91,7 @@ pub fn graph(graph: &Graph, visible: impl Fn(&Party, &EdgeKey) -> bool) -> proto
                 cross_tenant,
                 services,
                 days,
+                names,
             } = stats;
             let (last_day, days_mask) = days.parts();
             proto::GraphEdge {
@@ -107,6 +108,7 @@ pub fn graph(graph: &Graph, visible: impl Fn(&Party, &EdgeKey) -> bool) -> proto
                 services: services.iter().cloned().collect(),
                 last_day,
                 days_mask,
+                names: names.iter().cloned().collect(),
             }
         })
         .collect();
@@ -152,6 +154,7 @@ pub fn from_graph(response: &proto::GetGraphResponse) -> Result<Graph, String> {
             services,
             last_day,
             days_mask,
+            names,
         } = edge;
         let invalid = |message: String| format!("edges[{index}]: {message}");
         let key = EdgeKey {
@@ -175,6 +178,11 @@ pub fn from_graph(response: &proto::GetGraphResponse) -> Result<Graph, String> {
                 cross_tenant: *cross_tenant,
                 services: services.iter().cloned().collect(),
                 days,
+                names: {
+                    let mut kept = std::collections::BTreeSet::new();
+                    crate::graph::add_names(&mut kept, names.iter().map(String::as_str));
+                    kept
+                },
             },
         }));
     }
@@ -234,6 +242,7 @@ mod tests {
                 cross_tenant: false,
                 services: Default::default(),
                 days,
+                names: Default::default(),
             },
         }));
         graph

@@ -33,6 +33,7 @@ pub(super) fn edge(graph: &mut Graph, client: Party, server: Party, protocol: u8
             cross_tenant: false,
             services: BTreeSet::new(),
             days: Default::default(),
+            names: BTreeSet::new(),
         },
     }));
 }

@@ -526,7 +526,8 @@ impl<'t, 'a> RuleTightener<'t, 'a> {
                 labels: Arc::new(selection.labels),
             },
             self.namespace,
-        );
+        )
+        .ok_or_else(|| format!("{workload}: no peer for its pods"))?;
         let after = self.entry_workloads(&peer);
         let inside = after.iter().all(|(other, pods)| {
             self.matched.get(other).is_some_and(|allowed| {

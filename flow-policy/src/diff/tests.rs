@@ -52,6 +52,7 @@ fn fixture() -> (Graph, ClusterView) {
             cross_tenant: false,
             services: std::collections::BTreeSet::new(),
             days: Default::default(),
+            names: std::collections::BTreeSet::new(),
         },
     }));
     let mut cluster = ClusterView::new();

@@ -22,6 +22,7 @@ use super::{
 use flow_model::{identity::PeerKind, record::Protocol};
 
 use crate::{
+    cilium::FqdnSelector,
     cluster::{ClusterView, Selection},
     graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
 };
@@ -210,7 +211,21 @@ impl<'g> Proposer<'g> {
             Some(peers) => peers,
             None => self.as_peer(server_end, key).into_iter().collect(),
         };
-        if let Some(side) = self.ends[client_end].subject {
+        if let Some(side) = self.ends[client_end].subject
+            && self.named(key, stats)
+        {
+            // In the Cilium format, an address with names is allowed by
+            // its names (patterns are chosen once all names are in).
+            for name in &stats.names {
+                let peer = self.intern(PeerSpec::Fqdn(FqdnSelector::MatchName(name.clone())));
+                let egress = &mut self.sides[side].1.egress;
+                egress.extend(
+                    ports
+                        .iter()
+                        .map(|(protocol, port)| (peer, *protocol, *port)),
+                );
+            }
+        } else if let Some(side) = self.ends[client_end].subject {
             let egress = &mut self.sides[side].1.egress;
             for peer in server_peers {
                 egress.extend(
@@ -244,6 +259,55 @@ impl<'g> Proposer<'g> {
         }
         let peers = resolver.peers()?;
         Some(peers.into_iter().map(|peer| self.intern(peer)).collect())
+    }
+
+    /// Whether an edge's server is allowed by its names: the Cilium
+    /// format, an address outside the cluster, and names seen for it.
+    fn named(&self, key: &EdgeKey, stats: &EdgeStats) -> bool {
+        self.options.format == PolicyFormat::Cilium
+            && matches!(
+                key.server,
+                Party::Address {
+                    kind: PeerKind::World,
+                    ..
+                }
+            )
+            && !stats.names.is_empty()
+    }
+
+    /// Replaces, per workload, the names that share a pattern by the
+    /// pattern ([`super::fqdn::selectors`]).
+    fn fold_names(&mut self) {
+        let mut by_number: Vec<Option<&str>> = vec![None; self.peers.len()];
+        for (peer, number) in &self.peers {
+            if let PeerSpec::Fqdn(FqdnSelector::MatchName(name)) = peer {
+                by_number[*number] = Some(name.as_str());
+            }
+        }
+        let by_number: Vec<Option<String>> = by_number
+            .into_iter()
+            .map(|name| name.map(str::to_owned))
+            .collect();
+        let mut sides = std::mem::take(&mut self.sides);
+        for (_, Sides { egress, .. }) in &mut sides {
+            let names: BTreeSet<&str> = egress
+                .iter()
+                .filter_map(|(peer, _, _)| by_number[*peer].as_deref())
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let chosen = super::fqdn::selectors(&names, self.options.fqdn_pattern_threshold);
+            for (peer, _, _) in egress.iter_mut() {
+                let Some(name) = by_number[*peer].as_deref() else {
+                    continue;
+                };
+                if let Some(selector @ FqdnSelector::MatchPattern(_)) = chosen.get(name) {
+                    *peer = self.intern(PeerSpec::Fqdn(selector.clone()));
+                }
+            }
+        }
+        self.sides = sides;
     }
 
     /// How often and lately the edge between two ends was seen.
@@ -405,6 +469,7 @@ impl<'g> Proposer<'g> {
 
     /// Policies, notes and allowed lines, sorted.
     fn finish(mut self) -> Proposal {
+        self.fold_names();
         let (peers, rank) = ranked(std::mem::take(&mut self.peers));
         let texts: Vec<String> = peers.iter().map(peer_text).collect();
         let mut sides = std::mem::take(&mut self.sides);

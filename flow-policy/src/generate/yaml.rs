@@ -14,7 +14,10 @@
 
 use std::{collections::BTreeMap, ops::Bound};
 
-use super::{MANAGED_BY, PeerSpec, PortSpec, RuleSpec, WorkloadPolicy, content_hash, push_decimal};
+use super::{
+    MANAGED_BY, PeerSpec, PortSpec, RuleSpec, WorkloadPolicy, content_hash, network_rules,
+    push_decimal,
+};
 use flow_model::record::Protocol;
 
 use crate::cluster::NAMESPACE_NAME_LABEL;
@@ -269,12 +272,13 @@ pub(super) fn network_policy(text: &mut String, policy: &WorkloadPolicy) -> bool
         egress,
     } = policy;
     let namespace = workload.namespace.as_str();
+    let (ingress, egress) = (network_rules(ingress), network_rules(egress));
     let mut document = Document::new(text, "networking.k8s.io/v1", "NetworkPolicy");
     document.metadata(namespace, name);
     document.key(0, "spec");
     if !egress.is_empty() {
         document.key(2, "egress");
-        for RuleSpec { peers, ports } in egress {
+        for RuleSpec { peers, ports } in egress.iter() {
             document.item(2);
             network_ports(&mut document, ports);
             network_peers(&mut document, "to", peers, namespace);
@@ -282,7 +286,7 @@ pub(super) fn network_policy(text: &mut String, policy: &WorkloadPolicy) -> bool
     }
     if !ingress.is_empty() {
         document.key(2, "ingress");
-        for RuleSpec { peers, ports } in ingress {
+        for RuleSpec { peers, ports } in ingress.iter() {
             document.item(2);
             network_peers(&mut document, "from", peers, namespace);
             network_ports(&mut document, ports);
@@ -341,6 +345,8 @@ fn network_peers(
                 document.key(6, "ipBlock");
                 document.entry(8, "cidr", cidr);
             }
+            // Left out before ([`super::network_rules`]).
+            PeerSpec::Fqdn(_) => {}
         }
     }
 }
@@ -368,6 +374,10 @@ pub(super) fn cilium_policy(text: &mut String, policy: &WorkloadPolicy) -> bool 
         ingress,
         egress,
     } = policy;
+    // DNS names and the DNS proxy rule go through the serializer.
+    if super::has_fqdns(policy) {
+        return false;
+    }
     let mut document = Document::new(text, "cilium.io/v2", "CiliumNetworkPolicy");
     document.metadata(&workload.namespace, name);
     document.key(0, "spec");

@@ -1,0 +1,426 @@
+//! CiliumNetworkPolicy (`cilium.io/v2`), exactly the fields the generator
+//! writes, read strictly: an unknown field, a protocol outside Cilium's
+//! list or an FQDN selector that is not a DNS name (or, for a pattern, one
+//! with `*` wildcards) is an error naming it.
+//!
+//! Written from Cilium's published CRD schema
+//! (`pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml`)
+//! and the API types it is made from (`pkg/policy/api`: `rule.go`,
+//! `fqdn.go`, `l7.go`): field names and nesting, `port` as a string,
+//! `protocol` one of `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`, `VRRP`,
+//! `IGMP`, `ANY`, FQDN selectors as `matchName` or `matchPattern` where `*`
+//! stands for any run of DNS name characters within one label. Fields
+//! Cilium has and the generator never writes (L7 HTTP rules, `toGroups`,
+//! `toServices`, node selectors, ...) are not here and so are rejected.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// What is wrong with a CiliumNetworkPolicy document.
+#[derive(Debug, Error)]
+pub enum CiliumError {
+    /// Not YAML of the expected shape (an unknown field, a missing one, a
+    /// wrong type); the message names the field's path.
+    #[error("not a CiliumNetworkPolicy as flow-agent writes it: {0}")]
+    Shape(String),
+    /// A value the schema does not allow.
+    #[error("{path}: {message}")]
+    Value {
+        /// Where, as a path of field names.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A CiliumNetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    /// `cilium.io/v2`.
+    pub api_version: String,
+    /// `CiliumNetworkPolicy`.
+    pub kind: String,
+    /// Name, namespace, labels and annotations.
+    pub metadata: Metadata,
+    /// The rule.
+    pub spec: Spec,
+}
+
+/// The object metadata the generator writes, in the order Kubernetes'
+/// serializer writes it (fields sorted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Annotations (the content hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Labels (managed-by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A label selector: `matchLabels` only (the generator writes no
+/// expressions); absent selects every endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    /// Labels an endpoint must all have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_labels: Option<BTreeMap<String, String>>,
+}
+
+/// The rule of a policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    /// The endpoints the rule applies to.
+    pub endpoint_selector: Selector,
+    /// Allowed incoming traffic; present (even with one empty rule) puts
+    /// the endpoints in default deny for ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<Rule>>,
+    /// Allowed outgoing traffic, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<Rule>>,
+}
+
+/// One ingress or egress rule: peers (of one kind) on ports. Ingress rules
+/// use the `from*` fields, egress rules the `to*` ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// Pods sending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_endpoints: Option<Vec<Selector>>,
+    /// Addresses sending.
+    #[serde(rename = "fromCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub from_cidr: Option<Vec<String>>,
+    /// Pods received by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_endpoints: Option<Vec<Selector>>,
+    /// Addresses received by.
+    #[serde(rename = "toCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub to_cidr: Option<Vec<String>>,
+    /// Entities sending (`host`, `kube-apiserver`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_entities: Option<Vec<String>>,
+    /// Entities received by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_entities: Option<Vec<String>>,
+    /// DNS names received by: the addresses they resolved to, as Cilium's
+    /// DNS proxy saw.
+    #[serde(rename = "toFQDNs", default, skip_serializing_if = "Option::is_none")]
+    pub to_fqdns: Option<Vec<FqdnSelector>>,
+    /// Ports (any of), with DNS rules for the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ports: Option<Vec<PortRule>>,
+}
+
+/// Ports, and what the DNS proxy lets through on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRule {
+    /// Ports (any of).
+    pub ports: Vec<Port>,
+    /// Layer 7 rules: DNS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<L7Rules>,
+}
+
+/// One port or range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    /// The port, as a decimal string.
+    pub port: String,
+    /// Last port of a range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_port: Option<u16>,
+    /// One of [`PROTOCOLS`].
+    pub protocol: String,
+}
+
+/// The protocols Cilium's schema allows in `toPorts`.
+pub const PROTOCOLS: [&str; 8] = [
+    "TCP", "UDP", "SCTP", "ICMP", "ICMPv6", "VRRP", "IGMP", "ANY",
+];
+
+/// Layer 7 rules of a port rule: DNS only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L7Rules {
+    /// The DNS questions the proxy lets through.
+    pub dns: Vec<FqdnSelector>,
+}
+
+/// A DNS name or pattern: exactly one of the two fields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "SelectorFields", into = "SelectorFields")]
+pub enum FqdnSelector {
+    /// This name only.
+    MatchName(String),
+    /// Names matching, `*` standing for any run of name characters within
+    /// one label; `*` alone matches every name.
+    MatchPattern(String),
+}
+
+impl FqdnSelector {
+    /// Whether `name` (lower case, without the final dot) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        match self {
+            Self::MatchName(wanted) => wanted.trim_end_matches('.').eq_ignore_ascii_case(name),
+            Self::MatchPattern(pattern) if pattern == "*" => true,
+            Self::MatchPattern(pattern) => {
+                pattern_matches(pattern.trim_end_matches('.').as_bytes(), name.as_bytes())
+            }
+        }
+    }
+
+    /// Checks the name or pattern: labels of letters, digits, `-` and `_`
+    /// (and `*` in a pattern) separated by dots, an optional final dot.
+    pub fn check(&self) -> Result<(), String> {
+        let (text, wildcard) = match self {
+            Self::MatchName(name) => (name, false),
+            Self::MatchPattern(pattern) if pattern == "*" => return Ok(()),
+            Self::MatchPattern(pattern) => (pattern, true),
+        };
+        let body = text.strip_suffix('.').unwrap_or(text);
+        let good = |byte: u8| {
+            byte.is_ascii_alphanumeric()
+                || byte == b'-'
+                || byte == b'_'
+                || (wildcard && byte == b'*')
+        };
+        if body.is_empty()
+            || body.len() > 253
+            || !body
+                .split('.')
+                .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(good))
+        {
+            let what = if wildcard {
+                "matchPattern"
+            } else {
+                "matchName"
+            };
+            return Err(format!("{what} {text:?} is not a DNS name"));
+        }
+        Ok(())
+    }
+}
+
+/// An FQDN selector's fields as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SelectorFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    match_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    match_pattern: Option<String>,
+}
+
+impl TryFrom<SelectorFields> for FqdnSelector {
+    type Error = String;
+
+    fn try_from(fields: SelectorFields) -> Result<Self, String> {
+        match (fields.match_name, fields.match_pattern) {
+            (Some(name), None) => Ok(Self::MatchName(name)),
+            (None, Some(pattern)) => Ok(Self::MatchPattern(pattern)),
+            _ => Err("exactly one of matchName and matchPattern".to_owned()),
+        }
+    }
+}
+
+impl From<FqdnSelector> for SelectorFields {
+    fn from(selector: FqdnSelector) -> Self {
+        match selector {
+            FqdnSelector::MatchName(name) => Self {
+                match_name: Some(name),
+                match_pattern: None,
+            },
+            FqdnSelector::MatchPattern(pattern) => Self {
+                match_name: None,
+                match_pattern: Some(pattern),
+            },
+        }
+    }
+}
+
+/// `*` matches any run of bytes other than `.`; the rest case-insensitively.
+fn pattern_matches(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len())
+            .take_while(|&taken| taken == 0 || name[taken - 1] != b'.')
+            .any(|taken| pattern_matches(rest, &name[taken..])),
+        Some((first, rest)) => name.split_first().is_some_and(|(byte, name)| {
+            byte.eq_ignore_ascii_case(first) && pattern_matches(rest, name)
+        }),
+    }
+}
+
+impl Policy {
+    /// Reads one document strictly and checks its values.
+    pub fn from_yaml(text: &str) -> Result<Self, CiliumError> {
+        let deserializer = yaml_serde::Deserializer::from_str(text);
+        let policy: Self = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            CiliumError::Shape(format!("{path}: {}", error.into_inner()))
+        })?;
+        policy.check()?;
+        Ok(policy)
+    }
+
+    /// Checks what the types alone do not: API version and kind, protocols,
+    /// ports, FQDN selectors.
+    pub fn check(&self) -> Result<(), CiliumError> {
+        let value = |path: String, message: String| CiliumError::Value { path, message };
+        if self.api_version != "cilium.io/v2" || self.kind != "CiliumNetworkPolicy" {
+            return Err(value(
+                "apiVersion".to_owned(),
+                format!(
+                    "{}/{} is not cilium.io/v2 CiliumNetworkPolicy",
+                    self.api_version, self.kind
+                ),
+            ));
+        }
+        for (direction, rules) in [
+            ("ingress", &self.spec.ingress),
+            ("egress", &self.spec.egress),
+        ] {
+            for (index, rule) in rules.iter().flatten().enumerate() {
+                let at = format!("spec.{direction}[{index}]");
+                for (place, selector) in rule.to_fqdns.iter().flatten().enumerate() {
+                    selector
+                        .check()
+                        .map_err(|message| value(format!("{at}.toFQDNs[{place}]"), message))?;
+                }
+                for (place, ports) in rule.to_ports.iter().flatten().enumerate() {
+                    let at = format!("{at}.toPorts[{place}]");
+                    check_ports(ports, &at).map_err(|(path, message)| value(path, message))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_ports(rule: &PortRule, at: &str) -> Result<(), (String, String)> {
+    for (index, port) in rule.ports.iter().enumerate() {
+        let path = format!("{at}.ports[{index}]");
+        if !PROTOCOLS.contains(&port.protocol.as_str()) {
+            return Err((
+                format!("{path}.protocol"),
+                format!("{:?} is not one of {}", port.protocol, PROTOCOLS.join(", ")),
+            ));
+        }
+        if port.port.parse::<u16>().is_err() {
+            return Err((
+                format!("{path}.port"),
+                format!("{:?} is not a port number", port.port),
+            ));
+        }
+    }
+    for (index, selector) in rule.rules.iter().flat_map(|rules| &rules.dns).enumerate() {
+        selector
+            .check()
+            .map_err(|message| (format!("{at}.rules.dns[{index}]"), message))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: allow-deployment-web
+  namespace: shop
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  egress:
+  - toFQDNs:
+    - matchName: api.example.com
+    - matchPattern: '*.cdn.example.com'
+    toPorts:
+    - ports:
+      - port: '443'
+        protocol: TCP
+";
+
+    #[test]
+    fn a_policy_with_fqdns_reads_back() {
+        let policy = Policy::from_yaml(GOOD).unwrap();
+        let egress = policy.spec.egress.unwrap();
+        assert_eq!(
+            egress[0].to_fqdns.as_deref(),
+            Some(
+                &[
+                    FqdnSelector::MatchName("api.example.com".into()),
+                    FqdnSelector::MatchPattern("*.cdn.example.com".into())
+                ][..]
+            )
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_rejected_by_its_path() {
+        let text = GOOD.replace("  - toFQDNs:", "  - toGroups: []\n    toFQDNs:");
+        let error = Policy::from_yaml(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "not a CiliumNetworkPolicy as flow-agent writes it: spec.egress[0].toGroups: "
+            ) && error.contains("unknown field `toGroups`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_protocol_is_rejected_by_its_path() {
+        let text = GOOD.replace("protocol: TCP", "protocol: tcp");
+        let error = Policy::from_yaml(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "spec.egress[0].toPorts[0].ports[0].protocol: \"tcp\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6, VRRP, IGMP, ANY"
+        );
+    }
+
+    #[test]
+    fn a_bad_name_and_a_selector_with_both_fields_are_rejected() {
+        let text = GOOD.replace("matchName: api.example.com", "matchName: 'api example.com'");
+        let error = Policy::from_yaml(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "spec.egress[0].toFQDNs[0]: matchName \"api example.com\" is not a DNS name"
+        );
+        let text = GOOD.replace(
+            "- matchName: api.example.com",
+            "- matchName: api.example.com\n      matchPattern: '*'",
+        );
+        assert!(Policy::from_yaml(&text).is_err());
+    }
+
+    #[test]
+    fn a_pattern_wildcard_stays_within_one_label() {
+        let pattern = FqdnSelector::MatchPattern("*.example.com".into());
+        assert!(pattern.matches("api.example.com"));
+        assert!(pattern.matches("API.Example.com."));
+        assert!(!pattern.matches("a.b.example.com"));
+        assert!(!pattern.matches("example.com"));
+        assert!(FqdnSelector::MatchPattern("*".into()).matches("anything.at.all"));
+        assert!(FqdnSelector::MatchName("api.example.com.".into()).matches("api.example.com"));
+    }
+}
