@@ -333,6 +333,7 @@ fn write_review(
     write_left_out(out, proposal)?;
     write_rare(out, &proposal.rare)?;
     write_resolvers(out, proposal)?;
+    write_named_addresses(out, proposal, format)?;
     write_per_workload(out, proposal)
 }
 
@@ -469,6 +470,46 @@ fn write_resolvers(out: &mut impl Write, proposal: &Proposal) -> io::Result<()> 
     for (workload, resolvers) in &proposal.resolvers {
         let resolvers: Vec<&str> = resolvers.iter().map(String::as_str).collect();
         writeln!(out, "- `{workload}`: {}", resolvers.join("; "))?;
+    }
+    Ok(())
+}
+
+/// The outside addresses workloads resolved names to: what a reviewer needs
+/// to read an ipBlock, and which ones break when their names move.
+fn write_named_addresses(
+    out: &mut impl Write,
+    proposal: &Proposal,
+    format: PolicyFormat,
+) -> io::Result<()> {
+    if proposal.named_addresses.is_empty() {
+        return Ok(());
+    }
+    out.write_all(b"\n## Outside addresses by name\n\n")?;
+    let changed = proposal
+        .named_addresses
+        .iter()
+        .any(|address| address.changed);
+    match format {
+        PolicyFormat::Networkpolicy => {
+            out.write_all(b"NetworkPolicy cannot name hosts: each address is allowed as itself (/32 or /128), here with the names the workloads resolved to it.")?;
+            if changed {
+                out.write_all(b" Addresses marked *changed* had a name that also resolved to another address during the window: their rules break when the name moves. `--format cilium` (Azure CNI powered by Cilium) allows them by name (`toFQDNs`).")?;
+            }
+        }
+        PolicyFormat::Cilium => out.write_all(
+            b"Allowed by name (`toFQDNs`), not by address; addresses marked *changed* show why.",
+        )?,
+    }
+    out.write_all(b"\n\n")?;
+    for address in &proposal.named_addresses {
+        let names: Vec<&str> = address.names.iter().map(String::as_str).collect();
+        let changed = if address.changed { " (*changed*)" } else { "" };
+        writeln!(
+            out,
+            "- `{}`: {}{changed}",
+            address.address,
+            names.join(", ")
+        )?;
     }
     Ok(())
 }

@@ -25,7 +25,7 @@
 //! may replace from those a person edited.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::Arc,
 };
@@ -45,9 +45,9 @@ use serde::Serialize;
 use super::{
     cilium,
     cluster::{ClusterView, NAMESPACE_NAME_LABEL, Selection},
-    graph::{EdgeKey, Graph, WorkloadRef},
+    graph::{EdgeKey, Graph, Party, WorkloadRef},
 };
-use flow_model::record::Protocol;
+use flow_model::{identity::PeerKind, record::Protocol};
 
 pub mod content_hash;
 pub mod fqdn;
@@ -226,6 +226,54 @@ pub struct Proposal {
     /// Per subject workload (as `namespace/Kind/name`), the resolvers its
     /// DNS queries went to, as REVIEW.md names them; sorted.
     pub resolvers: BTreeMap<String, BTreeSet<String>>,
+    /// Addresses outside the cluster that workloads resolved names to,
+    /// sorted by address.
+    pub named_addresses: Vec<NamedAddress>,
+}
+
+/// An address outside the cluster with the names workloads resolved to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedAddress {
+    /// The address.
+    pub address: IpAddr,
+    /// Its names, sorted.
+    pub names: BTreeSet<String>,
+    /// One of its names also resolved to another address during the
+    /// window: a rule by address breaks when the name moves.
+    pub changed: bool,
+}
+
+/// The outside addresses of `graph` that have names, and whether their names
+/// moved between addresses.
+pub fn named_addresses(graph: &Graph) -> Vec<NamedAddress> {
+    let mut by_address: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
+    for (key, stats) in graph.edges() {
+        if let Party::Address {
+            ip,
+            kind: PeerKind::World,
+        } = &key.server
+            && !stats.names.is_empty()
+        {
+            by_address
+                .entry(*ip)
+                .or_default()
+                .extend(stats.names.iter().map(String::as_str));
+        }
+    }
+    let mut addresses_of: HashMap<&str, usize> = HashMap::new();
+    for names in by_address.values() {
+        for name in names {
+            *addresses_of.entry(name).or_default() += 1;
+        }
+    }
+    by_address
+        .into_iter()
+        .map(|(address, names)| NamedAddress {
+            address,
+            changed: names.iter().any(|name| addresses_of[name] > 1),
+            names: names.into_iter().map(str::to_owned).collect(),
+        })
+        .collect()
 }
 
 impl Proposal {

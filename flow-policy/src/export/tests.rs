@@ -10,7 +10,7 @@ use std::{
 use super::*;
 use crate::{
     cluster::Selection,
-    generate::{PeerSpec, PortSpec, RuleSpec, WorkloadPolicy, render},
+    generate::{NamedAddress, PeerSpec, PortSpec, RuleSpec, WorkloadPolicy, render},
     graph::WorkloadRef,
 };
 use flow_model::record::Protocol;
@@ -77,6 +77,7 @@ fn shop(port: u16, api: bool) -> Proposal {
         left_out: Vec::new(),
         thresholds: Default::default(),
         resolvers: Default::default(),
+        named_addresses: Vec::new(),
     }
 }
 
@@ -426,4 +427,51 @@ fn a_policy_written_before_the_content_hash_gains_it_when_unchanged() {
         }]
     );
     assert_eq!(read(directory, WEB), old);
+}
+
+#[test]
+fn review_names_each_outside_address_and_marks_those_whose_names_moved() {
+    let named = |address: &str, names: &[&str], changed| NamedAddress {
+        address: address.parse().unwrap(),
+        names: names.iter().map(|name| (*name).to_owned()).collect(),
+        changed,
+    };
+    let mut proposal = shop(8080, true);
+    proposal.named_addresses = vec![
+        named("20.42.65.92", &["myvault.vault.azure.net"], true),
+        named("20.42.65.93", &["myvault.vault.azure.net"], true),
+        named(
+            "52.239.1.4",
+            &[
+                "acct.blob.core.windows.net",
+                "blob.eastus.store.core.windows.net",
+            ],
+            false,
+        ),
+    ];
+    let lines = "- `20.42.65.92`: myvault.vault.azure.net (*changed*)\n- `20.42.65.93`: myvault.vault.azure.net (*changed*)\n- `52.239.1.4`: acct.blob.core.windows.net, blob.eastus.store.core.windows.net\n";
+    for (format, head) in [
+        (
+            PolicyFormat::Networkpolicy,
+            "NetworkPolicy cannot name hosts: each address is allowed as itself (/32 or /128), here with the names the workloads resolved to it. Addresses marked *changed* had a name that also resolved to another address during the window: their rules break when the name moves. `--format cilium` (Azure CNI powered by Cilium) allows them by name (`toFQDNs`).",
+        ),
+        (
+            PolicyFormat::Cilium,
+            "Allowed by name (`toFQDNs`), not by address; addresses marked *changed* show why.",
+        ),
+    ] {
+        let directory = tempfile::tempdir().unwrap();
+        export(directory.path(), &proposal, format).unwrap();
+        assert_eq!(
+            review_section(directory.path(), "Outside addresses by name").unwrap(),
+            format!("\n{head}\n\n{lines}")
+        );
+    }
+    // Without names, no section.
+    let directory = tempfile::tempdir().unwrap();
+    export_shop(directory.path(), &shop(8080, true));
+    assert_eq!(
+        review_section(directory.path(), "Outside addresses by name"),
+        None
+    );
 }

@@ -507,6 +507,7 @@ impl<'g> Proposer<'g> {
             left_out: self.left_out,
             thresholds: self.options.thresholds,
             resolvers: self.resolvers,
+            named_addresses: super::named_addresses(self.graph),
         }
     }
 

@@ -870,3 +870,59 @@ fn since_counts_from_the_newest_edge_and_both_flags_name_themselves() {
         ]
     );
 }
+
+#[test]
+fn outside_addresses_keep_their_names_and_a_name_on_two_addresses_marks_both_changed() {
+    let mut graph = shop_graph();
+    let named = |ip: &str, port: u16, names: &[&str]| {
+        let mut destination = address(ip, 443, PeerKind::World);
+        destination.names = names.iter().map(|name| Arc::from(*name)).collect();
+        flow(web(port), destination, TCP)
+    };
+    graph.observe(&named("20.42.65.92", 41_000, &["myvault.vault.azure.net"]));
+    graph.observe(&named("20.42.65.93", 41_001, &["myvault.vault.azure.net"]));
+    graph.observe(&named(
+        "52.239.1.4",
+        41_002,
+        &["acct.blob.core.windows.net"],
+    ));
+    let proposal = propose(&graph, &view_of(&graph), &GenerateOptions::default());
+    let seen: Vec<(String, Vec<String>, bool)> = proposal
+        .named_addresses
+        .iter()
+        .map(|named| {
+            (
+                named.address.to_string(),
+                named.names.iter().cloned().collect(),
+                named.changed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "20.42.65.92".to_owned(),
+                vec!["myvault.vault.azure.net".to_owned()],
+                true
+            ),
+            (
+                "20.42.65.93".to_owned(),
+                vec!["myvault.vault.azure.net".to_owned()],
+                true
+            ),
+            (
+                "52.239.1.4".to_owned(),
+                vec!["acct.blob.core.windows.net".to_owned()],
+                false
+            ),
+        ]
+    );
+    // The unnamed world address of the shop graph is not listed.
+    assert!(
+        proposal
+            .named_addresses
+            .iter()
+            .all(|named| named.address.to_string() != "203.0.113.9")
+    );
+}
