@@ -926,3 +926,80 @@ fn outside_addresses_keep_their_names_and_a_name_on_two_addresses_marks_both_cha
             .all(|named| named.address.to_string() != "203.0.113.9")
     );
 }
+
+#[test]
+fn cilium_policies_allow_named_addresses_by_name_with_the_dns_rule_and_read_back_strictly() {
+    use crate::cilium::{FqdnSelector, L7Rules, Policy};
+    let mut graph = shop_graph();
+    for (ip, port, name) in [
+        ("20.42.65.92", 41_000, "myvault.vault.azure.net"),
+        ("52.239.1.4", 41_001, "acct.blob.core.windows.net"),
+    ] {
+        let mut destination = address(ip, 443, PeerKind::World);
+        destination.names = vec![Arc::from(name)];
+        graph.observe(&flow(web(port), destination, TCP));
+    }
+    let options = GenerateOptions {
+        format: PolicyFormat::Cilium,
+        ..GenerateOptions::default()
+    };
+    let proposal = propose(&graph, &view_of(&graph), &options);
+    let files = rendered_policies(&proposal, PolicyFormat::Cilium);
+    let mut web = None;
+    for (file, text) in files {
+        // Every document reads back under the strict types.
+        let policy = Policy::from_yaml(&text).unwrap_or_else(|error| panic!("{file}: {error}"));
+        if file == "shop.allow-deployment-web.yaml" {
+            web = Some(policy);
+        }
+    }
+    let egress = web.unwrap().spec.egress.unwrap();
+    let by_name: Vec<_> = egress
+        .iter()
+        .filter(|rule| rule.to_fqdns.is_some())
+        .collect();
+    assert_eq!(by_name.len(), 1, "{egress:#?}");
+    assert_eq!(
+        by_name[0].to_fqdns.as_deref().unwrap(),
+        [
+            FqdnSelector::MatchName("acct.blob.core.windows.net".into()),
+            FqdnSelector::MatchName("myvault.vault.azure.net".into()),
+        ]
+    );
+    let ports = by_name[0].to_ports.as_ref().unwrap();
+    assert_eq!(
+        (
+            ports[0].ports[0].port.as_str(),
+            ports[0].ports[0].protocol.as_str()
+        ),
+        ("443", "TCP")
+    );
+    // The named addresses are not allowed by address as well.
+    assert!(egress.iter().all(|rule| {
+        rule.to_cidr
+            .iter()
+            .flatten()
+            .all(|cidr| !cidr.starts_with("20.42.65.92") && !cidr.starts_with("52.239.1.4"))
+    }));
+    // The DNS rule: to the resolver's pods, UDP and TCP 53, through the proxy.
+    let dns: Vec<_> = egress
+        .iter()
+        .flat_map(|rule| rule.to_ports.iter().flatten())
+        .filter(|ports| ports.ports.iter().any(|port| port.port == "53"))
+        .collect();
+    assert!(!dns.is_empty(), "{egress:#?}");
+    for rule in dns {
+        assert_eq!(
+            rule.rules,
+            Some(L7Rules {
+                dns: vec![FqdnSelector::MatchPattern("*".into())]
+            })
+        );
+        let protocols: BTreeSet<&str> = rule
+            .ports
+            .iter()
+            .map(|port| port.protocol.as_str())
+            .collect();
+        assert_eq!(protocols, BTreeSet::from(["TCP", "UDP"]));
+    }
+}
