@@ -279,7 +279,7 @@ impl Node {
             ],
         )?;
         let gateway4 = format!("10.{index}.0.1");
-        let gateway6 = format!("fd00:{index}::1");
+        let gateway6 = format!("fd00:{index:x}::1");
         let ipv4 = Ipv4Addr::new(10, octet, 0, 2);
         let ipv6 = Ipv6Addr::new(0xfd00, u16::from(octet), 0, 0, 0, 0, 0, 2);
         let node = &self.netns;
