@@ -3,11 +3,7 @@
 //!
 //! Needs root; skipped with a message otherwise.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a test panics to report failure"
-)]
+#![expect(clippy::unwrap_used, reason = "a test panics to report failure")]
 
 mod common;
 
