@@ -36,6 +36,10 @@ const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 
+/// How long a lookup waits for its answer; past it the lookup fails with
+/// `WouldBlock`.
+pub const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One direction of a connection as conntrack keys it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuple {
@@ -216,10 +220,16 @@ impl Conntrack {
         }
         // SAFETY: a new descriptor we own.
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self::with_socket(socket))
+    }
+
+    /// Looks up through `socket` (ctnetlink, or in tests anything that takes
+    /// datagrams), waiting at most [`LOOKUP_TIMEOUT`] for each answer.
+    pub(crate) fn with_socket(socket: OwnedFd) -> Self {
         // A lookup is a local kernel call; never wait long for it.
         let timeout = libc::timeval {
             tv_sec: 0,
-            tv_usec: 200_000,
+            tv_usec: LOOKUP_TIMEOUT.as_micros() as libc::suseconds_t,
         };
         // SAFETY: setsockopt reads a timeval of the size passed.
         unsafe {
@@ -231,11 +241,11 @@ impl Conntrack {
                 size_of::<libc::timeval>() as u32,
             )
         };
-        Ok(Self {
+        Self {
             socket,
             sequence: 0,
             buffer: vec![0; 8192],
-        })
+        }
     }
 
     /// The source of the reply direction of the connection whose original

@@ -17,7 +17,7 @@ use flow_model::identity::{Holder, Identity, IdentityCache, PeerKind, ServiceTar
 use flow_model::record::{FlowRecord, Protocol, ip_from_key, key_address};
 
 use crate::{
-    conntrack::{Conntrack, Tuple},
+    conntrack::{Conntrack, LOOKUP_TIMEOUT, Tuple},
     drain::FlowSample,
 };
 
@@ -66,6 +66,13 @@ const MAX_INTERNED: usize = 65_536;
 pub struct Enricher {
     cache: IdentityCache,
     conntrack: Option<Conntrack>,
+    /// Lookups that failed or were skipped (see [`Enricher::backend`]):
+    /// their records keep the Service address.
+    conntrack_failures: u64,
+    /// A lookup of the current [`Enricher::translate`] went unanswered: the
+    /// rest of it asks no more, so a conntrack that stopped answering costs
+    /// one [`LOOKUP_TIMEOUT`] per drain, not one per Service flow.
+    conntrack_stalled: bool,
     /// One shared copy per distinct identity, so the records of a pod (in the
     /// API's buffer, the aggregator, the sinks) do not each own one.
     interned: RefCell<HashSet<Arc<Identity>>>,
@@ -136,6 +143,8 @@ impl Enricher {
             generation: Cell::new(cache.generation()),
             cache,
             conntrack,
+            conntrack_failures: 0,
+            conntrack_stalled: false,
             interned: RefCell::new(HashSet::new()),
             resolved: RefCell::default(),
             untranslated: RefCell::default(),
@@ -255,6 +264,7 @@ impl Enricher {
     /// backend the same way, so they pair with the translated request.
     pub fn translate(&mut self, samples: &mut [FlowSample]) -> Translations {
         self.check_generation();
+        self.conntrack_stalled = false;
         let by_sample = samples
             .iter_mut()
             .enumerate()
@@ -312,17 +322,40 @@ impl Enricher {
     /// (a client to a Service address) went to. Without DNAT (a Service
     /// address reached directly) the reply source is the Service address
     /// itself: no backend to rewrite to.
+    ///
+    /// A failed lookup leaves the record untranslated (it names the Service
+    /// and the workload its backends share) and is counted; the first is
+    /// logged as a warning. After one that timed out, the rest of this
+    /// translation asks no more.
     fn backend(&mut self, original: &Tuple) -> Option<(IpAddr, u16)> {
         let conntrack = self.conntrack.as_mut()?;
+        if self.conntrack_stalled {
+            self.conntrack_failures += 1;
+            return None;
+        }
         match conntrack.reply_source(original) {
             Ok(backend) => {
                 backend.filter(|&(ip, port)| (ip, port) != (original.dst, original.dst_port))
             }
             Err(error) => {
-                debug!(%error, "conntrack lookup failed");
+                self.conntrack_failures += 1;
+                if error.kind() == std::io::ErrorKind::WouldBlock {
+                    self.conntrack_stalled = true;
+                }
+                if self.conntrack_failures == 1 {
+                    warn!(%error, timeout = ?LOOKUP_TIMEOUT, "conntrack lookup failed: records to Services keep the Service address until it answers again");
+                } else {
+                    debug!(%error, "conntrack lookup failed");
+                }
                 None
             }
         }
+    }
+
+    /// Conntrack lookups that failed or were skipped after one timed out
+    /// (their records name the Service, not the backend pod).
+    pub fn conntrack_failures(&self) -> u64 {
+        self.conntrack_failures
     }
 
     /// Who is behind a Service address whose backend is unknown: the
@@ -634,5 +667,122 @@ mod tests {
         assert_eq!(crossing("10.1.0.2", "10.1.0.9", false), Some(true));
         // The platform pod keeps its namespace's tenant for access and filters.
         assert_eq!(enricher.cache().tenant("dns"), "infra");
+    }
+
+    #[test]
+    fn a_conntrack_that_never_answers_leaves_records_naming_the_service_and_is_counted() {
+        use std::os::fd::{FromRawFd as _, OwnedFd};
+        let mut cache = IdentityCache::new(IdentityConfig {
+            tenant_label: "tenant".to_owned(),
+            node_name: "node-a".to_owned(),
+            local_addresses: Vec::new(),
+            grace: Duration::from_secs(60),
+            platform_namespaces: flow_model::identity::platform_namespaces([]),
+        });
+        let yaml = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, uid: web, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: main, image: app}]}\nstatus: {podIP: 10.1.0.2, podIPs: [{ip: 10.1.0.2}], startTime: '2020-01-01T00:00:00Z'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-1, namespace: shop, uid: cart-1, labels: {app: cart}}\nspec: {nodeName: node-b, containers: [{name: main, image: app}]}\nstatus: {podIP: 10.2.0.30, podIPs: [{ip: 10.2.0.30}], startTime: '2020-01-01T00:00:00Z'}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: cart}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints: [{addresses: [10.2.0.30], conditions: {ready: true}}]\n";
+        let parsed = inventory::parse(yaml, "test.yaml");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let now = SystemTime::now();
+        for object in parsed.objects {
+            cache.apply(CacheEvent::Apply(object), now);
+        }
+        // A datagram socket whose peer takes every request and never
+        // answers: each lookup waits for its deadline.
+        let mut pair = [0; 2];
+        // SAFETY: socketpair writes two descriptors into the array.
+        let ret = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: two new descriptors we own.
+        let (ours, _silent_peer) =
+            unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        let mut enricher = Enricher::with_conntrack(cache, Some(Conntrack::with_socket(ours)));
+        let (client, service): (IpAddr, IpAddr) =
+            ("10.1.0.2".parse().unwrap(), "10.96.0.20".parse().unwrap());
+        let sample = |port: u16| {
+            let key = flow_common::FlowKey {
+                src_addr: key_address(client),
+                dst_addr: key_address(service),
+                src_port: port,
+                dst_port: 80,
+                protocol: 6,
+                ..flow_common::FlowKey::default()
+            };
+            FlowSample::from_stats(key, &flow_common::FlowStats::default())
+        };
+        let mut samples = [sample(40_000), sample(40_001), sample(40_002)];
+        let started = std::time::Instant::now();
+        let translations = enricher.translate(&mut samples);
+        let took = started.elapsed();
+        // One lookup waited for its deadline; the two after it were not asked.
+        assert!(
+            (LOOKUP_TIMEOUT..LOOKUP_TIMEOUT * 2).contains(&took),
+            "{took:?}"
+        );
+        assert_eq!(enricher.conntrack_failures(), 3);
+        let translations: Vec<_> = translations.iter().collect();
+        assert_eq!(translations.len(), 3);
+        for (position, (translated, translation)) in translations.iter().enumerate() {
+            assert_eq!(*translated, position);
+            assert_eq!(translation.backend, None);
+            assert_eq!(ip_from_key(samples[position].key.dst_addr), service);
+            assert_eq!(samples[position].key.dst_port, 80);
+        }
+        // The record is still made: to the Service, named, without a pod.
+        let time = flow_model::record::Timestamp(now);
+        let mut record = FlowRecord {
+            time,
+            first_seen: time,
+            source: flow_model::record::Endpoint::new(client, 40_000),
+            destination: flow_model::record::Endpoint::new(service, 80),
+            protocol: Protocol(6),
+            icmp: None,
+            packets: 1,
+            bytes: 60,
+            tcp_flags: Vec::new(),
+            icmp_errors: None,
+            is_reply: false,
+            interface: "veth0".into(),
+            interface_index: 0,
+            hook: flow_model::record::Hook::Ingress,
+            node: "node-a".into(),
+            cross_tenant: None,
+            new_connection: true,
+            violation: false,
+        };
+        enricher.annotate(&mut record, Some(translations[0].1), now);
+        let destination = &record.destination;
+        assert_eq!((destination.ip, destination.port), (service, 80));
+        assert_eq!(destination.identity.pod, None);
+        assert_eq!(
+            destination
+                .identity
+                .workload
+                .as_ref()
+                .map(|w| w.name.as_str()),
+            Some("cart-1")
+        );
+        let named = destination.service.as_ref().unwrap();
+        assert_eq!(
+            (
+                named.name.as_str(),
+                named.namespace.as_str(),
+                named.port,
+                named.target_port
+            ),
+            ("cart", "shop", 80, Some(8080))
+        );
+        assert_eq!(record.source.identity.pod.as_deref(), Some("web"));
+
+        // The next drain asks again (and waits again): conntrack may be back.
+        let mut samples = [sample(40_003)];
+        enricher.translate(&mut samples);
+        assert_eq!(enricher.conntrack_failures(), 4);
     }
 }

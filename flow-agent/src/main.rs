@@ -52,9 +52,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("flow-agent: error: {}", error_chain(error.as_ref()));
+            report_error(cli.log_format, &error);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the error that ends the program as one line on stderr: under
+/// `--log-format json` a JSON object like the log lines before it (level
+/// `ERROR`), so that a log pipeline parses the last line too.
+fn report_error(format: LogFormat, error: &anyhow::Error) {
+    let chain = error_chain(error.as_ref());
+    match format {
+        LogFormat::Text => eprintln!("flow-agent: error: {chain}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": "ERROR",
+                "message": format!("flow-agent: error: {chain}"),
+                "target": "flow_agent",
+            })
+        ),
     }
 }
 

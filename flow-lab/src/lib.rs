@@ -279,7 +279,7 @@ impl Node {
             ],
         )?;
         let gateway4 = format!("10.{index}.0.1");
-        let gateway6 = format!("fd00:{index}::1");
+        let gateway6 = format!("fd00:{index:x}::1");
         let ipv4 = Ipv4Addr::new(10, octet, 0, 2);
         let ipv6 = Ipv6Addr::new(0xfd00, u16::from(octet), 0, 0, 0, 0, 0, 2);
         let node = &self.netns;
@@ -575,6 +575,8 @@ pub struct ProcessOutput {
     pub stderr: Vec<String>,
     /// Exited with status zero.
     pub success: bool,
+    /// The exit status, `None` when a signal ended the process.
+    pub code: Option<i32>,
 }
 
 /// What an agent printed, after it stopped: flow records as JSON on stdout,
@@ -720,6 +722,12 @@ impl LabProcess {
         self.child.id()
     }
 
+    /// Sends `signal` and returns at once.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// Sends `signal`, waits for the exit (up to `timeout`, then SIGKILL),
     /// returns everything printed.
     pub fn signal_and_wait(mut self, signal: i32, timeout: Duration) -> Result<ProcessOutput> {
@@ -755,6 +763,7 @@ impl LabProcess {
             stdout: lock(&self.stdout).clone(),
             stderr: lock(&self.stderr).clone(),
             success: status.success(),
+            code: status.code(),
         })
     }
 
@@ -824,5 +833,11 @@ impl AgentProcess {
     /// Sends SIGTERM, waits for the exit, returns everything printed.
     pub fn stop(self) -> Result<AgentOutput> {
         self.0.stop()
+    }
+
+    /// Sends `signal`, waits for the exit (up to `timeout`, then SIGKILL),
+    /// returns everything printed.
+    pub fn signal_and_wait(self, signal: i32, timeout: Duration) -> Result<AgentOutput> {
+        self.0.signal_and_wait(signal, timeout)
     }
 }

@@ -548,4 +548,151 @@ pub(crate) mod tests {
         let error = Store::open(directory.path()).unwrap_err().to_string();
         assert!(error.contains("corrupt graph snapshot"), "{error}");
     }
+
+    /// Edge `index` of the crash test: `web -> s<index / 500>` on its own port.
+    fn crash_edge(index: usize) -> FlowRecord {
+        let port = 1_000 + u16::try_from(index % 500).unwrap();
+        record(40_000, &format!("s{}", index / 500), port)
+    }
+
+    /// Edges in the store before the first crash: a snapshot of some
+    /// megabytes, so that a compaction takes a while.
+    const CRASH_GRAPH_EDGES: usize = 20_000;
+    /// Edges committed (one commit each) between two compactions.
+    const CRASH_COMMITS_PER_COMPACTION: usize = 5;
+    /// The environment variable that makes the child below run.
+    const CRASH_CHILD_DIRECTORY: &str = "FLOW_POLICY_CRASH_CHILD_DIRECTORY";
+
+    /// The process the crash test kills: opens the store in
+    /// `$FLOW_POLICY_CRASH_CHILD_DIRECTORY` and, for ever, commits a few
+    /// edges (printing `ack N` once edge N is committed) and compacts
+    /// (printing `compact` first). Run only by the test below.
+    #[test]
+    #[ignore = "run by a_kill_at_any_point_of_compactions_loses_no_acknowledged_edge"]
+    fn compaction_crash_child() {
+        use std::io::Write as _;
+        let directory = PathBuf::from(std::env::var_os(CRASH_CHILD_DIRECTORY).unwrap());
+        let (mut store, mut graph, _) = Store::open(&directory).unwrap();
+        let mut out = std::io::stdout().lock();
+        for index in graph.len().. {
+            let changes = graph.observe(&crash_edge(index));
+            store.commit(&changes, &graph).unwrap();
+            writeln!(out, "ack {index}").unwrap();
+            if (index + 1) % CRASH_COMMITS_PER_COMPACTION == 0 {
+                writeln!(out, "compact").unwrap();
+                out.flush().unwrap();
+                store.compact(&graph).unwrap();
+            }
+        }
+    }
+
+    /// A small xorshift generator: random enough for kill times.
+    fn next_random(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn a_kill_at_any_point_of_compactions_loses_no_acknowledged_edge() {
+        use std::{
+            io::BufRead as _,
+            process::{Command, Stdio},
+            sync::mpsc,
+            time::Instant,
+        };
+        const KILLS: usize = 20;
+        let directory = tempfile::tempdir().unwrap();
+        let mut expected = Graph::new();
+        for index in 0..CRASH_GRAPH_EDGES {
+            expected.observe(&crash_edge(index));
+        }
+        let (mut store, _, _) = Store::open(directory.path()).unwrap();
+        store.compact(&expected).unwrap();
+        drop(store);
+        let mut seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("seed {seed}");
+        let mut killed_while_writing_the_snapshot = 0;
+        for kill in 0..KILLS {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "store::tests::compaction_crash_child"])
+                .args(["--ignored", "--nocapture", "--test-threads=1"])
+                .env(CRASH_CHILD_DIRECTORY, directory.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let (lines, received) = mpsc::channel();
+            let stdout = child.stdout.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                for line in io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = lines.send(line);
+                }
+            });
+            // Time the first compaction of this run (from its `compact` to
+            // the next acknowledgement), then kill at a random point of the
+            // second.
+            let mut acknowledged = None;
+            let mut first_compaction: Option<Instant> = None;
+            let mut compaction_time = None;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let line = received
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .expect("the child stopped printing");
+                // The test harness may start the first line with its own
+                // words.
+                if line.ends_with("compact") {
+                    if compaction_time.is_some() {
+                        break;
+                    }
+                    first_compaction = Some(Instant::now());
+                } else if let Some((_, index)) = line.split_once("ack ") {
+                    acknowledged = acknowledged.max(Some(index.parse::<usize>().unwrap()));
+                    if compaction_time.is_none() {
+                        compaction_time = first_compaction.map(|started| started.elapsed());
+                    }
+                }
+            }
+            let window = compaction_time.unwrap().as_micros().max(1) as u64;
+            std::thread::sleep(Duration::from_micros(next_random(&mut seed) % window));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            reader.join().unwrap();
+            // Acknowledgements printed before the kill but not yet read.
+            for line in received.try_iter() {
+                // A line cut by the kill is at worst a lower number.
+                if let Some((_, index)) = line.split_once("ack ")
+                    && let Ok(index) = index.parse::<usize>()
+                {
+                    acknowledged = acknowledged.max(Some(index));
+                }
+            }
+            let acknowledged = acknowledged.unwrap() + 1;
+            if directory.path().join("graph.json.tmp").exists() {
+                killed_while_writing_the_snapshot += 1;
+            }
+            let (_, reopened, _) = Store::open(directory.path())
+                .unwrap_or_else(|error| panic!("kill {kill}: the store is corrupt: {error}"));
+            // Every acknowledged edge, and at most the one being committed.
+            assert!(
+                (acknowledged..=acknowledged + 1).contains(&reopened.len()),
+                "kill {kill}: {} edges, {acknowledged} acknowledged",
+                reopened.len()
+            );
+            for index in expected.len()..reopened.len() {
+                expected.observe(&crash_edge(index));
+            }
+            assert_eq!(reopened, expected, "kill {kill}");
+        }
+        eprintln!(
+            "{KILLS} kills, {killed_while_writing_the_snapshot} while the snapshot was written, {} edges",
+            expected.len()
+        );
+    }
 }

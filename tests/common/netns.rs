@@ -74,6 +74,16 @@ impl Agent {
         self.0.wait_for_log(text, timeout).unwrap();
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT...) and returns at once.
+    pub fn signal(&self, signal: i32) {
+        self.0.signal(signal);
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+
     /// Stderr lines so far.
     pub fn stderr(&self) -> Vec<String> {
         self.0.stderr()
@@ -98,7 +108,16 @@ impl Agent {
 
     /// Sends SIGTERM, waits for exit, returns everything it printed.
     pub fn stop(self) -> AgentOutput {
-        let output = self.0.stop().unwrap();
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM or SIGINT), waits for exit, returns
+    /// everything it printed.
+    pub fn stop_with(self, signal: i32) -> AgentOutput {
+        let output = self
+            .0
+            .signal_and_wait(signal, Duration::from_secs(60))
+            .unwrap();
         AgentOutput {
             records: parse(&output.stdout),
             stderr: output.stderr,

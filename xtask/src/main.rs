@@ -75,6 +75,14 @@ enum Task {
         #[arg(long, conflicts_with = "peer_netobserv")]
         rates: bool,
     },
+    /// The soak (tests/soak.rs) for longer than the suite's minute: an agent
+    /// with 64 API followers, one of them not reading, while pods churn;
+    /// prints its figures (root).
+    Soak {
+        /// How long to run (minutes).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Check that proto/hubble is a wire-compatible subset of Cilium's Hubble
     /// API: every message, field, enum value, service and method it declares
     /// exists upstream with the same number, name, type, label and oneof, so
@@ -185,6 +193,32 @@ fn main() -> Result<()> {
             bench::bench(&binary, peer.as_ref())
         }
         Task::HubbleCompat { upstream } => hubble_compat::run(&upstream),
+        Task::Soak { minutes } => {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("cargo xtask soak needs root (BPF, network namespaces)");
+            }
+            if !(minutes.is_finite() && minutes > 0.0) {
+                bail!("--minutes must be a positive number of minutes, not {minutes}");
+            }
+            setup::status(
+                &std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+                &[
+                    "test",
+                    "-p",
+                    "flow-agent",
+                    "--test",
+                    "soak",
+                    "--",
+                    "--include-ignored",
+                    "--nocapture",
+                ],
+                &[
+                    ("FLOW_AGENT_SOAK_MINUTES", &minutes.to_string()),
+                    ("FLOW_AGENT_TEST_STRICT", "1"),
+                ],
+            )
+        }
     }
 }
 

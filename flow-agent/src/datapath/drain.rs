@@ -371,7 +371,7 @@ mod tests {
     use std::os::fd::AsFd as _;
 
     use super::*;
-    use crate::datapath::sys::fake;
+    use crate::datapath::{DatapathConfig, sys::fake};
 
     const CPUS: usize = 2;
     const EPOCH: u32 = 7;
@@ -460,5 +460,99 @@ mod tests {
             .map(|sample| (sample.key.src_port, sample.packets, sample.bytes))
             .collect();
         assert_eq!(totals, [(2, 1, 100), (1, 5, 500), (3, 5, 500)]);
+    }
+
+    /// Batched calls the fake kernel below refused.
+    static REFUSED_BATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// A kernel before Linux 5.6: `BPF_MAP_LOOKUP_AND_DELETE_BATCH` is
+    /// EINVAL, every other command is the real kernel's.
+    fn kernel_without_batch_operations(
+        command: sys::BpfCmd,
+        attr: &mut sys::BpfAttr,
+    ) -> io::Result<libc::c_long> {
+        if command == sys::BpfCmd::MapLookupAndDeleteBatch {
+            REFUSED_BATCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return fake::errno(libc::EINVAL);
+        }
+        fake::kernel(command, attr)
+    }
+
+    #[test]
+    fn without_batch_operations_the_real_maps_are_drained_key_by_key_exactly() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none(),
+                "needs root (BPF) and cannot be skipped under FLOW_AGENT_TEST_STRICT"
+            );
+            eprintln!("skipping: needs root (BPF)");
+            return;
+        }
+        let _fake = fake::replace(kernel_without_batch_operations);
+        let mut datapath = Datapath::load(&DatapathConfig {
+            map_entries: 4096,
+            ..DatapathConfig::default()
+        })
+        .unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        let active = datapath.epoch();
+        let inactive = active.wrapping_sub(1);
+        // Flows left in the inactive map (as by a killed agent) and flows of
+        // the active epoch; one CPU slot of the last flow is stale.
+        let fill = |datapath: &mut Datapath, epoch: u32, ports: std::ops::Range<u16>| {
+            let (_, map) = datapath.flows_map(epoch);
+            for port in ports {
+                let slots: Vec<FlowStats> = (0..cpus)
+                    .map(|cpu| {
+                        let stale = port == 1_299 && cpu == 0;
+                        slot(
+                            u64::from(port) + cpu as u64,
+                            if stale { epoch.wrapping_sub(2) } else { epoch },
+                        )
+                    })
+                    .collect();
+                let values = aya::maps::PerCpuValues::try_from(slots).unwrap();
+                map.insert(key(port), values, 0).unwrap();
+            }
+        };
+        fill(&mut datapath, inactive, 1..301);
+        fill(&mut datapath, active, 1_000..1_300);
+
+        let flows = datapath.drain().unwrap();
+        // One refused batch: the first map, then the second, were walked
+        // key by key.
+        assert_eq!(REFUSED_BATCHES.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!datapath.batch_supported);
+        assert_eq!(datapath.last_drain(), DrainStrategy::Walked);
+        assert_eq!(flows.stale_slots(), 1);
+        let mut drained: Vec<(u16, u64, u64)> = flows
+            .into_samples()
+            .into_iter()
+            .map(|sample| (sample.key.src_port, sample.packets, sample.bytes))
+            .collect();
+        drained.sort_unstable();
+        let cpus = cpus as u64;
+        let expected: Vec<(u16, u64, u64)> = (1..301)
+            .chain(1_000..1_300)
+            .map(|port: u16| {
+                let first_cpu = if port == 1_299 { 1 } else { 0 };
+                let packets: u64 = (first_cpu..cpus).map(|cpu| u64::from(port) + cpu).sum();
+                (port, packets, packets * 100)
+            })
+            .collect();
+        assert_eq!(drained, expected);
+        for epoch in [active, inactive] {
+            let (_, map) = datapath.flows_map(epoch);
+            assert_eq!(map.keys().count(), 0, "epoch {epoch} left entries");
+        }
+
+        // Later walks go key by key at once.
+        let epoch = datapath.epoch();
+        fill(&mut datapath, epoch, 7..9);
+        let mut flows = DrainedFlows::default();
+        datapath.drain_map(epoch, &mut flows).unwrap();
+        assert_eq!(flows.len(), 2);
+        assert_eq!(REFUSED_BATCHES.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -119,6 +119,11 @@ fn bpf(command: BpfCmd, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
     if let Some(fake) = fake::current() {
         return fake(command, attr);
     }
+    syscall(command, attr)
+}
+
+/// bpf(2) itself.
+fn syscall(command: BpfCmd, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, writable, 8-byte aligned buffer of the size
     // passed, and every pointer in it is valid for what the command reads or
     // writes (each caller's contract).
@@ -343,6 +348,15 @@ pub(super) mod fake {
         fn drop(&mut self) {
             FAKE.set(None);
         }
+    }
+
+    /// Passes a call on to the kernel: for a fake that answers some
+    /// commands only.
+    pub(in crate::datapath) fn kernel(
+        command: BpfCmd,
+        attr: &mut BpfAttr,
+    ) -> io::Result<libc::c_long> {
+        super::syscall(command, attr)
     }
 
     /// An errno, as the kernel returns it.
