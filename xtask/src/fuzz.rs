@@ -44,9 +44,21 @@ pub(crate) const TARGETS: [(&str, &str); 9] = [
     ),
 ];
 
+/// How the targets are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Build {
+    /// Optimized: the most executions a second, for long runs. Building
+    /// kube, k8s-openapi and tonic instrumented and optimized takes over
+    /// half an hour from clean on 2 cores.
+    Release,
+    /// Unoptimized, debug assertions on: builds in a fraction of that, for
+    /// the short runs of `cargo xtask test`.
+    Dev,
+}
+
 /// Runs `targets` (all when empty) for `time` each. New inputs go to a
 /// scratch corpus under the target directory, not to the committed seeds.
-pub(crate) fn run(targets: &[String], time: Duration) -> Result<()> {
+pub(crate) fn run(targets: &[String], time: Duration, build: Build) -> Result<()> {
     let toolchain = setup::ensure_fuzz_tools()?;
     let chosen: Vec<&str> = if targets.is_empty() {
         TARGETS.iter().map(|(name, _)| *name).collect()
@@ -64,25 +76,27 @@ pub(crate) fn run(targets: &[String], time: Duration) -> Result<()> {
         let scratch = scratch_corpus(target)?;
         let seeds = root.join("fuzz").join("corpus").join(target);
         let max_time = format!("-max_total_time={}", time.as_secs().max(1));
-        setup::status(
-            "cargo",
-            &[
-                &format!("+{toolchain}"),
-                "fuzz",
-                "run",
-                "--fuzz-dir",
-                &root.join("fuzz").to_string_lossy(),
-                target,
-                &scratch.to_string_lossy(),
-                &seeds.to_string_lossy(),
-                "--",
-                &max_time,
-                "-rss_limit_mb=2048",
-                "-print_final_stats=1",
-            ],
-            &[],
-        )
-        .with_context(|| {
+        let (toolchain, fuzz_dir) = (
+            format!("+{toolchain}"),
+            root.join("fuzz").to_string_lossy().into_owned(),
+        );
+        let (scratch, seeds) = (scratch.to_string_lossy(), seeds.to_string_lossy());
+        let mut args = vec![toolchain.as_str(), "fuzz", "run"];
+        if build == Build::Dev {
+            args.push("--dev");
+        }
+        args.extend([
+            "--fuzz-dir",
+            &fuzz_dir,
+            target,
+            &scratch,
+            &seeds,
+            "--",
+            &max_time,
+            "-rss_limit_mb=2048",
+            "-print_final_stats=1",
+        ]);
+        setup::status("cargo", &args, &[]).with_context(|| {
             format!("fuzz target {target} failed: its input is under fuzz/artifacts/{target}/")
         })?;
     }

@@ -138,7 +138,9 @@ fn main() -> Result<()> {
         Task::Setup { build_only: false } => setup::setup(),
         Task::Setup { build_only: true } => setup::setup_build(),
         Task::Lint => lint(),
-        Task::Fuzz { targets, seconds } => fuzz::run(&targets, Duration::from_secs(seconds)),
+        Task::Fuzz { targets, seconds } => {
+            fuzz::run(&targets, Duration::from_secs(seconds), fuzz::Build::Release)
+        }
         Task::Test => {
             // The kernel tests are most of the suite; under the strict mode
             // set below they fail rather than skip without root.
@@ -168,8 +170,10 @@ fn main() -> Result<()> {
                     ("FLOW_AGENT_TEST_STRICT", "1"),
                 ],
             )?;
-            // Each fuzz target, briefly, from its seeds: a crash fails the suite.
-            fuzz::run(&[], fuzz::TIME_IN_TEST)
+            // Each fuzz target, briefly, from its seeds: a crash fails the
+            // suite. Unoptimized: the instrumented release build of the
+            // dependencies alone would take most of CI's time.
+            fuzz::run(&[], fuzz::TIME_IN_TEST, fuzz::Build::Dev)
         }
         Task::Demo { seconds } => {
             let binary = prepare_agent("debug")?;
