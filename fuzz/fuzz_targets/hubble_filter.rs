@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = matcher.matches(&StoredFlow {
                 record,
                 sequence: 7,
+                dns: None,
             });
         }
         Err(error) => assert!(!error.field.is_empty()),
