@@ -368,21 +368,19 @@ fn a_second_signal_during_shutdown_exits_at_once_with_status_130() {
     let sent = Instant::now();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGTERM) };
+    // Stuck on the pipe, the first shutdown would never end: exiting at
+    // all, with 130, is the second signal's doing. The deadline only keeps
+    // a broken agent from hanging the suite.
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(
-            sent.elapsed() < Duration::from_secs(5),
+            sent.elapsed() < Duration::from_secs(30),
             "still running after the second signal"
         );
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert!(
-        sent.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        sent.elapsed()
-    );
     assert_eq!(status.code(), Some(130));
     reader.join().unwrap();
     let stderr = stderr.lock().unwrap();
