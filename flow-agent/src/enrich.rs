@@ -452,15 +452,28 @@ mod tests {
     use flow_model::identity::{CacheEvent, IdentityConfig, inventory};
     use flow_model::record::Endpoint;
 
-    #[test]
-    fn a_reply_still_from_the_service_address_folds_into_its_requests_aggregate() {
+    /// A cache of node-a, with these platform namespaces, holding the
+    /// objects of `yaml` applied at `now`.
+    fn cache_of(yaml: &str, platform: &[&str], now: SystemTime) -> IdentityCache {
         let mut cache = IdentityCache::new(IdentityConfig {
             tenant_label: "tenant".to_owned(),
             node_name: "node-a".to_owned(),
             local_addresses: Vec::new(),
             grace: Duration::from_secs(60),
-            platform_namespaces: flow_model::identity::platform_namespaces([]),
+            platform_namespaces: flow_model::identity::platform_namespaces(
+                platform.iter().map(|namespace| (*namespace).to_owned()),
+            ),
         });
+        let parsed = inventory::parse(yaml, "test.yaml");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        for object in parsed.objects {
+            cache.apply(CacheEvent::Apply(object), now);
+        }
+        cache
+    }
+
+    #[test]
+    fn a_reply_still_from_the_service_address_folds_into_its_requests_aggregate() {
         let pod = |name: &str, ip: &str| {
             format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: {name}, labels: {{app: {name}}}}}\nspec: {{nodeName: node-b, containers: [{{name: main, image: app}}]}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}], startTime: '2020-01-01T00:00:00Z'}}\n"
@@ -472,12 +485,8 @@ mod tests {
             "---\napiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: cart}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints: [{addresses: [10.2.0.30], conditions: {ready: true}}]\n".to_owned(),
         ]
         .concat();
-        let parsed = inventory::parse(&yaml, "test.yaml");
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         let now = SystemTime::now();
-        for object in parsed.objects {
-            cache.apply(CacheEvent::Apply(object), now);
-        }
+        let cache = cache_of(&yaml, &[], now);
         let enricher = Enricher::new(cache);
         let time = flow_model::record::Timestamp(now);
         let record = |source: Endpoint, destination: Endpoint, is_reply: bool| FlowRecord {
@@ -546,20 +555,9 @@ mod tests {
 
     #[test]
     fn records_of_one_pod_share_one_identity() {
-        let mut cache = IdentityCache::new(IdentityConfig {
-            tenant_label: "tenant".to_owned(),
-            node_name: "node-a".to_owned(),
-            local_addresses: Vec::new(),
-            grace: Duration::from_secs(60),
-            platform_namespaces: flow_model::identity::platform_namespaces([]),
-        });
         let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, uid: u1, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: main, image: app}]}\nstatus: {podIP: 10.1.0.2, podIPs: [{ip: 10.1.0.2}], startTime: '2020-01-01T00:00:00Z'}\n";
-        let parsed = inventory::parse(yaml, "test.yaml");
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         let now = SystemTime::now();
-        for object in parsed.objects {
-            cache.apply(CacheEvent::Apply(object), now);
-        }
+        let cache = cache_of(yaml, &[], now);
         let enricher = Enricher::new(cache);
         let record = |port| {
             let time = flow_model::record::Timestamp(now);
@@ -599,13 +597,6 @@ mod tests {
 
     #[test]
     fn flows_to_and_from_platform_namespaces_never_cross_tenants() {
-        let mut cache = IdentityCache::new(IdentityConfig {
-            tenant_label: "tenant".to_owned(),
-            node_name: "node-a".to_owned(),
-            local_addresses: Vec::new(),
-            grace: Duration::from_secs(60),
-            platform_namespaces: flow_model::identity::platform_namespaces(["dns".to_owned()]),
-        });
         let namespace = |name: &str, tenant: &str| {
             format!(
                 "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{tenant: {tenant}}}}}\n"
@@ -628,12 +619,8 @@ mod tests {
             pod("kube-system", "agent", "10.1.0.9"),
         ]
         .concat();
-        let parsed = inventory::parse(&yaml, "test.yaml");
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         let now = SystemTime::now();
-        for object in parsed.objects {
-            cache.apply(CacheEvent::Apply(object), now);
-        }
+        let cache = cache_of(&yaml, &["dns"], now);
         let enricher = Enricher::without_conntrack(cache);
         let crossing = |source: &str, destination: &str, is_reply: bool| {
             let time = flow_model::record::Timestamp(now);
@@ -672,20 +659,9 @@ mod tests {
     #[test]
     fn a_conntrack_that_never_answers_leaves_records_naming_the_service_and_is_counted() {
         use std::os::fd::{FromRawFd as _, OwnedFd};
-        let mut cache = IdentityCache::new(IdentityConfig {
-            tenant_label: "tenant".to_owned(),
-            node_name: "node-a".to_owned(),
-            local_addresses: Vec::new(),
-            grace: Duration::from_secs(60),
-            platform_namespaces: flow_model::identity::platform_namespaces([]),
-        });
         let yaml = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, uid: web, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: main, image: app}]}\nstatus: {podIP: 10.1.0.2, podIPs: [{ip: 10.1.0.2}], startTime: '2020-01-01T00:00:00Z'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-1, namespace: shop, uid: cart-1, labels: {app: cart}}\nspec: {nodeName: node-b, containers: [{name: main, image: app}]}\nstatus: {podIP: 10.2.0.30, podIPs: [{ip: 10.2.0.30}], startTime: '2020-01-01T00:00:00Z'}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: cart-1, namespace: shop, labels: {kubernetes.io/service-name: cart}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints: [{addresses: [10.2.0.30], conditions: {ready: true}}]\n";
-        let parsed = inventory::parse(yaml, "test.yaml");
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         let now = SystemTime::now();
-        for object in parsed.objects {
-            cache.apply(CacheEvent::Apply(object), now);
-        }
+        let cache = cache_of(yaml, &[], now);
         // A datagram socket whose peer takes every request and never
         // answers: each lookup waits for its deadline.
         let mut pair = [0; 2];
