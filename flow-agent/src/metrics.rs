@@ -154,6 +154,7 @@ pub struct Metrics {
     interfaces: Gauge,
     identity_pods: Gauge,
     unresolved: Counter,
+    conntrack_failures: Counter,
     violations: Counter,
     api_lost: Family<Labels, Counter>,
     api_subscribers: Gauge,
@@ -180,6 +181,7 @@ struct Seen {
     datapath: DatapathCounters,
     api_lost: HashMap<String, u64>,
     file_dropped: u64,
+    conntrack_failures: u64,
     dns: BTreeMap<&'static str, u64>,
 }
 
@@ -223,6 +225,7 @@ impl Metrics {
             interfaces: Gauge::default(),
             identity_pods: Gauge::default(),
             unresolved: Counter::default(),
+            conntrack_failures: Counter::default(),
             violations: Counter::default(),
             api_lost: Family::default(),
             api_subscribers: Gauge::default(),
@@ -296,6 +299,11 @@ impl Metrics {
             "unresolved_endpoints",
             "Record ends no pod, node or Service address explained (world)",
             metrics.unresolved.clone(),
+        );
+        registry.register(
+            "conntrack_lookup_failures",
+            "Conntrack lookups of Service connections that failed or timed out: those records keep the Service address",
+            metrics.conntrack_failures.clone(),
         );
         registry.register(
             "policy_violations",
@@ -412,6 +420,16 @@ impl Metrics {
         if file_dropped > seen.file_dropped {
             self.file_dropped.inc_by(file_dropped - seen.file_dropped);
             seen.file_dropped = file_dropped;
+        }
+    }
+
+    /// Takes the failed conntrack lookups (total since start).
+    pub fn conntrack(&self, failures: u64) {
+        let mut seen = lock(&self.seen);
+        if failures > seen.conntrack_failures {
+            self.conntrack_failures
+                .inc_by(failures - seen.conntrack_failures);
+            seen.conntrack_failures = failures;
         }
     }
 
@@ -637,6 +655,8 @@ mod tests {
         api.insert("team-acme".to_owned(), 9);
         metrics.losses(&api, 2);
         metrics.state(3, 12, 40, 2);
+        metrics.conntrack(3);
+        metrics.conntrack(5);
         let text = metrics.encode();
         assert_eq!(value(&text, "flowagent_packets_total"), 12.0);
         assert_eq!(value(&text, "flowagent_bytes_total"), 1_120.0);
@@ -664,6 +684,10 @@ mod tests {
             2.0
         );
         assert_eq!(value(&text, "flowagent_interfaces_attached"), 3.0);
+        assert_eq!(
+            value(&text, "flowagent_conntrack_lookup_failures_total"),
+            5.0
+        );
         assert_eq!(value(&text, "flowagent_learned_edges"), 40.0);
         assert_eq!(
             value(

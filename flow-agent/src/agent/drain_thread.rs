@@ -520,6 +520,9 @@ impl<S: RecordSink> Agent<S> {
             .as_ref()
             .map_or(0, |stats| stats.dropped.load(Ordering::Relaxed));
         metrics.losses(&lost, dropped);
+        if let Some(enricher) = self.pipeline.enricher() {
+            metrics.conntrack(enricher.conntrack_failures());
+        }
         if let Some(dns) = self.pipeline.dns_stats() {
             metrics.dns(&dns);
         }
