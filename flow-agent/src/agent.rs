@@ -23,7 +23,7 @@ pub use flow_model::error_chain;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use self::drain_thread::{Command, DrainThread, Start};
 pub use self::pipeline::{DrainOutput, Pipeline, PipelineParts, Totals};
@@ -46,6 +46,10 @@ use flow_model::identity::{
     kubernetes::{self, KubernetesError},
 };
 use flow_policy::{evaluate::PolicyLoadError, store::StoreError};
+
+/// How long followers get, after [`API_SHUTDOWN_GRACE`], to receive the
+/// loss count of what they did not read (see [`crate::api::hub::Hub::cut_short`]).
+const API_CUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the API gets at shutdown to deliver what is queued to its
 /// subscribers before their connections are dropped.
@@ -313,7 +317,9 @@ impl Services {
     }
 
     /// Ends the following streams once their queues are delivered (within
-    /// [`API_SHUTDOWN_GRACE`]), then stops the servers.
+    /// [`API_SHUTDOWN_GRACE`]; a follower still reading then is told what it
+    /// did not read as lost, within [`API_CUT_GRACE`]), then stops the
+    /// servers.
     async fn stop(self) {
         let Self {
             hub,
@@ -331,10 +337,23 @@ impl Services {
         if let Some(task) = metrics_task {
             let _ = tokio::time::timeout(API_SHUTDOWN_GRACE, task).await;
         }
-        let Some(task) = api_task else {
+        let Some(mut task) = api_task else {
             return;
         };
-        match tokio::time::timeout(API_SHUTDOWN_GRACE, task).await {
+        let task = match tokio::time::timeout(API_SHUTDOWN_GRACE, &mut task).await {
+            Ok(ended) => Ok(ended),
+            Err(_) => {
+                if let Some(hub) = &hub {
+                    hub.cut_short();
+                }
+                info!(
+                    grace = %humantime::format_duration(API_SHUTDOWN_GRACE),
+                    "followers still reading after the grace period: each is told what it did not read as lost"
+                );
+                tokio::time::timeout(API_CUT_GRACE, task).await
+            }
+        };
+        match task {
             Ok(Ok(Ok(()))) => debug!("gRPC API stopped"),
             Ok(Ok(Err(error))) => {
                 warn!(error = %error_chain(&error), "gRPC API failed while stopping")

@@ -214,7 +214,6 @@ fn main() -> Result<()> {
                     "--test",
                     "soak",
                     "--",
-                    "--include-ignored",
                     "--nocapture",
                 ],
                 &[

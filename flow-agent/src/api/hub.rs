@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -97,6 +97,9 @@ struct Channel<T> {
     subscribers: Vec<Subscriber<T>>,
     /// Records lost, by client, since start.
     lost_by_client: BTreeMap<Arc<str>, u64>,
+    /// Set at shutdown once followers had their time: each feed then
+    /// reports what it still holds as lost instead of delivering it.
+    cut: Arc<AtomicBool>,
 }
 
 impl<T: Timed> Channel<T> {
@@ -106,6 +109,7 @@ impl<T: Timed> Channel<T> {
             capacity,
             subscribers: Vec::new(),
             lost_by_client: BTreeMap::new(),
+            cut: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -203,6 +207,7 @@ impl<T: Timed> Channel<T> {
             Feed {
                 receiver,
                 unreported,
+                cut: Arc::clone(&self.cut),
             }
         });
         Subscription { replay, live }
@@ -296,13 +301,19 @@ impl<T: Send + Sync + 'static> Subscription<T> {
 pub struct Feed<T> {
     receiver: mpsc::Receiver<Delivery<T>>,
     unreported: Arc<AtomicU64>,
+    cut: Arc<AtomicBool>,
 }
 
 impl<T> Feed<T> {
     /// The next delivery; `None` once the hub has closed and the queue is
     /// drained. Losses after the last delivered record are reported then, as a
-    /// final [`Delivery::Lost`], so the count is exact to the end.
+    /// final [`Delivery::Lost`], so the count is exact to the end. Once the
+    /// hub cut followers short ([`Hub::cut_short`]), what is still queued is
+    /// that final loss.
     pub async fn next(&mut self) -> Option<Delivery<T>> {
+        if self.cut.load(Ordering::Acquire) {
+            return self.cut_short();
+        }
         match self.receiver.recv().await {
             Some(delivery) => Some(delivery),
             // No sender remains: the hub no longer touches the counter.
@@ -311,6 +322,18 @@ impl<T> Feed<T> {
                 count => Some(Delivery::Lost(count)),
             },
         }
+    }
+
+    /// Everything still queued, and losses not yet reported, as one loss.
+    fn cut_short(&mut self) -> Option<Delivery<T>> {
+        let mut count = self.unreported.swap(0, Ordering::Relaxed);
+        while let Ok(delivery) = self.receiver.try_recv() {
+            count += match delivery {
+                Delivery::Record(_) => 1,
+                Delivery::Lost(lost) => lost,
+            };
+        }
+        (count > 0).then_some(Delivery::Lost(count))
     }
 
     /// The next delivery if one is queued.
@@ -674,6 +697,16 @@ impl Hub {
         state.aggregates.subscribers.clear();
     }
 
+    /// After [`Hub::close`], when followers could not read everything in
+    /// time: each feed reports what it still holds as lost, then ends, so a
+    /// slow follower's stream ends properly and tells it what it missed.
+    pub fn cut_short(&self) {
+        let state = self.state();
+        debug_assert!(state.closed, "followers are cut short only after close");
+        state.flows.cut.store(true, Ordering::Release);
+        state.aggregates.cut.store(true, Ordering::Release);
+    }
+
     /// The ServerStatus answer.
     pub fn status(&self, version: &str) -> proto::ServerStatusResponse {
         let state = self.state();
@@ -940,6 +973,29 @@ mod tests {
         }
         assert_eq!(tail, ["record 12", "record 13", "lost 1"]);
         assert_eq!(hub.lost_records(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_follower_cut_short_at_shutdown_is_told_what_it_did_not_read() {
+        let hub = hub(10, 4);
+        let mut slow = hub
+            .subscribe_flows(Replay::last(0), true, "test", |_| true)
+            .unwrap()
+            .live
+            .unwrap();
+        // Records 1..=4 fill its queue, 5 is lost; it reads record 1.
+        for port in 1..=5 {
+            hub.publish_flows(&[record(port, 1)]);
+        }
+        assert!(
+            matches!(slow.next().await, Some(Delivery::Record(item)) if item.record.source.port == 1)
+        );
+        hub.close();
+        hub.cut_short();
+        // 2, 3 and 4 still queued, and 5 never reported: one loss of 4, then
+        // the end.
+        assert!(matches!(slow.next().await, Some(Delivery::Lost(4))));
+        assert!(slow.next().await.is_none());
     }
 
     #[tokio::test]
