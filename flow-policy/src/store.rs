@@ -458,7 +458,22 @@ pub(crate) mod tests {
     pub(crate) struct Tmpfs(pub(crate) tempfile::TempDir);
 
     impl Tmpfs {
-        pub(crate) fn mount(size: &str) -> Self {
+        /// A tmpfs of `size`, or `None` (skipping, which the strict test
+        /// environment refuses) when not root.
+        pub(crate) fn mount_as_root(size: &str) -> Option<Self> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                assert!(
+                    std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none(),
+                    "mounting a tmpfs needs root"
+                );
+                eprintln!("skipping: mounting a tmpfs needs root");
+                return None;
+            }
+            Some(Self::mount(size))
+        }
+
+        fn mount(size: &str) -> Self {
             let directory = tempfile::tempdir().unwrap();
             let status = std::process::Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -489,16 +504,9 @@ pub(crate) mod tests {
 
     #[test]
     fn an_append_that_fails_on_a_full_disk_is_cut_and_the_log_stays_readable() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("FLOW_AGENT_TEST_STRICT").is_none(),
-                "mounting a tmpfs needs root"
-            );
-            eprintln!("skipping: mounting a tmpfs needs root");
+        let Some(disk) = Tmpfs::mount_as_root("16k") else {
             return;
-        }
-        let disk = Tmpfs::mount("16k");
+        };
         let (mut store, mut graph, _) = Store::open(disk.0.path()).unwrap();
         // What was acknowledged: only the changes of commits that succeeded.
         let mut acknowledged = Graph::new();
