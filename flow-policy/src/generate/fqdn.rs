@@ -8,10 +8,16 @@
 //! pattern never widens to a public suffix. Public suffixes are those of
 //! the Public Suffix List compiled into the `psl` crate, both its ICANN
 //! section (`com`, `co.uk`) and its private one (`blob.core.windows.net`,
-//! `vault.azure.net`): the private entries are where a provider hands out
-//! names to different customers, so `*.vault.azure.net` would admit every
-//! customer's vault. Cilium's `*` stays within one label, which is why the
-//! parent, not the registered domain, is what names share.
+//! `servicebus.windows.net`): the private entries are where a provider
+//! hands out names to different customers, so `*.blob.core.windows.net`
+//! would admit every customer's storage account. The list does not have
+//! every such suffix: Azure's Key Vault, SQL, Cosmos DB and Container
+//! Registry hand out names under `vault.azure.net`, `database.windows.net`,
+//! `documents.azure.com` and `azurecr.io`, none of them in it (checked
+//! against the list of `psl` 2.1.247). [`SHARED_SUFFIXES`] adds those, so
+//! `*.vault.azure.net` is never written either. Cilium's `*` stays within
+//! one label, which is why the parent, not the registered domain, is what
+//! names share.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,13 +29,44 @@ use crate::cilium::FqdnSelector;
 /// numbered or per-tenant hosts of a CDN or a sharded service.
 pub const DEFAULT_PATTERN_THRESHOLD: usize = 5;
 
+/// Suffixes under which a cloud provider hands out names to different
+/// customers and that the Public Suffix List lacks: each is treated as a
+/// public suffix. Lower case, without the final dot.
+pub const SHARED_SUFFIXES: [&str; 16] = [
+    "azconfig.io",
+    "azure-devices.net",
+    "azurecr.io",
+    "cognitiveservices.azure.com",
+    "database.windows.net",
+    "dfs.core.windows.net",
+    "documents.azure.com",
+    "managedhsm.azure.net",
+    "mysql.database.azure.com",
+    "openai.azure.com",
+    "postgres.database.azure.com",
+    "queue.core.windows.net",
+    "redis.cache.windows.net",
+    "search.windows.net",
+    "table.core.windows.net",
+    "vault.azure.net",
+];
+
 /// Whether `domain` is a registered domain or a name under one, by the
-/// Public Suffix List (ICANN and private sections); false for a public
-/// suffix itself and for a name the list cannot place.
+/// Public Suffix List (ICANN and private sections) and [`SHARED_SUFFIXES`];
+/// false for a public suffix itself and for a name the list cannot place.
 pub fn under_registered_domain(domain: &str) -> bool {
     // A domain is the list's suffix plus one label: a public suffix has
     // none.
-    psl::domain(domain.as_bytes()).is_some()
+    psl::domain(domain.as_bytes()).is_some() && !is_shared_suffix(domain)
+}
+
+/// Whether `domain` is one of [`SHARED_SUFFIXES`] (any case, final dot or
+/// not).
+fn is_shared_suffix(domain: &str) -> bool {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    SHARED_SUFFIXES
+        .iter()
+        .any(|suffix| domain.eq_ignore_ascii_case(suffix))
 }
 
 /// Each name's selector: its own `matchName`, or the `matchPattern` of its
@@ -101,7 +138,14 @@ mod tests {
 
     #[test]
     fn a_public_suffix_never_becomes_a_pattern() {
-        for parent in ["com", "co.uk", "blob.core.windows.net"] {
+        for parent in [
+            "com",
+            "co.uk",
+            "blob.core.windows.net",
+            "vault.azure.net",
+            "database.windows.net",
+            "azurecr.io",
+        ] {
             let names = hosts(10, parent);
             assert_eq!(
                 chosen(&names, 5),
@@ -117,5 +161,17 @@ mod tests {
         assert!(under_registered_domain("acct.blob.core.windows.net"));
         assert!(!under_registered_domain("blob.core.windows.net"));
         assert!(!under_registered_domain("com"));
+        assert!(!under_registered_domain("Vault.Azure.NET."));
+        assert!(under_registered_domain("team.vault.azure.net"));
+        assert!(under_registered_domain("azure.net"));
+    }
+
+    #[test]
+    fn the_shared_suffixes_are_not_in_the_public_suffix_list() {
+        // Each entry is there because the list lacks it: one the list
+        // gains is dropped from ours.
+        for suffix in SHARED_SUFFIXES {
+            assert!(psl::domain(suffix.as_bytes()).is_some(), "{suffix}");
+        }
     }
 }
