@@ -41,6 +41,7 @@ use flow_policy::{
 use flow_agent::api::{
     convert,
     hub::{Hub, HubSettings},
+    sent::SentBytes,
     server::{self, ApiSettings, Authz, Served},
 };
 use kube_api::KubeApi;
@@ -115,6 +116,7 @@ async fn serve(listen: SocketAddr, graph: Graph) {
     let served = Served {
         hub,
         peers: Arc::default(),
+        sent: SentBytes::default(),
     };
     let serving = server::start(&settings, served, std::future::pending())
         .await

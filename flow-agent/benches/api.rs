@@ -24,6 +24,7 @@ use flow_agent::{
         filter::{FlowMatcher, Scope},
         hub::{Hub, HubSettings, Replay, StoredFlow},
         hubble::filter::HubbleMatcher,
+        sent::SentBytes,
         server::{self, ApiSettings, Authz, HubbleSettings, Served},
     },
     output::{FileSink, FileSinkSettings, RecordSink as _},
@@ -298,6 +299,7 @@ fn grpc(records: &[FlowRecord]) {
         let served = Served {
             hub: Arc::clone(&hub),
             peers: Arc::default(),
+            sent: SentBytes::default(),
         };
         let serve = server::start(&api, served, async {
             let _ = stopped.await;

@@ -31,6 +31,7 @@ use crate::{
     api::{
         hub::Hub,
         hubble::peer::PeerSet,
+        sent::SentBytes,
         server::{self, ApiError, Served},
     },
     config::{IdentitySettings, IdentitySource, RunConfig},
@@ -48,8 +49,14 @@ use flow_model::identity::{
 use flow_policy::{evaluate::PolicyLoadError, store::StoreError};
 
 /// How long followers get, after [`API_SHUTDOWN_GRACE`], to receive the
-/// loss count of what they did not read (see [`crate::api::hub::Hub::cut_short`]).
+/// loss count of what they did not read (see [`crate::api::hub::Hub::cut_short`]),
+/// while no client takes a byte; each stretch in which clients take bytes
+/// earns another.
 const API_CUT_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest the API may take to stop, grace included, however steadily
+/// clients read: within Kubernetes' default 30-s termination grace period.
+const API_STOP_LIMIT: Duration = Duration::from_secs(25);
 
 /// How long the API gets at shutdown to deliver what is queued to its
 /// subscribers before their connections are dropped.
@@ -259,11 +266,16 @@ struct Services {
     peers: Arc<PeerSet>,
     metrics: Option<Arc<Metrics>>,
     health: Arc<Health>,
-    api_task: Option<tokio::task::JoinHandle<Result<(), ApiError>>>,
+    api_task: Option<ApiTask>,
+    /// What the API has written to its clients.
+    sent: SentBytes,
     metrics_task: Option<tokio::task::JoinHandle<io::Result<()>>>,
     stop_api: oneshot::Sender<()>,
     stop_metrics: oneshot::Sender<()>,
 }
+
+/// The API server task.
+type ApiTask = tokio::task::JoinHandle<Result<(), ApiError>>;
 
 impl Services {
     /// Binds the API and the metrics endpoint (before anything is attached,
@@ -271,12 +283,14 @@ impl Services {
     async fn start(config: &RunConfig) -> Result<Self, AgentError> {
         let (stop_api, api_stopped) = oneshot::channel::<()>();
         let peers = Arc::new(PeerSet::default());
+        let sent = SentBytes::default();
         let (hub, api_task) = match &config.api {
             Some((settings, hub_settings)) => {
                 let hub = Arc::new(Hub::new(config.node_name.clone(), *hub_settings));
                 let served = Served {
                     hub: Arc::clone(&hub),
                     peers: Arc::clone(&peers),
+                    sent: sent.clone(),
                 };
                 let serve = server::start(settings, served, async {
                     let _ = api_stopped.await;
@@ -310,6 +324,7 @@ impl Services {
             metrics,
             health,
             api_task,
+            sent,
             metrics_task,
             stop_api,
             stop_metrics,
@@ -318,12 +333,12 @@ impl Services {
 
     /// Ends the following streams once their queues are delivered (within
     /// [`API_SHUTDOWN_GRACE`]; a follower still reading then is told what it
-    /// did not read as lost, within [`API_CUT_GRACE`]), then stops the
-    /// servers.
+    /// did not read as lost, see [`deliver_last`]), then stops the servers.
     async fn stop(self) {
         let Self {
             hub,
             api_task,
+            sent,
             metrics_task,
             stop_api,
             stop_metrics,
@@ -350,7 +365,7 @@ impl Services {
                     grace = %humantime::format_duration(API_SHUTDOWN_GRACE),
                     "followers still reading after the grace period: each is told what it did not read as lost"
                 );
-                tokio::time::timeout(API_CUT_GRACE, task).await
+                deliver_last(&sent, &mut task).await
             }
         };
         match task {
@@ -362,6 +377,33 @@ impl Services {
             Err(_) => warn!(
                 grace = %humantime::format_duration(API_SHUTDOWN_GRACE),
                 "gRPC subscribers still connected after the grace period; closing their connections"
+            ),
+        }
+    }
+}
+
+/// Waits for the API to end after followers were cut short: what is already
+/// on its way to a client (records, then the final loss count) is only
+/// delivered if the connection stays open until the client has read it.
+/// Gives up after [`API_CUT_GRACE`] in which no client took a byte, or at
+/// [`API_STOP_LIMIT`] in all.
+async fn deliver_last(
+    sent: &SentBytes,
+    task: &mut ApiTask,
+) -> Result<Result<Result<(), ApiError>, tokio::task::JoinError>, tokio::time::error::Elapsed> {
+    let limit = tokio::time::Instant::now() + (API_STOP_LIMIT - API_SHUTDOWN_GRACE);
+    loop {
+        let before = sent.total();
+        let stretch =
+            API_CUT_GRACE.min(limit.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(stretch, &mut *task).await {
+            Ok(ended) => return Ok(ended),
+            Err(elapsed) if sent.total() == before || tokio::time::Instant::now() >= limit => {
+                return Err(elapsed);
+            }
+            Err(_) => debug!(
+                bytes = sent.total() - before,
+                "clients still reading their last records; waiting"
             ),
         }
     }
@@ -430,7 +472,62 @@ fn is_link_local(ip: std::net::IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
     use super::*;
+
+    /// An API task that ends after `ends` (never: `None`), and a client
+    /// that takes one byte a second for `reads` seconds.
+    fn api_and_reader(ends: Option<u64>, reads: u64) -> (SentBytes, ApiTask) {
+        let sent = SentBytes::default();
+        let (connection, client) = tokio::io::duplex(1 << 20);
+        let mut connection = sent.count(connection);
+        tokio::spawn(async move {
+            // The client end stays open, so writes go on succeeding.
+            let _open = client;
+            for _ in 0..reads {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                connection.write_all(b"x").await.unwrap();
+            }
+            std::future::pending::<()>().await;
+        });
+        let task = tokio::spawn(async move {
+            match ends {
+                Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+                None => std::future::pending().await,
+            }
+            Ok(())
+        });
+        (sent, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_api_gets_time_while_clients_read_their_last_records() {
+        let (sent, mut task) = api_and_reader(Some(9), 60);
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            deliver_last(&sent, &mut task).await,
+            Ok(Ok(Ok(())))
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_api_is_given_up_when_no_client_reads() {
+        let (sent, mut task) = api_and_reader(None, 3);
+        let started = tokio::time::Instant::now();
+        assert!(deliver_last(&sent, &mut task).await.is_err());
+        // Bytes in the first two stretches (seconds 1 to 3), none in the third.
+        assert_eq!(started.elapsed(), 3 * API_CUT_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_api_is_given_up_at_the_limit_however_steadily_clients_read() {
+        let (sent, mut task) = api_and_reader(None, 600);
+        let started = tokio::time::Instant::now();
+        assert!(deliver_last(&sent, &mut task).await.is_err());
+        assert_eq!(started.elapsed(), API_STOP_LIMIT - API_SHUTDOWN_GRACE);
+    }
 
     #[test]
     fn error_chain_is_one_line_without_repeats() {

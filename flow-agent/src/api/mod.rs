@@ -14,6 +14,7 @@ pub mod fqdn;
 pub mod hub;
 pub mod hubble;
 pub mod rbac;
+pub mod sent;
 pub mod server;
 
 /// A request's time, or INVALID_ARGUMENT naming `field`.

@@ -9,7 +9,7 @@ use flow_proto::{
     hubble::{observer::observer_server::ObserverServer, peer::peer_server::PeerServer},
     v1::flow_service_server::FlowServiceServer,
 };
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use thiserror::Error;
 use tonic::{
     service::Routes,
@@ -27,6 +27,7 @@ use super::{
         peer::{PeerAddressing, PeerService, PeerSet},
     },
     rbac::KubernetesAccess,
+    sent::SentBytes,
 };
 
 /// The health service name `hubble status` checks (Cilium's
@@ -155,6 +156,8 @@ pub struct Served {
     pub hub: Arc<Hub>,
     /// The cluster's nodes.
     pub peers: Arc<PeerSet>,
+    /// Counts what every listener writes to its clients.
+    pub sent: SentBytes,
 }
 
 /// Checks the settings, binds every listener, and returns the future that
@@ -199,7 +202,16 @@ pub async fn start<F: Future<Output = ()> + Send + 'static>(
     let mut servers = Vec::new();
     for (address, serves) in listeners {
         let routes = routes(settings, &served, &access, serves).await;
-        servers.push(listen(settings, address, routes, shutdown.clone()).await?);
+        servers.push(
+            listen(
+                settings,
+                address,
+                routes,
+                served.sent.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        );
     }
     Ok(async move {
         futures::future::try_join_all(servers).await?;
@@ -285,6 +297,7 @@ async fn listen<S: Future<Output = ()> + Send + 'static>(
     settings: &ApiSettings,
     address: SocketAddr,
     routes: Routes,
+    sent: SentBytes,
     shutdown: S,
 ) -> Result<impl Future<Output = Result<(), ApiError>> + Send + use<S>, ApiError> {
     let serve_error = |address, source: Box<dyn std::error::Error + Send + Sync>| ApiError::Serve {
@@ -322,9 +335,11 @@ async fn listen<S: Future<Output = ()> + Send + 'static>(
         warn!(address = %bound, "gRPC API is plaintext on a network address");
     }
     let router = builder.add_routes(routes);
+    let incoming =
+        TcpIncoming::from(listener).map(move |accepted| accepted.map(|stream| sent.count(stream)));
     Ok(async move {
         router
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|source| serve_error(bound, Box::new(source)))
     })
