@@ -2,7 +2,9 @@
 //! declaration gives the flag and its environment variable (clap), the key
 //! of the YAML file (serde), the layering of flags and environment over the
 //! file ([`RunOptions::over`]) and the key `flow-agent config print` writes.
-//! Defaults are not declared here: [`RunConfig::resolve`] fills them in.
+//! Defaults are not declared here: [`RunConfig::resolve`] fills them in,
+//! and the help only states them (a test of `cli` holds the two together).
+//! Adding an option is a field here and its resolution there.
 //!
 //! [`RunConfig::resolve`]: super::RunConfig::resolve
 
