@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -9,11 +9,7 @@ pub use flow_policy::cli::{
     CheckArgs, GenerateArgs, GraphSources, NamespacedName, PolicyCommand, ReportFormat,
 };
 
-use crate::{
-    api::server::AuthzMode,
-    config::{OutputFormat, RunOptions, parse_duration},
-    datapath::AttachMode,
-};
+use crate::config::{RunOptions, parse_duration};
 
 /// eBPF flow observer and network-policy learner for Kubernetes nodes.
 #[derive(Debug, Parser)]
@@ -100,325 +96,9 @@ pub struct RunArgs {
     /// YAML configuration file (keys as the long flags: `flush-interval: 5s`).
     #[arg(long, env = "FLOW_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Interfaces to watch (glob, repeatable): e.g. 'azv*', 'cali*', 'lxc*', 'veth*'.
-    #[arg(
-        long = "interface",
-        short = 'i',
-        value_name = "GLOB",
-        env = "FLOW_AGENT_INTERFACES",
-        value_delimiter = ','
-    )]
-    pub interfaces: Vec<String>,
-    /// Interfaces to leave alone even if they match (glob, repeatable).
-    #[arg(
-        long = "exclude-interface",
-        value_name = "GLOB",
-        env = "FLOW_AGENT_EXCLUDE_INTERFACES",
-        value_delimiter = ','
-    )]
-    pub exclude_interfaces: Vec<String>,
-    /// Start even if no interface matches yet; attach when one appears.
-    #[arg(
-        long,
-        env = "FLOW_AGENT_WAIT_FOR_INTERFACES",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub wait_for_interfaces: Option<bool>,
-    /// How often the kernel maps are drained and records emitted [default: 5s].
-    #[arg(long, value_parser = duration, env = "FLOW_AGENT_FLUSH_INTERVAL")]
-    pub flush_interval: Option<Duration>,
-    /// Capacity of each of the two flow maps, in flows [default: what fits 64 MiB
-    /// for both on this node's CPUs: 65536 up to 8 CPUs, about 10000 at 64].
-    #[arg(long, env = "FLOW_AGENT_MAP_SIZE")]
-    pub map_size: Option<u32>,
-    /// Spill ring buffer size in bytes, used when a flow map is full [default: 262144].
-    #[arg(long, env = "FLOW_AGENT_SPILL_SIZE")]
-    pub spill_size: Option<u32>,
-    /// Forget which end opened a connection after this much quiet [default: 2m].
-    #[arg(long, value_parser = duration, env = "FLOW_AGENT_FLOW_IDLE_TIMEOUT")]
-    pub flow_idle_timeout: Option<Duration>,
-    /// How to attach: tcx (Linux 6.6+), tc (clsact) or auto [default: auto].
-    #[arg(long, value_enum, env = "FLOW_AGENT_ATTACH_MODE")]
-    pub attach_mode: Option<AttachMode>,
-    /// Local output on stdout: flow records, per-interval aggregates, or none
-    /// [default: json].
-    #[arg(long, value_enum, env = "FLOW_AGENT_OUTPUT")]
-    pub output: Option<OutputFormat>,
-    /// Log from the eBPF programs (malformed packets, map pressure).
-    #[arg(
-        long,
-        env = "FLOW_AGENT_EBPF_DEBUG",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub ebpf_debug: Option<bool>,
-    /// Copy DNS answers pods receive (UDP and TCP port 53) to name the
-    /// addresses on their flows [default: true; --dns=false turns it off].
-    #[arg(
-        long,
-        env = "FLOW_AGENT_DNS",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub dns: Option<bool>,
-    /// Names kept at most, as (pod, address, name) entries; the oldest goes
-    /// first [default: 100000].
-    #[arg(long, env = "FLOW_AGENT_DNS_MAX_ENTRIES")]
-    pub dns_max_entries: Option<usize>,
-    /// Also copy DNS queries, and serve every query and answer as a Hubble
-    /// L7 DNS flow [default: false; needs --dns].
-    #[arg(
-        long,
-        env = "FLOW_AGENT_DNS_FLOWS",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub dns_flows: Option<bool>,
-    /// Node name in records [default: $NODE_NAME, else the hostname].
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Identity from a file of Kubernetes objects, as `kubectl get namespaces,pods,
-    /// replicasets,deployments,statefulsets,daemonsets,jobs,cronjobs,services,
-    /// endpointslices,nodes -A -o yaml` prints them; reread when it changes.
-    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_INVENTORY")]
-    pub inventory: Option<PathBuf>,
-    /// Identity from the Kubernetes API (in-cluster service account or kubeconfig).
-    #[arg(
-        long,
-        env = "FLOW_AGENT_KUBERNETES",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub kubernetes: Option<bool>,
-    /// Namespace label whose value names the tenant [default: tenant]; a
-    /// namespace without it is its own tenant.
-    #[arg(long, value_name = "KEY", env = "FLOW_AGENT_TENANT_LABEL")]
-    pub tenant_label: Option<String>,
-    /// A namespace of the platform, not of a tenant (repeatable): flows with
-    /// an end in one never cross tenants [default: kube-system, kube-public,
-    /// kube-node-lease].
-    #[arg(
-        long = "platform-namespace",
-        value_name = "NS",
-        env = "FLOW_AGENT_PLATFORM_NAMESPACES",
-        value_delimiter = ','
-    )]
-    pub platform_namespaces: Vec<String>,
-    /// How long a deleted pod keeps its identity for flows seen before [default: 2m].
-    #[arg(long, value_parser = duration, env = "FLOW_AGENT_IDENTITY_GRACE")]
-    pub identity_grace: Option<Duration>,
-    /// Serve the gRPC flow API on this address (e.g. 127.0.0.1:4245).
-    #[arg(long, value_name = "ADDR", env = "FLOW_AGENT_GRPC_LISTEN")]
-    pub grpc_listen: Option<SocketAddr>,
-    /// Server certificate (PEM) for the gRPC API.
-    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_TLS_CERT")]
-    pub grpc_tls_cert: Option<PathBuf>,
-    /// Server key (PEM) for the gRPC API.
-    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_TLS_KEY")]
-    pub grpc_tls_key: Option<PathBuf>,
-    /// CA (PEM) that signs client certificates: clients must present one (mTLS).
-    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_CLIENT_CA")]
-    pub grpc_client_ca: Option<PathBuf>,
-    /// Access policy (YAML) mapping client certificates and tokens to tenants;
-    /// needed on any address but loopback.
-    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_GRPC_ACCESS")]
-    pub grpc_access: Option<PathBuf>,
-    /// Who decides what callers see: `file` (--grpc-access) or `kubernetes`
-    /// (the API server's TokenReview and SubjectAccessReview on
-    /// `flows.flow-agent.io`, per namespace) [default: file].
-    #[arg(long, value_name = "MODE", env = "FLOW_AGENT_GRPC_AUTHZ")]
-    pub grpc_authz: Option<AuthzMode>,
-    /// How long `--grpc-authz kubernetes` keeps users and decisions; a
-    /// following stream's grant is asked again this often [default: 30s].
-    #[arg(long, value_parser = duration, value_name = "DURATION", env = "FLOW_AGENT_AUTHZ_CACHE_TTL")]
-    pub authz_cache_ttl: Option<Duration>,
-    /// Serve plaintext gRPC on a network address (loopback is always allowed).
-    #[arg(
-        long,
-        env = "FLOW_AGENT_GRPC_ALLOW_PLAINTEXT",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub grpc_allow_plaintext: Option<bool>,
-    /// Flow records the API keeps for replay [default: 10000].
-    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_BUFFER")]
-    pub grpc_buffer: Option<usize>,
-    /// Records queued per following subscriber before it starts losing them
-    /// (and is told how many); make it hold one drain's records [default: 65536].
-    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_SUBSCRIBER_QUEUE")]
-    pub grpc_subscriber_queue: Option<usize>,
-    /// Following subscribers (flows and aggregates) served at once; more are
-    /// refused with RESOURCE_EXHAUSTED [default: 256].
-    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRPC_MAX_SUBSCRIBERS")]
-    pub grpc_max_subscribers: Option<usize>,
-    /// Serve Hubble's Observer and Peer APIs on this address (4244 in the
-    /// manifests), for hubble-relay, the hubble CLI and Hubble UI; TLS, the
-    /// access policy and the buffers are the --grpc-* ones.
-    #[arg(long, value_name = "ADDR", env = "FLOW_AGENT_HUBBLE_LISTEN")]
-    pub hubble_listen: Option<SocketAddr>,
-    /// TLS server name of each node's Hubble API, announced to hubble-relay;
-    /// `{node}` is the node's name with dots as dashes [default:
-    /// {node}.default.hubble-grpc.cilium.io, which hubble-relay's peer-service
-    /// name shares a wildcard certificate with].
-    #[arg(
-        long,
-        value_name = "TEMPLATE",
-        env = "FLOW_AGENT_HUBBLE_TLS_SERVER_NAME"
-    )]
-    pub hubble_tls_server_name: Option<String>,
-    /// Also write flow records as JSON lines to this file (rotated by size,
-    /// never blocking the agent: for log shippers).
-    #[arg(long, value_name = "FILE", env = "FLOW_AGENT_OUTPUT_FILE")]
-    pub output_file: Option<PathBuf>,
-    /// Rotate the output file at this many bytes [default: 104857600].
-    #[arg(long, value_name = "BYTES", env = "FLOW_AGENT_OUTPUT_FILE_MAX_SIZE")]
-    pub output_file_max_size: Option<u64>,
-    /// Rotated output files kept [default: 5].
-    #[arg(long, value_name = "N", env = "FLOW_AGENT_OUTPUT_FILE_KEEP")]
-    pub output_file_keep: Option<u32>,
-    /// Learn the connection graph (for `policy generate`) into this
-    /// directory, crash-safe; served by the API's GetGraph.
-    #[arg(long, value_name = "DIR", env = "FLOW_AGENT_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Forget learned edges without traffic for this long [default: never].
-    #[arg(long, value_parser = duration, value_name = "DURATION", env = "FLOW_AGENT_GRAPH_EXPIRY")]
-    pub graph_expiry: Option<Duration>,
-    /// Most learned edges kept; the least recently seen go first [default: 200000].
-    #[arg(long, value_name = "N", env = "FLOW_AGENT_GRAPH_MAX_EDGES")]
-    pub graph_max_edges: Option<usize>,
-    /// Approved NetworkPolicies (a directory of YAML): flag every connection
-    /// they would deny (`violation` on records, a log line, a counter).
-    #[arg(long, value_name = "DIR", env = "FLOW_AGENT_POLICIES")]
-    pub policies: Option<PathBuf>,
-    /// Serve Prometheus metrics on /metrics and probes on /healthz and
-    /// /readyz at this address (e.g. 0.0.0.0:9090).
-    #[arg(long, value_name = "ADDR", env = "FLOW_AGENT_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Also export per-workload-pair traffic, keeping at most this many series
-    /// (the rest fold into `_other_`); they reveal topology [default: 0, off].
-    #[arg(long, value_name = "N", env = "FLOW_AGENT_METRICS_WORKLOAD_PAIRS")]
-    pub metrics_workload_pairs: Option<usize>,
-    /// Pin maps and links under this bpffs directory (e.g.
-    /// /sys/fs/bpf/flow-agent): programs stay attached when the agent exits
-    /// and the next agent reports what they counted meanwhile, exactly once.
-    /// `flow-agent cleanup` removes it all.
-    #[arg(long, value_name = "DIR", env = "FLOW_AGENT_PIN_DIR")]
-    pub pin_dir: Option<PathBuf>,
-}
-
-impl RunArgs {
     /// The flag and environment layer of the configuration.
-    pub fn options(&self) -> RunOptions {
-        let Self {
-            config: _,
-            interfaces,
-            exclude_interfaces,
-            wait_for_interfaces,
-            flush_interval,
-            map_size,
-            spill_size,
-            flow_idle_timeout,
-            attach_mode,
-            output,
-            ebpf_debug,
-            dns,
-            dns_max_entries,
-            dns_flows,
-            node_name,
-            inventory,
-            kubernetes,
-            tenant_label,
-            platform_namespaces,
-            identity_grace,
-            grpc_listen,
-            grpc_tls_cert,
-            grpc_tls_key,
-            grpc_client_ca,
-            grpc_access,
-            grpc_authz,
-            authz_cache_ttl,
-            grpc_allow_plaintext,
-            grpc_buffer,
-            grpc_subscriber_queue,
-            grpc_max_subscribers,
-            hubble_listen,
-            hubble_tls_server_name,
-            output_file,
-            output_file_max_size,
-            output_file_keep,
-            state_dir,
-            graph_expiry,
-            graph_max_edges,
-            policies,
-            metrics_listen,
-            metrics_workload_pairs,
-            pin_dir,
-        } = self;
-        let list = |values: &Vec<String>| (!values.is_empty()).then(|| values.clone());
-        RunOptions {
-            interfaces: list(interfaces),
-            exclude_interfaces: list(exclude_interfaces),
-            wait_for_interfaces: *wait_for_interfaces,
-            flush_interval: *flush_interval,
-            map_size: *map_size,
-            spill_size: *spill_size,
-            flow_idle_timeout: *flow_idle_timeout,
-            attach_mode: *attach_mode,
-            output: *output,
-            ebpf_debug: *ebpf_debug,
-            dns: *dns,
-            dns_max_entries: *dns_max_entries,
-            dns_flows: *dns_flows,
-            node_name: node_name.clone(),
-            inventory: inventory.clone(),
-            kubernetes: *kubernetes,
-            tenant_label: tenant_label.clone(),
-            platform_namespaces: list(platform_namespaces),
-            identity_grace: *identity_grace,
-            grpc_listen: *grpc_listen,
-            grpc_tls_cert: grpc_tls_cert.clone(),
-            grpc_tls_key: grpc_tls_key.clone(),
-            grpc_client_ca: grpc_client_ca.clone(),
-            grpc_access: grpc_access.clone(),
-            grpc_authz: *grpc_authz,
-            authz_cache_ttl: *authz_cache_ttl,
-            grpc_allow_plaintext: *grpc_allow_plaintext,
-            grpc_buffer: *grpc_buffer,
-            grpc_subscriber_queue: *grpc_subscriber_queue,
-            grpc_max_subscribers: *grpc_max_subscribers,
-            hubble_listen: *hubble_listen,
-            hubble_tls_server_name: hubble_tls_server_name.clone(),
-            output_file: output_file.clone(),
-            output_file_max_size: *output_file_max_size,
-            output_file_keep: *output_file_keep,
-            state_dir: state_dir.clone(),
-            graph_expiry: *graph_expiry,
-            graph_max_edges: *graph_max_edges,
-            policies: policies.clone(),
-            metrics_listen: *metrics_listen,
-            metrics_workload_pairs: *metrics_workload_pairs,
-            pin_dir: pin_dir.clone(),
-        }
-    }
+    #[command(flatten)]
+    pub options: RunOptions,
 }
 
 /// How `observe` prints.
@@ -565,6 +245,7 @@ mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
+    use crate::datapath::AttachMode;
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -591,7 +272,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("run expected");
         };
-        let options = args.options();
+        let options = args.options;
         assert_eq!(options.interfaces.unwrap(), ["veth*", "fa-*", "cali*"]);
         assert_eq!(options.flush_interval, Some(Duration::from_millis(250)));
         assert_eq!(options.map_size, Some(1024));
@@ -607,7 +288,7 @@ mod tests {
             let Command::Run(args) = Cli::try_parse_from(all).unwrap().command else {
                 panic!("run expected");
             };
-            args.options()
+            args.options
         };
         let file = RunOptions::parse(
             "interfaces: [veth*]\nwait-for-interfaces: true\nebpf-debug: true\ngrpc-allow-plaintext: true\n",
@@ -741,5 +422,84 @@ mod tests {
         assert!(error.to_string().contains("xdp"), "{error}");
         let error = Cli::try_parse_from(["flow-agent", "observe", "--last=-5"]).unwrap_err();
         assert!(error.to_string().contains("--last"), "{error}");
+    }
+
+    /// The defaults are stated twice, as code where the configuration is
+    /// resolved and as prose in `run --help`: this keeps the prose true.
+    #[test]
+    fn the_defaults_the_help_states_are_the_ones_that_take_effect() {
+        let effective = |text: &str| {
+            let options = RunOptions::parse(text, std::path::Path::new("agent.yaml")).unwrap();
+            let config = crate::config::RunConfig::resolve(options).unwrap();
+            serde_json::to_value(config.effective()).unwrap()
+        };
+        // Everything on, so that every option takes effect; the cache TTL
+        // only with the cluster's authorization.
+        let on = "interfaces: [x]\nkubernetes: true\ngrpc-listen: 127.0.0.1:4245\nhubble-listen: 127.0.0.1:4244\noutput-file: /tmp/flows.jsonl\nstate-dir: /tmp/state\nmetrics-listen: 127.0.0.1:9090\n";
+        let file_authz = effective(on);
+        let kubernetes_authz = effective(&format!("{on}grpc-authz: kubernetes\n"));
+        // Defaults that depend on the node, or that are no value.
+        let prose = ["map-size", "node-name", "graph-expiry"];
+        let command = Cli::command();
+        let run = command.find_subcommand("run").unwrap();
+        let mut checked = Vec::new();
+        for arg in run.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some((_, stated)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let key = arg.get_id().as_str().replace('_', "-");
+            if prose.contains(&key.as_str()) {
+                continue;
+            }
+            let value = [&file_authz, &kubernetes_authz]
+                .into_iter()
+                .find_map(|effective| effective.get(&key))
+                .unwrap_or_else(|| panic!("{key} is not in the effective configuration"));
+            let stated = stated.split(']').next().unwrap();
+            if let serde_json::Value::Array(values) = value {
+                let mut stated: Vec<&str> = stated.split(", ").collect();
+                stated.sort_unstable();
+                let values: Vec<_> = values.iter().filter_map(|value| value.as_str()).collect();
+                assert_eq!(stated, values, "{key}");
+            } else {
+                let value = match value {
+                    serde_json::Value::String(text) => text.clone(),
+                    value => value.to_string(),
+                };
+                assert_eq!(
+                    stated.split([',', ';']).next(),
+                    Some(value.as_str()),
+                    "{key}"
+                );
+            }
+            checked.push(key);
+        }
+        assert_eq!(
+            checked,
+            [
+                "flush-interval",
+                "spill-size",
+                "flow-idle-timeout",
+                "attach-mode",
+                "output",
+                "dns",
+                "dns-max-entries",
+                "dns-flows",
+                "tenant-label",
+                "platform-namespaces",
+                "identity-grace",
+                "grpc-authz",
+                "authz-cache-ttl",
+                "grpc-buffer",
+                "grpc-subscriber-queue",
+                "grpc-max-subscribers",
+                "hubble-tls-server-name",
+                "output-file-max-size",
+                "output-file-keep",
+                "graph-max-edges",
+                "metrics-workload-pairs",
+            ]
+        );
     }
 }

@@ -1,28 +1,23 @@
 //! Configuration of `flow-agent run`: command-line flags, environment variables
-//! and a YAML file. All three fill the same [`RunOptions`]; flags win over the
-//! environment (clap reads both), which wins over the file. The merged options
-//! are validated up front with errors that name the offending key.
+//! and a YAML file. All three fill the same [`RunOptions`], where each option
+//! is declared once; flags win over the environment (clap reads both), which
+//! wins over the file. [`RunConfig::resolve`] validates the merged options up
+//! front, with errors that name the offending key, and fills in defaults.
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod options;
 mod resolve;
 
 use flow_policy::learner::LearnerSettings;
 
+pub use self::options::RunOptions;
 use crate::{
-    api::{
-        hub::HubSettings,
-        server::{ApiSettings, Authz, AuthzMode},
-    },
-    datapath::{AttachMode, DatapathConfig},
+    api::{hub::HubSettings, server::ApiSettings},
+    datapath::DatapathConfig,
     flows::TrackerConfig,
     interfaces::{InterfaceError, InterfaceSelector},
     output::FileSinkSettings,
@@ -154,415 +149,6 @@ pub enum ConfigError {
 
 pub use flow_model::parse_duration;
 
-#[expect(
-    clippy::ref_option,
-    reason = "serde's serialize_with passes a reference to the field"
-)]
-fn write_duration<S: Serializer>(
-    value: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(duration) => serializer.collect_str(&humantime::format_duration(*duration)),
-        None => serializer.serialize_none(),
-    }
-}
-
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-    let text = Option::<String>::deserialize(deserializer)?;
-    text.map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
-        .transpose()
-}
-
-/// Every setting of `flow-agent run`, each optional: one layer (flags and
-/// environment, or the file). Keys in the file are the long flags' names.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RunOptions {
-    /// Interface globs to watch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interfaces: Option<Vec<String>>,
-    /// Interface globs to leave alone.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exclude_interfaces: Option<Vec<String>>,
-    /// Start even when no interface matches yet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait_for_interfaces: Option<bool>,
-    /// How often to drain the kernel maps.
-    #[serde(
-        default,
-        deserialize_with = "duration",
-        serialize_with = "write_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub flush_interval: Option<Duration>,
-    /// Capacity of each flow map.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub map_size: Option<u32>,
-    /// Spill ring buffer size in bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spill_size: Option<u32>,
-    /// Forget a connection's direction after this much quiet.
-    #[serde(
-        default,
-        deserialize_with = "duration",
-        serialize_with = "write_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub flow_idle_timeout: Option<Duration>,
-    /// `auto`, `tcx` or `tc`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attach_mode: Option<AttachMode>,
-    /// `json`, `aggregates` or `none`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<OutputFormat>,
-    /// Log from the eBPF programs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ebpf_debug: Option<bool>,
-    /// Copy DNS answers to name addresses.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<bool>,
-    /// Names kept at most.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_max_entries: Option<usize>,
-    /// DNS queries and answers as Hubble L7 flows.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_flows: Option<bool>,
-    /// Name reported as the observing node.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    /// Inventory file of Kubernetes objects.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inventory: Option<PathBuf>,
-    /// Watch the Kubernetes API for identity.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<bool>,
-    /// Namespace label naming the tenant.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant_label: Option<String>,
-    /// Namespaces of the platform, not of a tenant.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform_namespaces: Option<Vec<String>>,
-    /// How long deleted pods keep their identity.
-    #[serde(
-        default,
-        deserialize_with = "duration",
-        serialize_with = "write_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub identity_grace: Option<Duration>,
-    /// Address of the gRPC API.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_listen: Option<SocketAddr>,
-    /// Server certificate (PEM).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_tls_cert: Option<PathBuf>,
-    /// Server key (PEM).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_tls_key: Option<PathBuf>,
-    /// CA of client certificates (PEM): mutual TLS.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_client_ca: Option<PathBuf>,
-    /// Access policy mapping clients to tenants.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_access: Option<PathBuf>,
-    /// Who decides what callers see.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_authz: Option<AuthzMode>,
-    /// How long Kubernetes access answers are kept.
-    #[serde(
-        default,
-        deserialize_with = "duration",
-        serialize_with = "write_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub authz_cache_ttl: Option<Duration>,
-    /// Serve plaintext on a network address.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_allow_plaintext: Option<bool>,
-    /// Flow records kept for replay.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_buffer: Option<usize>,
-    /// Queue length of each following subscriber.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_subscriber_queue: Option<usize>,
-    /// Following subscribers served at once.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_max_subscribers: Option<usize>,
-    /// Address of Hubble's Observer and Peer APIs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hubble_listen: Option<SocketAddr>,
-    /// TLS server name template of each node's Hubble API.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hubble_tls_server_name: Option<String>,
-    /// JSON lines file of flow records, rotated by size.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_file: Option<PathBuf>,
-    /// Rotate the output file at this size, in bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_file_max_size: Option<u64>,
-    /// Rotated output files kept.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_file_keep: Option<u32>,
-    /// Learn the connection graph into this directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state_dir: Option<PathBuf>,
-    /// Forget graph edges without traffic for this long.
-    #[serde(
-        default,
-        deserialize_with = "duration",
-        serialize_with = "write_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub graph_expiry: Option<Duration>,
-    /// Most graph edges kept.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub graph_max_edges: Option<usize>,
-    /// Approved NetworkPolicies: report flows outside them (monitor mode).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policies: Option<PathBuf>,
-    /// Address of the Prometheus and health endpoints.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Workload-pair traffic series to keep (0: off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics_workload_pairs: Option<usize>,
-    /// Pin maps and links here (bpffs) so restarts lose nothing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pin_dir: Option<PathBuf>,
-}
-
-impl RunOptions {
-    /// Reads and parses a YAML configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Parses YAML text; `path` only names the source in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        };
-        // Syntax first (with line and column), then the schema, with the key.
-        let value: yaml_serde::Value =
-            yaml_serde::from_str(text).map_err(|error| invalid(error.to_string()))?;
-        // A file that sets nothing is a mistake (the wrong file, or one
-        // truncated by a failed write), never a way to ask for defaults.
-        let sets_nothing = match &value {
-            yaml_serde::Value::Null => true,
-            yaml_serde::Value::Mapping(mapping) => mapping.is_empty(),
-            _ => false,
-        };
-        if sets_nothing {
-            return Err(invalid(
-                "it sets nothing (empty, or only comments): remove --config to run with defaults"
-                    .to_owned(),
-            ));
-        }
-        serde_path_to_error::deserialize(value).map_err(|error| {
-            let key = error.path().to_string();
-            let message = error.into_inner().to_string();
-            invalid(if key == "." {
-                message
-            } else {
-                format!("{key}: {message}")
-            })
-        })
-    }
-
-    /// This layer over `lower`: a setting given here wins.
-    pub fn over(self, lower: Self) -> Self {
-        let Self {
-            interfaces,
-            exclude_interfaces,
-            wait_for_interfaces,
-            flush_interval,
-            map_size,
-            spill_size,
-            flow_idle_timeout,
-            attach_mode,
-            output,
-            ebpf_debug,
-            dns,
-            dns_max_entries,
-            dns_flows,
-            node_name,
-            inventory,
-            kubernetes,
-            tenant_label,
-            platform_namespaces,
-            identity_grace,
-            grpc_listen,
-            grpc_tls_cert,
-            grpc_tls_key,
-            grpc_client_ca,
-            grpc_access,
-            grpc_authz,
-            authz_cache_ttl,
-            grpc_allow_plaintext,
-            grpc_buffer,
-            grpc_subscriber_queue,
-            grpc_max_subscribers,
-            hubble_listen,
-            hubble_tls_server_name,
-            output_file,
-            output_file_max_size,
-            output_file_keep,
-            state_dir,
-            graph_expiry,
-            graph_max_edges,
-            policies,
-            metrics_listen,
-            metrics_workload_pairs,
-            pin_dir,
-        } = self;
-        Self {
-            interfaces: interfaces.or(lower.interfaces),
-            exclude_interfaces: exclude_interfaces.or(lower.exclude_interfaces),
-            wait_for_interfaces: wait_for_interfaces.or(lower.wait_for_interfaces),
-            flush_interval: flush_interval.or(lower.flush_interval),
-            map_size: map_size.or(lower.map_size),
-            spill_size: spill_size.or(lower.spill_size),
-            flow_idle_timeout: flow_idle_timeout.or(lower.flow_idle_timeout),
-            attach_mode: attach_mode.or(lower.attach_mode),
-            output: output.or(lower.output),
-            ebpf_debug: ebpf_debug.or(lower.ebpf_debug),
-            dns: dns.or(lower.dns),
-            dns_max_entries: dns_max_entries.or(lower.dns_max_entries),
-            dns_flows: dns_flows.or(lower.dns_flows),
-            node_name: node_name.or(lower.node_name),
-            inventory: inventory.or(lower.inventory),
-            kubernetes: kubernetes.or(lower.kubernetes),
-            tenant_label: tenant_label.or(lower.tenant_label),
-            platform_namespaces: platform_namespaces.or(lower.platform_namespaces),
-            identity_grace: identity_grace.or(lower.identity_grace),
-            grpc_listen: grpc_listen.or(lower.grpc_listen),
-            grpc_tls_cert: grpc_tls_cert.or(lower.grpc_tls_cert),
-            grpc_tls_key: grpc_tls_key.or(lower.grpc_tls_key),
-            grpc_client_ca: grpc_client_ca.or(lower.grpc_client_ca),
-            grpc_access: grpc_access.or(lower.grpc_access),
-            grpc_authz: grpc_authz.or(lower.grpc_authz),
-            authz_cache_ttl: authz_cache_ttl.or(lower.authz_cache_ttl),
-            grpc_allow_plaintext: grpc_allow_plaintext.or(lower.grpc_allow_plaintext),
-            grpc_buffer: grpc_buffer.or(lower.grpc_buffer),
-            grpc_subscriber_queue: grpc_subscriber_queue.or(lower.grpc_subscriber_queue),
-            grpc_max_subscribers: grpc_max_subscribers.or(lower.grpc_max_subscribers),
-            hubble_listen: hubble_listen.or(lower.hubble_listen),
-            hubble_tls_server_name: hubble_tls_server_name.or(lower.hubble_tls_server_name),
-            output_file: output_file.or(lower.output_file),
-            output_file_max_size: output_file_max_size.or(lower.output_file_max_size),
-            output_file_keep: output_file_keep.or(lower.output_file_keep),
-            state_dir: state_dir.or(lower.state_dir),
-            graph_expiry: graph_expiry.or(lower.graph_expiry),
-            graph_max_edges: graph_max_edges.or(lower.graph_max_edges),
-            policies: policies.or(lower.policies),
-            metrics_listen: metrics_listen.or(lower.metrics_listen),
-            metrics_workload_pairs: metrics_workload_pairs.or(lower.metrics_workload_pairs),
-            pin_dir: pin_dir.or(lower.pin_dir),
-        }
-    }
-}
-
-impl RunConfig {
-    /// Every setting as it takes effect, defaults filled in, in the file's
-    /// form: `flow-agent config print`.
-    pub fn effective(&self) -> RunOptions {
-        let Self {
-            interfaces,
-            wait_for_interfaces,
-            flush_interval,
-            datapath,
-            tracker,
-            output,
-            node_name,
-            identity,
-            dns,
-            api,
-            file,
-            learner,
-            policies,
-            metrics,
-        } = self;
-        let strings = |patterns: Vec<&str>| Some(patterns.into_iter().map(str::to_owned).collect());
-        let (api, hub) = match api {
-            Some((api, hub)) => (Some(api), Some(hub)),
-            None => (None, None),
-        };
-        RunOptions {
-            interfaces: strings(interfaces.patterns()),
-            exclude_interfaces: strings(interfaces.excludes()),
-            wait_for_interfaces: Some(*wait_for_interfaces),
-            flush_interval: Some(*flush_interval),
-            map_size: Some(datapath.map_entries),
-            spill_size: Some(datapath.spill_bytes),
-            flow_idle_timeout: Some(Duration::from_nanos(tracker.idle_timeout_ns)),
-            attach_mode: Some(datapath.attach_mode),
-            output: Some(*output),
-            ebpf_debug: Some(datapath.ebpf_debug),
-            dns: Some(dns.is_some()),
-            dns_max_entries: dns.as_ref().map(|dns| dns.cache.max_entries),
-            dns_flows: Some(dns.is_some_and(|dns| dns.flows)),
-            node_name: Some(node_name.clone()),
-            inventory: identity
-                .as_ref()
-                .and_then(|identity| match &identity.source {
-                    IdentitySource::Inventory(path) => Some(path.clone()),
-                    IdentitySource::Kubernetes => None,
-                }),
-            kubernetes: Some(
-                identity
-                    .as_ref()
-                    .is_some_and(|identity| identity.source == IdentitySource::Kubernetes),
-            ),
-            tenant_label: identity
-                .as_ref()
-                .map(|identity| identity.tenant_label.clone()),
-            platform_namespaces: identity
-                .as_ref()
-                .map(|identity| identity.platform_namespaces.iter().cloned().collect()),
-            identity_grace: identity.as_ref().map(|identity| identity.grace),
-            grpc_listen: api.and_then(|api| api.grpc),
-            grpc_tls_cert: api.and_then(|api| api.tls.as_ref().map(|(cert, _)| cert.clone())),
-            grpc_tls_key: api.and_then(|api| api.tls.as_ref().map(|(_, key)| key.clone())),
-            grpc_client_ca: api.and_then(|api| api.client_ca.clone()),
-            grpc_access: api.and_then(|api| api.access.clone()),
-            grpc_authz: api.map(|api| match api.authz {
-                Authz::File => AuthzMode::File,
-                Authz::Kubernetes { .. } => AuthzMode::Kubernetes,
-            }),
-            authz_cache_ttl: api.and_then(|api| match api.authz {
-                Authz::File => None,
-                Authz::Kubernetes { cache_ttl } => Some(cache_ttl),
-            }),
-            grpc_allow_plaintext: api.map(|api| api.allow_plaintext),
-            grpc_buffer: hub.map(|hub| hub.buffer),
-            grpc_subscriber_queue: hub.map(|hub| hub.subscriber_queue),
-            grpc_max_subscribers: hub.map(|hub| hub.max_subscribers),
-            hubble_listen: api.and_then(|api| api.hubble.as_ref().map(|hubble| hubble.listen)),
-            hubble_tls_server_name: api.and_then(|api| {
-                api.hubble
-                    .as_ref()
-                    .map(|hubble| hubble.tls_server_name.clone())
-            }),
-            output_file: file.as_ref().map(|file| file.path.clone()),
-            output_file_max_size: file.as_ref().map(|file| file.max_bytes),
-            output_file_keep: file.as_ref().map(|file| file.keep),
-            state_dir: learner.as_ref().map(|learner| learner.state_dir.clone()),
-            graph_expiry: learner.as_ref().and_then(|learner| learner.expiry),
-            graph_max_edges: learner.as_ref().map(|learner| learner.max_edges),
-            policies: policies.clone(),
-            metrics_listen: metrics.map(|(listen, _)| listen),
-            metrics_workload_pairs: metrics.map(|(_, pairs)| pairs),
-            pin_dir: datapath.pin_dir.clone(),
-        }
-    }
-}
-
 /// The validated configuration of `flow-agent run`.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -594,11 +180,26 @@ pub struct RunConfig {
     pub policies: Option<PathBuf>,
     /// Metrics and health endpoints: address and workload-pair series kept.
     pub metrics: Option<(SocketAddr, usize)>,
+    /// The options as resolved: every one that takes effect, defaults
+    /// filled in.
+    effective: RunOptions,
+}
+
+impl RunConfig {
+    /// Every setting as it takes effect, defaults filled in, in the file's
+    /// form: `flow-agent config print`. Read back, it resolves to the same
+    /// configuration.
+    pub fn effective(&self) -> RunOptions {
+        self.effective.clone()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::api::server::{Authz, AuthzMode};
 
     fn options(interfaces: &[&str]) -> RunOptions {
         RunOptions {

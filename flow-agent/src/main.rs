@@ -100,7 +100,7 @@ fn resolve(args: &RunArgs) -> anyhow::Result<RunConfig> {
         Some(path) => RunOptions::load(path)?,
         None => RunOptions::default(),
     };
-    Ok(RunConfig::resolve(args.options().over(file))?)
+    Ok(RunConfig::resolve(args.options.clone().over(file))?)
 }
 
 fn cleanup(cli: &Cli, args: &flow_agent::cli::CleanupArgs) -> anyhow::Result<()> {

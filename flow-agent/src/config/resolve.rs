@@ -1,10 +1,13 @@
 //! [`RunConfig::resolve`]: merged options validated and filled with defaults,
 //! one group of related options at a time.
 //!
-//! Each group takes its options by value, so that an option added to
-//! [`RunOptions`] and not resolved here fails to compile. A setting that
-//! only means something beside another (TLS without an API, a rotation size
-//! without a file) is refused rather than ignored.
+//! Each group borrows its options and fills in, as it resolves them, the
+//! values that take effect: the options so filled are the effective
+//! configuration `flow-agent config print` writes, with each default stated
+//! once, here. The options are destructured without `..`, so that an option
+//! added to [`RunOptions`] and not resolved here fails to compile. A setting
+//! that only means something beside another (TLS without an API, a rotation
+//! size without a file) is refused rather than ignored, and left unset.
 
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -15,7 +18,7 @@ use super::{
     DEFAULT_HUBBLE_TLS_SERVER_NAME, DEFAULT_IDENTITY_GRACE, DEFAULT_OUTPUT_FILE_KEEP,
     DEFAULT_OUTPUT_FILE_MAX_SIZE, DEFAULT_TENANT_LABEL, DnsSettings, IdentitySettings,
     IdentitySource, MAX_DNS_ENTRIES, MAX_MAP_SIZE, MAX_SPILL_SIZE, MAX_TIMEOUT, MIN_SPILL_SIZE,
-    RunConfig, RunOptions,
+    OutputFormat, RunConfig, RunOptions,
 };
 use crate::{
     api::{
@@ -32,8 +35,9 @@ use flow_dns::NameCacheConfig;
 use flow_policy::learner::LearnerSettings;
 
 impl RunConfig {
-    /// Validates merged options and fills in defaults.
-    pub fn resolve(options: RunOptions) -> Result<Self, ConfigError> {
+    /// Validates merged options and fills in defaults. The options, filled
+    /// in as each group resolves, are kept as the effective configuration.
+    pub fn resolve(mut options: RunOptions) -> Result<Self, ConfigError> {
         let RunOptions {
             interfaces,
             exclude_interfaces,
@@ -77,7 +81,7 @@ impl RunConfig {
             metrics_listen,
             metrics_workload_pairs,
             pin_dir,
-        } = options;
+        } = &mut options;
         let flush_interval = resolve_flush_interval(flush_interval)?;
         let tracker = resolve_tracker(flow_idle_timeout, flush_interval)?;
         let dns = resolve_dns(dns, dns_max_entries, dns_flows)?;
@@ -130,51 +134,64 @@ impl RunConfig {
             graph_max_edges,
         }
         .resolve(flush_interval)?;
+        let interfaces = InterfaceSelector::new(
+            &fill(interfaces, Vec::new),
+            &fill(exclude_interfaces, Vec::new),
+        )?;
+        let metrics = resolve_metrics(*metrics_listen, metrics_workload_pairs)?;
+        let wait_for_interfaces = fill(wait_for_interfaces, || false);
+        let output = fill(output, OutputFormat::default);
+        // An empty name (NODE_NAME set to nothing) is no name.
+        node_name.take_if(|name| name.is_empty());
+        let node_name = fill(node_name, hostname);
+        let policies = policies.clone();
         Ok(Self {
-            interfaces: InterfaceSelector::new(
-                &interfaces.unwrap_or_default(),
-                &exclude_interfaces.unwrap_or_default(),
-            )?,
-            wait_for_interfaces: wait_for_interfaces.unwrap_or(false),
+            interfaces,
+            wait_for_interfaces,
             flush_interval,
             datapath,
             tracker,
-            output: output.unwrap_or_default(),
-            node_name: node_name
-                .filter(|name| !name.is_empty())
-                .unwrap_or_else(hostname),
+            output,
+            node_name,
             identity,
             dns,
             api,
             file,
             learner,
             policies,
-            metrics: resolve_metrics(metrics_listen, metrics_workload_pairs)?,
+            metrics,
+            effective: options,
         })
     }
 }
 
+/// The option's value, or `default` written into it: resolving fills the
+/// options in, and they become the effective configuration.
+fn fill<T: Clone>(option: &mut Option<T>, default: impl FnOnce() -> T) -> T {
+    option.get_or_insert_with(default).clone()
+}
+
 /// DNS copying, on unless `dns` is false; DNS flows only when asked for.
 fn resolve_dns(
-    dns: Option<bool>,
-    max_entries: Option<usize>,
-    flows: Option<bool>,
+    dns: &mut Option<bool>,
+    max_entries: &mut Option<usize>,
+    flows: &mut Option<bool>,
 ) -> Result<Option<DnsSettings>, ConfigError> {
-    if dns == Some(false) {
-        if let Some(max_entries) = max_entries {
+    if !fill(dns, || true) {
+        if let Some(max_entries) = *max_entries {
             return Err(invalid(
                 "dns-max-entries",
                 max_entries,
                 "unset when --dns=false",
             ));
         }
-        if flows == Some(true) {
+        if fill(flows, || false) {
             return Err(invalid("dns-flows", true, "unset when --dns=false"));
         }
         return Ok(None);
     }
     let defaults = NameCacheConfig::default();
-    let max_entries = max_entries.unwrap_or(defaults.max_entries);
+    let max_entries = fill(max_entries, || defaults.max_entries);
     if !(1..=MAX_DNS_ENTRIES).contains(&max_entries) {
         return Err(invalid(
             "dns-max-entries",
@@ -187,7 +204,7 @@ fn resolve_dns(
             max_entries,
             ..defaults
         },
-        flows: flows.unwrap_or(false),
+        flows: fill(flows, || false),
     }))
 }
 
@@ -195,8 +212,8 @@ fn human(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
-fn resolve_flush_interval(flush_interval: Option<Duration>) -> Result<Duration, ConfigError> {
-    let flush_interval = flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL);
+fn resolve_flush_interval(flush_interval: &mut Option<Duration>) -> Result<Duration, ConfigError> {
+    let flush_interval = fill(flush_interval, || DEFAULT_FLUSH_INTERVAL);
     if flush_interval < Duration::from_millis(50) || flush_interval > Duration::from_secs(3600) {
         return Err(invalid(
             "flush-interval",
@@ -210,11 +227,12 @@ fn resolve_flush_interval(flush_interval: Option<Duration>) -> Result<Duration, 
 /// Without an explicit idle timeout, connections are remembered for at least
 /// two flush intervals, so that long intervals keep their direction.
 fn resolve_tracker(
-    flow_idle_timeout: Option<Duration>,
+    flow_idle_timeout: &mut Option<Duration>,
     flush_interval: Duration,
 ) -> Result<TrackerConfig, ConfigError> {
-    let idle_timeout =
-        flow_idle_timeout.unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT.max(2 * flush_interval));
+    let idle_timeout = fill(flow_idle_timeout, || {
+        DEFAULT_FLOW_IDLE_TIMEOUT.max(2 * flush_interval)
+    });
     if idle_timeout < flush_interval || idle_timeout > MAX_TIMEOUT {
         return Err(invalid(
             "flow-idle-timeout",
@@ -228,19 +246,17 @@ fn resolve_tracker(
     })
 }
 
-struct DatapathOptions {
-    map_size: Option<u32>,
-    spill_size: Option<u32>,
-    attach_mode: Option<AttachMode>,
-    ebpf_debug: Option<bool>,
-    pin_dir: Option<PathBuf>,
+struct DatapathOptions<'a> {
+    map_size: &'a mut Option<u32>,
+    spill_size: &'a mut Option<u32>,
+    attach_mode: &'a mut Option<AttachMode>,
+    ebpf_debug: &'a mut Option<bool>,
+    pin_dir: &'a mut Option<PathBuf>,
 }
 
-impl DatapathOptions {
+impl DatapathOptions<'_> {
     fn resolve(self) -> Result<DatapathConfig, ConfigError> {
-        let map_entries = self
-            .map_size
-            .unwrap_or_else(crate::datapath::auto_map_entries);
+        let map_entries = fill(self.map_size, crate::datapath::auto_map_entries);
         if map_entries == 0 || map_entries > MAX_MAP_SIZE {
             return Err(invalid(
                 "map-size",
@@ -248,7 +264,7 @@ impl DatapathOptions {
                 "between 1 and 16777216 flows",
             ));
         }
-        let spill_bytes = self.spill_size.unwrap_or(flow_common::DEFAULT_SPILL_BYTES);
+        let spill_bytes = fill(self.spill_size, || flow_common::DEFAULT_SPILL_BYTES);
         if !spill_bytes.is_power_of_two()
             || !(MIN_SPILL_SIZE..=MAX_SPILL_SIZE).contains(&spill_bytes)
         {
@@ -261,33 +277,35 @@ impl DatapathOptions {
         Ok(DatapathConfig {
             map_entries,
             spill_bytes,
-            attach_mode: self.attach_mode.unwrap_or_default(),
-            ebpf_debug: self.ebpf_debug.unwrap_or(false),
+            attach_mode: fill(self.attach_mode, AttachMode::default),
+            ebpf_debug: fill(self.ebpf_debug, || false),
             paged_reads_only: false,
             precise_clock: false,
-            pin_dir: self.pin_dir,
+            pin_dir: self.pin_dir.clone(),
             dns: DnsCopySettings::default(),
         })
     }
 }
 
-struct IdentityOptions {
-    inventory: Option<PathBuf>,
-    kubernetes: Option<bool>,
-    tenant_label: Option<String>,
-    platform_namespaces: Option<Vec<String>>,
-    identity_grace: Option<Duration>,
+struct IdentityOptions<'a> {
+    inventory: &'a mut Option<PathBuf>,
+    kubernetes: &'a mut Option<bool>,
+    tenant_label: &'a mut Option<String>,
+    platform_namespaces: &'a mut Option<Vec<String>>,
+    identity_grace: &'a mut Option<Duration>,
 }
 
-impl IdentityOptions {
-    fn resolve(self, flush_interval: Duration) -> Result<Option<IdentitySettings>, ConfigError> {
+impl IdentityOptions<'_> {
+    fn resolve(
+        mut self,
+        flush_interval: Duration,
+    ) -> Result<Option<IdentitySettings>, ConfigError> {
         let Some(source) = self.source()? else {
             return self.without_source().map(|()| None);
         };
         let platform_namespaces = self.platform_namespaces()?;
-        let tenant_label = self
-            .tenant_label
-            .unwrap_or_else(|| DEFAULT_TENANT_LABEL.to_owned());
+        *self.platform_namespaces = Some(platform_namespaces.iter().cloned().collect());
+        let tenant_label = fill(self.tenant_label, || DEFAULT_TENANT_LABEL.to_owned());
         if tenant_label.is_empty() {
             return Err(invalid(
                 "tenant-label",
@@ -296,9 +314,9 @@ impl IdentityOptions {
             ));
         }
         // At least two flush intervals, so late flows still resolve.
-        let grace = self
-            .identity_grace
-            .unwrap_or(DEFAULT_IDENTITY_GRACE.max(2 * flush_interval));
+        let grace = fill(self.identity_grace, || {
+            DEFAULT_IDENTITY_GRACE.max(2 * flush_interval)
+        });
         if grace < 2 * flush_interval || grace > MAX_TIMEOUT {
             return Err(invalid(
                 "identity-grace",
@@ -314,8 +332,9 @@ impl IdentityOptions {
         }))
     }
 
-    fn source(&self) -> Result<Option<IdentitySource>, ConfigError> {
-        match (&self.inventory, self.kubernetes.unwrap_or(false)) {
+    /// The one source of identity, if any; `kubernetes` is filled in.
+    fn source(&mut self) -> Result<Option<IdentitySource>, ConfigError> {
+        match (&*self.inventory, fill(self.kubernetes, || false)) {
             (Some(_), true) => Err(invalid(
                 "inventory",
                 "together with kubernetes",
@@ -357,7 +376,7 @@ impl IdentityOptions {
                 "--inventory FILE or --kubernetes as well: tenants come from the identity",
             ));
         }
-        if let Some(grace) = self.identity_grace {
+        if let Some(grace) = *self.identity_grace {
             return Err(invalid(
                 "identity-grace",
                 human(grace),
@@ -368,54 +387,59 @@ impl IdentityOptions {
     }
 }
 
-struct ApiOptions {
-    grpc_listen: Option<SocketAddr>,
-    grpc_tls_cert: Option<PathBuf>,
-    grpc_tls_key: Option<PathBuf>,
-    grpc_client_ca: Option<PathBuf>,
-    grpc_access: Option<PathBuf>,
-    grpc_authz: Option<AuthzMode>,
-    authz_cache_ttl: Option<Duration>,
-    grpc_allow_plaintext: Option<bool>,
-    grpc_buffer: Option<usize>,
-    grpc_subscriber_queue: Option<usize>,
-    grpc_max_subscribers: Option<usize>,
-    hubble_listen: Option<SocketAddr>,
-    hubble_tls_server_name: Option<String>,
+struct ApiOptions<'a> {
+    grpc_listen: &'a mut Option<SocketAddr>,
+    grpc_tls_cert: &'a mut Option<PathBuf>,
+    grpc_tls_key: &'a mut Option<PathBuf>,
+    grpc_client_ca: &'a mut Option<PathBuf>,
+    grpc_access: &'a mut Option<PathBuf>,
+    grpc_authz: &'a mut Option<AuthzMode>,
+    authz_cache_ttl: &'a mut Option<Duration>,
+    grpc_allow_plaintext: &'a mut Option<bool>,
+    grpc_buffer: &'a mut Option<usize>,
+    grpc_subscriber_queue: &'a mut Option<usize>,
+    grpc_max_subscribers: &'a mut Option<usize>,
+    hubble_listen: &'a mut Option<SocketAddr>,
+    hubble_tls_server_name: &'a mut Option<String>,
 }
 
-impl ApiOptions {
-    fn resolve(self) -> Result<Option<(ApiSettings, HubSettings)>, ConfigError> {
+impl ApiOptions<'_> {
+    fn resolve(mut self) -> Result<Option<(ApiSettings, HubSettings)>, ConfigError> {
         self.without_listener()?;
         let hubble_tls_server_name = self.hubble_tls_server_name()?;
+        // Without a listener, every other API setting is unset (checked
+        // above) and stays so.
+        if self.grpc_listen.is_none() && self.hubble_listen.is_none() {
+            return Ok(None);
+        }
         let authz = self.authz()?;
         let tls = self.tls()?;
         let hub = self.hub()?;
-        let hubble = self.hubble_listen.map(|listen| HubbleSettings {
-            listen,
-            tls_server_name: hubble_tls_server_name,
-        });
-        if self.grpc_listen.is_none() && hubble.is_none() {
-            return Ok(None);
-        }
+        let hubble =
+            self.hubble_listen
+                .zip(hubble_tls_server_name)
+                .map(|(listen, tls_server_name)| HubbleSettings {
+                    listen,
+                    tls_server_name,
+                });
         let api = ApiSettings {
-            grpc: self.grpc_listen,
+            grpc: *self.grpc_listen,
             hubble,
             tls,
-            client_ca: self.grpc_client_ca,
-            access: self.grpc_access,
+            client_ca: self.grpc_client_ca.clone(),
+            access: self.grpc_access.clone(),
             authz,
-            allow_plaintext: self.grpc_allow_plaintext.unwrap_or(false),
+            allow_plaintext: fill(self.grpc_allow_plaintext, || false),
         };
         Ok(Some((api, hub)))
     }
 
     /// Who authorizes: the file, or the cluster with its cache TTL. The two
     /// exclude each other, and a TTL means nothing for the file.
-    fn authz(&self) -> Result<Authz, ConfigError> {
+    fn authz(&mut self) -> Result<Authz, ConfigError> {
         match (
-            self.grpc_authz.unwrap_or(AuthzMode::File),
-            self.authz_cache_ttl,
+            fill(self.grpc_authz, || AuthzMode::File),
+            *self.authz_cache_ttl,
         ) {
             (AuthzMode::File, None) => Ok(Authz::File),
             (AuthzMode::File, Some(ttl)) => Err(invalid(
@@ -428,8 +452,8 @@ impl ApiOptions {
                 "with --grpc-authz kubernetes".to_owned(),
                 "one of them: the access file or the cluster's RBAC",
             )),
-            (AuthzMode::Kubernetes, ttl) => {
-                let cache_ttl = ttl.unwrap_or(DEFAULT_AUTHZ_CACHE_TTL);
+            (AuthzMode::Kubernetes, _) => {
+                let cache_ttl = fill(self.authz_cache_ttl, || DEFAULT_AUTHZ_CACHE_TTL);
                 if !AUTHZ_CACHE_TTL_RANGE.contains(&cache_ttl) {
                     return Err(invalid(
                         "authz-cache-ttl",
@@ -472,20 +496,21 @@ impl ApiOptions {
         }
     }
 
-    fn hubble_tls_server_name(&self) -> Result<String, ConfigError> {
-        if self.hubble_listen.is_none()
-            && let Some(template) = &self.hubble_tls_server_name
-        {
-            return Err(invalid(
-                "hubble-tls-server-name",
-                template,
-                "--hubble-listen ADDR as well: it names the Hubble API's certificate",
-            ));
+    /// The Hubble API's server name template, filled in when it listens.
+    fn hubble_tls_server_name(&mut self) -> Result<Option<String>, ConfigError> {
+        if self.hubble_listen.is_none() {
+            return match &self.hubble_tls_server_name {
+                Some(template) => Err(invalid(
+                    "hubble-tls-server-name",
+                    template,
+                    "--hubble-listen ADDR as well: it names the Hubble API's certificate",
+                )),
+                None => Ok(None),
+            };
         }
-        let name = self
-            .hubble_tls_server_name
-            .clone()
-            .unwrap_or_else(|| DEFAULT_HUBBLE_TLS_SERVER_NAME.to_owned());
+        let name = fill(self.hubble_tls_server_name, || {
+            DEFAULT_HUBBLE_TLS_SERVER_NAME.to_owned()
+        });
         if !name.contains("{node}") || !valid_server_name(&name.replace("{node}", "node")) {
             return Err(invalid(
                 "hubble-tls-server-name",
@@ -493,11 +518,11 @@ impl ApiOptions {
                 "a DNS name containing {node}, such as {node}.default.hubble-grpc.cilium.io",
             ));
         }
-        Ok(name)
+        Ok(Some(name))
     }
 
     fn tls(&self) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
-        let tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+        let tls = match (&*self.grpc_tls_cert, &*self.grpc_tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             (None, None) => None,
             _ => {
@@ -518,14 +543,12 @@ impl ApiOptions {
         Ok(tls)
     }
 
-    fn hub(&self) -> Result<HubSettings, ConfigError> {
-        let buffer = self.grpc_buffer.unwrap_or(DEFAULT_GRPC_BUFFER);
+    fn hub(&mut self) -> Result<HubSettings, ConfigError> {
+        let buffer = fill(self.grpc_buffer, || DEFAULT_GRPC_BUFFER);
         if buffer > 10_000_000 {
             return Err(invalid("grpc-buffer", buffer, "at most 10000000 records"));
         }
-        let subscriber_queue = self
-            .grpc_subscriber_queue
-            .unwrap_or(DEFAULT_GRPC_SUBSCRIBER_QUEUE);
+        let subscriber_queue = fill(self.grpc_subscriber_queue, || DEFAULT_GRPC_SUBSCRIBER_QUEUE);
         if subscriber_queue == 0 || subscriber_queue > 1_000_000 {
             return Err(invalid(
                 "grpc-subscriber-queue",
@@ -533,9 +556,7 @@ impl ApiOptions {
                 "between 1 and 1000000",
             ));
         }
-        let max_subscribers = self
-            .grpc_max_subscribers
-            .unwrap_or(DEFAULT_GRPC_MAX_SUBSCRIBERS);
+        let max_subscribers = fill(self.grpc_max_subscribers, || DEFAULT_GRPC_MAX_SUBSCRIBERS);
         if max_subscribers == 0 || max_subscribers > 10_000 {
             return Err(invalid(
                 "grpc-max-subscribers",
@@ -552,15 +573,15 @@ impl ApiOptions {
     }
 }
 
-struct FileOptions {
-    output_file: Option<PathBuf>,
-    output_file_max_size: Option<u64>,
-    output_file_keep: Option<u32>,
+struct FileOptions<'a> {
+    output_file: &'a mut Option<PathBuf>,
+    output_file_max_size: &'a mut Option<u64>,
+    output_file_keep: &'a mut Option<u32>,
 }
 
-impl FileOptions {
+impl FileOptions<'_> {
     fn resolve(self) -> Result<Option<FileSinkSettings>, ConfigError> {
-        let Some(path) = self.output_file else {
+        let Some(path) = self.output_file.clone() else {
             if let Some(size) = self.output_file_max_size {
                 return Err(invalid(
                     "output-file-max-size",
@@ -577,9 +598,7 @@ impl FileOptions {
             }
             return Ok(None);
         };
-        let max_bytes = self
-            .output_file_max_size
-            .unwrap_or(DEFAULT_OUTPUT_FILE_MAX_SIZE);
+        let max_bytes = fill(self.output_file_max_size, || DEFAULT_OUTPUT_FILE_MAX_SIZE);
         if max_bytes < 4096 {
             return Err(invalid(
                 "output-file-max-size",
@@ -587,7 +606,7 @@ impl FileOptions {
                 "at least 4096 bytes",
             ));
         }
-        let keep = self.output_file_keep.unwrap_or(DEFAULT_OUTPUT_FILE_KEEP);
+        let keep = fill(self.output_file_keep, || DEFAULT_OUTPUT_FILE_KEEP);
         if keep > 1000 {
             return Err(invalid("output-file-keep", keep, "at most 1000 files"));
         }
@@ -599,13 +618,13 @@ impl FileOptions {
     }
 }
 
-struct LearnerOptions {
-    state_dir: Option<PathBuf>,
-    graph_expiry: Option<Duration>,
-    graph_max_edges: Option<usize>,
+struct LearnerOptions<'a> {
+    state_dir: &'a mut Option<PathBuf>,
+    graph_expiry: &'a mut Option<Duration>,
+    graph_max_edges: &'a mut Option<usize>,
 }
 
-impl LearnerOptions {
+impl LearnerOptions<'_> {
     fn resolve(self, flush_interval: Duration) -> Result<Option<LearnerSettings>, ConfigError> {
         let max_edges = self.graph_max_edges.unwrap_or(DEFAULT_GRAPH_MAX_EDGES);
         if max_edges == 0 || max_edges > 10_000_000 {
@@ -615,7 +634,7 @@ impl LearnerOptions {
                 "between 1 and 10000000",
             ));
         }
-        if let Some(expiry) = self.graph_expiry
+        if let Some(expiry) = *self.graph_expiry
             && expiry < flush_interval
         {
             return Err(invalid(
@@ -624,7 +643,7 @@ impl LearnerOptions {
                 "at least the flush interval",
             ));
         }
-        let Some(state_dir) = self.state_dir else {
+        let Some(state_dir) = self.state_dir.clone() else {
             if self.graph_expiry.is_some() || self.graph_max_edges.is_some() {
                 return Err(invalid(
                     "graph-expiry",
@@ -634,17 +653,21 @@ impl LearnerOptions {
             }
             return Ok(None);
         };
+        // Checked above, filled in only where it takes effect.
+        *self.graph_max_edges = Some(max_edges);
         Ok(Some(LearnerSettings {
             state_dir,
-            expiry: self.graph_expiry,
+            expiry: *self.graph_expiry,
             max_edges,
         }))
     }
 }
 
+/// Workload-pair series count only beside the metrics endpoint: filled in
+/// there, refused without it unless zero.
 fn resolve_metrics(
     metrics_listen: Option<SocketAddr>,
-    metrics_workload_pairs: Option<usize>,
+    metrics_workload_pairs: &mut Option<usize>,
 ) -> Result<Option<(SocketAddr, usize)>, ConfigError> {
     let pairs = metrics_workload_pairs.unwrap_or(0);
     if pairs > 100_000 {
@@ -660,7 +683,14 @@ fn resolve_metrics(
             "without --metrics-listen",
             "--metrics-listen ADDR as well",
         )),
-        listen => Ok(listen.map(|listen| (listen, pairs))),
+        None => {
+            *metrics_workload_pairs = None;
+            Ok(None)
+        }
+        Some(listen) => {
+            *metrics_workload_pairs = Some(pairs);
+            Ok(Some((listen, pairs)))
+        }
     }
 }
 
