@@ -165,6 +165,17 @@ const AGENT_OBJECTS: [&str; 7] = [
 /// and then `others` (`Kind/name`), valid, least privileged, and a
 /// configuration the agent accepts, which is returned with the objects.
 fn check(directory: &Path, interfaces: &[&str], others: &[&str]) -> (Vec<Value>, RunConfig) {
+    let objects = render_as_kubectl(directory);
+    assert_eq!(
+        kinds_and_names(&objects),
+        [&AGENT_OBJECTS[..], others].concat()
+    );
+    check_agent(objects, interfaces)
+}
+
+/// Renders a kustomization directory, the same as kubectl's Kustomize where
+/// kubectl is installed.
+fn render_as_kubectl(directory: &Path) -> Vec<Value> {
     let objects = render(directory);
     // Where kubectl is installed, its Kustomize renders the same objects.
     if let Ok(output) = std::process::Command::new("kubectl")
@@ -185,11 +196,11 @@ fn check(directory: &Path, interfaces: &[&str], others: &[&str]) -> (Vec<Value>,
         ours.sort_by_key(key);
         assert_eq!(ours, theirs, "{}", directory.display());
     }
-    assert_eq!(
-        kinds_and_names(&objects),
-        [&AGENT_OBJECTS[..], others].concat()
-    );
+    objects
+}
 
+/// The agent's part of rendered `objects`: see [`check`].
+fn check_agent(objects: Vec<Value>, interfaces: &[&str]) -> (Vec<Value>, RunConfig) {
     validate_schema(&objects);
 
     // Read-only RBAC, but for the reviews --grpc-authz kubernetes asks for.
@@ -725,4 +736,99 @@ fn the_hubble_overlay_serves_relay_and_ui_from_the_agents_hubble_port() {
     let readme = std::fs::read_to_string(deploy().join("README.md")).unwrap();
     assert!(readme.contains(&format!("/CN={RELAY_CLIENT_NAME}\"")));
     assert!(readme.contains(&format!("DNS:{HUBBLE_SERVER_SAN}")));
+}
+
+/// `deploy/monitoring`: a ServiceMonitor of the agents' Service and the
+/// alert rules as a PrometheusRule. Their CRDs are not in the Kubernetes
+/// schema, so their structure is checked here; promtool judges the rules
+/// (tests/monitoring_rules.rs).
+#[test]
+fn the_monitoring_scrapes_the_agents_service_and_carries_the_rules_file() {
+    let objects = render_as_kubectl(&deploy().join("monitoring"));
+    assert_eq!(
+        kinds_and_names(&objects),
+        ["ServiceMonitor/flow-agent", "PrometheusRule/flow-agent"]
+    );
+    for object in &objects {
+        assert_eq!(object["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(object["metadata"]["namespace"], "flow-agent");
+    }
+    let base = render(&deploy().join("base"));
+    let service = find(&base, "Service", "flow-agent");
+    let keys = |value: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+
+    // The agents' Service, by its labels, in its namespace, on its named
+    // metrics port, keeping the violations' own `namespace` label. The job
+    // is the Service's name, which the rules' `up{job=...}` names.
+    let monitor = &find(&objects, "ServiceMonitor", "flow-agent")["spec"];
+    assert_eq!(
+        keys(monitor),
+        ["endpoints", "namespaceSelector", "selector"]
+    );
+    assert_eq!(
+        monitor["selector"],
+        json!({"matchLabels": service["metadata"]["labels"]})
+    );
+    assert_eq!(
+        monitor["namespaceSelector"],
+        json!({"matchNames": [service["metadata"]["namespace"]]})
+    );
+    let [endpoint] = monitor["endpoints"].as_array().unwrap().as_slice() else {
+        panic!("one endpoint: {monitor}");
+    };
+    assert_eq!(keys(endpoint), ["honorLabels", "interval", "path", "port"]);
+    assert_eq!(
+        (&endpoint["path"], &endpoint["honorLabels"]),
+        (&json!("/metrics"), &json!(true))
+    );
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|port| port["name"] == endpoint["port"] && port["port"] == 9090),
+        "{service}"
+    );
+    let rules_text =
+        std::fs::read_to_string(deploy().join("monitoring/prometheus/flow-agent.rules.yml"))
+            .unwrap();
+    assert!(rules_text.contains(&format!(
+        "up{{job=\"{}\"}}",
+        service["metadata"]["name"].as_str().unwrap()
+    )));
+
+    // The PrometheusRule carries the rules file's groups, whose runbooks
+    // are deploy/README.md's sections on the project's repository.
+    let rule = find(&objects, "PrometheusRule", "flow-agent");
+    let rules = &yaml_documents(&rules_text)[0];
+    assert_eq!(rule["spec"], *rules);
+    let readme = std::fs::read_to_string(deploy().join("README.md")).unwrap();
+    let alerts: Vec<&Value> = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|group| group["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 9);
+    for alert in alerts {
+        let name = alert["alert"].as_str().unwrap();
+        assert_eq!(
+            alert["annotations"]["runbook_url"],
+            format!(
+                "{}/blob/main/deploy/README.md#{}",
+                env!("CARGO_PKG_REPOSITORY"),
+                name.to_lowercase()
+            )
+        );
+        assert!(readme.contains(&format!("\n### {name}\n")), "{name}");
+        assert!(
+            ["critical", "warning", "info"]
+                .contains(&alert["labels"]["severity"].as_str().unwrap()),
+            "{alert}"
+        );
+    }
 }

@@ -291,6 +291,7 @@ impl Services {
         let (metrics, metrics_task) = match config.metrics {
             Some((listen, pairs)) => {
                 let metrics = Arc::new(Metrics::new(&config.node_name, pairs));
+                metrics.set_flush_interval(config.flush_interval);
                 let serve = crate::metrics::serve(
                     listen,
                     Arc::clone(&metrics),

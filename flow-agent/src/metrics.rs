@@ -2,8 +2,11 @@
 //! the `/healthz` and `/readyz` probes, served on `--metrics-listen`.
 //!
 //! Every label has bounded cardinality: datapath counter names, API client
-//! names (certificate names, token tenants), and, only when enabled, workload
-//! pairs up to a fixed number of series (the rest fold into `_other_`).
+//! names (certificate names, token tenants), the namespaces and tenants of
+//! policy violations (the cluster's namespaces, one tenant each), the tenant
+//! pairs of learned cross-tenant edges (pairs that talk, at most the square
+//! of the tenants), and, only when enabled, workload pairs up to a fixed
+//! number of series (the rest fold into `_other_`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,6 +33,7 @@ use prometheus_client::{
 use thiserror::Error;
 
 use flow_model::record::FlowRecord;
+use flow_policy::{check::ViolationScope, learner::TenantPair};
 
 use crate::{aggregate::AggregateRecord, datapath::DatapathCounters, names::DnsStats};
 
@@ -93,6 +97,12 @@ impl Health {
         self.identity_synced.store(synced, Ordering::Relaxed);
     }
 
+    /// Whether identity has its first complete view: the identity half of
+    /// [`Self::readiness`].
+    pub fn identity_synced(&self) -> bool {
+        self.identity_synced.load(Ordering::Relaxed)
+    }
+
     /// `None` when live, else why not.
     pub fn liveness(&self) -> Option<String> {
         self.liveness_at(Instant::now())
@@ -121,7 +131,7 @@ impl Health {
         if self.attached.load(Ordering::Relaxed) == 0 {
             return Some("no interface attached".to_owned());
         }
-        if !self.identity_synced.load(Ordering::Relaxed) {
+        if !self.identity_synced() {
             return Some("identity not synced yet".to_owned());
         }
         None
@@ -156,11 +166,15 @@ pub struct Metrics {
     identity_pods: Gauge,
     unresolved: Counter,
     conntrack_failures: Counter,
-    violations: Counter,
+    violations: Family<Labels, Counter>,
     api_lost: Family<Labels, Counter>,
     api_subscribers: Gauge,
     file_dropped: Counter,
     learned_edges: Gauge,
+    cross_tenant_edges: Family<Labels, Counter>,
+    ready: Gauge,
+    identity_synced: Gauge,
+    flush_interval: Gauge<f64, AtomicU64>,
     dns: Family<Labels, Counter>,
     dns_names: Gauge,
     pair_bytes: Family<Labels, Counter>,
@@ -184,6 +198,8 @@ struct Seen {
     file_dropped: u64,
     conntrack_failures: u64,
     dns: BTreeMap<&'static str, u64>,
+    violations: BTreeMap<ViolationScope, u64>,
+    cross_tenant_edges: BTreeMap<TenantPair, u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -201,6 +217,22 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Adds to `family` what each of `totals` (absolute, since start) grew by
+/// since `seen`, which then holds them; `labels_of` names a key's series.
+fn add_increases<K: Ord + Clone>(
+    family: &Family<Labels, Counter>,
+    seen: &mut BTreeMap<K, u64>,
+    totals: &BTreeMap<K, u64>,
+    labels_of: impl Fn(&K) -> Labels,
+) {
+    for (key, total) in totals {
+        let before = seen.insert(key.clone(), *total).unwrap_or(0);
+        if *total > before {
+            family.get_or_create(&labels_of(key)).inc_by(total - before);
+        }
+    }
 }
 
 impl Metrics {
@@ -228,11 +260,15 @@ impl Metrics {
             identity_pods: Gauge::default(),
             unresolved: Counter::default(),
             conntrack_failures: Counter::default(),
-            violations: Counter::default(),
+            violations: Family::default(),
             api_lost: Family::default(),
             api_subscribers: Gauge::default(),
             file_dropped: Counter::default(),
             learned_edges: Gauge::default(),
+            cross_tenant_edges: Family::default(),
+            ready: Gauge::default(),
+            identity_synced: Gauge::default(),
+            flush_interval: Gauge::default(),
             dns: Family::default(),
             dns_names: Gauge::default(),
             pair_bytes: Family::default(),
@@ -315,7 +351,7 @@ impl Metrics {
         );
         registry.register(
             "policy_violations",
-            "Request flow records the approved policies would deny (monitor mode): a connection open over several flush intervals counts once per interval",
+            "Request flow records the approved policies would deny (monitor mode), by the namespace and tenant of the workload whose policy denies them (the destination's when its ingress does, else the source's): a connection open over several flush intervals counts once per interval",
             metrics.violations.clone(),
         );
         registry.register(
@@ -337,6 +373,26 @@ impl Metrics {
             "learned_edges",
             "Edges in the learned connection graph",
             metrics.learned_edges.clone(),
+        );
+        registry.register(
+            "learned_cross_tenant_edges",
+            "Edges between two tenants new to the learned graph when learned, by the client's and the server's tenant",
+            metrics.cross_tenant_edges.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when /readyz answers ready (the loop turns, an interface is attached, identity is synced), else 0",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "identity_synced",
+            "1 once the identity source has listed every kind (or identity is off or from a file), else 0",
+            metrics.identity_synced.clone(),
+        );
+        registry.register(
+            "flush_interval_seconds",
+            "The configured flush interval: how often the maps are drained",
+            metrics.flush_interval.clone(),
         );
         if metrics.pairs.is_some() {
             registry.register(
@@ -371,9 +427,6 @@ impl Metrics {
                 if end.identity.kind == Some(flow_model::identity::PeerKind::World) {
                     self.unresolved.inc();
                 }
-            }
-            if record.violation {
-                self.violations.inc();
             }
         }
     }
@@ -429,6 +482,51 @@ impl Metrics {
             self.file_dropped.inc_by(file_dropped - seen.file_dropped);
             seen.file_dropped = file_dropped;
         }
+    }
+
+    /// Sets the configured flush interval.
+    pub fn set_flush_interval(&self, interval: Duration) {
+        self.flush_interval.set(interval.as_secs_f64());
+    }
+
+    /// Takes the monitor's violations by whose policy denies them (totals
+    /// since start).
+    pub fn violations(&self, totals: &BTreeMap<ViolationScope, u64>) {
+        add_increases(
+            &self.violations,
+            &mut lock(&self.seen).violations,
+            totals,
+            |ViolationScope { namespace, tenant }| {
+                labels(&[("namespace", namespace), ("tenant", tenant)])
+            },
+        );
+    }
+
+    /// Takes the learner's new cross-tenant edges by tenant pair (totals
+    /// since start).
+    pub fn cross_tenant_edges(&self, totals: &BTreeMap<TenantPair, u64>) {
+        add_increases(
+            &self.cross_tenant_edges,
+            &mut lock(&self.seen).cross_tenant_edges,
+            totals,
+            |TenantPair {
+                 source,
+                 destination,
+             }| {
+                labels(&[
+                    ("source_tenant", source),
+                    ("destination_tenant", destination),
+                ])
+            },
+        );
+    }
+
+    /// Reads readiness and identity sync from the probes' `health` (at
+    /// each scrape: readiness depends on when the loop last turned).
+    pub fn health(&self, health: &Health) {
+        self.ready.set(i64::from(health.readiness().is_none()));
+        self.identity_synced
+            .set(i64::from(health.identity_synced()));
     }
 
     /// Takes the failed conntrack lookups (total since start).
@@ -585,12 +683,15 @@ pub async fn serve<F: Future<Output = ()> + Send + 'static>(
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     };
     let live = Arc::clone(&health);
+    let scraped = Arc::clone(&health);
     let router = Router::new()
         .route(
             "/metrics",
             get(move || {
                 let metrics = Arc::clone(&metrics);
+                let health = Arc::clone(&scraped);
                 async move {
+                    metrics.health(&health);
                     (
                         [(
                             header::CONTENT_TYPE,
@@ -711,7 +812,6 @@ mod tests {
         assert_eq!(value(&text, "flowagent_flow_map_fill_ratio"), 0.25);
         assert_eq!(value(&text, "flowagent_drain_duration_seconds_count"), 2.0);
         assert_eq!(value(&text, "flowagent_unresolved_endpoints_total"), 1.0);
-        assert_eq!(value(&text, "flowagent_policy_violations_total"), 1.0);
         assert_eq!(
             value(
                 &text,
@@ -741,6 +841,98 @@ mod tests {
             "pair metrics are off by default"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The exposition of metric `name`: its HELP and TYPE lines, then its
+    /// series sorted (a family's order is a hash map's).
+    fn exposition(text: &str, name: &str) -> String {
+        let mut head: Vec<&str> = Vec::new();
+        let mut series: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with(&format!("# HELP {name} "))
+                || line.starts_with(&format!("# TYPE {name} "))
+            {
+                head.push(line);
+            } else if line.starts_with(name) && !line.starts_with('#') {
+                series.push(line);
+            }
+        }
+        series.sort_unstable();
+        head.into_iter()
+            .chain(series)
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn violations_count_by_namespace_and_tenant_and_cross_tenant_edges_by_tenants() {
+        let metrics = Metrics::new("n", 0);
+        let scope = |namespace: &str, tenant: &str| ViolationScope {
+            namespace: namespace.into(),
+            tenant: tenant.into(),
+        };
+        let mut violations = BTreeMap::from([(scope("shop", "acme"), 1)]);
+        metrics.violations(&violations);
+        violations.insert(scope("shop", "acme"), 4);
+        violations.insert(scope("data", ""), 2);
+        metrics.violations(&violations);
+        let pair = |source: &str, destination: &str| TenantPair {
+            source: source.into(),
+            destination: destination.into(),
+        };
+        let edges = BTreeMap::from([(pair("acme", "globex"), 1)]);
+        metrics.cross_tenant_edges(&edges);
+        metrics.cross_tenant_edges(&edges);
+        let text = metrics.encode();
+        assert_eq!(
+            exposition(&text, "flowagent_policy_violations"),
+            "# HELP flowagent_policy_violations Request flow records the approved policies would deny (monitor mode), by the namespace and tenant of the workload whose policy denies them (the destination's when its ingress does, else the source's): a connection open over several flush intervals counts once per interval.\n\
+             # TYPE flowagent_policy_violations counter\n\
+             flowagent_policy_violations_total{namespace=\"data\",tenant=\"\"} 2\n\
+             flowagent_policy_violations_total{namespace=\"shop\",tenant=\"acme\"} 4\n"
+        );
+        assert_eq!(
+            exposition(&text, "flowagent_learned_cross_tenant_edges"),
+            "# HELP flowagent_learned_cross_tenant_edges Edges between two tenants new to the learned graph when learned, by the client's and the server's tenant.\n\
+             # TYPE flowagent_learned_cross_tenant_edges counter\n\
+             flowagent_learned_cross_tenant_edges_total{source_tenant=\"acme\",destination_tenant=\"globex\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn readiness_identity_sync_and_the_flush_interval_are_gauges() {
+        let metrics = Metrics::new("n", 0);
+        metrics.set_flush_interval(Duration::from_millis(2_500));
+        let health = Health::new(Duration::from_secs(1));
+        health.turned();
+        metrics.health(&health);
+        let text = metrics.encode();
+        assert_eq!(
+            [
+                exposition(&text, "flowagent_ready"),
+                exposition(&text, "flowagent_identity_synced"),
+                exposition(&text, "flowagent_flush_interval_seconds"),
+            ]
+            .concat(),
+            "# HELP flowagent_ready 1 when /readyz answers ready (the loop turns, an interface is attached, identity is synced), else 0.\n\
+             # TYPE flowagent_ready gauge\n\
+             flowagent_ready 0\n\
+             # HELP flowagent_identity_synced 1 once the identity source has listed every kind (or identity is off or from a file), else 0.\n\
+             # TYPE flowagent_identity_synced gauge\n\
+             flowagent_identity_synced 0\n\
+             # HELP flowagent_flush_interval_seconds The configured flush interval: how often the maps are drained.\n\
+             # TYPE flowagent_flush_interval_seconds gauge\n\
+             flowagent_flush_interval_seconds 2.5\n"
+        );
+        // Synced but nothing attached: not ready yet.
+        health.set_identity_synced(true);
+        metrics.health(&health);
+        let text = metrics.encode();
+        assert_eq!(value(&text, "flowagent_identity_synced"), 1.0);
+        assert_eq!(value(&text, "flowagent_ready"), 0.0);
+        health.set_attached(1);
+        metrics.health(&health);
+        assert_eq!(value(&metrics.encode(), "flowagent_ready"), 1.0);
     }
 
     #[test]

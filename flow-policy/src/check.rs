@@ -169,6 +169,9 @@ pub enum Outcome {
         destination: String,
         /// `egress of ...`, `ingress of ...`.
         blocked_by: Vec<String>,
+        /// The destination's ingress refuses it (else the source's egress
+        /// alone does).
+        by_ingress: bool,
     },
 }
 
@@ -294,6 +297,7 @@ fn judge(
                 source,
                 destination,
                 blocked_by,
+                by_ingress: !verdict.ingress,
             };
         }
     }
@@ -324,6 +328,7 @@ pub fn check(
                 source,
                 destination,
                 blocked_by,
+                ..
             } => {
                 report.checked += 1;
                 let key = (
@@ -498,6 +503,18 @@ const MONITOR_MAX_PODS: usize = 50_000;
 /// it asks the identity cache again (labels change).
 const MONITOR_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Whose approved policy denies a flow: the namespace and tenant of the end
+/// that refuses it (the destination when its ingress does, else the source),
+/// empty when its identity has none. Namespaces are the cluster's, and a
+/// namespace has one tenant at a time: few distinct scopes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ViolationScope {
+    /// Namespace.
+    pub namespace: String,
+    /// Tenant.
+    pub tenant: String,
+}
+
 /// Monitor mode: marks records the approved policies would deny.
 #[derive(Debug)]
 pub struct Monitor {
@@ -505,6 +522,8 @@ pub struct Monitor {
     cluster: ClusterView,
     built: std::time::Instant,
     violations: u64,
+    /// Violations since start by whose policy denies them.
+    by_scope: BTreeMap<ViolationScope, u64>,
 }
 
 impl Monitor {
@@ -515,6 +534,7 @@ impl Monitor {
             cluster: ClusterView::new(),
             built: std::time::Instant::now(),
             violations: 0,
+            by_scope: BTreeMap::new(),
         }
     }
 
@@ -573,6 +593,12 @@ impl Monitor {
         self.violations
     }
 
+    /// Violations since start by whose policy denies them; they add up to
+    /// [`Monitor::violations`].
+    pub fn violations_by_scope(&self) -> &BTreeMap<ViolationScope, u64> {
+        &self.by_scope
+    }
+
     /// Sets `violation` on each request record the policies would deny;
     /// returns the distinct violations (`source -> destination proto/port`
     /// and why) with their record counts, for the log.
@@ -602,10 +628,26 @@ impl Monitor {
                 source,
                 destination,
                 blocked_by,
+                by_ingress,
             } = outcome
             {
                 record.violation = true;
                 self.violations += 1;
+                let refusing = if by_ingress {
+                    &record.destination
+                } else {
+                    &record.source
+                };
+                let Identity {
+                    namespace, tenant, ..
+                } = &*refusing.identity;
+                *self
+                    .by_scope
+                    .entry(ViolationScope {
+                        namespace: namespace.clone().unwrap_or_default(),
+                        tenant: tenant.clone().unwrap_or_default(),
+                    })
+                    .or_insert(0) += 1;
                 let key = format!(
                     "{source} -> {destination} {}/{}",
                     record.protocol,
@@ -857,6 +899,53 @@ mod tests {
         let mut records = vec![request(8080)];
         blind.mark(&mut records, None);
         assert!(records[0].violation);
+    }
+
+    #[test]
+    fn monitor_counts_a_violation_against_the_namespace_whose_policy_refuses_it() {
+        // shop's web may only reach data's db; data's db only takes shop's
+        // api. web -> api is refused by web's egress alone (shop), api -> db
+        // is allowed, web -> db by db's ingress (data).
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(
+            directory.path().join("policies.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: data}}\n      podSelector: {matchLabels: {app: db}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: data}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: shop}}\n      podSelector: {matchLabels: {app: api}}\n",
+        )
+        .unwrap();
+        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
+        let web = || pod("10.0.0.1", 40_000, "shop", "web");
+        let api = |port| pod("10.0.0.2", port, "shop", "api");
+        let db = || {
+            let mut db = pod("10.0.1.1", 5432, "data", "db");
+            let mut identity = (*db.identity).clone();
+            identity.tenant = None;
+            db.identity = Arc::new(identity);
+            db
+        };
+        let mut records = vec![
+            record(web(), api(8080), 6),
+            record(web(), api(8080), 6),
+            record(api(40_001), db(), 6),
+            record(web(), db(), 6),
+        ];
+        let mut monitor = Monitor::new(policies);
+        monitor.mark(&mut records, None);
+        assert_eq!(
+            records
+                .iter()
+                .map(|record| record.violation)
+                .collect::<Vec<_>>(),
+            [true, true, false, true]
+        );
+        let scope = |namespace: &str, tenant: &str| ViolationScope {
+            namespace: namespace.into(),
+            tenant: tenant.into(),
+        };
+        assert_eq!(
+            monitor.violations_by_scope(),
+            &BTreeMap::from([(scope("data", ""), 1), (scope("shop", "acme"), 2)])
+        );
+        assert_eq!(monitor.violations(), 3);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! succeeds.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{
         Arc, PoisonError, RwLock, RwLockReadGuard,
@@ -31,12 +31,24 @@ pub struct LearnerSettings {
     pub max_edges: usize,
 }
 
+/// The tenants at the two ends of an edge (empty when an end has none).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantPair {
+    /// The client's tenant.
+    pub source: String,
+    /// The server's tenant.
+    pub destination: String,
+}
+
 /// The graph and its store.
 #[derive(Debug)]
 pub struct Learner {
     store: Store,
     graph: LearnedGraph,
     settings: LearnerSettings,
+    /// New cross-tenant edges learned since open, by tenant pair: at most
+    /// the square of the cluster's tenants, and only pairs that talk.
+    cross_tenant: BTreeMap<TenantPair, u64>,
 }
 
 /// The learned graph as readers share it, and whether all of it is on disk.
@@ -103,6 +115,7 @@ impl Learner {
                 store,
                 graph: LearnedGraph::new(graph),
                 settings,
+                cross_tenant: BTreeMap::new(),
             },
             recovery,
         ))
@@ -113,6 +126,12 @@ impl Learner {
         self.graph.clone()
     }
 
+    /// Edges between two tenants that were new to the graph when learned
+    /// (since open; one expired and seen again counts again), by tenants.
+    pub fn cross_tenant_edges_learned(&self) -> &BTreeMap<TenantPair, u64> {
+        &self.cross_tenant
+    }
+
     /// Learns from one drain's records, expires and bounds the graph, and
     /// makes the changes durable before anyone can read them. Returns how
     /// many entries changed.
@@ -121,12 +140,26 @@ impl Learner {
             store,
             graph,
             settings,
+            cross_tenant,
         } = self;
         let LearnedGraph { graph, durable } = graph;
         let mut graph = graph.write().unwrap_or_else(PoisonError::into_inner);
         let mut changes = Vec::new();
         for record in records {
+            // Observing adds at most one edge and removes none.
+            let edges = graph.len();
             changes.extend(graph.observe(record));
+            if graph.len() > edges && record.cross_tenant == Some(true) {
+                let tenant = |end: &flow_model::record::Endpoint| {
+                    end.identity.tenant.clone().unwrap_or_default()
+                };
+                *cross_tenant
+                    .entry(TenantPair {
+                        source: tenant(&record.source),
+                        destination: tenant(&record.destination),
+                    })
+                    .or_insert(0) += 1;
+            }
         }
         changes.extend(graph.prune(now, settings.expiry, settings.max_edges));
         let changes = last_per_entry(changes);
@@ -153,6 +186,44 @@ impl Learner {
 mod tests {
     use super::*;
     use crate::store::tests::{Tmpfs, record};
+
+    #[test]
+    fn only_new_edges_between_tenants_are_counted_by_their_tenants() {
+        let state = tempfile::tempdir().unwrap();
+        let (mut learner, _) = Learner::open(LearnerSettings {
+            state_dir: state.path().to_owned(),
+            expiry: None,
+            max_edges: 100_000,
+        })
+        .unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let across = |port: u16| {
+            let mut record = record(40_000, "billing", port);
+            let mut identity = (*record.destination.identity).clone();
+            identity.tenant = Some("globex".into());
+            record.destination.identity = std::sync::Arc::new(identity);
+            record.cross_tenant = Some(true);
+            record
+        };
+        learner
+            .learn(
+                &[across(8080), across(8080), record(40_000, "api", 80)],
+                now,
+            )
+            .unwrap();
+        learner.learn(&[across(8080), across(9090)], now).unwrap();
+        assert_eq!(learner.graph().read().len(), 3);
+        assert_eq!(
+            learner.cross_tenant_edges_learned(),
+            &BTreeMap::from([(
+                TenantPair {
+                    source: "acme".into(),
+                    destination: "globex".into()
+                },
+                2
+            )])
+        );
+    }
 
     #[test]
     fn a_failed_commit_marks_the_graph_not_durable_until_a_snapshot_succeeds() {

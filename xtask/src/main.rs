@@ -5,6 +5,7 @@ mod demo;
 mod drains;
 mod fuzz;
 mod hubble_compat;
+mod monitoring;
 mod peer;
 mod rates;
 mod setup;
@@ -94,6 +95,13 @@ enum Task {
         /// observer/observer.proto, peer/peer.proto, relay/relay.proto.
         #[arg(long, value_name = "DIR", value_parser = from_invocation_dir)]
         upstream: PathBuf,
+    },
+    /// Write the alert rules, as a Prometheus rules file and as a
+    /// PrometheusRule, from their source deploy/monitoring/alerts.yaml.
+    Monitoring {
+        /// Write nothing; fail if a written file differs from the source.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -197,6 +205,7 @@ fn main() -> Result<()> {
             bench::bench(&binary, peer.as_ref())
         }
         Task::HubbleCompat { upstream } => hubble_compat::run(&upstream),
+        Task::Monitoring { check } => monitoring::run(check),
         Task::Soak { minutes } => {
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } != 0 {

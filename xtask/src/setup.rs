@@ -14,7 +14,8 @@
 //! - the judges of the CI templates in `deploy/ci/` (`tests/ci.rs`): Debian's
 //!   shellcheck, and a second virtual environment under `target/python-ci`
 //!   with actionlint and check-jsonschema, whose copy of Microsoft's Azure
-//!   Pipelines schema is checked against a pinned sha256.
+//!   Pipelines schema is checked against a pinned sha256;
+//! - Debian's prometheus, for promtool (the alert rules' tests).
 
 use std::{
     path::{Path, PathBuf},
@@ -214,6 +215,11 @@ fn ensure_test_tools() -> Result<()> {
     }
     if !have("shellcheck") {
         missing.push("shellcheck");
+    }
+    // promtool for the alert rules' tests (tests/monitoring_rules.rs), the
+    // server for tests/monitoring.rs: both in Debian's prometheus.
+    if !have("promtool") {
+        missing.push("prometheus");
     }
     if !missing.is_empty() {
         apt_install(&missing)?;

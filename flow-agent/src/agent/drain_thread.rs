@@ -526,6 +526,12 @@ impl<S: RecordSink> Agent<S> {
         if let Some(dns) = self.pipeline.dns_stats() {
             metrics.dns(&dns);
         }
+        if let Some(monitor) = self.pipeline.monitor() {
+            metrics.violations(monitor.violations_by_scope());
+        }
+        if let Some(learner) = self.pipeline.learner() {
+            metrics.cross_tenant_edges(learner.cross_tenant_edges_learned());
+        }
     }
 
     /// Emits a drain that began at `started` and spent `kernel` moving the
