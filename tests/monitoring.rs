@@ -360,26 +360,41 @@ fn alerts(prometheus: &Prometheus<'_>, name: Option<&str>, state: Option<&str>) 
         .collect()
 }
 
-/// Waits until Prometheus stores `selector`, then for the violations alert
-/// to fire: it must fire at the first evaluation that starts once the
-/// violation is stored (or, with a `for`, that many evaluations later). The
-/// group's evaluations are counted from Prometheus's own
-/// `prometheus_rule_group_iterations_total`, which counts an evaluation as
-/// it starts: once two more have started, the first of them has ended.
+/// Once the agent's `/metrics` shows the violation `selector` selects,
+/// checks that the violations alert fires within two intervals, both counted
+/// from Prometheus's own counts rather than timed:
+///
+/// - one scrape: the violation is stored by the time the second scrape
+///   after now is (the first may have read `/metrics` before the violation);
+/// - one evaluation: the alert fires at the first evaluation that starts
+///   once the violation is stored (with a `for`, that many evaluations
+///   later). `prometheus_rule_group_iterations_total` counts an evaluation as
+///   it starts: once two more have started, the first of them has ended.
+///
 /// Returns the firing alerts.
-fn fires_at_the_next_evaluation(
+fn fires_within_two_intervals(
     prometheus: &Prometheus<'_>,
     rules: &Path,
     selector: &str,
 ) -> Vec<Value> {
-    prometheus.wait_until("the violation scraped", Duration::from_secs(30), |p| {
-        !p.query(selector).is_empty()
-    });
+    let scraped = prometheus.scrapes();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scrapes = prometheus.scrapes();
+        if !prometheus.query(selector).is_empty() {
+            break;
+        }
+        assert!(
+            scrapes < scraped + 2,
+            "the violation was not stored by the second scrape ({scraped} scrapes then, {scrapes} now)"
+        );
+        assert!(Instant::now() < deadline, "Prometheus stopped scraping");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (group, rule) = violations_rule(prometheus, rules);
     // The test's evaluation interval is one second.
     let pending_evaluations = rule["duration"].as_f64().unwrap().ceil() as u64;
     let started = prometheus.iterations(rules, &group).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let iterations = prometheus.iterations(rules, &group).unwrap();
         let firing = alerts(prometheus, Some(VIOLATIONS_ALERT), Some("firing"));
@@ -388,7 +403,7 @@ fn fires_at_the_next_evaluation(
         }
         assert!(
             iterations < started + 2 + pending_evaluations,
-            "{VIOLATIONS_ALERT} did not fire at the evaluation after the violation was scraped ({started} evaluations then, {iterations} now): {:?}",
+            "{VIOLATIONS_ALERT} did not fire at the evaluation after the violation was stored ({started} evaluations then, {iterations} now): {:?}",
             prometheus.alerts()
         );
         assert!(Instant::now() < deadline, "Prometheus stopped evaluating");
@@ -594,7 +609,7 @@ fn a_violation_fires_its_alert_by_namespace_and_tenant_and_every_dashboard_query
     wait_until("the violation in the agent's /metrics", || {
         value(&agent_metrics(node), series).is_some_and(|count| count > 0.0)
     });
-    let firing = fires_at_the_next_evaluation(
+    let firing = fires_within_two_intervals(
         &prometheus,
         &rules,
         r#"flowagent_policy_violations_total{namespace="shop-a", tenant="acme"}"#,

@@ -239,6 +239,14 @@ impl<'a> Prometheus<'a> {
             .map(|value| value.trim().parse::<f64>().unwrap() as u64)
     }
 
+    /// Scrapes of the agent stored so far (samples of its `up`).
+    pub fn scrapes(&self) -> u64 {
+        let result = self.query(&format!("count_over_time(up{{job=\"{JOB}\"}}[1h])"));
+        result.first().map_or(0, |series| {
+            series["value"][1].as_str().unwrap().parse().unwrap()
+        })
+    }
+
     /// Waits until the scrape target is up.
     pub fn wait_for_target(&self) {
         self.wait_until("the agent scraped", Duration::from_secs(30), |p| {
