@@ -111,8 +111,9 @@ pub fn try_http_get(
 
 impl<'a> Prometheus<'a> {
     /// Starts `prometheus` in `netns` on a free local port, scraping
-    /// `target` (job [`JOB`]) and evaluating `rules` every [`INTERVAL`];
-    /// returns once it serves its API.
+    /// `target` (job [`JOB`], `honor_labels` as deploy/README.md advises)
+    /// and evaluating `rules` every [`INTERVAL`]; returns once it serves
+    /// its API.
     pub fn start(netns: &'a Netns, target: SocketAddr, rules: &Path) -> Self {
         version();
         let storage = tempfile::tempdir().unwrap();
@@ -122,7 +123,7 @@ impl<'a> Prometheus<'a> {
             format!(
                 "global:\n  scrape_interval: {INTERVAL}\n  scrape_timeout: {INTERVAL}\n  evaluation_interval: {INTERVAL}\n\
                  rule_files:\n  - {rules}\n\
-                 scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{target}']\n",
+                 scrape_configs:\n  - job_name: {JOB}\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n",
                 rules = rules.display(),
             ),
         )
