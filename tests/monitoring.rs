@@ -139,6 +139,25 @@ fn dashboards_query_the_chosen_prometheus_through_declared_variables_in_valid_pr
             .collect();
         assert_eq!(ids.len(), panels.len(), "{file}: panel ids repeat");
         for panel in panels {
+            // Panel types Grafana ships (no plugin to install).
+            assert!(
+                ["timeseries", "stat", "table", "bargauge"]
+                    .contains(&panel["type"].as_str().unwrap()),
+                "{file}: {}",
+                panel["type"]
+            );
+            let ref_ids: BTreeSet<&str> = panel["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|target| target["refId"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                ref_ids.len(),
+                panel["targets"].as_array().unwrap().len(),
+                "{file}: {}: refIds repeat",
+                panel["title"]
+            );
             let grid = &panel["gridPos"];
             let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
             assert!(w > 0 && x + w <= 24, "{file}: {}", panel["title"]);
