@@ -21,7 +21,7 @@ use std::{
 
 use common::{
     cli::cli,
-    dashboards::{self, Dashboard, PanelQuery, substitute},
+    dashboards::{self, Dashboard, PanelQuery, substitute, substitute_selected},
     netns::Agent,
     prometheus::{JOB, Prometheus, http_get},
     shop::{Cluster, cluster, tcp_client, tcp_server, traffic},
@@ -209,6 +209,19 @@ fn substitution_sends_all_as_a_regex_and_refuses_any_other_use_of_a_variable() {
         r#"label_replace(x, "b", "$1", "a", "(.+)")"#
     );
     assert_eq!(ok("up"), "up");
+    assert_eq!(
+        substitute_selected(
+            r#"x{namespace=~"$namespace", tenant=~"$tenant"}"#,
+            &filters,
+            &[("tenant", "globex")]
+        )
+        .unwrap(),
+        r#"x{namespace=~".*", tenant=~"globex"}"#
+    );
+    assert_eq!(
+        substitute_selected(r#"x{tenant=~"$tenant"}"#, &filters, &[("tenant", "a.b")]).unwrap_err(),
+        r#"$tenant: "a.b" is not a plain value"#
+    );
     let refused = |expr: &str| substitute(expr, &filters).unwrap_err();
     assert_eq!(
         refused(r#"x{namespace="$namespace"}"#),
@@ -675,6 +688,36 @@ fn a_violation_fires_its_alert_by_namespace_and_tenant_and_every_dashboard_query
             pair("globex", "acme"),
             pair("globex", "globex"),
         ])
+    );
+    // One tenant selected: the pairs with an end in it.
+    let raw = |panel: &str| {
+        &queries
+            .iter()
+            .find(|(query, _)| query.panel == panel)
+            .unwrap()
+            .0
+            .expr
+    };
+    let selected = |panel: &str, variable: &str, value: &str| {
+        let expr = substitute_selected(raw(panel), &["tenant", "namespace"], &[(variable, value)])
+            .unwrap();
+        prometheus.query(&expr)
+    };
+    assert_eq!(
+        label_sets(
+            &selected("Bytes per second between tenants", "tenant", "globex"),
+            &tenants
+        ),
+        BTreeSet::from([
+            pair("acme", "globex"),
+            pair("globex", "acme"),
+            pair("globex", "globex"),
+        ])
+    );
+    assert_eq!(
+        selected("Violations since each agent started", "namespace", "shop-b"),
+        Vec::<Value>::new(),
+        "the violation is shop-a's"
     );
     let edges = prometheus.query(panel_expr(
         &queries,

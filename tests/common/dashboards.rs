@@ -7,7 +7,9 @@
 //! - a filter variable (`$namespace`, `$tenant`, `$instance`: multi-value,
 //!   "All" sent as the regex `.*`) may appear only as a whole regex matcher,
 //!   `label=~"$name"`, and becomes `label=~".*"`; any other use is refused,
-//!   since Grafana would send a regex where PromQL expects a literal;
+//!   since Grafana would send a regex where PromQL expects a literal.
+//!   [`substitute_selected`] sends one selected value instead, as itself:
+//!   what Grafana sends for a value without regex metacharacters;
 //! - `$__rate_interval` becomes `1m`, what Grafana computes for a Prometheus
 //!   data source left at its default 15 s scrape interval (four intervals);
 //! - `$` then a digit is a `label_replace` back-reference, left as is;
@@ -219,8 +221,27 @@ fn legend_labels(format: &str) -> Vec<String> {
 }
 
 /// `expr` with the variables substituted (see the module's documentation);
-/// `filters` names the dashboard's filter variables.
+/// `filters` names the dashboard's filter variables, all left at "All".
 pub fn substitute(expr: &str, filters: &[&str]) -> Result<String, String> {
+    substitute_selected(expr, filters, &[])
+}
+
+/// As [`substitute`], with one value selected in some filters: `selected`
+/// holds (variable, value) pairs; a value with regex metacharacters is
+/// refused, since Grafana would escape it.
+pub fn substitute_selected(
+    expr: &str,
+    filters: &[&str],
+    selected: &[(&str, &str)],
+) -> Result<String, String> {
+    if let Some((name, value)) = selected.iter().find(|(_, value)| {
+        value.is_empty()
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        return Err(format!("${name}: {value:?} is not a plain value"));
+    }
     let mut out = String::with_capacity(expr.len());
     let mut rest = expr;
     while let Some(at) = rest.find('$') {
@@ -243,7 +264,11 @@ pub fn substitute(expr: &str, filters: &[&str]) -> Result<String, String> {
                     "${name} is used other than as a whole regex matcher label=~\"${name}\" in {expr}"
                 ));
             }
-            out.push_str(".*");
+            let value = selected
+                .iter()
+                .find(|(selected, _)| *selected == name)
+                .map_or(".*", |(_, value)| value);
+            out.push_str(value);
         } else if name.is_empty() {
             return Err(format!(
                 "a `$` not followed by a variable name (the ${{name}} form is not used) in {expr}"
