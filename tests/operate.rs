@@ -86,6 +86,11 @@ fn metrics_and_probes_report_the_agent_and_its_traffic_exactly() {
         (503, "no interface attached\n".to_owned())
     );
     assert_eq!(get(&node, "/nothing").0, 404);
+    // The same in the metrics; without identity, identity is synced.
+    let (_, metrics) = get(&node, "/metrics");
+    assert_eq!(value(&metrics, "flowagent_ready"), 0.0);
+    assert_eq!(value(&metrics, "flowagent_identity_synced"), 1.0);
+    assert_eq!(value(&metrics, "flowagent_flush_interval_seconds"), 0.2);
 
     node.add_pod().unwrap();
     node.add_pod().unwrap();
@@ -142,6 +147,7 @@ fn metrics_and_probes_report_the_agent_and_its_traffic_exactly() {
     assert_eq!(value(&metrics, "flowagent_bytes_total"), bytes as f64);
     assert!(packets >= 10 && bytes >= 1_280);
     assert_eq!(value(&metrics, "flowagent_interfaces_attached"), 2.0);
+    assert_eq!(value(&metrics, "flowagent_ready"), 1.0);
     assert_eq!(
         value(
             &metrics,

@@ -32,6 +32,25 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
 const API: &str = "127.0.0.1:4245";
+const METRICS: &str = "127.0.0.1:9090";
+
+/// The agent's `/metrics`, scraped in the node.
+fn scrape(node: &Node) -> String {
+    use std::io::{Read as _, Write as _};
+    node.netns
+        .run(|| {
+            let mut stream = std::net::TcpStream::connect(METRICS).unwrap();
+            stream
+                .write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: flow-agent\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        })
+        .unwrap()
+}
 
 fn path(directory: &Path, name: &str) -> String {
     directory.join(name).to_str().unwrap().to_owned()
@@ -605,6 +624,8 @@ fn monitor_mode_flags_exactly_the_connections_outside_the_approved_policies() {
             API,
             "--policies",
             &path(dir, "approved"),
+            "--metrics-listen",
+            METRICS,
         ],
     );
     agent.wait_for_log("monitor mode", Duration::from_secs(5));
@@ -661,6 +682,9 @@ fn monitor_mode_flags_exactly_the_connections_outside_the_approved_policies() {
         );
         std::thread::sleep(Duration::from_millis(400));
     };
+    // The metrics count them against the namespace whose ingress refuses
+    // them, published with the status.
+    let metrics = scrape(node);
     let output = agent.stop();
     let followed = follower.wait_for_exit(Duration::from_secs(10)).unwrap();
 
@@ -701,6 +725,20 @@ fn monitor_mode_flags_exactly_the_connections_outside_the_approved_policies() {
     assert_eq!(
         state["monitoring"],
         format!("yes, {} violations", violating.len())
+    );
+    let tenant = violating[0].destination.identity.tenant.clone();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("flowagent_policy_violations_total"))
+        .collect();
+    assert_eq!(
+        series,
+        [format!(
+            "flowagent_policy_violations_total{{namespace=\"shop-a\",tenant=\"{}\"}} {}",
+            tenant.unwrap_or_default(),
+            violating.len()
+        )],
+        "{metrics}"
     );
     assert!(
         output

@@ -271,8 +271,6 @@ pub(crate) fn run(check: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "a test panics to report failure")]
-
     use super::*;
 
     #[test]
