@@ -162,6 +162,7 @@ pub struct Metrics {
     fill_ratio: Gauge<f64, AtomicU64>,
     drain_seconds: Histogram,
     interfaces: Gauge,
+    resident_memory: Gauge,
     identity_pods: Gauge,
     unresolved: Counter,
     conntrack_failures: Counter,
@@ -255,6 +256,7 @@ impl Metrics {
             fill_ratio: Gauge::default(),
             drain_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             interfaces: Gauge::default(),
+            resident_memory: Gauge::default(),
             identity_pods: Gauge::default(),
             unresolved: Counter::default(),
             conntrack_failures: Counter::default(),
@@ -325,6 +327,12 @@ impl Metrics {
             "interfaces_attached",
             "Interfaces the programs are attached to",
             metrics.interfaces.clone(),
+        );
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the agent process (VmRSS), read at each scrape",
+            prometheus_client::registry::Unit::Bytes,
+            metrics.resident_memory.clone(),
         );
         registry.register(
             "identity_pods",
@@ -560,15 +568,20 @@ impl Metrics {
                         .map(|workload| format!("{}/{}", workload.kind, workload.name))
                         .or_else(|| peer.kind.map(|kind| kind.as_str().to_owned()))
                         .unwrap_or_default(),
+                    peer.tenant.clone().unwrap_or_default(),
                 )
             };
-            let (source_namespace, source) = end(&aggregate.source);
-            let (destination_namespace, destination) = end(&aggregate.destination);
+            let (source_namespace, source, source_tenant) = end(&aggregate.source);
+            let (destination_namespace, destination, destination_tenant) =
+                end(&aggregate.destination);
+            // A tenant is its namespace's: the tenant labels add no series.
             let mut series = labels(&[
                 ("source_namespace", &source_namespace),
                 ("source_workload", &source),
+                ("source_tenant", &source_tenant),
                 ("destination_namespace", &destination_namespace),
                 ("destination_workload", &destination),
+                ("destination_tenant", &destination_tenant),
             ]);
             if !pairs.known.contains(&series) {
                 if pairs.known.len() < pairs.limit {
@@ -577,8 +590,10 @@ impl Metrics {
                     series = labels(&[
                         ("source_namespace", OTHER),
                         ("source_workload", OTHER),
+                        ("source_tenant", OTHER),
                         ("destination_namespace", OTHER),
                         ("destination_workload", OTHER),
+                        ("destination_tenant", OTHER),
                     ]);
                 }
             }
@@ -591,13 +606,38 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text of every metric.
+    /// The OpenMetrics text of every metric, the process's resident memory
+    /// read now.
     pub fn encode(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.resident_memory
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
     }
+}
+
+/// This process's resident set size, from `VmRSS` in `/proc/self/status`
+/// (`None` when that cannot be read: the gauge keeps its last value).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_rss_bytes(&status)
+}
+
+/// The `VmRSS:  1234 kB` line of a `/proc/<pid>/status` text, in bytes.
+fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1_024)
 }
 
 /// The metric label of a datapath counter.
@@ -932,7 +972,7 @@ mod tests {
                 kind: "Deployment".into(),
                 name: name.into(),
             }),
-            tenant: None,
+            tenant: Some("acme".into()),
             labels: BTreeMap::new(),
             node: None,
             ip: None,
@@ -968,9 +1008,33 @@ mod tests {
             .count();
         assert_eq!(series, 3, "two pairs and the overflow series:\n{text}");
         let other = format!(
-            "flowagent_workload_pair_bytes_total{{source_namespace=\"{OTHER}\",source_workload=\"{OTHER}\",destination_namespace=\"{OTHER}\",destination_workload=\"{OTHER}\"}}"
+            "flowagent_workload_pair_bytes_total{{source_namespace=\"{OTHER}\",source_workload=\"{OTHER}\",source_tenant=\"{OTHER}\",destination_namespace=\"{OTHER}\",destination_workload=\"{OTHER}\",destination_tenant=\"{OTHER}\"}}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "flowagent_workload_pair_bytes_total{source_namespace=\"shop\",source_workload=\"Deployment/a\",source_tenant=\"acme\",destination_namespace=\"shop\",destination_workload=\"Deployment/b\",destination_tenant=\"acme\"}"
+            ),
+            1_300.0
         );
         assert_eq!(value(&text, &other), 2_600.0);
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_vm_rss_at_each_encode() {
+        let status =
+            "Name:\tflow-agent\nVmPeak:\t  90000 kB\nVmRSS:\t   12345 kB\nRssAnon:\t 8000 kB\n";
+        assert_eq!(vm_rss_bytes(status), Some(12_345 * 1_024));
+        assert_eq!(vm_rss_bytes("Name:\tx\n"), None);
+        assert_eq!(vm_rss_bytes("VmRSS:\t12 MB\n"), None);
+        assert_eq!(vm_rss_bytes("VmRSS:\t  kB\n"), None);
+        let text = Metrics::new("n", 0).encode();
+        assert!(
+            text.contains("# UNIT flowagent_process_resident_memory_bytes bytes\n"),
+            "{text}"
+        );
+        // This test process has some resident memory.
+        assert!(value(&text, "flowagent_process_resident_memory_bytes") > 0.0);
     }
 
     #[test]

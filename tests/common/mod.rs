@@ -10,11 +10,13 @@
 )]
 
 pub mod cli;
+pub mod dashboards;
 pub mod dns;
 pub mod kube_api;
 pub mod netns;
 pub mod packet;
 pub mod pki;
+pub mod prometheus;
 pub mod shop;
 
 /// Returns early (passing the test) with a printed reason, or fails it under

@@ -216,7 +216,8 @@ fn ensure_test_tools() -> Result<()> {
     if !have("shellcheck") {
         missing.push("shellcheck");
     }
-    // promtool, for the alert rules' tests (tests/monitoring_rules.rs).
+    // promtool for the alert rules' tests (tests/monitoring_rules.rs), the
+    // server for tests/monitoring.rs: both in Debian's prometheus.
     if !have("promtool") {
         missing.push("prometheus");
     }
