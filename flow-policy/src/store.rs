@@ -557,6 +557,63 @@ pub(crate) mod tests {
         assert!(error.contains("corrupt graph snapshot"), "{error}");
     }
 
+    /// The files a compaction leaves when the process dies after each of its
+    /// steps, made by hand rather than by a well-timed kill: every state
+    /// reopens to exactly the graph whose edges were all acknowledged before
+    /// the compaction began, and the store goes on working.
+    #[test]
+    fn every_step_a_compaction_can_die_at_reopens_to_the_acknowledged_graph() {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path();
+        let (mut store, mut graph, _) = Store::open(root).unwrap();
+        learn(&mut store, &mut graph, "api", 8080);
+        learn(&mut store, &mut graph, "db", 5432);
+        store.compact(&graph).unwrap();
+        learn(&mut store, &mut graph, "cache", 6379);
+        learn(&mut store, &mut graph, "queue", 5672);
+        drop(store);
+        let (snapshot, log) = (Store::snapshot_path(root), Store::log_path(root));
+        let temporary = root.join("graph.json.tmp");
+        let before = (
+            std::fs::read(&snapshot).unwrap(),
+            std::fs::read(&log).unwrap(),
+        );
+        let new = serde_json::to_vec(&graph.to_file()).unwrap();
+        assert!(!before.1.is_empty(), "the last two edges are in the log");
+        let mut states: Vec<(String, Option<&[u8]>, &[u8], &[u8])> = vec![
+            ("created".into(), Some(&[]), &before.0, &before.1),
+            ("written".into(), Some(&new), &before.0, &before.1),
+            ("renamed".into(), None, &new, &before.1),
+            ("truncated".into(), None, &new, &[]),
+        ];
+        for cut in [1, new.len() / 2, new.len() - 1] {
+            states.push((
+                format!("written up to byte {cut}"),
+                Some(&new[..cut]),
+                &before.0,
+                &before.1,
+            ));
+        }
+        for (step, temporary_bytes, snapshot_bytes, log_bytes) in states {
+            let _ = std::fs::remove_file(&temporary);
+            if let Some(bytes) = temporary_bytes {
+                std::fs::write(&temporary, bytes).unwrap();
+            }
+            std::fs::write(&snapshot, snapshot_bytes).unwrap();
+            std::fs::write(&log, log_bytes).unwrap();
+            let (mut store, mut reopened, _) =
+                Store::open(root).unwrap_or_else(|error| panic!("died when {step}: {error}"));
+            assert_eq!(reopened, graph, "died when {step}");
+            // It goes on: a new edge and a whole compaction over the leftovers.
+            learn(&mut store, &mut reopened, "mail", 25);
+            store.compact(&reopened).unwrap();
+            drop(store);
+            assert!(!temporary.exists(), "died when {step}");
+            let (_, again, _) = Store::open(root).unwrap();
+            assert_eq!(again, reopened, "died when {step}");
+        }
+    }
+
     /// Edge `index` of the crash test: `web -> s<index / 500>` on its own port.
     fn crash_edge(index: usize) -> FlowRecord {
         let port = 1_000 + u16::try_from(index % 500).unwrap();
