@@ -234,6 +234,27 @@ pub fn namespace_chart(namespace: &str, edges: &[MapEdge]) -> Flowchart {
             edge.client.namespace() == Some(namespace) || edge.server.namespace() == Some(namespace)
         })
         .collect();
+    chart_of(namespace, &touching)
+}
+
+/// Per namespace, the edges with a workload end in it, in their order: one
+/// pass over every edge, not one per namespace.
+fn by_namespace(edges: &[MapEdge]) -> BTreeMap<&str, Vec<&MapEdge>> {
+    let mut by_namespace: BTreeMap<&str, Vec<&MapEdge>> = BTreeMap::new();
+    for edge in edges {
+        let (client, server) = (edge.client.namespace(), edge.server.namespace());
+        for namespace in [client, server.filter(|server| Some(*server) != client)]
+            .into_iter()
+            .flatten()
+        {
+            by_namespace.entry(namespace).or_default().push(edge);
+        }
+    }
+    by_namespace
+}
+
+/// The map of `namespace` from the edges that touch it, in map order.
+fn chart_of(namespace: &str, touching: &[&MapEdge]) -> Flowchart {
     let mut chart = Flowchart::new();
     let mut ids: BTreeMap<&End, NodeId> = BTreeMap::new();
     for edge in touching.iter().take(MAX_EDGES) {
@@ -316,11 +337,12 @@ pub fn section<'n>(
         "Per namespace: its workloads (boxes), other namespaces' workloads (rounded, dashed) and addresses, names and node-local DNS (hexagons); edges from client to server, labelled with ports: {}. At most {MAX_EDGES} edges each, findings first, then by {weight}.\n",
         legend.join("; "),
     ));
+    let by_namespace = by_namespace(edges);
     for namespace in namespaces {
-        let chart = namespace_chart(namespace, edges);
-        if chart.nodes() == 0 {
+        let Some(touching) = by_namespace.get(namespace) else {
             continue;
-        }
+        };
+        let chart = chart_of(namespace, touching);
         out.push_str(&format!(
             "\n{heading}# `{namespace}`\n\n```mermaid\n{}```\n",
             chart.render()
