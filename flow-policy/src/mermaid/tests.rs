@@ -338,3 +338,87 @@ flowchart LR
     );
     assert_eq!(map::section("##", &[], ["shop"], "bytes"), "");
 }
+
+#[test]
+fn the_diff_map_tells_opened_cross_tenant_closed_and_broken_apart() {
+    use crate::{
+        check::EdgeDenial,
+        diff::{PathChange, PathKind, PolicyDiff},
+    };
+    let path = |client: &str, server: &str, kind, ports: &str, size| PathChange {
+        client: client.to_owned(),
+        server: server.to_owned(),
+        kind,
+        client_tenant: None,
+        server_tenant: None,
+        ports: ports.to_owned(),
+        pod_pairs: 1,
+        size,
+    };
+    let diff = PolicyDiff {
+        opened: vec![
+            path(
+                "b/Deployment/web",
+                "a/Deployment/api",
+                PathKind::CrossTenant,
+                "TCP 8080",
+                1,
+            ),
+            path(
+                "a/Deployment/web",
+                "a/Deployment/api",
+                PathKind::Unobserved,
+                "TCP 1-79; UDP any",
+                65_614,
+            ),
+        ],
+        closed: vec![path(
+            "a/Deployment/web",
+            "a/Deployment/api",
+            PathKind::Observed,
+            "TCP 80",
+            1,
+        )],
+        broken: vec![EdgeDenial {
+            client: "a/Deployment/web".to_owned(),
+            server: "192.0.2.1 (world)".to_owned(),
+            protocol: flow_model::record::Protocol(6),
+            port: 443,
+            blocked_by: vec!["egress of a/web-1".to_owned()],
+            connections: 3,
+            last_seen: flow_model::record::Timestamp(std::time::SystemTime::UNIX_EPOCH),
+        }],
+        ..PolicyDiff::default()
+    };
+    let text = super::reports::diff_section(&diff);
+    let a = text
+        .split("#### `a`\n\n")
+        .nth(1)
+        .expect("a map of namespace a");
+    assert_eq!(
+        a.split("\n\n").next(),
+        Some(
+            "```mermaid
+flowchart LR
+  n0[\"Deployment/web\"]
+  n1{{\"192.0.2.1 #40;world#41;\"}}
+  n2([\"b/Deployment/web\"])
+  n3[\"Deployment/api\"]
+  n0 --x|\"TCP 443\"| n1
+  n2 ==>|\"TCP 8080\"| n3
+  n0 -->|\"TCP 1-79, UDP any\"| n3
+  n0 -.->|\"TCP 80\"| n3
+  classDef outside fill:#fff8e1,stroke:#b08800
+  class n1 outside
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n2 otherNamespace
+  linkStyle 0 stroke:#e07a00,stroke-width:2px
+  linkStyle 1 stroke:#d7263d,stroke-width:3px
+  linkStyle 2 stroke:#2a9d4b,stroke-width:2px
+  linkStyle 3 stroke:#888888
+```"
+        )
+    );
+    assert!(text.starts_with("\n### Service map\n\n"), "{text}");
+    assert!(text.contains("\n#### `b`\n"), "{text}");
+}
