@@ -1034,6 +1034,36 @@ Policies: 2 added, 0 modified, 0 removed, 3 unchanged. Judged against flows `flo
 | paths opened, observed | 0 |
 | paths closed | 2 |
 
+### Service map
+
+Per namespace: its workloads (boxes), other namespaces' workloads (rounded, dashed) and addresses, names and node-local DNS (hexagons); edges from client to server, labelled with ports: grey dotted lines: closed. At most 40 edges each, findings first, then by connections or pod pairs × ports.
+
+#### `kube-system`
+
+```mermaid
+flowchart LR
+  n0["Deployment/coredns"]
+  n1(["shop-b/Deployment/web"])
+  n0 -.->|"SCTP any, TCP any, UDP any"| n1
+  n1 -.->|"SCTP any, TCP any, UDP 1-52, 54-65535"| n0
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n1 otherNamespace
+  linkStyle 0,1 stroke:#888888
+```
+
+#### `shop-b`
+
+```mermaid
+flowchart LR
+  n0(["kube-system/Deployment/coredns"])
+  n1["Deployment/web"]
+  n0 -.->|"SCTP any, TCP any, UDP any"| n1
+  n1 -.->|"SCTP any, TCP any, UDP 1-52, 54-65535"| n0
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n0 otherNamespace
+  linkStyle 0,1 stroke:#888888
+```
+
 ### Paths closed
 
 | client | server | ports | pod pairs | observed |
@@ -1073,6 +1103,24 @@ Policies: 0 added, 2 modified, 0 removed, 1 unchanged. Judged against flows `flo
 | paths opened, never observed | 1 |
 | paths opened, observed | 0 |
 | paths closed | 1 |
+
+### Service map
+
+Per namespace: its workloads (boxes), other namespaces' workloads (rounded, dashed) and addresses, names and node-local DNS (hexagons); edges from client to server, labelled with ports: orange lines ending in a cross: denied; green lines: opened; grey dotted lines: closed. At most 40 edges each, findings first, then by connections or pod pairs × ports.
+
+#### `shop-a`
+
+```mermaid
+flowchart LR
+  n0["Deployment/web"]
+  n1["Deployment/api"]
+  n0 --x|"TCP 8080"| n1
+  n0 -->|"TCP 8081"| n1
+  n0 -.->|"TCP 8080"| n1
+  linkStyle 0 stroke:#e07a00,stroke-width:2px
+  linkStyle 1 stroke:#2a9d4b,stroke-width:2px
+  linkStyle 2 stroke:#888888
+```
 
 ### Observed connections broken
 
@@ -1133,6 +1181,49 @@ Policies: 0 added, 1 modified, 0 removed, 2 unchanged. Judged against flows `flo
 | paths opened, never observed | 1 |
 | paths opened, observed | 0 |
 | paths closed | 0 |
+
+### Service map
+
+Per namespace: its workloads (boxes), other namespaces' workloads (rounded, dashed) and addresses, names and node-local DNS (hexagons); edges from client to server, labelled with ports: thick red lines: cross-tenant; green lines: opened. At most 40 edges each, findings first, then by connections or pod pairs × ports.
+
+#### `kube-system`
+
+```mermaid
+flowchart LR
+  n0["Deployment/coredns"]
+  n1(["shop-a/Deployment/api"])
+  n0 -->|"TCP 8080"| n1
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n1 otherNamespace
+  linkStyle 0 stroke:#2a9d4b,stroke-width:2px
+```
+
+#### `shop-a`
+
+```mermaid
+flowchart LR
+  n0(["shop-b/Deployment/web"])
+  n1["Deployment/api"]
+  n2(["kube-system/Deployment/coredns"])
+  n0 ==>|"TCP 8080"| n1
+  n2 -->|"TCP 8080"| n1
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n0,n2 otherNamespace
+  linkStyle 0 stroke:#d7263d,stroke-width:3px
+  linkStyle 1 stroke:#2a9d4b,stroke-width:2px
+```
+
+#### `shop-b`
+
+```mermaid
+flowchart LR
+  n0["Deployment/web"]
+  n1(["shop-a/Deployment/api"])
+  n0 ==>|"TCP 8080"| n1
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n1 otherNamespace
+  linkStyle 0 stroke:#d7263d,stroke-width:3px
+```
 
 ### Cross-tenant paths opened
 
@@ -1358,6 +1449,59 @@ const AUDIT_MD: &str = r#"# Policy audit
 | workloads open to every tenant | 0 |
 | documents not read | 2 |
 | documents of other kinds, skipped | 1 |
+
+## Service map
+
+Per namespace: its workloads (boxes), other namespaces' workloads (rounded, dashed) and addresses, names and node-local DNS (hexagons); edges from client to server, labelled with ports: orange lines ending in a cross: denied; thick red lines: cross-tenant; blue dotted lines: allowed, never used. At most 40 edges each, findings first, then by connections or pod pairs × ports.
+
+### `kube-system`
+
+```mermaid
+flowchart LR
+  n0(["shop-a/Deployment/web"])
+  n1["Deployment/coredns"]
+  n2(["shop-a/Deployment/api"])
+  n0 --x|"UDP 53"| n1
+  n1 -.->|"TCP 8080"| n2
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n0,n2 otherNamespace
+  linkStyle 0 stroke:#e07a00,stroke-width:2px
+  linkStyle 1 stroke:#4a6fa5
+```
+
+### `shop-a`
+
+```mermaid
+flowchart LR
+  n0["Deployment/web"]
+  n1(["kube-system/Deployment/coredns"])
+  n2(["shop-b/Deployment/web"])
+  n3["Deployment/api"]
+  n0 --x|"UDP 53"| n1
+  n2 ==>|"TCP 8080"| n3
+  n0 -.->|"SCTP any, TCP 1-8079, 8081-65535, TCP 9090, UDP any"| n3
+  n1 -.->|"TCP 8080"| n3
+  n2 -.->|"TCP 8080"| n3
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n1,n2 otherNamespace
+  linkStyle 0 stroke:#e07a00,stroke-width:2px
+  linkStyle 1 stroke:#d7263d,stroke-width:3px
+  linkStyle 2,3,4 stroke:#4a6fa5
+```
+
+### `shop-b`
+
+```mermaid
+flowchart LR
+  n0["Deployment/web"]
+  n1(["shop-a/Deployment/api"])
+  n0 ==>|"TCP 8080"| n1
+  n0 -.->|"TCP 8080"| n1
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n1 otherNamespace
+  linkStyle 0 stroke:#d7263d,stroke-width:3px
+  linkStyle 1 stroke:#4a6fa5
+```
 
 ## Observed connections denied
 

@@ -334,6 +334,7 @@ fn write_review(
     write_rare(out, &proposal.rare)?;
     write_resolvers(out, proposal)?;
     write_named_addresses(out, proposal, format)?;
+    out.write_all(crate::mermaid::reports::review_section(proposal).as_bytes())?;
     write_per_workload(out, proposal)
 }
 

@@ -229,6 +229,9 @@ pub struct Proposal {
     /// Addresses outside the cluster that workloads resolved names to,
     /// sorted by address.
     pub named_addresses: Vec<NamedAddress>,
+    /// The allowed edges by their ends, as REVIEW.md's service maps draw
+    /// them, in map order ([`crate::mermaid::map::merged`]).
+    pub map: Vec<crate::mermaid::map::MapEdge>,
 }
 
 /// An address outside the cluster with the names workloads resolved to it.

@@ -26,6 +26,7 @@ pub mod generate;
 pub mod graph;
 pub mod learner;
 pub mod load;
+pub mod mermaid;
 pub mod ports;
 pub mod run;
 pub mod store;

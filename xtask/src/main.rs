@@ -163,6 +163,7 @@ fn main() -> Result<()> {
             // Every test that needs a tool setup installs must run, not skip.
             let python = setup::python_env().join("bin").join("python");
             let ci_venv = setup::ci_python_env();
+            let mmdc = setup::mmdc();
             setup::status(
                 &std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
                 &[
@@ -175,6 +176,7 @@ fn main() -> Result<()> {
                 &[
                     ("FLOW_AGENT_TEST_PYTHON", &python.to_string_lossy()),
                     ("FLOW_AGENT_TEST_CI_VENV", &ci_venv.to_string_lossy()),
+                    ("FLOW_AGENT_TEST_MMDC", &mmdc.to_string_lossy()),
                     ("FLOW_AGENT_TEST_STRICT", "1"),
                 ],
             )?;

@@ -15,7 +15,11 @@
 //!   shellcheck, and a second virtual environment under `target/python-ci`
 //!   with actionlint and check-jsonschema, whose copy of Microsoft's Azure
 //!   Pipelines schema is checked against a pinned sha256;
-//! - Debian's prometheus, for promtool (the alert rules' tests).
+//! - Debian's prometheus, for promtool (the alert rules' tests);
+//! - Mermaid's renderer for the service maps of the policy reports
+//!   (`flow-policy/tests/mermaid.rs`): Debian's chromium, and a pinned
+//!   `@mermaid-js/mermaid-cli` from npm under `target/mermaid-cli`, told not
+//!   to download a browser of its own.
 
 use std::{
     path::{Path, PathBuf},
@@ -420,6 +424,72 @@ pub(crate) fn setup() -> Result<()> {
     ensure_test_tools().context("test tools")?;
     ensure_python_grpc().context("Python gRPC for the generated-client test")?;
     ensure_python_ci().context("the CI templates' judges")?;
+    ensure_mermaid_cli().context("mermaid-cli for the service map test")?;
+    Ok(())
+}
+
+/// mermaid-cli release the service maps are rendered with: the 11 line
+/// runs on Debian's node 20 (12 needs node 22).
+const MERMAID_CLI_VERSION: &str = "11.17.0";
+
+/// The browser mermaid-cli drives (the test names the same path).
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Where mermaid-cli is installed (the test looks for it here).
+pub(crate) fn mermaid_cli() -> PathBuf {
+    crate::workspace_root().join("target").join("mermaid-cli")
+}
+
+/// mmdc, as installed under [`mermaid_cli`].
+pub(crate) fn mmdc() -> PathBuf {
+    mermaid_cli().join("node_modules").join(".bin").join("mmdc")
+}
+
+/// Installs chromium, node and npm from Debian, and the pinned mermaid-cli
+/// from npm, unless `mmdc --version` already says the pinned version.
+fn ensure_mermaid_cli() -> Result<()> {
+    let mut missing = Vec::new();
+    if !Path::new(CHROMIUM).exists() {
+        missing.push("chromium");
+    }
+    if !have("node") {
+        missing.push("nodejs");
+    }
+    if !have("npm") {
+        missing.push("npm");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    let mmdc = mmdc();
+    let installed = Command::new(&mmdc)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).trim() == MERMAID_CLI_VERSION
+        });
+    if installed {
+        return Ok(());
+    }
+    let prefix = mermaid_cli();
+    std::fs::create_dir_all(&prefix).with_context(|| format!("create {}", prefix.display()))?;
+    status(
+        "npm",
+        &[
+            "install",
+            "--prefix",
+            &prefix.to_string_lossy(),
+            "--no-audit",
+            "--no-fund",
+            "--save-exact",
+            &format!("@mermaid-js/mermaid-cli@{MERMAID_CLI_VERSION}"),
+        ],
+        &[("PUPPETEER_SKIP_DOWNLOAD", "1")],
+    )?;
+    if !mmdc.exists() {
+        bail!("{} is missing after npm installed it", mmdc.display());
+    }
     Ok(())
 }
 

@@ -96,6 +96,7 @@ pub fn markdown(audit: &Audit, inputs: &Inputs<'_>) -> String {
     for (finding, count) in rows {
         let _ = writeln!(out, "| {finding} | {count} |");
     }
+    out.push_str(&crate::mermaid::reports::audit_section(audit));
     table(
         &mut out,
         "Observed connections denied",

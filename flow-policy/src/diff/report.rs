@@ -98,6 +98,7 @@ pub fn markdown(diff: &PolicyDiff, conditions: &[FailCondition], judged_against:
     for (what, count) in rows {
         let _ = writeln!(out, "| {what} | {count} |");
     }
+    out.push_str(&crate::mermaid::reports::diff_section(diff));
     broken_section(diff, &mut out);
     let sections = [
         ("Cross-tenant paths opened", PathKind::CrossTenant),

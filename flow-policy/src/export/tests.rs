@@ -78,6 +78,7 @@ fn shop(port: u16, api: bool) -> Proposal {
         thresholds: Default::default(),
         resolvers: Default::default(),
         named_addresses: Vec::new(),
+        map: Vec::new(),
     }
 }
 

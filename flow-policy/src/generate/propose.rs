@@ -14,8 +14,9 @@ use std::{
 use hashbrown::HashMap;
 
 use super::{
-    GenerateOptions, LeftOut, Note, PeerSpec, PolicyFormat, Proposal, RuleSpec, Sighting,
-    WorkloadPolicy, cidr, edge_text, is_dns, peer_text, policy_name, port_ranges, push_decimal,
+    GenerateOptions, LeftOut, NamedAddress, Note, PeerSpec, PolicyFormat, Proposal, RuleSpec,
+    Sighting, WorkloadPolicy, cidr, edge_text, is_dns, peer_text, policy_name, port_ranges,
+    push_decimal,
     rarity::{Judge, Verdict},
     resolver::Resolver,
 };
@@ -25,6 +26,7 @@ use crate::{
     cilium::FqdnSelector,
     cluster::{ClusterView, Selection},
     graph::{EdgeKey, EdgeStats, Graph, Party, WorkloadRef},
+    mermaid::map::{self, MapEdge},
 };
 
 /// A peer, a protocol and a port a workload allows in one direction. The
@@ -93,6 +95,24 @@ pub(super) struct Proposer<'g> {
     left_out: Vec<LeftOut>,
     /// Per subject workload, the resolvers of its DNS edges.
     resolvers: BTreeMap<String, BTreeSet<String>>,
+    /// The service map's edges, by their ends.
+    map: HashMap<(usize, MapServer), MapSide>,
+}
+
+/// The server end of a service map's edge: the end, or for DNS to a
+/// node-local resolver, that resolver at the end's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum MapServer {
+    End(usize),
+    NodeLocalDns(usize),
+}
+
+/// What the service map draws between two ends.
+#[derive(Default)]
+struct MapSide {
+    ports: BTreeSet<(Protocol, u16)>,
+    bytes: u128,
+    cross_tenant: bool,
 }
 
 impl<'g> Proposer<'g> {
@@ -114,6 +134,7 @@ impl<'g> Proposer<'g> {
             rare: Vec::new(),
             left_out: Vec::new(),
             resolvers: BTreeMap::new(),
+            map: HashMap::new(),
         }
     }
 
@@ -194,9 +215,9 @@ impl<'g> Proposer<'g> {
             });
             return;
         }
-        if !self.admits(key, stats, client_end, server_end) {
+        let Some(cross_tenant) = self.admits(key, stats, client_end, server_end) else {
             return;
-        }
+        };
         if verdict == Verdict::Rare {
             let sighting = self.sighting(key, stats, client_end, server_end);
             self.rare.push(sighting);
@@ -207,15 +228,20 @@ impl<'g> Proposer<'g> {
         // What each end looks like as the other's peer; a node-local
         // resolver is its address.
         let client_peer = self.as_peer(client_end, key);
-        let server_peers = match self.resolver(key, client_end) {
-            Some(peers) => peers,
-            None => self.as_peer(server_end, key).into_iter().collect(),
+        let (server_peers, map_server) = match self.resolver(key, client_end) {
+            Some(peers) => (peers, MapServer::NodeLocalDns(server_end)),
+            None => (
+                self.as_peer(server_end, key).into_iter().collect(),
+                MapServer::End(server_end),
+            ),
         };
+        let mut allowed = false;
         if let Some(side) = self.ends[client_end].subject
             && self.named(key, stats)
         {
             // In the Cilium format, an address with names is allowed by
             // its names (patterns are chosen once all names are in).
+            allowed = true;
             for name in &stats.names {
                 let peer = self.intern(PeerSpec::Fqdn(FqdnSelector::MatchName(name.clone())));
                 let egress = &mut self.sides[side].1.egress;
@@ -226,6 +252,7 @@ impl<'g> Proposer<'g> {
                 );
             }
         } else if let Some(side) = self.ends[client_end].subject {
+            allowed |= !server_peers.is_empty();
             let egress = &mut self.sides[side].1.egress;
             for peer in server_peers {
                 egress.extend(
@@ -236,12 +263,76 @@ impl<'g> Proposer<'g> {
             }
         }
         if let (Some(side), Some(peer)) = (self.ends[server_end].subject, client_peer) {
+            allowed = true;
             let ingress = &mut self.sides[side].1.ingress;
             ingress.extend(
                 ports
                     .iter()
                     .map(|(protocol, port)| (peer, *protocol, *port)),
             );
+        }
+        if allowed {
+            let side = self.map.entry((client_end, map_server)).or_default();
+            side.ports.extend(ports.iter().copied());
+            side.bytes = side.bytes.saturating_add(u128::from(stats.bytes));
+            side.cross_tenant |= cross_tenant;
+        }
+    }
+
+    /// The service map's edges, in map order ([`map::merged`]).
+    fn map_edges(&mut self, named: &[NamedAddress]) -> Vec<MapEdge> {
+        let map = std::mem::take(&mut self.map);
+        let edges = map.into_iter().map(|((client, server), side)| {
+            let server = match server {
+                MapServer::End(end) => self.map_end(end, named),
+                MapServer::NodeLocalDns(end) => map::End::Outside {
+                    label: format!("node-local DNS {}", address_text(self.ends[end].party)),
+                    kind: map::OutsideKind::NodeLocalDns,
+                },
+            };
+            MapEdge {
+                client: self.map_end(client, named),
+                server,
+                ports: side
+                    .ports
+                    .iter()
+                    .map(|(protocol, port)| match protocol.name() {
+                        Some(name) => format!("{name} {port}"),
+                        None => format!("{protocol} {port}"),
+                    })
+                    .collect(),
+                weight: side.bytes,
+                kind: if side.cross_tenant {
+                    map::EdgeKind::CrossTenant
+                } else {
+                    map::EdgeKind::Allowed
+                },
+            }
+        });
+        let edges: Vec<MapEdge> = edges.collect();
+        map::merged(edges)
+    }
+
+    /// An end as a service map draws it: a workload, or an address with
+    /// the names workloads resolved to it.
+    fn map_end(&self, end: usize, named: &[NamedAddress]) -> map::End {
+        match self.ends[end].party {
+            Party::Workload(workload) => map::End::Workload(workload.clone()),
+            party @ Party::Address { ip, .. } => {
+                let names = named
+                    .binary_search_by(|address| address.address.cmp(ip))
+                    .ok()
+                    .map(|index| &named[index].names);
+                let label = match names.map(|names| (names.first(), names.len())) {
+                    Some((Some(first), 1)) => format!("{first} ({ip})"),
+                    Some((Some(first), count)) => format!("{first} +{} ({ip})", count - 1),
+                    _ => party.to_string(),
+                };
+                map::End::Outside {
+                    label,
+                    kind: map::OutsideKind::Address,
+                }
+            }
         }
     }
 
@@ -332,7 +423,14 @@ impl<'g> Proposer<'g> {
 
     /// Whether an edge can be allowed at all; notes why not, and what a
     /// reviewer should know about it.
-    fn admits(&mut self, key: &EdgeKey, stats: &EdgeStats, client: usize, server: usize) -> bool {
+    /// `None` when it cannot; else whether it crosses tenants.
+    fn admits(
+        &mut self,
+        key: &EdgeKey,
+        stats: &EdgeStats,
+        client: usize,
+        server: usize,
+    ) -> Option<bool> {
         let EdgeKey { protocol, port, .. } = key;
         if !matches!(protocol.name(), Some("TCP" | "UDP" | "SCTP")) || *port == 0 {
             self.notes.insert(Note::Unexpressible(format!(
@@ -340,7 +438,7 @@ impl<'g> Proposer<'g> {
                 edge_text(key),
                 protocol
             )));
-            return false;
+            return None;
         }
         let (client, server) = (&self.ends[client], &self.ends[server]);
         let crossing = !client.tenantless
@@ -350,14 +448,14 @@ impl<'g> Proposer<'g> {
         if crossing {
             if !self.options.allow_cross_tenant {
                 self.notes.insert(Note::CrossTenantExcluded(edge_text(key)));
-                return false;
+                return None;
             }
             self.notes.insert(Note::CrossTenantIncluded(edge_text(key)));
         }
         if client.party.workload().is_none() || server.party.workload().is_none() {
             self.notes.insert(Note::External(edge_text(key)));
         }
-        true
+        Some(crossing)
     }
 
     /// The end as the other end's peer, with the note its edge gets when it
@@ -497,6 +595,8 @@ impl<'g> Proposer<'g> {
         }
         self.rare.sort_unstable();
         self.left_out.sort_unstable();
+        let named_addresses = super::named_addresses(self.graph);
+        let map = self.map_edges(&named_addresses);
         Proposal {
             namespaces: self.namespaces(),
             policies,
@@ -507,7 +607,8 @@ impl<'g> Proposer<'g> {
             left_out: self.left_out,
             thresholds: self.options.thresholds,
             resolvers: self.resolvers,
-            named_addresses: super::named_addresses(self.graph),
+            named_addresses,
+            map,
         }
     }
 
@@ -521,6 +622,14 @@ impl<'g> Proposer<'g> {
             .map(|workload| &workload.namespace)
             .collect();
         namespaces.into_iter().cloned().collect()
+    }
+}
+
+/// An address end's address; another end as it is written.
+fn address_text(party: &Party) -> String {
+    match party {
+        Party::Address { ip, .. } => ip.to_string(),
+        Party::Workload(workload) => workload.to_string(),
     }
 }
 

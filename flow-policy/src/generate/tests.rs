@@ -1003,3 +1003,40 @@ fn cilium_policies_allow_named_addresses_by_name_with_the_dns_rule_and_read_back
         assert_eq!(protocols, BTreeSet::from(["TCP", "UDP"]));
     }
 }
+
+#[test]
+fn the_review_map_draws_allowed_edges_with_cross_tenant_ones_apart() {
+    let graph = shop_graph();
+    let options = GenerateOptions {
+        allow_cross_tenant: true,
+        ..GenerateOptions::default()
+    };
+    let proposal = propose(&graph, &view_of(&graph), &options);
+    // The cross-tenant edge first; then by request bytes (each edge one
+    // record of the same size), then by name: workloads (other namespaces
+    // first, in name order) before addresses. DNS gets UDP and TCP 53; the
+    // ping is not allowed, so not drawn.
+    assert_eq!(
+        crate::mermaid::map::namespace_chart("shop", &proposal.map).render(),
+        "flowchart LR
+  n0[\"Deployment/web\"]
+  n1([\"billing/Deployment/billing\"])
+  n2([\"data/StatefulSet/db\"])
+  n3([\"kube-system/Deployment/coredns\"])
+  n4[\"Deployment/api\"]
+  n5[\"Deployment/cache\"]
+  n6{{\"203.0.113.9 #40;world#41;\"}}
+  n0 ==>|\"TCP 9000\"| n1
+  n0 -->|\"TCP 5432\"| n2
+  n0 -->|\"TCP 53, UDP 53\"| n3
+  n0 -->|\"TCP 8080\"| n4
+  n0 -->|\"TCP 8080\"| n5
+  n0 -->|\"TCP 443\"| n6
+  classDef otherNamespace fill:#f4f4f4,stroke:#777777,stroke-dasharray:4 3
+  class n1,n2,n3 otherNamespace
+  classDef outside fill:#fff8e1,stroke:#b08800
+  class n6 outside
+  linkStyle 0 stroke:#d7263d,stroke-width:3px
+"
+    );
+}
