@@ -1,5 +1,8 @@
 //! `flow-agent policy check`: every observed connection that a set of
-//! NetworkPolicies would deny, for a GitOps pipeline to gate a pull request on.
+//! NetworkPolicies and Cilium policies would deny, for a GitOps pipeline to
+//! gate a pull request on. An address's names (those the pod resolved to
+//! it, on the record or learned on the edge) are what Cilium's `toFQDNs`
+//! is judged against.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -7,12 +10,11 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 
 use super::{
     cluster::{ClusterView, PodView},
-    evaluate::{Evaluator, Subject},
+    evaluate::{Evaluator, PolicySet, Subject},
     graph::{Graph, Party, WorkloadRef},
 };
 use flow_model::{
@@ -74,7 +76,7 @@ enum End {
     Backends(Vec<usize>),
     Address {
         ip: std::net::IpAddr,
-        host: bool,
+        kind: PeerKind,
     },
     Unresolved,
 }
@@ -132,7 +134,7 @@ fn end_of(endpoint: &Endpoint, cluster: &mut ClusterView) -> End {
         (Some(PeerKind::Service), _, _) | (None, _, _) => End::Unresolved,
         (Some(kind), _, _) => End::Address {
             ip: endpoint.ip,
-            host: *kind == PeerKind::Host,
+            kind: *kind,
         },
     }
 }
@@ -189,7 +191,7 @@ struct Request<'a> {
 pub fn outcomes(
     records: &[FlowRecord],
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> Vec<Outcome> {
     let requests: Vec<Option<Request<'_>>> = records
         .iter()
@@ -211,7 +213,7 @@ pub fn outcomes(
 fn judge_all(
     requests: &[Option<Request<'_>>],
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> Vec<Outcome> {
     // Resolve every end first: the evaluator borrows the finished view.
     let resolved: Vec<Option<(End, End)>> = requests
@@ -225,7 +227,7 @@ fn judge_all(
             })
         })
         .collect();
-    let evaluator = Evaluator::new(cluster, policies);
+    let evaluator = Evaluator::with_set(cluster, policies);
     requests
         .iter()
         .zip(&resolved)
@@ -236,10 +238,12 @@ fn judge_all(
         .collect()
 }
 
-/// Each pod (or address) an end may be, with its pod index.
+/// Each pod (or address, with its `names`) an end may be, with its pod
+/// index.
 fn candidates<'a>(
     end: &End,
     resident: bool,
+    names: &'a [Arc<str>],
     cluster: &'a ClusterView,
 ) -> Vec<(Subject<'a>, Option<usize>)> {
     match end {
@@ -248,10 +252,12 @@ fn candidates<'a>(
             .iter()
             .map(|index| (Subject::Pod(&cluster.pods()[*index]), Some(*index)))
             .collect(),
-        End::Address { ip, host } => vec![(
+        End::Address { ip, kind } => vec![(
             Subject::Address {
                 ip: *ip,
-                resident_node: *host && resident,
+                resident_node: *kind == PeerKind::Host && resident,
+                kind: *kind,
+                names,
             },
             None,
         )],
@@ -259,17 +265,22 @@ fn candidates<'a>(
     }
 }
 
-fn judge(
+fn judge<'a>(
     evaluator: &Evaluator<'_>,
-    cluster: &ClusterView,
-    request: &Request<'_>,
+    cluster: &'a ClusterView,
+    request: &Request<'a>,
     (source, destination): &(End, End),
 ) -> Outcome {
     if !matches!(request.protocol.name(), Some("TCP" | "UDP" | "SCTP")) {
         return Outcome::Unexpressible;
     }
-    let froms = candidates(source, request.resident_source, cluster);
-    let tos = candidates(destination, false, cluster);
+    let froms = candidates(
+        source,
+        request.resident_source,
+        &request.source.names,
+        cluster,
+    );
+    let tos = candidates(destination, false, &request.destination.names, cluster);
     if froms.is_empty() || tos.is_empty() {
         return Outcome::Unresolved;
     }
@@ -304,7 +315,7 @@ fn judge(
 pub fn check(
     records: &[FlowRecord],
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> CheckReport {
     let mut report = CheckReport {
         records: records.len(),
@@ -437,7 +448,7 @@ fn edge_end(party: &Party, graph: &Graph) -> Endpoint {
 pub fn check_edges(
     graph: &Graph,
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> EdgeCheckReport {
     cluster.add_graph(graph);
     // One end per party, not per edge: a workload is at the end of many.
@@ -447,12 +458,30 @@ pub fn check_edges(
             ends.entry(party).or_insert_with(|| edge_end(party, graph));
         }
     }
+    // An address server with learned names stands for itself under those
+    // names, edge by edge.
+    let named: Vec<Option<Endpoint>> = graph
+        .edges()
+        .map(|(key, stats)| {
+            (matches!(key.server, Party::Address { .. }) && !stats.names.is_empty()).then(|| {
+                Endpoint {
+                    names: stats
+                        .names
+                        .iter()
+                        .map(|name| Arc::from(name.as_str()))
+                        .collect(),
+                    ..ends[&key.server].clone()
+                }
+            })
+        })
+        .collect();
     let requests: Vec<Option<Request<'_>>> = graph
         .edges()
-        .map(|(key, _)| {
+        .zip(&named)
+        .map(|((key, _), named)| {
             Some(Request {
                 source: &ends[&key.client],
-                destination: &ends[&key.server],
+                destination: named.as_ref().unwrap_or(&ends[&key.server]),
                 protocol: key.protocol,
                 port: key.port,
                 // An agent sees its node's own address as `host` only on
@@ -501,15 +530,16 @@ const MONITOR_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// Monitor mode: marks records the approved policies would deny.
 #[derive(Debug)]
 pub struct Monitor {
-    policies: Vec<NetworkPolicy>,
+    policies: PolicySet,
     cluster: ClusterView,
     built: std::time::Instant,
     violations: u64,
 }
 
 impl Monitor {
-    /// Monitors against `policies` (validated NetworkPolicies).
-    pub fn new(policies: Vec<NetworkPolicy>) -> Self {
+    /// Monitors against `policies` (validated NetworkPolicies and Cilium
+    /// policies).
+    pub fn new(policies: PolicySet) -> Self {
         Self {
             policies,
             cluster: ClusterView::new(),
@@ -718,7 +748,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
         let report = check(&observed, &mut cluster, &policies);
         assert_eq!(
             (report.checked, report.allowed, report.unresolved),
@@ -811,7 +841,7 @@ mod tests {
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api, namespace: back}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: shop}}\n      podSelector: {matchLabels: {canary: \"yes\"}}\n    ports: [{port: http}]\n",
         )
         .unwrap();
-        let policies = crate::evaluate::load_policies(policies_dir.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(policies_dir.path()).unwrap();
         let endpoint = |ip: &str, port: u16| {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             Endpoint {
@@ -895,7 +925,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
         let report = check_edges(&observed, &mut ClusterView::new(), &policies);
         assert_eq!(
             report,
@@ -968,7 +998,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
         let report = check(&observed, &mut cluster, &policies);
         assert_eq!(
             (report.checked, report.allowed, report.denied.len()),

@@ -578,6 +578,7 @@ fn cilium_metadata(namespace: &str, name: &str) -> cilium::Metadata {
 fn cilium_selector(labels: &BTreeMap<String, String>) -> cilium::Selector {
     cilium::Selector {
         match_labels: (!labels.is_empty()).then(|| labels.clone()),
+        match_expressions: None,
     }
 }
 
@@ -716,13 +717,15 @@ fn cilium_default_deny(namespace: &str) -> cilium::Policy {
         api_version: "cilium.io/v2".to_owned(),
         kind: "CiliumNetworkPolicy".to_owned(),
         metadata: cilium_metadata(namespace, "default-deny"),
-        spec: cilium::Spec {
+        spec: Some(cilium::Spec {
             endpoint_selector: cilium::Selector::default(),
             // An empty rule in a section puts the endpoints in default deny
             // for that direction and allows nothing.
             ingress: Some(vec![cilium::Rule::default()]),
             egress: Some(vec![cilium::Rule::default()]),
-        },
+            ..cilium::Spec::default()
+        }),
+        specs: None,
     }
 }
 
@@ -740,11 +743,13 @@ pub fn cilium_policy(policy: &WorkloadPolicy) -> cilium::Policy {
         api_version: "cilium.io/v2".to_owned(),
         kind: "CiliumNetworkPolicy".to_owned(),
         metadata: cilium_metadata(&workload.namespace, name),
-        spec: cilium::Spec {
+        spec: Some(cilium::Spec {
             endpoint_selector: cilium_selector(&selection.labels),
             ingress: (!ingress.is_empty()).then(|| cilium_rules(ingress, true, false)),
             egress: (!egress.is_empty()).then(|| cilium_rules(egress, false, fqdns)),
-        },
+            ..cilium::Spec::default()
+        }),
+        specs: None,
     }
 }
 

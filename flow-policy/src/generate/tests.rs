@@ -953,7 +953,7 @@ fn cilium_policies_allow_named_addresses_by_name_with_the_dns_rule_and_read_back
             web = Some(policy);
         }
     }
-    let egress = web.unwrap().spec.egress.unwrap();
+    let egress = web.unwrap().spec.unwrap().egress.unwrap();
     let by_name: Vec<_> = egress
         .iter()
         .filter(|rule| rule.to_fqdns.is_some())
