@@ -17,7 +17,8 @@
 //!   (which, set to true, does so even without a section).
 //! - In a rule every given field must match. Peers: `*Endpoints` (in a
 //!   namespaced policy a selector that does not name
-//!   `io.kubernetes.pod.namespace` means the policy's namespace),
+//!   `io.kubernetes.pod.namespace` means the policy's namespace; one naming
+//!   the namespace's labels likewise spans namespaces),
 //!   `*Entities`, `*CIDR`/`*CIDRSet` (addresses outside the cluster only,
 //!   less `except`), `toFQDNs` (an outside address the pod resolved, at the
 //!   time of the flow, from a name the selector matches). A rule with no
@@ -147,12 +148,14 @@ fn selects(selector: &Selector, labels: &BTreeMap<String, String>) -> bool {
             })
 }
 
-/// Whether a selector names the namespace itself.
+/// Whether a selector names the namespace, or its labels: then it is not
+/// confined to the policy's namespace.
 fn names_namespace(selector: &Selector) -> bool {
     let keys = selector.match_labels.iter().flatten().map(|(key, _)| key);
     let expressions = selector.match_expressions.iter().flatten();
     keys.chain(expressions.map(|requirement| &requirement.key))
-        .any(|key| label_key(key) == Ok(NAMESPACE_LABEL))
+        .filter_map(|key| label_key(key).ok())
+        .any(|key| key == NAMESPACE_LABEL || key.starts_with(NAMESPACE_LABELS))
 }
 
 /// A rule's peer fields, whichever its direction.
@@ -289,3 +292,6 @@ fn port_matches(port: &Port, protocol: Protocol, number: u16) -> bool {
     };
     protocol_ok && (first..=port.end_port.unwrap_or(first)).contains(&number)
 }
+
+#[cfg(test)]
+mod tests;
