@@ -1081,4 +1081,127 @@ mod tests {
         );
         assert_eq!(report.denied_records(), 3);
     }
+
+    /// An address outside the cluster the client resolved from `names`.
+    fn world(ip: &str, port: u16, names: &[&str]) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+            identity: Arc::new(Identity {
+                kind: Some(PeerKind::World),
+                ..Identity::default()
+            }),
+            service: None,
+            names: names.iter().map(|name| Arc::from(*name)).collect(),
+        }
+    }
+
+    #[test]
+    fn generated_cilium_policies_allow_exactly_what_was_observed_names_included() {
+        let web = |port| pod("10.0.0.1", port, "shop", "web");
+        let observed = vec![
+            record(web(40_000), pod("10.0.0.2", 8080, "shop", "api"), 6),
+            record(
+                web(40_001),
+                pod("10.0.9.9", 53, "kube-system", "coredns"),
+                17,
+            ),
+            record(
+                web(40_002),
+                world("20.42.65.92", 443, &["myvault.vault.azure.net"]),
+                6,
+            ),
+            record(
+                web(40_003),
+                world("52.239.1.4", 443, &["acct.blob.core.windows.net"]),
+                6,
+            ),
+        ];
+        let mut graph = Graph::new();
+        for record in &observed {
+            graph.observe(record);
+        }
+        let mut cluster = ClusterView::new();
+        cluster.add_graph(&graph);
+        let options = GenerateOptions {
+            format: PolicyFormat::Cilium,
+            ..GenerateOptions::default()
+        };
+        let files = render(&propose(&graph, &cluster, &options), PolicyFormat::Cilium);
+        let directory = tempfile::tempdir().unwrap();
+        for (name, text) in &files {
+            std::fs::write(directory.path().join(name), text).unwrap();
+        }
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
+        assert_eq!(policies.network.len(), 0);
+        assert_eq!(policies.cilium.len(), files.len() - 1, "{files:?}");
+        let report = check(&observed, &mut cluster, &policies);
+        assert_eq!(
+            (report.checked, report.allowed, report.denied.len()),
+            (4, 4, 0),
+            "{report:#?}"
+        );
+        let edges = check_edges(&graph, &mut cluster, &policies);
+        assert_eq!(
+            (edges.edges, edges.checked, edges.allowed),
+            (4, 4, 4),
+            "{edges:#?}"
+        );
+
+        // The same address without its name, under another name, or on
+        // another port: denied by web's egress. Another address the name
+        // resolved to is allowed, as Cilium allows what the name resolves
+        // to; DNS over TCP is allowed (the DNS rule is both).
+        let unobserved = vec![
+            record(web(40_004), world("20.42.65.92", 443, &[]), 6),
+            record(
+                web(40_005),
+                world("20.42.65.92", 443, &["evil.example.com"]),
+                6,
+            ),
+            record(
+                web(40_006),
+                world("20.42.65.92", 80, &["myvault.vault.azure.net"]),
+                6,
+            ),
+            record(
+                web(40_007),
+                world("198.51.100.7", 443, &["acct.blob.core.windows.net"]),
+                6,
+            ),
+            record(
+                web(40_008),
+                pod("10.0.9.9", 53, "kube-system", "coredns"),
+                6,
+            ),
+        ];
+        let report = check(&unobserved, &mut cluster, &policies);
+        assert_eq!((report.checked, report.allowed), (5, 2), "{report:#?}");
+        let denied: Vec<(&str, &str, u16)> = report
+            .denied
+            .iter()
+            .map(|denial| {
+                assert_eq!(denial.blocked_by, ["egress of shop/web-1"]);
+                (
+                    denial.source.as_str(),
+                    denial.destination.as_str(),
+                    denial.port,
+                )
+            })
+            .collect();
+        assert_eq!(
+            denied,
+            [
+                ("shop/web-1", "20.42.65.92 (world)", 80),
+                ("shop/web-1", "20.42.65.92 (world)", 443),
+            ]
+        );
+        assert_eq!(report.denied_records(), 3);
+
+        // A learned edge under another name is denied too.
+        let mut other = Graph::new();
+        other.observe(&unobserved[1]);
+        let edges = check_edges(&other, &mut cluster, &policies);
+        assert_eq!((edges.checked, edges.allowed), (1, 0), "{edges:#?}");
+    }
 }
