@@ -229,6 +229,11 @@ pub struct Proposal {
     /// Addresses outside the cluster that workloads resolved names to,
     /// sorted by address.
     pub named_addresses: Vec<NamedAddress>,
+    /// Workloads with policies that reached outside addresses by name but
+    /// have no DNS edge allowed (as `namespace/Kind/name`), sorted: in
+    /// Cilium their `toFQDNs` never match, as the DNS proxy never sees
+    /// their answers.
+    pub names_without_dns: Vec<String>,
 }
 
 /// An address outside the cluster with the names workloads resolved to it.
@@ -274,6 +279,35 @@ pub fn named_addresses(graph: &Graph) -> Vec<NamedAddress> {
             names: names.into_iter().map(str::to_owned).collect(),
         })
         .collect()
+}
+
+/// The workloads of `policies` with a named outside server in `graph`
+/// and no resolver in `resolvers`, sorted.
+pub(crate) fn names_without_dns(
+    graph: &Graph,
+    policies: &[WorkloadPolicy],
+    resolvers: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let subjects: BTreeSet<&WorkloadRef> = policies.iter().map(|policy| &policy.workload).collect();
+    let mut missing = BTreeSet::new();
+    for (key, stats) in graph.edges() {
+        if let (
+            Party::Workload(client),
+            Party::Address {
+                kind: PeerKind::World,
+                ..
+            },
+        ) = (&key.client, &key.server)
+            && !stats.names.is_empty()
+            && subjects.contains(client)
+        {
+            let text = client.to_string();
+            if !resolvers.contains_key(&text) {
+                missing.insert(text);
+            }
+        }
+    }
+    missing.into_iter().collect()
 }
 
 impl Proposal {

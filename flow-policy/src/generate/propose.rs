@@ -497,7 +497,9 @@ impl<'g> Proposer<'g> {
         }
         self.rare.sort_unstable();
         self.left_out.sort_unstable();
+        let names_without_dns = super::names_without_dns(self.graph, &policies, &self.resolvers);
         Proposal {
+            names_without_dns,
             namespaces: self.namespaces(),
             policies,
             notes: self.notes.into_iter().collect(),
