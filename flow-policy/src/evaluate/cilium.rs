@@ -77,8 +77,11 @@ pub(super) fn direction(
     egress: bool,
     probe: &Probe<'_>,
 ) -> Side {
-    let labels = endpoint_labels(cluster, pod);
     let mut side = Side::default();
+    if policies.is_empty() {
+        return side;
+    }
+    let labels = endpoint_labels(cluster, pod);
     for policy in policies {
         let namespace = if policy.is_clusterwide() {
             None
