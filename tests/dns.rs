@@ -629,3 +629,244 @@ fn without_dns_flows_no_l7_flow_is_served() {
     );
     assert_eq!(lab.replay(ADMIN_TOKEN, vec![l7_type()]), Vec::new());
 }
+
+/// The lab for Cilium policies by name: 0 web (shop), 1 coredns
+/// (kube-system), both in the inventory; 2 api and 3 other, outside it, so
+/// the world to the agent.
+fn named_lab() -> (flow_lab::Node, std::path::PathBuf) {
+    use flow_lab::cluster::{Controller, Inventory};
+    let node = flow_lab::Node::new(4).unwrap();
+    let pods = &node.pods;
+    let mut inventory = Inventory::new();
+    inventory
+        .namespace("shop", Some("acme"))
+        .namespace("kube-system", None)
+        .workload(
+            "shop",
+            "web",
+            Controller::Deployment { hash: "6f7d" },
+            &[("app", "web")],
+            &[&pods[0]],
+            "test-node",
+        )
+        .workload(
+            "kube-system",
+            "coredns",
+            Controller::Deployment { hash: "5c8b" },
+            &[("k8s-app", "kube-dns")],
+            &[&pods[1]],
+            "test-node",
+        );
+    let path = std::env::temp_dir().join(format!("{}-inventory.yaml", node.netns.name));
+    std::fs::write(&path, inventory.yaml()).unwrap();
+    (node, path)
+}
+
+/// `flow-agent` with `args`, in the lab's namespace: (success, stdout).
+fn run_cli(node: &flow_lab::Node, args: &[&str]) -> (bool, String) {
+    let output = common::cli::cli(node, args);
+    assert!(
+        output.stderr.is_empty() || output.success,
+        "{:?}",
+        output.stderr
+    );
+    (output.success, output.stdout.join("\n"))
+}
+
+#[test]
+fn a_cilium_policy_generated_from_lab_dns_allows_by_name_in_check_and_monitor_mode() {
+    require_root!();
+    let (node, inventory_path) = named_lab();
+    let inventory = inventory_path.to_str().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    let (web, resolver, api, other) = (&node.pods[0], &node.pods[1], &node.pods[2], &node.pods[3]);
+    let over_v4 = SocketAddr::new(IpAddr::V4(resolver.ipv4), 53);
+    let api_https = SocketAddr::new(IpAddr::V4(api.ipv4), 443);
+    let other_https = SocketAddr::new(IpAddr::V4(other.ipv4), 443);
+    let zone = || {
+        vec![
+            (
+                "api.partner.example",
+                vec![Answer::Address("api.partner.example", api_https.ip(), 300)],
+            ),
+            (
+                "other.example",
+                vec![Answer::Address("other.example", other_https.ip(), 300)],
+            ),
+        ]
+    };
+
+    // Learn: web resolves api's name, then connects to it.
+    let server = dns::serve(&resolver.netns, zone(), 1, 0);
+    let agent = Agent::on(&node, "200ms", &["--inventory", inventory]);
+    assert!(dns::ask_udp(&web.netns, over_v4, dns::query(1, "api.partner.example", 1)) > 0);
+    let api_server = tcp_server(&node, 2, 443, 100, 300);
+    common::shop::tcp_client(&node, 0, api_https, 100, 300);
+    api_server.join().unwrap().unwrap();
+    server.join().unwrap().unwrap();
+    let flows = dir.join("flows.jsonl");
+    std::fs::write(&flows, agent.stop_raw().join("\n") + "\n").unwrap();
+    let flows = flows.to_str().unwrap();
+    let approved = dir.join("approved");
+    let (generated, _) = run_cli(
+        &node,
+        &[
+            "policy",
+            "generate",
+            "--flows",
+            flows,
+            "--inventory",
+            inventory,
+            "--format",
+            "cilium",
+            "--output-dir",
+            approved.to_str().unwrap(),
+        ],
+    );
+    assert!(generated);
+
+    // web's policy allows api by name, with the DNS rule, read strictly.
+    let text = std::fs::read_to_string(approved.join("shop.allow-deployment-web.yaml")).unwrap();
+    let policy = flow_policy::cilium::Policy::from_yaml(&text)
+        .unwrap_or_else(|error| panic!("{error}\n{text}"));
+    let egress = policy.spec.unwrap().egress.unwrap();
+    let by_name: Vec<_> = egress
+        .iter()
+        .filter_map(|rule| rule.to_fqdns.clone())
+        .collect();
+    assert_eq!(
+        by_name,
+        [vec![flow_policy::cilium::FqdnSelector::MatchName(
+            "api.partner.example".into()
+        )]],
+        "{text}"
+    );
+    assert!(
+        egress.iter().any(|rule| rule.to_endpoints.is_some()
+            && rule
+                .to_ports
+                .iter()
+                .flatten()
+                .any(|ports| ports.rules.is_some()
+                    && ports.ports.iter().any(|port| port.port == "53"))),
+        "{text}"
+    );
+    assert!(!text.contains(&api.ipv4.to_string()), "{text}");
+    // And policy check judges what it was made from exactly: all allowed.
+    let (clean, report) = run_cli(
+        &node,
+        &[
+            "policy",
+            "check",
+            "--policies",
+            approved.to_str().unwrap(),
+            "--flows",
+            flows,
+            "--inventory",
+            inventory,
+            "-o",
+            "json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(clean, "{report}");
+    assert_eq!(report["allowed"], report["checked"], "{report}");
+    assert_eq!(report["checked"], 2, "{report}");
+    assert_eq!(report["denied"], serde_json::json!([]), "{report}");
+    assert_eq!(report["unresolved"], 0, "{report}");
+
+    // Monitor: api by its name passes; other, first unresolved, then by a
+    // name the policy does not have, is a violation each time.
+    let server = dns::serve(&resolver.netns, zone(), 2, 0);
+    let agent = Agent::on(
+        &node,
+        "200ms",
+        &[
+            "--inventory",
+            inventory,
+            "--policies",
+            approved.to_str().unwrap(),
+        ],
+    );
+    agent.wait_for_log("monitor mode", Duration::from_secs(5));
+    assert!(dns::ask_udp(&web.netns, over_v4, dns::query(2, "api.partner.example", 1)) > 0);
+    let api_server = tcp_server(&node, 2, 443, 100, 300);
+    let by_name = common::shop::tcp_client(&node, 0, api_https, 100, 300);
+    api_server.join().unwrap().unwrap();
+    let other_server = tcp_server(&node, 3, 443, 100, 300);
+    let unresolved = common::shop::tcp_client(&node, 0, other_https, 100, 300);
+    other_server.join().unwrap().unwrap();
+    // Names are attached when the agent drains the connection's record:
+    // let it drain (five flush intervals) before other's name is answered.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(dns::ask_udp(&web.netns, over_v4, dns::query(3, "other.example", 1)) > 0);
+    let other_server = tcp_server(&node, 3, 443, 100, 300);
+    let other_name = common::shop::tcp_client(&node, 0, other_https, 100, 300);
+    other_server.join().unwrap().unwrap();
+    server.join().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let output = agent.stop();
+    let requests: Vec<&FlowRecord> = output
+        .records
+        .iter()
+        .filter(|record| record.source.ip == IpAddr::V4(web.ipv4) && !record.is_reply)
+        .collect();
+    let verdicts: std::collections::BTreeSet<(u16, u16, Vec<String>, bool)> = requests
+        .iter()
+        .map(|record| {
+            let port = if record.destination.port == 53 {
+                0
+            } else {
+                record.source.port
+            };
+            (
+                port,
+                record.destination.port,
+                names(record, true),
+                record.violation,
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (0, 53, Vec::new(), false),
+            (by_name, 443, vec!["api.partner.example".to_owned()], false),
+            (unresolved, 443, Vec::new(), true),
+            (other_name, 443, vec!["other.example".to_owned()], true),
+        ]
+        .into_iter()
+        .collect(),
+        "{requests:#?}"
+    );
+    // The violating records are exactly the requests of web's two
+    // connections to other, and the log names other.
+    let violating: Vec<&FlowRecord> = output
+        .records
+        .iter()
+        .filter(|record| record.violation)
+        .collect();
+    let connections: std::collections::BTreeSet<u16> =
+        violating.iter().map(|record| record.source.port).collect();
+    assert_eq!(
+        connections,
+        std::collections::BTreeSet::from([unresolved, other_name])
+    );
+    assert_eq!(
+        violating.len(),
+        requests
+            .iter()
+            .filter(|record| record.destination.ip == other_https.ip())
+            .count()
+    );
+    let logged = output
+        .stderr
+        .iter()
+        .filter(|line| {
+            line.contains("policy violation") && line.contains(&format!("{}", other.ipv4))
+        })
+        .count();
+    assert!(logged >= 1, "{:?}", output.stderr);
+    let _ = std::fs::remove_file(&inventory_path);
+}

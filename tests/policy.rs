@@ -1555,7 +1555,7 @@ A policy that selects several workloads keeps the union of what they used. Docum
 ## Documents not read
 
 - flawed2/extra.yaml: document 2: NetworkPolicy broken: spec.ingress[0].ports[0].port: 70000 is not a port
-- flawed2/extra.yaml: document 3: CiliumNetworkPolicy cannot be judged with NetworkPolicy semantics: generate with --format networkpolicy to check
+- flawed2/extra.yaml: document 3: CiliumNetworkPolicy cannot be judged with NetworkPolicy semantics: only policy check and monitor mode judge Cilium's policies
 
 ## Documents of other kinds, skipped
 
@@ -1593,7 +1593,7 @@ fn audit_finds_each_known_flaw_and_audits_past_bad_documents() {
         stderr.lines().collect::<Vec<_>>(),
         [
             "flow-agent: warning: flawed2/extra.yaml: document 2: NetworkPolicy broken: spec.ingress[0].ports[0].port: 70000 is not a port",
-            "flow-agent: warning: flawed2/extra.yaml: document 3: CiliumNetworkPolicy cannot be judged with NetworkPolicy semantics: generate with --format networkpolicy to check",
+            "flow-agent: warning: flawed2/extra.yaml: document 3: CiliumNetworkPolicy cannot be judged with NetworkPolicy semantics: only policy check and monitor mode judge Cilium's policies",
             "flow-agent: error: some policy documents could not be read (named above); the rest was audited",
         ]
     );

@@ -277,9 +277,10 @@ pub fn audit(
         .iter()
         .map(|loaded| loaded.policy.clone())
         .collect();
-    let checked = check_edges(graph, cluster, &plain);
+    let set = crate::evaluate::PolicySet::from(plain);
+    let checked = check_edges(graph, cluster, &set);
     let cluster: &ClusterView = cluster;
-    let auditor = Auditor::new(cluster, &plain, policies, graph, platform);
+    let auditor = Auditor::new(cluster, &set.network, policies, graph, platform);
     let mut audit = Audit {
         policies: policies.len(),
         pods: cluster.pods().len(),

@@ -1,5 +1,8 @@
 //! `flow-agent policy check`: every observed connection that a set of
-//! NetworkPolicies would deny, for a GitOps pipeline to gate a pull request on.
+//! NetworkPolicies and Cilium policies would deny, for a GitOps pipeline to
+//! gate a pull request on. An address's names (those the pod resolved to
+//! it, on the record or learned on the edge) are what Cilium's `toFQDNs`
+//! is judged against.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -7,12 +10,11 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 
 use super::{
     cluster::{ClusterView, PodView},
-    evaluate::{Evaluator, Subject},
+    evaluate::{Evaluator, PolicySet, Subject},
     graph::{Graph, Party, WorkloadRef},
 };
 use flow_model::{
@@ -74,7 +76,7 @@ enum End {
     Backends(Vec<usize>),
     Address {
         ip: std::net::IpAddr,
-        host: bool,
+        kind: PeerKind,
     },
     Unresolved,
 }
@@ -132,7 +134,7 @@ fn end_of(endpoint: &Endpoint, cluster: &mut ClusterView) -> End {
         (Some(PeerKind::Service), _, _) | (None, _, _) => End::Unresolved,
         (Some(kind), _, _) => End::Address {
             ip: endpoint.ip,
-            host: *kind == PeerKind::Host,
+            kind: *kind,
         },
     }
 }
@@ -192,7 +194,7 @@ struct Request<'a> {
 pub fn outcomes(
     records: &[FlowRecord],
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> Vec<Outcome> {
     let requests: Vec<Option<Request<'_>>> = records
         .iter()
@@ -214,7 +216,7 @@ pub fn outcomes(
 fn judge_all(
     requests: &[Option<Request<'_>>],
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> Vec<Outcome> {
     // Resolve every end first: the evaluator borrows the finished view.
     let resolved: Vec<Option<(End, End)>> = requests
@@ -228,7 +230,7 @@ fn judge_all(
             })
         })
         .collect();
-    let evaluator = Evaluator::new(cluster, policies);
+    let evaluator = Evaluator::with_set(cluster, policies);
     requests
         .iter()
         .zip(&resolved)
@@ -239,10 +241,12 @@ fn judge_all(
         .collect()
 }
 
-/// Each pod (or address) an end may be, with its pod index.
+/// Each pod (or address, with its `names`) an end may be, with its pod
+/// index.
 fn candidates<'a>(
     end: &End,
     resident: bool,
+    names: &'a [Arc<str>],
     cluster: &'a ClusterView,
 ) -> Vec<(Subject<'a>, Option<usize>)> {
     match end {
@@ -251,10 +255,12 @@ fn candidates<'a>(
             .iter()
             .map(|index| (Subject::Pod(&cluster.pods()[*index]), Some(*index)))
             .collect(),
-        End::Address { ip, host } => vec![(
+        End::Address { ip, kind } => vec![(
             Subject::Address {
                 ip: *ip,
-                resident_node: *host && resident,
+                resident_node: *kind == PeerKind::Host && resident,
+                kind: *kind,
+                names,
             },
             None,
         )],
@@ -262,17 +268,22 @@ fn candidates<'a>(
     }
 }
 
-fn judge(
+fn judge<'a>(
     evaluator: &Evaluator<'_>,
-    cluster: &ClusterView,
-    request: &Request<'_>,
+    cluster: &'a ClusterView,
+    request: &Request<'a>,
     (source, destination): &(End, End),
 ) -> Outcome {
     if !matches!(request.protocol.name(), Some("TCP" | "UDP" | "SCTP")) {
         return Outcome::Unexpressible;
     }
-    let froms = candidates(source, request.resident_source, cluster);
-    let tos = candidates(destination, false, cluster);
+    let froms = candidates(
+        source,
+        request.resident_source,
+        &request.source.names,
+        cluster,
+    );
+    let tos = candidates(destination, false, &request.destination.names, cluster);
     if froms.is_empty() || tos.is_empty() {
         return Outcome::Unresolved;
     }
@@ -308,7 +319,7 @@ fn judge(
 pub fn check(
     records: &[FlowRecord],
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> CheckReport {
     let mut report = CheckReport {
         records: records.len(),
@@ -442,7 +453,7 @@ fn edge_end(party: &Party, graph: &Graph) -> Endpoint {
 pub fn check_edges(
     graph: &Graph,
     cluster: &mut ClusterView,
-    policies: &[NetworkPolicy],
+    policies: &PolicySet,
 ) -> EdgeCheckReport {
     cluster.add_graph(graph);
     // One end per party, not per edge: a workload is at the end of many.
@@ -452,12 +463,30 @@ pub fn check_edges(
             ends.entry(party).or_insert_with(|| edge_end(party, graph));
         }
     }
+    // An address server with learned names stands for itself under those
+    // names, edge by edge.
+    let named: Vec<Option<Endpoint>> = graph
+        .edges()
+        .map(|(key, stats)| {
+            (matches!(key.server, Party::Address { .. }) && !stats.names.is_empty()).then(|| {
+                Endpoint {
+                    names: stats
+                        .names
+                        .iter()
+                        .map(|name| Arc::from(name.as_str()))
+                        .collect(),
+                    ..ends[&key.server].clone()
+                }
+            })
+        })
+        .collect();
     let requests: Vec<Option<Request<'_>>> = graph
         .edges()
-        .map(|(key, _)| {
+        .zip(&named)
+        .map(|((key, _), named)| {
             Some(Request {
                 source: &ends[&key.client],
-                destination: &ends[&key.server],
+                destination: named.as_ref().unwrap_or(&ends[&key.server]),
                 protocol: key.protocol,
                 port: key.port,
                 // An agent sees its node's own address as `host` only on
@@ -518,7 +547,7 @@ pub struct ViolationScope {
 /// Monitor mode: marks records the approved policies would deny.
 #[derive(Debug)]
 pub struct Monitor {
-    policies: Vec<NetworkPolicy>,
+    policies: PolicySet,
     cluster: ClusterView,
     built: std::time::Instant,
     violations: u64,
@@ -527,8 +556,9 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Monitors against `policies` (validated NetworkPolicies).
-    pub fn new(policies: Vec<NetworkPolicy>) -> Self {
+    /// Monitors against `policies` (validated NetworkPolicies and Cilium
+    /// policies).
+    pub fn new(policies: PolicySet) -> Self {
         Self {
             policies,
             cluster: ClusterView::new(),
@@ -760,7 +790,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
         let report = check(&observed, &mut cluster, &policies);
         assert_eq!(
             (report.checked, report.allowed, report.unresolved),
@@ -853,7 +883,7 @@ mod tests {
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api, namespace: back}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: shop}}\n      podSelector: {matchLabels: {canary: \"yes\"}}\n    ports: [{port: http}]\n",
         )
         .unwrap();
-        let policies = crate::evaluate::load_policies(policies_dir.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(policies_dir.path()).unwrap();
         let endpoint = |ip: &str, port: u16| {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             Endpoint {
@@ -928,7 +958,7 @@ mod tests {
             record(api(40_001), db(), 6),
             record(web(), db(), 6),
         ];
-        let mut monitor = Monitor::new(policies);
+        let mut monitor = Monitor::new(policies.into());
         monitor.mark(&mut records, None);
         assert_eq!(
             records
@@ -984,7 +1014,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
         let report = check_edges(&observed, &mut ClusterView::new(), &policies);
         assert_eq!(
             report,
@@ -1057,7 +1087,7 @@ mod tests {
         for (name, text) in &files {
             std::fs::write(directory.path().join(name), text).unwrap();
         }
-        let policies = crate::evaluate::load_policies(directory.path()).unwrap();
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
         let report = check(&observed, &mut cluster, &policies);
         assert_eq!(
             (report.checked, report.allowed, report.denied.len()),
@@ -1139,5 +1169,128 @@ mod tests {
             ]
         );
         assert_eq!(report.denied_records(), 3);
+    }
+
+    /// An address outside the cluster the client resolved from `names`.
+    fn world(ip: &str, port: u16, names: &[&str]) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+            identity: Arc::new(Identity {
+                kind: Some(PeerKind::World),
+                ..Identity::default()
+            }),
+            service: None,
+            names: names.iter().map(|name| Arc::from(*name)).collect(),
+        }
+    }
+
+    #[test]
+    fn generated_cilium_policies_allow_exactly_what_was_observed_names_included() {
+        let web = |port| pod("10.0.0.1", port, "shop", "web");
+        let observed = vec![
+            record(web(40_000), pod("10.0.0.2", 8080, "shop", "api"), 6),
+            record(
+                web(40_001),
+                pod("10.0.9.9", 53, "kube-system", "coredns"),
+                17,
+            ),
+            record(
+                web(40_002),
+                world("20.42.65.92", 443, &["myvault.vault.azure.net"]),
+                6,
+            ),
+            record(
+                web(40_003),
+                world("52.239.1.4", 443, &["acct.blob.core.windows.net"]),
+                6,
+            ),
+        ];
+        let mut graph = Graph::new();
+        for record in &observed {
+            graph.observe(record);
+        }
+        let mut cluster = ClusterView::new();
+        cluster.add_graph(&graph);
+        let options = GenerateOptions {
+            format: PolicyFormat::Cilium,
+            ..GenerateOptions::default()
+        };
+        let files = render(&propose(&graph, &cluster, &options), PolicyFormat::Cilium);
+        let directory = tempfile::tempdir().unwrap();
+        for (name, text) in &files {
+            std::fs::write(directory.path().join(name), text).unwrap();
+        }
+        let policies = crate::evaluate::load_policy_set(directory.path()).unwrap();
+        assert_eq!(policies.network.len(), 0);
+        assert_eq!(policies.cilium.len(), files.len() - 1, "{files:?}");
+        let report = check(&observed, &mut cluster, &policies);
+        assert_eq!(
+            (report.checked, report.allowed, report.denied.len()),
+            (4, 4, 0),
+            "{report:#?}"
+        );
+        let edges = check_edges(&graph, &mut cluster, &policies);
+        assert_eq!(
+            (edges.edges, edges.checked, edges.allowed),
+            (4, 4, 4),
+            "{edges:#?}"
+        );
+
+        // The same address without its name, under another name, or on
+        // another port: denied by web's egress. Another address the name
+        // resolved to is allowed, as Cilium allows what the name resolves
+        // to; DNS over TCP is allowed (the DNS rule is both).
+        let unobserved = vec![
+            record(web(40_004), world("20.42.65.92", 443, &[]), 6),
+            record(
+                web(40_005),
+                world("20.42.65.92", 443, &["evil.example.com"]),
+                6,
+            ),
+            record(
+                web(40_006),
+                world("20.42.65.92", 80, &["myvault.vault.azure.net"]),
+                6,
+            ),
+            record(
+                web(40_007),
+                world("198.51.100.7", 443, &["acct.blob.core.windows.net"]),
+                6,
+            ),
+            record(
+                web(40_008),
+                pod("10.0.9.9", 53, "kube-system", "coredns"),
+                6,
+            ),
+        ];
+        let report = check(&unobserved, &mut cluster, &policies);
+        assert_eq!((report.checked, report.allowed), (5, 2), "{report:#?}");
+        let denied: Vec<(&str, &str, u16)> = report
+            .denied
+            .iter()
+            .map(|denial| {
+                assert_eq!(denial.blocked_by, ["egress of shop/web-1"]);
+                (
+                    denial.source.as_str(),
+                    denial.destination.as_str(),
+                    denial.port,
+                )
+            })
+            .collect();
+        assert_eq!(
+            denied,
+            [
+                ("shop/web-1", "20.42.65.92 (world)", 80),
+                ("shop/web-1", "20.42.65.92 (world)", 443),
+            ]
+        );
+        assert_eq!(report.denied_records(), 3);
+
+        // A learned edge under another name is denied too.
+        let mut other = Graph::new();
+        other.observe(&unobserved[1]);
+        let edges = check_edges(&other, &mut cluster, &policies);
+        assert_eq!((edges.checked, edges.allowed), (1, 0), "{edges:#?}");
     }
 }

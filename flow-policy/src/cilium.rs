@@ -1,17 +1,24 @@
-//! CiliumNetworkPolicy (`cilium.io/v2`), exactly the fields the generator
-//! writes, read strictly: an unknown field, a protocol outside Cilium's
-//! list or an FQDN selector that is not a DNS name (or, for a pattern, one
-//! with `*` wildcards) is an error naming it.
+//! CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy (`cilium.io/v2`),
+//! the fields the generator writes and those `policy check` can judge
+//! exactly, read strictly: an unknown field (a deny section, an L7 HTTP
+//! rule, `toServices`, a node selector, ...), a field on the wrong side of
+//! a rule, a protocol outside Cilium's list, an entity whose members
+//! flow-agent cannot tell, or an FQDN selector that is not a DNS name is an
+//! error naming it. A policy that cannot be judged exactly is never judged.
 //!
 //! Written from Cilium's published CRD schema
 //! (`pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml`)
 //! and the API types it is made from (`pkg/policy/api`: `rule.go`,
 //! `fqdn.go`, `l7.go`): field names and nesting, `port` as a string,
 //! `protocol` one of `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`, `VRRP`,
-//! `IGMP`, `ANY`, FQDN selectors as `matchName` or `matchPattern` where `*`
-//! stands for any run of DNS name characters within one label. Fields
-//! Cilium has and the generator never writes (L7 HTTP rules, `toGroups`,
-//! `toServices`, node selectors, ...) are not here and so are rejected.
+//! `IGMP`, `ANY` (omitted: `ANY`), FQDN selectors as `matchName` or
+//! `matchPattern` where `*` stands for any run of DNS name characters
+//! within one label and a leading `**.` for one or more labels,
+//! `enableDefaultDeny`, `toCIDRSet` with `except`, a policy's rules in
+//! `spec` or `specs`. Fields Cilium has and flow-agent does not judge (deny
+//! sections, L7 HTTP and Kafka rules, `icmps`, `toGroups`, `toServices`,
+//! `toNodes`, `cidrGroupRef`, node selectors, `authentication`, rule
+//! labels, ...) are not here and so are rejected by their path.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +30,7 @@ use thiserror::Error;
 pub enum CiliumError {
     /// Not YAML of the expected shape (an unknown field, a missing one, a
     /// wrong type); the message names the field's path.
-    #[error("not a CiliumNetworkPolicy as flow-agent writes it: {0}")]
+    #[error("not a Cilium policy flow-agent can judge: {0}")]
     Shape(String),
     /// A value the schema does not allow.
     #[error("{path}: {message}")]
@@ -35,19 +42,43 @@ pub enum CiliumError {
     },
 }
 
-/// A CiliumNetworkPolicy.
+/// A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     /// `cilium.io/v2`.
     pub api_version: String,
-    /// `CiliumNetworkPolicy`.
+    /// `CiliumNetworkPolicy` or `CiliumClusterwideNetworkPolicy`.
     pub kind: String,
     /// Name, namespace, labels and annotations.
     pub metadata: Metadata,
     /// The rule.
-    pub spec: Spec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Spec>,
+    /// More rules, judged as if each were a policy of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub specs: Option<Vec<Spec>>,
 }
+
+/// The kind of a namespaced policy.
+pub const NAMESPACED: &str = "CiliumNetworkPolicy";
+
+/// The kind of a cluster-wide policy.
+pub const CLUSTERWIDE: &str = "CiliumClusterwideNetworkPolicy";
+
+/// The entities whose members flow-agent can tell from its identities:
+/// `all`, `none`, `world`, `cluster`, `host` (the endpoint's own node),
+/// `remote-node` and `kube-apiserver`. `init`, `health`, `ingress` and
+/// `unmanaged` name Cilium-internal identities flow-agent never sees.
+pub const ENTITIES: [&str; 7] = [
+    "all",
+    "none",
+    "world",
+    "cluster",
+    "host",
+    "remote-node",
+    "kube-apiserver",
+];
 
 /// The object metadata the generator writes, in the order Kubernetes'
 /// serializer writes it (fields sorted).
@@ -68,22 +99,69 @@ pub struct Metadata {
     pub namespace: Option<String>,
 }
 
-/// A label selector: `matchLabels` only (the generator writes no
-/// expressions); absent selects every endpoint.
+/// A label selector; empty selects every endpoint (of the policy's
+/// namespace, for a namespaced policy). Keys may carry Cilium's `k8s:` or
+/// `any:` source prefix.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Selector {
     /// Labels an endpoint must all have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_labels: Option<BTreeMap<String, String>>,
+    /// Requirements an endpoint must all meet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_expressions: Option<Vec<Requirement>>,
+}
+
+/// One `matchExpressions` requirement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    /// The label key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: String,
+    /// The values of `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+}
+
+/// `enableDefaultDeny`: whether a policy with rules for a direction puts
+/// its endpoints in default deny for it (the default) or only adds allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultDeny {
+    /// For ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    /// For egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
+}
+
+/// A `toCIDRSet` or `fromCIDRSet` entry: a block less its exceptions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrRule {
+    /// The block.
+    pub cidr: String,
+    /// Blocks inside it that are not allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except: Option<Vec<String>>,
 }
 
 /// The rule of a policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
+    /// Free text, no effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// The endpoints the rule applies to.
     pub endpoint_selector: Selector,
+    /// Whether the sections put the endpoints in default deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_default_deny: Option<DefaultDeny>,
     /// Allowed incoming traffic; present (even with one empty rule) puts
     /// the endpoints in default deny for ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,12 +182,22 @@ pub struct Rule {
     /// Addresses sending.
     #[serde(rename = "fromCIDR", default, skip_serializing_if = "Option::is_none")]
     pub from_cidr: Option<Vec<String>>,
+    /// Address blocks sending, with exceptions.
+    #[serde(
+        rename = "fromCIDRSet",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub from_cidr_set: Option<Vec<CidrRule>>,
     /// Pods received by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_endpoints: Option<Vec<Selector>>,
     /// Addresses received by.
     #[serde(rename = "toCIDR", default, skip_serializing_if = "Option::is_none")]
     pub to_cidr: Option<Vec<String>>,
+    /// Address blocks received by, with exceptions.
+    #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Option::is_none")]
+    pub to_cidr_set: Option<Vec<CidrRule>>,
     /// Entities sending (`host`, `kube-apiserver`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_entities: Option<Vec<String>>,
@@ -145,8 +233,13 @@ pub struct Port {
     /// Last port of a range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<u16>,
-    /// One of [`PROTOCOLS`].
+    /// One of [`PROTOCOLS`]; omitted means `ANY`.
+    #[serde(default = "any_protocol")]
     pub protocol: String,
+}
+
+fn any_protocol() -> String {
+    "ANY".to_owned()
 }
 
 /// The protocols Cilium's schema allows in `toPorts`.
@@ -181,7 +274,14 @@ impl FqdnSelector {
             Self::MatchName(wanted) => wanted.trim_end_matches('.').eq_ignore_ascii_case(name),
             Self::MatchPattern(pattern) if pattern == "*" => true,
             Self::MatchPattern(pattern) => {
-                pattern_matches(pattern.trim_end_matches('.').as_bytes(), name.as_bytes())
+                let pattern = pattern.trim_end_matches('.');
+                match pattern.strip_prefix("**.") {
+                    // One or more whole labels, then the rest of the pattern.
+                    Some(rest) => name.match_indices('.').any(|(dot, _)| {
+                        dot > 0 && pattern_matches(rest.as_bytes(), &name.as_bytes()[dot + 1..])
+                    }),
+                    None => pattern_matches(pattern.as_bytes(), name.as_bytes()),
+                }
             }
         }
     }
@@ -272,6 +372,17 @@ impl Policy {
     /// Reads one document strictly and checks its values.
     pub fn from_yaml(text: &str) -> Result<Self, CiliumError> {
         let deserializer = yaml_serde::Deserializer::from_str(text);
+        Self::from_deserializer(deserializer)
+    }
+
+    /// Reads one parsed document strictly and checks its values.
+    pub fn from_value(value: yaml_serde::Value) -> Result<Self, CiliumError> {
+        Self::from_deserializer(value)
+    }
+
+    fn from_deserializer<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, CiliumError> {
         let policy: Self = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
             CiliumError::Shape(format!("{path}: {}", error.into_inner()))
@@ -280,63 +391,32 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Checks what the types alone do not: API version and kind, protocols,
+    /// Whether it is a CiliumClusterwideNetworkPolicy.
+    pub fn is_clusterwide(&self) -> bool {
+        self.kind == CLUSTERWIDE
+    }
+
+    /// Its rules, each with its path (`spec`, `specs[1]`).
+    pub fn rules(&self) -> impl Iterator<Item = (String, &Spec)> {
+        let spec = self.spec.iter().map(|spec| ("spec".to_owned(), spec));
+        let specs = self
+            .specs
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, spec)| (format!("specs[{index}]"), spec));
+        spec.chain(specs)
+    }
+
+    /// Checks what the types alone do not: API version and kind,
+    /// namespace, sides of rules, selectors, entities, CIDRs, protocols,
     /// ports, FQDN selectors.
     pub fn check(&self) -> Result<(), CiliumError> {
-        let value = |path: String, message: String| CiliumError::Value { path, message };
-        if self.api_version != "cilium.io/v2" || self.kind != "CiliumNetworkPolicy" {
-            return Err(value(
-                "apiVersion".to_owned(),
-                format!(
-                    "{}/{} is not cilium.io/v2 CiliumNetworkPolicy",
-                    self.api_version, self.kind
-                ),
-            ));
-        }
-        for (direction, rules) in [
-            ("ingress", &self.spec.ingress),
-            ("egress", &self.spec.egress),
-        ] {
-            for (index, rule) in rules.iter().flatten().enumerate() {
-                let at = format!("spec.{direction}[{index}]");
-                for (place, selector) in rule.to_fqdns.iter().flatten().enumerate() {
-                    selector
-                        .check()
-                        .map_err(|message| value(format!("{at}.toFQDNs[{place}]"), message))?;
-                }
-                for (place, ports) in rule.to_ports.iter().flatten().enumerate() {
-                    let at = format!("{at}.toPorts[{place}]");
-                    check_ports(ports, &at).map_err(|(path, message)| value(path, message))?;
-                }
-            }
-        }
-        Ok(())
+        validate::policy(self).map_err(|(path, message)| CiliumError::Value { path, message })
     }
 }
 
-fn check_ports(rule: &PortRule, at: &str) -> Result<(), (String, String)> {
-    for (index, port) in rule.ports.iter().enumerate() {
-        let path = format!("{at}.ports[{index}]");
-        if !PROTOCOLS.contains(&port.protocol.as_str()) {
-            return Err((
-                format!("{path}.protocol"),
-                format!("{:?} is not one of {}", port.protocol, PROTOCOLS.join(", ")),
-            ));
-        }
-        if port.port.parse::<u16>().is_err() {
-            return Err((
-                format!("{path}.port"),
-                format!("{:?} is not a port number", port.port),
-            ));
-        }
-    }
-    for (index, selector) in rule.rules.iter().flat_map(|rules| &rules.dns).enumerate() {
-        selector
-            .check()
-            .map_err(|message| (format!("{at}.rules.dns[{index}]"), message))?;
-    }
-    Ok(())
-}
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod tests {
@@ -364,7 +444,7 @@ spec:
     #[test]
     fn a_policy_with_fqdns_reads_back() {
         let policy = Policy::from_yaml(GOOD).unwrap();
-        let egress = policy.spec.egress.unwrap();
+        let egress = policy.spec.unwrap().egress.unwrap();
         assert_eq!(
             egress[0].to_fqdns.as_deref(),
             Some(
@@ -381,9 +461,9 @@ spec:
         let text = GOOD.replace("  - toFQDNs:", "  - toGroups: []\n    toFQDNs:");
         let error = Policy::from_yaml(&text).unwrap_err().to_string();
         assert!(
-            error.starts_with(
-                "not a CiliumNetworkPolicy as flow-agent writes it: spec.egress[0].toGroups: "
-            ) && error.contains("unknown field `toGroups`"),
+            error
+                .starts_with("not a Cilium policy flow-agent can judge: spec.egress[0].toGroups: ")
+                && error.contains("unknown field `toGroups`"),
             "{error}"
         );
     }

@@ -18,7 +18,7 @@ use crate::{
     },
     cluster::ClusterView,
     diff::{self, report},
-    evaluate::{PolicyLoadError, load_policies},
+    evaluate::{PolicyLoadError, load_policies, load_policy_set},
     export::{ExportError, export_partial},
     fetch::{self, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT},
     flowfile::{self, FlowFileError},
@@ -527,7 +527,7 @@ pub async fn run_check(
         output,
         report: report_path,
     } = args;
-    let policies = load_policies(policies)?;
+    let policies = load_policy_set(policies)?;
     let learned = collect_learned(sources, warnings).await?;
     let mut cluster = cluster_view(sources.inventory.as_ref(), &sources.tenant_label)?;
     let mut records = Vec::new();

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::{
     check::{EdgeDenial, check_edges},
     cluster::{ClusterView, PodView},
-    evaluate::{Evaluator, applies},
+    evaluate::{Evaluator, PolicySet, applies},
     graph::{Graph, Party, WorkloadRef},
     ports::{PROTOCOLS, PortSet, Reach},
 };
@@ -399,8 +399,8 @@ pub fn diff(
     platform: &[String],
 ) -> PolicyDiff {
     let (policies, changed) = policy_changes(old, new);
-    let before = check_edges(graph, cluster, old);
-    let after = check_edges(graph, cluster, new);
+    let before = check_edges(graph, cluster, &PolicySet::from(old.to_vec()));
+    let after = check_edges(graph, cluster, &PolicySet::from(new.to_vec()));
     let denied_before: BTreeSet<(&str, &str, u8, u16)> = before
         .denied
         .iter()

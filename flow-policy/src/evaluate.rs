@@ -16,6 +16,11 @@
 //!   destination pod's containers; `endPort` makes a range. Protocols without
 //!   ports (ICMP) only pass rules without `ports`.
 //! - Traffic from a pod's own node is allowed (Kubernetes cannot block it).
+//!
+//! Cilium's own policies ([`crate::cilium`], judged in `cilium`) join the same judgement: as Cilium
+//! enforces both kinds, a pod is isolated in a direction when a policy of
+//! either kind isolates it, and a connection then passes when a policy of
+//! either kind allows it.
 
 use std::{
     collections::BTreeMap,
@@ -30,7 +35,7 @@ use k8s_openapi::{
 use thiserror::Error;
 
 use super::cluster::{ClusterView, PodView};
-use flow_model::{cidr::Cidr, record::Protocol};
+use flow_model::{cidr::Cidr, identity::PeerKind, record::Protocol};
 
 /// Errors loading policies.
 #[derive(Debug, Error)]
@@ -56,7 +61,7 @@ pub enum PolicyLoadError {
     },
     /// A path that must hold the approved policies holds none: in monitor
     /// mode every flow would be a violation, which is never what was meant.
-    #[error("{path} holds no NetworkPolicy")]
+    #[error("{path} holds no NetworkPolicy nor Cilium policy")]
     Empty {
         /// The file or directory.
         path: PathBuf,
@@ -233,6 +238,60 @@ pub fn load_policies(path: &Path) -> Result<Vec<NetworkPolicy>, PolicyLoadError>
     }
 }
 
+/// The policies `policy check` and monitor mode judge with: Kubernetes
+/// NetworkPolicies and Cilium's, enforced together.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    /// NetworkPolicies.
+    pub network: Vec<NetworkPolicy>,
+    /// CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies.
+    pub cilium: Vec<crate::cilium::Policy>,
+}
+
+impl PolicySet {
+    /// Policies of both kinds.
+    pub fn len(&self) -> usize {
+        self.network.len() + self.cilium.len()
+    }
+
+    /// No policy of either kind.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<NetworkPolicy>> for PolicySet {
+    fn from(network: Vec<NetworkPolicy>) -> Self {
+        Self {
+            network,
+            cilium: Vec::new(),
+        }
+    }
+}
+
+/// Reads every NetworkPolicy, CiliumNetworkPolicy and
+/// CiliumClusterwideNetworkPolicy of `path` as [`load_policies`] reads
+/// NetworkPolicies; the first document that is invalid or cannot be judged
+/// exactly is an error.
+pub fn load_policy_set(path: &Path) -> Result<PolicySet, PolicyLoadError> {
+    let loaded = crate::load::load_all_kinds(path)?;
+    match loaded.errors.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(PolicySet {
+            network: loaded
+                .policies
+                .into_iter()
+                .map(|loaded| loaded.policy)
+                .collect(),
+            cilium: loaded
+                .cilium
+                .into_iter()
+                .map(|loaded| loaded.policy)
+                .collect(),
+        }),
+    }
+}
+
 /// An end of a connection being checked.
 #[derive(Clone, Copy, Debug)]
 pub enum Subject<'a> {
@@ -245,6 +304,11 @@ pub enum Subject<'a> {
         ip: IpAddr,
         /// The destination pod's own node.
         resident_node: bool,
+        /// What it is (Cilium's entities).
+        kind: PeerKind,
+        /// The names the pod resolved to it, as of the flow (Cilium's
+        /// `toFQDNs`).
+        names: &'a [std::sync::Arc<str>],
     },
 }
 
@@ -280,6 +344,9 @@ pub struct Evaluator<'a> {
     cluster: &'a ClusterView,
     /// Policies by namespace.
     policies: BTreeMap<String, Vec<&'a NetworkPolicy>>,
+    /// Cilium's policies, judged with NetworkPolicies by [`Evaluator::check`]
+    /// (not by [`Evaluator::reach`], which is for NetworkPolicies alone).
+    cilium: &'a [crate::cilium::Policy],
 }
 
 /// Whether a label selector matches `labels`.
@@ -351,6 +418,15 @@ impl<'a> Evaluator<'a> {
         Self {
             cluster,
             policies: by_namespace,
+            cilium: &[],
+        }
+    }
+
+    /// An evaluator of both kinds of `policies` in `cluster`.
+    pub fn with_set(cluster: &'a ClusterView, policies: &'a PolicySet) -> Self {
+        Self {
+            cilium: &policies.cilium,
+            ..Self::new(cluster, &policies.network)
         }
     }
 
@@ -448,7 +524,8 @@ impl<'a> Evaluator<'a> {
         peers_ok && ports_ok
     }
 
-    /// Whether `pod`'s policies let it talk with `other` in one direction.
+    /// Whether `pod`'s policies of both kinds let it talk with `other` in
+    /// one direction.
     fn direction(
         &self,
         pod: &PodView,
@@ -460,14 +537,33 @@ impl<'a> Evaluator<'a> {
         if pod.host_network {
             return true;
         }
+        let network = self.network_direction(pod, other, egress, protocol, port);
+        let probe = cilium::Probe {
+            other,
+            protocol,
+            port,
+        };
+        let cilium = cilium::direction(self.cluster, self.cilium, pod, egress, &probe);
+        network.allowed || cilium.allowed || !(network.enforced || cilium.enforced)
+    }
+
+    /// What `pod`'s NetworkPolicies say in one direction.
+    fn network_direction(
+        &self,
+        pod: &PodView,
+        other: Subject<'_>,
+        egress: bool,
+        protocol: Protocol,
+        port: u16,
+    ) -> cilium::Side {
         let destination = if egress { other } else { Subject::Pod(pod) };
-        let mut isolated = false;
+        let mut side = cilium::Side::default();
         for policy in self.policies.get(&pod.namespace).into_iter().flatten() {
             let (ingress_type, egress_type) = types(policy);
             if !(if egress { egress_type } else { ingress_type }) || !Self::selects(policy, pod) {
                 continue;
             }
-            isolated = true;
+            side.enforced = true;
             let Some(spec) = &policy.spec else { continue };
             let namespace = pod.namespace.as_str();
             let probe = Probe {
@@ -476,7 +572,7 @@ impl<'a> Evaluator<'a> {
                 protocol,
                 port,
             };
-            let allowed = if egress {
+            side.allowed |= if egress {
                 spec.egress.iter().flatten().any(|rule| {
                     self.rule_allows(rule.to.as_ref(), rule.ports.as_ref(), namespace, &probe)
                 })
@@ -485,11 +581,11 @@ impl<'a> Evaluator<'a> {
                     self.rule_allows(rule.from.as_ref(), rule.ports.as_ref(), namespace, &probe)
                 })
             };
-            if allowed {
-                return true;
+            if side.allowed {
+                break;
             }
         }
-        !isolated
+        side
     }
 
     /// Checks a connection from `source` to `destination` on `protocol` and
@@ -520,6 +616,7 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+mod cilium;
 mod reach;
 
 pub(crate) use reach::rule_reach;

@@ -334,6 +334,7 @@ fn write_review(
     write_rare(out, &proposal.rare)?;
     write_resolvers(out, proposal)?;
     write_named_addresses(out, proposal, format)?;
+    write_names_without_dns(out, proposal, format)?;
     out.write_all(crate::mermaid::reports::review_section(proposal).as_bytes())?;
     write_per_workload(out, proposal)
 }
@@ -511,6 +512,24 @@ fn write_named_addresses(
             address.address,
             names.join(", ")
         )?;
+    }
+    Ok(())
+}
+
+/// The workloads whose rules by name cannot work in Cilium: no DNS edge was
+/// learned for them, so no DNS rule sends their queries through Cilium's
+/// proxy.
+fn write_names_without_dns(
+    out: &mut impl Write,
+    proposal: &Proposal,
+    format: PolicyFormat,
+) -> io::Result<()> {
+    if proposal.names_without_dns.is_empty() || format != PolicyFormat::Cilium {
+        return Ok(());
+    }
+    out.write_all(b"\n## Warning: names without DNS\n\nThese workloads reached outside addresses by name, but no DNS edge of theirs was learned (it was left out, or their queries went where the agents do not see). Their policies get no DNS rule, so Cilium's DNS proxy never sees their answers and their `toFQDNs` rules never match: allow their DNS (or learn longer) before applying.\n\n")?;
+    for workload in &proposal.names_without_dns {
+        writeln!(out, "- `{workload}`")?;
     }
     Ok(())
 }

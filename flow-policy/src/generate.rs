@@ -232,6 +232,11 @@ pub struct Proposal {
     /// The allowed edges by their ends, as REVIEW.md's service maps draw
     /// them, in map order ([`crate::mermaid::map::merged`]).
     pub map: Vec<crate::mermaid::map::MapEdge>,
+    /// Workloads with policies that reached outside addresses by name but
+    /// have no DNS edge allowed (as `namespace/Kind/name`), sorted: in
+    /// Cilium their `toFQDNs` never match, as the DNS proxy never sees
+    /// their answers.
+    pub names_without_dns: Vec<String>,
 }
 
 /// An address outside the cluster with the names workloads resolved to it.
@@ -277,6 +282,35 @@ pub fn named_addresses(graph: &Graph) -> Vec<NamedAddress> {
             names: names.into_iter().map(str::to_owned).collect(),
         })
         .collect()
+}
+
+/// The workloads of `policies` with a named outside server in `graph`
+/// and no resolver in `resolvers`, sorted.
+pub(crate) fn names_without_dns(
+    graph: &Graph,
+    policies: &[WorkloadPolicy],
+    resolvers: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let subjects: BTreeSet<&WorkloadRef> = policies.iter().map(|policy| &policy.workload).collect();
+    let mut missing = BTreeSet::new();
+    for (key, stats) in graph.edges() {
+        if let (
+            Party::Workload(client),
+            Party::Address {
+                kind: PeerKind::World,
+                ..
+            },
+        ) = (&key.client, &key.server)
+            && !stats.names.is_empty()
+            && subjects.contains(client)
+        {
+            let text = client.to_string();
+            if !resolvers.contains_key(&text) {
+                missing.insert(text);
+            }
+        }
+    }
+    missing.into_iter().collect()
 }
 
 impl Proposal {
@@ -581,6 +615,7 @@ fn cilium_metadata(namespace: &str, name: &str) -> cilium::Metadata {
 fn cilium_selector(labels: &BTreeMap<String, String>) -> cilium::Selector {
     cilium::Selector {
         match_labels: (!labels.is_empty()).then(|| labels.clone()),
+        match_expressions: None,
     }
 }
 
@@ -719,13 +754,15 @@ fn cilium_default_deny(namespace: &str) -> cilium::Policy {
         api_version: "cilium.io/v2".to_owned(),
         kind: "CiliumNetworkPolicy".to_owned(),
         metadata: cilium_metadata(namespace, "default-deny"),
-        spec: cilium::Spec {
+        spec: Some(cilium::Spec {
             endpoint_selector: cilium::Selector::default(),
             // An empty rule in a section puts the endpoints in default deny
             // for that direction and allows nothing.
             ingress: Some(vec![cilium::Rule::default()]),
             egress: Some(vec![cilium::Rule::default()]),
-        },
+            ..cilium::Spec::default()
+        }),
+        specs: None,
     }
 }
 
@@ -743,11 +780,13 @@ pub fn cilium_policy(policy: &WorkloadPolicy) -> cilium::Policy {
         api_version: "cilium.io/v2".to_owned(),
         kind: "CiliumNetworkPolicy".to_owned(),
         metadata: cilium_metadata(&workload.namespace, name),
-        spec: cilium::Spec {
+        spec: Some(cilium::Spec {
             endpoint_selector: cilium_selector(&selection.labels),
             ingress: (!ingress.is_empty()).then(|| cilium_rules(ingress, true, false)),
             egress: (!egress.is_empty()).then(|| cilium_rules(egress, false, fqdns)),
-        },
+            ..cilium::Spec::default()
+        }),
+        specs: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Reading NetworkPolicies from a directory or a file, going on past bad
+//! Reading NetworkPolicies (and, for `policy check` and monitor mode,
+//! Cilium's policies) from a directory or a file, going on past bad
 //! documents: each problem names its file, document and field, and the
 //! rest is still read.
 
@@ -6,13 +7,27 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use crate::evaluate::{PolicyLoadError, validate};
+use crate::{
+    cilium::{self, CLUSTERWIDE, NAMESPACED},
+    evaluate::{PolicyLoadError, validate},
+};
 
 /// A policy and where it was read.
 #[derive(Clone, Debug)]
 pub struct LoadedPolicy {
     /// The policy.
     pub policy: NetworkPolicy,
+    /// Its file.
+    pub file: PathBuf,
+    /// Its 1-based document in the file.
+    pub document: usize,
+}
+
+/// A Cilium policy and where it was read.
+#[derive(Clone, Debug)]
+pub struct LoadedCilium {
+    /// The policy.
+    pub policy: cilium::Policy,
     /// Its file.
     pub file: PathBuf,
     /// Its 1-based document in the file.
@@ -31,13 +46,15 @@ pub struct Skipped {
 }
 
 /// Kinds that are policies, but not ones NetworkPolicy semantics judge.
-const UNSUPPORTED: [&str; 2] = ["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"];
+const UNSUPPORTED: [&str; 2] = [NAMESPACED, CLUSTERWIDE];
 
 /// What a directory holds.
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// Valid NetworkPolicies, in file and document order.
     pub policies: Vec<LoadedPolicy>,
+    /// Valid Cilium policies, when they were asked for.
+    pub cilium: Vec<LoadedCilium>,
     /// Documents that are not valid, and policies of kinds that cannot be
     /// judged.
     pub errors: Vec<PolicyLoadError>,
@@ -71,11 +88,23 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, PolicyLoadError> {
 /// Reads every NetworkPolicy of `path` (a directory or one file):
 /// multi-document files and `List`s are read. Only a directory that cannot
 /// be listed is an error; everything else wrong is in [`Loaded::errors`].
+/// Cilium's policies are errors: what reads these judges NetworkPolicies
+/// alone.
 pub fn load_all(path: &Path) -> Result<Loaded, PolicyLoadError> {
+    load(path, false)
+}
+
+/// Reads every NetworkPolicy, CiliumNetworkPolicy and
+/// CiliumClusterwideNetworkPolicy of `path`, as [`load_all`] reads.
+pub fn load_all_kinds(path: &Path) -> Result<Loaded, PolicyLoadError> {
+    load(path, true)
+}
+
+fn load(path: &Path, with_cilium: bool) -> Result<Loaded, PolicyLoadError> {
     let mut loaded = Loaded::default();
     for file in files(path)? {
         match std::fs::read_to_string(&file) {
-            Ok(text) => read_file(&file, &text, &mut loaded),
+            Ok(text) => read_file(&file, &text, with_cilium, &mut loaded),
             Err(source) => loaded
                 .errors
                 .push(PolicyLoadError::Read { path: file, source }),
@@ -87,11 +116,11 @@ pub fn load_all(path: &Path) -> Result<Loaded, PolicyLoadError> {
 /// What the text of `file` holds, read as [`load_all`] reads a file.
 pub fn read_text(file: &Path, text: &str) -> Loaded {
     let mut loaded = Loaded::default();
-    read_file(file, text, &mut loaded);
+    read_file(file, text, false, &mut loaded);
     loaded
 }
 
-fn read_file(file: &Path, text: &str, loaded: &mut Loaded) {
+fn read_file(file: &Path, text: &str, with_cilium: bool, loaded: &mut Loaded) {
     for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let document_number = index + 1;
         let invalid = |message: String| PolicyLoadError::Invalid {
@@ -115,9 +144,20 @@ fn read_file(file: &Path, text: &str, loaded: &mut Loaded) {
         let items = match kind {
             "NetworkPolicy" => vec![value],
             "List" | "NetworkPolicyList" => list_items(&value),
+            NAMESPACED | CLUSTERWIDE if with_cilium => {
+                match cilium::Policy::from_value(value) {
+                    Ok(policy) => loaded.cilium.push(LoadedCilium {
+                        policy,
+                        file: file.to_owned(),
+                        document: document_number,
+                    }),
+                    Err(error) => loaded.errors.push(invalid(error.to_string())),
+                }
+                continue;
+            }
             unsupported if UNSUPPORTED.contains(&unsupported) => {
                 loaded.errors.push(invalid(format!(
-                    "{unsupported} cannot be judged with NetworkPolicy semantics: generate with --format networkpolicy to check"
+                    "{unsupported} cannot be judged with NetworkPolicy semantics: only policy check and monitor mode judge Cilium's policies"
                 )));
                 continue;
             }

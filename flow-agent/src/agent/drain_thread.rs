@@ -45,7 +45,7 @@ use flow_model::identity::{CacheEvent, ObjectKind};
 use flow_model::record::MonotonicClock;
 use flow_policy::{
     check::Monitor,
-    evaluate::{PolicyLoadError, load_policies},
+    evaluate::{PolicyLoadError, load_policy_set},
     learner::{Learner, LearnerSettings},
 };
 
@@ -678,7 +678,7 @@ fn open_learner(settings: &LearnerSettings, hub: Option<&Hub>) -> Result<Learner
 /// Monitor mode against the approved policies in `path`, which must hold at
 /// least one.
 fn load_monitor(path: &Path) -> Result<Monitor, AgentError> {
-    let policies = load_policies(path)?;
+    let policies = load_policy_set(path)?;
     if policies.is_empty() {
         return Err(PolicyLoadError::Empty {
             path: path.to_owned(),

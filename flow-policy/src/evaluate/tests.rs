@@ -159,6 +159,8 @@ fn ip_blocks_match_addresses_minus_except_and_never_pods() {
     let address = |ip: &str| Subject::Address {
         ip: ip.parse().unwrap(),
         resident_node: false,
+        kind: flow_model::identity::PeerKind::World,
+        names: &[],
     };
     assert!(evaluator.check(xa, address("10.5.0.1"), TCP, 443).allowed());
     assert!(!evaluator.check(xa, address("10.9.0.1"), TCP, 443).allowed());
@@ -240,6 +242,8 @@ fn omitted_policy_types_policies_union_and_icmp_needs_a_portless_rule() {
     let node = Subject::Address {
         ip: "192.168.0.10".parse().unwrap(),
         resident_node: true,
+        kind: flow_model::identity::PeerKind::Host,
+        names: &[],
     };
     assert!(evaluator.check(node, xa, TCP, 80).allowed());
 }

@@ -79,6 +79,7 @@ fn shop(port: u16, api: bool) -> Proposal {
         resolvers: Default::default(),
         named_addresses: Vec::new(),
         map: Vec::new(),
+        names_without_dns: Vec::new(),
     }
 }
 
@@ -96,6 +97,31 @@ fn contents(directory: &Path) -> BTreeMap<String, String> {
             (name, std::fs::read_to_string(&path).unwrap())
         })
         .collect()
+}
+
+#[test]
+fn review_warns_of_names_without_dns_in_the_cilium_format_only() {
+    let mut proposal = shop(8080, true);
+    proposal.names_without_dns = vec!["shop/Deployment/api".to_owned()];
+    let directory = tempfile::tempdir().unwrap();
+    export(directory.path(), &proposal, PolicyFormat::Cilium).unwrap();
+    assert_eq!(
+        review_section(directory.path(), "Warning: names without DNS").unwrap(),
+        "\nThese workloads reached outside addresses by name, but no DNS edge of theirs was learned (it was left out, or their queries went where the agents do not see). Their policies get no DNS rule, so Cilium's DNS proxy never sees their answers and their `toFQDNs` rules never match: allow their DNS (or learn longer) before applying.\n\n- `shop/Deployment/api`\n"
+    );
+    // NetworkPolicy allows such addresses by address: nothing to warn of.
+    let directory = tempfile::tempdir().unwrap();
+    export(directory.path(), &proposal, PolicyFormat::Networkpolicy).unwrap();
+    assert_eq!(
+        review_section(directory.path(), "Warning: names without DNS"),
+        None
+    );
+    let directory = tempfile::tempdir().unwrap();
+    export(directory.path(), &shop(8080, true), PolicyFormat::Cilium).unwrap();
+    assert_eq!(
+        review_section(directory.path(), "Warning: names without DNS"),
+        None
+    );
 }
 
 fn rendered(proposal: &Proposal, name: &str) -> String {

@@ -597,7 +597,9 @@ impl<'g> Proposer<'g> {
         self.left_out.sort_unstable();
         let named_addresses = super::named_addresses(self.graph);
         let map = self.map_edges(&named_addresses);
+        let names_without_dns = super::names_without_dns(self.graph, &policies, &self.resolvers);
         Proposal {
+            names_without_dns,
             namespaces: self.namespaces(),
             policies,
             notes: self.notes.into_iter().collect(),

@@ -953,7 +953,7 @@ fn cilium_policies_allow_named_addresses_by_name_with_the_dns_rule_and_read_back
             web = Some(policy);
         }
     }
-    let egress = web.unwrap().spec.egress.unwrap();
+    let egress = web.unwrap().spec.unwrap().egress.unwrap();
     let by_name: Vec<_> = egress
         .iter()
         .filter(|rule| rule.to_fqdns.is_some())
@@ -1039,4 +1039,43 @@ fn the_review_map_draws_allowed_edges_with_cross_tenant_ones_apart() {
   linkStyle 0 stroke:#d7263d,stroke-width:3px
 "
     );
+}
+
+#[test]
+fn workloads_reaching_names_without_a_dns_edge_are_named_for_review() {
+    // api reaches a named address and never queried DNS; web did query.
+    let mut graph = shop_graph();
+    let api = || endpoint("10.0.1.1", 41_000, "shop", "Deployment", "api", "acme");
+    for (client, ip) in [(web(41_001), "20.42.65.92"), (api(), "52.239.1.4")] {
+        let mut destination = address(ip, 443, PeerKind::World);
+        destination.names = vec![Arc::from("myvault.vault.azure.net")];
+        graph.observe(&flow(client, destination, TCP));
+    }
+    // An unnamed outside address asks for nothing.
+    graph.observe(&flow(
+        endpoint("10.0.1.2", 41_002, "shop", "Deployment", "cache", "acme"),
+        address("203.0.113.9", 443, PeerKind::World),
+        TCP,
+    ));
+    let options = GenerateOptions {
+        format: PolicyFormat::Cilium,
+        ..GenerateOptions::default()
+    };
+    let proposal = propose(&graph, &view_of(&graph), &options);
+    assert_eq!(proposal.names_without_dns, ["shop/Deployment/api"]);
+    // Once api's DNS is learned, nothing is left to say.
+    graph.observe(&flow(
+        api(),
+        endpoint(
+            "10.0.9.1",
+            53,
+            "kube-system",
+            "Deployment",
+            "coredns",
+            "kube-system",
+        ),
+        UDP,
+    ));
+    let proposal = propose(&graph, &view_of(&graph), &options);
+    assert_eq!(proposal.names_without_dns, Vec::<String>::new());
 }

@@ -417,6 +417,8 @@ fn the_tightened_set_allows_exactly_the_observed_connections_the_originals_allow
     let address = |ip: &str| Subject::Address {
         ip: ip.parse().unwrap(),
         resident_node: false,
+        kind: flow_model::identity::PeerKind::World,
+        names: &[],
     };
     let tcp = Protocol(6);
     assert!(

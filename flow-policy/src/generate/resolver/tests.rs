@@ -169,7 +169,7 @@ fn generate(
 /// denies nothing.
 fn assert_nothing_denied(proposal: &Proposal, records: &[FlowRecord]) {
     let policies: Vec<_> = proposal.policies.iter().map(network_policy).collect();
-    let report = check::check(records, &mut cluster(), &policies);
+    let report = check::check(records, &mut cluster(), &policies.into());
     assert_eq!(report.denied, Vec::new(), "{report:#?}");
     assert_eq!(report.checked, records.len(), "{report:#?}");
 }
