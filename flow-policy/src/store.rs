@@ -580,21 +580,41 @@ pub(crate) mod tests {
         );
         let new = serde_json::to_vec(&graph.to_file()).unwrap();
         assert!(!before.1.is_empty(), "the last two edges are in the log");
-        let mut states: Vec<(String, Option<&[u8]>, &[u8], &[u8])> = vec![
-            ("created".into(), Some(&[]), &before.0, &before.1),
-            ("written".into(), Some(&new), &before.0, &before.1),
-            ("renamed".into(), None, &new, &before.1),
-            ("truncated".into(), None, &new, &[]),
+        // What is on disk after each step: the temporary file, if any, the
+        // snapshot and the log.
+        struct Died<'a> {
+            step: String,
+            temporary: Option<&'a [u8]>,
+            snapshot: &'a [u8],
+            log: &'a [u8],
+        }
+        let died = |step: &str, temporary, snapshot, log| Died {
+            step: step.to_owned(),
+            temporary,
+            snapshot,
+            log,
+        };
+        let mut states = vec![
+            died("created", Some(&[][..]), &before.0, &before.1),
+            died("written", Some(&new), &before.0, &before.1),
+            died("renamed", None, &new, &before.1),
+            died("truncated", None, &new, &[]),
         ];
         for cut in [1, new.len() / 2, new.len() - 1] {
-            states.push((
-                format!("written up to byte {cut}"),
+            states.push(died(
+                &format!("written up to byte {cut}"),
                 Some(&new[..cut]),
                 &before.0,
                 &before.1,
             ));
         }
-        for (step, temporary_bytes, snapshot_bytes, log_bytes) in states {
+        for Died {
+            step,
+            temporary: temporary_bytes,
+            snapshot: snapshot_bytes,
+            log: log_bytes,
+        } in states
+        {
             let _ = std::fs::remove_file(&temporary);
             if let Some(bytes) = temporary_bytes {
                 std::fs::write(&temporary, bytes).unwrap();
