@@ -190,14 +190,7 @@ impl ClusterNode {
 
     /// Edges the agent has learned, per its status.
     fn learned_edges(&self) -> usize {
-        let state = common::cli::status(&self.node, GRPC, &["--token", TOKEN]);
-        let learning = &state["learning"];
-        learning
-            .strip_prefix("yes, ")
-            .and_then(|rest| rest.strip_suffix(" edges"))
-            .unwrap_or_else(|| panic!("{} not learning: {learning}", self.name))
-            .parse()
-            .unwrap()
+        common::cli::learned_edges(&self.node, GRPC, &["--token", TOKEN])
     }
 
     /// Waits for `at_least` edges, then for the count to hold still.

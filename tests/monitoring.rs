@@ -250,18 +250,6 @@ fn substitution_sends_all_as_a_regex_and_refuses_any_other_use_of_a_variable() {
 // ---------------------------------------------------------------------------
 // The live lab.
 
-/// Edges the agent has learned, per its status.
-fn learned_edges(node: &Node) -> usize {
-    let state = common::cli::status(node, API, &[]);
-    let learning = &state["learning"];
-    learning
-        .strip_prefix("yes, ")
-        .and_then(|rest| rest.strip_suffix(" edges"))
-        .unwrap_or_else(|| panic!("not learning: {learning}"))
-        .parse()
-        .unwrap()
-}
-
 /// Learns the shop's traffic into `dir/state` and approves the generated
 /// policies into `dir/approved`, as an operator would.
 fn approve(cluster: &Cluster, dir: &Path) {
@@ -281,7 +269,7 @@ fn approve(cluster: &Cluster, dir: &Path) {
     agent.wait_for_log("gRPC API listening", Duration::from_secs(5));
     traffic(node);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while learned_edges(node) < 3 {
+    while common::cli::learned_edges(node, API, &[]) < 3 {
         assert!(
             Instant::now() < deadline,
             "the shop's edges were not learned"

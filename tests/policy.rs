@@ -56,22 +56,10 @@ fn path(directory: &Path, name: &str) -> String {
     directory.join(name).to_str().unwrap().to_owned()
 }
 
-/// Edges the agent has learned and made durable, per its status.
-fn learned_edges(node: &Node) -> usize {
-    let state = common::cli::status(node, API, &[]);
-    let learning = &state["learning"];
-    learning
-        .strip_prefix("yes, ")
-        .and_then(|rest| rest.strip_suffix(" edges"))
-        .unwrap_or_else(|| panic!("not learning: {learning}"))
-        .parse()
-        .unwrap()
-}
-
 fn wait_for_edges(node: &Node, at_least: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let edges = learned_edges(node);
+        let edges = common::cli::learned_edges(node, API, &[]);
         if edges >= at_least {
             return edges;
         }
@@ -544,7 +532,7 @@ fn the_learned_graph_survives_kill_9_and_a_clean_restart_compacts_it() {
     // Restarted on the same directory: everything the API had shown is back.
     let agent = Agent::on(node, "100ms", &args);
     agent.wait_for_log("learned graph recovered", Duration::from_secs(5));
-    let recovered = learned_edges(node);
+    let recovered = common::cli::learned_edges(node, API, &[]);
     assert!(recovered >= acknowledged, "{recovered} < {acknowledged}");
     let log = agent
         .stderr()
@@ -568,7 +556,7 @@ fn the_learned_graph_survives_kill_9_and_a_clean_restart_compacts_it() {
         log.contains(&format!("snapshot_edges={recovered}")) && log.contains("replayed=0"),
         "{log}"
     );
-    assert_eq!(learned_edges(node), recovered);
+    assert_eq!(common::cli::learned_edges(node, API, &[]), recovered);
     assert!(agent.stop().success);
 }
 

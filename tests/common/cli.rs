@@ -50,3 +50,16 @@ pub fn status(node: &Node, server: &str, extra: &[&str]) -> HashMap<String, Stri
         .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
         .collect()
 }
+
+/// Edges the agent at `server` has learned (and made durable), per its
+/// status; `extra` as for [`status`].
+pub fn learned_edges(node: &Node, server: &str, extra: &[&str]) -> usize {
+    let state = status(node, server, extra);
+    let learning = &state["learning"];
+    learning
+        .strip_prefix("yes, ")
+        .and_then(|rest| rest.strip_suffix(" edges"))
+        .unwrap_or_else(|| panic!("{}: not learning: {learning}", node.netns.name))
+        .parse()
+        .unwrap()
+}

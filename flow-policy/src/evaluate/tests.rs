@@ -61,7 +61,17 @@ fn reachable(
     protocol: Protocol,
     port: u16,
 ) -> Vec<String> {
-    let evaluator = Evaluator::new(view, policies);
+    allowed_pairs(view, &Evaluator::new(view, policies), protocol, port)
+}
+
+/// The pairs of distinct pods of `view` that `evaluator` allows on
+/// `protocol`/`port`, as "x/a->y/b" lines.
+pub(super) fn allowed_pairs(
+    view: &ClusterView,
+    evaluator: &Evaluator<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> Vec<String> {
     let mut allowed = Vec::new();
     for from in view.pods() {
         for to in view.pods() {

@@ -57,25 +57,12 @@ fn reachable(
     protocol: Protocol,
     port: u16,
 ) -> Vec<String> {
-    let evaluator = Evaluator::with_set(view, policies);
-    let mut allowed = Vec::new();
-    for from in view.pods() {
-        for to in view.pods() {
-            if from.name == to.name && from.namespace == to.namespace {
-                continue;
-            }
-            if evaluator
-                .check(Subject::Pod(from), Subject::Pod(to), protocol, port)
-                .allowed()
-            {
-                allowed.push(format!(
-                    "{}/{}->{}/{}",
-                    from.namespace, from.name, to.namespace, to.name
-                ));
-            }
-        }
-    }
-    allowed
+    crate::evaluate::tests::allowed_pairs(
+        view,
+        &Evaluator::with_set(view, policies),
+        protocol,
+        port,
+    )
 }
 
 fn world<'a>(ip: &str, names: &'a [Arc<str>]) -> Subject<'a> {
