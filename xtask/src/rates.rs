@@ -134,65 +134,84 @@ fn empty_program_binary() -> Result<PathBuf> {
     Ok(target.join("release").join("examples").join("attach_empty"))
 }
 
-/// Received 64-byte UDP packets per second, in alternating rounds: bare veth,
-/// an empty program attached at both hooks (the floor any program pays), and
-/// flow-agent attached; prints all three and the ratios of medians.
+/// One measurement's three arms, in alternating rounds: bare veth, an empty
+/// program attached at both hooks (the floor any program pays), and
+/// flow-agent attached.
+#[derive(Default)]
+struct Arms {
+    without: Vec<f64>,
+    empty: Vec<f64>,
+    with: Vec<f64>,
+}
+
+impl Arms {
+    /// `rounds` rounds of `measure` on a fresh two-pod lab.
+    fn measure(
+        agent_binary: &Path,
+        rounds: usize,
+        measure: impl Fn(&Node) -> Result<f64>,
+    ) -> Result<Self> {
+        let empty_binary = empty_program_binary()?;
+        let node = Node::new(2)?;
+        let _server = Server::start(&node)?;
+        let interfaces: Vec<&str> = node
+            .pods
+            .iter()
+            .map(|pod| pod.host_interface.as_str())
+            .collect();
+        let mut arms = Self::default();
+        for _ in 0..rounds {
+            arms.without.push(measure(&node)?);
+            let floor = LabProcess::start(&node.netns, &empty_binary, &interfaces, None)?;
+            floor.wait_for_log("attached", Duration::from_secs(10))?;
+            arms.empty.push(measure(&node)?);
+            drop(floor);
+            arms.with
+                .push(with_agent(agent_binary, &node, || measure(&node))?);
+        }
+        Ok(arms)
+    }
+
+    /// Prints each arm's rounds and the ratios of their medians.
+    fn print(self, scale: f64, decimals: usize, unit: &str) {
+        print_arm("without flow-agent:", &self.without, scale, decimals, unit);
+        print_arm("with flow-agent:   ", &self.with, scale, decimals, unit);
+        print_arm("an empty program:  ", &self.empty, scale, decimals, unit);
+        println!(
+            "    (the empty program is attached with TCX at both hooks of every pod's interface)"
+        );
+        let (base, agent, floor) = (median(self.without), median(self.with), median(self.empty));
+        println!("  ratio (with / without, medians): {:.3}", agent / base);
+        println!(
+            "  ratio (empty program / without): {:.3}, (with / empty program): {:.3}",
+            floor / base,
+            agent / floor
+        );
+    }
+}
+
+/// Received 64-byte UDP packets per second, bare, under an empty program and
+/// under flow-agent ([`Arms`]).
 pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
     const ROUNDS: usize = 7;
     const SECONDS: u32 = 3;
-    let empty_binary = empty_program_binary()?;
-    let node = Node::new(2)?;
-    let _server = Server::start(&node)?;
-    let interfaces: Vec<&str> = node
-        .pods
-        .iter()
-        .map(|pod| pod.host_interface.as_str())
-        .collect();
-    let (mut without, mut with, mut empty) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        without.push(udp_pps(&node, SECONDS)?);
-        let floor = LabProcess::start(&node.netns, &empty_binary, &interfaces, None)?;
-        floor.wait_for_log("attached", Duration::from_secs(10))?;
-        empty.push(udp_pps(&node, SECONDS)?);
-        drop(floor);
-        with.push(with_agent(agent_binary, &node, || udp_pps(&node, SECONDS))?);
-    }
+    let arms = Arms::measure(agent_binary, ROUNDS, |node| udp_pps(node, SECONDS))?;
     println!(
         "UDP 64-byte datagrams pod to pod over veth, iperf3 -u -b 0 -l 64 -t {SECONDS}, {ROUNDS} alternating rounds, received packets/s:"
     );
-    print_arm("without flow-agent:", &without, 1e3, 0, "kpps");
-    print_arm("with flow-agent:   ", &with, 1e3, 0, "kpps");
-    print_arm("an empty program:  ", &empty, 1e3, 0, "kpps");
-    println!("    (the empty program is attached with TCX at both hooks of every pod's interface)");
-    let (base, agent, floor) = (median(without), median(with), median(empty));
-    println!("  ratio (with / without, medians): {:.3}", agent / base);
-    println!(
-        "  ratio (empty program / without): {:.3}, (with / empty program): {:.3}",
-        floor / base,
-        agent / floor
-    );
+    arms.print(1e3, 0, "kpps");
     Ok(())
 }
 
-/// TCP throughput in alternating rounds with and without flow-agent.
+/// TCP throughput, bare, under an empty program and under flow-agent
+/// ([`Arms`]).
 pub(crate) fn throughput(agent_binary: &Path) -> Result<()> {
     const ROUNDS: usize = 5;
     const SECONDS: u32 = 4;
-    let node = Node::new(2)?;
-    let _server = Server::start(&node)?;
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        without.push(tcp_bps(&node, SECONDS)?);
-        with.push(with_agent(agent_binary, &node, || tcp_bps(&node, SECONDS))?);
-    }
+    let arms = Arms::measure(agent_binary, ROUNDS, |node| tcp_bps(node, SECONDS))?;
     println!(
         "TCP throughput pod to pod over veth, iperf3 -t {SECONDS}, {ROUNDS} alternating rounds:"
     );
-    print_arm("without flow-agent:", &without, 1e9, 2, "Gbit/s");
-    print_arm("with flow-agent:   ", &with, 1e9, 2, "Gbit/s");
-    println!(
-        "  ratio (with / without, medians): {:.3}",
-        median(with) / median(without)
-    );
+    arms.print(1e9, 2, "Gbit/s");
     Ok(())
 }
