@@ -472,6 +472,37 @@ mod tests {
         cache
     }
 
+    /// A one-packet request of `protocol` from `source` to `destination` at
+    /// `now`, seen at ingress of veth0 on node-a, not yet annotated.
+    fn request(
+        source: Endpoint,
+        destination: Endpoint,
+        protocol: Protocol,
+        now: SystemTime,
+    ) -> FlowRecord {
+        let time = flow_model::record::Timestamp(now);
+        FlowRecord {
+            time,
+            first_seen: time,
+            source,
+            destination,
+            protocol,
+            icmp: None,
+            packets: 1,
+            bytes: 60,
+            tcp_flags: Vec::new(),
+            icmp_errors: None,
+            is_reply: false,
+            interface: "veth0".into(),
+            interface_index: 0,
+            hook: flow_model::record::Hook::Ingress,
+            node: "node-a".into(),
+            cross_tenant: None,
+            new_connection: false,
+            violation: false,
+        }
+    }
+
     #[test]
     fn a_reply_still_from_the_service_address_folds_into_its_requests_aggregate() {
         let pod = |name: &str, ip: &str| {
@@ -490,24 +521,11 @@ mod tests {
         let enricher = Enricher::new(cache);
         let time = flow_model::record::Timestamp(now);
         let record = |source: Endpoint, destination: Endpoint, is_reply: bool| FlowRecord {
-            time,
-            first_seen: time,
-            source,
-            destination,
-            protocol: Protocol(6),
-            icmp: None,
             packets: 2,
             bytes: 100,
-            tcp_flags: Vec::new(),
-            icmp_errors: None,
             is_reply,
-            interface: "veth0".into(),
-            interface_index: 0,
-            hook: flow_model::record::Hook::Ingress,
-            node: "node-a".into(),
-            cross_tenant: None,
             new_connection: !is_reply,
-            violation: false,
+            ..request(source, destination, Protocol(6), now)
         };
         let (client, service) = (
             Endpoint::new("10.1.0.2".parse().unwrap(), 40_000),
@@ -560,27 +578,12 @@ mod tests {
         let cache = cache_of(yaml, &[], now);
         let enricher = Enricher::new(cache);
         let record = |port| {
-            let time = flow_model::record::Timestamp(now);
-            let mut record = FlowRecord {
-                time,
-                first_seen: time,
-                source: Endpoint::new("10.1.0.2".parse().unwrap(), port),
-                destination: Endpoint::new("10.9.9.9".parse().unwrap(), 443),
-                protocol: Protocol(6),
-                icmp: None,
-                packets: 1,
-                bytes: 60,
-                tcp_flags: Vec::new(),
-                icmp_errors: None,
-                is_reply: false,
-                interface: "veth0".into(),
-                interface_index: 0,
-                hook: flow_model::record::Hook::Ingress,
-                node: "node-a".into(),
-                cross_tenant: None,
-                new_connection: false,
-                violation: false,
-            };
+            let mut record = request(
+                Endpoint::new("10.1.0.2".parse().unwrap(), port),
+                Endpoint::new("10.9.9.9".parse().unwrap(), 443),
+                Protocol(6),
+                now,
+            );
             enricher.annotate(&mut record, None, now);
             record
         };
@@ -623,26 +626,15 @@ mod tests {
         let cache = cache_of(&yaml, &["dns"], now);
         let enricher = Enricher::without_conntrack(cache);
         let crossing = |source: &str, destination: &str, is_reply: bool| {
-            let time = flow_model::record::Timestamp(now);
             let mut record = FlowRecord {
-                time,
-                first_seen: time,
-                source: Endpoint::new(source.parse().unwrap(), 40_000),
-                destination: Endpoint::new(destination.parse().unwrap(), 53),
-                protocol: Protocol(17),
-                icmp: None,
-                packets: 1,
-                bytes: 60,
-                tcp_flags: Vec::new(),
-                icmp_errors: None,
                 is_reply,
-                interface: "veth0".into(),
-                interface_index: 0,
-                hook: flow_model::record::Hook::Ingress,
-                node: "node-a".into(),
-                cross_tenant: None,
                 new_connection: !is_reply,
-                violation: false,
+                ..request(
+                    Endpoint::new(source.parse().unwrap(), 40_000),
+                    Endpoint::new(destination.parse().unwrap(), 53),
+                    Protocol(17),
+                    now,
+                )
             };
             enricher.annotate(&mut record, None, now);
             record.cross_tenant
@@ -721,26 +713,14 @@ mod tests {
             assert_eq!(samples[position].key.dst_port, 80);
         }
         // The record is still made: to the Service, named, without a pod.
-        let time = flow_model::record::Timestamp(now);
         let mut record = FlowRecord {
-            time,
-            first_seen: time,
-            source: flow_model::record::Endpoint::new(client, 40_000),
-            destination: flow_model::record::Endpoint::new(service, 80),
-            protocol: Protocol(6),
-            icmp: None,
-            packets: 1,
-            bytes: 60,
-            tcp_flags: Vec::new(),
-            icmp_errors: None,
-            is_reply: false,
-            interface: "veth0".into(),
-            interface_index: 0,
-            hook: flow_model::record::Hook::Ingress,
-            node: "node-a".into(),
-            cross_tenant: None,
             new_connection: true,
-            violation: false,
+            ..request(
+                flow_model::record::Endpoint::new(client, 40_000),
+                flow_model::record::Endpoint::new(service, 80),
+                Protocol(6),
+                now,
+            )
         };
         enricher.annotate(&mut record, Some(translations[0].1), now);
         let destination = &record.destination;

@@ -11,7 +11,7 @@ use crate::{cluster::PodView, graph::WorkloadRef};
 const TCP: Protocol = Protocol(6);
 const UDP: Protocol = Protocol(17);
 
-fn cluster() -> ClusterView {
+pub(super) fn cluster() -> ClusterView {
     let mut view = ClusterView::from_objects(Vec::new(), "tenant");
     for (namespace, name, ip) in [
         ("x", "a", "10.0.1.1"),

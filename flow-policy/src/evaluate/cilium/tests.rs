@@ -6,36 +6,17 @@ use std::{collections::BTreeMap, sync::Arc};
 use flow_model::{identity::PeerKind, record::Protocol};
 
 use crate::{
-    cluster::{ClusterView, PodView},
+    cluster::ClusterView,
     evaluate::{Evaluator, PolicySet, Subject, load_policy_set},
-    graph::WorkloadRef,
 };
 
 const TCP: Protocol = Protocol(6);
 const UDP: Protocol = Protocol(17);
 
+/// The four pods of the NetworkPolicy cases, with namespace y labelled
+/// `team: blue`.
 fn cluster() -> ClusterView {
-    let mut view = ClusterView::from_objects(Vec::new(), "tenant");
-    for (namespace, name, ip) in [
-        ("x", "a", "10.0.1.1"),
-        ("x", "b", "10.0.1.2"),
-        ("y", "a", "10.0.2.1"),
-        ("y", "b", "10.0.2.2"),
-    ] {
-        view.add_pod(PodView {
-            namespace: namespace.into(),
-            name: name.into(),
-            labels: BTreeMap::from([("pod".to_owned(), name.to_owned())]),
-            ips: vec![ip.parse().unwrap()],
-            ports: Vec::new(),
-            host_network: false,
-            workload: WorkloadRef {
-                namespace: namespace.into(),
-                kind: "Pod".into(),
-                name: name.into(),
-            },
-        });
-    }
+    let mut view = crate::evaluate::tests::cluster();
     view.set_namespace_labels(
         "y",
         &BTreeMap::from([("team".to_owned(), "blue".to_owned())]),
