@@ -10,10 +10,11 @@
 //! (`pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml`)
 //! and the API types it is made from (`pkg/policy/api`: `rule.go`,
 //! `fqdn.go`, `l7.go`): field names and nesting, `port` as a string,
-//! `protocol` one of `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`, `VRRP`,
-//! `IGMP`, `ANY` (omitted: `ANY`), FQDN selectors as `matchName` or
-//! `matchPattern` where `*` stands for any run of DNS name characters
-//! within one label and a leading `**.` for one or more labels,
+//! `protocol` one of `TCP`, `UDP`, `SCTP`, `VRRP`, `IGMP`, `ANY`
+//! (omitted: `ANY`; ICMP is matched by `icmps`, never in `toPorts`),
+//! FQDN selectors as `matchName` or `matchPattern` where `*` stands for
+//! any run of DNS name characters within one label and a leading `**.` for
+//! one or more labels,
 //! `enableDefaultDeny`, `toCIDRSet` with `except`, a policy's rules in
 //! `spec` or `specs`. Fields Cilium has and flow-agent does not judge (deny
 //! sections, L7 HTTP and Kafka rules, `icmps`, `toGroups`, `toServices`,
@@ -243,9 +244,7 @@ fn any_protocol() -> String {
 }
 
 /// The protocols Cilium's schema allows in `toPorts`.
-pub const PROTOCOLS: [&str; 8] = [
-    "TCP", "UDP", "SCTP", "ICMP", "ICMPv6", "VRRP", "IGMP", "ANY",
-];
+pub const PROTOCOLS: [&str; 6] = ["TCP", "UDP", "SCTP", "VRRP", "IGMP", "ANY"];
 
 /// Layer 7 rules of a port rule: DNS only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,7 +473,14 @@ spec:
         let error = Policy::from_yaml(&text).unwrap_err().to_string();
         assert_eq!(
             error,
-            "spec.egress[0].toPorts[0].ports[0].protocol: \"tcp\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6, VRRP, IGMP, ANY"
+            "spec.egress[0].toPorts[0].ports[0].protocol: \"tcp\" is not one of TCP, UDP, SCTP, VRRP, IGMP, ANY"
+        );
+        // Cilium matches ICMP with `icmps`; its schema refuses it in toPorts.
+        let text = GOOD.replace("protocol: TCP", "protocol: ICMP");
+        let error = Policy::from_yaml(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "spec.egress[0].toPorts[0].ports[0].protocol: \"ICMP\" is not one of TCP, UDP, SCTP, VRRP, IGMP, ANY"
         );
     }
 
