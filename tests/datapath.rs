@@ -506,6 +506,75 @@ fn egress_packet_already_counted_on_ingress_is_not_counted_again() {
     .unwrap();
 }
 
+/// Indexes below `COUNTED_BITS_LIMIT` are bits of an array, the others keys of
+/// a hash map: both skip exactly their own interfaces, and a detached
+/// interface is counted again.
+#[test]
+fn egress_skips_exactly_the_counted_interfaces_below_and_past_the_bit_array() {
+    require_root!();
+    let node = flow_lab::Node::new(1).unwrap();
+    let low_name = node.pods[0].host_interface.clone();
+    let low = node.ifindex(&low_name).unwrap();
+    let high = flow_common::COUNTED_BITS_LIMIT + 4_464;
+    let high_name = format!("{}hi", node.prefix);
+    node.netns
+        .ip(&[
+            "link",
+            "add",
+            "name",
+            &high_name,
+            "index",
+            &high.to_string(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{high_name}p"),
+        ])
+        .unwrap();
+    node.netns.ip(&["link", "set", &high_name, "up"]).unwrap();
+    assert_eq!(node.ifindex(&high_name).unwrap(), high);
+    let path = format!("/run/netns/{}", node.netns.name);
+    std::thread::spawn(move || {
+        flow_lab::enter(&path).unwrap();
+        let mut harness = Harness::new();
+        let failures = harness
+            .datapath
+            .attach_all(&[(low, low_name.clone()), (high, high_name.clone())]);
+        assert!(failures.is_empty(), "{failures:?}");
+        let frame = Ipv4::new(A4, B4, UDP).frame(&udp(5000, 53, &[0; 10]));
+        let entered = |ingress_ifindex| SkbContext {
+            ingress_ifindex,
+            ..SkbContext::default()
+        };
+        // Skipped: the two counted interfaces.
+        for index in [low, high] {
+            harness.run(Direction::Egress, &frame, Some(entered(index)));
+        }
+        // Counted: the neighbouring bits and keys, and the last bit.
+        let others = [
+            low ^ 1,
+            low + 64,
+            high + 1,
+            flow_common::COUNTED_BITS_LIMIT - 1,
+        ];
+        for index in others {
+            harness.run(Direction::Egress, &frame, Some(entered(index)));
+        }
+        assert_eq!(harness.only_flow().packets, 4);
+        harness.assert_counters(&[(Counter::Deduplicated, 2)]);
+        // Detached, both are counted at egress again.
+        harness.datapath.detach(low);
+        harness.datapath.detach(high);
+        for index in [low, high] {
+            harness.run(Direction::Egress, &frame, Some(entered(index)));
+        }
+        assert_eq!(harness.only_flow().packets, 2);
+    })
+    .join()
+    .unwrap();
+}
+
 #[test]
 fn non_ip_frames_are_counted_as_such_and_passed() {
     require_root!();

@@ -511,6 +511,74 @@ fn a_pin_directory_in_use_is_refused_to_a_second_agent_and_to_cleanup() {
     assert!(!Path::new(&pin_dir).exists());
 }
 
+/// An agent from before the bit array kept every counted interface in the
+/// hash map. Taking over its pins, this agent counts each packet once, moves
+/// the set into the bit array and leaves the hash map without the keys it no
+/// longer reads (the stale one included).
+#[test]
+fn an_earlier_agents_counted_set_is_taken_over_into_the_bit_array() {
+    use aya::maps::{Array, HashMap, Map, MapData};
+
+    require_root!();
+    let node = Node::new(2).unwrap();
+    let bpffs = Bpffs::mount();
+    let pin_dir = bpffs.pin_dir();
+    let maps = Path::new(&pin_dir).join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let pods: Vec<u32> = node
+        .pods
+        .iter()
+        .map(|pod| node.ifindex(&pod.host_interface).unwrap())
+        .collect();
+    let mut earlier = HashMap::<MapData, u32, u8>::create(16_384, 0).unwrap();
+    for &index in pods.iter().chain(&[9_999]) {
+        earlier.insert(index, 1, 0).unwrap();
+    }
+    earlier
+        .pin(maps.join(flow_common::COUNTED_INTERFACES))
+        .unwrap();
+
+    let glob = node.glob();
+    let agent = Agent::start(
+        &node.netns,
+        &[
+            "-i",
+            &glob,
+            "--flush-interval",
+            "200ms",
+            "--pin-dir",
+            &pin_dir,
+        ],
+    );
+    send(&node, 43_000, 40);
+    wait_until("the records", || totals(&agent.records(), 43_000).0 >= 40);
+    let stopped = agent.stop();
+    assert!(stopped.success);
+    assert_eq!(totals(&stopped.records, 43_000), (40, 40 * 128));
+
+    let high: HashMap<MapData, u32, u8> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(maps.join(flow_common::COUNTED_INTERFACES)).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(high.keys().count(), 0);
+    let bits: Array<MapData, u64> = Array::try_from(Map::Array(
+        MapData::from_pin(maps.join(flow_common::COUNTED_BITS)).unwrap(),
+    ))
+    .unwrap();
+    let mut set = Vec::new();
+    for word in 0..flow_common::COUNTED_BITS_WORDS {
+        let value = bits.get(&word, 0).unwrap();
+        set.extend(
+            (0..64)
+                .filter(|bit| value & (1 << bit) != 0)
+                .map(|bit| word * 64 + bit),
+        );
+    }
+    assert_eq!(set, pods);
+    let cleanup = common::cli::cli(&node, &["cleanup", "--pin-dir", &pin_dir, "-i", &glob]);
+    assert!(cleanup.success, "{:?}", cleanup.stderr);
+}
+
 /// A pinned map of another shape (here a counter array from an agent that
 /// kept fewer counters) is refused with the cleanup hint, not half-used.
 #[test]

@@ -28,8 +28,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use flow_common::{
-    Counter, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_SPILL_BYTES, DatapathControl, Direction,
-    FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts, NewFlowLog,
+    COUNTED_BITS_WORDS, Counter, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_SPILL_BYTES, DatapathControl,
+    Direction, FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts,
+    NewFlowLog, counted_bit,
 };
 
 use crate::parse::{Linear, Packet, Paged, ParseError};
@@ -75,8 +76,15 @@ static CONTROL: Array<DatapathControl> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Interfaces whose ingress program counts packets (value unused). An egress packet
-/// that entered the node through one of them was already counted there.
+/// Interfaces whose ingress program counts packets, one bit per index below
+/// [`flow_common::COUNTED_BITS_LIMIT`]. An egress packet that entered the node
+/// through one of them was already counted there. The verifier inlines an
+/// array lookup into a bounds check and a load; a hash lookup would hash the
+/// key and walk a bucket on every egress packet.
+#[map]
+static COUNTED_BITS: Array<u64> = Array::with_max_entries(COUNTED_BITS_WORDS, 0);
+
+/// The counted interfaces whose index is past [`COUNTED_BITS`] (value unused).
 #[map]
 static COUNTED_INTERFACES: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
 
@@ -133,6 +141,16 @@ fn bump(counter: Counter) {
     }
 }
 
+/// Whether the ingress program of interface `ifindex` counts packets.
+#[inline(always)]
+fn counted(ifindex: u32) -> bool {
+    match counted_bit(ifindex) {
+        Some((word, mask)) => COUNTED_BITS.get(word).is_some_and(|bits| bits & mask != 0),
+        // SAFETY: the value is never dereferenced.
+        None => unsafe { COUNTED_INTERFACES.get(&ifindex) }.is_some(),
+    }
+}
+
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: Direction) {
     let skb = ctx.skb.skb;
@@ -146,11 +164,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
         )
     };
 
-    if direction == Direction::Egress
-        && ingress_ifindex != 0
-        // SAFETY: the value is never dereferenced.
-        && unsafe { COUNTED_INTERFACES.get(&ingress_ifindex) }.is_some()
-    {
+    if direction == Direction::Egress && ingress_ifindex != 0 && counted(ingress_ifindex) {
         bump(Counter::Deduplicated);
         return;
     }

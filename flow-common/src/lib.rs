@@ -32,7 +32,12 @@ pub const FLOWS_ODD: &str = "FLOWS_ODD";
 pub const CONTROL: &str = "CONTROL";
 /// Name of the per-CPU array of datapath counters, indexed by [`Counter`].
 pub const COUNTERS: &str = "COUNTERS";
-/// Name of the hash map of interfaces whose ingress program counts packets.
+/// Name of the array of bits, one per interface index below
+/// [`COUNTED_BITS_LIMIT`], set for the interfaces whose ingress program counts
+/// packets (see [`counted_bit`]).
+pub const COUNTED_BITS: &str = "COUNTED_BITS";
+/// Name of the hash map of the counted interfaces whose index is
+/// [`COUNTED_BITS_LIMIT`] or more (value unused).
 pub const COUNTED_INTERFACES: &str = "COUNTED_INTERFACES";
 /// Name of the ring buffer that carries [`FlowEvent`]s when a flow map is full.
 pub const SPILL: &str = "SPILL";
@@ -67,6 +72,25 @@ pub const PROGRAM_EGRESS: &str = "flow_egress";
 /// Capacity of each flow map as compiled; the loader sizes the maps (see
 /// flow-agent's `datapath::auto_map_entries`).
 pub const DEFAULT_FLOW_MAP_ENTRIES: u32 = 65_536;
+/// Interface indexes below this are kept in [`COUNTED_BITS`], the others in
+/// [`COUNTED_INTERFACES`]. A node's interface indexes grow with every link
+/// created (two per pod), so 65,536 covers some 30,000 pod starts; past that
+/// the egress program pays a hash lookup instead of an inlined array load.
+pub const COUNTED_BITS_LIMIT: u32 = 65_536;
+/// Entries (64-bit words) of [`COUNTED_BITS`].
+pub const COUNTED_BITS_WORDS: u32 = COUNTED_BITS_LIMIT / 64;
+
+/// Where an interface index lives in [`COUNTED_BITS`]: the word's index and
+/// the bit's mask, or `None` from [`COUNTED_BITS_LIMIT`] on.
+#[inline(always)]
+pub const fn counted_bit(ifindex: u32) -> Option<(u32, u64)> {
+    if ifindex < COUNTED_BITS_LIMIT {
+        Some((ifindex / 64, 1 << (ifindex % 64)))
+    } else {
+        None
+    }
+}
+
 /// Capacity of the fragment map (entries).
 pub const FRAGMENT_MAP_ENTRIES: u32 = 4_096;
 /// Default size of the spill ring buffer in bytes (a power of two, multiple of the page size).
@@ -495,6 +519,19 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     use super::*;
+
+    #[test]
+    fn counted_bits_cover_every_index_below_the_limit_once() {
+        assert_eq!(counted_bit(0), Some((0, 1)));
+        assert_eq!(counted_bit(63), Some((0, 1 << 63)));
+        assert_eq!(counted_bit(64), Some((1, 1)));
+        assert_eq!(
+            counted_bit(COUNTED_BITS_LIMIT - 1),
+            Some((COUNTED_BITS_WORDS - 1, 1 << 63))
+        );
+        assert_eq!(counted_bit(COUNTED_BITS_LIMIT), None);
+        assert_eq!(counted_bit(u32::MAX), None);
+    }
 
     #[test]
     fn flow_key_layout_has_no_implicit_padding() {

@@ -644,6 +644,11 @@ impl LabProcess {
         })
     }
 
+    /// The process's id (`ip netns exec` replaces itself with the program).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until a stderr line contains `text`.
     pub fn wait_for_log(&self, text: &str, timeout: Duration) -> Result<()> {
         self.wait_for_stderr(

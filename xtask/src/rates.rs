@@ -190,6 +190,102 @@ impl Arms {
     }
 }
 
+/// Runs and nanoseconds of one classifier, summed over its loaded copies.
+#[derive(Clone, Copy, Default)]
+struct Runs {
+    count: u64,
+    nanos: u64,
+}
+
+/// flow-agent's two classifiers' run-time statistics (kept by the kernel
+/// while `kernel.bpf_stats_enabled` is on).
+fn classifier_runs() -> Result<[Runs; 2]> {
+    let mut runs = [Runs::default(); 2];
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing the loaded BPF programs")?;
+        let slot = match info.name_as_str() {
+            Some(flow_common::PROGRAM_INGRESS) => &mut runs[0],
+            Some(flow_common::PROGRAM_EGRESS) => &mut runs[1],
+            _ => continue,
+        };
+        slot.count += info.run_count();
+        slot.nanos += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+    }
+    Ok(runs)
+}
+
+/// CPU time a process has used, user and system, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields 14 and 15 (utime, stime), counted after the command's ")".
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat has no field {}", index + 3))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// One more UDP round, outside the medians, that says where flow-agent's
+/// cost lies: each classifier's time per run on this traffic, from the
+/// kernel's run-time statistics (which add two clock reads to every run, so
+/// they are on for this round only), and the agent process's own CPU time.
+fn udp_breakdown(agent_binary: &Path, seconds: u32) -> Result<()> {
+    let node = Node::new(2)?;
+    let _server = Server::start(&node)?;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's BPF run-time statistics")?;
+    let agent = AgentProcess::start(
+        agent_binary,
+        &node.netns,
+        &[
+            "-i",
+            &node.glob(),
+            "--output",
+            "none",
+            "--flush-interval",
+            "1s",
+        ],
+        false,
+    )?;
+    let (runs_before, ticks_before) = (classifier_runs()?, cpu_ticks(agent.id())?);
+    let pps = udp_pps(&node, seconds)?;
+    let (runs_after, ticks_after) = (classifier_runs()?, cpu_ticks(agent.id())?);
+    let output = agent.stop()?;
+    if !output.success {
+        bail!("flow-agent failed: {}", output.stderr.join("\n"));
+    }
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let agent_ms = (ticks_after - ticks_before) as f64 * 1e3 / ticks_per_second;
+    println!(
+        "  where flow-agent's time goes, one more round ({:.0} kpps) with the kernel's run-time statistics on:",
+        pps / 1e3
+    );
+    for (name, (before, after)) in [flow_common::PROGRAM_INGRESS, flow_common::PROGRAM_EGRESS]
+        .into_iter()
+        .zip(runs_before.into_iter().zip(runs_after))
+    {
+        let count = after.count.saturating_sub(before.count);
+        let nanos = after.nanos.saturating_sub(before.nanos);
+        println!(
+            "    {name}: {count} runs, {:.0} ns a run",
+            nanos as f64 / count.max(1) as f64
+        );
+    }
+    println!(
+        "    the agent process: {agent_ms:.0} ms of CPU in {seconds} s ({:.1}% of one core)",
+        agent_ms / 10.0 / f64::from(seconds)
+    );
+    Ok(())
+}
+
 /// Received 64-byte UDP packets per second, bare, under an empty program and
 /// under flow-agent ([`Arms`]).
 pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
@@ -200,7 +296,7 @@ pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
         "UDP 64-byte datagrams pod to pod over veth, iperf3 -u -b 0 -l 64 -t {SECONDS}, {ROUNDS} alternating rounds, received packets/s:"
     );
     arms.print(1e3, 0, "kpps");
-    Ok(())
+    udp_breakdown(agent_binary, SECONDS)
 }
 
 /// TCP throughput, bare, under an empty program and under flow-agent

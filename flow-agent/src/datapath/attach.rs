@@ -5,7 +5,7 @@
 //! Each interface gets an ingress and an egress classifier. A packet between two
 //! watched pods on one node enters the node through the sender's host-side veth
 //! (ingress, counted) and leaves through the receiver's (egress). The egress
-//! program skips packets whose `ingress_ifindex` is in `COUNTED_INTERFACES`, the
+//! program skips packets whose `ingress_ifindex` is in the counted set (`counted`), the
 //! set of interfaces whose ingress program is attached, so that packet is counted
 //! once. The set is updated after an ingress program is attached and before it is
 //! detached, so a change can at worst count a packet twice, never lose it.
@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use aya::{programs::TcAttachType, util::KernelVersion};
-use flow_common::{COUNTED_INTERFACES, PROGRAM_EGRESS, PROGRAM_INGRESS};
+use flow_common::{PROGRAM_EGRESS, PROGRAM_INGRESS};
 use tracing::{debug, info, warn};
 
 use super::{Datapath, DatapathError, hook::Hook};
@@ -116,13 +116,8 @@ impl Datapath {
         }
         for (index, name) in ready {
             let result = self
-                .counted_interfaces
-                .insert(index, 1, 0)
-                .map_err(|source| DatapathError::Map {
-                    operation: "insert",
-                    map: COUNTED_INTERFACES,
-                    source: Box::new(source),
-                })
+                .counted
+                .insert(index)
                 .and_then(|()| self.attach_one(index, &name, TcAttachType::Egress));
             match result {
                 Ok(egress) => {
@@ -152,7 +147,7 @@ impl Datapath {
         if let Some(egress) = egress {
             self.detach_hook(egress, PROGRAM_EGRESS, &name);
         }
-        if let Err(error) = self.counted_interfaces.remove(&index) {
+        if let Err(error) = self.counted.remove(index) {
             debug!(interface = name, %error, "interface was not in the counted set");
         }
         self.detach_hook(ingress, PROGRAM_INGRESS, &name);
@@ -221,7 +216,7 @@ impl Datapath {
     pub fn set_bridges(&mut self, bridges: &BTreeSet<u32>) {
         for &index in self.bridges.difference(bridges) {
             if !self.attachments.contains_key(&index)
-                && let Err(error) = self.counted_interfaces.remove(&index)
+                && let Err(error) = self.counted.remove(index)
             {
                 debug!(index, %error, "bridge was not in the counted set");
             }
@@ -232,7 +227,7 @@ impl Datapath {
                 kept.insert(index);
                 continue;
             }
-            match self.counted_interfaces.insert(index, 2, 0) {
+            match self.counted.insert(index) {
                 Ok(()) => {
                     kept.insert(index);
                 }
@@ -257,7 +252,7 @@ impl Datapath {
                 continue;
             }
             // The counted set first, then the egress hook, then ingress.
-            let _ = self.counted_interfaces.remove(&index);
+            let _ = self.counted.remove(index);
             for attach_type in [TcAttachType::Egress, TcAttachType::Ingress] {
                 let path = pins.link(index, attach_type);
                 if std::fs::remove_file(&path).is_ok() {
@@ -266,13 +261,14 @@ impl Datapath {
             }
         }
         let stale: Vec<u32> = self
-            .counted_interfaces
-            .keys()
-            .filter_map(Result::ok)
+            .counted
+            .indexes()
+            .into_iter()
             .filter(|index| !self.attachments.contains_key(index) && !self.bridges.contains(index))
             .collect();
         for index in stale {
-            let _ = self.counted_interfaces.remove(&index);
+            let _ = self.counted.remove(index);
         }
+        self.counted.forget_low_keys();
     }
 }

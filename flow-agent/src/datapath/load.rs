@@ -14,7 +14,7 @@ use aya::{
     util::KernelVersion,
 };
 use flow_common::{
-    COARSE_CLOCK, CONTROL, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG,
+    COARSE_CLOCK, CONTROL, COUNTED_BITS, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG,
     DEFAULT_DNS_BYTES_PER_SECOND, DEFAULT_DNS_RING_BYTES, DNS_BYTES_PER_SECOND, DNS_COPY,
     DNS_FRAMES, DatapathControl, Direction, DnsCopy, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey,
     FlowStats, FragmentKey, FragmentPorts, NEW_FLOW_LOG, NewFlowLog, PAGED_READS_ONLY,
@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use super::{
     AttachMode, Datapath, DatapathError, EBPF_OBJECT,
     attach::{kernel_version_string, tcx_supported},
-    drain,
+    counted, drain,
     error::{classify, root_io_error},
     logger::start_ebpf_logger,
     pin::{MapShape, PINNED_MAPS, PinDir, PinError},
@@ -177,6 +177,7 @@ fn pinned_sizes(
             ),
         }));
     }
+    pins.pinned_capacity(COUNTED_BITS, shape(MapType::Array, 4, 8))?;
     pins.pinned_capacity(COUNTED_INTERFACES, shape(MapType::Hash, 4, 1))?;
     pins.pinned_capacity(
         NEW_FLOW_LOG,
@@ -363,8 +364,10 @@ impl Datapath {
         let control: Array<MapData, DatapathControl> =
             typed(take_map(&mut ebpf, CONTROL)?, CONTROL)?;
         let counters = typed(take_map(&mut ebpf, COUNTERS)?, COUNTERS)?;
-        let counted_interfaces =
-            typed(take_map(&mut ebpf, COUNTED_INTERFACES)?, COUNTED_INTERFACES)?;
+        let counted = counted::CountedSet::new(
+            typed(take_map(&mut ebpf, COUNTED_BITS)?, COUNTED_BITS)?,
+            typed(take_map(&mut ebpf, COUNTED_INTERFACES)?, COUNTED_INTERFACES)?,
+        )?;
         let spill = typed(take_map(&mut ebpf, SPILL)?, SPILL)?;
         let new_flow_log = typed(take_map(&mut ebpf, NEW_FLOW_LOG)?, NEW_FLOW_LOG)?;
         let dns_frames = typed(take_map(&mut ebpf, DNS_FRAMES)?, DNS_FRAMES)?;
@@ -381,7 +384,7 @@ impl Datapath {
             flows_odd,
             control,
             counters,
-            counted_interfaces,
+            counted,
             bridges: BTreeSet::new(),
             spill,
             dns_frames,

@@ -1,12 +1,14 @@
 //! Loads the eBPF programs, attaches them to interfaces and drains their maps.
 //!
 //! One concern per module: `load` (the object, its programs and maps),
-//! `attach` (which interfaces, and counting a packet once), `hook` (one
+//! `attach` (which interfaces, and counting a packet once), `counted` (the
+//! set of interfaces counted at ingress), `hook` (one
 //! program on one hook: TCX or clsact), `drain` (the epoch switch and draining
 //! without losing a packet), `counters`, `error`, `logger` (aya-log), [`pin`]
 //! (what outlives the agent) and `sys` (the raw bpf(2) calls aya lacks).
 
 mod attach;
+mod counted;
 mod counters;
 mod dns;
 mod drain;
@@ -21,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use flow_common::{DatapathControl, FlowKey, FlowStats, NewFlowLog};
 use pin::PinDir;
@@ -54,7 +56,7 @@ pub struct Datapath {
     flows_odd: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     control: Array<MapData, DatapathControl>,
     counters: PerCpuArray<MapData, u64>,
-    counted_interfaces: BpfHashMap<MapData, u32, u8>,
+    counted: counted::CountedSet,
     /// Bridges whose every port is attached: in the counted set too (see
     /// [`Datapath::set_bridges`]).
     bridges: BTreeSet<u32>,

@@ -25,8 +25,8 @@ use aya::{
     programs::{TcAttachType, tc},
 };
 use flow_common::{
-    CONTROL, COUNTED_INTERFACES, COUNTERS, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, NEW_FLOW_LOG,
-    PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
+    CONTROL, COUNTED_BITS, COUNTED_INTERFACES, COUNTERS, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS,
+    NEW_FLOW_LOG, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use thiserror::Error;
 
@@ -34,11 +34,12 @@ use thiserror::Error;
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
 /// Maps that are pinned, and so shared between successive agents.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     FLOWS_EVEN,
     FLOWS_ODD,
     CONTROL,
     COUNTERS,
+    COUNTED_BITS,
     COUNTED_INTERFACES,
     SPILL,
     NEW_FLOW_LOG,
