@@ -74,11 +74,11 @@ fn tcp_bps(node: &Node, seconds: u32) -> Result<f64> {
 
 /// `measure` with flow-agent attached to the node's pods, then the agent
 /// stopped; an agent that failed is an error.
-fn with_agent(
+fn with_agent<T>(
     agent_binary: &Path,
     node: &Node,
-    measure: impl FnOnce() -> Result<f64>,
-) -> Result<f64> {
+    measure: impl FnOnce(&AgentProcess) -> Result<T>,
+) -> Result<T> {
     let agent = AgentProcess::start(
         agent_binary,
         &node.netns,
@@ -92,7 +92,7 @@ fn with_agent(
         ],
         false,
     )?;
-    let value = measure()?;
+    let value = measure(&agent)?;
     let output = agent.stop()?;
     if !output.success {
         bail!("flow-agent failed: {}", output.stderr.join("\n"));
@@ -167,7 +167,7 @@ impl Arms {
             arms.empty.push(measure(&node)?);
             drop(floor);
             arms.with
-                .push(with_agent(agent_binary, &node, || measure(&node))?);
+                .push(with_agent(agent_binary, &node, |_| measure(&node))?);
         }
         Ok(arms)
     }
@@ -241,29 +241,15 @@ fn udp_breakdown(agent_binary: &Path, seconds: u32) -> Result<()> {
     let _server = Server::start(&node)?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling the kernel's BPF run-time statistics")?;
-    let agent = AgentProcess::start(
-        agent_binary,
-        &node.netns,
-        &[
-            "-i",
-            &node.glob(),
-            "--output",
-            "none",
-            "--flush-interval",
-            "1s",
-        ],
-        false,
-    )?;
-    let (runs_before, ticks_before) = (classifier_runs()?, cpu_ticks(agent.id())?);
-    let pps = udp_pps(&node, seconds)?;
-    let (runs_after, ticks_after) = (classifier_runs()?, cpu_ticks(agent.id())?);
-    let output = agent.stop()?;
-    if !output.success {
-        bail!("flow-agent failed: {}", output.stderr.join("\n"));
-    }
+    let (pps, runs_before, runs_after, ticks) = with_agent(agent_binary, &node, |agent| {
+        let (runs_before, ticks_before) = (classifier_runs()?, cpu_ticks(agent.id())?);
+        let pps = udp_pps(&node, seconds)?;
+        let (runs_after, ticks_after) = (classifier_runs()?, cpu_ticks(agent.id())?);
+        Ok((pps, runs_before, runs_after, ticks_after - ticks_before))
+    })?;
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let agent_ms = (ticks_after - ticks_before) as f64 * 1e3 / ticks_per_second;
+    let agent_ms = ticks as f64 * 1e3 / ticks_per_second;
     println!(
         "  where flow-agent's time goes, one more round ({:.0} kpps) with the kernel's run-time statistics on:",
         pps / 1e3
