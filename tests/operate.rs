@@ -8,8 +8,7 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
     time::{Duration, Instant},
 };
@@ -22,25 +21,8 @@ const METRICS: &str = "127.0.0.1:9090";
 
 /// `GET path` on the node's metrics endpoint: status and body.
 fn get(node: &Node, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: flow-agent\r\nConnection: close\r\n\r\n");
-    node.netns
-        .run(move || {
-            let mut stream = TcpStream::connect(METRICS).unwrap();
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let status = response
-                .split(' ')
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .unwrap_or(0);
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_owned())
-                .unwrap_or_default();
-            (status, body)
-        })
-        .unwrap()
+    let address = METRICS.parse().unwrap();
+    common::prometheus::http_get(&node.netns, address, path)
 }
 
 fn value(metrics: &str, series: &str) -> f64 {
