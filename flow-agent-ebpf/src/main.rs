@@ -30,7 +30,7 @@ use aya_log_ebpf::debug;
 use flow_common::{
     COUNTED_BITS_WORDS, Counter, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_SPILL_BYTES, DatapathControl,
     Direction, FRAGMENT_MAP_ENTRIES, FlowEvent, FlowKey, FlowStats, FragmentKey, FragmentPorts,
-    NewFlowLog, counted_bit,
+    HeldFlows, NewFlowLog, counted_bit,
 };
 
 use crate::parse::{Linear, Packet, Paged, ParseError};
@@ -95,6 +95,11 @@ static SPILL: RingBuf = RingBuf::with_byte_size(DEFAULT_SPILL_BYTES, 0);
 /// (see [`NewFlowLog`]).
 #[map]
 static NEW_FLOW_LOG: PerCpuArray<NewFlowLog> = PerCpuArray::with_max_entries(2, 0);
+
+/// Each CPU's most recently counted flows, per epoch parity (see
+/// [`HeldFlows`]).
+#[map]
+static HELD_FLOWS: PerCpuArray<HeldFlows> = PerCpuArray::with_max_entries(2, 0);
 
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
@@ -277,6 +282,9 @@ struct Update {
     icmp_error: u8,
 }
 
+/// Counts a packet of flow `key` in this CPU's held slot for it (see
+/// [`HeldFlows`]), first moving the flow held there into the flow map when
+/// it is another one.
 #[inline(always)]
 fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
     let now = now();
@@ -284,6 +292,41 @@ fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
         Some(DatapathControl { epoch, .. }) => *epoch,
         None => 0,
     };
+    let held = HELD_FLOWS
+        .get_ptr_mut(epoch & 1)
+        // SAFETY: this CPU's slot of an array element, valid until the
+        // program exits; TC programs do not preempt each other on one CPU,
+        // and userspace reads this parity only once no program uses it.
+        .and_then(|flows| unsafe { (*flows).flows.get_mut(HeldFlows::slot_of(key)) });
+    let Some(held) = held else {
+        let mut fresh = FlowStats::default();
+        add(&mut fresh, epoch, now, &update);
+        store(ctx, key, &fresh, epoch);
+        return;
+    };
+    if held.stats.epoch == epoch && held.stats.packets != 0 {
+        if same_flow(&held.key, key) {
+            add(&mut held.stats, epoch, now, &update);
+            return;
+        }
+        store(ctx, &held.key, &held.stats, epoch);
+    }
+    held.key = *key;
+    held.stats.packets = 0;
+    add(&mut held.stats, epoch, now, &update);
+}
+
+/// Key equality as five 8-byte compares.
+#[inline(always)]
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    a.words() == b.words()
+}
+
+/// Adds `stats`, counted on this CPU during `epoch`, to `key`'s slot in the
+/// epoch's flow map, creating the entry when there is none; when the map is
+/// full, sends them through the spill ring buffer instead.
+#[inline(always)]
+fn store(ctx: &TcContext, key: &FlowKey, stats: &FlowStats, epoch: u32) {
     let flows = if epoch & 1 == 0 {
         &FLOWS_EVEN
     } else {
@@ -292,13 +335,11 @@ fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
 
     if let Some(slot) = flows.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a live element, valid until the program exits.
-        add(unsafe { &mut *slot }, epoch, now, &update);
+        merge(unsafe { &mut *slot }, stats, epoch);
         return;
     }
 
-    let mut fresh = FlowStats::default();
-    add(&mut fresh, epoch, now, &update);
-    let counter = match flows.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
+    let counter = match flows.insert(key, stats, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             bump(Counter::Inserted);
             log_new_flow(key, epoch);
@@ -308,7 +349,7 @@ fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
             // Another CPU created the flow between our lookup and insert.
             if let Some(slot) = flows.get_ptr_mut(key) {
                 // SAFETY: as above.
-                add(unsafe { &mut *slot }, epoch, now, &update);
+                merge(unsafe { &mut *slot }, stats, epoch);
                 return;
             }
             Counter::UpdateFailed
@@ -327,13 +368,29 @@ fn record(ctx: &TcContext, key: &FlowKey, update: Update) {
             // fields are written in place to keep the 88-byte event off the stack.
             unsafe {
                 (&raw mut (*event).key).write(*key);
-                (&raw mut (*event).stats).write(fresh);
+                (&raw mut (*event).stats).write(*stats);
             }
             entry.submit(0);
             bump(Counter::Spilled);
         }
         None => bump(Counter::Lost),
     }
+}
+
+/// Adds `stats` (this epoch's, counted after what `slot` holds) to a flow
+/// map slot; a slot from another epoch, or empty, takes them whole.
+#[inline(always)]
+fn merge(slot: &mut FlowStats, stats: &FlowStats, epoch: u32) {
+    if slot.epoch != epoch || slot.packets == 0 {
+        *slot = *stats;
+        return;
+    }
+    slot.packets += stats.packets;
+    slot.bytes += stats.bytes;
+    slot.last_seen_ns = stats.last_seen_ns;
+    slot.tcp_flags |= stats.tcp_flags;
+    slot.icmp_error_kinds |= stats.icmp_error_kinds;
+    slot.icmp_errors = slot.icmp_errors.wrapping_add(stats.icmp_errors);
 }
 
 /// Tells the drain that `epoch`'s map holds `key`: appends it to this CPU's

@@ -11,6 +11,7 @@
 #![expect(clippy::unwrap_used, reason = "a benchmark aborts on failure")]
 
 use std::{
+    net::Ipv4Addr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -20,7 +21,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use flow_agent::datapath::{Datapath, DatapathConfig, TESTKIT_OBJECT};
-use flow_common::Direction;
+use flow_common::{Direction, FlowKey, HeldFlows};
 
 fn udp_frame(src_port: u16) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
@@ -35,6 +36,24 @@ fn udp_frame(src_port: u16) -> Vec<u8> {
     frame.extend_from_slice(&[0, 0]);
     frame.resize(frame.len() + usize::from(payload), 0);
     frame
+}
+
+/// Frames of two UDP flows from [`udp_frame`]'s ports that share a held slot
+/// (see [`flow_common::HeldFlows`]).
+fn one_slot_frames() -> [Vec<u8>; 2] {
+    let key = |src_port: u16| FlowKey {
+        src_addr: Ipv4Addr::new(10, 1, 0, 2).to_ipv6_mapped().octets(),
+        dst_addr: Ipv4Addr::new(10, 2, 0, 2).to_ipv6_mapped().octets(),
+        src_port,
+        dst_port: 53,
+        protocol: 17,
+        ..FlowKey::default()
+    };
+    let first = 60_000;
+    let second = (first + 1..)
+        .find(|&port| HeldFlows::slot_of(&key(port)) == HeldFlows::slot_of(&key(first)))
+        .unwrap();
+    [udp_frame(first), udp_frame(second)]
 }
 
 /// Average ns per run as the kernel measures it (program only, no syscall).
@@ -106,6 +125,12 @@ fn per_packet_cost() {
     let floor_single: Vec<f64> = (0..SINGLE_RUNS)
         .map(|_| run(floor, &frame, 1).as_nanos() as f64)
         .collect();
+    // The held slots' worst case: two flows of one slot taking turns, so
+    // that every packet moves the other flow into the map.
+    let rivals = one_slot_frames();
+    let taking_turns: Vec<f64> = (0..SINGLE_RUNS)
+        .map(|index| run(classifier, &rivals[usize::from(index % 2)], 1).as_nanos() as f64)
+        .collect();
     println!("per-packet cost (BPF_PROG_TEST_RUN, 110-byte IPv4/UDP frame):");
     println!("  empty classifier, median of {ROUNDS} x repeat {REPEAT}:        {floor_ns:.0} ns");
     println!(
@@ -115,10 +140,14 @@ fn per_packet_cost() {
         "  the same, every header through bpf_skb_load_bytes (paged-data path): {paged_ns:.0} ns"
     );
     println!(
-        "  single runs (median of {SINGLE_RUNS}): empty {:.0} ns, existing flow {:.0} ns, new flow {:.0} ns",
+        "  single runs (median of {SINGLE_RUNS}): empty {:.0} ns, existing flow {:.0} ns, new flow {:.0} ns,",
         median(floor_single),
         median(same_flow),
         median(new_flow)
+    );
+    println!(
+        "    two existing flows of one held slot taking turns (each packet moves the other to the map) {:.0} ns",
+        median(taking_turns)
     );
 }
 

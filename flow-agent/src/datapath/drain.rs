@@ -6,14 +6,19 @@
 //! The programs count into the flow map of the current epoch (see
 //! [`flow_common`]). [`Datapath::drain`] switches the epoch, waits one RCU grace
 //! period so that no program can still be adding to the previous epoch's map,
-//! then moves every entry out of that map (read keys and values, delete). Because
-//! nothing writes the drained map any more, reading and deleting cannot race with
-//! a packet: each packet is in exactly one drain.
+//! then moves every entry out of that map (read keys and values, delete), and
+//! every CPU's held flows of that epoch (read, then zero; see
+//! [`flow_common::HeldFlows`]). Because nothing writes the drained map and
+//! held flows any more, reading and deleting cannot race with a packet: each
+//! packet is in exactly one drain.
 
 use std::io;
 
-use aya::maps::{MapData, MapError, PerCpuHashMap};
-use flow_common::{CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowKey, FlowStats};
+use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
+use flow_common::{
+    CONTROL, DatapathControl, FLOWS_EVEN, FLOWS_ODD, FlowEvent, FlowKey, FlowStats, HELD_FLOWS,
+    HeldFlows,
+};
 use tracing::{debug, warn};
 
 use super::{
@@ -93,12 +98,13 @@ impl Datapath {
 
     /// Moves every flow counted since the previous drain out of the kernel.
     ///
-    /// First empties the inactive map of what an interrupted drain left there
-    /// (an agent killed in the middle of one, or a drain that failed), when it
-    /// may hold any: those slots carry the previous epoch, and the map becomes
-    /// the active one at the switch, where the programs would reset them. Then
-    /// switches the epoch, waits for programs still using the old one, and
-    /// empties the old epoch's map (see [`FlowLog`]) and the spill ring buffer.
+    /// First empties the inactive map and held flows of what an interrupted
+    /// drain left there (an agent killed in the middle of one, or a drain that
+    /// failed), when they may hold any: those slots carry the previous epoch,
+    /// and become the active ones at the switch, where the programs would
+    /// reset them. Then switches the epoch, waits for programs still using the
+    /// old one, and empties the old epoch's map (see [`FlowLog`]), its held
+    /// flows and the spill ring buffer.
     ///
     /// A map that fails part-way is logged, not returned as an error: what was
     /// moved out is kept, and the rest is picked up by the next drain.
@@ -110,6 +116,9 @@ impl Datapath {
                 Ok(()) => self.flow_log.unlisted[parity(inactive)] = false,
                 Err(error) => interrupted(inactive, &error),
             }
+        }
+        if let Err(error) = self.drain_held(inactive, &mut flows) {
+            interrupted(inactive, &error);
         }
         let drained_epoch = self.epoch;
         self.advance_epoch()?;
@@ -124,9 +133,14 @@ impl Datapath {
         self.flow_log.last
     }
 
-    /// Empties a quiescent epoch's map: just the keys the programs listed, or
-    /// the whole map when it may hold others or the list is long. A failure is
-    /// logged, and the map is walked next time.
+    /// Empties a quiescent epoch's map (just the keys the programs listed, or
+    /// the whole map when it may hold others or the list is long), then its
+    /// held flows. A failure is logged; the map is walked next time, and the
+    /// held flows are read again before the next switch.
+    ///
+    /// The map comes first: on one CPU, what a flow has there was counted
+    /// before what it has in its held slot, so on a tie of the coarse clock the
+    /// flow keeps its first packet's hook and interface.
     fn drain_epoch(&mut self, epoch: u32, flows: &mut DrainedFlows) {
         let listed = match self.flow_log.unlisted[parity(epoch)] {
             true => None,
@@ -148,6 +162,42 @@ impl Datapath {
                 interrupted(epoch, &error);
             }
         }
+        if let Err(error) = self.drain_held(epoch, flows) {
+            interrupted(epoch, &error);
+        }
+    }
+
+    /// Adds the flows every CPU holds for `epoch`, then zeroes them when there
+    /// were any (one read, and at most one write, of the whole per-CPU
+    /// element). Call only once no program uses `epoch`'s parity. Zeroed slots
+    /// are free for the programs; slots left as they were (a failed write) are
+    /// read again before the parity is used, as leftovers of the epoch before.
+    fn drain_held(&mut self, epoch: u32, flows: &mut DrainedFlows) -> Result<(), DatapathError> {
+        let index = parity(epoch) as u32;
+        let failed = |operation, source| DatapathError::Map {
+            operation,
+            map: HELD_FLOWS,
+            source: Box::new(source),
+        };
+        let held = self
+            .held_flows
+            .get(&index, 0)
+            .map_err(|source| failed("read", source))?;
+        let mut found = false;
+        for FlowEvent { key, stats } in held.iter().flat_map(|cpu| cpu.flows.iter()) {
+            if stats.packets != 0 {
+                found = true;
+                flows.add_slots(*key, std::slice::from_ref(stats), epoch);
+            }
+        }
+        if found {
+            let empty = PerCpuValues::try_from(vec![HeldFlows::default(); held.len()])
+                .map_err(|source| failed("zero", source.into()))?;
+            self.held_flows
+                .set(index, empty, 0)
+                .map_err(|source| failed("zero", source))?;
+        }
+        Ok(())
     }
 
     /// Every key `epoch` created, from each CPU's log, when there are at most

@@ -17,8 +17,8 @@ use flow_common::{
     COARSE_CLOCK, CONTROL, COUNTED_BITS, COUNTED_INTERFACES, COUNTERS, Counter, DEBUG_LOG,
     DEFAULT_DNS_BYTES_PER_SECOND, DEFAULT_DNS_RING_BYTES, DNS_BYTES_PER_SECOND, DNS_COPY,
     DNS_FRAMES, DatapathControl, Direction, DnsCopy, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS, FlowKey,
-    FlowStats, FragmentKey, FragmentPorts, NEW_FLOW_LOG, NewFlowLog, PAGED_READS_ONLY,
-    PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
+    FlowStats, FragmentKey, FragmentPorts, HELD_FLOWS, HeldFlows, NEW_FLOW_LOG, NewFlowLog,
+    PAGED_READS_ONLY, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use tracing::{debug, warn};
 
@@ -179,6 +179,10 @@ fn pinned_sizes(
     }
     pins.pinned_capacity(COUNTED_BITS, shape(MapType::Array, 4, 8))?;
     pins.pinned_capacity(COUNTED_INTERFACES, shape(MapType::Hash, 4, 1))?;
+    pins.pinned_capacity(
+        HELD_FLOWS,
+        shape(MapType::PerCpuArray, 4, size_of::<HeldFlows>()),
+    )?;
     pins.pinned_capacity(
         NEW_FLOW_LOG,
         shape(MapType::PerCpuArray, 4, size_of::<NewFlowLog>()),
@@ -369,6 +373,7 @@ impl Datapath {
             typed(take_map(&mut ebpf, COUNTED_INTERFACES)?, COUNTED_INTERFACES)?,
         )?;
         let spill = typed(take_map(&mut ebpf, SPILL)?, SPILL)?;
+        let held_flows = typed(take_map(&mut ebpf, HELD_FLOWS)?, HELD_FLOWS)?;
         let new_flow_log = typed(take_map(&mut ebpf, NEW_FLOW_LOG)?, NEW_FLOW_LOG)?;
         let dns_frames = typed(take_map(&mut ebpf, DNS_FRAMES)?, DNS_FRAMES)?;
         let DatapathControl { epoch, .. } =
@@ -388,6 +393,7 @@ impl Datapath {
             bridges: BTreeSet::new(),
             spill,
             dns_frames,
+            held_flows,
             new_flow_log,
             flow_log: drain::FlowLog::default(),
             barrier,

@@ -25,7 +25,7 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use flow_common::{DatapathControl, FlowKey, FlowStats, NewFlowLog};
+use flow_common::{DatapathControl, FlowKey, FlowStats, HeldFlows, NewFlowLog};
 use pin::PinDir;
 
 pub use self::{
@@ -63,6 +63,8 @@ pub struct Datapath {
     spill: RingBuf<MapData>,
     /// DNS frames the programs copied (see [`dns`]).
     dns_frames: RingBuf<MapData>,
+    /// The flows each CPU counted most recently, per epoch parity.
+    held_flows: PerCpuArray<MapData, HeldFlows>,
     /// The flows each CPU created in each epoch.
     new_flow_log: PerCpuArray<MapData, NewFlowLog>,
     /// What the drain knows of each map's keys from it.

@@ -4,8 +4,8 @@
 //! Layout under the pin directory (`/sys/fs/bpf/flow-agent` in the
 //! DaemonSet):
 //!
-//! - `maps/<NAME>`: the flow maps, the epoch, the counters, the counted
-//!   interfaces, the spill ring and the fragment table. A new agent's programs
+//! - `maps/<NAME>`: the flow maps and each CPU's held flows, the epoch, the
+//!   counters, the counted interfaces, the spill ring and the fragment table. A new agent's programs
 //!   use the same maps, so what was counted while no agent ran is drained by
 //!   the next one, exactly once (the epoch lives in the pinned control map).
 //! - `links/if<INDEX>-<ingress|egress>`: TCX links (Linux 6.6+). A pinned
@@ -26,7 +26,7 @@ use aya::{
 };
 use flow_common::{
     CONTROL, COUNTED_BITS, COUNTED_INTERFACES, COUNTERS, FLOWS_EVEN, FLOWS_ODD, FRAGMENTS,
-    NEW_FLOW_LOG, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
+    HELD_FLOWS, NEW_FLOW_LOG, PROGRAM_EGRESS, PROGRAM_INGRESS, SPILL,
 };
 use thiserror::Error;
 
@@ -34,7 +34,7 @@ use thiserror::Error;
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
 /// Maps that are pinned, and so shared between successive agents.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     FLOWS_EVEN,
     FLOWS_ODD,
     CONTROL,
@@ -42,6 +42,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     COUNTED_BITS,
     COUNTED_INTERFACES,
     SPILL,
+    HELD_FLOWS,
     NEW_FLOW_LOG,
     FRAGMENTS,
 ];
