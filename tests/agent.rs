@@ -668,22 +668,29 @@ fn full_flow_map_is_reported_and_flows_still_arrive_through_the_spill_ring() {
 fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
     require_root!();
     let node = Node::new(2).unwrap();
-    // A 64-flow map and no timed flush: only the fill check can drain.
-    let agent = Agent::on(&node, "1h", &["--map-size", "64"]);
+    // Flows each CPU may hold outside the map (see flow_common::HeldFlows).
+    let held = flow_common::HELD_FLOW_SLOTS * aya::util::nr_cpus().unwrap();
+    // A map of four times that (64 on two CPUs) and no timed flush: only
+    // the fill check can drain.
+    let map_size = (4 * held).max(64);
+    let agent = Agent::on(&node, "1h", &["--map-size", &map_size.to_string()]);
     let b4 = node.pods[1].ipv4;
     resolve_neighbours(&node, IpAddr::V4(b4));
     let mut ports = Vec::new();
-    // Every socket stays open to the end: 200 distinct source ports, so no
-    // later burst reuses an earlier flow.
+    // Every socket stays open to the end: distinct source ports, so no later
+    // burst reuses an earlier flow.
     let mut sockets: Vec<UdpSocket> = Vec::new();
-    // Five bursts of 40 flows: each passes half the map (the early drain's
-    // trigger) and stays under its size, and the next burst waits until
-    // this one was drained, so nothing can spill however slow the agent.
+    // Five bursts of half the map plus what the CPUs hold: even with every
+    // held slot taken, each burst puts half the map in it (the early
+    // drain's trigger) and stays under its size, and the next burst waits
+    // until this one was drained, so nothing can spill however slow the
+    // agent.
+    let burst_flows = map_size / 2 + held;
     for burst in 1..=5 {
         let burst_sockets = node.pods[0]
             .netns
             .run(move || {
-                let sockets: Vec<UdpSocket> = (0..40)
+                let sockets: Vec<UdpSocket> = (0..burst_flows)
                     .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
                     .collect();
                 for socket in &sockets {
@@ -704,7 +711,7 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
             .iter()
             .filter(|record| record.destination.port == 9)
             .count()
-            < 40 * burst
+            < burst_flows * burst
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -720,7 +727,7 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
             .iter()
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
-        200
+        5 * burst_flows
     );
     let flows = totals(&output.records);
     for port in ports {
@@ -732,8 +739,9 @@ fn a_filling_flow_map_is_drained_early_instead_of_spilling() {
         );
     }
     assert_eq!(summary_value(&output.stderr, "map_full"), 0);
-    assert!(summary_value(&output.stderr, "inserted") >= 200);
-    // 200 flows through a 64-flow map drain early several times, but the log
+    // Of each burst, all but what was held went through the map.
+    assert!(summary_value(&output.stderr, "inserted") >= 5 * (burst_flows - held) as u64);
+    // Five bursts through a small map drain early several times, but the log
     // says so once a minute, not per drain.
     let early: Vec<&String> = output
         .stderr

@@ -180,8 +180,22 @@ impl Arms {
         println!(
             "    (the empty program is attached with TCX at both hooks of every pod's interface)"
         );
+        let paired = |arm: &[f64]| {
+            median(
+                arm.iter()
+                    .zip(&self.without)
+                    .map(|(value, base)| value / base)
+                    .collect(),
+            )
+        };
+        // Rounds next to each other share the machine's slower swings, so a
+        // round's own ratio is the steadier figure on a shared machine.
+        let (agent_paired, floor_paired) = (paired(&self.with), paired(&self.empty));
         let (base, agent, floor) = (median(self.without), median(self.with), median(self.empty));
         println!("  ratio (with / without, medians): {:.3}", agent / base);
+        println!(
+            "  ratio (with / without, median of each round's own): {agent_paired:.3}; empty program: {floor_paired:.3}"
+        );
         println!(
             "  ratio (empty program / without): {:.3}, (with / empty program): {:.3}",
             floor / base,
@@ -275,7 +289,7 @@ fn udp_breakdown(agent_binary: &Path, seconds: u32) -> Result<()> {
 /// Received 64-byte UDP packets per second, bare, under an empty program and
 /// under flow-agent ([`Arms`]).
 pub(crate) fn small_packets(agent_binary: &Path) -> Result<()> {
-    const ROUNDS: usize = 7;
+    const ROUNDS: usize = 9;
     const SECONDS: u32 = 3;
     let arms = Arms::measure(agent_binary, ROUNDS, |node| udp_pps(node, SECONDS))?;
     println!(
