@@ -107,6 +107,35 @@ enum MapServer {
     NodeLocalDns(usize),
 }
 
+/// The ends a service map draws, each once, by first appearance.
+#[derive(Default)]
+struct Drawings {
+    ends: Vec<map::End>,
+    ids: HashMap<map::End, usize>,
+}
+
+impl Drawings {
+    /// The id of `end`'s drawing.
+    fn intern(&mut self, end: map::End) -> usize {
+        let next = self.ends.len();
+        *self.ids.entry(end).or_insert_with_key(|end| {
+            self.ends.push(end.clone());
+            next
+        })
+    }
+
+    /// Each drawing's place in the drawings' order, by id.
+    fn ranks(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.ends.len()).collect();
+        order.sort_unstable_by(|&a, &b| self.ends[a].cmp(&self.ends[b]));
+        let mut rank = vec![0; order.len()];
+        for (place, id) in order.into_iter().enumerate() {
+            rank[id] = place;
+        }
+        rank
+    }
+}
+
 /// What the service map draws between two ends.
 #[derive(Default)]
 struct MapSide {
@@ -279,38 +308,63 @@ impl<'g> Proposer<'g> {
         }
     }
 
-    /// The service map's edges, in map order ([`map::merged`]).
+    /// The service map's edges, in map order: what [`map::merged`] gives
+    /// for them, worked out on interned ends. Each end is drawn once, and
+    /// edges are merged and sorted by integers (an end's rank in drawing
+    /// order) rather than by the drawings' strings.
     fn map_edges(&mut self, named: &[NamedAddress]) -> Vec<MapEdge> {
         let map = std::mem::take(&mut self.map);
-        let edges = map.into_iter().map(|((client, server), side)| {
+        let mut drawings = Drawings::default();
+        // Drawing ids by end, as a server's own end and as a node-local
+        // resolver.
+        let mut as_end: Vec<Option<usize>> = vec![None; self.ends.len()];
+        let mut as_resolver: Vec<Option<usize>> = vec![None; self.ends.len()];
+        type Merged = (BTreeSet<(Protocol, u16)>, u128);
+        let mut merged: HashMap<(map::EdgeKind, usize, usize), Merged> = HashMap::new();
+        for ((client, server), side) in map {
+            let client =
+                *as_end[client].get_or_insert_with(|| drawings.intern(self.map_end(client, named)));
             let server = match server {
-                MapServer::End(end) => self.map_end(end, named),
-                MapServer::NodeLocalDns(end) => map::End::Outside {
-                    label: format!("node-local DNS {}", address_text(self.ends[end].party)),
-                    kind: map::OutsideKind::NodeLocalDns,
-                },
+                MapServer::End(end) => {
+                    *as_end[end].get_or_insert_with(|| drawings.intern(self.map_end(end, named)))
+                }
+                MapServer::NodeLocalDns(end) => *as_resolver[end].get_or_insert_with(|| {
+                    drawings.intern(map::End::Outside {
+                        label: format!("node-local DNS {}", address_text(self.ends[end].party)),
+                        kind: map::OutsideKind::NodeLocalDns,
+                    })
+                }),
             };
-            MapEdge {
-                client: self.map_end(client, named),
-                server,
-                ports: side
-                    .ports
+            let kind = if side.cross_tenant {
+                map::EdgeKind::CrossTenant
+            } else {
+                map::EdgeKind::Allowed
+            };
+            let (ports, weight) = merged.entry((kind, client, server)).or_default();
+            ports.extend(side.ports);
+            *weight = weight.saturating_add(side.bytes);
+        }
+        let rank = drawings.ranks();
+        let mut edges: Vec<_> = merged.into_iter().collect();
+        edges.sort_unstable_by_key(|&((kind, client, server), (_, weight))| {
+            (kind, std::cmp::Reverse(weight), rank[client], rank[server])
+        });
+        edges
+            .into_iter()
+            .map(|((kind, client, server), (ports, weight))| MapEdge {
+                client: drawings.ends[client].clone(),
+                server: drawings.ends[server].clone(),
+                ports: ports
                     .iter()
                     .map(|(protocol, port)| match protocol.name() {
                         Some(name) => format!("{name} {port}"),
                         None => format!("{protocol} {port}"),
                     })
                     .collect(),
-                weight: side.bytes,
-                kind: if side.cross_tenant {
-                    map::EdgeKind::CrossTenant
-                } else {
-                    map::EdgeKind::Allowed
-                },
-            }
-        });
-        let edges: Vec<MapEdge> = edges.collect();
-        map::merged(edges)
+                weight,
+                kind,
+            })
+            .collect()
     }
 
     /// An end as a service map draws it: a workload, or an address with
