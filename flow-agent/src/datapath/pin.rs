@@ -5,9 +5,10 @@
 //! DaemonSet):
 //!
 //! - `maps/<NAME>`: the flow maps and each CPU's held flows, the epoch, the
-//!   counters, the counted interfaces, the spill ring and the fragment table. A new agent's programs
-//!   use the same maps, so what was counted while no agent ran is drained by
-//!   the next one, exactly once (the epoch lives in the pinned control map).
+//!   counters, the counted interfaces, the spill ring and the fragment table.
+//!   A new agent's programs use the same maps, so what was counted while no
+//!   agent ran is drained by the next one, exactly once (the epoch lives in
+//!   the pinned control map).
 //! - `links/if<INDEX>-<ingress|egress>`: TCX links (Linux 6.6+). A pinned
 //!   link stays attached when the agent exits; the next agent swaps its own
 //!   program in with `BPF_LINK_UPDATE`, atomically. clsact filters need no

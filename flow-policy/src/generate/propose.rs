@@ -107,14 +107,43 @@ enum MapServer {
     NodeLocalDns(usize),
 }
 
-/// The ends a service map draws, each once, by first appearance.
-#[derive(Default)]
+/// Ports and weight of one service-map edge, merged from its sides.
+type MergedSide = (BTreeSet<(Protocol, u16)>, u128);
+
+/// The ends a service map draws, each once, by first appearance, and the
+/// drawing of each proposer end (as itself, and as a node-local resolver).
 struct Drawings {
     ends: Vec<map::End>,
     ids: HashMap<map::End, usize>,
+    /// By proposer end: its drawing as itself and as a node-local resolver.
+    by_end: Vec<[Option<usize>; 2]>,
 }
 
 impl Drawings {
+    /// Room for `ends` proposer ends.
+    fn new(ends: usize) -> Self {
+        Self {
+            ends: Vec::new(),
+            ids: HashMap::new(),
+            by_end: vec![[None; 2]; ends],
+        }
+    }
+
+    /// The drawing id of a proposer end as `end` names it (itself, or as a
+    /// node-local resolver), drawn by `draw` the first time.
+    fn id(&mut self, end: MapServer, draw: impl FnOnce() -> map::End) -> usize {
+        let (index, role) = match end {
+            MapServer::End(index) => (index, 0),
+            MapServer::NodeLocalDns(index) => (index, 1),
+        };
+        if let Some(id) = self.by_end[index][role] {
+            return id;
+        }
+        let id = self.intern(draw());
+        self.by_end[index][role] = Some(id);
+        id
+    }
+
     /// The id of `end`'s drawing.
     fn intern(&mut self, end: map::End) -> usize {
         let next = self.ends.len();
@@ -133,6 +162,32 @@ impl Drawings {
             rank[id] = place;
         }
         rank
+    }
+
+    /// The merged edges in map order ([`map::merged`]'s): kind, weight
+    /// (largest first), then client and server by their drawings' ranks.
+    fn edges(self, merged: HashMap<(map::EdgeKind, usize, usize), MergedSide>) -> Vec<MapEdge> {
+        let rank = self.ranks();
+        let mut edges: Vec<_> = merged.into_iter().collect();
+        edges.sort_unstable_by_key(|&((kind, client, server), (_, weight))| {
+            (kind, std::cmp::Reverse(weight), rank[client], rank[server])
+        });
+        edges
+            .into_iter()
+            .map(|((kind, client, server), (ports, weight))| MapEdge {
+                client: self.ends[client].clone(),
+                server: self.ends[server].clone(),
+                ports: ports
+                    .iter()
+                    .map(|(protocol, port)| match protocol.name() {
+                        Some(name) => format!("{name} {port}"),
+                        None => format!("{protocol} {port}"),
+                    })
+                    .collect(),
+                weight,
+                kind,
+            })
+            .collect()
     }
 }
 
@@ -314,27 +369,17 @@ impl<'g> Proposer<'g> {
     /// order) rather than by the drawings' strings.
     fn map_edges(&mut self, named: &[NamedAddress]) -> Vec<MapEdge> {
         let map = std::mem::take(&mut self.map);
-        let mut drawings = Drawings::default();
-        // Drawing ids by end, as a server's own end and as a node-local
-        // resolver.
-        let mut as_end: Vec<Option<usize>> = vec![None; self.ends.len()];
-        let mut as_resolver: Vec<Option<usize>> = vec![None; self.ends.len()];
-        type Merged = (BTreeSet<(Protocol, u16)>, u128);
-        let mut merged: HashMap<(map::EdgeKind, usize, usize), Merged> = HashMap::new();
+        let mut drawings = Drawings::new(self.ends.len());
+        let mut merged: HashMap<(map::EdgeKind, usize, usize), MergedSide> = HashMap::new();
         for ((client, server), side) in map {
-            let client =
-                *as_end[client].get_or_insert_with(|| drawings.intern(self.map_end(client, named)));
-            let server = match server {
-                MapServer::End(end) => {
-                    *as_end[end].get_or_insert_with(|| drawings.intern(self.map_end(end, named)))
-                }
-                MapServer::NodeLocalDns(end) => *as_resolver[end].get_or_insert_with(|| {
-                    drawings.intern(map::End::Outside {
-                        label: format!("node-local DNS {}", address_text(self.ends[end].party)),
-                        kind: map::OutsideKind::NodeLocalDns,
-                    })
-                }),
-            };
+            let client = drawings.id(MapServer::End(client), || self.map_end(client, named));
+            let server = drawings.id(server, || match server {
+                MapServer::End(end) => self.map_end(end, named),
+                MapServer::NodeLocalDns(end) => map::End::Outside {
+                    label: format!("node-local DNS {}", address_text(self.ends[end].party)),
+                    kind: map::OutsideKind::NodeLocalDns,
+                },
+            });
             let kind = if side.cross_tenant {
                 map::EdgeKind::CrossTenant
             } else {
@@ -344,27 +389,7 @@ impl<'g> Proposer<'g> {
             ports.extend(side.ports);
             *weight = weight.saturating_add(side.bytes);
         }
-        let rank = drawings.ranks();
-        let mut edges: Vec<_> = merged.into_iter().collect();
-        edges.sort_unstable_by_key(|&((kind, client, server), (_, weight))| {
-            (kind, std::cmp::Reverse(weight), rank[client], rank[server])
-        });
-        edges
-            .into_iter()
-            .map(|((kind, client, server), (ports, weight))| MapEdge {
-                client: drawings.ends[client].clone(),
-                server: drawings.ends[server].clone(),
-                ports: ports
-                    .iter()
-                    .map(|(protocol, port)| match protocol.name() {
-                        Some(name) => format!("{name} {port}"),
-                        None => format!("{protocol} {port}"),
-                    })
-                    .collect(),
-                weight,
-                kind,
-            })
-            .collect()
+        drawings.edges(merged)
     }
 
     /// An end as a service map draws it: a workload, or an address with
